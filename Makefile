@@ -1,0 +1,17 @@
+# The two commands: `make run` (set up, then the main job) and `make test` (set up, then the tests).
+VENV ?= .venv
+ARGS ?=
+
+.PHONY: setup run test bench
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/fedpers train-local $(ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+bench: setup
+	$(VENV)/bin/python -m simulations.bench_dp_step --write

@@ -1,0 +1,107 @@
+"""``fedpers`` data subcommands: generate, validate, import-shakespeare."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedpers.data.schema import DataValidationError, read_jsonl, write_jsonl
+from fedpers.data.shakespeare import DEFAULT_SHAKESPEARE_PATH, import_shakespeare
+from fedpers.data.synthetic import PERSONAS, SyntheticConfig, generate
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the data subcommands to an argparse subparsers object; each sets ``func(args) -> int``."""
+    gen = subparsers.add_parser(
+        "generate",
+        help="write the synthetic IT service-desk dataset as conversation JSONL",
+        description="Generate synthetic service-desk conversations (five personas, per-user quirks) as JSONL.",
+    )
+    defaults = SyntheticConfig()
+    gen.add_argument("--users-per-persona", type=int, default=defaults.users_per_persona,
+                     help=f"users generated for each persona (default {defaults.users_per_persona})")
+    gen.add_argument("--conversations-per-user", type=int, default=defaults.conversations_per_user,
+                     help=f"conversations per user (default {defaults.conversations_per_user})")
+    gen.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed; same seed, same file (default {defaults.seed})")
+    gen.add_argument("--personas", nargs="+", choices=PERSONAS, default=list(PERSONAS),
+                     help="personas to include (default: all five)")
+    gen.add_argument("--out", type=Path, required=True, help="output JSONL path (written atomically)")
+    gen.set_defaults(func=run_generate)
+
+    val = subparsers.add_parser(
+        "validate",
+        help="check a conversation JSONL file against the schema",
+        description="Validate every line of a conversation JSONL file; prints each problem as 'file:line: field: message'.",
+    )
+    val.add_argument("file", type=Path, help="JSONL file to check")
+    val.add_argument("--mode", choices=("strict", "skip"), default="strict",
+                     help="strict: any problem fails the file; skip: report problems and count the valid lines "
+                          "(exit code is 1 in both modes if any problem is found)")
+    val.set_defaults(func=run_validate)
+
+    imp = subparsers.add_parser(
+        "import-shakespeare",
+        help="convert tinyshakespeare into conversation JSONL (one user per speaker)",
+        description="Turn tinyshakespeare into conversations: each answer of speaker S to another speaker's speech "
+                    "is one conversation of user S (user turn: the prompt, assistant turn: S's answer).",
+    )
+    imp.add_argument("--src", type=Path, default=DEFAULT_SHAKESPEARE_PATH,
+                     help="tinyshakespeare text file (default: ../shared/data/tinyshakespeare.txt from the project root)")
+    imp.add_argument("--min-speeches", type=int, default=30, help="keep speakers with at least this many answers (default 30)")
+    imp.add_argument("--max-users", type=int, default=None, help="keep only the speakers with the most answers (default: all)")
+    imp.add_argument("--out", type=Path, required=True, help="output JSONL path (written atomically)")
+    imp.set_defaults(func=run_import_shakespeare)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    try:
+        config = SyntheticConfig(
+            users_per_persona=args.users_per_persona,
+            conversations_per_user=args.conversations_per_user,
+            seed=args.seed,
+            personas=tuple(args.personas),
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n = write_jsonl(args.out, generate(config))
+    users = config.users_per_persona * len(config.personas)
+    print(f"wrote {n} conversations ({users} users, {len(config.personas)} personas) to {args.out}")
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        print(f"error: {args.file}: no such file", file=sys.stderr)
+        return 2
+    try:
+        result = read_jsonl(args.file, mode=args.mode)
+    except DataValidationError as exc:
+        issues, valid = exc.issues, None
+    else:
+        issues, valid = result.issues, len(result.conversations)
+    for issue in issues:
+        print(issue)
+    if issues:
+        lines = len({issue.line for issue in issues})
+        kept = "" if valid is None else f"; {valid} valid conversations kept"
+        print(f"{args.file}: {len(issues)} issue(s) on {lines} line(s){kept}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK, {valid} conversations")
+    return 0
+
+
+def run_import_shakespeare(args: argparse.Namespace) -> int:
+    if not Path(args.src).is_file():
+        print(f"error: {args.src}: no such file", file=sys.stderr)
+        return 2
+    try:
+        conversations = import_shakespeare(args.src, min_speeches=args.min_speeches, max_users=args.max_users)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n = write_jsonl(args.out, conversations)
+    speakers = len({c.user_id for c in conversations})
+    print(f"wrote {n} conversations ({speakers} speakers) to {args.out}")
+    return 0

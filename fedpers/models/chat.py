@@ -1,0 +1,92 @@
+"""Chat-template encoding with the loss on assistant tokens only, and right-padded batching."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+Message = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """One training sequence: token ids and labels (``IGNORE_INDEX`` outside assistant replies)."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+
+    @property
+    def num_target_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def conversation_messages(conversation, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """Turn a :class:`fedpers.data.Conversation` (anything with ``.turns`` of ``role``/``text``) into chat messages."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [{"role": turn.role, "content": turn.text} for turn in conversation.turns]
+    return messages
+
+
+def _template_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], generation_prompt: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=generation_prompt)
+    return list(out["input_ids"] if isinstance(out, Mapping) else out)
+
+
+def encode_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], max_length: int
+) -> EncodedExample | None:
+    """Encode a chat; only assistant replies (with their end-of-turn token) carry labels.
+
+    Assistant spans are found by templating growing prefixes, so any template whose rendering of a
+    prefix is a prefix of the full rendering works. Sequences longer than ``max_length`` keep their
+    latest tokens (the context nearest the last reply). Returns ``None`` if no target token survives.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for k, message in enumerate(messages):
+        if message["role"] == "assistant":
+            header = _template_ids(tokenizer, messages[:k], generation_prompt=True)
+            full = _template_ids(tokenizer, messages[: k + 1], generation_prompt=False)
+            _check_prefix(input_ids, header)
+            labels += [IGNORE_INDEX] * (len(header) - len(input_ids)) + full[len(header):]
+        else:
+            full = _template_ids(tokenizer, messages[: k + 1], generation_prompt=False)
+            _check_prefix(input_ids, full)
+            labels += [IGNORE_INDEX] * (len(full) - len(input_ids))
+        input_ids = full
+    input_ids, labels = input_ids[-max_length:], labels[-max_length:]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return EncodedExample(tuple(input_ids), tuple(labels))
+
+
+def _check_prefix(prefix: list[int], ids: list[int]) -> None:
+    if ids[: len(prefix)] != prefix:
+        raise ValueError("chat template does not render prefixes of a conversation as token prefixes")
+
+
+def encode_conversations(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence, max_length: int, system_prompt: str | None = None
+) -> list[EncodedExample]:
+    """Encode conversations into training examples, dropping those left without target tokens."""
+    encoded = (encode_messages(tokenizer, conversation_messages(c, system_prompt), max_length) for c in conversations)
+    return [e for e in encoded if e is not None]
+
+
+def collate(examples: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padded positions get attention 0 and label ``IGNORE_INDEX``."""
+    length = max((len(e.input_ids) for e in examples), default=1)
+    batch = len(examples)
+    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
+    labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((batch, length), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        input_ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

@@ -1,0 +1,67 @@
+"""A causal LM (with LoRA) plus an optional user embedding, and the per-sequence assistant-token loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedpers.models.chat import IGNORE_INDEX
+from fedpers.models.user_embedding import UserEmbedding
+
+
+def _backbone_and_head(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack and the output head of a (peft-wrapped) causal LM."""
+    causal = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return causal.base_model, causal.get_output_embeddings()
+
+
+class PersonalizedLM(nn.Module):
+    """``lm`` (a peft model or plain causal LM) with ``user_embedding`` prepended when present.
+
+    ``forward`` returns one mean assistant-token loss per sequence. Logits are computed only at
+    target positions, so padding and prompts cost no vocabulary projection and every sequence
+    weighs the same regardless of its length or its batch mates (unlike ``labels=`` in transformers).
+    """
+
+    def __init__(self, lm: nn.Module, user_embedding: UserEmbedding | None = None) -> None:
+        super().__init__()
+        self.lm = lm
+        self.user_embedding = user_embedding
+        self.use_user_embedding = user_embedding is not None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden_states(input_ids, attention_mask)
+        return sequence_losses(hidden, labels, _backbone_and_head(self.lm)[1])
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        backbone, _ = _backbone_and_head(self.lm)
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        prefix = 0
+        if self.use_user_embedding and self.user_embedding is not None:
+            soft = self.user_embedding(input_ids.shape[0]).to(embeds.dtype)
+            prefix = soft.shape[1]
+            embeds = torch.cat([soft, embeds], dim=1)
+            ones = torch.ones((input_ids.shape[0], prefix), dtype=attention_mask.dtype, device=attention_mask.device)
+            attention_mask = torch.cat([ones, attention_mask], dim=1)
+        out = backbone(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state[:, prefix:, :]
+
+
+def sequence_losses(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    """Mean next-token cross-entropy over each sequence's target tokens; shape ``[batch]``."""
+    target = labels[:, 1:]
+    mask = target != IGNORE_INDEX
+    rows, cols = mask.nonzero(as_tuple=True)
+    logits = head(hidden[:, :-1, :][rows, cols])
+    token_loss = F.cross_entropy(logits.float(), target[rows, cols], reduction="none")
+    totals = torch.zeros(labels.shape[0], dtype=token_loss.dtype, device=labels.device).index_add(0, rows, token_loss)
+    counts = mask.sum(dim=1).clamp(min=1)
+    return totals / counts
+
+
+def token_loss_sums(model: PersonalizedLM, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """Summed assistant-token loss and token count of a batch (for token-weighted evaluation)."""
+    losses = model(**batch)
+    counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
+    return float((losses * counts).sum()), int(counts.sum())

@@ -1,0 +1,124 @@
+"""Privacy accounting over a history of (sub)sampled Gaussian mechanisms, with Opacus's RDP and PRV accountants."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
+class GaussianEvent:
+    """``steps`` compositions of a Gaussian mechanism with Poisson sampling rate ``sample_rate``.
+
+    Sensitivity is one clipping norm, so ``noise_multiplier`` = noise std / clipping norm.
+    ``sample_rate=1`` is an unsampled Gaussian mechanism (e.g. a private quantile query).
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier <= 0:
+            raise ValueError("noise_multiplier must be positive: without noise nothing is private")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be non-negative, got {self.steps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpsilonReport:
+    """Epsilon at ``delta`` from each accountant; ``epsilon`` is the most conservative of them."""
+
+    delta: float
+    rdp: float
+    prv: float
+
+    @property
+    def epsilon(self) -> float:
+        return max(self.rdp, self.prv)
+
+    def to_dict(self) -> dict:
+        return {"delta": self.delta, "rdp": self.rdp, "prv": self.prv, "epsilon": self.epsilon}
+
+
+class BudgetExceededError(ValueError):
+    """The user's privacy budget cannot cover the requested computation."""
+
+
+def _history(events: Iterable[GaussianEvent]) -> list[tuple[float, float, int]]:
+    return [(e.noise_multiplier, e.sample_rate, e.steps) for e in events if e.steps > 0]
+
+
+def epsilon(events: Sequence[GaussianEvent], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of the composition of ``events`` under one accountant (0 for no events)."""
+    history = _history(events)
+    if not history:
+        return 0.0
+    if accountant == "rdp":
+        acc = RDPAccountant()
+    elif accountant == "prv":
+        acc = PRVAccountant()
+    else:
+        raise ValueError(f"unknown accountant {accountant!r}; choose from {ACCOUNTANTS}")
+    acc.history = history
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(acc.get_epsilon(delta))
+
+
+def epsilon_report(events: Sequence[GaussianEvent], delta: float) -> EpsilonReport:
+    return EpsilonReport(delta, epsilon(events, delta, "rdp"), epsilon(events, delta, "prv"))
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior: Sequence[GaussianEvent] = (),
+    *,
+    tolerance: float = 0.01,
+    max_noise_multiplier: float = 50.0,
+) -> float:
+    """Smallest noise multiplier (within ``tolerance``) keeping ``prior`` plus this training at ``target_epsilon``.
+
+    Both accountants must stay within the target, so the result is valid for the more
+    conservative one. Raises :class:`BudgetExceededError` if the prior spending already exceeds
+    the target, or if staying within it would take more than ``max_noise_multiplier`` (training
+    under that much noise learns nothing).
+    """
+    def spent(sigma: float) -> float:
+        events = [*prior, GaussianEvent(sigma, sample_rate, steps)]
+        return max(epsilon(events, delta, "rdp"), epsilon(events, delta, "prv"))
+
+    if epsilon_report(prior, delta).epsilon >= target_epsilon:
+        raise BudgetExceededError(f"the privacy budget epsilon={target_epsilon} is already spent by earlier training")
+    low, high = 0.1, 1.0
+    while spent(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > max_noise_multiplier:
+            raise BudgetExceededError(
+                f"the budget left under epsilon={target_epsilon} is too small for {steps} more steps at sample rate {sample_rate:.3g}"
+            )
+    # bisect with the cheap RDP bound first, then make sure the conservative maximum holds
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        events = [*prior, GaussianEvent(mid, sample_rate, steps)]
+        if epsilon(events, delta, "rdp") > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    while spent(high) > target_epsilon:
+        high += tolerance
+    return high

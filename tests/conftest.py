@@ -1,0 +1,37 @@
+"""Shared fixtures: the tiny model and small chat examples."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fedpers.models import LoraSettings, PersonalizedLM, UserEmbedding, attach_lora, encode_messages, load_base_model
+
+TOPICS = ("VPN", "Outlook", "badge", "printer", "Wi-Fi", "laptop", "MFA", "Excel")
+
+
+def chat(rng: random.Random) -> list[dict[str, str]]:
+    topic = rng.choice(TOPICS)
+    return [
+        {"role": "user", "content": f"My {topic} fails with code {rng.randint(100, 999)}."},
+        {"role": "assistant", "content": f"Restart the {topic} app, then sync your files."},
+    ]
+
+
+@pytest.fixture
+def tiny():
+    """A fresh tiny model and tokenizer (deterministic weights)."""
+    return load_base_model("tiny")
+
+
+@pytest.fixture
+def examples(tiny):
+    _, tokenizer = tiny
+    rng = random.Random(0)
+    return [encode_messages(tokenizer, chat(rng), 64) for _ in range(24)]
+
+
+def personalized(model, tokenizer, embedding_tokens: int = 4, top_layers: int | None = 2) -> PersonalizedLM:
+    peft_model = attach_lora(model, LoraSettings(r=4, alpha=8, top_layers=top_layers))
+    return PersonalizedLM(peft_model, UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer))
