@@ -92,22 +92,68 @@ def _train_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    from simulations.simulate import add_arguments
+
+    p = sub.add_parser(
+        "simulate",
+        help="federated simulation: persona adapters learned with DP-SGD on Flower's simulation engine",
+        description="Run the fedpers ServerApp and ClientApp on Flower's simulation engine (Ray), one simulated "
+        "device per user. Writes persona and global adapters (peft format), metrics.json, heldout_loss.png and the "
+        "evaluation table to the run directory. Settings: defaults < --config FILE.toml < flags.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulations.simulate import config_from_args, simulate
+
+    config, run_dir = config_from_args(args)
+    print(f"fedpers simulate: run directory {run_dir}", flush=True)
+    metrics = simulate(config, run_dir, client_cpus=args.client_cpus)
+    text = (run_dir / "evaluation.txt").read_text() if (run_dir / "evaluation.txt").exists() else "no evaluation"
+    print()
+    print(text)
+    print(f"max per-user epsilon: {metrics['max_epsilon']}; wall time {metrics['wall_seconds']:.0f} s; outputs in {run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpers", description="Federated, privacy-preserving personalization of LLM assistants.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_simulate(sub)
     _add_train_local(sub)
     from fedpers.data.cli import register as register_data
+    from fedpers.personas.cli import register as register_route
+
+    register_route(sub)
 
     data = sub.add_parser("data", help="generate, validate and import conversation data")
     register_data(data.add_subparsers(dest="data_command", required=True))
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for fedpers' own progress: no loading bars or deprecation notices from libraries."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    from fedpers.data import DataValidationError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, DataValidationError) as err:
         print(f"fedpers: error: {err}", file=sys.stderr)
         return 2
 

@@ -51,7 +51,8 @@ class LocalTrainResult:
     embedding: TrainResult | None
 
 
-def _set_trainable(model: PersonalizedLM, lora: bool, embedding: bool) -> None:
+def set_trainable(model: PersonalizedLM, lora: bool, embedding: bool) -> None:
+    """Make exactly the LoRA parameters and/or the user embedding trainable."""
     for name, p in model.lm.named_parameters():
         p.requires_grad_(lora and "lora_" in name)
     if model.user_embedding is not None:
@@ -69,19 +70,19 @@ def train_local(
     before: dict[str, np.ndarray] = adapter_arrays(model.lm)
     has_embedding = model.user_embedding is not None
     if config.scheme == "joint_dp":
-        _set_trainable(model, lora=True, embedding=has_embedding)
+        set_trainable(model, lora=True, embedding=has_embedding)
         model.use_user_embedding = has_embedding
         lora = train(model, train_examples, pad_token_id, config.lora, config.dp, ledger)
         embedding = None
     else:
-        _set_trainable(model, lora=True, embedding=False)
+        set_trainable(model, lora=True, embedding=False)
         model.use_user_embedding = False
         lora = train(model, train_examples, pad_token_id, config.lora, config.dp, ledger)
         embedding = None
-        if has_embedding:
-            _set_trainable(model, lora=False, embedding=True)
+        if has_embedding and config.embedding.steps > 0:
+            set_trainable(model, lora=False, embedding=True)
             model.use_user_embedding = True
             embedding = train(model, train_examples, pad_token_id, config.embedding, DPConfig(enabled=False))
-    _set_trainable(model, lora=False, embedding=False)
+    set_trainable(model, lora=False, embedding=False)
     model.use_user_embedding = has_embedding
     return LocalTrainResult(AdapterDelta.between(before, adapter_arrays(model.lm)), lora, embedding)

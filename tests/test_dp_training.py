@@ -142,3 +142,22 @@ def test_dp_requires_a_ledger(tiny, examples):
     net = personalized(model, tok)
     with pytest.raises(ValueError, match="ledger"):
         train(net, examples, tok.pad_token_id, FAST, DP, None)
+
+
+def test_one_model_serves_users_one_after_another_even_after_a_failure(tiny, examples, tmp_path):
+    """A client process reuses one model; an interrupted pass must not break the next user's training."""
+    model, tok = tiny
+    net = personalized(model, tok)
+    net.user_embedding.requires_grad_(False)
+    net.eval()  # as from_pretrained leaves it
+    norms = per_sample_grad_norms(net, examples, tok.pad_token_id)
+    assert norms.shape == (len(examples),) and not net.training
+
+    def crash(step, loss):
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        train(net, examples, tok.pad_token_id, FAST, DP, PrivacyLedger(tmp_path / "a.json", "a"), on_step=crash)
+    result = train(net, examples[:10], tok.pad_token_id, FAST, DP, PrivacyLedger(tmp_path / "b.json", "b"))
+    assert len(result.losses) == FAST.steps
+    assert not any(hasattr(p, "grad_sample") or hasattr(p, "summed_grad") for p in net.parameters())

@@ -102,3 +102,10 @@ def test_unknown_model_option_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="not a model option"):
         load_base_model(str(tmp_path / "nope"))
+
+
+def test_user_tokens_can_be_the_target(tiny):
+    _, tok = tiny
+    ex = encode_messages(tok, MESSAGES[:1], 256, target_roles=("user",))
+    targets = [i for i, label in zip(ex.input_ids, ex.labels) if label != IGNORE_INDEX]
+    assert tok.decode(targets) == "My VPN drops<|im_end|>\n"

@@ -37,9 +37,13 @@ def _template_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message
 
 
 def encode_messages(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Message],
+    max_length: int,
+    target_roles: tuple[str, ...] = ("assistant",),
 ) -> EncodedExample | None:
-    """Encode a chat; only assistant replies (with their end-of-turn token) carry labels.
+    """Encode a chat; only messages of ``target_roles`` (assistant replies by default) carry labels,
+    each with its end-of-turn token.
 
     Assistant spans are found by templating growing prefixes, so any template whose rendering of a
     prefix is a prefix of the full rendering works. Sequences longer than ``max_length`` keep their
@@ -48,9 +52,9 @@ def encode_messages(
     input_ids: list[int] = []
     labels: list[int] = []
     for k, message in enumerate(messages):
-        if message["role"] == "assistant":
-            header = _template_ids(tokenizer, messages[:k], generation_prompt=True)
+        if message["role"] in target_roles:
             full = _template_ids(tokenizer, messages[: k + 1], generation_prompt=False)
+            header = _header_ids(tokenizer, messages, k, full)
             _check_prefix(input_ids, header)
             labels += [IGNORE_INDEX] * (len(header) - len(input_ids)) + full[len(header):]
         else:
@@ -62,6 +66,19 @@ def encode_messages(
     if all(label == IGNORE_INDEX for label in labels):
         return None
     return EncodedExample(tuple(input_ids), tuple(labels))
+
+
+def _header_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], k: int, full: list[int]) -> list[int]:
+    """Tokens of ``messages[:k+1]`` up to where message ``k``'s content starts (its role header)."""
+    if messages[k]["role"] == "assistant":
+        return _template_ids(tokenizer, messages[:k], generation_prompt=True)
+    probe = [*messages[:k], {**messages[k], "content": ""}]
+    rendered = _template_ids(tokenizer, probe, generation_prompt=False)
+    # the empty message renders as header + end-of-turn; the header is what it shares with the full rendering
+    n = 0
+    while n < min(len(rendered), len(full)) and rendered[n] == full[n]:
+        n += 1
+    return full[:n]
 
 
 def _check_prefix(prefix: list[int], ids: list[int]) -> None:

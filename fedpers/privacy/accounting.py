@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -98,27 +99,32 @@ def calibrate_noise_multiplier(
     the target, or if staying within it would take more than ``max_noise_multiplier`` (training
     under that much noise learns nothing).
     """
-    def spent(sigma: float) -> float:
-        events = [*prior, GaussianEvent(sigma, sample_rate, steps)]
-        return max(epsilon(events, delta, "rdp"), epsilon(events, delta, "prv"))
+    return _calibrate(target_epsilon, delta, sample_rate, steps, tuple(prior), tolerance, max_noise_multiplier)
 
-    if epsilon_report(prior, delta).epsilon >= target_epsilon:
-        raise BudgetExceededError(f"the privacy budget epsilon={target_epsilon} is already spent by earlier training")
+
+@lru_cache(maxsize=256)
+def _calibrate(target: float, delta: float, sample_rate: float, steps: int, prior: tuple[GaussianEvent, ...],
+               tolerance: float, max_sigma: float) -> float:
+    def rdp_ok(sigma: float) -> bool:
+        return epsilon([*prior, GaussianEvent(sigma, sample_rate, steps)], delta, "rdp") <= target
+
+    def both_ok(sigma: float) -> bool:
+        return epsilon_report([*prior, GaussianEvent(sigma, sample_rate, steps)], delta).epsilon <= target
+
+    if epsilon_report(prior, delta).epsilon >= target:
+        raise BudgetExceededError(f"the privacy budget epsilon={target} is already spent by earlier training")
     low, high = 0.1, 1.0
-    while spent(high) > target_epsilon:
+    while not rdp_ok(high):  # bracket and bisect with the cheap RDP bound ...
         low, high = high, high * 2
-        if high > max_noise_multiplier:
+        if high > max_sigma:
             raise BudgetExceededError(
-                f"the budget left under epsilon={target_epsilon} is too small for {steps} more steps at sample rate {sample_rate:.3g}"
+                f"the budget left under epsilon={target} is too small for {steps} more steps at sample rate {sample_rate:.3g}"
             )
-    # bisect with the cheap RDP bound first, then make sure the conservative maximum holds
     while high - low > tolerance:
         mid = (low + high) / 2
-        events = [*prior, GaussianEvent(mid, sample_rate, steps)]
-        if epsilon(events, delta, "rdp") > target_epsilon:
-            low = mid
-        else:
-            high = mid
-    while spent(high) > target_epsilon:
+        low, high = (low, mid) if rdp_ok(mid) else (mid, high)
+    while not both_ok(high):  # ... then make sure the conservative maximum of both accountants holds
         high += tolerance
+        if high > max_sigma:
+            raise BudgetExceededError(f"no noise multiplier up to {max_sigma} keeps epsilon within {target}")
     return high

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from opacus import GradSampleModule
+from opacus.grad_sample.gsm_base import OPACUS_PARAM_MONKEYPATCH_ATTRS
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from tqdm.auto import tqdm
@@ -76,6 +77,22 @@ class TrainResult:
     epsilon: EpsilonReport | None = None
 
 
+def _fresh_for_opacus(model: torch.nn.Module) -> None:
+    """Drop per-sample state an earlier (possibly interrupted) Opacus pass left on modules and parameters.
+
+    A client process trains many users with one model object; stale activations or partial
+    per-sample gradients from a failed pass must never leak into the next one.
+    """
+    for module in model.modules():
+        for attr in ("activations", "max_batch_len"):
+            if hasattr(module, attr):
+                delattr(module, attr)
+    for p in model.parameters():
+        for attr in (*OPACUS_PARAM_MONKEYPATCH_ATTRS, "summed_grad"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+
+
 def _entropy_seed(seed: int | None) -> int:
     return int.from_bytes(os.urandom(8), "little") if seed is None else seed
 
@@ -90,6 +107,9 @@ def per_sample_grad_norms(
     model: PersonalizedLM, examples: Sequence[EncodedExample], pad_token_id: int, batch_size: int = 8
 ) -> np.ndarray:
     """Per-example gradient norms of the trainable parameters (never released; used privately)."""
+    _fresh_for_opacus(model)
+    was_training = model.training
+    model.train()  # Opacus captures activations only in training mode
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     params = [p for p in gsm.parameters() if p.requires_grad]
     norms: list[np.ndarray] = []
@@ -104,6 +124,7 @@ def per_sample_grad_norms(
                 p.grad = None
     finally:
         gsm._close()
+        model.train(was_training)
     return np.concatenate(norms) if norms else np.zeros(0)
 
 
@@ -189,6 +210,7 @@ def train(
             "dp-sgd", [GaussianEvent(sigma, sample_rate, config.steps)],
             {"max_grad_norm": clip, "batch_size": config.batch_size, "examples": n, "learning_rate": config.learning_rate},
         ))
+        _fresh_for_opacus(model)
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         noise = torch.Generator().manual_seed(_entropy_seed(config.noise_seed))
         optimizer = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=clip,
@@ -214,6 +236,7 @@ def train(
     finally:
         if gsm is not None:
             gsm._close()
+            _fresh_for_opacus(model)
         for p in params:
             p.grad = None
         model.eval()

@@ -1,0 +1,117 @@
+"""Per-process client environment: the base model with its LoRA slots, and the users' data.
+
+A simulation process serves many users one after another, so the (frozen) model is built once per
+process and settings; each message only swaps adapter weights and the user embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from fedpers.data import SyntheticConfig, generate, import_shakespeare, read_jsonl, train_heldout_split
+from fedpers.federated import FederatedConfig
+from fedpers.models import PersonalizedLM, UserEmbedding, attach_lora, encode_conversations, load_base_model
+from fedpers.models.chat import EncodedExample
+
+
+@dataclass(eq=False)  # hashed by identity: one per process and settings
+class ModelEnvironment:
+    model: PersonalizedLM
+    tokenizer: object
+    public_embedding: torch.Tensor  # data-independent initial user embedding
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+@dataclass
+class UserData:
+    user_id: str
+    declared_persona: str | None
+    train: list[EncodedExample]
+    heldout: list[EncodedExample]
+
+
+@lru_cache(maxsize=2)
+def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvironment:
+    r, alpha, targets, layers, seed = lora_key
+    from fedpers.models import LoraSettings
+
+    base, tokenizer = load_base_model(model_name)
+    peft_model = attach_lora(base, LoraSettings(r=r, alpha=alpha, target_modules=targets, top_layers=layers, init_seed=seed))
+    embedding = UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer)
+    public = embedding.embedding.weight.detach().clone()
+    return ModelEnvironment(PersonalizedLM(peft_model, embedding), tokenizer, public)
+
+
+def model_environment(config: FederatedConfig) -> ModelEnvironment:
+    lora = config.lora()
+    key = (lora.r, lora.alpha, lora.target_modules, lora.top_layers, lora.init_seed)
+    return _model(config.model, key, config.embedding_tokens)
+
+
+@lru_cache(maxsize=2)
+def _conversations(data: str, users_per_persona: int, conversations_per_user: int, seed: int, personas: str, max_users: int) -> tuple:
+    if data == "synthetic":
+        names = tuple(p for p in personas.split(",") if p)
+        convs = generate(SyntheticConfig(users_per_persona=users_per_persona, conversations_per_user=conversations_per_user,
+                                         seed=seed, personas=names))
+    elif data == "shakespeare":
+        convs = import_shakespeare(max_users=max_users or None)
+    else:
+        convs = read_jsonl(data, mode="strict").conversations
+    order: list[str] = []
+    for c in convs:
+        if c.user_id not in order:
+            order.append(c.user_id)
+    keep = set(order[:max_users]) if max_users and data != "synthetic" else set(order)
+    taken: dict[str, int] = {}
+    kept = []
+    for c in convs:  # at most conversations_per_user each, in data order
+        if c.user_id in keep and taken.get(c.user_id, 0) < conversations_per_user:
+            taken[c.user_id] = taken.get(c.user_id, 0) + 1
+            kept.append(c)
+    return tuple(kept)
+
+
+def conversations(config: FederatedConfig) -> tuple:
+    return _conversations(config.data, config.users_per_persona, config.conversations_per_user,
+                          config.data_seed, config.personas, config.max_users)
+
+
+def user_ids(config: FederatedConfig) -> list[str]:
+    """Users in data order; simulated node ``partition-id`` i is user ``user_ids[i]``."""
+    seen: dict[str, None] = {}
+    for c in conversations(config):
+        seen.setdefault(c.user_id, None)
+    return list(seen)
+
+
+def user_data(config: FederatedConfig, user_id: str, env: ModelEnvironment) -> UserData:
+    """The user's encoded train / held-out examples (cached per process and settings)."""
+    return _user_data(config.data, config.users_per_persona, config.conversations_per_user, config.data_seed,
+                      config.personas, config.max_users, config.heldout_fraction, config.max_length,
+                      config.persona_mode, user_id, env)
+
+
+@lru_cache(maxsize=64)
+def _user_data(data, users_per_persona, conversations_per_user, data_seed, personas, max_users, heldout_fraction,
+               max_length, persona_mode, user_id, env) -> UserData:
+    config = FederatedConfig(data=data, users_per_persona=users_per_persona, conversations_per_user=conversations_per_user,
+                             data_seed=data_seed, personas=personas, max_users=max_users,
+                             heldout_fraction=heldout_fraction, max_length=max_length, persona_mode=persona_mode)
+    mine = [c for c in conversations(config) if c.user_id == user_id]
+    if not mine:
+        raise ValueError(f"no conversations for user {user_id!r}")
+    train, heldout = train_heldout_split(mine, config.heldout_fraction, seed=config.data_seed)
+    persona = mine[0].persona if config.persona_mode == "declared" else None
+    return UserData(
+        user_id=user_id,
+        declared_persona=persona,
+        train=encode_conversations(env.tokenizer, train, config.max_length),
+        heldout=encode_conversations(env.tokenizer, heldout, config.max_length),
+    )

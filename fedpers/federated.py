@@ -1,0 +1,142 @@
+"""Settings of a federated run, and how adapters travel: flat records of scalars and named NumPy arrays.
+
+The ServerApp owns a :class:`FederatedConfig` and sends it to clients in every message, so the
+same apps run under ``fedpers simulate``, ``flwr run`` and the deployment engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from fedpers.data import PERSONAS
+from fedpers.models.lora import LoraSettings
+
+SEPARATOR = "/"
+
+
+@dataclass
+class FederatedConfig:
+    """Everything a round needs; every field is a ConfigRecord scalar (``fedpers simulate --help`` lists them)."""
+
+    # data and model
+    model: str = "smollm2"
+    data: str = "synthetic"  # 'synthetic', 'shakespeare' or a conversation JSONL path
+    users_per_persona: int = 4
+    conversations_per_user: int = 32
+    max_users: int = 20
+    data_seed: int = 0
+    heldout_fraction: float = 0.25
+    max_length: int = 96
+    personas: str = ",".join(PERSONAS)
+    persona_mode: str = "declared"  # 'declared' (from the data) or 'inferred' (IFCA on the client)
+    # adapters
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: str = "q_proj,v_proj"
+    lora_layers: int = 6
+    embedding_tokens: int = 8
+    # rounds and server
+    rounds: int = 3
+    fraction_train: float = 1.0
+    min_clients: int = 2
+    server_optimizer: str = "fedavg"
+    server_lr: float = 1.0
+    # local training
+    local_steps: int = 8
+    batch_size: int = 4
+    learning_rate: float = 2e-2
+    embedding_steps: int = 8
+    embedding_lr: float = 3e-2
+    # privacy (per user, sample level: one conversation)
+    dp: bool = True
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    noise_multiplier: float = 0.0  # 0: calibrate to epsilon over all planned rounds
+    clip: float = 0.0  # 0: private median of per-sample gradient norms
+    clip_quantile: float = 0.5
+    # where clients keep their state (ledger, user embedding, plan) between rounds and runs
+    state_dir: str = "runs/client-state"
+    seed: int = 0
+
+    @property
+    def persona_names(self) -> list[str]:
+        return [p for p in self.personas.split(",") if p]
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, target_modules=tuple(self.lora_targets.split(",")),
+                            top_layers=self.lora_layers or None, init_seed=self.seed)
+
+    def to_record(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record) -> "FederatedConfig":
+        """Build from a ConfigRecord or dict, ignoring keys that are not settings (e.g. ``server-round``)."""
+        known = {f.name: f.type for f in fields(cls)}
+        values = {}
+        for key, value in dict(record).items():
+            name = key.replace("-", "_")
+            if name in known:
+                values[name] = value
+        return cls(**values).validated()
+
+    def validated(self) -> "FederatedConfig":
+        for f in fields(self):
+            default = f.default
+            value = getattr(self, f.name)
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"setting {f.name}: expected true/false, got {value!r}")
+            elif isinstance(default, int) and not isinstance(value, bool):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                if not isinstance(value, int):
+                    raise ValueError(f"setting {f.name}: expected an integer, got {value!r}")
+            elif isinstance(default, float):
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    raise ValueError(f"setting {f.name}: expected a number, got {value!r}")
+                value = float(value)
+            elif isinstance(default, str) and not isinstance(value, str):
+                raise ValueError(f"setting {f.name}: expected a string, got {value!r}")
+            setattr(self, f.name, value)
+        if self.persona_mode not in ("declared", "inferred"):
+            raise ValueError(f"setting persona_mode: 'declared' or 'inferred', got {self.persona_mode!r}")
+        if self.server_optimizer not in ("fedavg", "fedadam"):
+            raise ValueError(f"setting server_optimizer: 'fedavg' or 'fedadam', got {self.server_optimizer!r}")
+        if not self.persona_names:
+            raise ValueError("setting personas: at least one persona is needed")
+        return self
+
+
+def load_config_file(path: Path) -> dict:
+    """Settings from a TOML file: top-level keys are :class:`FederatedConfig` fields (``-`` or ``_``)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: {err}") from None
+    known = {f.name for f in fields(FederatedConfig)}
+    values = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ValueError(f"{path}: unknown setting {key!r}")
+        values[name] = value
+    return values
+
+
+def pack_adapters(adapters: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several named adapters as one flat mapping ``'<adapter>/<tensor>'`` (for one ArrayRecord)."""
+    return {f"{name}{SEPARATOR}{key}": array for name, arrays in adapters.items() for key, array in arrays.items()}
+
+
+def unpack_adapters(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    adapters: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in flat.items():
+        name, _, tensor = key.partition(SEPARATOR)
+        adapters.setdefault(name, {})[tensor] = array
+    return adapters

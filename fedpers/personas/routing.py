@@ -1,0 +1,126 @@
+"""Routing a prompt to a persona adapter: one ``Scorer`` protocol, several scorers, one ``Router``.
+
+``LossScorer`` runs the model once per candidate adapter; a cheaper learned scorer (e.g. a
+classifier on prompt embeddings) can be added behind the same protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fedpers.models.chat import collate, encode_messages
+from fedpers.models.lora import adapter_arrays, load_adapter_arrays
+from fedpers.models.personalized import PersonalizedLM
+from fedpers.personas.assignment import GLOBAL, Source, assign_persona, check_known
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores a prompt against candidate personas; lower is better."""
+
+    def score(self, prompt: str, candidates: Sequence[str]) -> dict[str, float]: ...
+
+
+class LossScorer:
+    """Mean next-token loss of the prompt's own tokens under each candidate's adapter (user embedding off).
+
+    Scoring swaps adapters in ``model.lm`` and restores the one that was loaded before.
+    """
+
+    def __init__(
+        self,
+        model: PersonalizedLM,
+        tokenizer: PreTrainedTokenizerBase,
+        adapters: Mapping[str, Mapping[str, np.ndarray]],
+        max_length: int = 256,
+    ) -> None:
+        self.model, self.tokenizer, self.adapters, self.max_length = model, tokenizer, dict(adapters), max_length
+
+    @torch.no_grad()
+    def score(self, prompt: str, candidates: Sequence[str]) -> dict[str, float]:
+        missing = [c for c in candidates if c not in self.adapters]
+        if missing:
+            raise ValueError(f"no adapter to score {missing}; adapters: {sorted(self.adapters)}")
+        example = encode_messages(self.tokenizer, [{"role": "user", "content": prompt}], self.max_length, target_roles=("user",))
+        if example is None:
+            raise ValueError("the prompt has no tokens to score")
+        batch = collate([example], self.tokenizer.pad_token_id)
+        model, lm = self.model, self.model.lm
+        saved, use_embedding, training = adapter_arrays(lm), model.use_user_embedding, model.training
+        model.use_user_embedding = False
+        model.eval()
+        try:
+            scores = {}
+            for name in candidates:
+                load_adapter_arrays(lm, dict(self.adapters[name]))
+                scores[name] = float(model(**batch)[0])
+            return scores
+        finally:
+            load_adapter_arrays(lm, saved)
+            model.use_user_embedding = use_embedding
+            model.train(training)
+
+
+class DeclaredScorer:
+    """0 for a fixed persona, infinity for every other one (a profile setting as a scorer)."""
+
+    def __init__(self, persona: str) -> None:
+        self.persona = persona
+
+    def score(self, prompt: str, candidates: Sequence[str]) -> dict[str, float]:
+        return {c: 0.0 if c == self.persona else math.inf for c in candidates}
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """The adapter that answers, the scores behind the choice (lower is better) and why."""
+
+    persona: str
+    scores: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    source: Source = "inferred"
+
+
+class Router:
+    """Routes prompts among ``personas``: a declared persona wins, else the scorer's minimum.
+
+    ``available`` lists the personas that have an adapter (default: all); a declared persona without
+    one, or a cold start with none, goes to ``fallback``. ``score_declared`` also scores declared
+    prompts, for display.
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        personas: Sequence[str],
+        fallback: str = GLOBAL,
+        available: Collection[str] | None = None,
+        score_declared: bool = False,
+    ) -> None:
+        self.scorer, self.personas, self.fallback = scorer, list(personas), fallback
+        self.available = [p for p in self.personas if available is None or p in available]
+        self.score_declared = score_declared
+
+    def route(self, prompt: str, declared: str | None = None) -> RouteDecision:
+        if declared is not None:
+            check_known(declared, self.personas)
+            scores = self.scorer.score(prompt, self.available) if self.score_declared and self.available else {}
+            if declared in self.available:
+                return RouteDecision(declared, scores, f"declared persona '{declared}'", "declared")
+            reason = f"declared persona '{declared}' has no adapter yet; using '{self.fallback}'"
+            return RouteDecision(self.fallback, scores, reason, "global")
+        if not self.available:
+            return RouteDecision(self.fallback, {}, f"no persona adapter yet (cold start); using '{self.fallback}'", "global")
+        scores = self.scorer.score(prompt, self.available)
+        assignment = assign_persona(None, self.available, scores.__getitem__, self.available)
+        if assignment.source == "global":
+            return RouteDecision(self.fallback, scores, f"no finite score; using '{self.fallback}'", "global")
+        reason = f"lowest {type(self.scorer).__name__} score among {len(self.available)} persona adapters"
+        return RouteDecision(assignment.persona, scores, reason, "inferred")

@@ -1,0 +1,72 @@
+"""The run directory: the single place that evaluation, routing, plots and the audit read.
+
+    RUN_DIR/run.json                  settings of the run (model, LoRA, personas, privacy)
+    RUN_DIR/adapters/<name>/          each adapter in peft format (``global`` and one per persona)
+    RUN_DIR/metrics.json              per-round metrics and the final evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from peft import PeftModel
+from safetensors.numpy import load_file
+
+from fedpers.models.lora import LoraSettings, load_adapter_arrays
+
+RUN_CONFIG = "run.json"
+ADAPTERS = "adapters"
+METRICS = "metrics.json"
+GLOBAL = "global"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (is this a fedpers run directory?)") from None
+
+
+def adapter_dir(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / ADAPTERS / name
+
+
+def save_adapter(run_dir: Path, name: str, model: PeftModel, arrays: dict[str, np.ndarray]) -> Path:
+    """Save ``arrays`` in peft format (loadable with ``PeftModel.from_pretrained``)."""
+    load_adapter_arrays(model, arrays)
+    target = adapter_dir(run_dir, name)
+    model.save_pretrained(target)
+    return target
+
+
+def load_adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every adapter of a run as NumPy arrays keyed like :func:`fedpers.models.adapter_arrays`."""
+    root = Path(run_dir) / ADAPTERS
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no adapters in this run directory")
+    return {d.name: load_file(str(d / "adapter_model.safetensors")) for d in sorted(root.iterdir()) if d.is_dir()}
+
+
+def lora_settings(run_config: dict) -> LoraSettings:
+    lora = dict(run_config["lora"])
+    lora["target_modules"] = tuple(lora["target_modules"])
+    return LoraSettings(**lora)

@@ -1,0 +1,99 @@
+"""``fedpers simulate``: the fedpers ServerApp and ClientApp on Flower's simulation engine (Ray backend).
+
+One simulated SuperNode per user of the data set. Settings come from the defaults, then a TOML
+config file, then flags; the run directory receives adapters, metrics, the plot and the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from datetime import datetime
+from pathlib import Path
+
+from fedpers.federated import FederatedConfig, load_config_file
+from fedpers.rundir import METRICS, read_json
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+HELP = {
+    "model": "'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local HF model directory",
+    "data": "'synthetic' (IT service desk), 'shakespeare' (../shared/data) or a conversation JSONL path",
+    "users_per_persona": "synthetic users per persona",
+    "conversations_per_user": "conversations per user (synthetic: generated; other data: at most this many)",
+    "max_users": "at most this many users (non-synthetic data)",
+    "heldout_fraction": "share of each user's conversations held out for evaluation",
+    "max_length": "tokens per training example (keeps the latest context)",
+    "personas": "comma-separated persona names",
+    "persona_mode": "'declared' (persona field of the data) or 'inferred' (IFCA on the client, chosen privately)",
+    "lora_layers": "LoRA on the top N layers (0 = all)",
+    "embedding_tokens": "soft-prompt vectors in each user's embedding (stays on the device)",
+    "fraction_train": "fraction of users sampled per round",
+    "min_clients": "minimum contributors before a persona (or the global) adapter is updated",
+    "server_optimizer": "'fedavg' or 'fedadam'",
+    "local_steps": "DP-SGD steps per client per round",
+    "batch_size": "expected Poisson batch size",
+    "embedding_steps": "user-embedding steps per client per round (0 = none)",
+    "dp": "DP-SGD on the shared adapter (false only for comparison)",
+    "epsilon": "per-user epsilon budget over all rounds of this run (plus earlier runs in the ledger)",
+    "noise_multiplier": "0 = calibrate to --epsilon over all planned rounds",
+    "clip": "per-sample clipping norm; 0 = private median of per-sample gradient norms",
+    "state_dir": "where clients keep ledgers, user embeddings and plans (default: RUN_DIR/client-state)",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help=f"TOML settings file (see {SCENARIOS.name}/ for examples)")
+    p.add_argument("--run-dir", type=Path, help="output directory (default: runs/<timestamp>)")
+    p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per simulated client (parallel clients = CPUs / this)")
+    group = p.add_argument_group("settings (override the config file)")
+    for f in dataclasses.fields(FederatedConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        helptext = f"{HELP.get(f.name, '')} (default: {f.default})".strip()
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=helptext)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[FederatedConfig, Path]:
+    values = load_config_file(args.config) if args.config else {}
+    values |= {f.name: getattr(args, f.name) for f in dataclasses.fields(FederatedConfig) if getattr(args, f.name) is not None}
+    run_dir = (args.run_dir or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+    if "state_dir" not in values:
+        values["state_dir"] = str(run_dir / "client-state")
+    config = FederatedConfig(**values).validated()
+    config.state_dir = str(Path(config.state_dir).resolve())
+    if config.data not in ("synthetic", "shakespeare"):
+        config.data = str(Path(config.data).resolve())
+    return config, run_dir
+
+
+def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0) -> dict:
+    """Run the federated simulation and return the metrics it wrote."""
+    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"  # offline: never install at run time
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation
+
+    from clients.app import app as client_app
+    from clients.runtime import user_ids
+    from server.app import make_server_app
+
+    users = user_ids(config)
+    if len(users) < config.min_clients:
+        raise ValueError(f"the data holds {len(users)} users, fewer than min_clients={config.min_clients}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cpus = os.cpu_count() or 1
+    backend = {
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False},
+    }
+    run_simulation(server_app=make_server_app(config, run_dir, len(users)), client_app=client_app,
+                   num_supernodes=len(users), backend_config=backend)
+    metrics_path = run_dir / METRICS
+    if not metrics_path.exists():
+        raise RuntimeError(f"the simulation ended without writing {metrics_path}: see the log above")
+    return read_json(metrics_path)

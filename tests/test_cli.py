@@ -1,0 +1,57 @@
+"""The ``fedpers`` command end to end on the tiny model."""
+
+import json
+
+import pytest
+from peft import PeftModel
+
+from fedpers.cli import main
+from fedpers.models import load_base_model
+from fedpers.privacy import PrivacyLedger
+
+FAST = ["--model", "tiny", "--conversations", "16", "--steps", "3", "--embedding-steps", "2", "--batch-size", "4"]
+
+
+def test_train_local_reports_perplexity_and_epsilon(tmp_path, capsys):
+    assert main(["train-local", *FAST, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "base model" in out and "+ LoRA (DP-SGD)" in out and "+ LoRA + user embedding" in out
+    assert "epsilon RDP" in out and "PRV" in out
+    (user_dir,) = tmp_path.iterdir()
+    metrics = json.loads((user_dir / "metrics.json").read_text())
+    assert metrics["persona"] == "field_worker"
+    assert 0 < metrics["epsilon"]["prv"] <= metrics["epsilon"]["epsilon"] <= 8.0
+    assert metrics["epsilon"]["epsilon"] == max(metrics["epsilon"]["rdp"], metrics["epsilon"]["prv"])
+    for key in ("base", "lora", "lora_embedding"):
+        assert metrics[key]["perplexity"] > 1 and metrics[key]["tokens"] > 0
+    ledger = PrivacyLedger(user_dir / "ledger.json", metrics["user_id"])
+    assert [e.purpose for e in ledger.entries] == ["clip-quantile", "dp-sgd"]
+    assert ledger.spent().epsilon == pytest.approx(metrics["epsilon"]["epsilon"])
+    base, _ = load_base_model("tiny")
+    assert PeftModel.from_pretrained(base, user_dir / "adapter") is not None
+    assert (user_dir / "user_embedding.safetensors").is_file()
+
+
+def test_second_run_composes_with_the_ledger_and_refuses_past_budget(tmp_path, capsys):
+    args = ["train-local", *FAST, "--out", str(tmp_path), "--noise-multiplier", "1.0", "--clip", "0.1"]
+    assert main([*args, "--epsilon", "100"]) == 0
+    first = json.loads(next(tmp_path.iterdir()).joinpath("metrics.json").read_text())["epsilon"]["epsilon"]
+    assert main([*args, "--epsilon", "100"]) == 0
+    second = json.loads(next(tmp_path.iterdir()).joinpath("metrics.json").read_text())["epsilon"]["epsilon"]
+    assert second > first
+    capsys.readouterr()
+    assert main(["train-local", *FAST, "--out", str(tmp_path), "--epsilon", str(second / 2)]) == 2
+    assert "budget" in capsys.readouterr().err
+
+
+def test_no_dp_run_says_so(tmp_path, capsys):
+    assert main(["train-local", *FAST, "--out", str(tmp_path), "--no-dp"]) == 0
+    assert "no DP" in capsys.readouterr().out
+    assert not (next(tmp_path.iterdir()) / "ledger.json").exists()
+
+
+def test_bad_data_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"user_id": "u", "conversation_id": "c", "turns": [{"role": "robot", "text": "hi"}]}\n')
+    assert main(["train-local", *FAST, "--data", str(bad), "--user-id", "u", "--out", str(tmp_path / "o")]) == 2
+    assert f"{bad}:1: turns[0].role" in capsys.readouterr().err
