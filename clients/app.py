@@ -20,11 +20,9 @@ from fedpers.local import LocalTrainConfig, set_trainable, train_local
 from fedpers.models import UserEmbedding, load_adapter_arrays
 from fedpers.privacy import DPConfig, TrainConfig
 from fedpers.privacy.accounting import calibrate_noise_multiplier
+from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.dp_sgd import estimate_clip_norm
 from fedpers.rundir import GLOBAL
-
-app = ClientApp()
-
 
 def resolve_user(config: FederatedConfig, context: Context) -> str:
     """The user this node serves: ``user-id`` in the node config, else the simulated ``partition-id``."""
@@ -72,13 +70,13 @@ def _assignment(config, raw, adapters, env, data, state):
     return choice
 
 
-def _dp_plan(config: FederatedConfig, raw: dict, env: ModelEnvironment, data: UserData, state: UserState) -> DPPlan:
+def _dp_plan(config: FederatedConfig, raw: dict, env: ModelEnvironment, data: UserData, state: UserState,
+             ledger: PrivacyLedger) -> DPPlan:
     """Noise and clipping for this run, fixed at the user's first round so every planned round fits the budget."""
     run_id = str(raw["run-id"])
     plan = state.plan(run_id)
     if plan is not None:
         return plan
-    ledger = state.ledger(config.delta)
     sample_rate = min(1.0, config.batch_size / len(data.train))
     clip = config.clip
     if clip <= 0:  # measured like DP-SGD's first phase: LoRA trainable, no user embedding
@@ -93,7 +91,6 @@ def _dp_plan(config: FederatedConfig, raw: dict, env: ModelEnvironment, data: Us
     return plan
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the assigned persona adapter (DP-SGD) and the user embedding; reply with the delta only."""
     config, raw, adapters, env, data, state = _setup(msg, context)
@@ -103,7 +100,7 @@ def train(msg: Message, context: Context) -> Message:
     ledger = state.ledger(config.delta) if config.dp else None
     dp = DPConfig(enabled=False)
     if config.dp:
-        plan = _dp_plan(config, raw, env, data, state)
+        plan = _dp_plan(config, raw, env, data, state, ledger)
         dp = DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=config.delta)
     seed = config.seed * 1000 + int(raw.get("server-round", 0))
     local = LocalTrainConfig(
@@ -125,7 +122,6 @@ def train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-@app.evaluate()
 def evaluate_heldout(msg: Message, context: Context) -> Message:
     """Held-out loss sums (for token-weighted means per persona): global and persona adapters; on the
     final round also the base model and the persona adapter with the user's embedding."""
@@ -152,3 +148,14 @@ def evaluate_heldout(msg: Message, context: Context) -> Message:
         metrics["loss-sum-persona-embedding"] = result.loss * result.tokens
         model.use_user_embedding = False
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def make_client_app(mods: list | None = None) -> ClientApp:
+    """The fedpers ClientApp, optionally with Flower mods (e.g. :func:`clients.wire.record_replies`)."""
+    client_app = ClientApp(mods=mods or [])
+    client_app.train()(train)
+    client_app.evaluate()(evaluate_heldout)
+    return client_app
+
+
+app = make_client_app()

@@ -71,14 +71,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[FederatedConfig, Path]:
     return config, run_dir
 
 
-def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0) -> dict:
-    """Run the federated simulation and return the metrics it wrote."""
+def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, client_mods: list | None = None) -> dict:
+    """Run the federated simulation and return the metrics it wrote (``client_mods`` wrap every client)."""
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"  # offline: never install at run time
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
 
-    from clients.app import app as client_app
+    from clients.app import make_client_app
     from clients.runtime import user_ids
     from server.app import make_server_app
 
@@ -91,7 +91,7 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0) -
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False},
     }
-    run_simulation(server_app=make_server_app(config, run_dir, len(users)), client_app=client_app,
+    run_simulation(server_app=make_server_app(config, run_dir, len(users)), client_app=make_client_app(client_mods),
                    num_supernodes=len(users), backend_config=backend)
     metrics_path = run_dir / METRICS
     if not metrics_path.exists():

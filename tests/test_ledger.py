@@ -50,7 +50,7 @@ def test_ledger_write_is_atomic_and_composes_across_runs(tmp_path):
     two = PrivacyLedger(path, "alice").spent().epsilon
     assert two > one
     assert two == pytest.approx(epsilon_report([GaussianEvent(1.0, 0.2, 60)], 1e-5).epsilon, rel=1e-6)
-    assert not [p for p in tmp_path.iterdir() if p.name != "ledger.json"]  # no temp files left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ledger-")]  # no temp files left
     assert json.loads(path.read_text())["user_id"] == "alice"
 
 
@@ -62,3 +62,15 @@ def test_corrupt_or_foreign_ledger_is_refused(tmp_path):
     path.write_text(path.read_text()[:-20])
     with pytest.raises(ValueError, match="corrupt"):
         PrivacyLedger(path, "alice")
+
+
+def test_two_ledger_objects_for_one_user_never_lose_entries(tmp_path):
+    path = tmp_path / "ledger.json"
+    first, second = PrivacyLedger(path, "alice"), PrivacyLedger(path, "alice")
+    a = first.record(LedgerEntry("clip-quantile", [GaussianEvent(4.0, 1.0, 6)]))
+    second.record(LedgerEntry("dp-sgd", [GaussianEvent(1.0, 0.2, 30)]))
+    first.complete(a)
+    on_disk = PrivacyLedger(path, "alice")
+    assert [e.purpose for e in on_disk.entries] == ["clip-quantile", "dp-sgd"]
+    assert [e.status for e in on_disk.entries] == ["completed", "started"]
+    assert first.spent().epsilon == second.spent().epsilon == on_disk.spent().epsilon

@@ -8,11 +8,14 @@ and runs is the composition of every entry.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +58,11 @@ class LedgerEntry:
 
 
 class PrivacyLedger:
-    """A JSON file of :class:`LedgerEntry` records for one user."""
+    """A JSON file of :class:`LedgerEntry` records for one user.
+
+    Every change re-reads the file under an exclusive lock and applies itself to what is on disk,
+    so several ledger objects or processes for the same user never overwrite each other's entries.
+    """
 
     def __init__(self, path: Path | str, user_id: str, delta: float = 1e-5) -> None:
         self.path = Path(path)
@@ -64,6 +71,25 @@ class PrivacyLedger:
         self.entries: list[LedgerEntry] = []
         if self.path.exists():
             self._load()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _mutate(self, change: Callable[[], None]) -> None:
+        with self._locked():
+            if self.path.exists():
+                self._load()
+            else:
+                self.entries = []
+            change()
+            self._write()
 
     def _load(self) -> None:
         try:
@@ -92,17 +118,31 @@ class PrivacyLedger:
 
     def record(self, entry: LedgerEntry) -> LedgerEntry:
         """Persist ``entry`` (with its planned spending) before the computation runs."""
-        self.entries.append(entry)
-        self._write()
+        self._mutate(lambda: self.entries.append(entry))
         return entry
 
     def complete(self, entry: LedgerEntry, **details) -> None:
         """Mark ``entry`` as finished; its accounted events stay as recorded (never reduced)."""
-        entry.status = "completed"
-        entry.details.update(details)
-        self._write()
+
+        def change() -> None:
+            stored = next((e for e in self.entries if e.entry_id == entry.entry_id), None)
+            if stored is None:
+                raise ValueError(f"{self.path}: entry {entry.entry_id} is not in the ledger")
+            for target in {id(stored): stored, id(entry): entry}.values():
+                target.status = "completed"
+                target.details.update(details)
+
+        self._mutate(change)
+
+    def reload(self) -> None:
+        """Read what is on disk now (other objects or processes may have recorded since)."""
+        with self._locked():
+            if self.path.exists():
+                self._load()
 
     def events(self) -> list[GaussianEvent]:
+        """Every recorded event, as on disk now."""
+        self.reload()
         return [e for entry in self.entries for e in entry.events]
 
     def spent(self, delta: float | None = None) -> EpsilonReport:
