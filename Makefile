@@ -8,10 +8,11 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	$(VENV)/bin/fedpers train-local $(ARGS)
+	$(VENV)/bin/fedpers simulate --config simulations/scenarios/default.toml $(ARGS)
 
 test: setup
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
 bench: setup
 	$(VENV)/bin/python -m simulations.bench_dp_step --write
+	$(VENV)/bin/python -m simulations.bench_scenarios --write

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Array, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.persona import choose_persona, private_persona_choice
@@ -23,6 +23,7 @@ from fedpers.privacy.accounting import calibrate_noise_multiplier
 from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.dp_sgd import estimate_clip_norm
 from fedpers.rundir import GLOBAL
+
 
 def resolve_user(config: FederatedConfig, context: Context) -> str:
     """The user this node serves: ``user-id`` in the node config, else the simulated ``partition-id``."""

@@ -13,7 +13,8 @@ import torch
 
 from fedpers.data import SyntheticConfig, generate, import_shakespeare, read_jsonl, train_heldout_split
 from fedpers.federated import FederatedConfig
-from fedpers.models import PersonalizedLM, UserEmbedding, attach_lora, encode_conversations, load_base_model
+from fedpers.logs import quiet_libraries
+from fedpers.models import LoraSettings, PersonalizedLM, UserEmbedding, attach_lora, encode_conversations, load_base_model
 from fedpers.models.chat import EncodedExample
 
 
@@ -39,8 +40,7 @@ class UserData:
 @lru_cache(maxsize=2)
 def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvironment:
     r, alpha, targets, layers, seed = lora_key
-    from fedpers.models import LoraSettings
-
+    quiet_libraries()
     base, tokenizer = load_base_model(model_name)
     peft_model = attach_lora(base, LoraSettings(r=r, alpha=alpha, target_modules=targets, top_layers=layers, init_seed=seed))
     embedding = UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer)

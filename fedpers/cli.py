@@ -115,7 +115,8 @@ def _simulate(args: argparse.Namespace) -> int:
     text = (run_dir / "evaluation.txt").read_text() if (run_dir / "evaluation.txt").exists() else "no evaluation"
     print()
     print(text)
-    print(f"max per-user epsilon: {metrics['max_epsilon']}; wall time {metrics['wall_seconds']:.0f} s; outputs in {run_dir}")
+    privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.dp else "DP off: epsilon unbounded"
+    print(f"{privacy}; wall time {metrics['wall_seconds']:.0f} s; outputs in {run_dir}")
     return 0
 
 
@@ -134,21 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for fedpers' own progress: no loading bars or deprecation notices from libraries."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    from fedpers.logs import quiet_libraries
+
+    quiet_libraries()
     from fedpers.data import DataValidationError
 
     try:

@@ -21,36 +21,39 @@ SEPARATOR = "/"
 
 @dataclass
 class FederatedConfig:
-    """Everything a round needs; every field is a ConfigRecord scalar (``fedpers simulate --help`` lists them)."""
+    """Everything a round needs; every field is a ConfigRecord scalar (``fedpers simulate --help`` lists them).
+
+    The defaults are the default scenario (``simulations/scenarios/default.toml``), sized for 2 CPU cores.
+    """
 
     # data and model
     model: str = "smollm2"
     data: str = "synthetic"  # 'synthetic', 'shakespeare' or a conversation JSONL path
-    users_per_persona: int = 4
-    conversations_per_user: int = 32
+    users_per_persona: int = 3
+    conversations_per_user: int = 40
     max_users: int = 20
     data_seed: int = 0
     heldout_fraction: float = 0.25
-    max_length: int = 96
+    max_length: int = 64
     personas: str = ",".join(PERSONAS)
     persona_mode: str = "declared"  # 'declared' (from the data) or 'inferred' (IFCA on the client)
     # adapters
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = 4
+    lora_alpha: int = 8
     lora_targets: str = "q_proj,v_proj"
-    lora_layers: int = 6
+    lora_layers: int = 4
     embedding_tokens: int = 8
     # rounds and server
     rounds: int = 3
     fraction_train: float = 1.0
     min_clients: int = 2
     server_optimizer: str = "fedavg"
-    server_lr: float = 1.0
+    server_lr: float = 0.0  # 0: the optimizer's own default (FedAvg 1.0, FedAdam 1e-2)
     # local training
     local_steps: int = 8
     batch_size: int = 4
     learning_rate: float = 2e-2
-    embedding_steps: int = 8
+    embedding_steps: int = 4
     embedding_lr: float = 3e-2
     # privacy (per user, sample level: one conversation)
     dp: bool = True
@@ -58,7 +61,7 @@ class FederatedConfig:
     delta: float = 1e-5
     noise_multiplier: float = 0.0  # 0: calibrate to epsilon over all planned rounds
     clip: float = 0.0  # 0: private median of per-sample gradient norms
-    clip_quantile: float = 0.5
+    clip_quantile: float = 0.25
     # where clients keep their state (ledger, user embedding, plan) between rounds and runs
     state_dir: str = "runs/client-state"
     seed: int = 0

@@ -47,7 +47,7 @@ class PersonaFedAvg(FedAvg):
         self.config = config
         self.run_id = run_id
         self.personas = config.persona_names
-        kwargs = {"server_lr": config.server_lr}
+        kwargs = {"server_lr": config.server_lr} if config.server_lr > 0 else {}
         self.optimizers = {name: make_optimizer(config.server_optimizer, **kwargs) for name in [*self.personas, GLOBAL]}
         self.trained: set[str] = set(trained)
         self.adapters: Adapters = {}
@@ -92,12 +92,12 @@ class PersonaFedAvg(FedAvg):
             record["contributors"] = {p: c for p, c in agg.contributors.items() if c}
             record["gated"] = [p for p in agg.gated if p != GLOBAL]
         record["train_loss"] = {p: float(np.mean(v)) for p, v in losses.items()}
-        record["epsilon_per_client"] = epsilons
+        record["epsilon_per_client"] = epsilons if self.config.dp else []
         record["train_seconds"] = time.perf_counter() - self._round_started
         self.train_history.append(record)
-        log(INFO, "round %d: %d clients trained (%d failed); updated %s; max client epsilon %.2f",
-            server_round, len(valid), len(failed), ", ".join(record["released"]) or "no persona",
-            max(epsilons, default=0.0))
+        privacy = f"max client epsilon {max(epsilons):.2f}" if self.config.dp and epsilons else "no DP: epsilon unbounded"
+        log(INFO, "round %d: %d clients trained (%d failed); updated %s; %s",
+            server_round, len(valid), len(failed), ", ".join(record["released"]) or "no persona", privacy)
         summary = MetricRecord({"participants": len(valid), "max-epsilon": max(epsilons, default=0.0)})
         return to_record(self.adapters), summary
 

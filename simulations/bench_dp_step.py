@@ -86,6 +86,10 @@ def time_interleaved(args: argparse.Namespace) -> dict:
 
 
 def _peak_gb() -> float:
+    """This process's peak resident memory (VmHWM). Unlike ru_maxrss it is not inherited across fork/exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
@@ -108,10 +112,11 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"loaded_gb": loaded, "peak_gb": _peak_gb()}))
 
 
-def write_benchmarks(section: str) -> None:
+def write_benchmarks(section: str, mark: str = MARK) -> None:
+    """Put ``section`` into BENCHMARKS.md between the markers of ``mark`` (replacing an earlier one)."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures below come from the scripts in `simulations/`, run on the machine named with each table.\n"
-    begin, end = f"<!-- {MARK}:begin -->", f"<!-- {MARK}:end -->"
+    begin, end = f"<!-- {mark}:begin -->", f"<!-- {mark}:end -->"
     block = f"{begin}\n{section}\n{end}"
     if begin in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`python -m simulations.bench_dp_step --write` — LoRA r=8 on q_proj/v_proj, batch {args.batch_size}, sequence "
         f"{args.seq_len}, Adam; Opacus hooks mode, flat clipping. Median of {args.steps} steps per mode, the modes "
         f"alternating step by step in one process, after {args.warmup} warm-up steps; peak resident memory of each mode "
-        f"in its own process (after loading the model, and after 3 steps). Machine: {platform.machine()}, "
+        f"in its own process (VmHWM after loading the model, and after 3 steps). Machine: {platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}.",
         "",
         "| LoRA layers | step without DP (s) | DP-SGD step (s) | DP / non-DP | peak memory without DP (GB) | peak memory DP (GB) | after model load (GB) |",

@@ -32,6 +32,7 @@ HELP = {
     "fraction_train": "fraction of users sampled per round",
     "min_clients": "minimum contributors before a persona (or the global) adapter is updated",
     "server_optimizer": "'fedavg' or 'fedadam'",
+    "server_lr": "server learning rate; 0 = the optimizer's default (FedAvg 1.0, FedAdam 1e-2)",
     "local_steps": "DP-SGD steps per client per round",
     "batch_size": "expected Poisson batch size",
     "embedding_steps": "user-embedding steps per client per round (0 = none)",

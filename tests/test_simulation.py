@@ -99,3 +99,14 @@ def test_scan_finds_text_and_token_ids_when_they_are_sent():
     assert any(leak.what.startswith("ids") for leak in found)
     clean = Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}), dst_node_id=1, message_type="train")
     assert scan([payload_bytes(clean)], [text], [ids]) == []
+
+
+def test_fedadam_strategy_uses_its_own_learning_rate_by_default():
+    from fedpers.aggregation import FedAdamOptimizer, FedAvgOptimizer
+    from server.strategy import PersonaFedAvg
+
+    adam = PersonaFedAvg(FederatedConfig(server_optimizer="fedadam"), "run", num_nodes=4)
+    assert all(isinstance(o, FedAdamOptimizer) for o in adam.optimizers.values())
+    assert adam.optimizers[GLOBAL].server_lr == FedAdamOptimizer().server_lr
+    avg = PersonaFedAvg(FederatedConfig(server_lr=0.5), "run", num_nodes=4)
+    assert isinstance(avg.optimizers["leadership"], FedAvgOptimizer) and avg.optimizers["leadership"].server_lr == 0.5

@@ -49,9 +49,9 @@ class DPConfig:
     noise_multiplier: float | None = None
     max_grad_norm: float | None = None
     clip_quantile: float = 0.5
-    quantile_noise_multiplier: float = 4.0
-    quantile_range: tuple[float, float] = (1e-5, 10.0)
-    quantile_queries: int = 6
+    quantile_noise_multiplier: float = 5.0
+    quantile_range: tuple[float, float] = (1e-4, 1.0)
+    quantile_queries: int = 5
 
 
 @dataclass

@@ -1,0 +1,84 @@
+"""Benchmark: the default scenario with DP on and off, and the Shakespeare scenario, in one run.
+
+Each scenario is a full ``fedpers simulate`` run on its own run directory; the evaluation tables
+and per-round wall times go into BENCHMARKS.md (``--write``).
+
+    python -m simulations.bench_scenarios --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from fedpers.federated import FederatedConfig, load_config_file
+from server.outputs import format_table
+from simulations.bench_dp_step import write_benchmarks
+from simulations.simulate import SCENARIOS, simulate
+
+MARK = "scenarios"
+
+
+def scenario(name: str, run_root: Path, **overrides) -> tuple[FederatedConfig, Path]:
+    run_dir = (run_root / name).resolve()
+    values = load_config_file(SCENARIOS / f"{name.split('-')[0]}.toml")
+    config = FederatedConfig(**{**values, **overrides}, state_dir=str(run_dir / "client-state")).validated()
+    return config, run_dir
+
+
+def section(label: str, config: FederatedConfig, metrics: dict) -> list[str]:
+    rounds = metrics["rounds"]
+    times = ", ".join(f"{r['eval_round_seconds']:.0f}" for r in rounds)
+    note = f"DP-SGD on, per-user epsilon <= {config.epsilon} (delta {config.delta})" if config.dp else "DP off"
+    privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.dp else "no DP"
+    return [
+        f"### {label}",
+        "",
+        f"{len(rounds)} rounds, {rounds[0]['participants']} clients; per-round wall time (train + evaluate) {times} s; "
+        f"whole run {metrics['wall_seconds']:.0f} s; {privacy}.",
+        "",
+        "```",
+        format_table(metrics["evaluation"], note),
+        "```",
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the run directories go")
+    p.add_argument("--only", help="comma-separated subset of: default-dp, default-nodp, shakespeare")
+    p.add_argument("--write", action="store_true", help="write the tables into BENCHMARKS.md")
+    args = p.parse_args(argv)
+    plan = {
+        "default-dp": ("Synthetic IT service desk, DP on (the default scenario)", {}),
+        "default-nodp": ("Synthetic IT service desk, DP off (same settings otherwise)", {"dp": False}),
+        "shakespeare": ("tinyshakespeare, speakers as users, 3 inferred personas, DP on", {}),
+    }
+    chosen = args.only.split(",") if args.only else list(plan)
+    lines = [
+        "## Federated simulation: persona adapters, DP on and off",
+        "",
+        "`python -m simulations.bench_scenarios --write` — each scenario is a full `fedpers simulate` run from "
+        f"`simulations/scenarios/` (SmolLM2-135M-Instruct), one after another on this machine ({platform.machine()}, "
+        "2 cores). Held-out loss is the token-weighted mean over every user's held-out conversations, per persona.",
+        "",
+    ]
+    for name in chosen:
+        label, overrides = plan[name]
+        config, run_dir = scenario(name, args.runs, **overrides)
+        metrics = simulate(config, run_dir)
+        lines += section(label, config, metrics)
+        print("\n".join(lines[-8:]), flush=True)
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        write_benchmarks(text, MARK)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
