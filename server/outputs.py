@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from peft import PeftModel  # noqa: E402
 
@@ -71,6 +72,7 @@ def plot_heldout(eval_history: list[dict], path: Path) -> None:
         for key, style in (("persona", "-"), ("global", "--")):
             ys = [h["heldout_loss"][p].get(key, float("nan")) for h in eval_history if p in h["heldout_loss"]]
             ax.plot(rounds, ys, style, color=color, marker="o", label=f"{p} ({key})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("held-out loss (nats / assistant token)")
     ax.set_title("Held-out loss per persona: persona adapter (solid) vs global adapter (dashed)")

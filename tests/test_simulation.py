@@ -110,3 +110,21 @@ def test_fedadam_strategy_uses_its_own_learning_rate_by_default():
     assert adam.optimizers[GLOBAL].server_lr == FedAdamOptimizer().server_lr
     avg = PersonaFedAvg(FederatedConfig(server_lr=0.5), "run", num_nodes=4)
     assert isinstance(avg.optimizers["leadership"], FedAvgOptimizer) and avg.optimizers["leadership"].server_lr == 0.5
+
+
+def test_flower_app_config_declares_every_setting_with_its_default():
+    """`flwr run . --run-config` only accepts declared keys; the declared values must be the real defaults."""
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    declared = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(FederatedConfig)}
+    assert {k: v for k, v in declared.items() if k != "run-dir"} == defaults
+    from server.app import config_from_context
+
+    class FakeContext:
+        run_config = {**declared, "model": "tiny", "run-dir": "/tmp/x"}
+
+    config, run_dir = config_from_context(FakeContext())
+    assert config.model == "tiny" and str(run_dir) == "/tmp/x"
