@@ -8,35 +8,22 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from peft import PeftModel
 from safetensors.numpy import load_file
 
+from fedpers.atomic import write_json
 from fedpers.models.lora import LoraSettings, load_adapter_arrays
+
+__all__ = ["ADAPTERS", "GLOBAL", "METRICS", "RUN_CONFIG", "adapter_dir", "load_adapters", "lora_settings",
+           "read_json", "save_adapter", "write_json"]
 
 RUN_CONFIG = "run.json"
 ADAPTERS = "adapters"
 METRICS = "metrics.json"
 GLOBAL = "global"
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> dict:

@@ -50,7 +50,7 @@ def test_ledger_write_is_atomic_and_composes_across_runs(tmp_path):
     two = PrivacyLedger(path, "alice").spent().epsilon
     assert two > one
     assert two == pytest.approx(epsilon_report([GaussianEvent(1.0, 0.2, 60)], 1e-5).epsilon, rel=1e-6)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ledger-")]  # no temp files left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ledger.json-")]  # no temp files left
     assert json.loads(path.read_text())["user_id"] == "alice"
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedpers.atomic import write_json
 from fedpers.privacy.accounting import EpsilonReport, GaussianEvent, epsilon_report
 
 LEDGER_VERSION = 1
@@ -102,19 +101,8 @@ class PrivacyLedger:
         self.entries = [LedgerEntry.from_dict(e) for e in data["entries"]]
 
     def _write(self) -> None:
-        payload = {"version": LEDGER_VERSION, "user_id": self.user_id, "delta": self.delta,
-                   "entries": [e.to_dict() for e in self.entries]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ledger-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(self.path, {"version": LEDGER_VERSION, "user_id": self.user_id, "delta": self.delta,
+                               "entries": [e.to_dict() for e in self.entries]})
 
     def record(self, entry: LedgerEntry) -> LedgerEntry:
         """Persist ``entry`` (with its planned spending) before the computation runs."""
