@@ -54,6 +54,12 @@ def model_environment(config: FederatedConfig) -> ModelEnvironment:
     return _model(config.model, key, config.embedding_tokens)
 
 
+def _data_key(config: FederatedConfig) -> tuple:
+    """The settings that decide which conversations the data set holds (the cache key)."""
+    return (config.data, config.users_per_persona, config.conversations_per_user, config.data_seed,
+            config.personas, config.max_users)
+
+
 @lru_cache(maxsize=2)
 def _conversations(data: str, users_per_persona: int, conversations_per_user: int, seed: int, personas: str, max_users: int) -> tuple:
     if data == "synthetic":
@@ -64,10 +70,7 @@ def _conversations(data: str, users_per_persona: int, conversations_per_user: in
         convs = import_shakespeare(max_users=max_users or None)
     else:
         convs = read_jsonl(data, mode="strict").conversations
-    order: list[str] = []
-    for c in convs:
-        if c.user_id not in order:
-            order.append(c.user_id)
+    order = list(dict.fromkeys(c.user_id for c in convs))
     keep = set(order[:max_users]) if max_users and data != "synthetic" else set(order)
     taken: dict[str, int] = {}
     kept = []
@@ -79,39 +82,30 @@ def _conversations(data: str, users_per_persona: int, conversations_per_user: in
 
 
 def conversations(config: FederatedConfig) -> tuple:
-    return _conversations(config.data, config.users_per_persona, config.conversations_per_user,
-                          config.data_seed, config.personas, config.max_users)
+    return _conversations(*_data_key(config))
 
 
 def user_ids(config: FederatedConfig) -> list[str]:
     """Users in data order; simulated node ``partition-id`` i is user ``user_ids[i]``."""
-    seen: dict[str, None] = {}
-    for c in conversations(config):
-        seen.setdefault(c.user_id, None)
-    return list(seen)
+    return list(dict.fromkeys(c.user_id for c in conversations(config)))
 
 
 def user_data(config: FederatedConfig, user_id: str, env: ModelEnvironment) -> UserData:
     """The user's encoded train / held-out examples (cached per process and settings)."""
-    return _user_data(config.data, config.users_per_persona, config.conversations_per_user, config.data_seed,
-                      config.personas, config.max_users, config.heldout_fraction, config.max_length,
-                      config.persona_mode, user_id, env)
+    return _user_data(_data_key(config), config.heldout_fraction, config.max_length, config.persona_mode, user_id, env)
 
 
 @lru_cache(maxsize=64)
-def _user_data(data, users_per_persona, conversations_per_user, data_seed, personas, max_users, heldout_fraction,
-               max_length, persona_mode, user_id, env) -> UserData:
-    config = FederatedConfig(data=data, users_per_persona=users_per_persona, conversations_per_user=conversations_per_user,
-                             data_seed=data_seed, personas=personas, max_users=max_users,
-                             heldout_fraction=heldout_fraction, max_length=max_length, persona_mode=persona_mode)
-    mine = [c for c in conversations(config) if c.user_id == user_id]
+def _user_data(data_key: tuple, heldout_fraction: float, max_length: int, persona_mode: str, user_id: str,
+               env: ModelEnvironment) -> UserData:
+    mine = [c for c in _conversations(*data_key) if c.user_id == user_id]
     if not mine:
         raise ValueError(f"no conversations for user {user_id!r}")
-    train, heldout = train_heldout_split(mine, config.heldout_fraction, seed=config.data_seed)
-    persona = mine[0].persona if config.persona_mode == "declared" else None
+    train, heldout = train_heldout_split(mine, heldout_fraction, seed=data_key[3])
+    persona = mine[0].persona if persona_mode == "declared" else None
     return UserData(
         user_id=user_id,
         declared_persona=persona,
-        train=encode_conversations(env.tokenizer, train, config.max_length),
-        heldout=encode_conversations(env.tokenizer, heldout, config.max_length),
+        train=encode_conversations(env.tokenizer, train, max_length),
+        heldout=encode_conversations(env.tokenizer, heldout, max_length),
     )

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.rundir import GLOBAL
-from server.outputs import evaluation_table, format_table, plot_heldout, save_adapters, write_metrics, write_run_config
+from server.outputs import dp_note, evaluation_table, format_table, plot_heldout, save_adapters, write_metrics, write_run_config
 from server.strategy import PersonaFedAvg, from_record, to_record
 
 ROUND_TIMEOUT_S = 3600.0
@@ -64,7 +64,6 @@ def run_server(grid: Grid, config: FederatedConfig, run_dir: Path, expected_node
     result = strategy.start(grid=grid, initial_arrays=to_record(adapters), num_rounds=config.rounds, timeout=ROUND_TIMEOUT_S)
     final_adapters = strategy.adapters if result.arrays is None else from_record(result.arrays)
     save_adapters(run_dir, peft_model, final_adapters)
-    dp_note = (f"DP-SGD on, per-user epsilon <= {config.epsilon} (delta {config.delta})" if config.dp else "DP off")
     table = evaluation_table(strategy.eval_history[-1]) if strategy.eval_history else None
     epsilons = [e for r in strategy.train_history for e in r["epsilon_per_client"]]
     payload = {
@@ -80,7 +79,7 @@ def run_server(grid: Grid, config: FederatedConfig, run_dir: Path, expected_node
     if strategy.eval_history:
         plot_heldout(strategy.eval_history, run_dir / "heldout_loss.png")
     if table is not None:
-        text = format_table(table, dp_note)
+        text = format_table(table, dp_note(config))
         (run_dir / "evaluation.txt").write_text(text + "\n")
         log(INFO, "\n%s", text)
     return payload

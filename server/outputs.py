@@ -48,12 +48,17 @@ def evaluation_table(final: dict) -> dict:
     return {"rows": rows, "mean": mean, "persona_beats_global": wins, "personas": len(scored)}
 
 
-def format_table(table: dict, dp_note: str) -> str:
+def dp_note(config: FederatedConfig) -> str:
+    """How the table's adapters were trained, privacy-wise."""
+    return f"DP-SGD on, per-user epsilon <= {config.epsilon} (delta {config.delta})" if config.dp else "DP off"
+
+
+def format_table(table: dict, note: str) -> str:
     def cell(v):
         return f"{v:.3f}" if v is not None and not math.isnan(v) else "—"
 
     header = f"{'persona':<18}{'users':>6}" + "".join(f"{label:>26}" for _, label in COLUMNS)
-    lines = [f"Held-out loss (nats per assistant token, lower is better) — {dp_note}", header, "-" * len(header)]
+    lines = [f"Held-out loss (nats per assistant token, lower is better) — {note}", header, "-" * len(header)]
     for p, row in table["rows"].items():
         lines.append(f"{p:<18}{row['users']:>6}" + "".join(f"{cell(row[k]):>26}" for k, _ in COLUMNS))
     lines.append(f"{'mean':<18}{sum(r['users'] for r in table['rows'].values()):>6}"

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedpers.federated import FederatedConfig, load_config_file
-from server.outputs import format_table
+from server.outputs import dp_note, format_table
 from simulations.bench_dp_step import write_benchmarks
 from simulations.simulate import SCENARIOS, simulate
 
@@ -32,7 +32,6 @@ def scenario(name: str, run_root: Path, **overrides) -> tuple[FederatedConfig, P
 def section(label: str, config: FederatedConfig, metrics: dict) -> list[str]:
     rounds = metrics["rounds"]
     times = ", ".join(f"{r['eval_round_seconds']:.0f}" for r in rounds)
-    note = f"DP-SGD on, per-user epsilon <= {config.epsilon} (delta {config.delta})" if config.dp else "DP off"
     privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.dp else "no DP"
     return [
         f"### {label}",
@@ -41,7 +40,7 @@ def section(label: str, config: FederatedConfig, metrics: dict) -> list[str]:
         f"whole run {metrics['wall_seconds']:.0f} s; {privacy}.",
         "",
         "```",
-        format_table(metrics["evaluation"], note),
+        format_table(metrics["evaluation"], dp_note(config)),
         "```",
         "",
     ]
