@@ -1,21 +1,41 @@
-"""The fedpers ClientApp (Flower Message API): private local training and held-out evaluation.
+"""The fedpers ClientApp: private local training and held-out evaluation, in Flower's legacy record layout.
 
-What a reply carries: the adapter delta (float arrays) and a few counts and losses. Never the
-user's text, token ids, user embedding or ledger: those stay in the client's state directory.
+Every aggregation is a ``TRAIN`` message (SecAgg+ handles only those), in the ``fitins``/``fitres``
+layout that ``secaggplus_mod`` and ``fixedclipping_mod`` read. The config's ``task`` says what to
+upload: ``train`` (the clipped adapter delta in the slot of the client's persona) or ``evaluate``
+(held-out loss sums in the row of its persona); a ``QUERY`` with task ``persona`` asks for the
+persona in clear (only when persona hiding is off).
+
+What an upload carries: float arrays, zero outside the client's slot, and a count. Never the user's
+text, token ids, user embedding or ledger: those stay in the client's state directory. Uploads are
+cached per round, so a secure-aggregation retry re-sends the same vector without training again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from logging import INFO
+
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.logger import log
+from safetensors.numpy import load_file, save_file
 
 from clients.persona import choose_persona, private_persona_choice
+from clients.secagg import CLIENT_MODS
 from clients.runtime import ModelEnvironment, UserData, model_environment, user_data, user_ids
 from clients.state import DPPlan, UserState
+from fedpers.aggregation import clip_delta
+from fedpers.aggregation.slots import SlotLayout, pack_stats
+from fedpers.atomic import write_json
 from fedpers.evaluation import evaluate
-from fedpers.federated import FederatedConfig, unpack_adapters
+from fedpers.federated import FederatedConfig, adapters_from_bytes
 from fedpers.local import LocalTrainConfig, set_trainable, train_local
 from fedpers.models import UserEmbedding, load_adapter_arrays
 from fedpers.privacy import DPConfig, TrainConfig
@@ -38,9 +58,11 @@ def resolve_user(config: FederatedConfig, context: Context) -> str:
 
 
 def _received(msg: Message) -> tuple[FederatedConfig, dict, dict[str, dict[str, np.ndarray]]]:
-    raw = dict(msg.content["config"])
-    flat = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-    return FederatedConfig.from_record(raw), raw, unpack_adapters(flat)
+    if msg.metadata.message_type == MessageType.QUERY:
+        raw = dict(msg.content["config"])
+    else:
+        raw = dict(compat.recorddict_to_fitins(msg.content, keep_input=True).config)
+    return FederatedConfig.from_record(raw), raw, adapters_from_bytes(raw["adapters"])
 
 
 def _setup(msg: Message, context: Context):
@@ -57,6 +79,14 @@ def _load_embedding(env: ModelEnvironment, state: UserState) -> None:
         env.model.user_embedding.embedding.weight.copy_(weight)
 
 
+def _noise_seed(config: FederatedConfig, user_id: str, server_round: int, purpose: str) -> int | None:
+    """Fresh OS entropy unless the run seeds DP noise (``noise_seed >= 0``, for reproducible comparisons)."""
+    if config.noise_seed < 0:
+        return None
+    digest = hashlib.sha256(f"{config.noise_seed}/{user_id}/{server_round}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def _assignment(config, raw, adapters, env, data, state):
     personas = config.persona_names
     trained = [p for p in str(raw.get("trained-personas", "")).split(",") if p]
@@ -69,6 +99,15 @@ def _assignment(config, raw, adapters, env, data, state):
     choice = choose_persona(None, personas, trained, scores)
     cached.write_text(choice.persona)
     return choice
+
+
+def _persona_index(config: FederatedConfig, persona: str) -> int:
+    return config.persona_names.index(persona) if persona != GLOBAL else -1
+
+
+def _slot(raw: dict, persona: str) -> str:
+    slots = str(raw["slots"]).split(",")
+    return persona if persona in slots else slots[0] if len(slots) == 1 else GLOBAL
 
 
 def _dp_plan(config: FederatedConfig, raw: dict, env: ModelEnvironment, data: UserData, state: UserState,
@@ -84,7 +123,8 @@ def _dp_plan(config: FederatedConfig, raw: dict, env: ModelEnvironment, data: Us
         set_trainable(env.model, lora=True, embedding=False)
         env.model.use_user_embedding = False
         clip = estimate_clip_norm(env.model, data.train, env.pad_token_id,
-                                  DPConfig(clip_quantile=config.clip_quantile), ledger)
+                                  DPConfig(clip_quantile=config.clip_quantile), ledger,
+                                  _noise_seed(config, data.user_id, 0, "clip"))
     steps = config.rounds * config.local_steps
     sigma = config.noise_multiplier or calibrate_noise_multiplier(config.epsilon, config.delta, sample_rate, steps, ledger.events())
     plan = DPPlan(run_id, sigma, clip, sample_rate, steps)
@@ -92,70 +132,106 @@ def _dp_plan(config: FederatedConfig, raw: dict, env: ModelEnvironment, data: Us
     return plan
 
 
-def train(msg: Message, context: Context) -> Message:
-    """Train the assigned persona adapter (DP-SGD) and the user embedding; reply with the delta only."""
-    config, raw, adapters, env, data, state = _setup(msg, context)
+def _train_upload(config, raw, adapters, env, data, state) -> tuple[list[np.ndarray], dict]:
+    """Train the assigned persona adapter (DP-SGD) and the user embedding; the clipped delta in its slot."""
     assignment = _assignment(config, raw, adapters, env, data, state)
     load_adapter_arrays(env.model.lm, adapters[assignment.persona])
     _load_embedding(env, state)
     ledger = state.ledger(config.delta) if config.dp else None
+    server_round = int(raw.get("server-round", 0))
     dp = DPConfig(enabled=False)
     if config.dp:
         plan = _dp_plan(config, raw, env, data, state, ledger)
         dp = DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=config.delta)
-    seed = config.seed * 1000 + int(raw.get("server-round", 0))
+    seed = config.seed * 1000 + server_round
     local = LocalTrainConfig(
-        lora=TrainConfig(steps=config.local_steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=seed),
+        lora=TrainConfig(steps=config.local_steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=seed,
+                         noise_seed=_noise_seed(config, data.user_id, server_round, "dp-sgd")),
         dp=dp,
         embedding=TrainConfig(steps=config.embedding_steps, batch_size=config.batch_size, learning_rate=config.embedding_lr, seed=seed),
     )
     result = train_local(env.model, data.train, env.pad_token_id, local, ledger)
     env.model.user_embedding.save(state.embedding_path)
-    persona_index = config.persona_names.index(assignment.persona) if assignment.persona != GLOBAL else -1
-    losses = [x for x in result.lora.losses if x == x]
-    metrics = {
-        "num-examples": len(data.train),
-        "persona-index": persona_index,
-        "train-loss": float(np.mean(losses)) if losses else 0.0,
-        "epsilon": result.lora.epsilon.epsilon if result.lora.epsilon else -1.0,
-    }
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in result.delta.arrays.items()})
-    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    delta, factor = clip_delta(result.delta.arrays, config.update_clip)
+    if factor < 1.0:
+        log(INFO, "user %s: update norm %.4g clipped to %.4g", data.user_id, config.update_clip / factor, config.update_clip)
+    layout = SlotLayout.for_adapter(delta, str(raw["slots"]).split(","))
+    upload = layout.pack(_slot(raw, assignment.persona), delta, float(raw["count-value"]))
+    metrics = {} if config.persona_hiding else {"persona-index": _persona_index(config, assignment.persona)}
+    return upload, metrics
 
 
-def evaluate_heldout(msg: Message, context: Context) -> Message:
-    """Held-out loss sums (for token-weighted means per persona): global and persona adapters; on the
-    final round also the base model and the persona adapter with the user's embedding."""
-    config, raw, adapters, env, data, state = _setup(msg, context)
+def _evaluate_upload(config, raw, adapters, env, data, state) -> tuple[list[np.ndarray], dict]:
+    """Held-out loss sums of the global and persona adapters (final round: also the base model and the
+    persona adapter with the user's embedding), in the row of the client's persona."""
     assignment = _assignment(config, raw, adapters, env, data, state)
     model, pad = env.model, env.pad_token_id
     model.use_user_embedding = False
-    metrics: dict[str, float | int] = {
-        "num-examples": len(data.heldout),
-        "persona-index": config.persona_names.index(assignment.persona) if assignment.persona != GLOBAL else -1,
-    }
+    values: dict[str, float] = {"count": 1.0}
     variants = {"global": adapters[GLOBAL], "persona": adapters[assignment.persona]}
     if raw.get("final", False):
         variants["base"] = {k: np.zeros_like(v) for k, v in adapters[GLOBAL].items()}
     for name, arrays in variants.items():
         load_adapter_arrays(model.lm, arrays)
         result = evaluate(model, data.heldout, pad)
-        metrics[f"loss-sum-{name}"], metrics["tokens"] = result.loss * result.tokens, result.tokens
+        values[f"loss-sum-{name}"], values["tokens"] = result.loss * result.tokens, float(result.tokens)
     if raw.get("final", False) and state.embedding_path.exists():
         load_adapter_arrays(model.lm, adapters[assignment.persona])
         _load_embedding(env, state)
         model.use_user_embedding = True
         result = evaluate(model, data.heldout, pad)
-        metrics["loss-sum-persona-embedding"] = result.loss * result.tokens
+        values["loss-sum-persona-embedding"] = result.loss * result.tokens
         model.use_user_embedding = False
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    slots = str(raw["slots"]).split(",")
+    metrics = {} if config.persona_hiding else {"persona-index": _persona_index(config, assignment.persona)}
+    return pack_stats(slots, _slot(raw, assignment.persona), values), metrics
 
 
-def make_client_app(mods: list | None = None) -> ClientApp:
-    """The fedpers ClientApp, optionally with Flower mods (e.g. :func:`clients.wire.record_replies`)."""
-    client_app = ClientApp(mods=mods or [])
+def _cached(state: UserState, raw: dict, compute) -> tuple[list[np.ndarray], dict]:
+    """The upload of this run, round and task: computed once, re-sent as is if the round is retried."""
+    folder = state.root / "uploads"
+    key = f"{raw['run-id']}-{int(raw.get('server-round', 0))}-{raw['task']}"
+    arrays_path, metrics_path = folder / f"{key}.safetensors", folder / f"{key}.json"
+    if arrays_path.exists() and metrics_path.exists():
+        stored = load_file(arrays_path)
+        return [stored[k] for k in sorted(stored)], json.loads(metrics_path.read_text())
+    arrays, metrics = compute()
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(f"{raw['run-id']}-*-{raw['task']}.*"):
+        old.unlink()
+    save_file({f"{i:05d}": np.ascontiguousarray(a) for i, a in enumerate(arrays)}, arrays_path)
+    write_json(metrics_path, metrics)
+    return arrays, metrics
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Reply to a ``TRAIN`` message with this client's upload for the task in its config."""
+    config, raw, adapters, env, data, state = _setup(msg, context)
+    tasks = {"train": _train_upload, "evaluate": _evaluate_upload}
+    if raw.get("task") not in tasks:
+        raise ValueError(f"unknown task {raw.get('task')!r}; expected one of {sorted(tasks)}")
+    arrays, metrics = _cached(state, raw, lambda: tasks[raw["task"]](config, raw, adapters, env, data, state))
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 1, metrics)
+    return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
+
+
+def persona(msg: Message, context: Context) -> Message:
+    """The client's persona index, in clear (aggregation without persona hiding)."""
+    config, raw, adapters, env, data, state = _setup(msg, context)
+    if config.persona_hiding:
+        raise PermissionError("this run hides personas: the persona is not sent in clear")
+    choice = _assignment(config, raw, adapters, env, data, state)
+    return Message(RecordDict({"metrics": MetricRecord({"persona-index": _persona_index(config, choice.persona)})}), reply_to=msg)
+
+
+def make_client_app(mods: list | None = None, outer_mods: list | None = None) -> ClientApp:
+    """The fedpers ClientApp: ``[*outer_mods, secaggplus_mod, fixedclipping_mod, *mods]``.
+
+    ``outer_mods`` see what leaves the device (e.g. :func:`clients.wire.record_replies`); ``mods``
+    see the plain upload before it is clipped and masked."""
+    client_app = ClientApp(mods=[*(outer_mods or []), *CLIENT_MODS, *(mods or [])])
     client_app.train()(train)
-    client_app.evaluate()(evaluate_heldout)
+    client_app.query()(persona)
     return client_app
 
 

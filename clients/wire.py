@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import Context, Message
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.common.serde import recorddict_to_proto
 
 
@@ -32,12 +33,13 @@ def manifest_entry(msg: Message, reply: Message, context: Context, payload: byte
                            "bytes": len(array.data), "sha256": hashlib.sha256(array.data).hexdigest()})
     metrics = {k: sorted(r.keys()) for k, r in reply.content.metric_records.items()}
     configs = {k: sorted(r.keys()) for k, r in reply.content.config_records.items()}
-    config = msg.content.config_records.get("config", {})
+    fitins = msg.content.config_records.get("fitins.config", {})
     return {
         "node_id": context.node_id,
         "partition_id": context.node_config.get("partition-id"),
-        "round": config.get("server-round"),
+        "round": int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else None,
         "message_type": msg.metadata.message_type,
+        "task": fitins.get("task"),
         "arrays": arrays,
         "metric_keys": metrics,
         "config_keys": configs,
@@ -51,11 +53,12 @@ def record_replies(directory: Path | str) -> Callable:
     root = Path(directory)
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE)  # popped by secaggplus_mod
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
         payload = payload_bytes(reply)
-        entry = manifest_entry(msg, reply, context, payload)
+        entry = manifest_entry(msg, reply, context, payload) | {"secagg_stage": stage}
         root.mkdir(parents=True, exist_ok=True)
         stem = f"{entry['partition_id']}-{entry['round']}-{entry['message_type']}-{entry['payload_sha256'][:12]}"
         (root / f"{stem}.bin").write_bytes(payload)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
 
 from fedpers.data import PERSONAS
 from fedpers.models.lora import LoraSettings
@@ -62,6 +64,19 @@ class FederatedConfig:
     noise_multiplier: float = 0.0  # 0: calibrate to epsilon over all planned rounds
     clip: float = 0.0  # 0: private median of per-sample gradient norms
     clip_quantile: float = 0.25
+    # aggregation: Flower's SecAgg+ (with ChaCha20 masks) and persona hiding (K slots per upload)
+    secure_aggregation: bool = True
+    persona_hiding: bool = True  # false: one slot, the persona travels in clear
+    update_clip: float = 32.0  # clients clip their adapter delta to this L2 norm; it sets the SecAgg+ range
+    secagg_shares: float = 1.0  # share a client's secrets with this fraction of the sampled clients
+    secagg_threshold: float = 0.5  # fraction of shares needed to remove the masks of a dropped client
+    secagg_timeout: float = 3600.0  # seconds each SecAgg+ stage waits for replies
+    secagg_retries: int = 2  # a failed secure round is logged and run again this many times
+    evaluate: bool = True  # held-out loss sums per persona after every round (aggregated like updates)
+    # user-level DP (DP-FedAvg): whole-upload clipping on the client, Gaussian noise on the sum
+    user_dp: bool = False
+    user_noise_multiplier: float = 1.0
+    noise_seed: int = -1  # >= 0 seeds DP noise (reproducible comparisons only); -1: fresh OS entropy
     # where clients keep their state (ledger, user embedding, plan) between rounds and runs
     state_dir: str = "runs/client-state"
     seed: int = 0
@@ -113,6 +128,12 @@ class FederatedConfig:
             raise ValueError(f"setting server_optimizer: 'fedavg' or 'fedadam', got {self.server_optimizer!r}")
         if not self.persona_names:
             raise ValueError("setting personas: at least one persona is needed")
+        if not self.update_clip > 0:
+            raise ValueError(f"setting update_clip: must be > 0, got {self.update_clip}")
+        if not 0 < self.secagg_shares <= 1 or not 0 < self.secagg_threshold <= 1:
+            raise ValueError("settings secagg_shares and secagg_threshold: fractions in (0, 1]")
+        if self.user_dp and not self.persona_hiding:
+            raise ValueError("setting user_dp needs persona_hiding: the noise is calibrated to one upload holding every slot")
         return self
 
 
@@ -143,3 +164,12 @@ def unpack_adapters(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarr
         name, _, tensor = key.partition(SEPARATOR)
         adapters.setdefault(name, {})[tensor] = array
     return adapters
+
+
+def adapters_to_bytes(adapters: dict[str, dict[str, np.ndarray]]) -> bytes:
+    """Several adapters as one safetensors blob (how the server sends them in a config record)."""
+    return save_tensors({k: np.ascontiguousarray(v) for k, v in pack_adapters(adapters).items()})
+
+
+def adapters_from_bytes(data: bytes) -> dict[str, dict[str, np.ndarray]]:
+    return unpack_adapters(load_tensors(data))

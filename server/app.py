@@ -1,26 +1,52 @@
-"""The fedpers ServerApp (Flower Message API): per-persona federated training, evaluation and outputs."""
+"""The fedpers ServerApp: per-persona federated training under Flower's SecAgg+, evaluation and outputs.
+
+SecAgg+ in Flower runs through the legacy workflow API, so the app's ``main`` builds a
+``LegacyContext`` and runs ``DefaultWorkflow(fit_workflow=..., evaluate_workflow=...)``:
+
+- training: :class:`server.secagg.SecAggPlusRound` (or Flower's plain fit workflow when
+  ``secure_aggregation`` is off) driving :class:`server.strategy.PersonaTraining`, wrapped in
+  Flower's ``DifferentialPrivacyClientSideFixedClipping`` under user-level DP;
+- evaluation: a second aggregation of the same kind, of held-out loss sums
+  (:class:`server.strategy.PersonaEvaluation`).
+
+Without persona hiding and with SecAgg+, clients first tell their persona (in clear) and each
+persona group is aggregated in its own SecAgg+ session.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
-from flwr.app import Context
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app.message_type import MessageType
 from flwr.common.logger import log
+from flwr.server import ServerConfig
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.default_workflows import default_fit_workflow
 from flwr.serverapp import Grid, ServerApp
 
+from fedpers.aggregation.secure import QuantizationPlan
+from fedpers.aggregation.slots import STATS_BOUND
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
+from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.rundir import GLOBAL
 from server.outputs import dp_note, evaluation_table, format_table, plot_heldout, save_adapters, write_metrics, write_run_config
-from server.strategy import PersonaFedAvg, from_record, to_record
+from server.secagg import SecAggPlusRound
+from server.strategy import PersonaEvaluation, PersonaTraining, user_clip_norm
 
-ROUND_TIMEOUT_S = 3600.0
 
 
 def initial_adapters(config: FederatedConfig, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -47,7 +73,59 @@ def _wait_for_nodes(grid: Grid, wanted: int, timeout: float = 600.0) -> int:
         time.sleep(1.0)
 
 
-def run_server(grid: Grid, config: FederatedConfig, run_dir: Path, expected_nodes: int | None = None) -> dict:
+def _secure_round(config: FederatedConfig, bound: float, label: str, observer: Callable | None) -> SecAggPlusRound:
+    return SecAggPlusRound(QuantizationPlan.for_bound(bound), num_shares=config.secagg_shares,
+                           reconstruction_threshold=config.secagg_threshold, timeout=config.secagg_timeout,
+                           retries=config.secagg_retries, observer=observer, label=label)
+
+
+class PersonaGroups:
+    """Personas in clear: ask each client its persona, then aggregate each persona group on its own."""
+
+    def __init__(self, strategy, persona_of: Callable[[int], str], session: Callable, after_session: Callable,
+                 finish: Callable, personas: dict[int, str] | None = None) -> None:
+        self.strategy, self.persona_of, self.session = strategy, persona_of, session
+        self.after_session, self.finish = after_session, finish
+        self.personas: dict[int, str] = {} if personas is None else personas
+
+    def _ask(self, grid: Grid, context: LegacyContext, server_round: int) -> None:
+        unknown = [n for n in grid.get_node_ids() if n not in self.personas]
+        if not unknown:
+            return
+        content = RecordDict({"config": ConfigRecord(self.strategy.instructions(server_round) | {"task": "persona"})})
+        replies = grid.send_and_receive([Message(content=content, dst_node_id=n, message_type=MessageType.QUERY,
+                                                 group_id=str(server_round)) for n in unknown], timeout=self.strategy.config.secagg_timeout)
+        for reply in replies:
+            if not reply.has_error():
+                self.personas[reply.metadata.src_node_id] = self.persona_of(int(reply.content["metrics"]["persona-index"]))
+
+    def __call__(self, grid: Grid, context: LegacyContext) -> None:
+        server_round = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
+        self._ask(grid, context, server_round)
+        groups: dict[str, set[int]] = {}
+        for node, persona in self.personas.items():
+            groups.setdefault(persona, set()).add(node)
+        participants = 0
+        for persona, nodes in sorted(groups.items()):
+            if len(nodes) < max(2, self.strategy.config.min_clients):
+                log(INFO, "round %d: %s has %d client(s), below the minimum; not aggregated", server_round, persona, len(nodes))
+                continue
+            self.strategy.group = (persona, nodes)
+            try:
+                self.session(grid, context)
+                self.after_session(context)
+            finally:
+                self.strategy.group = None
+            participants += len(nodes)
+        self.finish(server_round, participants)
+
+
+def _params(context: LegacyContext):
+    return compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+
+
+def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: Path, expected_nodes: int | None = None,
+               observer: Callable | None = None) -> dict:
     """Run all rounds, then write adapters, metrics, the plot and the headline table into ``run_dir``."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,30 +136,81 @@ def run_server(grid: Grid, config: FederatedConfig, run_dir: Path, expected_node
     write_run_config(run_dir, config, run_id)
     nodes = _wait_for_nodes(grid, expected_nodes or config.min_clients)
     trained = config.persona_names if config.persona_mode == "inferred" else ()
-    strategy = PersonaFedAvg(config, run_id, nodes, trained)
-    log(INFO, "fedpers: %d nodes, %d rounds, personas: %s, DP %s", nodes, config.rounds,
-        ", ".join(config.persona_names), f"on (epsilon {config.epsilon}, delta {config.delta})" if config.dp else "off")
-    result = strategy.start(grid=grid, initial_arrays=to_record(adapters), num_rounds=config.rounds, timeout=ROUND_TIMEOUT_S)
-    final_adapters = strategy.adapters if result.arrays is None else from_record(result.arrays)
-    save_adapters(run_dir, peft_model, final_adapters)
-    table = evaluation_table(strategy.eval_history[-1]) if strategy.eval_history else None
-    epsilons = [e for r in strategy.train_history for e in r["epsilon_per_client"]]
+    ledgers = {}
+    if config.user_dp:
+        ledger_dir = run_dir / "user-level-dp"
+        ledgers = {name: PrivacyLedger(ledger_dir / f"{name}.json", f"adapter:{name}", config.delta)
+                   for name in [GLOBAL, *config.persona_names]}
+    training = PersonaTraining(config, run_id, nodes, config.secure_aggregation, adapters, trained, ledgers)
+    evaluation = PersonaEvaluation(training)
+    strategy = training
+    if config.user_dp:
+        strategy = DifferentialPrivacyClientSideFixedClipping(training, config.user_noise_multiplier,
+                                                              user_clip_norm(config), training.num_sampled)
+    train_context = LegacyContext(context, ServerConfig(num_rounds=config.rounds), strategy)
+    eval_context = LegacyContext(context, ServerConfig(num_rounds=config.rounds), evaluation, train_context.client_manager)
+
+    sessions: list[SecAggPlusRound] = []
+    if config.secure_aggregation:
+        train_session = _secure_round(config, config.update_clip, "training", observer)
+        eval_session = _secure_round(config, STATS_BOUND, "evaluation", observer)
+        sessions = [train_session, eval_session]
+    else:
+        train_session = eval_session = default_fit_workflow
+
+    def absorb(ctx: LegacyContext) -> None:
+        training.absorb(_params(ctx))
+
+    if config.secure_aggregation and not config.persona_hiding:
+        train_flow = PersonaGroups(training, training.persona, train_session, absorb,
+                                   lambda r, n: training.finish_groups(r, n, 0))
+        eval_flow = PersonaGroups(evaluation, training.persona, eval_session, lambda ctx: None,
+                                  lambda r, n: evaluation.finish_groups(r, 0), personas=train_flow.personas)
+    else:
+        train_flow, eval_flow = train_session, eval_session
+
+    def fit_workflow(grid: Grid, ctx: LegacyContext) -> None:
+        train_flow(grid, ctx)
+        absorb(ctx)
+
+    def evaluate_workflow(grid: Grid, ctx: LegacyContext) -> None:
+        if config.evaluate:
+            eval_flow(grid, eval_context)
+
+    mode = ("SecAgg+ " + ("with persona hiding" if config.persona_hiding else "per persona group")
+            if config.secure_aggregation else "plain (the server sees each update)")
+    log(INFO, "fedpers: %d nodes, %d rounds, personas: %s; aggregation: %s; DP-SGD %s%s", nodes, config.rounds,
+        ", ".join(config.persona_names), mode, f"on (epsilon {config.epsilon}, delta {config.delta})" if config.dp else "off",
+        f"; user-level DP noise multiplier {config.user_noise_multiplier}" if config.user_dp else "")
+    DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=evaluate_workflow)(grid, train_context)
+
+    save_adapters(run_dir, peft_model, training.adapters)
+    history = evaluation.history
+    table = evaluation_table(history[-1]) if history else None
     payload = {
         "run_id": run_id,
         "settings": config.to_record(),
+        "aggregation": {"secure": config.secure_aggregation, "persona_hiding": config.persona_hiding,
+                        "slots": list(training.slots), "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
+                        "adapter_floats": training.layout.adapter_size, "update_clip": config.update_clip,
+                        "sessions": [h for s in sessions for h in s.history]},
         "rounds": [{**t, **{f"eval_{k}": v for k, v in e.items() if k != "round"}}
-                   for t, e in zip(strategy.train_history, strategy.eval_history)],
+                   for t, e in zip(training.history, history + [{}] * (len(training.history) - len(history)))],
         "evaluation": table,
-        "max_epsilon": max(epsilons, default=None),
         "wall_seconds": time.perf_counter() - started,
     }
+    if config.user_dp:
+        payload["user_level_dp"] = {"noise_multiplier": config.user_noise_multiplier, "clip": user_clip_norm(config),
+                                    "delta": config.delta, "epsilon": {n: l.spent().epsilon if l.events() else 0.0 for n, l in ledgers.items()}}
     write_metrics(run_dir, payload)
-    if strategy.eval_history:
-        plot_heldout(strategy.eval_history, run_dir / "heldout_loss.png")
+    if history:
+        plot_heldout(history, run_dir / "heldout_loss.png")
     if table is not None:
         text = format_table(table, dp_note(config))
         (run_dir / "evaluation.txt").write_text(text + "\n")
         log(INFO, "\n%s", text)
+    elif config.evaluate:
+        log(WARNING, "no evaluation was aggregated")
     return payload
 
 
@@ -93,14 +222,17 @@ def config_from_context(context: Context) -> tuple[FederatedConfig, Path]:
     return FederatedConfig.from_record(values), Path(str(run_dir))
 
 
-def make_server_app(config: FederatedConfig | None = None, run_dir: Path | None = None, expected_nodes: int | None = None) -> ServerApp:
-    """A ServerApp for the given settings (``fedpers simulate``), or one that reads them from the run config."""
+def make_server_app(config: FederatedConfig | None = None, run_dir: Path | None = None, expected_nodes: int | None = None,
+                    observer: Callable | None = None) -> ServerApp:
+    """A ServerApp for the given settings (``fedpers simulate``), or one that reads them from the run config.
+
+    ``observer(stage, message)`` sees every reply of a secure-aggregation session (tests)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg, directory = config_from_context(context) if config is None else (config, run_dir)
-        run_server(grid, cfg, Path(directory), expected_nodes)
+        run_server(grid, context, cfg, Path(directory), expected_nodes, observer)
 
     return server_app
 

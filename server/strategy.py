@@ -1,128 +1,310 @@
-"""PersonaFedAvg: Flower's FedAvg, aggregating into one adapter per persona plus a global adapter.
+"""Strategies of a fedpers round (Flower's legacy ``Strategy`` API, which drives SecAgg+).
 
-Clients reply with an adapter delta and the index of the persona adapter they trained. Deltas are
-averaged per persona (a persona with fewer than ``min_clients`` contributors is not updated) and
-over everyone for the global adapter, then applied by a server optimizer (FedAvg or FedAdam).
-All arrays of the K+1 adapters travel in one ArrayRecord as ``'<adapter>/<tensor>'``.
+A round has two aggregations, both of sums of slot vectors (:mod:`fedpers.aggregation.slots`):
+
+- :class:`PersonaTraining`: clients train and upload their clipped adapter delta in the slot of
+  their persona. The sum gives per-persona sums and counts; each persona adapter (with at least
+  ``min_clients`` contributors) and the global adapter take a server-optimizer step on the mean.
+- :class:`PersonaEvaluation`: clients upload held-out loss sums in the row of their persona.
+
+Under secure aggregation every ``FitRes`` the strategy receives carries the same unmasked mean of
+the uploads (Flower's SecAgg+ design); in plain mode each carries one client's upload. Either way
+:func:`upload_sum` gives the sum. With user-level DP, :class:`PersonaTraining` is wrapped in Flower's
+``DifferentialPrivacyClientSideFixedClipping``, which adds Gaussian noise to what ``aggregate_fit``
+returns; the strategy therefore returns the round's sums (scaled by ``1 / num_sampled``, the
+wrapper's convention) and applies them in :meth:`PersonaTraining.absorb`.
+
+Adapters travel to clients as safetensors bytes in the config (``adapters``); ``FitIns.parameters``
+is the all-zero upload, the reference Flower's ``fixedclipping_mod`` subtracts (empty when
+user-level DP is off).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from logging import INFO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.logger import log
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
 
-from fedpers.aggregation import ClientUpdate, aggregate_by_persona, make_optimizer
-from fedpers.federated import FederatedConfig, pack_adapters, unpack_adapters
+from fedpers.aggregation import make_optimizer
+from fedpers.aggregation.slots import SlotLayout, unpack_stats
+from fedpers.federated import FederatedConfig, adapters_to_bytes
+from fedpers.privacy.accounting import GaussianEvent
+from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedpers.rundir import GLOBAL
 
 Adapters = dict[str, dict[str, np.ndarray]]
+SINGLE_SLOT = "update"
 
 
-def to_record(adapters: Adapters) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in pack_adapters(adapters).items()})
+def upload_sum(results: Sequence[tuple[ClientProxy, FitRes]], secure: bool) -> list[np.ndarray]:
+    """The sum of the uploads behind ``results`` (secure: each carries the same unmasked mean)."""
+    if secure:
+        mean = parameters_to_ndarrays(results[0][1].parameters)
+        return [np.asarray(a, dtype=np.float64) * len(results) for a in mean]
+    total = None
+    for _, res in results:
+        arrays = [np.asarray(a, dtype=np.float64) for a in parameters_to_ndarrays(res.parameters)]
+        total = arrays if total is None else [t + a for t, a in zip(total, arrays, strict=True)]
+    return total or []
 
 
-def from_record(record: ArrayRecord) -> Adapters:
-    return unpack_adapters({k: v.numpy() for k, v in record.items()})
+class FitOnly(Strategy):
+    """A legacy strategy whose every aggregation is a ``fit`` (SecAgg+ secures only those): no
+    centralized evaluation and no Flower ``evaluate`` round."""
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return ndarrays_to_parameters([])
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return []
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        return None, {}
+
+    def evaluate(self, server_round, parameters):
+        return None
 
 
-class PersonaFedAvg(FedAvg):
-    """Per-persona federated averaging with a minimum-contributors gate (see module docstring)."""
+class _Rounds(FitOnly):
+    """Sampling and instructions shared by the training and evaluation strategies."""
 
-    def __init__(self, config: FederatedConfig, run_id: str, num_nodes: int, trained: Iterable[str] = ()) -> None:
-        super().__init__(
-            fraction_train=config.fraction_train,
-            fraction_evaluate=1.0,
-            min_train_nodes=min(config.min_clients, num_nodes),
-            min_evaluate_nodes=num_nodes,
-            min_available_nodes=num_nodes,
-        )
-        self.config = config
-        self.run_id = run_id
-        self.personas = config.persona_names
-        kwargs = {"server_lr": config.server_lr} if config.server_lr > 0 else {}
-        self.optimizers = {name: make_optimizer(config.server_optimizer, **kwargs) for name in [*self.personas, GLOBAL]}
-        self.trained: set[str] = set(trained)
-        self.adapters: Adapters = {}
-        self.train_history: list[dict] = []
-        self.eval_history: list[dict] = []
-        self._round_started = 0.0
+    task = "train"
 
-    def _config(self, server_round: int, base: ConfigRecord) -> ConfigRecord:
-        record = ConfigRecord({**base, **self.config.to_record()})
-        record["run-id"] = self.run_id
-        record["trained-personas"] = ",".join(p for p in self.personas if p in self.trained)
-        record["final"] = server_round == self.config.rounds
+    def __init__(self, config: FederatedConfig, run_id: str, num_nodes: int, secure: bool, slots: Sequence[str]) -> None:
+        super().__init__()
+        self.config, self.run_id, self.num_nodes, self.secure = config, run_id, num_nodes, secure
+        self.slots = tuple(slots)
+        self.group: tuple[str, set[int]] | None = None  # (persona, node ids) when personas travel in clear
+
+    @property
+    def num_sampled(self) -> int:
+        return max(min(self.config.min_clients, self.num_nodes), round(self.config.fraction_train * self.num_nodes))
+
+    def reference(self) -> list[np.ndarray]:
+        return []
+
+    def current(self) -> tuple[Adapters, set[str]]:
+        """The adapters clients receive, and the personas trained so far."""
+        raise NotImplementedError
+
+    def instructions(self, server_round: int) -> dict:
+        adapters, trained = self.current()
+        record = dict(self.config.to_record())
+        record |= {"run-id": self.run_id, "server-round": server_round, "task": self.task,
+                   "trained-personas": ",".join(p for p in self.config.persona_names if p in trained),
+                   "final": server_round >= self.config.rounds, "slots": ",".join(self.slots),
+                   "adapters": adapters_to_bytes(adapters)}
         return record
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self.adapters = from_record(arrays)
-        self._round_started = time.perf_counter()
-        return super().configure_train(server_round, arrays, self._config(server_round, config), grid)
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        if self.group is not None:
+            clients = [c for c in client_manager.all().values() if c.node_id in self.group[1]]
+        else:
+            count = self.num_sampled if self.task == "train" else self.num_nodes
+            clients = client_manager.sample(num_clients=count, min_num_clients=count)
+        fit_ins = FitIns(ndarrays_to_parameters(self.reference()), self.instructions(server_round))
+        return [(client, fit_ins) for client in clients]
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, failed = self._check_and_log_replies(replies, is_train=True)
-        updates, epsilons, losses = [], [], {}
-        for msg in valid:
-            m = msg.content["metrics"]
-            index = int(m["persona-index"])
-            persona = self.personas[index] if index >= 0 else GLOBAL
-            delta = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-            updates.append(ClientUpdate(persona=persona, delta=delta, num_examples=int(m["num-examples"])))
-            epsilons.append(float(m["epsilon"]))
-            losses.setdefault(persona, []).append(float(m["train-loss"]))
-        record = {"round": server_round, "participants": len(valid), "failures": len(failed), "released": []}
-        if updates:
-            agg = aggregate_by_persona(updates, [*self.personas, GLOBAL], self.config.min_clients)
-            for persona in self.personas:
-                delta = agg.persona_deltas.get(persona)
-                if delta is not None:
-                    self.adapters[persona] = self.optimizers[persona].step(self.adapters[persona], delta)
-                    self.trained.add(persona)
-                    record["released"].append(persona)
-            if agg.global_delta is not None:
-                self.adapters[GLOBAL] = self.optimizers[GLOBAL].step(self.adapters[GLOBAL], agg.global_delta)
-            record["contributors"] = {p: c for p, c in agg.contributors.items() if c}
-            record["gated"] = [p for p in agg.gated if p != GLOBAL]
-        record["train_loss"] = {p: float(np.mean(v)) for p, v in losses.items()}
-        record["epsilon_per_client"] = epsilons if self.config.dp else []
-        record["train_seconds"] = time.perf_counter() - self._round_started
-        self.train_history.append(record)
-        privacy = f"max client epsilon {max(epsilons):.2f}" if self.config.dp and epsilons else "no DP: epsilon unbounded"
-        log(INFO, "round %d: %d clients trained (%d failed); updated %s; %s",
-            server_round, len(valid), len(failed), ", ".join(record["released"]) or "no persona", privacy)
-        summary = MetricRecord({"participants": len(valid), "max-epsilon": max(epsilons, default=0.0)})
-        return to_record(self.adapters), summary
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return ndarrays_to_parameters(self.reference())
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return super().configure_evaluate(server_round, arrays, self._config(server_round, config), grid)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        valid, failed = self._check_and_log_replies(replies, is_train=False, validate=False)
-        sums: dict[str, dict[str, float]] = {}
-        tokens: dict[str, int] = {}
-        users: dict[str, int] = {}
-        for msg in valid:
-            m = msg.content["metrics"]
-            index = int(m["persona-index"])
-            persona = self.personas[index] if index >= 0 else GLOBAL
-            tokens[persona] = tokens.get(persona, 0) + int(m["tokens"])
-            users[persona] = users.get(persona, 0) + 1
-            for key, value in m.items():
-                if key.startswith("loss-sum-"):
-                    bucket = sums.setdefault(persona, {})
-                    bucket[key.removeprefix("loss-sum-")] = bucket.get(key.removeprefix("loss-sum-"), 0.0) + float(value)
-        losses = {p: {k: v / max(tokens[p], 1) for k, v in s.items()} for p, s in sums.items()}
-        self.eval_history.append({"round": server_round, "heldout_loss": losses, "users": users, "tokens": tokens,
-                                  "failures": len(failed), "round_seconds": time.perf_counter() - self._round_started})
-        flat = {f"{p}-{k}": v for p, d in losses.items() for k, v in d.items()}
+class PersonaTraining(_Rounds):
+    """Per-persona training rounds on summed slot vectors (see the module docstring)."""
+
+    def __init__(self, config: FederatedConfig, run_id: str, num_nodes: int, secure: bool, adapters: Adapters,
+                 trained: Sequence[str], user_dp_ledgers: dict[str, PrivacyLedger] | None = None) -> None:
+        slots = (GLOBAL, *config.persona_names) if config.persona_hiding else (SINGLE_SLOT,)
+        super().__init__(config, run_id, num_nodes, secure, slots)
+        self.adapters = adapters
+        self.trained = set(trained)
+        self.layout = SlotLayout.for_adapter(adapters[GLOBAL], slots)
+        kwargs = {"server_lr": config.server_lr} if config.server_lr > 0 else {}
+        self.optimizers = {name: make_optimizer(config.server_optimizer, **kwargs) for name in [*config.persona_names, GLOBAL]}
+        self.ledgers = user_dp_ledgers or {}
+        self.history: list[dict] = []
+        self._pending: dict | None = None
+        self._group_sums: dict[str, tuple[dict, float]] = {}
+        self._started = 0.0
+
+    @property
+    def count_value(self) -> float:
+        return self.config.update_clip
+
+    def current(self) -> tuple[Adapters, set[str]]:
+        return self.adapters, self.trained
+
+    def reference(self) -> list[np.ndarray]:
+        return self.layout.zeros() if self.config.user_dp else []
+
+    def instructions(self, server_round: int) -> dict:
+        return super().instructions(server_round) | {"count-value": self.count_value}
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        if not self._group_sums:
+            self._started = time.perf_counter()
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list) -> tuple[Parameters | None, dict]:
+        if not results:
+            log(INFO, "round %d: no uploads to aggregate", server_round)
+            return None, {}
+        total = upload_sum(results, self.secure)
+        self._pending = {"round": server_round, "participants": len(results), "failures": len(failures)}
+        if self.group is not None:  # personas in clear: one single-slot aggregation per persona group
+            self._pending["group"] = self.group[0]
+        elif not self.secure and not self.config.persona_hiding:  # plain, personas in clear: group here
+            self._pending["by_persona"] = {}
+            for _, res in results:
+                persona = self.persona(int(res.metrics["persona-index"]))
+                arrays = [np.asarray(a, dtype=np.float64) for a in parameters_to_ndarrays(res.parameters)]
+                old = self._pending["by_persona"].get(persona)
+                self._pending["by_persona"][persona] = arrays if old is None else [o + a for o, a in zip(old, arrays)]
+        scale = 1.0 / self.num_sampled if self.config.user_dp else 1.0
+        return ndarrays_to_parameters([(a * scale).astype(np.float64) for a in total]), {"participants": len(results)}
+
+    def persona(self, index: int) -> str:
+        return self.config.persona_names[index] if index >= 0 else GLOBAL
+
+    def absorb(self, parameters: Parameters) -> None:
+        """Apply a round's (noised, under user-level DP) sums: per-persona means, gate, optimizer steps."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        scale = self.num_sampled if self.config.user_dp else 1.0
+        arrays = [np.asarray(a, dtype=np.float64) * scale for a in parameters_to_ndarrays(parameters)]
+        if "by_persona" in pending:
+            sums, counts = {}, {}
+            for persona, group in pending.pop("by_persona").items():
+                s, c = self.layout.unpack(group, self.count_value)
+                sums[persona], counts[persona] = s[SINGLE_SLOT], c[SINGLE_SLOT]
+        else:
+            sums, counts = self.layout.unpack(arrays, self.count_value)
+            if "group" in pending:
+                self._group_sums[pending["group"]] = (sums[SINGLE_SLOT], counts[SINGLE_SLOT])
+                return
+        self._step(pending, sums, counts)
+
+    def finish_groups(self, server_round: int, participants: int, failures: int) -> None:
+        """After one single-slot aggregation per persona group: step every persona adapter."""
+        sums = {p: s for p, (s, _) in self._group_sums.items()}
+        counts = {p: c for p, (_, c) in self._group_sums.items()}
+        self._group_sums = {}
+        self._step({"round": server_round, "participants": participants, "failures": failures}, sums, counts)
+
+    def _step(self, record: dict, sums: dict[str, dict], counts: dict[str, float]) -> None:
+        if not self.config.user_dp:
+            counts = {k: float(round(v)) for k, v in counts.items()}
+        released, gated = [], []
+        total_delta = {k: np.zeros(s, dtype=np.float64) for k, s in self.layout.shapes}
+        total_count = 0.0
+        for slot, delta_sum in sums.items():
+            count = counts[slot]
+            total_count += max(count, 0.0)
+            for k in total_delta:
+                total_delta[k] += delta_sum[k]
+            if slot == GLOBAL:
+                continue
+            if count >= self.config.min_clients:
+                mean = {k: (v / count).astype(np.float32) for k, v in delta_sum.items()}
+                self.adapters[slot] = self.optimizers[slot].step(self.adapters[slot], mean)
+                self.trained.add(slot)
+                released.append(slot)
+            elif count > 0.5:
+                gated.append(slot)
+        if total_count >= self.config.min_clients:
+            mean = {k: (v / total_count).astype(np.float32) for k, v in total_delta.items()}
+            self.adapters[GLOBAL] = self.optimizers[GLOBAL].step(self.adapters[GLOBAL], mean)
+            released.append(GLOBAL)
+        record |= {"released": [p for p in released if p != GLOBAL], "gated": gated,
+                   "contributors": {k: round(v, 3) for k, v in counts.items() if abs(v) > 0.5},
+                   "train_seconds": time.perf_counter() - self._started}
+        if self.config.user_dp:
+            record["user_dp"] = self._account(record["round"])
+        self.history.append(record)
+        log(INFO, "round %d: %d clients aggregated%s; updated %s", record["round"], record["participants"],
+            " securely" if self.secure else "", ", ".join(record["released"]) or "no persona")
+
+    def _account(self, server_round: int) -> dict[str, float]:
+        """User-level DP: each round releases the summed uploads once through the Gaussian mechanism
+        (sensitivity: the clipping norm of a whole upload; no sampling amplification claimed). Every
+        adapter is computed from that release, gated or not, so every adapter is charged."""
+        spent = {}
+        for name, ledger in self.ledgers.items():
+            entry = ledger.record(LedgerEntry("user-level-dp-fedavg", [GaussianEvent(self.config.user_noise_multiplier, 1.0, 1)],
+                                              {"round": server_round, "clip": user_clip_norm(self.config)}))
+            ledger.complete(entry)
+            spent[name] = ledger.spent().epsilon
+        return spent
+
+
+def user_clip_norm(config: FederatedConfig) -> float:
+    """L2 bound of a whole upload: the clipped delta plus the count entry, both at most ``update_clip``."""
+    return math.sqrt(2.0) * config.update_clip
+
+
+class PersonaEvaluation(_Rounds):
+    """Held-out loss sums per persona, summed over clients (see the module docstring)."""
+
+    task = "evaluate"
+
+    def __init__(self, training: PersonaTraining) -> None:
+        config = training.config
+        slots = (GLOBAL, *config.persona_names) if config.persona_hiding else (SINGLE_SLOT,)
+        super().__init__(config, training.run_id, training.num_nodes, training.secure, slots)
+        self.training = training
+        self.history: list[dict] = []
+        self._started = 0.0
+        self._group_stats: dict[str, dict] = {}
+
+    def current(self) -> tuple[Adapters, set[str]]:
+        return self.training.adapters, self.training.trained
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        if not self._group_stats:
+            self._started = time.perf_counter()
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list) -> tuple[None, dict]:
+        if not results:
+            return None, {}
+        if not self.secure and not self.config.persona_hiding:
+            stats = {}
+            for _, res in results:
+                persona = self.training.persona(int(res.metrics["persona-index"]))
+                row = unpack_stats(self.slots, parameters_to_ndarrays(res.parameters))[SINGLE_SLOT]
+                stats[persona] = {k: stats.get(persona, {}).get(k, 0.0) + v for k, v in row.items()}
+        else:
+            stats = unpack_stats(self.slots, upload_sum(results, self.secure))
+            if self.group is not None:
+                self._group_stats[self.group[0]] = stats[SINGLE_SLOT]
+                return None, {}
+        self.record(server_round, stats, len(failures))
+        return None, {}
+
+    def finish_groups(self, server_round: int, failures: int) -> None:
+        stats, self._group_stats = self._group_stats, {}
+        self.record(server_round, stats, failures)
+
+    def record(self, server_round: int, stats: dict[str, dict[str, float]], failures: int) -> None:
+        losses, users, tokens = {}, {}, {}
+        for persona, row in stats.items():
+            if row["count"] < 1:
+                continue
+            users[persona], tokens[persona] = int(row["count"]), int(round(row["tokens"]))
+            losses[persona] = {key.removeprefix("loss-sum-"): row[key] / max(row["tokens"], 1.0)
+                               for key in row if key.startswith("loss-sum-") and row[key] != 0.0}
+        self.history.append({"round": server_round, "heldout_loss": losses, "users": users, "tokens": tokens,
+                             "failures": failures, "evaluate_seconds": time.perf_counter() - self._started})
         log(INFO, "round %d held-out loss (persona adapter / global): %s", server_round,
             "; ".join(f"{p} {d.get('persona', float('nan')):.3f}/{d.get('global', float('nan')):.3f}" for p, d in losses.items()))
-        return MetricRecord(flat) if flat else None
+
+

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fedpers.federated import FederatedConfig, load_config_file
-from fedpers.rundir import METRICS, read_json
+from fedpers.rundir import METRICS, read_json, write_json
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
@@ -72,8 +72,23 @@ def config_from_args(args: argparse.Namespace) -> tuple[FederatedConfig, Path]:
     return config, run_dir
 
 
-def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, client_mods: list | None = None) -> dict:
-    """Run the federated simulation and return the metrics it wrote (``client_mods`` wrap every client)."""
+def client_privacy(config: FederatedConfig, users: list[str]) -> dict:
+    """Each simulated user's sample-level epsilon, read from the ledger on its (simulated) device."""
+    from clients.state import UserState
+
+    spent = {}
+    for user in users:
+        ledger = UserState(config.state_dir, user).ledger(config.delta)
+        spent[user] = ledger.spent().epsilon if ledger.events() else 0.0
+    return {"delta": config.delta, "epsilon_per_client": spent, "max_epsilon": max(spent.values(), default=0.0)}
+
+
+def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, client_mods: list | None = None,
+             inner_mods: list | None = None, observer=None) -> dict:
+    """Run the federated simulation and return the metrics it wrote.
+
+    ``client_mods`` wrap every client outside secure aggregation (they see what leaves the device),
+    ``inner_mods`` inside it (they see the plain upload); ``observer`` sees every reply of a SecAgg+ session."""
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"  # offline: never install at run time
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -92,9 +107,14 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False},
     }
-    run_simulation(server_app=make_server_app(config, run_dir, len(users)), client_app=make_client_app(client_mods),
-                   num_supernodes=len(users), backend_config=backend)
+    run_simulation(server_app=make_server_app(config, run_dir, len(users), observer),
+                   client_app=make_client_app(inner_mods, client_mods), num_supernodes=len(users), backend_config=backend)
     metrics_path = run_dir / METRICS
     if not metrics_path.exists():
         raise RuntimeError(f"the simulation ended without writing {metrics_path}: see the log above")
-    return read_json(metrics_path)
+    metrics = read_json(metrics_path)
+    if config.dp:
+        metrics["client_privacy"] = client_privacy(config, users)
+        metrics["max_epsilon"] = metrics["client_privacy"]["max_epsilon"]
+        write_json(metrics_path, metrics)
+    return metrics

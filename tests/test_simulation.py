@@ -7,6 +7,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from peft import PeftModel
 
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
 from clients.runtime import conversations, model_environment, user_data, user_ids
 from clients.wire import payload_bytes, record_replies, scan
 from fedpers.federated import FederatedConfig, load_config_file
@@ -16,10 +18,18 @@ from fedpers.rundir import GLOBAL, load_adapters, read_json
 from simulations.simulate import SCENARIOS, simulate
 
 
+def tiny_config(run_dir, **changes) -> FederatedConfig:
+    """The tiny scenario with seeded DP noise, so that runs differing only in aggregation are comparable."""
+    values = load_config_file(SCENARIOS / "tiny.toml") | {"noise_seed": 7, "state_dir": str(run_dir / "client-state")}
+    return FederatedConfig(**(values | changes)).validated()
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """The default aggregation (SecAgg+ with persona hiding), every reply leaving a device recorded."""
     run_dir = tmp_path_factory.mktemp("sim")
-    config = FederatedConfig(**load_config_file(SCENARIOS / "tiny.toml"), state_dir=str(run_dir / "client-state")).validated()
+    config = tiny_config(run_dir)
+    assert config.secure_aggregation and config.persona_hiding
     metrics = simulate(config, run_dir, client_mods=[record_replies(run_dir / "wire")])
     return config, run_dir, metrics
 
@@ -51,9 +61,8 @@ def test_three_rounds_produce_persona_adapters(run):
 
 def test_privacy_is_accounted_per_client_and_within_budget(run):
     config, run_dir, metrics = run
-    for r in metrics["rounds"]:
-        assert len(r["epsilon_per_client"]) == 10
-        assert all(0 < e <= config.epsilon for e in r["epsilon_per_client"])
+    spent = metrics["client_privacy"]["epsilon_per_client"]
+    assert len(spent) == 10 and all(0 < e <= config.epsilon for e in spent.values())
     for user in user_ids(config):
         ledger = PrivacyLedger(run_dir / "client-state" / user / "ledger.json", user)
         purposes = [e.purpose for e in ledger.entries]
@@ -66,24 +75,25 @@ def test_nothing_a_client_sends_contains_its_text_or_token_ids(run):
     config, run_dir, _ = run
     wire = run_dir / "wire"
     manifest = [json.loads(line) for line in (wire / "manifest.jsonl").read_text().splitlines()]
-    assert len(manifest) == 10 * 3 * 2  # every train and evaluate reply of every client was intercepted
+    # every reply of every client: 4 SecAgg+ stages for training and 4 for evaluation, 3 rounds, 10 clients
+    assert len(manifest) == 10 * 3 * 2 * 4
     env = model_environment(config)
     users = user_ids(config)
     for pid, user in enumerate(users):
         payloads = [p.read_bytes() for p in wire.glob(f"{pid}-*.bin")]
-        assert len(payloads) == 6
+        assert len(payloads) == 24
         mine = [c for c in conversations(config) if c.user_id == user]
         texts = [t.text for c in mine for t in c.turns]
         data = user_data(config, user, env)
         ids = [e.input_ids for e in data.train + data.heldout]
         assert scan(payloads, texts, ids) == [], f"user {user} leaked"
     for entry in manifest:
-        for array in entry["arrays"]:
-            assert "lora_A" in array["name"] or "lora_B" in array["name"]  # adapter deltas only: no embedding
-        assert set(entry["metric_keys"]["metrics"]) <= {
-            "num-examples", "persona-index", "train-loss", "epsilon", "tokens",
-            "loss-sum-global", "loss-sum-persona", "loss-sum-base", "loss-sum-persona-embedding"}
-        assert entry["config_keys"] == {}
+        assert entry["arrays"] == []  # SecAgg+ clears the plain arrays; only masked integers leave the device
+        assert set(entry["config_keys"]) <= {RECORD_KEY_CONFIGS, "fitres.status", "fitres.metrics"}
+        assert entry["config_keys"].get("fitres.metrics", []) == []  # no persona index, loss or epsilon in clear
+        assert entry["metric_keys"] in ({}, {"fitres.num_examples": ["num_examples"]})
+    stages = sorted({e["secagg_stage"] for e in manifest})
+    assert stages == ["collect_masked_vectors", "setup", "share_keys", "unmask"]
 
 
 def test_scan_finds_text_and_token_ids_when_they_are_sent():
@@ -103,12 +113,13 @@ def test_scan_finds_text_and_token_ids_when_they_are_sent():
 
 def test_fedadam_strategy_uses_its_own_learning_rate_by_default():
     from fedpers.aggregation import FedAdamOptimizer, FedAvgOptimizer
-    from server.strategy import PersonaFedAvg
+    from server.strategy import PersonaTraining
 
-    adam = PersonaFedAvg(FederatedConfig(server_optimizer="fedadam"), "run", num_nodes=4)
+    adapters = {name: {"w.lora_A": np.zeros((2, 2), np.float32)} for name in [GLOBAL, *FederatedConfig().persona_names]}
+    adam = PersonaTraining(FederatedConfig(server_optimizer="fedadam"), "run", 4, True, adapters, ())
     assert all(isinstance(o, FedAdamOptimizer) for o in adam.optimizers.values())
     assert adam.optimizers[GLOBAL].server_lr == FedAdamOptimizer().server_lr
-    avg = PersonaFedAvg(FederatedConfig(server_lr=0.5), "run", num_nodes=4)
+    avg = PersonaTraining(FederatedConfig(server_lr=0.5), "run", 4, True, adapters, ())
     assert isinstance(avg.optimizers["leadership"], FedAvgOptimizer) and avg.optimizers["leadership"].server_lr == 0.5
 
 
@@ -128,3 +139,48 @@ def test_flower_app_config_declares_every_setting_with_its_default():
 
     config, run_dir = config_from_context(FakeContext())
     assert config.model == "tiny" and str(run_dir) == "/tmp/x"
+
+
+def _relative_difference(a: dict, b: dict) -> float:
+    num = sum(float(np.sum((a[n][k].astype(np.float64) - b[n][k]) ** 2)) for n in a for k in a[n])
+    den = sum(float(np.sum(a[n][k].astype(np.float64) ** 2)) for n in a for k in a[n])
+    return (num / den) ** 0.5
+
+
+@pytest.mark.parametrize("secure, hiding", [(False, False), (True, False)])
+def test_other_aggregation_modes_give_the_same_persona_adapters(run, tmp_path, secure, hiding):
+    """Plain aggregation, and SecAgg+ per persona group with personas in clear, on the same seed: the same
+    adapters as SecAgg+ with persona hiding, up to SecAgg+'s quantization error."""
+    config, run_dir, metrics = run
+    other = simulate(tiny_config(tmp_path, secure_aggregation=secure, persona_hiding=hiding), tmp_path)
+    assert other["aggregation"]["slots"] == ["update"] and metrics["aggregation"]["slots"][0] == GLOBAL
+    assert metrics["aggregation"]["upload_floats"] == 6 * other["aggregation"]["upload_floats"]
+    reference, adapters = load_adapters(run_dir), load_adapters(tmp_path)
+    assert set(adapters) == set(reference)
+    assert _relative_difference(reference, adapters) < 1e-4
+    for name in reference:
+        assert any(np.any(reference[name][k] != 0) for k in reference[name])
+    table, other_table = metrics["evaluation"]["rows"], other["evaluation"]["rows"]
+    for persona, row in table.items():
+        assert row["persona"] == pytest.approx(other_table[persona]["persona"], rel=1e-4)
+
+
+def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_persona(tmp_path):
+    import dp_accounting
+    from dp_accounting import rdp
+
+    config = tiny_config(tmp_path, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, rounds=2, evaluate=False)
+    metrics = simulate(config, tmp_path)
+    user = metrics["user_level_dp"]
+    assert user["clip"] == pytest.approx(0.5 * 2**0.5)
+    google = rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 2)).get_epsilon(config.delta)
+    for name in [GLOBAL, *config.persona_names]:
+        assert user["epsilon"][name] == pytest.approx(google, rel=0.10)
+        assert user["epsilon"][name] >= google * 0.99
+        ledger = PrivacyLedger(tmp_path / "user-level-dp" / f"{name}.json", f"adapter:{name}")
+        assert [e.purpose for e in ledger.entries] == ["user-level-dp-fedavg"] * 2
+    # noise of std 2 * clip on every coordinate of the sum: the persona adapters move far more than clipped updates could
+    initial = adapter_arrays(__import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora()))
+    moved = load_adapters(tmp_path)["leadership"]
+    change = sum(float(np.sum((moved[k].astype(np.float64) - initial[k]) ** 2)) for k in initial) ** 0.5
+    assert change > 2 * config.update_clip

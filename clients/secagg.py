@@ -1,0 +1,132 @@
+"""Client mods for secure aggregation: Flower's SecAgg+ with cryptographic masks, and Flower's fixed clipping.
+
+:func:`secaggplus_mod` is Flower's ``secaggplus_mod`` (same stages, same records, Flower's own key
+agreement, Shamir sharing and share encryption) with one change: masks come from
+:func:`fedpers.aggregation.secure.keystream_masks` (ChaCha20 keyed by the whole shared secret)
+instead of ``pseudo_rand_gen`` (``RandomState`` seeded with a 32-bit fold of it). The server side
+is :class:`server.secagg.SecAggPlusRound`; both must use the same mask generator.
+
+Messages without a SecAgg+ record (plain aggregation) pass straight through, so one ClientApp
+serves both modes. Order the mods ``[secaggplus_mod, fixedclipping_mod]``: the clipping must
+happen before masking.
+"""
+
+from __future__ import annotations
+
+from logging import DEBUG, WARNING
+from typing import cast
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.app.typing import ConfigRecordValues
+from flwr.client.mod import fixedclipping_mod as flower_fixedclipping_mod
+from flwr.client.mod.secure_aggregation.secaggplus_mod import (
+    SecAggPlusState,
+    _setup,
+    _share_keys,
+    _unmask,
+    check_configs,
+    check_stage,
+)
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Parameters, ndarray_to_bytes, parameters_to_ndarrays
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, generate_shared_key
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_combine,
+    parameters_addition,
+    parameters_mod,
+    parameters_multiply,
+    parameters_subtraction,
+)
+from flwr.common.secure_aggregation.quantization import quantize
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_separate
+from flwr.compat.common import recorddict_compat as compat
+from flwr.supercore import log
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+
+from fedpers.aggregation.secure import keystream_masks
+
+
+def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's SecAgg+ client protocol with ChaCha20 masks (see the module docstring)."""
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, ctxt)
+    if RECORD_KEY_STATE not in ctxt.state.config_records:
+        ctxt.state.config_records[RECORD_KEY_STATE] = ConfigRecord({})
+    state = SecAggPlusState(**ctxt.state.config_records[RECORD_KEY_STATE])
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    check_stage(state.current_stage, configs)
+    state.current_stage = cast(str, configs.pop(Key.STAGE))
+    check_configs(state.current_stage, configs)
+
+    out_content = RecordDict()
+    if state.current_stage == Stage.SETUP:
+        state.nid = msg.metadata.dst_node_id
+        res = _setup(state, configs)
+    elif state.current_stage == Stage.SHARE_KEYS:
+        res = _share_keys(state, configs)
+    elif state.current_stage == Stage.COLLECT_MASKED_VECTORS:
+        out_msg = call_next(msg, ctxt)
+        if out_msg.has_error():
+            return out_msg
+        out_content = out_msg.content
+        fitres = compat.recorddict_to_fitres(out_content, keep_input=True)
+        res = _collect_masked_vectors(state, configs, fitres.num_examples, fitres.parameters)
+        for arr_record in out_content.array_records.values():
+            arr_record.clear()
+    elif state.current_stage == Stage.UNMASK:
+        res = _unmask(state, configs)
+    else:
+        raise ValueError(f"Unknown SecAgg+ stage: {state.current_stage}")
+
+    ctxt.state.config_records[RECORD_KEY_STATE] = ConfigRecord(state.to_dict())
+    out_content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(res, False)
+    return Message(out_content, reply_to=msg)
+
+
+def _collect_masked_vectors(
+    state: SecAggPlusState, configs: ConfigRecord, num_examples: int, updated_parameters: Parameters
+) -> dict[str, ConfigRecordValues]:
+    """Flower's stage 2 (decrypt shares, quantize, add private and pairwise masks) with keystream masks."""
+    ciphertexts = cast(list[bytes], configs[Key.CIPHERTEXT_LIST])
+    srcs = cast(list[int], configs[Key.SOURCE_LIST])
+    if len(ciphertexts) + 1 < state.threshold:
+        raise ValueError("Not enough available neighbour clients.")
+    available: list[int] = []
+    for src, ciphertext in zip(srcs, ciphertexts, strict=True):
+        actual_src, dst, rd_seed_share, sk1_share = share_keys_plaintext_separate(decrypt(state.ss2_dict[src], ciphertext))
+        if src != actual_src or dst != state.nid:
+            raise ValueError(f"Node {state.nid}: a key share from {actual_src} to {dst} arrived as from {src}")
+        available.append(src)
+        state.rd_seed_share_dict[src] = rd_seed_share
+        state.sk1_share_dict[src] = sk1_share
+
+    ratio = num_examples / state.max_weight
+    if ratio > 1:
+        log(WARNING, "SecAgg+: weight %s exceeds max_weight %s and may overflow", num_examples, state.max_weight)
+    q_ratio = round(ratio * state.target_range)
+    parameters = parameters_multiply(parameters_to_ndarrays(updated_parameters), q_ratio / state.target_range)
+    vector = factor_combine(q_ratio, quantize(parameters, state.clipping_range, state.target_range))
+    shapes = [a.shape for a in vector]
+    vector = parameters_addition(vector, keystream_masks(state.rd_seed, state.mod_range, shapes))
+    for node_id in available:
+        shared_key = generate_shared_key(bytes_to_private_key(state.sk1), bytes_to_public_key(state.public_keys_dict[node_id][0]))
+        pairwise = keystream_masks(shared_key, state.mod_range, shapes)
+        vector = parameters_addition(vector, pairwise) if state.nid > node_id else parameters_subtraction(vector, pairwise)
+    vector = parameters_mod(vector, state.mod_range)
+    log(DEBUG, "Node %d: masked vector ready", state.nid)
+    return {Key.MASKED_PARAMETERS: [ndarray_to_bytes(arr) for arr in vector]}
+
+
+def fixedclipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` for training messages that carry a clipping norm (user-level DP);
+    other messages (evaluation statistics, runs without user-level DP) pass through unclipped."""
+    if msg.metadata.message_type == MessageType.TRAIN and "fitins.config" in msg.content.config_records:
+        if KEY_CLIPPING_NORM in msg.content.config_records["fitins.config"]:
+            return flower_fixedclipping_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+CLIENT_MODS = [secaggplus_mod, fixedclipping_mod]
