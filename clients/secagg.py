@@ -16,6 +16,8 @@ from __future__ import annotations
 from logging import DEBUG, WARNING
 from typing import cast
 
+import numpy as np
+
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.app.typing import ConfigRecordValues
@@ -107,8 +109,8 @@ def _collect_masked_vectors(
     if ratio > 1:
         log(WARNING, "SecAgg+: weight %s exceeds max_weight %s and may overflow", num_examples, state.max_weight)
     q_ratio = round(ratio * state.target_range)
-    parameters = parameters_multiply(parameters_to_ndarrays(updated_parameters), q_ratio / state.target_range)
-    vector = factor_combine(q_ratio, quantize(parameters, state.clipping_range, state.target_range))
+    vector = factor_combine(q_ratio, quantize_upload(parameters_to_ndarrays(updated_parameters), q_ratio / state.target_range,
+                                                     state.clipping_range, state.target_range))
     shapes = [a.shape for a in vector]
     vector = parameters_addition(vector, keystream_masks(state.rd_seed, state.mod_range, shapes))
     for node_id in available:
@@ -118,6 +120,17 @@ def _collect_masked_vectors(
     vector = parameters_mod(vector, state.mod_range)
     log(DEBUG, "Node %d: masked vector ready", state.nid)
     return {Key.MASKED_PARAMETERS: [ndarray_to_bytes(arr) for arr in vector]}
+
+
+def quantize_upload(arrays: list[np.ndarray], weight: float, clipping_range: float, target_range: int) -> list[np.ndarray]:
+    """Flower's weighting and stochastic quantization, computed in float64.
+
+    Flower quantizes in the arrays' own dtype: a float32 upload scaled to ``target_range = 2**30``
+    keeps only 24 bits, so every value is rounded to a multiple of 32 or 64 levels before the stochastic
+    rounding even starts. Widening first keeps the error at one level.
+    """
+    wide = [np.asarray(a, dtype=np.float64) for a in arrays]
+    return [q.astype(np.int64) for q in quantize(parameters_multiply(wide, weight), clipping_range, target_range)]
 
 
 def fixedclipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:

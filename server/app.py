@@ -101,6 +101,7 @@ class PersonaGroups:
 
     def __call__(self, grid: Grid, context: LegacyContext) -> None:
         server_round = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
+        self.strategy.start_round()
         self._ask(grid, context, server_round)
         groups: dict[str, set[int]] = {}
         for node, persona in self.personas.items():

@@ -59,23 +59,28 @@ class SecureAggregationError(RuntimeError):
 
 
 class ObservedGrid:
-    """A grid that shows every reply to ``observer(stage, message)`` before the workflow sees it."""
+    """A grid that times the waits for replies and shows every reply to ``observer(stage, message)``."""
 
-    def __init__(self, grid, observer: Callable, stage: Callable[[], str]) -> None:
+    def __init__(self, grid, observer: Callable | None, stage: Callable[[], str]) -> None:
         self._grid, self._observer, self._stage = grid, observer, stage
+        self.waited = 0.0
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages, *, timeout=None):
+        started = time.perf_counter()
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        for reply in replies:
-            self._observer(self._stage(), reply)
+        self.waited += time.perf_counter() - started
+        if self._observer is not None:
+            for reply in replies:
+                self._observer(self._stage(), reply)
         return replies
 
 
 class SecAggPlusRound(SecAggPlusWorkflow):
-    """One SecAgg+ aggregation per call (see the module docstring); ``history`` records each attempt."""
+    """One SecAgg+ aggregation per call (see the module docstring); ``history`` records each attempt,
+    with its wall time and ``server_seconds``, the part not spent waiting for clients."""
 
     def __init__(self, plan: QuantizationPlan, *, num_shares: int | float = 1.0, reconstruction_threshold: int | float = 0.5,
                  timeout: float = 600.0, retries: int = 2, observer: Callable | None = None, label: str = "training") -> None:
@@ -91,13 +96,12 @@ class SecAggPlusRound(SecAggPlusWorkflow):
     def __call__(self, grid: Grid, context: LegacyContext) -> None:
         if not isinstance(context, LegacyContext):
             raise TypeError(f"Expect a LegacyContext, but get {type(context).__name__}.")
-        if self.observer is not None:
-            grid = ObservedGrid(grid, self.observer, lambda: self._stage)
+        grid = ObservedGrid(grid, self.observer, lambda: self._stage)
         server_round = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
         steps = (self.setup_stage, self.share_keys_stage, self.collect_masked_vectors_stage, self.unmask_stage)
         for attempt in range(1, self.retries + 2):
             state = WorkflowState()
-            started = time.perf_counter()
+            started, waited = time.perf_counter(), grid.waited
             record = {"round": server_round, "session": self.label, "attempt": attempt, "dropped": {}}
             failed_at = None
             for name, step in zip(STAGES, steps):
@@ -112,7 +116,9 @@ class SecAggPlusRound(SecAggPlusWorkflow):
                 if not ok:
                     failed_at = name
                     break
-            record |= {"completed": failed_at is None, "failed_stage": failed_at, "seconds": time.perf_counter() - started,
+            seconds = time.perf_counter() - started
+            record |= {"completed": failed_at is None, "failed_stage": failed_at, "seconds": seconds,
+                       "server_seconds": seconds - (grid.waited - waited),
                        "sampled": len(state.sampled_node_ids), "aggregated": len(state.legacy_results)}
             self.history.append(record)
             if failed_at is None:

@@ -91,6 +91,10 @@ class _Rounds(FitOnly):
     def reference(self) -> list[np.ndarray]:
         return []
 
+    def start_round(self) -> None:
+        """Start the clock of this round's aggregation (its wall time goes into the history)."""
+        self._started = time.perf_counter()
+
     def current(self) -> tuple[Adapters, set[str]]:
         """The adapters clients receive, and the personas trained so far."""
         raise NotImplementedError
@@ -149,8 +153,8 @@ class PersonaTraining(_Rounds):
         return super().instructions(server_round) | {"count-value": self.count_value}
 
     def configure_fit(self, server_round, parameters, client_manager):
-        if not self._group_sums:
-            self._started = time.perf_counter()
+        if self.group is None:
+            self.start_round()
         return super().configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list) -> tuple[Parameters | None, dict]:
@@ -269,8 +273,8 @@ class PersonaEvaluation(_Rounds):
         return self.training.adapters, self.training.trained
 
     def configure_fit(self, server_round, parameters, client_manager):
-        if not self._group_stats:
-            self._started = time.perf_counter()
+        if self.group is None:
+            self.start_round()
         return super().configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list) -> tuple[None, dict]:

@@ -22,7 +22,7 @@ from flwr.server.workflow import DefaultWorkflow
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.primitives.asymmetric import generate_key_pairs
 
-from clients.secagg import secaggplus_mod
+from clients.secagg import quantize_upload, secaggplus_mod
 from fedpers.aggregation.secure import QuantizationPlan, keystream_masks
 from fedpers.aggregation.slots import STATS, SlotLayout, pack_stats, unpack_stats
 from server.secagg import SecAggPlusRound, SecureAggregationError
@@ -85,11 +85,10 @@ def test_brute_force_recovers_flowers_masks_but_not_fedpers_masks():
 
 
 def _secagg_sum(vectors: list[list[np.ndarray]], plan: QuantizationPlan) -> list[np.ndarray]:
-    """Flower's client quantization (weight 1 of max_weight 1) and server dequantization, masks omitted."""
+    """The client's quantization (weight 1 of max_weight 1) and Flower's server dequantization, masks omitted."""
     total = None
     for vec in vectors:
-        quantized = [a.astype(np.int64) for a in quantize(vec, plan.clipping_range, plan.quantization_range)]
-        q = factor_combine(plan.quantization_range, quantized)  # masks (int64) would widen them the same way
+        q = factor_combine(plan.quantization_range, quantize_upload(vec, 1.0, plan.clipping_range, plan.quantization_range))
         total = q if total is None else parameters_addition(total, q)
     total = parameters_mod(total, plan.modulus_range)
     q_total, rest = total[0][0], total[1:]
@@ -107,14 +106,16 @@ def test_quantization_never_truncates_a_clipped_update_and_errs_below_1e_5_relat
         if i == 0:  # the worst case: all of the norm in one coordinate
             v = np.zeros(dim)
             v[0] = -bound
-        vectors.append([v / max(1.0, np.linalg.norm(v) / bound)])
-    exact = np.sum([v[0] for v in vectors], axis=0)
+        vectors.append([(v / max(1.0, np.linalg.norm(v) / bound)).astype(np.float32)])  # adapters are float32
+    exact = np.sum([v[0].astype(np.float64) for v in vectors], axis=0)
     approx = _secagg_sum(vectors, plan)[0]
     rel = np.linalg.norm(approx - exact) / np.linalg.norm(exact)
     assert rel < 1e-5
     assert np.linalg.norm(approx - exact) < plan.error_bound(clients, dim)
     assert abs(approx[0] - exact[0]) < 1e-5 * bound  # the coordinate at the bound came through whole
     assert plan.modulus_range > clients * plan.quantization_range * 2
+    flower = [np.asarray(a, np.int64) for a in quantize(vectors[1], plan.clipping_range, plan.quantization_range)]
+    assert np.all(flower[0] % 32 == 0)  # Flower's own float32 arithmetic: every level a multiple of 32 or 64
 
 
 # ------------------------------------------------------------------------------------------------ slots

@@ -157,7 +157,7 @@ def test_other_aggregation_modes_give_the_same_persona_adapters(run, tmp_path, s
     assert metrics["aggregation"]["upload_floats"] == 6 * other["aggregation"]["upload_floats"]
     reference, adapters = load_adapters(run_dir), load_adapters(tmp_path)
     assert set(adapters) == set(reference)
-    assert _relative_difference(reference, adapters) < 1e-4
+    assert _relative_difference(reference, adapters) < 1e-5
     for name in reference:
         assert any(np.any(reference[name][k] != 0) for k in reference[name])
     table, other_table = metrics["evaluation"]["rows"], other["evaluation"]["rows"]
@@ -179,8 +179,9 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
         assert user["epsilon"][name] >= google * 0.99
         ledger = PrivacyLedger(tmp_path / "user-level-dp" / f"{name}.json", f"adapter:{name}")
         assert [e.purpose for e in ledger.entries] == ["user-level-dp-fedavg"] * 2
-    # noise of std 2 * clip on every coordinate of the sum: the persona adapters move far more than clipped updates could
+    # noise of std 2 * clip on every coordinate of the sum (and of the counts): the global adapter, a mean
+    # over about 10 clients, moves much further than clipped updates alone could move it
     initial = adapter_arrays(__import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora()))
-    moved = load_adapters(tmp_path)["leadership"]
+    moved = load_adapters(tmp_path)[GLOBAL]
     change = sum(float(np.sum((moved[k].astype(np.float64) - initial[k]) ** 2)) for k in initial) ** 0.5
     assert change > 2 * config.update_clip
