@@ -14,6 +14,7 @@ import numpy as np
 from peft import PeftModel
 from safetensors.numpy import load_file
 
+from fedpers.aggregation.persona import GLOBAL
 from fedpers.atomic import write_json
 from fedpers.models.lora import LoraSettings, load_adapter_arrays
 
@@ -23,7 +24,6 @@ __all__ = ["ADAPTERS", "GLOBAL", "METRICS", "RUN_CONFIG", "adapter_dir", "load_a
 RUN_CONFIG = "run.json"
 ADAPTERS = "adapters"
 METRICS = "metrics.json"
-GLOBAL = "global"
 
 
 def read_json(path: Path) -> dict:

@@ -73,8 +73,8 @@ def _wait_for_nodes(grid: Grid, wanted: int, timeout: float = 600.0) -> int:
         time.sleep(1.0)
 
 
-def _secure_round(config: FederatedConfig, bound: float, label: str, observer: Callable | None) -> SecAggPlusRound:
-    return SecAggPlusRound(QuantizationPlan.for_bound(bound), num_shares=config.secagg_shares,
+def _secure_round(config: FederatedConfig, bound: float, label: str, observer: Callable | None, nodes: int) -> SecAggPlusRound:
+    return SecAggPlusRound(QuantizationPlan.for_bound(bound, max(1000, nodes)), num_shares=config.secagg_shares,
                            reconstruction_threshold=config.secagg_threshold, timeout=config.secagg_timeout,
                            retries=config.secagg_retries, observer=observer, label=label)
 
@@ -103,9 +103,12 @@ class PersonaGroups:
         server_round = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
         self.strategy.start_round()
         self._ask(grid, context, server_round)
+        count = self.strategy.num_sampled if self.strategy.task == "train" else self.strategy.num_nodes
+        sampled = {c.node_id for c in context.client_manager.sample(count, count)}
         groups: dict[str, set[int]] = {}
         for node, persona in self.personas.items():
-            groups.setdefault(persona, set()).add(node)
+            if node in sampled:
+                groups.setdefault(persona, set()).add(node)
         participants = 0
         for persona, nodes in sorted(groups.items()):
             if len(nodes) < max(2, self.strategy.config.min_clients):
@@ -153,8 +156,8 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
 
     sessions: list[SecAggPlusRound] = []
     if config.secure_aggregation:
-        train_session = _secure_round(config, config.update_clip, "training", observer)
-        eval_session = _secure_round(config, STATS_BOUND, "evaluation", observer)
+        train_session = _secure_round(config, config.update_clip, "training", observer, nodes)
+        eval_session = _secure_round(config, STATS_BOUND, "evaluation", observer, nodes)
         sessions = [train_session, eval_session]
     else:
         train_session = eval_session = default_fit_workflow
@@ -171,8 +174,12 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
         train_flow, eval_flow = train_session, eval_session
 
     def fit_workflow(grid: Grid, ctx: LegacyContext) -> None:
+        before = len(training.history)
         train_flow(grid, ctx)
         absorb(ctx)
+        if len(training.history) == before:
+            log(WARNING, "round %s: no update was applied (see the failures above)",
+                ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
 
     def evaluate_workflow(grid: Grid, ctx: LegacyContext) -> None:
         if config.evaluate:

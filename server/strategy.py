@@ -33,7 +33,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fedpers.aggregation import make_optimizer
+from fedpers.aggregation import make_optimizer, means_from_sums
 from fedpers.aggregation.slots import SlotLayout, unpack_stats
 from fedpers.federated import FederatedConfig, adapters_to_bytes
 from fedpers.privacy.accounting import GaussianEvent
@@ -205,31 +205,18 @@ class PersonaTraining(_Rounds):
         self._step({"round": server_round, "participants": participants, "failures": failures}, sums, counts)
 
     def _step(self, record: dict, sums: dict[str, dict], counts: dict[str, float]) -> None:
-        if not self.config.user_dp:
+        if not self.config.user_dp:  # exact up to quantization: whole clients
             counts = {k: float(round(v)) for k, v in counts.items()}
-        released, gated = [], []
-        total_delta = {k: np.zeros(s, dtype=np.float64) for k, s in self.layout.shapes}
-        total_count = 0.0
-        for slot, delta_sum in sums.items():
-            count = counts[slot]
-            total_count += max(count, 0.0)
-            for k in total_delta:
-                total_delta[k] += delta_sum[k]
-            if slot == GLOBAL:
-                continue
-            if count >= self.config.min_clients:
-                mean = {k: (v / count).astype(np.float32) for k, v in delta_sum.items()}
-                self.adapters[slot] = self.optimizers[slot].step(self.adapters[slot], mean)
-                self.trained.add(slot)
-                released.append(slot)
-            elif count > 0.5:
-                gated.append(slot)
-        if total_count >= self.config.min_clients:
-            mean = {k: (v / total_count).astype(np.float32) for k, v in total_delta.items()}
-            self.adapters[GLOBAL] = self.optimizers[GLOBAL].step(self.adapters[GLOBAL], mean)
-            released.append(GLOBAL)
-        record |= {"released": [p for p in released if p != GLOBAL], "gated": gated,
-                   "contributors": {k: round(v, 3) for k, v in counts.items() if abs(v) > 0.5},
+        if SINGLE_SLOT in sums:
+            raise ValueError("single-slot sums must be grouped by persona before a step")
+        agg = means_from_sums(sums, counts, self.config.persona_names, self.config.min_clients)
+        for persona in agg.released:
+            self.adapters[persona] = self.optimizers[persona].step(self.adapters[persona], agg.persona_deltas[persona])
+            self.trained.add(persona)
+        if agg.global_delta is not None:
+            self.adapters[GLOBAL] = self.optimizers[GLOBAL].step(self.adapters[GLOBAL], agg.global_delta)
+        record |= {"released": list(agg.released), "gated": list(agg.gated),
+                   "contributors": {k: round(v, 3) for k, v in agg.contributors.items() if abs(v) >= 0.5},
                    "train_seconds": time.perf_counter() - self._started}
         if self.config.user_dp:
             record["user_dp"] = self._account(record["round"])

@@ -40,6 +40,17 @@ HELP = {
     "epsilon": "per-user epsilon budget over all rounds of this run (plus earlier runs in the ledger)",
     "noise_multiplier": "0 = calibrate to --epsilon over all planned rounds",
     "clip": "per-sample clipping norm; 0 = private median of per-sample gradient norms",
+    "secure_aggregation": "Flower's SecAgg+ with ChaCha20 masks (false: uploads in clear, for comparisons)",
+    "persona_hiding": "upload one slot per persona so the server cannot tell a client's persona (false: persona in clear, one slot)",
+    "update_clip": "clients clip their adapter delta to this L2 norm; SecAgg+ quantizes within it",
+    "secagg_shares": "fraction of the sampled clients each client shares its secrets with",
+    "secagg_threshold": "fraction of those shares needed to rebuild a dropped client's masks",
+    "secagg_timeout": "seconds each SecAgg+ stage waits for replies",
+    "secagg_retries": "times a failed secure round is run again before the run stops with an error",
+    "evaluate": "aggregate held-out loss sums per persona after every round",
+    "user_dp": "user-level DP (DP-FedAvg): clip each whole upload, add Gaussian noise to the sum; needs persona hiding",
+    "user_noise_multiplier": "user-level noise std as a multiple of the upload's clipping norm",
+    "noise_seed": "seed of all DP noise (reproducible comparisons only); -1: fresh OS entropy",
     "state_dir": "where clients keep ledgers, user embeddings and plans (default: RUN_DIR/client-state)",
 }
 

@@ -11,10 +11,10 @@ from fedpers.aggregation import (
     ClientUpdate,
     FedAdamOptimizer,
     FedAvgOptimizer,
-    aggregate_by_persona,
     clip_delta,
     delta_norm,
     make_optimizer,
+    means_from_sums,
     weighted_mean,
 )
 
@@ -52,39 +52,33 @@ def test_weighted_mean_errors_are_clear():
 
 
 def test_persona_gate_releases_at_min_clients_and_never_partially():
-    updates = [
-        ClientUpdate("field", delta(1, 0), 10),
-        ClientUpdate("field", delta(3, 0), 30),
-        ClientUpdate("exec", delta(100, 100), 5),
-    ]
-    agg = aggregate_by_persona(updates, ["field", "exec", "intern"], min_clients=2)
-    np.testing.assert_allclose(agg.persona_deltas["field"]["lora_A"], 2.5)  # (10*1 + 30*3) / 40
+    sums = {"field": {k: v * 2 for k, v in delta(2, 0).items()}, "exec": delta(100, 100), "global": delta(0, 0)}
+    agg = means_from_sums(sums, {"field": 2, "exec": 1, "global": 0}, ["field", "exec", "intern"], min_clients=2)
+    np.testing.assert_allclose(agg.persona_deltas["field"]["lora_A"], 2.0)
+    assert agg.persona_deltas["field"]["lora_A"].dtype == np.float32
     assert agg.persona_deltas["exec"] is None and agg.persona_deltas["intern"] is None
-    assert agg.gated == ("exec", "intern") and agg.released == ("field",)
-    assert agg.contributors == {"field": 2, "exec": 1, "intern": 0}
-    # the global mean covers every update, the gated persona's included
-    np.testing.assert_allclose(agg.global_delta["lora_A"], (10 * 1 + 30 * 3 + 5 * 100) / 45, rtol=1e-6)
+    assert agg.gated == ("exec",) and agg.released == ("field",)
+    assert agg.contributors == {"field": 2, "exec": 1, "intern": 0, "global": 0}
+    # the global mean covers every contributor, the gated persona's included
+    np.testing.assert_allclose(agg.global_delta["lora_A"], (4 + 100) / 3, rtol=1e-6)
     assert agg.global_contributors == 3
 
 
-def test_uniform_weighting_and_global_gate():
-    updates = [ClientUpdate("field", delta(1, 0), 10), ClientUpdate("field", delta(3, 0), 30)]
-    agg = aggregate_by_persona(updates, ["field"], min_clients=2, weighting="uniform")
-    np.testing.assert_allclose(agg.persona_deltas["field"]["lora_A"], 2.0)
-    np.testing.assert_allclose(agg.global_delta["lora_A"], 2.0)
-    gated = aggregate_by_persona(updates, ["field"], min_clients=3)
-    assert gated.global_delta is None and gated.gated == ("field",)
-    empty = aggregate_by_persona([], ["field"], min_clients=1)
-    assert empty.global_delta is None and empty.gated == ("field",)
+def test_global_gate_and_clients_without_a_persona():
+    agg = means_from_sums({"global": delta(3, 3)}, {"global": 1}, ["field"], min_clients=2)
+    assert agg.global_delta is None and agg.released == ()
+    agg = means_from_sums({"global": delta(3, 3), "field": delta(1, 1)}, {"global": 1, "field": 1}, ["field"], min_clients=2)
+    np.testing.assert_allclose(agg.global_delta["lora_B"], 2.0)
+    assert agg.persona_deltas["field"] is None
+    empty = means_from_sums({}, {}, ["field"], min_clients=1)
+    assert empty.global_delta is None and empty.gated == ()
 
 
-def test_aggregate_rejects_unknown_personas_and_bad_settings():
+def test_means_reject_unknown_personas_and_bad_settings():
     with pytest.raises(ValueError, match=r"unknown personas \['ghost'\]"):
-        aggregate_by_persona([ClientUpdate("ghost", delta(1, 1), 1)], ["field"], min_clients=1)
-    with pytest.raises(ValueError, match="weighting"):
-        aggregate_by_persona([], ["field"], min_clients=1, weighting="tokens")
+        means_from_sums({"ghost": delta(1, 1)}, {"ghost": 1}, ["field"], min_clients=1)
     with pytest.raises(ValueError, match="min_clients"):
-        aggregate_by_persona([], ["field"], min_clients=0)
+        means_from_sums({}, {}, ["field"], min_clients=0)
 
 
 def test_clip_delta_bounds_the_norm_and_is_a_noop_below():
@@ -151,7 +145,7 @@ def test_fedadam_matches_flower_for_three_rounds():
     ours_params, flower_params, round_deltas = params, params, []
     for server_round in (1, 2, 3):
         updates = [ClientUpdate("p", random_arrays(rng, 0.01), n) for n in (3, 5, 9)]
-        mean = aggregate_by_persona(updates, ["p"], min_clients=1).persona_deltas["p"]
+        mean = weighted_mean([u.delta for u in updates], [u.num_examples for u in updates])
         round_deltas.append(mean)
         ours_params = ours.step(ours_params, mean)
         # Flower averages the clients' adapters (params + delta) and takes delta_t against its current arrays

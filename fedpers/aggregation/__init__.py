@@ -1,7 +1,7 @@
-"""The pure math of a federated round: client updates, per-persona means with a gate, server optimizers."""
+"""The pure math of a federated round: upload slots, per-persona means with a gate, server optimizers, SecAgg+ arithmetic."""
 
 from fedpers.aggregation.optimizers import FedAdamOptimizer, FedAvgOptimizer, ServerOptimizer, make_optimizer
-from fedpers.aggregation.persona import PersonaAggregate, aggregate_by_persona
+from fedpers.aggregation.persona import PersonaAggregate, means_from_sums
 from fedpers.aggregation.updates import Arrays, ClientUpdate, clip_delta, delta_norm, weighted_mean
 
 __all__ = [
@@ -11,9 +11,9 @@ __all__ = [
     "FedAvgOptimizer",
     "PersonaAggregate",
     "ServerOptimizer",
-    "aggregate_by_persona",
     "clip_delta",
     "delta_norm",
     "make_optimizer",
+    "means_from_sums",
     "weighted_mean",
 ]

@@ -1,28 +1,29 @@
-"""Per-persona aggregation of a round, with a minimum-contributors gate."""
+"""Per-persona means of a round's summed updates, with a minimum-contributors gate."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-from fedpers.aggregation.updates import Arrays, ClientUpdate, weighted_mean
+import numpy as np
 
-Weighting = Literal["examples", "uniform"]
+from fedpers.aggregation.updates import Arrays
+
+GLOBAL = "global"
 
 
 @dataclass
 class PersonaAggregate:
     """The outcome of one round: a mean delta per persona (``None`` when gated) and a global mean delta.
 
-    A persona with fewer than ``min_clients`` contributors gets no update and is listed in ``gated``;
-    the global delta (mean over every update) is ``None`` under the same rule.
+    A persona with fewer than ``min_clients`` contributors gets no update; ``gated`` lists those that had
+    some. The global delta (mean over every contributor) is ``None`` under the same rule.
     """
 
     persona_deltas: dict[str, Arrays | None]
-    contributors: dict[str, int]
+    contributors: dict[str, float]
     global_delta: Arrays | None
-    global_contributors: int
+    global_contributors: float
     gated: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -31,36 +32,33 @@ class PersonaAggregate:
         return tuple(p for p, d in self.persona_deltas.items() if d is not None)
 
 
-def _weights(updates: Sequence[ClientUpdate], weighting: Weighting) -> list[float]:
-    if weighting == "examples":
-        return [float(u.num_examples) for u in updates]
-    if weighting == "uniform":
-        return [1.0] * len(updates)
-    raise ValueError(f"unknown weighting {weighting!r}: expected 'examples' or 'uniform'")
+def means_from_sums(sums: Mapping[str, Mapping[str, np.ndarray]], counts: Mapping[str, float], personas: Sequence[str],
+                    min_clients: int) -> PersonaAggregate:
+    """Means of per-slot delta sums over per-slot counts; nothing is released below ``min_clients``.
 
-
-def aggregate_by_persona(
-    updates: Sequence[ClientUpdate], personas: Sequence[str], min_clients: int, weighting: Weighting = "examples"
-) -> PersonaAggregate:
-    """Average the updates of each persona and of all clients; release nothing below ``min_clients``."""
+    Slots are persona names and ``global`` (clients without a persona yet). Counts may be noisy (user-level
+    DP): they are compared with ``min_clients`` as given. Results are float32.
+    """
     if min_clients < 1:
         raise ValueError(f"min_clients must be >= 1, got {min_clients}")
-    _weights([], weighting)  # validate the name even when there are no updates
-    unknown = sorted({u.persona for u in updates} - set(personas))
+    unknown = sorted(set(sums) - set(personas) - {GLOBAL})
     if unknown:
-        raise ValueError(f"updates for unknown personas {unknown}; known personas: {list(personas)}")
-    by_persona = {p: [u for u in updates if u.persona == p] for p in personas}
+        raise ValueError(f"sums for unknown personas {unknown}; known personas: {list(personas)}")
     deltas: dict[str, Arrays | None] = {}
-    for persona, group in by_persona.items():
-        released = len(group) >= min_clients
-        deltas[persona] = weighted_mean([u.delta for u in group], _weights(group, weighting)) if released else None
+    for persona in personas:
+        count = float(counts.get(persona, 0.0))
+        total = sums.get(persona)
+        deltas[persona] = ({k: (np.asarray(v, np.float64) / count).astype(np.float32) for k, v in total.items()}
+                           if total is not None and count >= min_clients else None)
+    everyone = float(sum(max(float(c), 0.0) for c in counts.values()))
     global_delta = None
-    if len(updates) >= min_clients:
-        global_delta = weighted_mean([u.delta for u in updates], _weights(updates, weighting))
+    if sums and everyone >= min_clients:
+        keys = next(iter(sums.values())).keys()
+        global_delta = {k: (sum(np.asarray(s[k], np.float64) for s in sums.values()) / everyone).astype(np.float32) for k in keys}
     return PersonaAggregate(
         persona_deltas=deltas,
-        contributors={p: len(g) for p, g in by_persona.items()},
+        contributors={p: float(counts.get(p, 0.0)) for p in [*personas, GLOBAL]},
         global_delta=global_delta,
-        global_contributors=len(updates),
-        gated=tuple(p for p, d in deltas.items() if d is None),
+        global_contributors=everyone,
+        gated=tuple(p for p in personas if deltas[p] is None and float(counts.get(p, 0.0)) >= 0.5),
     )

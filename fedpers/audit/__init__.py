@@ -1,0 +1,1 @@
+"""Privacy audit reports: read a run directory (never the live system) and show every claim with its evidence."""
