@@ -92,16 +92,23 @@ def user_ids(config: FederatedConfig) -> list[str]:
 
 def user_data(config: FederatedConfig, user_id: str, env: ModelEnvironment) -> UserData:
     """The user's encoded train / held-out examples (cached per process and settings)."""
-    return _user_data(_data_key(config), config.heldout_fraction, config.max_length, config.persona_mode, user_id, env)
+    return _user_data(_data_key(config), config.heldout_fraction, config.max_length, config.persona_mode, config.canaries,
+                      user_id, env)
+
+
+@lru_cache(maxsize=4)
+def _canaries(path: str) -> tuple:
+    return tuple(read_jsonl(path, mode="strict").conversations) if path else ()
 
 
 @lru_cache(maxsize=64)
-def _user_data(data_key: tuple, heldout_fraction: float, max_length: int, persona_mode: str, user_id: str,
+def _user_data(data_key: tuple, heldout_fraction: float, max_length: int, persona_mode: str, canaries: str, user_id: str,
                env: ModelEnvironment) -> UserData:
     mine = [c for c in _conversations(*data_key) if c.user_id == user_id]
     if not mine:
         raise ValueError(f"no conversations for user {user_id!r}")
     train, heldout = train_heldout_split(mine, heldout_fraction, seed=data_key[3])
+    train = train + [c for c in _canaries(canaries) if c.user_id == user_id]  # privacy audit only: never held out
     persona = mine[0].persona if persona_mode == "declared" else None
     return UserData(
         user_id=user_id,

@@ -1,17 +1,18 @@
-"""What crosses the wire: a Flower mod that records every reply a client sends, and a scan for leaks.
+"""What crosses the wire: a Flower mod that records every reply a client sends.
 
 The recorder serializes each reply's content exactly as Flower does for transport
-(``recorddict_to_proto``) and writes the bytes plus a manifest line (round, message type, tensor
-names, shapes, dtypes, byte counts, SHA-256). The scan searches such payloads for a user's own
-text fragments and token-id n-grams.
+(``recorddict_to_proto``) and writes the bytes plus a manifest line (round, message type, every
+tensor's name, shape, dtype and byte count, SHA-256 of the payload). Tensors travel either as
+arrays or, under SecAgg+, as ``.npy`` bytes inside config records; both are listed. The audit
+(:mod:`fedpers.audit.wire`) scans the payloads for each user's text and token ids.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,30 @@ def payload_bytes(msg: Message) -> bytes:
     return recorddict_to_proto(msg.content).SerializeToString()
 
 
+def _npy_tensors(record: str, name: str, value) -> list[dict]:
+    """Tensors carried as ``.npy`` bytes in a config value (SecAgg+ masked vectors); headers only, never unpickled."""
+    out = []
+    for i, blob in enumerate(value if isinstance(value, list) else [value]):
+        if not isinstance(blob, bytes) or not blob.startswith(b"\x93NUMPY"):
+            continue
+        f = io.BytesIO(blob)
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        out.append({"record": record, "name": f"{name}[{i}]", "shape": list(shape), "dtype": str(dtype),
+                    "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
+    return out
+
+
 def manifest_entry(msg: Message, reply: Message, context: Context, payload: bytes) -> dict:
     arrays = []
     for record_name, record in reply.content.array_records.items():
         for name, array in record.items():
             arrays.append({"record": record_name, "name": name, "shape": list(array.shape), "dtype": array.dtype,
                            "bytes": len(array.data), "sha256": hashlib.sha256(array.data).hexdigest()})
+    for record_name, record in reply.content.config_records.items():
+        for name, value in record.items():
+            arrays += _npy_tensors(record_name, name, value)
     metrics = {k: sorted(r.keys()) for k, r in reply.content.metric_records.items()}
     configs = {k: sorted(r.keys()) for k, r in reply.content.config_records.items()}
     fitins = msg.content.config_records.get("fitins.config", {})
@@ -67,45 +86,3 @@ def record_replies(directory: Path | str) -> Callable:
         return reply
 
     return mod
-
-
-@dataclass(frozen=True)
-class Leak:
-    what: str
-    needle: str
-
-
-def token_patterns(ids: Sequence[int], n: int) -> Iterable[tuple[str, bytes]]:
-    """Byte patterns of each token-id n-gram: as int64, int32 and int16 arrays and as decimal text."""
-    for start in range(0, max(len(ids) - n + 1, 0)):
-        gram = list(ids[start : start + n])
-        yield f"ids {gram}", np.asarray(gram, dtype="<i8").tobytes()
-        yield f"ids {gram}", np.asarray(gram, dtype="<i4").tobytes()
-        if max(gram) < 2**15:
-            yield f"ids {gram}", np.asarray(gram, dtype="<i2").tobytes()
-        yield f"ids {gram}", ", ".join(map(str, gram)).encode()
-        yield f"ids {gram}", " ".join(map(str, gram)).encode()
-
-
-def text_patterns(texts: Iterable[str], words: int = 5) -> Iterable[tuple[str, bytes]]:
-    """Every run of ``words`` consecutive words, in UTF-8 and UTF-16."""
-    for text in texts:
-        tokens = text.split()
-        for start in range(0, max(len(tokens) - words + 1, 1)):
-            fragment = " ".join(tokens[start : start + words])
-            if len(fragment) >= 12:
-                yield fragment, fragment.encode("utf-8")
-                yield fragment, fragment.encode("utf-16-le")
-
-
-def scan(payloads: Iterable[bytes], texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngram: int = 8) -> list[Leak]:
-    """Every text fragment or token-id n-gram of the user found in any payload."""
-    blobs = list(payloads)
-    found: list[Leak] = []
-    patterns = list(text_patterns(texts))
-    for ids in token_ids:
-        patterns += list(token_patterns(ids, ngram))
-    for what, needle in patterns:
-        if any(needle in blob for blob in blobs):
-            found.append(Leak(what, needle.hex()[:64]))
-    return found

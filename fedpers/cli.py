@@ -125,10 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
     _add_train_local(sub)
+    from fedpers.audit.cli import register as register_audit
+    from fedpers.certs import register as register_certs
     from fedpers.data.cli import register as register_data
     from fedpers.personas.cli import register as register_route
 
     register_route(sub)
+    register_audit(sub)
+    register_certs(sub)
 
     data = sub.add_parser("data", help="generate, validate and import conversation data")
     register_data(data.add_subparsers(dest="data_command", required=True))

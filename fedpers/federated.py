@@ -79,6 +79,12 @@ class FederatedConfig:
     noise_seed: int = -1  # >= 0 seeds DP noise (reproducible comparisons only); -1: fresh OS entropy
     # where clients keep their state (ledger, user embedding, plan) between rounds and runs
     state_dir: str = "runs/client-state"
+    # the privacy audit report (simulation): wire recording, the report itself, the canary attack
+    record_wire: bool = True  # record every reply a client sends (manifest + payloads for the leak scan)
+    keep_payloads: bool = False  # keep the recorded payloads after the scan (the manifest keeps their SHA-256)
+    audit: bool = True  # write audit.html / audit.json (signed) at the end of the run
+    audit_attack: bool = False  # also run the canary attack (two more simulations with these settings)
+    canaries: str = ""  # conversation JSONL added to its users' training data (set by the canary attack)
     seed: int = 0
 
     @property

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.wire import record_replies
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.rundir import load_adapters
 from simulations.bench_dp_step import write_benchmarks
@@ -60,7 +59,7 @@ def run_variant(name: str, root: Path, rounds: int | None, scenario: str = "defa
     if rounds:
         values["rounds"] = rounds
     config = FederatedConfig(**values, state_dir=str(run_dir / "client-state")).validated()
-    metrics = simulate(config, run_dir, client_mods=[record_replies(run_dir / "wire")])
+    metrics = simulate(config, run_dir)  # records every reply (record_wire) for the byte counts
     sessions = metrics["aggregation"]["sessions"]
     result = {
         "round_seconds": [round_seconds(r) for r in metrics["rounds"]],

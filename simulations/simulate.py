@@ -52,6 +52,11 @@ HELP = {
     "user_noise_multiplier": "user-level noise std as a multiple of the upload's clipping norm",
     "noise_seed": "seed of all DP noise (reproducible comparisons only); -1: fresh OS entropy",
     "state_dir": "where clients keep ledgers, user embeddings and plans (default: RUN_DIR/client-state)",
+    "record_wire": "record every reply a client sends (RUN_DIR/wire: manifest and payloads) for the audit",
+    "keep_payloads": "keep the recorded payloads after the audit's leak scan (the manifest keeps their SHA-256)",
+    "audit": "write the signed privacy audit report (audit.html, audit.json) at the end",
+    "audit_attack": "add the canary attack to the audit: two more simulations with these settings (DP as set, DP off)",
+    "canaries": "conversation JSONL added to its users' training data (the canary attack sets it)",
 }
 
 
@@ -99,7 +104,9 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
     """Run the federated simulation and return the metrics it wrote.
 
     ``client_mods`` wrap every client outside secure aggregation (they see what leaves the device),
-    ``inner_mods`` inside it (they see the plain upload); ``observer`` sees every reply of a SecAgg+ session."""
+    ``inner_mods`` inside it (they see the plain upload); ``observer`` sees every reply of a SecAgg+ session.
+    With ``record_wire`` every reply is recorded first; with ``audit_attack`` the canary simulations run
+    next; with ``audit`` the signed report is written last (then the payloads are pruned unless kept)."""
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"  # offline: never install at run time
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -110,6 +117,10 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
     from server.app import make_server_app
 
     users = user_ids(config)
+    if config.record_wire:
+        from clients.wire import record_replies
+
+        client_mods = [record_replies(run_dir / "wire"), *(client_mods or [])]  # outermost: sees what leaves the device
     if len(users) < config.min_clients:
         raise ValueError(f"the data holds {len(users)} users, fewer than min_clients={config.min_clients}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,4 +139,15 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
         metrics["client_privacy"] = client_privacy(config, users)
         metrics["max_epsilon"] = metrics["client_privacy"]["max_epsilon"]
         write_json(metrics_path, metrics)
+    if config.audit_attack:
+        from fedpers.audit.attack import run_attack
+
+        run_attack(config, run_dir)
+    if config.audit:
+        from fedpers.audit.report import write_audit
+        from fedpers.audit.wire import prune_payloads
+
+        write_audit(run_dir)
+        if not config.keep_payloads:
+            prune_payloads(run_dir)
     return metrics

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 
 import pytest
+
+# audit reports written by tests are signed with a throw-away key, never the user's own
+os.environ.setdefault("FEDPERS_AUDIT_KEY", os.path.join(tempfile.mkdtemp(prefix="fedpers-test-key-"), "audit-signing-key.pem"))
 
 from fedpers.models import LoraSettings, PersonalizedLM, UserEmbedding, attach_lora, encode_messages, load_base_model
 

@@ -10,7 +10,8 @@ from peft import PeftModel
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from clients.runtime import conversations, model_environment, user_data, user_ids
-from clients.wire import payload_bytes, record_replies, scan
+from clients.wire import payload_bytes
+from fedpers.audit.scan import scan
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.models import adapter_arrays, load_base_model
 from fedpers.privacy import PrivacyLedger
@@ -26,11 +27,11 @@ def tiny_config(run_dir, **changes) -> FederatedConfig:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """The default aggregation (SecAgg+ with persona hiding), every reply leaving a device recorded."""
+    """The default aggregation (SecAgg+ with persona hiding) and audit: every reply leaving a device recorded."""
     run_dir = tmp_path_factory.mktemp("sim")
-    config = tiny_config(run_dir)
-    assert config.secure_aggregation and config.persona_hiding
-    metrics = simulate(config, run_dir, client_mods=[record_replies(run_dir / "wire")])
+    config = tiny_config(run_dir, keep_payloads=True)
+    assert config.secure_aggregation and config.persona_hiding and config.record_wire and config.audit
+    metrics = simulate(config, run_dir)
     return config, run_dir, metrics
 
 
@@ -88,7 +89,10 @@ def test_nothing_a_client_sends_contains_its_text_or_token_ids(run):
         ids = [e.input_ids for e in data.train + data.heldout]
         assert scan(payloads, texts, ids) == [], f"user {user} leaked"
     for entry in manifest:
-        assert entry["arrays"] == []  # SecAgg+ clears the plain arrays; only masked integers leave the device
+        # SecAgg+ clears the plain arrays; only masked integer vectors leave the device, inside its config record
+        for tensor in entry["arrays"]:
+            assert tensor["record"] == RECORD_KEY_CONFIGS and tensor["name"].startswith("masked_params[")
+            assert tensor["dtype"] in ("int64", "uint64") and entry["secagg_stage"] == "collect_masked_vectors"
         assert set(entry["config_keys"]) <= {RECORD_KEY_CONFIGS, "fitres.status", "fitres.metrics"}
         assert entry["config_keys"].get("fitres.metrics", []) == []  # no persona index, loss or epsilon in clear
         assert entry["metric_keys"] in ({}, {"fitres.num_examples": ["num_examples"]})
@@ -152,7 +156,7 @@ def test_other_aggregation_modes_give_the_same_persona_adapters(run, tmp_path, s
     """Plain aggregation, and SecAgg+ per persona group with personas in clear, on the same seed: the same
     adapters as SecAgg+ with persona hiding, up to SecAgg+'s quantization error."""
     config, run_dir, metrics = run
-    other = simulate(tiny_config(tmp_path, secure_aggregation=secure, persona_hiding=hiding), tmp_path)
+    other = simulate(tiny_config(tmp_path, secure_aggregation=secure, persona_hiding=hiding, audit=False), tmp_path)
     assert other["aggregation"]["slots"] == ["update"] and metrics["aggregation"]["slots"][0] == GLOBAL
     assert metrics["aggregation"]["upload_floats"] == 6 * other["aggregation"]["upload_floats"]
     reference, adapters = load_adapters(run_dir), load_adapters(tmp_path)
@@ -169,7 +173,7 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
     import dp_accounting
     from dp_accounting import rdp
 
-    config = tiny_config(tmp_path, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, rounds=2, evaluate=False)
+    config = tiny_config(tmp_path, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, rounds=2, evaluate=False, audit=False)
     metrics = simulate(config, tmp_path)
     user = metrics["user_level_dp"]
     assert user["clip"] == pytest.approx(0.5 * 2**0.5)
@@ -185,3 +189,70 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
     moved = load_adapters(tmp_path)[GLOBAL]
     change = sum(float(np.sum((moved[k].astype(np.float64) - initial[k]) ** 2)) for k in initial) ** 0.5
     assert change > 2 * config.update_clip
+
+
+def _schema():
+    from pathlib import Path
+
+    return json.loads((Path(__file__).parent.parent / "docs" / "audit-schema.json").read_text())
+
+
+def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(run, tmp_path):
+    import shutil
+
+    import jsonschema
+
+    from fedpers.audit.signing import verify
+    from fedpers.cli import main
+
+    config, run_dir, metrics = run
+    audit = json.loads((run_dir / "audit.json").read_text())
+    jsonschema.validate(audit, _schema(), format_checker=jsonschema.FormatChecker())
+    spent = audit["spent"]
+    assert len(spent["clients"]) == 10 and spent["budget"] == config.epsilon
+    for client in spent["clients"]:
+        assert client["epsilon"] == max(client["accountants"].values())  # never below the most conservative
+        assert client["epsilon"] == pytest.approx(metrics["client_privacy"]["epsilon_per_client"][client["user_id"]], rel=0.02)
+        assert [p["purpose"] for p in client["cumulative"]] == ["clip-quantile"] + ["dp-sgd"] * 3
+        assert [p["epsilon"] for p in client["cumulative"]] == sorted(p["epsilon"] for p in client["cumulative"])
+        assert client["dp_parameters"]["rounds"] == 3 and not client["over_budget"]
+    wire = audit["wire"]
+    assert wire["secure_aggregation"] and wire["persona_hiding"] and wire["min_clients_released"] >= config.min_clients
+    assert wire["summary"]["messages"] == len(wire["manifest"]) == 240
+    assert wire["scan"]["payloads_scanned"] == 240 and wire["scan"]["leaks"] == [] and wire["scan"]["patterns"] > 1000
+    assert {f["level"] for f in audit["findings"]} <= {"ok", "warning"}
+    html = (run_dir / "audit.html").read_text()
+    assert "Privacy audit report" in html and html.count("data:image/png;base64,") >= 1
+    assert "<script" not in html and "src=\"http" not in html  # self-contained: nothing fetched
+    assert verify(run_dir).ok
+    # one changed byte anywhere in the report breaks the signature
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("wire", "client-state", "adapters"))
+    assert main(["audit", "verify", str(copy)]) == 0
+    data = bytearray((copy / "audit.json").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "audit.json").write_bytes(bytes(data))
+    assert main(["audit", "verify", str(copy)]) == 1
+
+
+def test_the_wire_scan_flags_a_deliberately_leaking_client(tmp_path):
+    from flwr.app import ConfigRecord
+
+    config = tiny_config(tmp_path, rounds=1, evaluate=False, secure_aggregation=False, persona_hiding=False)
+    leaker = user_ids(config)[0]
+    secret_text = [t.text for c in conversations(config) if c.user_id == leaker for t in c.turns][0]
+
+    def leak(msg, context, call_next):
+        reply = call_next(msg, context)
+        if int(context.node_config["partition-id"]) == 0 and not reply.has_error():
+            reply.content.config_records["debug"] = ConfigRecord({"last_prompt": secret_text})
+        return reply
+
+    simulate(config, tmp_path, client_mods=[leak])
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    leaks = audit["wire"]["scan"]["leaks"]
+    assert leaks and {x["user_id"] for x in leaks} == {leaker}
+    assert any(x["what"] in secret_text for x in leaks)
+    assert any(f["level"] == "problem" and "Leak scan" in f["text"] for f in audit["findings"])
+    assert not list((tmp_path / "wire").glob("*.bin"))  # payloads pruned after the scan; the scan result stays
+    assert (tmp_path / "wire" / "scan.json").exists()

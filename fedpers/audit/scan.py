@@ -9,7 +9,8 @@ comparison. The result is exactly the set of patterns that occur.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -63,3 +64,49 @@ def find(blobs: Iterable[bytes], patterns: Mapping[bytes, str]) -> dict[bytes, s
                     if needle not in found and blob[pos : pos + len(needle)] == needle:
                         found[needle] = patterns[needle]
     return found
+
+
+@dataclass(frozen=True)
+class Leak:
+    """A user's text fragment or token-id n-gram found in a payload (``needle``: hex of its first bytes)."""
+
+    what: str
+    needle: str
+
+
+def token_patterns(ids: Sequence[int], n: int) -> Iterable[tuple[bytes, str]]:
+    """Byte patterns of each token-id n-gram: as int64, int32 and int16 arrays and as decimal text."""
+    for start in range(0, max(len(ids) - n + 1, 0)):
+        gram = list(ids[start : start + n])
+        label = f"ids {gram}"
+        yield np.asarray(gram, dtype="<i8").tobytes(), label
+        yield np.asarray(gram, dtype="<i4").tobytes(), label
+        if max(gram) < 2**15:
+            yield np.asarray(gram, dtype="<i2").tobytes(), label
+        yield ", ".join(map(str, gram)).encode(), label
+        yield " ".join(map(str, gram)).encode(), label
+
+
+def text_patterns(texts: Iterable[str], words: int = 5) -> Iterable[tuple[bytes, str]]:
+    """Every run of ``words`` consecutive words (at least 12 characters), in UTF-8 and UTF-16."""
+    for text in texts:
+        tokens = text.split()
+        for start in range(0, max(len(tokens) - words + 1, 1)):
+            fragment = " ".join(tokens[start : start + words])
+            if len(fragment) >= 12:
+                yield fragment.encode("utf-8"), fragment
+                yield fragment.encode("utf-16-le"), fragment
+
+
+def user_patterns(texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngram: int = 8) -> dict[bytes, str]:
+    """Everything of one user's that must never appear on the wire: text fragments and token-id n-grams."""
+    patterns = dict(text_patterns(texts))
+    for ids in token_ids:
+        patterns.update(token_patterns(ids, ngram))
+    return patterns
+
+
+def scan(payloads: Iterable[bytes], texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngram: int = 8) -> list[Leak]:
+    """Every text fragment or token-id n-gram of the user found in any payload."""
+    found = find(payloads, user_patterns(texts, token_ids, ngram))
+    return sorted({Leak(label, needle.hex()[:64]) for needle, label in found.items()}, key=lambda leak: leak.what)

@@ -22,12 +22,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedpers.atomic import write_json
 
 SIGNATURE_FILE = "audit.sig.json"
-DEFAULT_KEY = Path(os.environ.get("FEDPERS_AUDIT_KEY", Path.home() / ".config" / "fedpers" / "audit-signing-key.pem"))
 
 
-def load_or_create_key(path: Path = DEFAULT_KEY) -> Ed25519PrivateKey:
-    """The signing key in ``path`` (PEM, PKCS#8); created with owner-only permissions if absent."""
-    path = Path(path)
+def default_key_path() -> Path:
+    """``$FEDPERS_AUDIT_KEY``, else ``~/.config/fedpers/audit-signing-key.pem``."""
+    return Path(os.environ.get("FEDPERS_AUDIT_KEY", Path.home() / ".config" / "fedpers" / "audit-signing-key.pem"))
+
+
+def load_or_create_key(path: Path | None = None) -> Ed25519PrivateKey:
+    """The signing key in ``path`` (default :func:`default_key_path`; PEM, PKCS#8), created owner-only if absent."""
+    path = Path(path or default_key_path())
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):

@@ -3,12 +3,16 @@
 Our figures come from Opacus's RDP and PRV accountants (:mod:`fedpers.privacy.accounting`); the
 cross-check is Google's ``dp-accounting`` (PLD and RDP), an implementation independent of Opacus.
 The epsilon a report quotes is the largest of all four, so no figure is lower than the most
-conservative accountant's.
+conservative accountant's. Every entry of a ledger counts, finished or not (a crashed round may
+have released something), and the cumulative epsilon after each entry gives the curve over rounds.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import dp_accounting
@@ -18,9 +22,12 @@ from fedpers.privacy.accounting import GaussianEvent, epsilon_report
 from fedpers.privacy.ledger import PrivacyLedger
 
 PLD_DISCRETIZATION = 1e-3
+# dp-accounting warns when an RDP order fails to converge and drops that order: fewer orders can only
+# raise its epsilon, never lower it, so the warning carries no risk for the report and is silenced.
+logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _dp_event(events: list[GaussianEvent]) -> dp_accounting.DpEvent:
+def _dp_event(events: tuple[GaussianEvent, ...]) -> dp_accounting.DpEvent:
     parts = []
     for e in events:
         gaussian = dp_accounting.GaussianDpEvent(e.noise_multiplier)
@@ -31,11 +38,35 @@ def _dp_event(events: list[GaussianEvent]) -> dp_accounting.DpEvent:
 
 def independent_epsilon(events: list[GaussianEvent], delta: float) -> dict[str, float]:
     """Epsilon of the composition of ``events`` by dp-accounting's PLD and RDP accountants."""
-    event = _dp_event(events)
+    event = _dp_event(tuple(events))
     return {
         "pld": float(pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION).compose(event).get_epsilon(delta)),
         "rdp": float(rdp.RdpAccountant().compose(event).get_epsilon(delta)),
     }
+
+
+@dataclass(frozen=True)
+class Accounted:
+    """One composition of events, accounted four ways; ``epsilon`` is the largest."""
+
+    rdp: float
+    prv: float
+    independent_pld: float
+    independent_rdp: float
+
+    @property
+    def epsilon(self) -> float:
+        return max(self.rdp, self.prv, self.independent_pld, self.independent_rdp)
+
+
+@lru_cache(maxsize=256)  # simulated clients often share a ledger's shape: account each shape once
+def account(events: tuple[GaussianEvent, ...], delta: float) -> Accounted:
+    """The composition of ``events`` at ``delta`` by all four accountants (zero when nothing was spent)."""
+    if not events:
+        return Accounted(0.0, 0.0, 0.0, 0.0)
+    ours = epsilon_report(list(events), delta)
+    theirs = independent_epsilon(list(events), delta)
+    return Accounted(ours.rdp, ours.prv, theirs["pld"], theirs["rdp"])
 
 
 @dataclass
@@ -53,6 +84,7 @@ class Spent:
     budget: float | None
     over_budget: bool
     unfinished_entries: int
+    cumulative: list[dict] = field(default_factory=list)  # quoted epsilon after each entry
 
     @property
     def largest_difference(self) -> float:
@@ -65,16 +97,17 @@ class Spent:
 
 def spent_from_ledger(path: Path, budget: float | None = None) -> Spent:
     """Read one ledger file (a client's or a user-level adapter's) and account it four ways."""
-    ledger = PrivacyLedger(path, Path(path).stem)
-    owner, delta = ledger.user_id, ledger.delta
-    events = ledger.events()
-    entries = [{"purpose": e.purpose, "status": e.status, "events": [ev.to_dict() for ev in e.events], "details": e.details}
-               for e in ledger.entries]
-    if not events:
-        return Spent(owner, delta, entries, 0.0, 0.0, 0.0, 0.0, 0.0, budget, False, 0)
-    ours = epsilon_report(events, delta)
-    theirs = independent_epsilon(events, delta)
-    quoted = max(ours.rdp, ours.prv, theirs["pld"], theirs["rdp"])
+    path = Path(path)
+    owner = json.loads(path.read_text()).get("user_id", path.stem) if path.exists() else path.stem
+    ledger = PrivacyLedger(path, owner)
+    delta = ledger.delta
+    entries, cumulative, events = [], [], []
+    for e in ledger.entries:
+        entries.append({"purpose": e.purpose, "status": e.status, "started_at": e.started_at,
+                        "events": [ev.to_dict() for ev in e.events], "details": e.details})
+        events += e.events
+        cumulative.append({"entry": len(entries) - 1, "purpose": e.purpose, "epsilon": account(tuple(events), delta).epsilon})
+    total = account(tuple(events), delta)
     unfinished = sum(1 for e in ledger.entries if e.status != "completed")
-    return Spent(owner, delta, entries, ours.rdp, ours.prv, theirs["pld"], theirs["rdp"], quoted, budget,
-                 budget is not None and quoted > budget * (1 + 1e-9), unfinished)
+    return Spent(owner, delta, entries, total.rdp, total.prv, total.independent_pld, total.independent_rdp, total.epsilon,
+                 budget, budget is not None and total.epsilon > budget * (1 + 1e-9), unfinished, cumulative)

@@ -1,0 +1,234 @@
+"""``audit.html``: one self-contained page (plots embedded as PNG) for readers who will not read code.
+
+The page follows ``audit.json`` section by section: findings first, then what was spent, what
+crossed the wire and what an attacker could still learn, each claim next to its evidence.
+``render_pdf`` prints the page with headless Chromium when it is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+ICONS = {"ok": "&#10004;", "warning": "&#9888;", "problem": "&#10008;"}
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d2330;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #d8dde6;padding-bottom:.2em;margin-top:2em}
+.meta{color:#5a6475} table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #d8dde6;padding:.3em .6em;text-align:right}
+th{background:#f2f4f8} td{white-space:nowrap} td.l,th.l{text-align:left} .finding{padding:.5em .8em;margin:.35em 0;border-radius:6px}
+.ok{background:#e7f6ec} .warning{background:#fff4dc} .problem{background:#fde4e4} .over{color:#b00020;font-weight:600}
+img{max-width:100%;border:1px solid #e3e7ee;border-radius:6px} details{margin:.6em 0} summary{cursor:pointer;font-weight:600}
+.note{color:#5a6475;font-size:.92em} code{background:#f2f4f8;padding:0 .25em;border-radius:3px}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _num(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else _e(value)
+
+
+def _table(header: list[str], rows: list[list], left: int = 1) -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row)) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _epsilon_plots(spent: dict) -> str:
+    clients = [c for c in spent["clients"] if c["cumulative"]]
+    if not clients:
+        return ""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for c in clients:
+        sgd = [p for p in c["cumulative"] if p["purpose"] != "clip-quantile"] or c["cumulative"]
+        left.plot(range(1, len(sgd) + 1), [p["epsilon"] for p in sgd], marker="o", alpha=0.6, lw=1)
+    left.axhline(spent["budget"], color="#b00020", ls="--", label=f"budget {spent['budget']:g}")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set(xlabel="training round (ledger entry)", ylabel="epsilon spent so far", title="Epsilon over rounds, one line per client")
+    left.legend()
+    left.grid(alpha=0.3)
+    values = [c["epsilon"] for c in spent["clients"]]
+    right.hist(values, bins=min(20, max(5, len(values))), color="#3b6fb6")
+    right.axvline(spent["budget"], color="#b00020", ls="--", label="budget")
+    right.set(xlabel="epsilon (most conservative accountant)", ylabel="clients", title="Distribution across clients")
+    right.legend()
+    right.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _spent_html(spent: dict) -> str:
+    if not spent["dp"]:
+        return "<p class='over'>DP-SGD was off for this run: no epsilon bounds it.</p>"
+    rows = []
+    for c in spent["clients"]:
+        a, p = c["accountants"], c["dp_parameters"]
+        cls = ' class="over"' if c["over_budget"] else ""
+        rows.append([_e(c["user_id"]), _e(c["persona"]), f"<span{cls}>{c['epsilon']:.3f}</span>", _num(a["opacus_rdp"]),
+                     _num(a["opacus_prv"]), _num(a["dp_accounting_pld"]), _num(a["dp_accounting_rdp"]),
+                     f"{100 * c['prv_vs_pld_relative_difference']:.2f} %", _num(p.get("noise_multiplier")),
+                     _num(p.get("clipping_norm"), 4), _num(p.get("sample_rate")), _e(p.get("steps", "—")), _e(p.get("rounds", "—"))])
+    persona_rows = [[_e(k), _e(v["clients"]), _num(v["max_epsilon"])] for k, v in spent["per_persona"].items()]
+    out = [f"<p>Sample-level privacy of every client (one conversation is the unit protected), delta = {spent['delta']:g}, "
+           f"budget epsilon = {spent['budget']:g}. The quoted epsilon is {_e(spent['quoted'])}; no figure in this report is "
+           "lower than the most conservative accountant's. Ledgers count every entry, including interrupted ones.</p>",
+           _epsilon_plots(spent),
+           _table(["client", "persona", "epsilon (quoted)", "Opacus RDP", "Opacus PRV", "dp-accounting PLD", "dp-accounting RDP",
+                   "PRV vs PLD", "noise multiplier", "clipping norm", "sampling rate", "steps", "rounds"], rows, left=2),
+           "<h3>Per persona</h3>", _table(["persona", "clients", "largest client epsilon"], persona_rows)]
+    user_level = spent.get("user_level")
+    if user_level:
+        rows = [[_e(name), _num(s["epsilon"]), _e(len(s["entries"]))] for name, s in user_level["adapters"].items()]
+        out += [f"<h3>User-level DP (DP-FedAvg)</h3><p>Whole-update clipping and Gaussian noise (multiplier "
+                f"{user_level['noise_multiplier']:g}) on each released aggregate: epsilon per adapter, protecting a whole user.</p>",
+                _table(["adapter", "user-level epsilon", "rounds"], rows)]
+    return "".join(out)
+
+
+def _wire_html(wire: dict) -> str:
+    mode = ("SecAgg+ (Flower, ChaCha20 masks)" if wire["secure_aggregation"] else "none (updates in clear)")
+    hiding = "on (one slot per persona, the server cannot tell personas apart)" if wire["persona_hiding"] else "off (persona sent in clear)"
+    out = [_table(["", ""], [["secure aggregation", _e(mode)], ["persona hiding", _e(hiding)],
+                             ["slots per upload", _e(", ".join(wire["slots"]) or "—")],
+                             ["numbers per upload", _e(wire["upload_floats"])],
+                             ["minimum clients per released aggregate (setting)", _e(wire["min_clients_setting"])],
+                             ["smallest released aggregate (observed)", _num(wire["min_clients_released"], 1)]])]
+    if not wire["recorded"]:
+        return "".join(out) + "<p class='over'>Messages were not recorded for this run.</p>"
+    s = wire["summary"]
+    scan = wire["scan"]
+    if scan is not None:
+        leaks = scan["leaks"]
+        verdict = (f"<p class='over'>{len(leaks)} leaks found:</p>" + _table(["client", "what"], [[_e(x["user_id"]), _e(x["what"])] for x in leaks[:50]])
+                   if leaks else "<p>Nothing found.</p>")
+        out.append(f"<h3>Leak scan</h3><p>{scan['payloads_scanned']} recorded payloads were searched for "
+                   f"{scan['patterns']} byte patterns of their own users: every 5-word run of their conversations (UTF-8, UTF-16) "
+                   f"and every token-id {scan['ngram']}-gram of their training and held-out examples (int16, int32, int64, "
+                   f"decimal text).</p>{verdict}")
+    out.append(f"<h3>Totals</h3><p>{s['messages']} messages, {s['bytes'] / 1e6:.2f} MB sent by clients.</p>")
+    out.append(_table(["round", "messages", "MB"], [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_round"].items()]))
+    out.append(_table(["SecAgg+ stage", "messages", "MB"], [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_stage"].items()]))
+    if s["tensors"]:
+        out.append(_table(["tensor that left a device (record/name)", "dtypes", "messages", "MB"],
+                          [[_e(k), _e(", ".join(v["dtypes"])), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["tensors"].items()]))
+    out.append(_table(["client", "messages", "MB"],
+                      [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in sorted(s["per_client"].items())]))
+    rows = [[_e(e.get("partition_id")), _e(e.get("round")), _e(e.get("secagg_stage") or e.get("message_type")),
+             _e(", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in e.get("arrays", [])) or "—"),
+             _e(e["payload_bytes"]), f"<code>{_e(e['payload_sha256'][:16])}…</code>"] for e in wire["manifest"]]
+    out.append(f"<details><summary>Manifest: every message ({len(rows)})</summary>"
+               + _table(["client", "round", "stage", "tensors", "bytes", "SHA-256"], rows, left=4) + "</details>")
+    return "".join(out)
+
+
+def _attack_plot(attack: dict) -> str:
+    runs = attack["runs"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.6), squeeze=False)
+    for ax, (name, run) in zip(axes[0], runs.items()):
+        inside = [c["score"] for c in run["canaries"] if c["inserted"]]
+        outside = [c["score"] for c in run["canaries"] if not c["inserted"]]
+        ax.hist([inside, outside], bins=12, label=["inserted", "never inserted"], color=["#b00020", "#3b6fb6"])
+        ax.set(title=f"{'DP as audited' if run['dp'] else 'DP off'}: AUC {run['auc']:.2f}",
+               xlabel="membership score (base loss - adapter loss)", ylabel="canaries")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _attack_html(attack: dict | None) -> str:
+    if attack is None:
+        return ("<p class='over'>Not run for this run.</p><p>Run <code>fedpers audit RUN_DIR --attack</code>: it trains two more "
+                "simulations with these settings and secret canaries (one with DP as set, one with DP off), attacks the "
+                "released persona adapters and bounds epsilon from below.</p>")
+    s = attack["settings"]
+    rows = []
+    for name, run in attack["runs"].items():
+        b = run["lower_bound"]
+        theory = run["theoretical_epsilon"]
+        check = "—" if theory is None else ("<span class='over'>ABOVE: privacy bug</span>" if run["bound_exceeds_theory"] else "below")
+        rows.append([_e("DP as audited" if run["dp"] else "DP off"), f"{run['auc']:.3f}", _num(run["exposure"]["inserted_mean"], 2),
+                     _num(run["exposure"]["held_back_mean"], 2), _num(run["exposure"]["inserted_max"], 2),
+                     f"{b['epsilon']:.3f}", f"{b['best']['correct']} / {b['best']['guesses']}",
+                     "∞ (no DP)" if theory is None else f"{theory:.3f}", check])
+    return (f"<p>{s['canaries']} secret canaries (\"The door code for room 417 is 4 8 1 5 9 2.\", {attack['secret_digits']} random digits) "
+            f"were drawn for random users; each was inserted into its user's training data with probability 1/2 "
+            f"({attack['inserted']} inserted). The attacker scores every canary on the released adapter of its user's persona "
+            "against the base model. <b>Exposure</b> (Carlini et al., The Secret Sharer) ranks the true secret among "
+            f"{s['candidates']} random secrets (bits; about 1 means no better than chance, at most "
+            f"{attack['secret_digits'] * 3.32:.1f}). The <b>lower bound</b> is the one-run audit of Steinke, Nasr and "
+            "Jagielski (NeurIPS 2023) at 95 % confidence: any epsilon below it is contradicted by the attacker's correct "
+            "guesses. It must stay below the theoretical epsilon.</p>"
+            + _table(["training", "membership AUC", "exposure inserted (mean)", "exposure never inserted (mean)",
+                      "exposure inserted (max)", "epsilon lower bound", "correct guesses", "theoretical epsilon", "bound vs theory"], rows)
+            + _attack_plot(attack))
+
+
+def render_html(audit: dict) -> str:
+    run = audit["run"]
+    findings = "".join(f'<div class="finding {f["level"]}">{ICONS[f["level"]]} {_e(f["text"])}</div>' for f in audit["findings"])
+    problems = sum(f["level"] == "problem" for f in audit["findings"])
+    headline = ("No problems found." if not problems else f"{problems} problem(s) need attention.")
+    eps = audit["spent"]["max_epsilon"]
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>fedpers privacy audit: {_e(run['run_id'])}</title>
+<style>{STYLE}</style></head><body>
+<h1>Privacy audit report</h1>
+<p class="meta">Run <code>{_e(run['run_id'])}</code> · {_e(run['model'])} · {run['clients']} clients · {run['rounds']} rounds ·
+personas: {_e(', '.join(run['personas']))} · generated {_e(audit['generated_at'])} by fedpers {_e(audit['fedpers_version'])}</p>
+<h2>Summary</h2>
+<p><b>{_e(headline)}</b> Largest epsilon spent by any client: <b>{'unbounded (DP off)' if eps is None else f'{eps:.3f}'}</b>
+(delta {audit['spent']['delta']:g}).</p>
+{findings}
+<h2>1. What was spent</h2>{_spent_html(audit['spent'])}
+<h2>2. What crossed the wire</h2>{_wire_html(audit['wire'])}
+<h2>3. What an attacker can still learn</h2>{_attack_html(audit['attack'])}
+<h2>Integrity</h2><p>This page and <code>audit.json</code> (the same facts, machine-readable; schema in
+<code>docs/audit-schema.json</code>) are signed with Ed25519 in <code>audit.sig.json</code>. Check them with
+<code>fedpers audit verify {_e(run['run_dir'])}</code>.</p>
+<p class="note">Settings of the run: {_e(', '.join(f'{k}={v}' for k, v in run['settings'].items()))}</p>
+</body></html>
+"""
+
+
+def chromium() -> str | None:
+    return next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
+
+
+def _headless(extra: list[str], page: Path) -> None:
+    browser = chromium()
+    if browser is None:
+        raise FileNotFoundError("no Chromium found for rendering the report (install Debian's 'chromium' package)")
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", *extra, page.resolve().as_uri()],
+                       check=True, capture_output=True, timeout=120)
+
+
+def render_pdf(page: Path, target: Path) -> None:
+    """Print ``page`` to ``target`` with headless Chromium."""
+    _headless([f"--print-to-pdf={target.resolve()}", "--no-pdf-header-footer"], page)
+
+
+def screenshot(page: Path, target: Path, width: int = 1280, height: int = 4000) -> None:
+    """A PNG of ``page`` as Chromium renders it (for reviewing the layout)."""
+    _headless([f"--screenshot={target.resolve()}", f"--window-size={width},{height}"], page)

@@ -1,0 +1,200 @@
+"""The privacy audit report of a run: ``audit.json`` (schema ``docs/audit-schema.json``), ``audit.html``, a signature.
+
+Everything is read from the run directory: ``run.json`` and ``metrics.json`` (settings, aggregation
+mode, released aggregates), the clients' privacy ledgers (``settings.state_dir``), the user-level
+ledgers (``user-level-dp/``), the wire recording (``wire/``) and the canary attack (``attack/``).
+Findings are graded ``ok``, ``warning`` or ``problem``; a problem is something a privacy officer
+must act on (a client over budget, a leak found on the wire, an empirical bound above the theory).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from fedpers.audit.attack import read_attack
+from fedpers.audit.signing import load_or_create_key, sign_files
+from fedpers.audit.spent import PLD_DISCRETIZATION, spent_from_ledger
+from fedpers.audit.wire import WIRE, payload_path, read_manifest, scan_run, summarize
+from fedpers.federated import FederatedConfig
+from fedpers.rundir import METRICS, RUN_CONFIG, read_json, write_json
+
+SCHEMA = "fedpers-audit/1"
+AUDIT_JSON = "audit.json"
+AUDIT_HTML = "audit.html"
+AUDIT_PDF = "audit.pdf"
+SCAN = "scan.json"
+ACCOUNTANT_TOLERANCE = 0.05  # PRV (Opacus) vs PLD (dp-accounting): relative difference shown as agreeing below this
+
+
+def _version() -> str:
+    try:
+        return version("fedpers")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _dp_parameters(entries: list[dict]) -> dict:
+    """Noise, clipping, sampling rate and steps of a ledger's DP-SGD entries, as run."""
+    sgd = [e for e in entries if e["purpose"] == "dp-sgd"]
+    if not sgd:
+        return {}
+    first = sgd[-1]["events"][0]
+    return {"noise_multiplier": first["noise_multiplier"], "sample_rate": first["sample_rate"],
+            "clipping_norm": sgd[-1]["details"].get("max_grad_norm"), "steps_per_round": first["steps"],
+            "rounds": len(sgd), "steps": sum(ev["steps"] for e in sgd for ev in e["events"])}
+
+
+def spent_section(config: FederatedConfig, users: list[str], personas: dict[str, str], run_dir: Path) -> dict:
+    clients = []
+    for user in users:
+        spent = spent_from_ledger(Path(config.state_dir) / user / "ledger.json", budget=config.epsilon if config.dp else None)
+        clients.append({"user_id": user, "persona": personas.get(user), "epsilon": spent.epsilon, "delta": spent.delta,
+                        "accountants": {"opacus_rdp": spent.epsilon_rdp, "opacus_prv": spent.epsilon_prv,
+                                        "dp_accounting_pld": spent.independent_pld, "dp_accounting_rdp": spent.independent_rdp},
+                        "prv_vs_pld_relative_difference": spent.largest_difference if spent.epsilon else 0.0,
+                        "over_budget": spent.over_budget, "unfinished_entries": spent.unfinished_entries,
+                        "ledger_entries": len(spent.entries), "dp_parameters": _dp_parameters(spent.entries),
+                        "cumulative": spent.cumulative})
+    per_persona: dict[str, dict] = {}
+    for c in clients:
+        p = per_persona.setdefault(c["persona"] or "unknown", {"clients": 0, "max_epsilon": 0.0})
+        p["clients"] += 1
+        p["max_epsilon"] = max(p["max_epsilon"], c["epsilon"])
+    user_level = None
+    root = Path(run_dir) / "user-level-dp"
+    if config.user_dp and root.is_dir():
+        user_level = {"noise_multiplier": config.user_noise_multiplier, "delta": config.delta,
+                      "adapters": {p.stem: spent_from_ledger(p).to_dict() for p in sorted(root.glob("*.json"))}}
+    return {"dp": config.dp, "budget": config.epsilon if config.dp else None, "delta": config.delta,
+            "quoted": "the largest of Opacus RDP, Opacus PRV, dp-accounting PLD and dp-accounting RDP",
+            "accountant_tolerance": ACCOUNTANT_TOLERANCE, "pld_discretization": PLD_DISCRETIZATION,
+            "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if config.dp else None,
+            "clients": clients, "per_persona": per_persona, "user_level": user_level}
+
+
+def _scan(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress: bool) -> dict | None:
+    """Scan the payloads if they are still there (and store the result); else the stored result."""
+    stored = Path(run_dir) / WIRE / SCAN
+    if manifest and all(payload_path(run_dir, e).exists() for e in manifest):
+        result = scan_run(run_dir, config, manifest, progress)
+        write_json(stored, result)
+        return result
+    return read_json(stored) if stored.exists() else None
+
+
+def wire_section(run_dir: Path, config: FederatedConfig, users: list[str], metrics: dict, progress: bool) -> dict:
+    manifest = read_manifest(run_dir)
+    aggregation = metrics.get("aggregation", {})
+    released = [n for r in metrics.get("rounds", []) for p, n in r.get("contributors", {}).items() if p in r.get("released", [])]
+    return {
+        "recorded": bool(manifest),
+        "secure_aggregation": aggregation.get("secure", config.secure_aggregation),
+        "persona_hiding": aggregation.get("persona_hiding", config.persona_hiding),
+        "slots": aggregation.get("slots", []),
+        "upload_floats": aggregation.get("upload_floats"),
+        "min_clients_setting": config.min_clients,
+        "min_clients_released": min(released) if released else None,
+        "sessions": aggregation.get("sessions", []),
+        "summary": summarize(manifest, users),
+        "scan": _scan(run_dir, config, manifest, progress) if manifest else None,
+        "manifest": manifest,
+    }
+
+
+def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
+    out = []
+
+    def add(level: str, text: str) -> None:
+        out.append({"level": level, "text": text})
+
+    if not spent["dp"]:
+        add("problem", "DP-SGD was off: no epsilon bounds what the adapters reveal about any conversation.")
+    else:
+        over = [c["user_id"] for c in spent["clients"] if c["over_budget"]]
+        add("problem" if over else "ok", f"{len(over)} of {len(spent['clients'])} clients over the budget epsilon = "
+            f"{spent['budget']:g}" + (f": {', '.join(over)}" if over else f"; largest epsilon {spent['max_epsilon']:.3f}") + ".")
+        worst = max((c["prv_vs_pld_relative_difference"] for c in spent["clients"]), default=0.0)
+        add("ok" if worst <= ACCOUNTANT_TOLERANCE else "warning",
+            f"Opacus PRV and the independent dp-accounting PLD accountant differ by at most {100 * worst:.2f} % "
+            f"(tolerance {100 * ACCOUNTANT_TOLERANCE:.0f} %); the quoted epsilon is the largest of four accountants.")
+        unfinished = sum(c["unfinished_entries"] for c in spent["clients"])
+        if unfinished:
+            add("warning", f"{unfinished} ledger entries never completed (interrupted training); they are counted in full.")
+    if wire["secure_aggregation"]:
+        add("ok", "Secure aggregation (SecAgg+) was on: the server saw only sums of masked updates."
+            + (" Persona hiding was on: the server cannot tell a client's persona." if wire["persona_hiding"]
+               else " Persona hiding was off: each client's persona was sent in clear."))
+    else:
+        add("warning", "Secure aggregation was off: the server saw each client's (DP-trained) update in clear.")
+    if not wire["recorded"]:
+        add("warning", "What crossed the wire was not recorded for this run: no manifest and no leak scan.")
+    elif wire["scan"] is None:
+        add("warning", "The payloads were not kept and no scan result is stored: the leak scan could not run.")
+    else:
+        leaks = wire["scan"]["leaks"]
+        add("problem" if leaks else "ok",
+            f"Leak scan: {wire['scan']['payloads_scanned']} payloads searched for {wire['scan']['patterns']} text fragments "
+            f"and token-id n-grams of their own users; {len(leaks)} found.")
+    if attack is None:
+        add("warning", "The canary attack was not run for this run (fedpers audit RUN_DIR --attack runs it).")
+    else:
+        for name, run in attack["runs"].items():
+            bound = run["lower_bound"]["epsilon"]
+            if run["dp"]:
+                theory = run["theoretical_epsilon"]
+                add("problem" if run["bound_exceeds_theory"] else "ok",
+                    f"Canary attack on DP training: empirical lower bound epsilon >= {bound:.2f} "
+                    f"({'ABOVE' if run['bound_exceeds_theory'] else 'below'} the theoretical {theory:.2f}); "
+                    f"membership AUC {run['auc']:.2f}.")
+            else:
+                add("ok" if run["auc"] > 0.6 else "warning",
+                    f"Attack strength check (DP off): membership AUC {run['auc']:.2f}, lower bound epsilon >= {bound:.2f}"
+                    + ("; the attack finds leakage when there is some." if run["auc"] > 0.6 else
+                       "; the attack is weak on these settings, so a low bound with DP says little."))
+    return out
+
+
+def build_audit(run_dir: Path, progress: bool = True) -> dict:
+    """Every fact of the report, as ``audit.json`` holds it."""
+    from clients.runtime import conversations, user_ids
+
+    run_dir = Path(run_dir).resolve()
+    run_config = read_json(run_dir / RUN_CONFIG)
+    metrics = read_json(run_dir / METRICS)
+    config = FederatedConfig.from_record(run_config["settings"])
+    users = user_ids(config)
+    personas = {c.user_id: c.persona for c in conversations(config)}
+    spent = spent_section(config, users, personas, run_dir)
+    wire = wire_section(run_dir, config, users, metrics, progress)
+    attack = read_attack(run_dir)
+    return {
+        "schema": SCHEMA,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fedpers_version": _version(),
+        "run": {"run_id": run_config["run_id"], "run_dir": str(run_dir), "model": run_config["model"],
+                "personas": run_config["personas"], "clients": len(users), "rounds": len(metrics.get("rounds", [])),
+                "wall_seconds": metrics.get("wall_seconds"), "settings": run_config["settings"]},
+        "findings": _findings(spent, wire, attack),
+        "spent": spent,
+        "wire": wire,
+        "attack": attack,
+    }
+
+
+def write_audit(run_dir: Path, pdf: bool = False, key_path: Path | None = None, progress: bool = True) -> dict:
+    """Build the report, write ``audit.json`` and ``audit.html`` (and ``audit.pdf``), sign them; returns the facts."""
+    from fedpers.audit.html import render_html, render_pdf
+
+    run_dir = Path(run_dir)
+    audit = build_audit(run_dir, progress)
+    (run_dir / AUDIT_JSON).write_text(json.dumps(audit, indent=1, default=str) + "\n")
+    (run_dir / AUDIT_HTML).write_text(render_html(audit))
+    names = [AUDIT_JSON, AUDIT_HTML]
+    if pdf:
+        render_pdf(run_dir / AUDIT_HTML, run_dir / AUDIT_PDF)
+        names.append(AUDIT_PDF)
+    sign_files(run_dir, names, load_or_create_key(key_path))
+    return audit
