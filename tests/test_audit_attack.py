@@ -40,6 +40,17 @@ def test_auc_and_exposure():
     assert exposure(0.0, candidates)["rank"] == 52  # 51 candidates score at least as high (ties count against)
 
 
+def test_attack_runs_keep_the_training_settings_and_never_audit_themselves(tmp_path):
+    from fedpers.audit.attack import attack_settings
+    from fedpers.federated import FederatedConfig
+
+    config = FederatedConfig(audit_attack=True, epsilon=3.0, rounds=4)
+    variant = attack_settings(config, False, tmp_path / "c.jsonl", tmp_path / "no-dp")
+    assert not (variant.audit_attack or variant.audit or variant.record_wire or variant.evaluate or variant.dp)
+    assert (variant.epsilon, variant.rounds, variant.model) == (3.0, 4, config.model)
+    assert variant.state_dir == str(tmp_path / "no-dp" / "client-state") != config.state_dir
+
+
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory):
     """The tiny scenario with strong DP (epsilon 0.5, fixed clipping) attacked with 64 canaries, and with DP off."""

@@ -122,6 +122,12 @@ def _theoretical_epsilon(config: FederatedConfig, canaries: Sequence[Canary]) ->
     return max(spent_from_ledger(Path(config.state_dir) / u / "ledger.json").epsilon for u in users)
 
 
+def attack_settings(config: FederatedConfig, dp: bool, canaries: Path, run_dir: Path) -> FederatedConfig:
+    """The audited settings with canaries, a fresh state directory, and no evaluation, wire recording or audit of its own."""
+    return dataclasses.replace(config, dp=dp, canaries=str(canaries), evaluate=False, audit=False, audit_attack=False,
+                               record_wire=False, state_dir=str(Path(run_dir) / "client-state"))
+
+
 def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | None = None,
                personas: dict[str, str] | None = None) -> dict:
     """Run the canary simulations (audited DP settings, and DP off), attack them, write ``attack/attack.json``."""
@@ -145,8 +151,7 @@ def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | No
         if name == "dp" and not config.dp:
             continue
         run = root / name
-        variant = dataclasses.replace(config, dp=dp, canaries=str(path), evaluate=False, audit=False, record_wire=False,
-                                      state_dir=str(run / "client-state"))
+        variant = attack_settings(config, dp, path, run)
         simulate(variant, run)
         scored = score_canaries(variant, load_adapters(run), canaries, attack)
         result["runs"][name] = {"dp": dp, "run_dir": str(run)} | summarize(scored, config.delta, _theoretical_epsilon(variant, canaries))
