@@ -105,14 +105,31 @@ def _canaries(path: str) -> tuple:
 def _user_data(data_key: tuple, heldout_fraction: float, max_length: int, persona_mode: str, canaries: str, user_id: str,
                env: ModelEnvironment) -> UserData:
     mine = [c for c in _conversations(*data_key) if c.user_id == user_id]
-    if not mine:
+    extra = [c for c in _canaries(canaries) if c.user_id == user_id]  # privacy audit only: never held out
+    declared = mine[0].persona if mine else None
+    return encode_user(user_id, mine, declared if persona_mode == "declared" else None, heldout_fraction, data_key[3],
+                       max_length, env, extra)
+
+
+def encode_user(user_id: str, conversations: list, declared_persona: str | None, heldout_fraction: float, seed: int,
+                max_length: int, env: ModelEnvironment, extra_train: list = ()) -> UserData:
+    """Split one user's conversations into train / held-out and encode both for ``env``'s tokenizer."""
+    if not conversations:
         raise ValueError(f"no conversations for user {user_id!r}")
-    train, heldout = train_heldout_split(mine, heldout_fraction, seed=data_key[3])
-    train = train + [c for c in _canaries(canaries) if c.user_id == user_id]  # privacy audit only: never held out
-    persona = mine[0].persona if persona_mode == "declared" else None
+    train, heldout = train_heldout_split(conversations, heldout_fraction, seed=seed)
     return UserData(
         user_id=user_id,
-        declared_persona=persona,
-        train=encode_conversations(env.tokenizer, train, max_length),
+        declared_persona=declared_persona,
+        train=encode_conversations(env.tokenizer, train + list(extra_train), max_length),
         heldout=encode_conversations(env.tokenizer, heldout, max_length),
     )
+
+
+def device_user_data(config: FederatedConfig, device, env: ModelEnvironment) -> UserData:
+    """The user's encoded data from a device's encrypted store (:class:`clients.device.DeviceStore`).
+
+    The declared persona is the profile's, else the conversations' (``persona_mode='declared'`` only)."""
+    conversations = device.conversations()
+    declared = device.declared_persona() or next((c.persona for c in conversations if c.persona), None)
+    return encode_user(device.user_id, conversations, declared if config.persona_mode == "declared" else None,
+                       config.heldout_fraction, config.data_seed, config.max_length, env)

@@ -1,13 +1,22 @@
-"""What a client keeps between rounds and runs, keyed by user: privacy ledger, user embedding, DP plan."""
+"""What a client keeps between rounds and runs, keyed by user: privacy ledger, user embedding, DP plan,
+persona choice and cached uploads.
+
+:class:`ClientState` is what the ClientApp needs; :class:`UserState` keeps it in plain files (the
+simulation's devices, under ``state_dir/<user_id>/``), :class:`clients.device.DeviceStore` in the
+device's encrypted store.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
+
+from fedpers.atomic import write_json
 from fedpers.privacy.ledger import PrivacyLedger
-from fedpers.rundir import write_json
 
 
 @dataclass
@@ -21,8 +30,48 @@ class DPPlan:
     planned_steps: int
 
 
+Upload = tuple[list[np.ndarray], dict]
+
+
+class ClientState(Protocol):
+    """The per-user state the ClientApp reads and writes."""
+
+    user_id: str
+
+    def ledger(self, delta: float) -> PrivacyLedger: ...
+
+    def plan(self, run_id: str) -> DPPlan | None: ...
+
+    def save_plan(self, plan: DPPlan) -> None: ...
+
+    def persona_choice(self, run_id: str) -> str | None: ...
+
+    def save_persona_choice(self, run_id: str, persona: str) -> None: ...
+
+    def embedding(self) -> bytes | None: ...
+
+    def save_embedding(self, data: bytes) -> None: ...
+
+    def upload(self, key: str) -> Upload | None: ...
+
+    def save_upload(self, key: str, run_id: str, task: str, upload: Upload) -> None: ...
+
+
+def upload_to_bytes(arrays: list[np.ndarray]) -> bytes:
+    from safetensors.numpy import save
+
+    return save({f"{i:05d}": np.ascontiguousarray(a) for i, a in enumerate(arrays)})
+
+
+def upload_from_bytes(data: bytes) -> list[np.ndarray]:
+    from safetensors.numpy import load
+
+    stored = load(data)
+    return [stored[k] for k in sorted(stored)]
+
+
 class UserState:
-    """Files under ``state_dir/<user_id>/``."""
+    """Files under ``state_dir/<user_id>/`` (what a simulated device keeps)."""
 
     def __init__(self, state_dir: Path | str, user_id: str) -> None:
         self.user_id = user_id
@@ -45,3 +94,33 @@ class UserState:
 
     def save_plan(self, plan: DPPlan) -> None:
         write_json(self.root / "dp-plan.json", asdict(plan))
+
+    def persona_choice(self, run_id: str) -> str | None:
+        path = self.root / f"persona-{run_id}.txt"
+        return path.read_text().strip() if path.exists() else None
+
+    def save_persona_choice(self, run_id: str, persona: str) -> None:
+        (self.root / f"persona-{run_id}.txt").write_text(persona)
+
+    def embedding(self) -> bytes | None:
+        return self.embedding_path.read_bytes() if self.embedding_path.exists() else None
+
+    def save_embedding(self, data: bytes) -> None:
+        tmp = self.embedding_path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(self.embedding_path)
+
+    def upload(self, key: str) -> Upload | None:
+        arrays_path, metrics_path = self.root / "uploads" / f"{key}.safetensors", self.root / "uploads" / f"{key}.json"
+        if not (arrays_path.exists() and metrics_path.exists()):
+            return None
+        return upload_from_bytes(arrays_path.read_bytes()), json.loads(metrics_path.read_text())
+
+    def save_upload(self, key: str, run_id: str, task: str, upload: Upload) -> None:
+        """Keep ``upload`` under ``key``, replacing this run's earlier uploads of ``task``."""
+        folder = self.root / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob(f"{run_id}-*-{task}.*"):
+            old.unlink()
+        (folder / f"{key}.safetensors").write_bytes(upload_to_bytes(upload[0]))
+        write_json(folder / f"{key}.json", upload[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -106,7 +107,17 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_simulate)
 
 
+SIMULATION_MISSING = ("`fedpers simulate` needs Flower's simulation engine (Ray), which this installation lacks; "
+                      "install it with: pip install 'fedpers[simulation]' (a device running fedpers-client does not need it)")
+
+
 def _simulate(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    spec = importlib.util.find_spec("ray")
+    if spec is None or spec.origin is None:  # absent, or only a namespace (e.g. Ray's temp dir /tmp/ray)
+        print(f"fedpers: error: {SIMULATION_MISSING}", file=sys.stderr)
+        return 2
     from simulations.simulate import config_from_args, simulate
 
     config, run_dir = config_from_args(args)
@@ -117,6 +128,11 @@ def _simulate(args: argparse.Namespace) -> int:
     print(text)
     privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.dp else "DP off: epsilon unbounded"
     print(f"{privacy}; wall time {metrics['wall_seconds']:.0f} s; outputs in {run_dir}")
+    if config.audit:
+        findings = json.loads((run_dir / "audit.json").read_text())["findings"]
+        for finding in findings:
+            print(f"  [{finding['level']}] {finding['text']}")
+        print(f"privacy audit report: {run_dir / 'audit.html'} (signed; check with: fedpers audit verify {run_dir})")
     return 0
 
 

@@ -49,6 +49,7 @@ class FederatedConfig:
     rounds: int = 3
     fraction_train: float = 1.0
     min_clients: int = 2
+    min_nodes: int = 0  # deployment: SuperNodes to wait for before the first round (0: min_clients)
     server_optimizer: str = "fedavg"
     server_lr: float = 0.0  # 0: the optimizer's own default (FedAvg 1.0, FedAdam 1e-2)
     # local training
@@ -85,6 +86,8 @@ class FederatedConfig:
     audit: bool = True  # write audit.html / audit.json (signed) at the end of the run
     audit_attack: bool = False  # also run the canary attack (two more simulations with these settings)
     canaries: str = ""  # conversation JSONL added to its users' training data (set by the canary attack)
+    # the server's persona registry: each finished run's adapters become its next version (empty: none)
+    registry: str = ""
     seed: int = 0
 
     @property
@@ -136,6 +139,8 @@ class FederatedConfig:
             raise ValueError("setting personas: at least one persona is needed")
         if not self.update_clip > 0:
             raise ValueError(f"setting update_clip: must be > 0, got {self.update_clip}")
+        if self.min_nodes < 0:
+            raise ValueError(f"setting min_nodes: must be >= 0, got {self.min_nodes}")
         if not 0 < self.secagg_shares <= 1 or not 0 < self.secagg_threshold <= 1:
             raise ValueError("settings secagg_shares and secagg_threshold: fractions in (0, 1]")
         if self.user_dp and not self.persona_hiding:

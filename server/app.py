@@ -44,6 +44,7 @@ from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.rundir import GLOBAL
 from server.outputs import dp_note, evaluation_table, format_table, plot_heldout, save_adapters, write_metrics, write_run_config
+from server.registry import publish
 from server.secagg import SecAggPlusRound
 from server.strategy import PersonaEvaluation, PersonaTraining, user_clip_norm
 
@@ -138,7 +139,7 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
     peft_model = attach_lora(base, config.lora())
     adapters = initial_adapters(config, adapter_arrays(peft_model))
     write_run_config(run_dir, config, run_id)
-    nodes = _wait_for_nodes(grid, expected_nodes or config.min_clients)
+    nodes = _wait_for_nodes(grid, expected_nodes or config.min_nodes or config.min_clients)
     trained = config.persona_names if config.persona_mode == "inferred" else ()
     ledgers = {}
     if config.user_dp:
@@ -219,6 +220,9 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
         log(INFO, "\n%s", text)
     elif config.evaluate:
         log(WARNING, "no evaluation was aggregated")
+    if config.registry:
+        version = publish(run_dir, config.registry)
+        log(INFO, "fedpers: adapters published to the registry as %s (now latest)", version.path)
     return payload
 
 

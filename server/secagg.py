@@ -78,6 +78,12 @@ class ObservedGrid:
         return replies
 
 
+def _reason(failure: BaseException) -> str:
+    """The reason a client gave in an error reply (Flower wraps its ``Error`` in an exception)."""
+    error = failure.args[0] if failure.args else failure
+    return str(getattr(error, "reason", error))
+
+
 class SecAggPlusRound(SecAggPlusWorkflow):
     """One SecAgg+ aggregation per call (see the module docstring); ``history`` records each attempt,
     with its wall time and ``server_seconds``, the part not spent waiting for clients."""
@@ -106,13 +112,15 @@ class SecAggPlusRound(SecAggPlusWorkflow):
             failed_at = None
             for name, step in zip(STAGES, steps):
                 self._stage = name
-                before = set(state.active_node_ids)
+                before, errors = set(state.active_node_ids), len(state.failures)
                 ok = step(grid, context, state)
                 lost = (before or state.sampled_node_ids) - state.active_node_ids
                 if lost:
                     record["dropped"][name] = len(lost)
-                    log(WARNING, "round %d %s: %d client(s) dropped during %s; continuing with %d",
-                        server_round, self.label, len(lost), name, len(state.active_node_ids))
+                    reasons = "; ".join(_reason(f) for f in state.failures[errors:])
+                    log(WARNING, "round %d %s: %d client(s) dropped during %s; continuing with %d%s",
+                        server_round, self.label, len(lost), name, len(state.active_node_ids),
+                        f" (client errors: {reasons})" if reasons else "")
                 if not ok:
                     failed_at = name
                     break

@@ -74,3 +74,17 @@ def test_two_ledger_objects_for_one_user_never_lose_entries(tmp_path):
     assert [e.purpose for e in on_disk.entries] == ["clip-quantile", "dp-sgd"]
     assert [e.status for e in on_disk.entries] == ["completed", "started"]
     assert first.spent().epsilon == second.spent().epsilon == on_disk.spent().epsilon
+
+
+def test_a_capped_ledger_refuses_spending_past_the_cap_before_recording_it(tmp_path):
+    from fedpers.privacy.accounting import BudgetExceededError
+
+    path = tmp_path / "ledger.json"
+    round_ = GaussianEvent(1.0, 0.2, 30)
+    one = epsilon_report([round_], 1e-5).epsilon
+    ledger = PrivacyLedger(path, "alice", cap=1.05 * one)
+    ledger.record(LedgerEntry("dp-sgd", [round_]))
+    with pytest.raises(BudgetExceededError, match=r"'dp-sgd' would bring user alice's epsilon from .* over the consented budget"):
+        ledger.record(LedgerEntry("dp-sgd", [round_]))
+    assert len(PrivacyLedger(path, "alice").entries) == 1  # the refused entry was never written
+    assert PrivacyLedger(path, "alice", cap=None).record(LedgerEntry("dp-sgd", [round_]))  # uncapped: as before

@@ -130,7 +130,7 @@ def _wire_html(wire: dict) -> str:
     out.append(_table(["round", "messages", "MB"], [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_round"].items()]))
     out.append(_table(["SecAgg+ stage", "messages", "MB"], [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_stage"].items()]))
     if s["tensors"]:
-        out.append(_table(["tensor that left a device (record/name)", "dtypes", "messages", "MB"],
+        out.append(_table(["tensor that left a device (record/name)", "dtypes", "times sent", "MB"],
                           [[_e(k), _e(", ".join(v["dtypes"])), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["tensors"].items()]))
     out.append(_table(["client", "messages", "MB"],
                       [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in sorted(s["per_client"].items())]))

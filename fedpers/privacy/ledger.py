@@ -4,6 +4,11 @@ An entry is written (atomically: temp file, fsync, rename) with the full planned
 *before* training starts, and only marked complete afterwards. A crash at any point therefore
 leaves the ledger reporting at least what was spent, never less. The user's total across rounds
 and runs is the composition of every entry.
+
+A ledger may carry a ``cap`` (the epsilon the user consented to): recording an entry that would
+take the composition past it raises :class:`BudgetExceededError` instead, so the computation
+never starts. Subclasses keep the document elsewhere (e.g. an encrypted store) by overriding
+:meth:`PrivacyLedger._read` and :meth:`PrivacyLedger._save`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedpers.atomic import write_json
-from fedpers.privacy.accounting import EpsilonReport, GaussianEvent, epsilon_report
+from fedpers.privacy.accounting import BudgetExceededError, EpsilonReport, GaussianEvent, epsilon_report
 
 LEDGER_VERSION = 1
 
@@ -63,13 +68,13 @@ class PrivacyLedger:
     so several ledger objects or processes for the same user never overwrite each other's entries.
     """
 
-    def __init__(self, path: Path | str, user_id: str, delta: float = 1e-5) -> None:
+    def __init__(self, path: Path | str, user_id: str, delta: float = 1e-5, cap: float | None = None) -> None:
         self.path = Path(path)
         self.user_id = user_id
         self.delta = delta
+        self.cap = cap
         self.entries: list[LedgerEntry] = []
-        if self.path.exists():
-            self._load()
+        self._load()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -83,30 +88,56 @@ class PrivacyLedger:
 
     def _mutate(self, change: Callable[[], None]) -> None:
         with self._locked():
-            if self.path.exists():
-                self._load()
-            else:
-                self.entries = []
+            self._load()
             change()
             self._write()
 
-    def _load(self) -> None:
+    def _read(self) -> dict | None:
+        """The stored JSON document, or None when nothing is stored yet."""
+        if not self.path.exists():
+            return None
         try:
-            data = json.loads(self.path.read_text())
+            return json.loads(self.path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{self.path}: privacy ledger is corrupt ({err}); refusing to continue") from err
+
+    def _save(self, document: dict) -> None:
+        write_json(self.path, document)
+
+    def _load(self) -> None:
+        data = self._read()
+        if data is None:
+            self.entries = []
+            return
         if data.get("user_id") != self.user_id:
             raise ValueError(f"{self.path}: ledger belongs to user {data.get('user_id')!r}, not {self.user_id!r}")
         self.delta = data.get("delta", self.delta)
         self.entries = [LedgerEntry.from_dict(e) for e in data["entries"]]
 
     def _write(self) -> None:
-        write_json(self.path, {"version": LEDGER_VERSION, "user_id": self.user_id, "delta": self.delta,
-                               "entries": [e.to_dict() for e in self.entries]})
+        self._save({"version": LEDGER_VERSION, "user_id": self.user_id, "delta": self.delta,
+                    "entries": [e.to_dict() for e in self.entries]})
+
+    def _check_cap(self, entry: LedgerEntry) -> None:
+        if self.cap is None:
+            return
+        events = [e for stored in self.entries for e in stored.events] + list(entry.events)
+        after = epsilon_report(events, self.delta).epsilon
+        if after > self.cap + 1e-9:
+            before = epsilon_report(events[: len(events) - len(entry.events)], self.delta).epsilon
+            raise BudgetExceededError(
+                f"{self.path}: '{entry.purpose}' would bring user {self.user_id}'s epsilon from {before:.3f} to "
+                f"{after:.3f}, over the consented budget of {self.cap:g} (delta {self.delta:g}); refused, nothing was run")
 
     def record(self, entry: LedgerEntry) -> LedgerEntry:
-        """Persist ``entry`` (with its planned spending) before the computation runs."""
-        self._mutate(lambda: self.entries.append(entry))
+        """Persist ``entry`` (with its planned spending) before the computation runs; with a ``cap``,
+        raise :class:`BudgetExceededError` instead when the entry would take the total past it."""
+
+        def change() -> None:
+            self._check_cap(entry)
+            self.entries.append(entry)
+
+        self._mutate(change)
         return entry
 
     def complete(self, entry: LedgerEntry, **details) -> None:
@@ -122,11 +153,14 @@ class PrivacyLedger:
 
         self._mutate(change)
 
+    def touch(self) -> None:
+        """Store the ledger as it is (an empty one if none is stored yet)."""
+        self._mutate(lambda: None)
+
     def reload(self) -> None:
         """Read what is on disk now (other objects or processes may have recorded since)."""
         with self._locked():
-            if self.path.exists():
-                self._load()
+            self._load()
 
     def events(self) -> list[GaussianEvent]:
         """Every recorded event, as on disk now."""

@@ -1,0 +1,86 @@
+"""Answering on the device: the persona adapter the router picks among those received, plus the user embedding.
+
+The adapters and the run settings (model, LoRA shape, personas) are the ones the ClientApp kept in
+the store; the user embedding is the one it trained. A declared persona is used when the run has
+an adapter for it, otherwise the router scores the prompt under each trained persona adapter
+(:mod:`fedpers.personas.routing`). A rating of the answer is kept in the store as feedback.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from clients.device import DeviceStore
+from fedpers.data.schema import Conversation, Feedback, Turn
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    prompt: str
+    answer: str
+    persona: str
+    reason: str
+    with_embedding: bool
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def _declared(device: DeviceStore, personas: list[str]) -> str | None:
+    declared = device.declared_persona() or next((c.persona for c in device.conversations() if c.persona), None)
+    return declared if declared in personas else None
+
+
+def chat(device: DeviceStore, prompt: str, max_new_tokens: int = 64, use_embedding: bool = True) -> ChatAnswer:
+    """Route ``prompt`` to a persona adapter received from the server and answer it greedily."""
+    import torch
+    from safetensors.torch import load as load_tensors
+
+    from fedpers.federated import FederatedConfig
+    from fedpers.models import PersonalizedLM, UserEmbedding, attach_lora, load_adapter_arrays, load_base_model
+    from fedpers.personas.answer import generate_answer
+    from fedpers.personas.routing import LossScorer, Router
+    from fedpers.rundir import GLOBAL
+
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+    info = device.adapters_info()
+    if info is None:
+        raise FileNotFoundError(f"{device.directory}: no adapters received yet (take part in a run: fedpers-client join)")
+    config = FederatedConfig.from_record(info["settings"])
+    adapters = device.adapters()
+    base, tokenizer = load_base_model(config.model)
+    lm = attach_lora(base, config.lora())
+    stored = device.embedding() if use_embedding else None
+    embedding = None
+    if stored is not None:
+        weight = load_tensors(stored)["embedding"]
+        embedding = UserEmbedding(weight.shape[0], weight.shape[1])
+        with torch.no_grad():
+            embedding.embedding.weight.copy_(weight)
+    model = PersonalizedLM(lm, embedding)
+    trained = set(info.get("trained_personas", []))
+    available = [p for p in config.persona_names if p in adapters and p in trained]
+    scorer = LossScorer(model, tokenizer, {p: adapters[p] for p in available})
+    decision = Router(scorer, config.persona_names, fallback=GLOBAL, available=available).route(
+        prompt, _declared(device, config.persona_names))
+    load_adapter_arrays(model.lm, adapters[decision.persona])
+    model.use_user_embedding = embedding is not None
+    text = generate_answer(model, tokenizer, prompt, max_new_tokens)
+    return ChatAnswer(prompt, text, decision.persona, decision.reason, embedding is not None, dict(decision.scores))
+
+
+def record_rating(device: DeviceStore, reply: ChatAnswer, rating: int) -> Conversation:
+    """Keep the exchange in the store's feedback, the assistant turn rated ``rating`` (1-5)."""
+    if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+        raise ValueError(f"rating: an integer from 1 to 5, got {rating!r}")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    conversation = Conversation(
+        user_id=device.user_id,
+        conversation_id=f"chat-{uuid.uuid4().hex[:12]}",
+        persona=reply.persona if reply.persona != "global" else None,
+        turns=(Turn("user", reply.prompt, now),
+               Turn("assistant", reply.answer or "(empty answer)", now, Feedback(rating=float(rating)))),
+    )
+    device.add_feedback(conversation)
+    return conversation

@@ -1,0 +1,278 @@
+"""The ``fedpers-client`` command: the on-device side of fedpers.
+
+A device keeps one user's conversations, consent, privacy ledger, user embedding and the adapters
+it received in an encrypted store (``--store``, default ``$FEDPERS_STORE`` or ``~/.fedpers/store``),
+unlocked with a key file (``--key-file`` or ``$FEDPERS_STORE_KEY_FILE``) or a passphrase
+(``$FEDPERS_STORE_PASSPHRASE``, else asked for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from clients.consent import DEFAULT_BUDGET, Consent, ParticipationRefused  # noqa: E402
+from clients.device import DeviceStore  # noqa: E402
+from clients.store import StoreError, create_key_file  # noqa: E402
+from clients.unlock import KEY_FILE_ENV, PASSPHRASE_ENV  # noqa: E402
+from fedpers.data.schema import DataValidationError  # noqa: E402
+
+STORE_ENV = "FEDPERS_STORE"
+DEFAULT_STORE = Path("~/.fedpers/store")
+
+
+def _store_dir(args: argparse.Namespace) -> Path:
+    return Path(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE).expanduser()
+
+
+def _key(args: argparse.Namespace, new: bool = False) -> dict:
+    """``{"key_file": ...}`` or ``{"passphrase": ...}``: flag, environment, then a prompt (twice for a new store)."""
+    key_file = args.key_file or os.environ.get(KEY_FILE_ENV)
+    if key_file:
+        path = Path(key_file).expanduser().resolve()
+        if new and not path.exists():
+            create_key_file(path)
+            print(f"created key file {path} (keep it safe: without it the store cannot be opened)")
+        return {"key_file": path}
+    if os.environ.get(PASSPHRASE_ENV):
+        return {"passphrase": os.environ[PASSPHRASE_ENV]}
+    if not sys.stdin.isatty():
+        raise StoreError(f"no key: pass --key-file, or set {PASSPHRASE_ENV} or {KEY_FILE_ENV} (no terminal to ask on)")
+    passphrase = getpass.getpass("store passphrase: ")
+    if new and getpass.getpass("repeat the passphrase: ") != passphrase:
+        raise StoreError("the two passphrases differ")
+    return {"passphrase": passphrase}
+
+
+def _open(args: argparse.Namespace) -> DeviceStore:
+    return DeviceStore.open(_store_dir(args), **_key(args))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    directory = _store_dir(args)
+    device = DeviceStore.create(directory, args.user_id, args.persona, **_key(args, new=True))
+    print(f"created store {device.directory} for user {args.user_id}"
+          + (f" (persona {args.persona})" if args.persona else ""))
+    print("consent is not given yet: `fedpers-client consent --opt-in` to take part in federated training")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    device = _open(args)
+    added = device.import_jsonl(args.file)
+    print(f"imported {added} conversation(s) from {args.file}; the store holds {len(device.conversations())}")
+    return 0
+
+
+def status(device: DeviceStore) -> dict:
+    """What the store holds, for ``status``."""
+    consent = device.consent()
+    ledger = device.ledger()
+    events = ledger.events()
+    spent = ledger.spent().epsilon if events else 0.0
+    info = device.adapters_info()
+    return {
+        "store": str(device.directory),
+        "user_id": device.user_id,
+        "persona": device.declared_persona(),
+        "conversations": len(device.conversations()),
+        "rated_answers": len(device.feedback()),
+        "consent": consent.to_dict(),
+        "privacy": {"epsilon_spent": spent, "budget": consent.budget, "delta": ledger.delta, "ledger_entries": len(ledger.entries)},
+        "adapters": None if info is None else {"run_id": info["run_id"], "server_round": info["server_round"],
+                                               "names": info["adapters"]},
+        "user_embedding": device.embedding() is not None,
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = status(_open(args))
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    privacy, adapters = report["privacy"], report["adapters"]
+    print(f"store          {report['store']}")
+    print(f"user           {report['user_id']}")
+    print(f"persona        {report['persona'] or 'none declared'}")
+    print(f"conversations  {report['conversations']} ({report['rated_answers']} rated answers)")
+    print(f"consent        {Consent.from_dict(report['consent']).describe()}")
+    print(f"privacy        epsilon {privacy['epsilon_spent']:.3f} spent of {privacy['budget']:g} "
+          f"(delta {privacy['delta']:g}, {privacy['ledger_entries']} ledger entries)")
+    print("adapters       " + ("none received yet" if adapters is None else
+                              f"{', '.join(adapters['names'])} (run {adapters['run_id'][:8]}, round {adapters['server_round']})"))
+    print(f"user embedding {'trained' if report['user_embedding'] else 'none'}")
+    return 0
+
+
+def cmd_consent(args: argparse.Namespace) -> int:
+    device = _open(args)
+    current = device.consent()
+    opted_in = current.opted_in if args.opt_in is None else args.opt_in
+    consent = Consent(opted_in=opted_in, budget=current.budget if args.budget is None else args.budget)
+    device.set_consent(consent)
+    spent = device.ledger().spent().epsilon if device.ledger().events() else 0.0
+    print(f"consent: {consent.describe()}; epsilon spent so far {spent:.3f}")
+    if consent.opted_in and spent >= consent.budget:
+        print("note: the budget is already spent, so this device will refuse to train")
+    return 0
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    from clients.consent import check_participation
+    from clients.join import JoinConfig, supernode_command
+    from fedpers.processes import child_env, run_foreground
+
+    join = JoinConfig(args.superlink, args.root_certificates, args.auth_key, args.insecure, args.runtime_port,
+                      args.max_retries, args.max_wait_time)
+    key = _key(args)
+    device = DeviceStore.open(_store_dir(args), **key)
+    ledger = device.ledger()
+    check_participation(device.user_id, device.consent(), ledger.spent().epsilon if ledger.events() else 0.0)
+    if not device.conversations():
+        raise ValueError(f"{device.directory}: no conversations to train on (fedpers-client import FILE.jsonl)")
+    command = supernode_command(join, device.directory, device.user_id)
+    if args.print_command:
+        print(" ".join(command))
+        return 0
+    if "key_file" in key:
+        env = child_env({KEY_FILE_ENV: str(key["key_file"])}, drop=[PASSPHRASE_ENV])
+    else:
+        env = child_env({PASSPHRASE_ENV: key["passphrase"]}, drop=[KEY_FILE_ENV])
+    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    print(f"user {device.user_id} joins the federation at {args.superlink} (Ctrl+C to leave)", flush=True)
+    return run_foreground(command, env)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from clients.chat import chat, record_rating
+
+    device = _open(args)
+    reply = chat(device, args.prompt, args.max_new_tokens, use_embedding=not args.no_embedding)
+    print(f"adapter: {reply.persona} ({reply.reason}){' + your user embedding' if reply.with_embedding else ''}")
+    print(f"answer: {reply.answer}")
+    rating = args.rating
+    if rating is None and sys.stdin.isatty():
+        raw = input("rate this answer 1-5 (Enter to skip): ").strip()
+        rating = int(raw) if raw else None
+    if rating is not None:
+        record_rating(device, reply, rating)
+        print(f"rating {rating} kept in the store")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    device = _open(args)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError("forget deletes this user's data: confirm with --yes")
+        if input(f"delete all data of user {device.user_id} except the privacy ledger? [y/N] ").strip().lower() != "y":
+            print("nothing deleted")
+            return 1
+    deleted = device.forget()
+    print(f"deleted {len(deleted)} item(s): {', '.join(deleted) or 'none'}; kept: the privacy ledger")
+    print("consent is withdrawn with the data; this device no longer trains")
+    return 0
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedpers-client",
+        description="The on-device side of fedpers: keep one user's conversations in an encrypted store, take part "
+        "in federated training (Flower SuperNode with TLS and node authentication) within the user's consented "
+        "privacy budget, and answer with the persona adapters received.",
+        epilog=f"The store is unlocked with --key-file (or ${KEY_FILE_ENV}) or a passphrase (${PASSPHRASE_ENV}, "
+        "else asked for). The key never leaves the device and never enters the run configuration.",
+    )
+    parser.add_argument("--store", metavar="DIR", help=f"the encrypted store (default: ${STORE_ENV} or {DEFAULT_STORE})")
+    parser.add_argument("--key-file", metavar="FILE", type=Path, help="unlock with this key file (32 random bytes) instead of a passphrase")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create the encrypted store for one user",
+                       description="Create an empty encrypted store for USER_ID (with --key-file: a new key file is "
+                       "created if FILE does not exist). Consent is not given until `consent --opt-in`.")
+    p.add_argument("--user-id", required=True, help="the user this device serves (the user_id of their conversations)")
+    p.add_argument("--persona", help="the persona the user declares (default: from the data, or inferred privately)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("import", help="add conversations from a JSONL file (all or nothing)",
+                       description="Validate FILE strictly (the conversation JSONL format, docs/data-format.md) and add "
+                       "its conversations to the store. Any problem (printed as FILE:LINE: FIELD: MESSAGE), a "
+                       "conversation of another user or one already held: nothing is stored.")
+    p.add_argument("file", type=Path, metavar="FILE.jsonl")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("status", help="what the store holds: conversations, persona, epsilon spent, consent",
+                       description="Conversations held, declared persona, consent, epsilon spent (from the privacy "
+                       "ledger) against the consented budget, and the adapters received.")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("consent", help="opt in or out of federated training, set the epsilon budget",
+                       description="Record the user's decision. The device trains only when opted in, and refuses any "
+                       "training that would take its privacy ledger past the budget (epsilon, all runs together).")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--opt-in", dest="opt_in", action="store_true", default=None, help="take part in federated training")
+    choice.add_argument("--opt-out", dest="opt_in", action="store_false", help="stop taking part (nothing is trained or sent)")
+    p.add_argument("--budget", type=_positive_float, metavar="EPS", help=f"the largest total epsilon the user accepts (default: {DEFAULT_BUDGET:g})")
+    p.set_defaults(func=cmd_consent)
+
+    p = sub.add_parser("join", help="take part in federated training: run a Flower SuperNode for this store",
+                       description="Run flower-supernode against the SuperLink at HOST:PORT over TLS, authenticated with "
+                       "this device's node key (the server must have registered NODE.pub). The ClientApp reads this "
+                       "store; the store's key reaches it through the environment only. Runs until stopped (Ctrl+C).")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
+    p.add_argument("--root-certificates", type=Path, metavar="CA.crt", help="CA certificate that signed the SuperLink's certificate")
+    p.add_argument("--auth-key", type=Path, metavar="NODE.key", help="this node's private key (OpenSSH format, ECDSA)")
+    p.add_argument("--insecure", action="store_true", help="no TLS and no node authentication: local tests only")
+    p.add_argument("--runtime-port", type=int, default=0, help="local port of the SuperNode's Runtime API (default: a free one)")
+    p.add_argument("--max-retries", type=int, help="give up after this many failed connection attempts (default: never)")
+    p.add_argument("--max-wait-time", type=float, help="give up after this many seconds without a connection (default: never)")
+    p.add_argument("--print-command", action="store_true", help="print the flower-supernode command instead of running it")
+    p.set_defaults(func=cmd_join)
+
+    p = sub.add_parser("chat", help="answer a prompt with the routed persona adapter and your user embedding",
+                       description="Route PROMPT to the persona adapter received from the server (the declared persona, "
+                       "else the adapter with the lowest loss on the prompt), answer with it and the user embedding "
+                       "trained on this device, and keep your rating (1-5) as feedback in the store.")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--rating", type=int, choices=range(1, 6), metavar="1-5", help="rate the answer without being asked")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default: %(default)s)")
+    p.add_argument("--no-embedding", action="store_true", help="answer without the user embedding")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("forget", help="delete the user's data, embedding and adapters; keep only the privacy ledger",
+                       description="Delete every item of the store except the privacy ledger (which must keep "
+                       "counting what was spent). Consent goes with the data.")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_forget)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ParticipationRefused as err:
+        print(f"fedpers-client: error: {err.detail}", file=sys.stderr)
+        return 2
+    except (DataValidationError, StoreError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"fedpers-client: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

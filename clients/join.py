@@ -1,0 +1,89 @@
+"""How a device joins a federation: the ``flower-supernode`` command for its store.
+
+The SuperNode dials the SuperLink over TLS (``--root-certificates``) and authenticates with the
+device's node key (``--auth-supernode-private-key``; its public key must be registered with the
+SuperLink first). Its node config names the store and user, which the ClientApp reads; the store's
+key reaches the ClientApp through the environment only (:mod:`clients.unlock`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedpers.processes import executable
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    """Where the SuperLink is and how to reach it."""
+
+    superlink: str  # HOST:PORT
+    root_certificates: Path | None = None
+    auth_key: Path | None = None
+    insecure: bool = False  # local tests only: no TLS, no node authentication
+    runtime_port: int = 0  # the SuperNode's local Runtime API port; 0: a free one
+    max_retries: int | None = None
+    max_wait_time: float | None = None
+
+    def __post_init__(self) -> None:
+        check_address(self.superlink)
+        if not 0 <= self.runtime_port <= 65535:
+            raise ValueError(f"--runtime-port must be in 0..65535, got {self.runtime_port}")
+        if self.insecure:
+            if self.root_certificates or self.auth_key:
+                raise ValueError("--insecure runs without TLS: it takes neither --root-certificates nor --auth-key")
+            return
+        if self.root_certificates is None or self.auth_key is None:
+            raise ValueError("joining needs --root-certificates CA.crt and --auth-key NODE.key (or --insecure for a local test)")
+        for flag, path in (("--root-certificates", self.root_certificates), ("--auth-key", self.auth_key)):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{flag} {path}: no such file")
+
+
+def check_address(address: str) -> str:
+    """``address`` if it is ``HOST:PORT`` (IPv6 as ``[ADDR]:PORT``), else ValueError."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"SuperLink address {address!r}: expected HOST:PORT, e.g. 192.0.2.10:8000")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"SuperLink address {address!r}: unbalanced brackets around an IPv6 address")
+        ipaddress.IPv6Address(host[1:-1])
+    return address
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _toml_string(value: str, what: str) -> str:
+    if "'" in value or "\n" in value:
+        raise ValueError(f"{what} {value!r}: may not contain a quote (') or a line break")
+    return f"'{value}'"
+
+
+def node_config(store: Path, user_id: str) -> str:
+    """The SuperNode's ``--node-config``: the store's absolute path and the user id."""
+    return f"store={_toml_string(str(Path(store).resolve()), 'store path')} user-id={_toml_string(user_id, 'user id')}"
+
+
+def supernode_command(join: JoinConfig, store: Path, user_id: str) -> list[str]:
+    """``flower-supernode`` with TLS, node authentication and the node config for ``store``."""
+    command = [executable("flower-supernode"), "--superlink", join.superlink]
+    if join.insecure:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(Path(join.root_certificates).resolve()),
+                    "--auth-supernode-private-key", str(Path(join.auth_key).resolve())]
+    command += ["--node-config", node_config(store, user_id), "--port", str(join.runtime_port or free_port())]
+    if join.max_retries is not None:
+        command += ["--max-retries", str(join.max_retries)]
+    if join.max_wait_time is not None:
+        command += ["--max-wait-time", str(join.max_wait_time)]
+    return command

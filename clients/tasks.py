@@ -1,0 +1,238 @@
+"""What a client computes for one message: its persona, the DP-SGD update in its slot, held-out loss sums.
+
+The user's data and state come from the simulation's data set and plain files (:class:`UserState`),
+or on a real device from its encrypted store (node config ``store``, see :mod:`clients.device`):
+then the client also checks the user's consent first, trains within the consented epsilon budget
+(its ledger refuses any spending past it) and keeps the adapters it received in the store.
+
+What an upload carries: float arrays, zero outside the client's slot, and a count. Never the user's
+text, token ids, user embedding or ledger. Uploads are cached per round, so a secure-aggregation
+retry re-sends the same vector without training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from logging import INFO
+
+import numpy as np
+import torch
+from flwr.common.logger import log
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from clients.consent import check_participation
+from clients.device import DeviceStore
+from clients.persona import choose_persona, private_persona_choice
+from clients.runtime import ModelEnvironment, UserData, device_user_data, model_environment, user_data, user_ids
+from clients.state import ClientState, DPPlan, Upload, UserState
+from fedpers.aggregation import clip_delta
+from fedpers.aggregation.slots import SlotLayout, pack_stats
+from fedpers.evaluation import evaluate
+from fedpers.federated import FederatedConfig, adapters_from_bytes
+from fedpers.local import LocalTrainConfig, set_trainable, train_local
+from fedpers.models import load_adapter_arrays
+from fedpers.privacy import DPConfig, TrainConfig
+from fedpers.privacy.accounting import calibrate_noise_multiplier
+from fedpers.privacy.dp_sgd import estimate_clip_norm
+from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.rundir import GLOBAL
+
+Adapters = dict[str, dict[str, np.ndarray]]
+
+
+@dataclass
+class Task:
+    """One message's instructions (``raw``: the config record) and what the client needs to answer it."""
+
+    config: FederatedConfig
+    raw: dict
+    adapters: Adapters
+    env: ModelEnvironment
+    data: UserData
+    state: ClientState
+
+
+def resolve_user(config: FederatedConfig, node_config: dict) -> str:
+    """The user this node serves: ``user-id`` in the node config, else the simulated ``partition-id``."""
+    if "user-id" in node_config:
+        return str(node_config["user-id"])
+    users = user_ids(config)
+    pid = int(node_config["partition-id"])
+    if pid >= len(users):
+        raise ValueError(f"partition {pid} has no user: the data holds {len(users)} users")
+    return users[pid]
+
+
+def open_device(node_config: dict) -> DeviceStore:
+    """The device store named by the node config (``store``), checked against ``user-id`` if given."""
+    device = DeviceStore.from_env(str(node_config["store"]))
+    expected = node_config.get("user-id")
+    if expected is not None and str(expected) != device.user_id:
+        raise ValueError(f"node config user-id {expected!r}, but store {device.directory} holds user {device.user_id!r}")
+    return device
+
+
+def prepare(raw: dict, node_config: dict) -> Task:
+    """Decode the instructions and load the model, the user's data and state (simulation or device store)."""
+    config = FederatedConfig.from_record(raw)
+    adapters = adapters_from_bytes(raw["adapters"])
+    env = model_environment(config)
+    if node_config.get("store"):
+        device = open_device(node_config)
+        check_participation(device.user_id, device.consent(), device.ledger(config.delta).spent().epsilon)
+        if raw.get("task") in ("train", "evaluate"):
+            device.keep_adapters(_adapters_info(config, raw), adapters)
+        return Task(config, raw, adapters, env, device_user_data(config, device, env), device)
+    data = user_data(config, resolve_user(config, node_config), env)
+    return Task(config, raw, adapters, env, data, UserState(config.state_dir, data.user_id))
+
+
+def _adapters_info(config: FederatedConfig, raw: dict) -> dict:
+    trained = [p for p in str(raw.get("trained-personas", "")).split(",") if p]
+    return {"run_id": str(raw["run-id"]), "server_round": int(raw.get("server-round", 0)), "task": raw.get("task"),
+            "trained_personas": trained, "settings": config.to_record()}
+
+
+def _load_embedding(env: ModelEnvironment, state: ClientState) -> None:
+    stored = state.embedding()
+    weight = load_tensors(stored)["embedding"] if stored is not None else env.public_embedding
+    with torch.no_grad():
+        env.model.user_embedding.embedding.weight.copy_(weight)
+
+
+def _save_embedding(env: ModelEnvironment, state: ClientState) -> None:
+    state.save_embedding(save_tensors({"embedding": env.model.user_embedding.embedding.weight.detach().contiguous()}))
+
+
+def _noise_seed(config: FederatedConfig, user_id: str, server_round: int, purpose: str) -> int | None:
+    """Fresh OS entropy unless the run seeds DP noise (``noise_seed >= 0``, for reproducible comparisons)."""
+    if config.noise_seed < 0:
+        return None
+    digest = hashlib.sha256(f"{config.noise_seed}/{user_id}/{server_round}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def assignment(task: Task):
+    """The client's persona for this run: declared, cold-start global, or chosen privately (IFCA) once per run."""
+    config, raw, state = task.config, task.raw, task.state
+    personas = config.persona_names
+    trained = [p for p in str(raw.get("trained-personas", "")).split(",") if p]
+    if task.data.declared_persona is not None or not trained:
+        return choose_persona(task.data.declared_persona, personas, trained, None)
+    cached = state.persona_choice(str(raw["run-id"]))
+    if cached is not None:
+        return choose_persona(cached, personas, trained, None)
+    scores = private_persona_choice(task.env.model, task.adapters, trained, task.data.train, task.env.pad_token_id,
+                                    state.ledger(config.delta))
+    choice = choose_persona(None, personas, trained, scores)
+    state.save_persona_choice(str(raw["run-id"]), choice.persona)
+    return choice
+
+
+def persona_index(config: FederatedConfig, persona: str) -> int:
+    return config.persona_names.index(persona) if persona != GLOBAL else -1
+
+
+def _slot(raw: dict, persona: str) -> str:
+    slots = str(raw["slots"]).split(",")
+    return persona if persona in slots else slots[0] if len(slots) == 1 else GLOBAL
+
+
+def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
+    """Noise and clipping for this run, fixed at the user's first round so every planned round fits the
+    budget: the run's epsilon, or the user's consented cap if lower."""
+    config, env, data, state = task.config, task.env, task.data, task.state
+    run_id = str(task.raw["run-id"])
+    plan = state.plan(run_id)
+    if plan is not None:
+        return plan
+    sample_rate = min(1.0, config.batch_size / len(data.train))
+    clip = config.clip
+    if clip <= 0:  # measured like DP-SGD's first phase: LoRA trainable, no user embedding
+        set_trainable(env.model, lora=True, embedding=False)
+        env.model.use_user_embedding = False
+        clip = estimate_clip_norm(env.model, data.train, env.pad_token_id,
+                                  DPConfig(clip_quantile=config.clip_quantile), ledger,
+                                  _noise_seed(config, data.user_id, 0, "clip"))
+    steps = config.rounds * config.local_steps
+    target = config.epsilon if ledger.cap is None else min(config.epsilon, ledger.cap)
+    sigma = config.noise_multiplier or calibrate_noise_multiplier(target, config.delta, sample_rate, steps, ledger.events())
+    plan = DPPlan(run_id, sigma, clip, sample_rate, steps)
+    state.save_plan(plan)
+    return plan
+
+
+def train_upload(task: Task) -> Upload:
+    """Train the assigned persona adapter (DP-SGD) and the user embedding; the clipped delta in its slot."""
+    config, raw, env, data, state = task.config, task.raw, task.env, task.data, task.state
+    choice = assignment(task)
+    load_adapter_arrays(env.model.lm, task.adapters[choice.persona])
+    _load_embedding(env, state)
+    ledger = state.ledger(config.delta) if config.dp else None
+    server_round = int(raw.get("server-round", 0))
+    dp = DPConfig(enabled=False)
+    if config.dp:
+        plan = _dp_plan(task, ledger)
+        dp = DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=config.delta)
+    seed = config.seed * 1000 + server_round
+    local = LocalTrainConfig(
+        lora=TrainConfig(steps=config.local_steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=seed,
+                         noise_seed=_noise_seed(config, data.user_id, server_round, "dp-sgd")),
+        dp=dp,
+        embedding=TrainConfig(steps=config.embedding_steps, batch_size=config.batch_size, learning_rate=config.embedding_lr, seed=seed),
+    )
+    result = train_local(env.model, data.train, env.pad_token_id, local, ledger)
+    _save_embedding(env, state)
+    delta, factor = clip_delta(result.delta.arrays, config.update_clip)
+    if factor < 1.0:
+        log(INFO, "user %s: update norm %.4g clipped to %.4g", data.user_id, config.update_clip / factor, config.update_clip)
+    layout = SlotLayout.for_adapter(delta, str(raw["slots"]).split(","))
+    upload = layout.pack(_slot(raw, choice.persona), delta, float(raw["count-value"]))
+    metrics = {} if config.persona_hiding else {"persona-index": persona_index(config, choice.persona)}
+    return upload, metrics
+
+
+def evaluate_upload(task: Task) -> Upload:
+    """Held-out loss sums of the global and persona adapters (final round: also the base model and the
+    persona adapter with the user's embedding), in the row of the client's persona."""
+    config, raw, env, data, state = task.config, task.raw, task.env, task.data, task.state
+    choice = assignment(task)
+    model, pad = env.model, env.pad_token_id
+    model.use_user_embedding = False
+    values: dict[str, float] = {"count": 1.0}
+    variants = {"global": task.adapters[GLOBAL], "persona": task.adapters[choice.persona]}
+    if raw.get("final", False):
+        variants["base"] = {k: np.zeros_like(v) for k, v in task.adapters[GLOBAL].items()}
+    for name, arrays in variants.items():
+        load_adapter_arrays(model.lm, arrays)
+        result = evaluate(model, data.heldout, pad)
+        values[f"loss-sum-{name}"], values["tokens"] = result.loss * result.tokens, float(result.tokens)
+    if raw.get("final", False) and state.embedding() is not None:
+        load_adapter_arrays(model.lm, task.adapters[choice.persona])
+        _load_embedding(env, state)
+        model.use_user_embedding = True
+        result = evaluate(model, data.heldout, pad)
+        values["loss-sum-persona-embedding"] = result.loss * result.tokens
+        model.use_user_embedding = False
+    slots = str(raw["slots"]).split(",")
+    metrics = {} if config.persona_hiding else {"persona-index": persona_index(config, choice.persona)}
+    return pack_stats(slots, _slot(raw, choice.persona), values), metrics
+
+
+TASKS = {"train": train_upload, "evaluate": evaluate_upload}
+
+
+def answer(task: Task) -> Upload:
+    """The upload of this run, round and task: computed once, re-sent as is if the round is retried."""
+    raw = task.raw
+    if raw.get("task") not in TASKS:
+        raise ValueError(f"unknown task {raw.get('task')!r}; expected one of {sorted(TASKS)}")
+    key = f"{raw['run-id']}-{int(raw.get('server-round', 0))}-{raw['task']}"
+    cached = task.state.upload(key)
+    if cached is not None:
+        return cached
+    upload = TASKS[raw["task"]](task)
+    task.state.save_upload(key, str(raw["run-id"]), raw["task"], upload)
+    return upload

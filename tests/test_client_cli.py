@@ -1,0 +1,172 @@
+"""The device side: ``fedpers-client`` and the ClientApp reading an encrypted store, consent and budget."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import flwr.compat.common.recorddict_compat as compat
+import pytest
+from flwr.app import Context, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.common import FitIns, ndarrays_to_parameters
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.app import app as client_app
+from clients.app import train as client_train
+from clients.cli import main
+from clients.consent import OVER_BUDGET, ParticipationRefused
+from clients.device import DeviceStore
+from clients.unlock import KEY_FILE_ENV
+from fedpers.data import SyntheticConfig, generate, write_jsonl
+from fedpers.federated import FederatedConfig
+from fedpers.models import adapter_arrays, attach_lora, load_base_model
+from server.app import initial_adapters
+from server.strategy import PersonaTraining
+
+USER = "user000"
+SETTINGS = dict(model="tiny", personas="leadership,field_worker", rounds=3, local_steps=2, embedding_steps=1, batch_size=2,
+                max_length=48, lora_layers=2, secure_aggregation=False, noise_seed=1)
+
+
+@pytest.fixture
+def device(tmp_path, monkeypatch):
+    """An initialised store of USER (key file), its conversations imported; the key in the environment."""
+    convs = generate(SyntheticConfig(users_per_persona=1, conversations_per_user=8, personas=("leadership", "field_worker")))
+    data = tmp_path / "mine.jsonl"
+    write_jsonl(data, [c for c in convs if c.user_id == USER])
+    args = ["--store", str(tmp_path / "store"), "--key-file", str(tmp_path / "store.key")]
+    assert main([*args, "init", "--user-id", USER]) == 0
+    assert main([*args, "import", str(data)]) == 0
+    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "store.key"))
+    return args, DeviceStore.open(tmp_path / "store", key_file=tmp_path / "store.key")
+
+
+def _status(args, capsys) -> dict:
+    capsys.readouterr()
+    assert main([*args, "status", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_bad_line_names_file_line_and_field_and_stores_nothing(device, tmp_path, capsys):
+    args, store = device
+    good = store.conversations()[0].to_dict()
+    bad = tmp_path / "bad.jsonl"
+    lines = [dict(good, conversation_id="new-1"), dict(good, conversation_id="new-2", turns=[{"role": "robot", "text": "hi"}]),
+             dict(good, conversation_id="new-3", user_id="someone-else"), dict(good, conversation_id="new-4")]
+    bad.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    capsys.readouterr()
+    assert main([*args, "import", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2: turns[0].role: must be one of 'user', 'assistant', 'system', got 'robot'" in err
+    assert _status(args, capsys)["conversations"] == 8  # nothing of the file was stored
+
+    bad.write_text("".join(json.dumps(line) + "\n" for line in (lines[0], lines[2], dict(good))))
+    assert main([*args, "import", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2: user_id: 'someone-else' is not this device's user '{USER}'" in err
+    assert f"{bad}:3: conversation_id: '{good['conversation_id']}' is already in the store" in err
+    assert _status(args, capsys)["conversations"] == 8
+
+
+def test_status_reports_data_persona_consent_and_budget(device, capsys):
+    args, _ = device
+    capsys.readouterr()
+    assert main([*args, "consent", "--opt-in", "--budget", "3.5"]) == 0
+    assert main([*args, "status"]) == 0
+    out = capsys.readouterr().out
+    assert f"user           {USER}" in out and "conversations  8 (0 rated answers)" in out
+    assert "consent        opted in, budget epsilon 3.5" in out
+    assert "privacy        epsilon 0.000 spent of 3.5" in out and "adapters       none received yet" in out
+    assert main([*args, "consent", "--opt-out"]) == 0
+    report = _status(args, capsys)
+    assert report["consent"]["opted_in"] is False and report["consent"]["budget"] == 3.5
+    assert report["persona"] is None and report["user_embedding"] is False
+
+
+@pytest.fixture
+def round_message(monkeypatch):
+    """``message(server_round)``: a training message as the ServerApp sends it (plain aggregation)."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    config = FederatedConfig(**SETTINGS).validated()
+    base, _ = load_base_model("tiny")
+    strategy = PersonaTraining(config, "run-a", 2, False, initial_adapters(config, adapter_arrays(attach_lora(base, config.lora()))), ())
+
+    def message(server_round: int) -> Message:
+        fit_ins = FitIns(ndarrays_to_parameters([]), strategy.instructions(server_round))
+        return Message(compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN)
+
+    return message
+
+
+def _context(store: DeviceStore) -> Context:
+    return Context(run_id=1, node_id=1, node_config={"store": str(store.directory)}, state=RecordDict(), run_config={})
+
+
+def test_client_trains_from_the_store_and_refuses_past_the_consented_budget(device, round_message, capsys):
+    args, store = device
+    with pytest.raises(ParticipationRefused, match="has not opted in"):  # consent not given yet: nothing runs
+        client_app(round_message(1), _context(store))
+    assert store.ledger().entries == []
+
+    assert main([*args, "consent", "--opt-in", "--budget", "6"]) == 0
+    reply = client_train(round_message(1), _context(store))
+    assert not reply.has_error()
+    ledger = store.ledger()
+    assert [e.purpose for e in ledger.entries] == ["clip-quantile", "dp-sgd"]
+    spent = ledger.spent().epsilon
+    assert 0 < spent <= 6
+    assert sorted(store.adapter_names()) == ["field_worker", "global", "leadership"] and store.embedding() is not None
+    assert store.adapters_info()["settings"]["model"] == "tiny"
+
+    assert main([*args, "consent", "--budget", f"{spent * 1.01:.6f}"]) == 0  # the user lowers the cap
+    with pytest.raises(ParticipationRefused) as refused:
+        client_train(round_message(2), _context(store))
+    assert str(refused.value) == OVER_BUDGET and USER not in str(refused.value)  # what the server learns
+    assert re.search(rf"{USER}: refused to train: .*'dp-sgd' would bring user {USER}'s epsilon from {spent:.3f} to .*"
+                     r"over the consented budget of .*nothing was run", refused.value.detail)  # the device's log
+    assert [e.purpose for e in store.ledger().entries] == ["clip-quantile", "dp-sgd"]  # nothing recorded, nothing run
+
+    assert main([*args, "consent", "--budget", f"{spent:.6f}"]) == 0
+    with pytest.raises(ParticipationRefused, match="privacy budget is spent"):
+        client_train(round_message(2), _context(store))
+    capsys.readouterr()
+    assert main([*args, "join", "--superlink", "127.0.0.1:8000", "--insecure", "--print-command"]) == 2
+    assert "privacy budget is spent" in capsys.readouterr().err
+
+
+def test_forget_keeps_only_the_ledger(device, round_message, capsys):
+    args, store = device
+    assert main([*args, "consent", "--opt-in"]) == 0
+    client_train(round_message(1), _context(store))
+    spent = store.ledger().spent().epsilon
+    assert main([*args, "forget", "--yes"]) == 0
+    assert store.store.names() == ["ledger"]
+    report = _status(args, capsys)
+    assert report["user_id"] == USER and report["conversations"] == 0 and report["adapters"] is None
+    assert report["consent"]["opted_in"] is False and report["privacy"]["epsilon_spent"] == pytest.approx(spent)
+    with pytest.raises(ParticipationRefused):
+        client_app(round_message(2), _context(store))
+
+
+def test_join_runs_flower_supernode_with_tls_auth_and_the_store_but_never_the_key(device, tmp_path, capsys):
+    args, store = device
+    ca, key = tmp_path / "ca.crt", tmp_path / "node.key"
+    ca.write_text("ca"), key.write_text("key")
+    join = [*args, "join", "--superlink", "192.0.2.10:8000", "--root-certificates", str(ca), "--auth-key", str(key),
+            "--print-command"]
+    capsys.readouterr()
+    assert main(join) == 2
+    assert "has not opted in" in capsys.readouterr().err
+    assert main([*args, "consent", "--opt-in"]) == 0
+    capsys.readouterr()
+    assert main(join) == 0
+    command = capsys.readouterr().out
+    assert "flower-supernode --superlink 192.0.2.10:8000" in command
+    assert f"--root-certificates {ca} --auth-supernode-private-key {key}" in command
+    assert f"--node-config store='{store.directory.resolve()}' user-id='{USER}'" in command
+    assert "store.key" not in command
+    assert main([*args, "join", "--superlink", "192.0.2.10", "--insecure"]) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
