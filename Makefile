@@ -16,3 +16,5 @@ test: setup
 bench: setup
 	$(VENV)/bin/python -m simulations.bench_dp_step --write
 	$(VENV)/bin/python -m simulations.bench_scenarios --write
+	$(VENV)/bin/python -m simulations.bench_secagg --write
+	$(VENV)/bin/python -m simulations.bench_deploy --write

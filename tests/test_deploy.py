@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from safetensors.numpy import load_file
 
 from clients.cli import main as client_main
 from clients.device import DeviceStore
-from clients.join import free_port
-from fedpers.certs import generate_ca, generate_node_keys, generate_server_cert
-from fedpers.data import SyntheticConfig, generate, write_jsonl
+from fedpers.data import SyntheticConfig, generate
 from server.registry import LATEST, VERSION_FILE, latest
+from simulations.federation import flower_env, local_federation, module_command
 
 PERSONAS = ("leadership", "field_worker", "new_employee")
 SETTINGS = ('model="tiny" rounds=2 min-nodes=3 min-clients=1 personas="leadership,field_worker,new_employee" '
@@ -32,118 +28,31 @@ RUN_TIMEOUT = 420
 CLIENT_PYTHON = os.environ.get("FEDPERS_TEST_CLIENT_PYTHON", sys.executable)
 
 
-class Processes:
-    """Processes this test started, each in its own process group; all of them are killed at the end."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs, self.started = logs, []
-
-    def start(self, name: str, command: list[str], env: dict) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started.append((name, proc))
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        for _, proc in reversed(self.started):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, proc in self.started:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for _, proc in self.started:  # the whole group: flower-superexec and app processes too
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _env(flwr_home: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDPERS_STORE")}
-    env.update({"FLWR_HOME": str(flwr_home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-                "PYTHONUNBUFFERED": "1", **extra})
-    return env
-
-
-def _wait_for(predicate, timeout: float, what: str, logs: callable) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{logs()}")
-        time.sleep(0.5)
-
-
-def _cli(module: str, *args: str, python: str = sys.executable) -> list[str]:
-    return [python, "-m", module, *args]
-
-
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
-    certs = root / "certs"
-    generate_ca(certs)
-    generate_server_cert(certs, ["127.0.0.1"])
-    for i in range(1, 5):
-        generate_node_keys(certs, f"node-{i}")
-    (root / "logs").mkdir()
-    procs = Processes(root / "logs")
-    server_env = _env(root / "flwr-server")
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    try:
-        procs.start("superlink", _cli("server.cli", "superlink", "--certs", str(certs), "--port", str(port)), server_env)
-        _wait_for(lambda: "Uvicorn running" in procs.log("superlink"), 60, "the SuperLink", lambda: procs.log("superlink"))
-        register = subprocess.run(_cli("server.cli", "register", *(str(certs / f"node-{i}.pub") for i in (1, 2, 3)),
-                                       "--superlink", address, "--root-certificates", str(certs / "ca.crt")),
-                                  env=server_env, capture_output=True, text=True, timeout=120)
-        assert register.returncode == 0, register.stdout + register.stderr
-        assert register.stdout.count("registered successfully") == 3
-
-        conversations = generate(SyntheticConfig(users_per_persona=1, conversations_per_user=8, seed=5, personas=PERSONAS))
-        stores = {}
-        for i, user in enumerate(sorted({c.user_id for c in conversations}), start=1):
-            store, key = root / f"device-{i}" / "store", root / f"device-{i}" / "store.key"
-            data = root / f"device-{i}" / "conversations.jsonl"
-            write_jsonl(data, [c for c in conversations if c.user_id == user])
-            base = ["--store", str(store), "--key-file", str(key)]
-            assert client_main([*base, "init", "--user-id", user]) == 0
-            assert client_main([*base, "import", str(data)]) == 0
-            assert client_main([*base, "consent", "--opt-in", "--budget", "20"]) == 0
-            procs.start(f"node-{i}", _cli("clients.cli", *base, "join", "--superlink", address, "--root-certificates",
-                                          str(certs / "ca.crt"), "--auth-key", str(certs / f"node-{i}.key"),
-                                          python=CLIENT_PYTHON),
-                        _env(root / f"flwr-node-{i}"))
-            stores[user] = (store, key)
-        yield {"root": root, "certs": certs, "address": address, "server_env": server_env, "stores": stores, "procs": procs}
-    finally:
-        procs.stop()
+    conversations = generate(SyntheticConfig(users_per_persona=1, conversations_per_user=8, seed=5, personas=PERSONAS))
+    with local_federation(root, conversations, client_python=CLIENT_PYTHON) as fed:
+        yield fed
 
 
 def test_a_supernode_with_an_unregistered_key_is_refused(federation):
-    procs, certs = federation["procs"], federation["certs"]
-    store, key = next(iter(federation["stores"].values()))
-    intruder = procs.start("intruder", _cli("clients.cli", "--store", str(store), "--key-file", str(key), "join",
-                                            "--superlink", federation["address"], "--root-certificates",
-                                            str(certs / "ca.crt"), "--auth-key", str(certs / "node-4.key")),
-                           _env(federation["root"] / "flwr-intruder"))
+    procs, certs = federation.procs, federation.certs
+    store, key = next(iter(federation.stores.values()))
+    intruder = procs.start("intruder", module_command("clients.cli", "--store", str(store), "--key-file", str(key), "join",
+                                                      "--superlink", federation.address, "--root-certificates",
+                                                      str(certs / "ca.crt"), "--auth-key", str(certs / "node-4.key")),
+                           flower_env(federation.root / "flwr-intruder"))
     assert intruder.wait(timeout=120) != 0
     assert "Failed to activate SuperNode" in procs.log("intruder")
     assert "No SuperNode found with the given public key" in procs.log("superlink")
 
 
 def test_two_rounds_across_processes_produce_persona_adapters(federation):
-    root, procs, stores = federation["root"], federation["procs"], federation["stores"]
+    root, procs, stores = federation.root, federation.procs, federation.stores
     run_dir, registry = root / "run", root / "registry"
     started = time.perf_counter()
-    run = subprocess.run(_cli("server.cli", "run", "--run-config", SETTINGS, "--run-dir", str(run_dir),
-                              "--registry", str(registry)),
-                         env=federation["server_env"], capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    run = federation.run(SETTINGS, run_dir, registry, timeout=RUN_TIMEOUT)
     wall = time.perf_counter() - started
     logs = "\n".join(f"--- {n}\n{procs.log(n)[-3000:]}" for n in ("superlink", "node-1", "node-2", "node-3"))
     assert run.returncode == 0, f"{run.stdout[-6000:]}\n{run.stderr[-3000:]}\n{logs}"
