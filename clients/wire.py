@@ -41,7 +41,8 @@ def _npy_tensors(record: str, name: str, value) -> list[dict]:
     return out
 
 
-def manifest_entry(msg: Message, reply: Message, context: Context, payload: bytes) -> dict:
+def reply_contents(reply: Message, payload: bytes) -> dict:
+    """What a reply carries: every tensor (name, shape, dtype, bytes, SHA-256), metric and config keys, payload size and hash."""
     arrays = []
     for record_name, record in reply.content.array_records.items():
         for name, array in record.items():
@@ -50,20 +51,29 @@ def manifest_entry(msg: Message, reply: Message, context: Context, payload: byte
     for record_name, record in reply.content.config_records.items():
         for name, value in record.items():
             arrays += _npy_tensors(record_name, name, value)
-    metrics = {k: sorted(r.keys()) for k, r in reply.content.metric_records.items()}
-    configs = {k: sorted(r.keys()) for k, r in reply.content.config_records.items()}
+    return {
+        "arrays": arrays,
+        "metric_keys": {k: sorted(r.keys()) for k, r in reply.content.metric_records.items()},
+        "config_keys": {k: sorted(r.keys()) for k, r in reply.content.config_records.items()},
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+    }
+
+
+def message_round(msg: Message) -> int | None:
+    """The server round a message belongs to (Flower's ``group_id``), if it names one."""
+    return int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else None
+
+
+def manifest_entry(msg: Message, reply: Message, context: Context, payload: bytes) -> dict:
     fitins = msg.content.config_records.get("fitins.config", {})
     return {
         "node_id": context.node_id,
         "partition_id": context.node_config.get("partition-id"),
-        "round": int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else None,
+        "round": message_round(msg),
         "message_type": msg.metadata.message_type,
         "task": fitins.get("task"),
-        "arrays": arrays,
-        "metric_keys": metrics,
-        "config_keys": configs,
-        "payload_bytes": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        **reply_contents(reply, payload),
     }
 
 

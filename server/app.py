@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import flwr.compat.common.recorddict_compat as compat
@@ -44,6 +44,7 @@ from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.rundir import GLOBAL
 from server.outputs import dp_note, evaluation_table, format_table, plot_heldout, save_adapters, write_metrics, write_run_config
+from server.received import ReceivedManifest, both
 from server.registry import publish
 from server.secagg import SecAggPlusRound
 from server.strategy import PersonaEvaluation, PersonaTraining, user_clip_norm
@@ -130,8 +131,12 @@ def _params(context: LegacyContext):
 
 
 def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: Path, expected_nodes: int | None = None,
-               observer: Callable | None = None) -> dict:
-    """Run all rounds, then write adapters, metrics, the plot and the headline table into ``run_dir``."""
+               observer: Callable | None = None, engine: str = "deployment") -> dict:
+    """Run all rounds, then write adapters, metrics, the plot and the headline table into ``run_dir``.
+
+    ``engine`` is ``"simulation"`` when ``fedpers simulate`` runs the app (it records the clients' side of the
+    wire and writes the audit itself); otherwise the server records what it received and, with ``audit`` on,
+    writes the audit report of what it holds before the adapters are published."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex
@@ -157,8 +162,10 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
 
     sessions: list[SecAggPlusRound] = []
     if config.secure_aggregation:
-        train_session = _secure_round(config, config.update_clip, "training", observer, nodes)
-        eval_session = _secure_round(config, STATS_BOUND, "evaluation", observer, nodes)
+        record = engine != "simulation" and config.record_wire
+        observers = {label: both(observer, ReceivedManifest(run_dir, label) if record else None) for label in ("training", "evaluation")}
+        train_session = _secure_round(config, config.update_clip, "training", observers["training"], nodes)
+        eval_session = _secure_round(config, STATS_BOUND, "evaluation", observers["evaluation"], nodes)
         sessions = [train_session, eval_session]
     else:
         train_session = eval_session = default_fit_workflow
@@ -198,6 +205,7 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
     table = evaluation_table(history[-1]) if history else None
     payload = {
         "run_id": run_id,
+        "engine": engine,
         "settings": config.to_record(),
         "aggregation": {"secure": config.secure_aggregation, "persona_hiding": config.persona_hiding,
                         "slots": list(training.slots), "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
@@ -220,10 +228,25 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
         log(INFO, "\n%s", text)
     elif config.evaluate:
         log(WARNING, "no evaluation was aggregated")
+    if config.audit and engine != "simulation":
+        _write_audit(run_dir)
     if config.registry:
         version = publish(run_dir, config.registry)
         log(INFO, "fedpers: adapters published to the registry as %s (now latest)", version.path)
     return payload
+
+
+def _write_audit(run_dir: Path) -> None:
+    """The audit report of what the server holds; a failure is logged and never loses the run's outputs."""
+    from fedpers.audit.report import write_audit
+
+    try:
+        audit = write_audit(run_dir, progress=False)
+    except Exception as err:  # noqa: BLE001 - the adapters and metrics are written; the audit can be rebuilt
+        log(ERROR, "fedpers: the privacy audit report could not be written (%s); rebuild it with `fedpers audit %s`", err, run_dir)
+        return
+    problems = sum(f["level"] == "problem" for f in audit["findings"])
+    log(INFO, "fedpers: privacy audit report %s (%d problem(s))", run_dir / "audit.html", problems)
 
 
 def config_from_context(context: Context) -> tuple[FederatedConfig, Path]:
@@ -244,7 +267,8 @@ def make_server_app(config: FederatedConfig | None = None, run_dir: Path | None 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg, directory = config_from_context(context) if config is None else (config, run_dir)
-        run_server(grid, context, cfg, Path(directory), expected_nodes, observer)
+        run_server(grid, context, cfg, Path(directory), expected_nodes, observer,
+                   engine="deployment" if config is None else "simulation")
 
     return server_app
 

@@ -78,9 +78,25 @@ def _epsilon_plots(spent: dict) -> str:
     return _png(fig)
 
 
+def _user_level_html(user_level: dict | None) -> list[str]:
+    if not user_level:
+        return []
+    rows = [[_e(name), _num(s["epsilon"]), _e(len(s["entries"]))] for name, s in user_level["adapters"].items()]
+    return [f"<h3>User-level DP (DP-FedAvg)</h3><p>Whole-update clipping and Gaussian noise (multiplier "
+            f"{user_level['noise_multiplier']:g}) on each released aggregate: epsilon per adapter, protecting a whole user.</p>",
+            _table(["adapter", "user-level epsilon", "rounds"], rows)]
+
+
 def _spent_html(spent: dict) -> str:
     if not spent["dp"]:
         return "<p class='over'>DP-SGD was off for this run: no epsilon bounds it.</p>"
+    if spent.get("ledgers") == "devices":
+        return "".join([f"<p>Sample-level privacy (one conversation is the unit protected), delta = {spent['delta']:g}. "
+                        "The clients of this run keep their privacy ledgers on their devices: the server never sees them. Every device "
+                        f"calibrated its DP-SGD noise so that its whole ledger, this run included, stays within epsilon = "
+                        f"<b>{spent['ceiling']:g}</b> under the Opacus RDP and PRV accountants, and refuses to train past its "
+                        "user's consented cap. A device shows its own figures with <code>fedpers-client status</code>.</p>",
+                        *_user_level_html(spent.get("user_level"))])
     rows = []
     for c in spent["clients"]:
         a, p = c["accountants"], c["dp_parameters"]
@@ -97,12 +113,7 @@ def _spent_html(spent: dict) -> str:
            _table(["client", "persona", "epsilon (quoted)", "Opacus RDP", "Opacus PRV", "dp-accounting PLD", "dp-accounting RDP",
                    "PRV vs PLD", "noise multiplier", "clipping norm", "sampling rate", "steps", "rounds"], rows, left=2),
            "<h3>Per persona</h3>", _table(["persona", "clients", "largest client epsilon"], persona_rows)]
-    user_level = spent.get("user_level")
-    if user_level:
-        rows = [[_e(name), _num(s["epsilon"]), _e(len(s["entries"]))] for name, s in user_level["adapters"].items()]
-        out += [f"<h3>User-level DP (DP-FedAvg)</h3><p>Whole-update clipping and Gaussian noise (multiplier "
-                f"{user_level['noise_multiplier']:g}) on each released aggregate: epsilon per adapter, protecting a whole user.</p>",
-                _table(["adapter", "user-level epsilon", "rounds"], rows)]
+    out += _user_level_html(spent.get("user_level"))
     return "".join(out)
 
 
@@ -126,7 +137,11 @@ def _wire_html(wire: dict) -> str:
                    f"{scan['patterns']} byte patterns of their own users: every 5-word run of their conversations (UTF-8, UTF-16) "
                    f"and every token-id {scan['ngram']}-gram of their training and held-out examples (int16, int32, int64, "
                    f"decimal text).</p>{verdict}")
-    out.append(f"<h3>Totals</h3><p>{s['messages']} messages, {s['bytes'] / 1e6:.2f} MB sent by clients.</p>")
+    if wire.get("recorded_by") == "server":
+        out.append("<h3>Leak scan</h3><p>Not run: it searches each payload for its user's text, which stays on the devices. "
+                   "The manifest below is the server's record of every reply it received.</p>")
+    who = "received by the server" if wire.get("recorded_by") == "server" else "sent by clients"
+    out.append(f"<h3>Totals</h3><p>{s['messages']} messages, {s['bytes'] / 1e6:.2f} MB {who}.</p>")
     out.append(_table(["round", "messages", "MB"], [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_round"].items()]))
     out.append(_table(["SecAgg+ stage", "messages", "MB"], [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_stage"].items()]))
     if s["tensors"]:
@@ -134,7 +149,7 @@ def _wire_html(wire: dict) -> str:
                           [[_e(k), _e(", ".join(v["dtypes"])), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["tensors"].items()]))
     out.append(_table(["client", "messages", "MB"],
                       [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in sorted(s["per_client"].items())]))
-    rows = [[_e(e.get("partition_id")), _e(e.get("round")), _e(e.get("secagg_stage") or e.get("message_type")),
+    rows = [[_e(e.get("partition_id") if e.get("partition_id") is not None else f"node {e['node_id']}"), _e(e.get("round")), _e(e.get("secagg_stage") or e.get("message_type")),
              _e(", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in e.get("arrays", [])) or "—"),
              _e(e["payload_bytes"]), f"<code>{_e(e['payload_sha256'][:16])}…</code>"] for e in wire["manifest"]]
     out.append(f"<details><summary>Manifest: every message ({len(rows)})</summary>"
@@ -189,14 +204,19 @@ def render_html(audit: dict) -> str:
     findings = "".join(f'<div class="finding {f["level"]}">{ICONS[f["level"]]} {_e(f["text"])}</div>' for f in audit["findings"])
     problems = sum(f["level"] == "problem" for f in audit["findings"])
     headline = ("No problems found." if not problems else f"{problems} problem(s) need attention.")
-    eps = audit["spent"]["max_epsilon"]
+    spent = audit["spent"]
+    eps = spent["max_epsilon"]
+    if spent.get("ledgers") == "devices" and spent["dp"]:
+        largest = f"at most {spent['ceiling']:g} (the ceiling every device enforces; the ledgers stay on the devices)"
+    else:
+        largest = "unbounded (DP off)" if eps is None else f"{eps:.3f}"
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>fedpers privacy audit: {_e(run['run_id'])}</title>
 <style>{STYLE}</style></head><body>
 <h1>Privacy audit report</h1>
 <p class="meta">Run <code>{_e(run['run_id'])}</code> · {_e(run['model'])} · {run['clients']} clients · {run['rounds']} rounds ·
 personas: {_e(', '.join(run['personas']))} · generated {_e(audit['generated_at'])} by fedpers {_e(audit['fedpers_version'])}</p>
 <h2>Summary</h2>
-<p><b>{_e(headline)}</b> Largest epsilon spent by any client: <b>{'unbounded (DP off)' if eps is None else f'{eps:.3f}'}</b>
+<p><b>{_e(headline)}</b> Largest epsilon spent by any client: <b>{_e(largest)}</b>
 (delta {audit['spent']['delta']:g}).</p>
 {findings}
 <h2>1. What was spent</h2>{_spent_html(audit['spent'])}

@@ -5,6 +5,10 @@ mode, released aggregates), the clients' privacy ledgers (``settings.state_dir``
 ledgers (``user-level-dp/``), the wire recording (``wire/``) and the canary attack (``attack/``).
 Findings are graded ``ok``, ``warning`` or ``problem``; a problem is something a privacy officer
 must act on (a client over budget, a leak found on the wire, an empirical bound above the theory).
+
+A run on the deployment engine (``metrics.json``: ``engine``) leaves the clients' text and ledgers on
+their devices: its report covers what the server holds, i.e. the user-level ledgers, the epsilon
+ceiling every device enforces and the manifest of the replies the server received.
 """
 
 from __future__ import annotations
@@ -63,6 +67,13 @@ def spent_section(config: FederatedConfig, users: list[str], personas: dict[str,
         p = per_persona.setdefault(c["persona"] or "unknown", {"clients": 0, "max_epsilon": 0.0})
         p["clients"] += 1
         p["max_epsilon"] = max(p["max_epsilon"], c["epsilon"])
+    return {**_spent_common(config, run_dir), "ledgers": "run", "ceiling": None,
+            "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if config.dp else None,
+            "clients": clients, "per_persona": per_persona}
+
+
+def _spent_common(config: FederatedConfig, run_dir: Path) -> dict:
+    """Settings of the accounting and the user-level ledgers the server keeps (``user-level-dp/``)."""
     user_level = None
     root = Path(run_dir) / "user-level-dp"
     if config.user_dp and root.is_dir():
@@ -70,9 +81,17 @@ def spent_section(config: FederatedConfig, users: list[str], personas: dict[str,
                       "adapters": {p.stem: spent_from_ledger(p).to_dict() for p in sorted(root.glob("*.json"))}}
     return {"dp": config.dp, "budget": config.epsilon if config.dp else None, "delta": config.delta,
             "quoted": "the largest of Opacus RDP, Opacus PRV, dp-accounting PLD and dp-accounting RDP",
-            "accountant_tolerance": ACCOUNTANT_TOLERANCE, "pld_discretization": PLD_DISCRETIZATION,
-            "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if config.dp else None,
-            "clients": clients, "per_persona": per_persona, "user_level": user_level}
+            "accountant_tolerance": ACCOUNTANT_TOLERANCE, "pld_discretization": PLD_DISCRETIZATION, "user_level": user_level}
+
+
+def device_spent_section(config: FederatedConfig, run_dir: Path) -> dict:
+    """Spending of a run whose clients keep their ledgers on their devices: the ceiling every device enforces.
+
+    Each device calibrates its noise so that its whole ledger, this run included, stays within the run's
+    epsilon under the Opacus RDP and PRV accountants, and refuses to train past its user's consented cap
+    (``clients.consent``); the figures themselves stay on the device (``fedpers-client status``)."""
+    return {**_spent_common(config, run_dir), "ledgers": "devices", "ceiling": config.epsilon if config.dp else None,
+            "max_epsilon": None, "clients": [], "per_persona": {}}
 
 
 def _scan(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress: bool) -> dict | None:
@@ -89,8 +108,10 @@ def wire_section(run_dir: Path, config: FederatedConfig, users: list[str], metri
     manifest = read_manifest(run_dir)
     aggregation = metrics.get("aggregation", {})
     released = [n for r in metrics.get("rounds", []) for p, n in r.get("contributors", {}).items() if p in r.get("released", [])]
+    by_server = any(e.get("recorded_by") == "server" for e in manifest)
     return {
         "recorded": bool(manifest),
+        "recorded_by": "server" if by_server else "clients",
         "secure_aggregation": aggregation.get("secure", config.secure_aggregation),
         "persona_hiding": aggregation.get("persona_hiding", config.persona_hiding),
         "slots": aggregation.get("slots", []),
@@ -99,7 +120,7 @@ def wire_section(run_dir: Path, config: FederatedConfig, users: list[str], metri
         "min_clients_released": min(released) if released else None,
         "sessions": aggregation.get("sessions", []),
         "summary": summarize(manifest, users),
-        "scan": _scan(run_dir, config, manifest, progress) if manifest else None,
+        "scan": _scan(run_dir, config, manifest, progress) if manifest and not by_server else None,
         "manifest": manifest,
     }
 
@@ -112,6 +133,11 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
 
     if not spent["dp"]:
         add("problem", "DP-SGD was off: no epsilon bounds what the adapters reveal about any conversation.")
+    elif spent["ledgers"] == "devices":
+        add("ok", f"Every client's privacy ledger stays on its device. Each device calibrated its DP-SGD noise so that its "
+            f"whole ledger, this run included, stays within epsilon = {spent['ceiling']:g} (delta {spent['delta']:g}) under the "
+            "Opacus RDP and PRV accountants, and refuses to train past its user's consented cap; `fedpers-client status` "
+            "shows a device's own figures. This report holds no per-client figures.")
     else:
         over = [c["user_id"] for c in spent["clients"] if c["over_budget"]]
         add("problem" if over else "ok", f"{len(over)} of {len(spent['clients'])} clients over the budget epsilon = "
@@ -131,6 +157,10 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
         add("warning", "Secure aggregation was off: the server saw each client's (DP-trained) update in clear.")
     if not wire["recorded"]:
         add("warning", "What crossed the wire was not recorded for this run: no manifest and no leak scan.")
+    elif wire["recorded_by"] == "server":
+        add("warning", f"The server recorded the {wire['summary']['messages']} replies it received (manifest below). The leak "
+            "scan needs each user's text, which stays on the devices: run `fedpers simulate` with these settings on "
+            "representative data for a scan.")
     elif wire["scan"] is None:
         add("warning", "The payloads were not kept and no scan result is stored: the leak scan could not run.")
     else:
@@ -165,9 +195,15 @@ def build_audit(run_dir: Path, progress: bool = True) -> dict:
     run_config = read_json(run_dir / RUN_CONFIG)
     metrics = read_json(run_dir / METRICS)
     config = FederatedConfig.from_record(run_config["settings"])
-    users = user_ids(config)
-    personas = {c.user_id: c.persona for c in conversations(config)}
-    spent = spent_section(config, users, personas, run_dir)
+    if metrics.get("engine", "simulation") == "simulation":
+        users = user_ids(config)
+        personas = {c.user_id: c.persona for c in conversations(config)}
+        spent = spent_section(config, users, personas, run_dir)
+        clients = len(users)
+    else:  # the clients' data and ledgers are on their devices: the server audits what it holds
+        users = []
+        spent = device_spent_section(config, run_dir)
+        clients = max((r.get("participants", 0) for r in metrics.get("rounds", [])), default=0)
     wire = wire_section(run_dir, config, users, metrics, progress)
     attack = read_attack(run_dir)
     return {
@@ -175,7 +211,8 @@ def build_audit(run_dir: Path, progress: bool = True) -> dict:
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fedpers_version": _version(),
         "run": {"run_id": run_config["run_id"], "run_dir": str(run_dir), "model": run_config["model"],
-                "personas": run_config["personas"], "clients": len(users), "rounds": len(metrics.get("rounds", [])),
+                "personas": run_config["personas"], "clients": clients,
+                "engine": metrics.get("engine", "simulation"), "rounds": len(metrics.get("rounds", [])),
                 "wall_seconds": metrics.get("wall_seconds"), "settings": run_config["settings"]},
         "findings": _findings(spent, wire, attack),
         "spent": spent,
