@@ -39,6 +39,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedpers.aggregation.secure import QuantizationPlan
 from fedpers.aggregation.slots import STATS_BOUND
+from fedpers.audit.wire import MANIFEST, WIRE
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy.ledger import PrivacyLedger
@@ -163,6 +164,8 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
     sessions: list[SecAggPlusRound] = []
     if config.secure_aggregation:
         record = engine != "simulation" and config.record_wire
+        if record:  # this run's replies only, should the run directory be reused
+            (run_dir / WIRE / MANIFEST).unlink(missing_ok=True)
         observers = {label: both(observer, ReceivedManifest(run_dir, label) if record else None) for label in ("training", "evaluation")}
         train_session = _secure_round(config, config.update_clip, "training", observers["training"], nodes)
         eval_session = _secure_round(config, STATS_BOUND, "evaluation", observers["evaluation"], nodes)

@@ -90,6 +90,11 @@ def _user_level_html(user_level: dict | None) -> list[str]:
 def _spent_html(spent: dict) -> str:
     if not spent["dp"]:
         return "<p class='over'>DP-SGD was off for this run: no epsilon bounds it.</p>"
+    if spent.get("ledgers") == "devices" and spent["ceiling"] is None:
+        return "".join(["<p class='over'>The clients of this run keep their privacy ledgers on their devices, and the noise "
+                        "multiplier was set by hand: the devices did not calibrate to an epsilon, so this report bounds no "
+                        "client's spending. A device shows its own figures with <code>fedpers-client status</code>.</p>",
+                        *_user_level_html(spent.get("user_level"))])
     if spent.get("ledgers") == "devices":
         return "".join([f"<p>Sample-level privacy (one conversation is the unit protected), delta = {spent['delta']:g}. "
                         "The clients of this run keep their privacy ledgers on their devices: the server never sees them. Every device "
@@ -207,7 +212,8 @@ def render_html(audit: dict) -> str:
     spent = audit["spent"]
     eps = spent["max_epsilon"]
     if spent.get("ledgers") == "devices" and spent["dp"]:
-        largest = f"at most {spent['ceiling']:g} (the ceiling every device enforces; the ledgers stay on the devices)"
+        largest = ("unknown to the server (the ledgers stay on the devices)" if spent["ceiling"] is None else
+                   f"at most {spent['ceiling']:g} (the ceiling every device enforces; the ledgers stay on the devices)")
     else:
         largest = "unbounded (DP off)" if eps is None else f"{eps:.3f}"
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>fedpers privacy audit: {_e(run['run_id'])}</title>

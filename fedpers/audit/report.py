@@ -89,8 +89,10 @@ def device_spent_section(config: FederatedConfig, run_dir: Path) -> dict:
 
     Each device calibrates its noise so that its whole ledger, this run included, stays within the run's
     epsilon under the Opacus RDP and PRV accountants, and refuses to train past its user's consented cap
-    (``clients.consent``); the figures themselves stay on the device (``fedpers-client status``)."""
-    return {**_spent_common(config, run_dir), "ledgers": "devices", "ceiling": config.epsilon if config.dp else None,
+    (``clients.consent``); the figures themselves stay on the device (``fedpers-client status``). With a noise
+    multiplier set by hand the devices do not calibrate, and the server knows no ceiling (``None``)."""
+    calibrated = config.dp and not config.noise_multiplier
+    return {**_spent_common(config, run_dir), "ledgers": "devices", "ceiling": config.epsilon if calibrated else None,
             "max_epsilon": None, "clients": [], "per_persona": {}}
 
 
@@ -133,6 +135,10 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
 
     if not spent["dp"]:
         add("problem", "DP-SGD was off: no epsilon bounds what the adapters reveal about any conversation.")
+    elif spent["ledgers"] == "devices" and spent["ceiling"] is None:
+        add("warning", "Every client's privacy ledger stays on its device, and the noise multiplier was set by hand, so the "
+            "devices did not calibrate their noise to an epsilon: this report bounds no client's spending. Each device "
+            "refuses to train past its user's consented cap; `fedpers-client status` shows its own figures.")
     elif spent["ledgers"] == "devices":
         add("ok", f"Every client's privacy ledger stays on its device. Each device calibrated its DP-SGD noise so that its "
             f"whole ledger, this run included, stays within epsilon = {spent['ceiling']:g} (delta {spent['delta']:g}) under the "
