@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fedpers.data import SyntheticConfig, generate
 from fedpers.federated import FederatedConfig
-from simulations.bench_dp_step import write_benchmarks
+from simulations.bench_dp_step import print_section
 from simulations.bench_scenarios import round_seconds
 from simulations.federation import local_federation
 from simulations.simulate import simulate
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"and starting that process alone (interpreter and Flower imports) took {start:.2f} s here; an idle "
                   "SuperNode asks the SuperLink for work every 3 s (Flower's `start_client_internal`). The simulation "
                   "keeps its ClientApp actors, and the model, loaded between messages."]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_benchmarks(text, MARK)
+    print_section(lines, args.write, MARK)
     return 0
 
 

@@ -112,6 +112,14 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"loaded_gb": loaded, "peak_gb": _peak_gb()}))
 
 
+def print_section(lines: list[str], write: bool, mark: str = MARK) -> None:
+    """Print a benchmark's section and, with ``write``, put it into BENCHMARKS.md."""
+    section = "\n".join(lines)
+    print(section)
+    if write:
+        write_benchmarks(section, mark)
+
+
 def write_benchmarks(section: str, mark: str = MARK) -> None:
     """Put ``section`` into BENCHMARKS.md between the markers of ``mark`` (replacing an earlier one)."""
     path = ROOT / "BENCHMARKS.md"
@@ -172,10 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"DP peak {m['dp']['peak_gb']:.2f} GB ({'met' if m['dp']['peak_gb'] < 4 else 'NOT met'})")
         print(rows[-1], flush=True)
     rows += ["", "Targets: DP / non-DP step-time ratio at most 1.10, peak memory under 4 GB. " + "; ".join(verdicts) + "."]
-    section = "\n".join(rows)
-    print(section)
-    if args.write:
-        write_benchmarks(section)
+    print_section(rows, args.write)
     return 0
 
 

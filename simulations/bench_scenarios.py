@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fedpers.federated import FederatedConfig, load_config_file
 from server.outputs import dp_note, format_table
-from simulations.bench_dp_step import write_benchmarks
+from simulations.bench_dp_step import print_section
 from simulations.simulate import SCENARIOS, simulate
 
 MARK = "scenarios"
@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = simulate(config, run_dir)
         lines += section(label, config, metrics)
         print("\n".join(lines[-8:]), flush=True)
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_benchmarks(text, MARK)
+    print_section(lines, args.write, MARK)
     return 0
 
 

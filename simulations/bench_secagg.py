@@ -23,7 +23,7 @@ import numpy as np
 
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.rundir import load_adapters
-from simulations.bench_dp_step import write_benchmarks
+from simulations.bench_dp_step import print_section
 from simulations.bench_scenarios import round_seconds
 from simulations.simulate import SCENARIOS, simulate
 
@@ -126,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = statistics.mean(secure["round_seconds"]) / statistics.mean(results["plain"]["round_seconds"])
         lines += ["", f"Target: SecAgg+ adds at most 1.5x to a round's server-side time. Measured (SecAgg+ with persona hiding vs "
                       f"plain): {ratio:.2f}x ({'met' if ratio <= 1.5 else 'not met'})."]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_benchmarks(text, MARK)
+    print_section(lines, args.write, MARK)
     return 0
 
 

@@ -90,17 +90,18 @@ def _user_level_html(user_level: dict | None) -> list[str]:
 def _spent_html(spent: dict) -> str:
     if not spent["dp"]:
         return "<p class='over'>DP-SGD was off for this run: no epsilon bounds it.</p>"
-    if spent.get("ledgers") == "devices" and spent["ceiling"] is None:
-        return "".join(["<p class='over'>The clients of this run keep their privacy ledgers on their devices, and the noise "
-                        "multiplier was set by hand: the devices did not calibrate to an epsilon, so this report bounds no "
-                        "client's spending. A device shows its own figures with <code>fedpers-client status</code>.</p>",
-                        *_user_level_html(spent.get("user_level"))])
     if spent.get("ledgers") == "devices":
-        return "".join([f"<p>Sample-level privacy (one conversation is the unit protected), delta = {spent['delta']:g}. "
-                        "The clients of this run keep their privacy ledgers on their devices: the server never sees them. Every device "
-                        f"calibrated its DP-SGD noise so that its whole ledger, this run included, stays within epsilon = "
-                        f"<b>{spent['ceiling']:g}</b> under the Opacus RDP and PRV accountants, and refuses to train past its "
-                        "user's consented cap. A device shows its own figures with <code>fedpers-client status</code>.</p>",
+        if spent["ceiling"] is None:
+            text = ("<p class='over'>The clients of this run keep their privacy ledgers on their devices, and the noise "
+                    "multiplier was set by hand: the devices did not calibrate to an epsilon, so this report bounds no "
+                    "client's spending.")
+        else:
+            text = (f"<p>Sample-level privacy (one conversation is the unit protected), delta = {spent['delta']:g}. "
+                    "The clients of this run keep their privacy ledgers on their devices: the server never sees them. Every "
+                    f"device calibrated its DP-SGD noise so that its whole ledger, this run included, stays within epsilon = "
+                    f"<b>{spent['ceiling']:g}</b> under the Opacus RDP and PRV accountants, and refuses to train past its "
+                    "user's consented cap.")
+        return "".join([text + " A device shows its own figures with <code>fedpers-client status</code>.</p>",
                         *_user_level_html(spent.get("user_level"))])
     rows = []
     for c in spent["clients"]:
@@ -142,10 +143,11 @@ def _wire_html(wire: dict) -> str:
                    f"{scan['patterns']} byte patterns of their own users: every 5-word run of their conversations (UTF-8, UTF-16) "
                    f"and every token-id {scan['ngram']}-gram of their training and held-out examples (int16, int32, int64, "
                    f"decimal text).</p>{verdict}")
-    if wire.get("recorded_by") == "server":
+    by_server = wire.get("recorded_by") == "server"
+    if by_server:
         out.append("<h3>Leak scan</h3><p>Not run: it searches each payload for its user's text, which stays on the devices. "
                    "The manifest below is the server's record of every reply it received.</p>")
-    who = "received by the server" if wire.get("recorded_by") == "server" else "sent by clients"
+    who = "received by the server" if by_server else "sent by clients"
     out.append(f"<h3>Totals</h3><p>{s['messages']} messages, {s['bytes'] / 1e6:.2f} MB {who}.</p>")
     out.append(_table(["round", "messages", "MB"], [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_round"].items()]))
     out.append(_table(["SecAgg+ stage", "messages", "MB"], [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_stage"].items()]))
