@@ -1,10 +1,10 @@
-"""The fedpers ClientApp: private local training and held-out evaluation, in Flower's legacy record layout.
+"""The fedpers ClientApp: private local training, in Flower's legacy record layout.
 
 Every aggregation is a ``TRAIN`` message (SecAgg+ handles only those), in the ``fitins``/``fitres``
 layout that ``secaggplus_mod`` and ``fixedclipping_mod`` read. The config's ``task`` says what to
-upload: ``train`` (the clipped adapter delta in the slot of the client's persona) or ``evaluate``
-(held-out loss sums in the row of its persona); a ``QUERY`` with task ``persona`` asks for the
-persona in clear (only when persona hiding is off). The computation is in :mod:`clients.tasks`.
+upload: ``train`` (the clipped adapter delta in the slot of the client's persona) is the only one;
+a ``QUERY`` with task ``persona`` asks for the persona in clear (only when persona hiding is off).
+Devices answer no evaluation request: held-out figures never leave them. The computation is in :mod:`clients.tasks`.
 
 On a device (node config ``store``) :func:`consent_mod` refuses every message, before SecAgg+ sees
 it, unless the user opted in; training past the consented budget is refused too. A refusal is
@@ -27,9 +27,16 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.logger import log
 
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
 from clients.consent import NOT_OPTED_IN, OVER_BUDGET, ParticipationRefused, read_consent
 from clients.secagg import CLIENT_MODS
 from clients.unlock import open_from_env
+from fedpers.releases import fields_of, required_ledger, undeclared_fields
+
+
+class UnaccountedRelease(RuntimeError):
+    """A reply would carry a field outside the release manifest, or a DP field whose ledger entry is missing."""
 
 
 def _raw_config(msg: Message) -> dict:
@@ -98,12 +105,62 @@ def consent_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     return call_next(msg, context)
 
 
+def _ledger_has(state, purpose: str, run_id: str, server_round: int) -> bool:
+    return any(e.purpose == purpose and e.details.get("run_id") == run_id
+               and (purpose != "dp-sgd" or e.details.get("round") == server_round) for e in state.ledger().entries)
+
+
+def _check_ledger(msg: Message, context: Context, needed: set[str]) -> None:
+    """Every ledger entry ``needed`` is on the device for this run (and round), written before the reply leaves."""
+    from clients.tasks import open_device, resolve_user
+    from clients.state import UserState
+    from fedpers.federated import FederatedConfig
+
+    raw = _raw_config(msg)
+    config = FederatedConfig.from_record(raw)
+    node_config = dict(context.node_config)
+    state = open_device(node_config) if node_config.get("store") else UserState(config.state_dir, resolve_user(config, node_config))
+    run_id, server_round = str(raw["run-id"]), int(raw.get("server-round", 0))
+    if config.persona_mode != "inferred" or not str(raw.get("trained-personas", "")):
+        needed = needed - {"persona-choice"}  # declared, or cold start on the global adapter: nothing was chosen
+    missing = sorted(p for p in needed if not _ledger_has(state, p, run_id, server_round))
+    if missing:
+        raise UnaccountedRelease(f"user {state.user_id}: reply of round {server_round} not sent: no ledger entry "
+                                 f"{', '.join(missing)} for run {run_id} on the device")
+
+
+def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Let a reply leave only if every field is in the release manifest (:mod:`fedpers.releases`) and every
+    DP field's ledger entry is already on the device; otherwise log it and send an error instead."""
+    stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE)  # secaggplus_mod pops it
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    message_type, fields = reply.metadata.message_type, fields_of(reply.content)
+    undeclared = undeclared_fields(message_type, stage, fields)
+    if undeclared:
+        err = UnaccountedRelease(f"reply not sent: fields outside the release manifest: {', '.join(undeclared)}")
+        log(ERROR, "fedpers: %s", err)
+        raise err
+    raw = _raw_config(msg) if fields & {("secaggplus_configs", "masked_params"), ("fitres.metrics", "persona-index"),
+                                       ("metrics", "persona-index")} or stage is None else {}
+    needed = required_ledger(message_type, stage, fields, bool(raw.get("dp", False)), raw.get("persona-mode") == "inferred")
+    if needed:
+        try:
+            _check_ledger(msg, context, needed)
+        except UnaccountedRelease as err:
+            log(ERROR, "fedpers: %s", err)
+            raise
+    return reply
+
+
 def make_client_app(mods: list | None = None, outer_mods: list | None = None) -> ClientApp:
     """The fedpers ClientApp: ``[*outer_mods, consent_mod, secaggplus_mod, fixedclipping_mod, *mods]``.
 
     ``outer_mods`` see what leaves the device (e.g. :func:`clients.wire.record_replies`); ``mods``
-    see the plain upload before it is clipped and masked."""
-    client_app = ClientApp(mods=[*(outer_mods or []), consent_mod, *CLIENT_MODS, *(mods or [])])
+    see the plain upload before it is clipped and masked. :func:`release_guard` stops any reply that
+    the release manifest does not cover."""
+    client_app = ClientApp(mods=[*(outer_mods or []), release_guard, consent_mod, *CLIENT_MODS, *(mods or [])])
     client_app.train()(train)
     client_app.query()(persona)
     return client_app

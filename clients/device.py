@@ -35,8 +35,6 @@ from fedpers.privacy.ledger import PrivacyLedger
 PROFILE, CONVERSATIONS, FEEDBACK, LEDGER = "profile", "conversations", "feedback", "ledger"
 EMBEDDING, ADAPTERS_INFO, ADAPTER_PREFIX = "embedding", "adapters-info", "adapters/"
 DP_PLAN, PERSONA_CHOICE, UPLOAD_PREFIX = "dp-plan", "persona-choice", "uploads/"
-DEFAULT_DELTA = 1e-5
-
 
 @dataclass(frozen=True)
 class Profile:
@@ -50,7 +48,7 @@ class Profile:
 class StoreLedger(PrivacyLedger):
     """A :class:`PrivacyLedger` kept as the store's ``ledger`` item (locked by a file beside it)."""
 
-    def __init__(self, store: EncryptedStore, user_id: str, delta: float = DEFAULT_DELTA, cap: float | None = None) -> None:
+    def __init__(self, store: EncryptedStore, user_id: str, delta: float | None = None, cap: float | None = None) -> None:
         self.store = store
         super().__init__(store.directory / f"{LEDGER}{ITEM_SUFFIX}", user_id, delta, cap)
 
@@ -156,8 +154,8 @@ class DeviceStore:
         self.store.put_json(FEEDBACK, [c.to_dict() for c in [*self.feedback(), conversation]])
 
     # privacy
-    def ledger(self, delta: float = DEFAULT_DELTA) -> StoreLedger:
-        """The ledger, capped at the consented budget."""
+    def ledger(self, delta: float | None = None) -> StoreLedger:
+        """The ledger, capped at the consented budget (``delta``: the run's; ``None``: the stored one)."""
         return StoreLedger(self.store, self.user_id, delta, cap=self.consent().budget)
 
     # what the ClientApp keeps (see clients.state.ClientState)

@@ -42,13 +42,19 @@ def private_persona_choice(
     pad_token_id: int,
     ledger: PrivacyLedger,
     noise_multiplier: float = SELECTION_NOISE,
+    details: dict | None = None,
 ) -> dict[str, float]:
-    """Noisy clipped loss sums of each candidate adapter (lower is better); the spending is recorded first."""
+    """Noisy clipped loss sums of each candidate adapter (lower is better); the spending is recorded first.
+
+    Scored with the user embedding off: it is trained without DP, so a score computed through it would
+    not be covered by this mechanism's guarantee (and would depend on whatever embedding is loaded).
+    """
     entry = ledger.record(LedgerEntry("persona-choice", [GaussianEvent(noise_multiplier, 1.0, 1)],
-                                      {"candidates": candidates, "loss_clip": LOSS_CLIP}))
+                                      {"candidates": candidates, "loss_clip": LOSS_CLIP} | (details or {})))
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     std = noise_multiplier * math.sqrt(len(candidates)) * LOSS_CLIP
     scores = {}
+    model.use_user_embedding = False
     for name in candidates:
         load_adapter_arrays(model.lm, adapters[name])
         total = float(np.clip(example_losses(model, examples, pad_token_id), 0.0, LOSS_CLIP).sum())

@@ -38,7 +38,7 @@ class ClientState(Protocol):
 
     user_id: str
 
-    def ledger(self, delta: float) -> PrivacyLedger: ...
+    def ledger(self, delta: float | None = None) -> PrivacyLedger: ...
 
     def plan(self, run_id: str) -> DPPlan | None: ...
 
@@ -82,7 +82,7 @@ class UserState:
     def embedding_path(self) -> Path:
         return self.root / "user_embedding.safetensors"
 
-    def ledger(self, delta: float) -> PrivacyLedger:
+    def ledger(self, delta: float | None = None) -> PrivacyLedger:
         return PrivacyLedger(self.root / "ledger.json", self.user_id, delta)
 
     def plan(self, run_id: str) -> DPPlan | None:

@@ -1,4 +1,4 @@
-"""What a client computes for one message: its persona, the DP-SGD update in its slot, held-out loss sums.
+"""What a client computes for one message: its persona and the DP-SGD update in its slot.
 
 The user's data and state come from the simulation's data set and plain files (:class:`UserState`),
 or on a real device from its encrypted store (node config ``store``, see :mod:`clients.device`):
@@ -6,7 +6,7 @@ then the client also checks the user's consent first, trains within the consente
 (its ledger refuses any spending past it) and keeps the adapters it received in the store.
 
 What an upload carries: float arrays, zero outside the client's slot, and a count. Never the user's
-text, token ids, user embedding or ledger. Uploads are cached per round, so a secure-aggregation
+text, token ids, user embedding, ledger or any held-out evaluation. Uploads are cached per round, so a secure-aggregation
 retry re-sends the same vector without training again.
 """
 
@@ -28,8 +28,7 @@ from clients.persona import choose_persona, private_persona_choice
 from clients.runtime import ModelEnvironment, UserData, device_user_data, model_environment, user_data, user_ids
 from clients.state import ClientState, DPPlan, Upload, UserState
 from fedpers.aggregation import clip_delta
-from fedpers.aggregation.slots import SlotLayout, pack_stats
-from fedpers.evaluation import evaluate
+from fedpers.aggregation.slots import SlotLayout
 from fedpers.federated import FederatedConfig, adapters_from_bytes
 from fedpers.local import LocalTrainConfig, set_trainable, train_local
 from fedpers.models import load_adapter_arrays
@@ -82,7 +81,7 @@ def prepare(raw: dict, node_config: dict) -> Task:
     if node_config.get("store"):
         device = open_device(node_config)
         check_participation(device.user_id, device.consent(), device.ledger(config.delta).spent().epsilon)
-        if raw.get("task") in ("train", "evaluate"):
+        if raw.get("task") == "train":
             device.keep_adapters(_adapters_info(config, raw), adapters)
         return Task(config, raw, adapters, env, device_user_data(config, device, env), device)
     data = user_data(config, resolve_user(config, node_config), env)
@@ -107,7 +106,8 @@ def _save_embedding(env: ModelEnvironment, state: ClientState) -> None:
 
 
 def _noise_seed(config: FederatedConfig, user_id: str, server_round: int, purpose: str) -> int | None:
-    """Fresh OS entropy unless the run seeds DP noise (``noise_seed >= 0``, for reproducible comparisons)."""
+    """``None`` (the sampler and the noise draw from the device's OS CSPRNG) unless the run sets the benchmark
+    switch ``noise_seed >= 0``: then a seed derived from it, and the run is marked not private."""
     if config.noise_seed < 0:
         return None
     digest = hashlib.sha256(f"{config.noise_seed}/{user_id}/{server_round}/{purpose}".encode()).digest()
@@ -125,7 +125,7 @@ def assignment(task: Task):
     if cached is not None:
         return choose_persona(cached, personas, trained, None)
     scores = private_persona_choice(task.env.model, task.adapters, trained, task.data.train, task.env.pad_token_id,
-                                    state.ledger(config.delta))
+                                    state.ledger(config.delta), details={"run_id": str(raw["run-id"])})
     choice = choose_persona(None, personas, trained, scores)
     state.save_persona_choice(str(raw["run-id"]), choice.persona)
     return choice
@@ -175,13 +175,14 @@ def train_upload(task: Task) -> Upload:
     dp = DPConfig(enabled=False)
     if config.dp:
         plan = _dp_plan(task, ledger)
-        dp = DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=config.delta)
-    seed = config.seed * 1000 + server_round
+        dp = DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=config.delta,
+                      ledger_details={"run_id": str(raw["run-id"]), "round": server_round})
     local = LocalTrainConfig(
-        lora=TrainConfig(steps=config.local_steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=seed,
+        lora=TrainConfig(steps=config.local_steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
                          noise_seed=_noise_seed(config, data.user_id, server_round, "dp-sgd")),
         dp=dp,
-        embedding=TrainConfig(steps=config.embedding_steps, batch_size=config.batch_size, learning_rate=config.embedding_lr, seed=seed),
+        embedding=TrainConfig(steps=config.embedding_steps, batch_size=config.batch_size, learning_rate=config.embedding_lr,
+                              noise_seed=_noise_seed(config, data.user_id, server_round, "embedding")),
     )
     result = train_local(env.model, data.train, env.pad_token_id, local, ledger)
     _save_embedding(env, state)
@@ -194,34 +195,7 @@ def train_upload(task: Task) -> Upload:
     return upload, metrics
 
 
-def evaluate_upload(task: Task) -> Upload:
-    """Held-out loss sums of the global and persona adapters (final round: also the base model and the
-    persona adapter with the user's embedding), in the row of the client's persona."""
-    config, raw, env, data, state = task.config, task.raw, task.env, task.data, task.state
-    choice = assignment(task)
-    model, pad = env.model, env.pad_token_id
-    model.use_user_embedding = False
-    values: dict[str, float] = {"count": 1.0}
-    variants = {"global": task.adapters[GLOBAL], "persona": task.adapters[choice.persona]}
-    if raw.get("final", False):
-        variants["base"] = {k: np.zeros_like(v) for k, v in task.adapters[GLOBAL].items()}
-    for name, arrays in variants.items():
-        load_adapter_arrays(model.lm, arrays)
-        result = evaluate(model, data.heldout, pad)
-        values[f"loss-sum-{name}"], values["tokens"] = result.loss * result.tokens, float(result.tokens)
-    if raw.get("final", False) and state.embedding() is not None:
-        load_adapter_arrays(model.lm, task.adapters[choice.persona])
-        _load_embedding(env, state)
-        model.use_user_embedding = True
-        result = evaluate(model, data.heldout, pad)
-        values["loss-sum-persona-embedding"] = result.loss * result.tokens
-        model.use_user_embedding = False
-    slots = str(raw["slots"]).split(",")
-    metrics = {} if config.persona_hiding else {"persona-index": persona_index(config, choice.persona)}
-    return pack_stats(slots, _slot(raw, choice.persona), values), metrics
-
-
-TASKS = {"train": train_upload, "evaluate": evaluate_upload}
+TASKS = {"train": train_upload}
 
 
 def answer(task: Task) -> Upload:

@@ -10,8 +10,9 @@ arrays or, under SecAgg+, as ``.npy`` bytes inside config records; both are list
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def record_replies(directory: Path | str) -> Callable:
         if reply.has_error():
             return reply
         payload = payload_bytes(reply)
-        entry = manifest_entry(msg, reply, context, payload) | {"secagg_stage": stage}
+        entry = manifest_entry(msg, reply, context, payload) | {"secagg_stage": stage, "sent_at": time.time()}
         root.mkdir(parents=True, exist_ok=True)
         stem = f"{entry['partition_id']}-{entry['round']}-{entry['message_type']}-{entry['payload_sha256'][:12]}"
         (root / f"{stem}.bin").write_bytes(payload)

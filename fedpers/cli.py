@@ -66,11 +66,11 @@ def _train_local(args: argparse.Namespace) -> int:
         lora=LoraSettings(r=args.lora_rank, alpha=2 * args.lora_rank, top_layers=args.lora_layers or None, init_seed=args.seed),
         embedding_tokens=args.embedding_tokens,
         train=LocalTrainConfig(
-            lora=TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, progress=True),
+            lora=TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=True),
             dp=DPConfig(enabled=not args.no_dp, target_epsilon=args.epsilon, delta=args.delta,
                         noise_multiplier=args.noise_multiplier, max_grad_norm=args.clip, clip_quantile=args.clip_quantile),
             embedding=TrainConfig(steps=args.embedding_steps, batch_size=args.batch_size, learning_rate=args.embedding_lr,
-                                  seed=args.seed, progress=True),
+                                  progress=True),
             scheme=args.scheme,
         ),
         out=args.out,

@@ -77,7 +77,7 @@ def run_local(config: LocalRunConfig, log=print) -> LocalRunReport:
     """Train one user privately and report held-out loss before and after, and epsilon spent."""
     started = time.perf_counter()
     conversations = _user_conversations(config)
-    train_convs, heldout_convs = train_heldout_split(conversations, config.heldout_fraction, seed=config.train.lora.seed)
+    train_convs, heldout_convs = train_heldout_split(conversations, config.heldout_fraction, seed=config.synthetic.seed)
     log(f"user {config.user_id}: {len(train_convs)} training and {len(heldout_convs)} held-out conversations")
     base_model, tokenizer = load_base_model(config.model)
     train_ex = encode_conversations(tokenizer, train_convs, config.max_length)

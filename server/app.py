@@ -1,13 +1,14 @@
-"""The fedpers ServerApp: per-persona federated training under Flower's SecAgg+, evaluation and outputs.
+"""The fedpers ServerApp: per-persona federated training under Flower's SecAgg+, and the run's outputs.
 
 SecAgg+ in Flower runs through the legacy workflow API, so the app's ``main`` builds a
-``LegacyContext`` and runs ``DefaultWorkflow(fit_workflow=..., evaluate_workflow=...)``:
+``LegacyContext`` and runs ``DefaultWorkflow(fit_workflow=...)``: :class:`server.secagg.SecAggPlusRound`
+(or Flower's plain fit workflow when ``secure_aggregation`` is off) driving
+:class:`server.strategy.PersonaTraining`, wrapped in Flower's
+``DifferentialPrivacyClientSideFixedClipping`` under user-level DP.
 
-- training: :class:`server.secagg.SecAggPlusRound` (or Flower's plain fit workflow when
-  ``secure_aggregation`` is off) driving :class:`server.strategy.PersonaTraining`, wrapped in
-  Flower's ``DifferentialPrivacyClientSideFixedClipping`` under user-level DP;
-- evaluation: a second aggregation of the same kind, of held-out loss sums
-  (:class:`server.strategy.PersonaEvaluation`).
+Devices send no held-out evaluation (it would be a release no ledger covers). A simulation passes an
+``evaluator``: the experimenter's own held-out evaluation after every round, run outside the
+federated protocol (see :mod:`simulations.evaluator`); a deployment has none.
 
 Without persona hiding and with SecAgg+, clients first tell their persona (in clear) and each
 persona group is aggregated in its own SecAgg+ session.
@@ -38,7 +39,6 @@ from flwr.server.workflow.default_workflows import default_fit_workflow
 from flwr.serverapp import Grid, ServerApp
 
 from fedpers.aggregation.secure import QuantizationPlan
-from fedpers.aggregation.slots import STATS_BOUND
 from fedpers.audit.wire import MANIFEST, WIRE
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
@@ -48,7 +48,13 @@ from server.outputs import dp_note, evaluation_table, format_table, plot_heldout
 from server.received import ReceivedManifest, both
 from server.registry import publish
 from server.secagg import SecAggPlusRound
-from server.strategy import PersonaEvaluation, PersonaTraining, user_clip_norm
+from server.strategy import PersonaTraining, user_clip_norm
+
+Adapters = dict[str, dict[str, np.ndarray]]
+Evaluator = Callable[[int, Adapters, set[str], str, bool], dict]
+"""``evaluator(round, adapters, trained personas, run id, final)`` -> one evaluation history record."""
+NO_EVALUATION = ("none: devices send no held-out evaluation in a deployment (it would be a release of the users' "
+                 "data that no ledger covers)")
 
 
 
@@ -106,7 +112,7 @@ class PersonaGroups:
         server_round = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
         self.strategy.start_round()
         self._ask(grid, context, server_round)
-        count = self.strategy.num_sampled if self.strategy.task == "train" else self.strategy.num_nodes
+        count = self.strategy.num_sampled
         sampled = {c.node_id for c in context.client_manager.sample(count, count)}
         groups: dict[str, set[int]] = {}
         for node, persona in self.personas.items():
@@ -132,12 +138,13 @@ def _params(context: LegacyContext):
 
 
 def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: Path, expected_nodes: int | None = None,
-               observer: Callable | None = None, engine: str = "deployment") -> dict:
+               observer: Callable | None = None, engine: str = "deployment", evaluator: Evaluator | None = None) -> dict:
     """Run all rounds, then write adapters, metrics, the plot and the headline table into ``run_dir``.
 
     ``engine`` is ``"simulation"`` when ``fedpers simulate`` runs the app (it records the clients' side of the
     wire and writes the audit itself); otherwise the server records what it received and, with ``audit`` on,
-    writes the audit report of what it holds before the adapters are published."""
+    writes the audit report of what it holds before the adapters are published. ``evaluator`` (simulations
+    only) evaluates the adapters after every round, outside the federated protocol."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex
@@ -153,25 +160,23 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
         ledgers = {name: PrivacyLedger(ledger_dir / f"{name}.json", f"adapter:{name}", config.delta)
                    for name in [GLOBAL, *config.persona_names]}
     training = PersonaTraining(config, run_id, nodes, config.secure_aggregation, adapters, trained, ledgers)
-    evaluation = PersonaEvaluation(training)
+    history: list[dict] = []
     strategy = training
     if config.user_dp:
         strategy = DifferentialPrivacyClientSideFixedClipping(training, config.user_noise_multiplier,
                                                               user_clip_norm(config), training.num_sampled)
     train_context = LegacyContext(context, ServerConfig(num_rounds=config.rounds), strategy)
-    eval_context = LegacyContext(context, ServerConfig(num_rounds=config.rounds), evaluation, train_context.client_manager)
 
     sessions: list[SecAggPlusRound] = []
     if config.secure_aggregation:
         record = engine != "simulation" and config.record_wire
         if record:  # this run's replies only, should the run directory be reused
             (run_dir / WIRE / MANIFEST).unlink(missing_ok=True)
-        observers = {label: both(observer, ReceivedManifest(run_dir, label) if record else None) for label in ("training", "evaluation")}
-        train_session = _secure_round(config, config.update_clip, "training", observers["training"], nodes)
-        eval_session = _secure_round(config, STATS_BOUND, "evaluation", observers["evaluation"], nodes)
-        sessions = [train_session, eval_session]
+        train_session = _secure_round(config, config.update_clip, "training",
+                                      both(observer, ReceivedManifest(run_dir, "training") if record else None), nodes)
+        sessions = [train_session]
     else:
-        train_session = eval_session = default_fit_workflow
+        train_session = default_fit_workflow
 
     def absorb(ctx: LegacyContext) -> None:
         training.absorb(_params(ctx))
@@ -179,33 +184,38 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
     if config.secure_aggregation and not config.persona_hiding:
         train_flow = PersonaGroups(training, training.persona, train_session, absorb,
                                    lambda r, n: training.finish_groups(r, n, 0))
-        eval_flow = PersonaGroups(evaluation, training.persona, eval_session, lambda ctx: None,
-                                  lambda r, n: evaluation.finish_groups(r, 0), personas=train_flow.personas)
     else:
-        train_flow, eval_flow = train_session, eval_session
+        train_flow = train_session
 
     def fit_workflow(grid: Grid, ctx: LegacyContext) -> None:
+        server_round = int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
         before = len(training.history)
         train_flow(grid, ctx)
         absorb(ctx)
         if len(training.history) == before:
-            log(WARNING, "round %s: no update was applied (see the failures above)",
-                ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
+            log(WARNING, "round %s: no update was applied (see the failures above)", server_round)
+        if evaluator is not None and config.evaluate:
+            history.append(evaluator(server_round, training.adapters, set(training.trained), run_id,
+                                     server_round >= config.rounds))
 
     def evaluate_workflow(grid: Grid, ctx: LegacyContext) -> None:
-        if config.evaluate:
-            eval_flow(grid, eval_context)
+        """Devices are never asked for an evaluation (see the module docstring)."""
 
     mode = ("SecAgg+ " + ("with persona hiding" if config.persona_hiding else "per persona group")
             if config.secure_aggregation else "plain (the server sees each update)")
     log(INFO, "fedpers: %d nodes, %d rounds, personas: %s; aggregation: %s; DP-SGD %s%s", nodes, config.rounds,
         ", ".join(config.persona_names), mode, f"on (epsilon {config.epsilon}, delta {config.delta})" if config.dp else "off",
         f"; user-level DP noise multiplier {config.user_noise_multiplier}" if config.user_dp else "")
+    if config.noise_seed >= 0:
+        log(WARNING, "fedpers: %s", private_randomness(config)["source"])
+    if config.evaluate and evaluator is None:
+        log(INFO, "fedpers: held-out evaluation: %s", NO_EVALUATION)
     DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=evaluate_workflow)(grid, train_context)
 
     save_adapters(run_dir, peft_model, training.adapters)
-    history = evaluation.history
     table = evaluation_table(history[-1]) if history else None
+    evaluated = {e["round"]: e for e in history}
+    source = getattr(evaluator, "source", "the caller's evaluator") if evaluator is not None else NO_EVALUATION
     payload = {
         "run_id": run_id,
         "engine": engine,
@@ -214,9 +224,11 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
                         "slots": list(training.slots), "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
                         "adapter_floats": training.layout.adapter_size, "update_clip": config.update_clip,
                         "sessions": [h for s in sessions for h in s.history]},
-        "rounds": [{**t, **{f"eval_{k}": v for k, v in e.items() if k != "round"}}
-                   for t, e in zip(training.history, history + [{}] * (len(training.history) - len(history)))],
+        "rounds": [{**t, **{f"eval_{k}": v for k, v in evaluated.get(t["round"], {}).items() if k != "round"}}
+                   for t in training.history],
         "evaluation": table,
+        "evaluation_source": source,
+        "private_randomness": private_randomness(config),
         "wall_seconds": time.perf_counter() - started,
     }
     if config.user_dp:
@@ -226,17 +238,26 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
     if history:
         plot_heldout(history, run_dir / "heldout_loss.png")
     if table is not None:
-        text = format_table(table, dp_note(config))
+        text = format_table(table, dp_note(config)) + f"\nevaluated by {source}"
         (run_dir / "evaluation.txt").write_text(text + "\n")
         log(INFO, "\n%s", text)
-    elif config.evaluate:
-        log(WARNING, "no evaluation was aggregated")
+    elif config.evaluate and evaluator is not None:
+        log(WARNING, "no evaluation was recorded")
     if config.audit and engine != "simulation":
         _write_audit(run_dir)
     if config.registry:
         version = publish(run_dir, config.registry)
         log(INFO, "fedpers: adapters published to the registry as %s (now latest)", version.path)
     return payload
+
+
+def private_randomness(config: FederatedConfig) -> dict:
+    """Whether the devices drew DP-SGD's sampling and noise from their OS CSPRNG (``private``), or from the
+    benchmark switch ``noise_seed``, which makes the run reproducible and not private."""
+    if config.noise_seed < 0:
+        return {"private": True, "source": "each device's OS CSPRNG, fresh for every training"}
+    return {"private": False, "source": f"noise_seed = {config.noise_seed} (benchmark switch): NOT PRIVATE, whoever "
+            "knows the seed can replay every batch and noise draw"}
 
 
 def _write_audit(run_dir: Path) -> None:
@@ -261,7 +282,7 @@ def config_from_context(context: Context) -> tuple[FederatedConfig, Path]:
 
 
 def make_server_app(config: FederatedConfig | None = None, run_dir: Path | None = None, expected_nodes: int | None = None,
-                    observer: Callable | None = None) -> ServerApp:
+                    observer: Callable | None = None, evaluator: Evaluator | None = None) -> ServerApp:
     """A ServerApp for the given settings (``fedpers simulate``), or one that reads them from the run config.
 
     ``observer(stage, message)`` sees every reply of a secure-aggregation session (tests)."""
@@ -271,7 +292,7 @@ def make_server_app(config: FederatedConfig | None = None, run_dir: Path | None 
     def main(grid: Grid, context: Context) -> None:
         cfg, directory = config_from_context(context) if config is None else (config, run_dir)
         run_server(grid, context, cfg, Path(directory), expected_nodes, observer,
-                   engine="deployment" if config is None else "simulation")
+                   engine="deployment" if config is None else "simulation", evaluator=evaluator)
 
     return server_app
 

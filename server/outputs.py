@@ -50,7 +50,10 @@ def evaluation_table(final: dict) -> dict:
 
 def dp_note(config: FederatedConfig) -> str:
     """How the table's adapters were trained, privacy-wise."""
-    return f"DP-SGD on, per-user epsilon <= {config.epsilon} (delta {config.delta})" if config.dp else "DP off"
+    if not config.dp:
+        return "DP off"
+    note = f"DP-SGD on, per-user epsilon <= {config.epsilon} (delta {config.delta})"
+    return note if config.noise_seed < 0 else f"{note}, but NOT PRIVATE: DP randomness seeded by noise_seed (benchmark switch)"
 
 
 def format_table(table: dict, note: str) -> str:

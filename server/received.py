@@ -9,6 +9,7 @@ not the payloads. The privacy audit of the run reads it (``fedpers.audit.wire``)
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,8 @@ class ReceivedManifest:
             return
         entry = {"recorded_by": "server", "node_id": reply.metadata.src_node_id, "partition_id": None,
                  "round": message_round(reply), "message_type": reply.metadata.message_type, "task": None,
-                 "session": self.session, "secagg_stage": stage, **reply_contents(reply, payload_bytes(reply))}
+                 "session": self.session, "secagg_stage": stage, "received_at": time.time(),
+                 **reply_contents(reply, payload_bytes(reply))}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(entry) + "\n")

@@ -1,11 +1,11 @@
 """Strategies of a fedpers round (Flower's legacy ``Strategy`` API, which drives SecAgg+).
 
-A round has two aggregations, both of sums of slot vectors (:mod:`fedpers.aggregation.slots`):
-
-- :class:`PersonaTraining`: clients train and upload their clipped adapter delta in the slot of
-  their persona. The sum gives per-persona sums and counts; each persona adapter (with at least
-  ``min_clients`` contributors) and the global adapter take a server-optimizer step on the mean.
-- :class:`PersonaEvaluation`: clients upload held-out loss sums in the row of their persona.
+A round is one aggregation of sums of slot vectors (:mod:`fedpers.aggregation.slots`):
+:class:`PersonaTraining` has clients train and upload their clipped adapter delta in the slot of
+their persona. The sum gives per-persona sums and counts; each persona adapter (with at least
+``min_clients`` contributors) and the global adapter take a server-optimizer step on the mean.
+Devices send nothing else: held-out evaluation is not part of the protocol (an upload of held-out
+loss sums would be a release of the user's data that no ledger covers).
 
 Under secure aggregation every ``FitRes`` the strategy receives carries the same unmasked mean of
 the uploads (Flower's SecAgg+ design); in plain mode each carries one client's upload. Either way
@@ -34,7 +34,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from fedpers.aggregation import make_optimizer, means_from_sums
-from fedpers.aggregation.slots import SlotLayout, unpack_stats
+from fedpers.aggregation.slots import SlotLayout
 from fedpers.federated import FederatedConfig, adapters_to_bytes
 from fedpers.privacy.accounting import GaussianEvent
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
@@ -74,7 +74,7 @@ class FitOnly(Strategy):
 
 
 class _Rounds(FitOnly):
-    """Sampling and instructions shared by the training and evaluation strategies."""
+    """Sampling and the round instructions."""
 
     task = "train"
 
@@ -112,8 +112,7 @@ class _Rounds(FitOnly):
         if self.group is not None:
             clients = [c for c in client_manager.all().values() if c.node_id in self.group[1]]
         else:
-            count = self.num_sampled if self.task == "train" else self.num_nodes
-            clients = client_manager.sample(num_clients=count, min_num_clients=count)
+            clients = client_manager.sample(num_clients=self.num_sampled, min_num_clients=self.num_sampled)
         fit_ins = FitIns(ndarrays_to_parameters(self.reference()), self.instructions(server_round))
         return [(client, fit_ins) for client in clients]
 
@@ -240,62 +239,3 @@ class PersonaTraining(_Rounds):
 def user_clip_norm(config: FederatedConfig) -> float:
     """L2 bound of a whole upload: the clipped delta plus the count entry, both at most ``update_clip``."""
     return math.sqrt(2.0) * config.update_clip
-
-
-class PersonaEvaluation(_Rounds):
-    """Held-out loss sums per persona, summed over clients (see the module docstring)."""
-
-    task = "evaluate"
-
-    def __init__(self, training: PersonaTraining) -> None:
-        config = training.config
-        slots = (GLOBAL, *config.persona_names) if config.persona_hiding else (SINGLE_SLOT,)
-        super().__init__(config, training.run_id, training.num_nodes, training.secure, slots)
-        self.training = training
-        self.history: list[dict] = []
-        self._started = 0.0
-        self._group_stats: dict[str, dict] = {}
-
-    def current(self) -> tuple[Adapters, set[str]]:
-        return self.training.adapters, self.training.trained
-
-    def configure_fit(self, server_round, parameters, client_manager):
-        if self.group is None:
-            self.start_round()
-        return super().configure_fit(server_round, parameters, client_manager)
-
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list) -> tuple[None, dict]:
-        if not results:
-            return None, {}
-        if not self.secure and not self.config.persona_hiding:
-            stats = {}
-            for _, res in results:
-                persona = self.training.persona(int(res.metrics["persona-index"]))
-                row = unpack_stats(self.slots, parameters_to_ndarrays(res.parameters))[SINGLE_SLOT]
-                stats[persona] = {k: stats.get(persona, {}).get(k, 0.0) + v for k, v in row.items()}
-        else:
-            stats = unpack_stats(self.slots, upload_sum(results, self.secure))
-            if self.group is not None:
-                self._group_stats[self.group[0]] = stats[SINGLE_SLOT]
-                return None, {}
-        self.record(server_round, stats, len(failures))
-        return None, {}
-
-    def finish_groups(self, server_round: int, failures: int) -> None:
-        stats, self._group_stats = self._group_stats, {}
-        self.record(server_round, stats, failures)
-
-    def record(self, server_round: int, stats: dict[str, dict[str, float]], failures: int) -> None:
-        losses, users, tokens = {}, {}, {}
-        for persona, row in stats.items():
-            if row["count"] < 1:
-                continue
-            users[persona], tokens[persona] = int(row["count"]), int(round(row["tokens"]))
-            losses[persona] = {key.removeprefix("loss-sum-"): row[key] / max(row["tokens"], 1.0)
-                               for key in row if key.startswith("loss-sum-") and row[key] != 0.0}
-        self.history.append({"round": server_round, "heldout_loss": losses, "users": users, "tokens": tokens,
-                             "failures": failures, "evaluate_seconds": time.perf_counter() - self._started})
-        log(INFO, "round %d held-out loss (persona adapter / global): %s", server_round,
-            "; ".join(f"{p} {d.get('persona', float('nan')):.3f}/{d.get('global', float('nan')):.3f}" for p, d in losses.items()))
-
-

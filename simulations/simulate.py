@@ -47,7 +47,8 @@ HELP = {
     "secagg_threshold": "fraction of those shares needed to rebuild a dropped client's masks",
     "secagg_timeout": "seconds each SecAgg+ stage waits for replies",
     "secagg_retries": "times a failed secure round is run again before the run stops with an error",
-    "evaluate": "aggregate held-out loss sums per persona after every round",
+    "evaluate": "held-out loss per persona after every round (simulation: the experimenter's evaluator, outside the "
+                "federated protocol; devices never send it)",
     "user_dp": "user-level DP (DP-FedAvg): clip each whole upload, add Gaussian noise to the sum; needs persona hiding",
     "user_noise_multiplier": "user-level noise std as a multiple of the upload's clipping norm",
     "noise_seed": "seed of all DP noise (reproducible comparisons only); -1: fresh OS entropy",
@@ -115,6 +116,7 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
     from clients.app import make_client_app
     from clients.runtime import user_ids
     from server.app import make_server_app
+    from simulations.evaluator import SimulationEvaluator
 
     users = user_ids(config)
     if config.record_wire:
@@ -129,7 +131,8 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False},
     }
-    run_simulation(server_app=make_server_app(config, run_dir, len(users), observer),
+    evaluator = SimulationEvaluator(config, users) if config.evaluate else None
+    run_simulation(server_app=make_server_app(config, run_dir, len(users), observer, evaluator),
                    client_app=make_client_app(inner_mods, client_mods), num_supernodes=len(users), backend_config=backend)
     metrics_path = run_dir / METRICS
     if not metrics_path.exists():

@@ -1,6 +1,7 @@
 """The client's persona choice: declared wins; inferred is IFCA under DP and recorded in the ledger."""
 
 import pytest
+import torch
 
 from clients.persona import choose_persona, private_persona_choice
 from fedpers.models import adapter_arrays
@@ -48,3 +49,22 @@ def test_inferred_choice_is_noisy_at_the_default_noise(tiny, examples, tmp_path)
                                         tok.pad_token_id, ledger)
         picks.add(min(scores, key=scores.get))
     assert picks == set(PERSONAS)
+
+
+def test_inferred_choice_does_not_depend_on_any_user_embedding(tiny, examples, tmp_path, monkeypatch):
+    """The IFCA scores are a DP release: the non-private user embedding must not enter them (issue 12, point 3)."""
+    import clients.persona as persona_module
+
+    model, tok = tiny
+    net = personalized(model, tok)
+    same = adapter_arrays(net.lm)
+    adapters = {"leadership": same, "field_worker": same}
+    monkeypatch.setattr(persona_module.os, "urandom", lambda n: b"\x01" * n)  # the same noise draws on both calls
+    scores = []
+    for fill in (0.0, 3.0):
+        with torch.no_grad():
+            net.user_embedding.embedding.weight.fill_(fill)
+        net.use_user_embedding = True  # as left by the embedding phase of an earlier user
+        ledger = PrivacyLedger(tmp_path / f"{fill}.json", "u")
+        scores.append(private_persona_choice(net, adapters, PERSONAS, examples, tok.pad_token_id, ledger))
+    assert scores[0] == scores[1]

@@ -73,6 +73,18 @@ def _check_audit(run_dir, published) -> float:
     return audit["spent"]["ceiling"]
 
 
+def _check_releases(run_dir) -> dict[int, float]:
+    """Every field of every reply the server received is in the release manifest; when each round's unmasking began."""
+    from fedpers.audit.wire import read_manifest
+    from fedpers.releases import recorded_fields, recorded_stage, undeclared_fields
+
+    manifest = read_manifest(run_dir)
+    assert manifest
+    for entry in manifest:
+        assert undeclared_fields(entry["message_type"], recorded_stage(entry), recorded_fields(entry)) == [], entry
+    return {r: min(e["received_at"] for e in manifest if e["round"] == r and recorded_stage(e) == "unmask") for r in (1, 2)}
+
+
 def test_two_rounds_across_processes_produce_persona_adapters(federation):
     root, procs, stores = federation.root, federation.procs, federation.stores
     run_dir, registry = root / "run", root / "registry"
@@ -100,13 +112,17 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
     assert initial
 
     ceiling = _check_audit(run_dir, version.path)
+    unmasking = _check_releases(run_dir)
     for user, (store, key) in stores.items():
         device = DeviceStore.open(store, key_file=key)
         assert sorted(device.adapter_names()) == sorted(["global", *PERSONAS])
         assert device.adapters_info()["run_id"] == metrics["run_id"] and device.embedding() is not None
         spent = device.ledger().spent().epsilon
         assert 0 < spent <= ceiling * (1 + 1e-9), (user, spent, ceiling)  # what the server's report claims, on each device
-        assert [e.purpose for e in device.ledger().entries].count("dp-sgd") == 2
+        charged = [e for e in device.ledger().entries if e.purpose == "dp-sgd"]
+        assert [(e.details["run_id"], e.details["round"]) for e in charged] == [(metrics["run_id"], 1), (metrics["run_id"], 2)]
+        for entry in charged:  # charged on the device before its upload left: before the round's unmasking began
+            assert entry.started_at < unmasking[entry.details["round"]]
         clear = [p.name for p in store.rglob("*") if p.is_file() and not p.name.endswith((".enc", ".lock"))]
         assert clear == ["store.json"]  # the header; every item is encrypted
 

@@ -57,6 +57,8 @@ def test_three_rounds_produce_persona_adapters(run):
     for row in table["rows"].values():
         assert all(row[k] is not None for k in ("base", "global", "persona", "persona-embedding"))
     assert "persona + user embedding" in (run_dir / "evaluation.txt").read_text()
+    assert "outside the federated protocol" in metrics["evaluation_source"]
+    assert "outside the federated protocol" in (run_dir / "evaluation.txt").read_text()
     assert read_json(run_dir / "run.json")["personas"] == config.persona_names
 
 
@@ -76,13 +78,13 @@ def test_nothing_a_client_sends_contains_its_text_or_token_ids(run):
     config, run_dir, _ = run
     wire = run_dir / "wire"
     manifest = [json.loads(line) for line in (wire / "manifest.jsonl").read_text().splitlines()]
-    # every reply of every client: 4 SecAgg+ stages for training and 4 for evaluation, 3 rounds, 10 clients
-    assert len(manifest) == 10 * 3 * 2 * 4
+    # every reply of every client: the 4 SecAgg+ stages of training, 3 rounds, 10 clients; no evaluation upload
+    assert len(manifest) == 10 * 3 * 4
     env = model_environment(config)
     users = user_ids(config)
     for pid, user in enumerate(users):
         payloads = [p.read_bytes() for p in wire.glob(f"{pid}-*.bin")]
-        assert len(payloads) == 24
+        assert len(payloads) == 12
         mine = [c for c in conversations(config) if c.user_id == user]
         texts = [t.text for c in mine for t in c.turns]
         data = user_data(config, user, env)
@@ -98,6 +100,28 @@ def test_nothing_a_client_sends_contains_its_text_or_token_ids(run):
         assert entry["metric_keys"] in ({}, {"fitres.num_examples": ["num_examples"]})
     stages = sorted({e["secagg_stage"] for e in manifest})
     assert stages == ["collect_masked_vectors", "setup", "share_keys", "unmask"]
+
+
+def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run):
+    """Each field of each recorded reply is a row of the release manifest; each DP field's ledger entry
+    (this run, this round) was written on the device before the reply was sent."""
+    from fedpers.releases import recorded_fields, recorded_stage, required_ledger, undeclared_fields
+
+    config, run_dir, metrics = run
+    users = user_ids(config)
+    manifest = [json.loads(line) for line in (run_dir / "wire" / "manifest.jsonl").read_text().splitlines()]
+    accounted = 0
+    for entry in manifest:
+        fields, stage = recorded_fields(entry), recorded_stage(entry)
+        assert fields and undeclared_fields(entry["message_type"], stage, fields) == [], entry
+        needed = required_ledger(entry["message_type"], stage, fields, config.dp, config.persona_mode == "inferred")
+        ledger = PrivacyLedger(run_dir / "client-state" / users[entry["partition_id"]] / "ledger.json", users[entry["partition_id"]])
+        for purpose in needed:
+            matching = [e for e in ledger.entries if e.purpose == purpose and e.details.get("run_id") == metrics["run_id"]
+                        and e.details.get("round") == entry["round"]]
+            assert len(matching) == 1 and matching[0].started_at < entry["sent_at"], (purpose, entry)
+            accounted += 1
+    assert accounted == 10 * 3  # one DP-SGD upload per client and round
 
 
 def test_scan_finds_text_and_token_ids_when_they_are_sent():
@@ -218,9 +242,13 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
         assert client["dp_parameters"]["rounds"] == 3 and not client["over_budget"]
     wire = audit["wire"]
     assert wire["secure_aggregation"] and wire["persona_hiding"] and wire["min_clients_released"] >= config.min_clients
-    assert wire["summary"]["messages"] == len(wire["manifest"]) == 240
-    assert wire["scan"]["payloads_scanned"] == 240 and wire["scan"]["leaks"] == [] and wire["scan"]["patterns"] > 1000
-    assert {f["level"] for f in audit["findings"]} <= {"ok", "warning"}
+    assert wire["summary"]["messages"] == len(wire["manifest"]) == 120
+    assert wire["scan"]["payloads_scanned"] == 120 and wire["scan"]["leaks"] == [] and wire["scan"]["patterns"] > 1000
+    # the run seeds DP randomness (benchmark switch): marked not private, and that is its only problem
+    problems = [f["text"] for f in audit["findings"] if f["level"] == "problem"]
+    assert len(problems) == 1 and problems[0].startswith("NOT PRIVATE") and "noise_seed = 7" in problems[0]
+    assert metrics["private_randomness"]["private"] is False
+    assert "NOT PRIVATE" in (run_dir / "evaluation.txt").read_text()
     html = (run_dir / "audit.html").read_text()
     assert "Privacy audit report" in html and html.count("data:image/png;base64,") >= 1
     assert "<script" not in html and "src=\"http" not in html  # self-contained: nothing fetched
@@ -254,5 +282,6 @@ def test_the_wire_scan_flags_a_deliberately_leaking_client(tmp_path):
     assert leaks and {x["user_id"] for x in leaks} == {leaker}
     assert any(x["what"] in secret_text for x in leaks)
     assert any(f["level"] == "problem" and "Leak scan" in f["text"] for f in audit["findings"])
+    assert any(f["level"] == "problem" and "debug/last_prompt" in f["text"] for f in audit["findings"])
     assert not list((tmp_path / "wire").glob("*.bin"))  # payloads pruned after the scan; the scan result stays
     assert (tmp_path / "wire" / "scan.json").exists()

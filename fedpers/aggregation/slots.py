@@ -5,9 +5,6 @@ each shaped like the whole adapter: its delta sits in the slot of the adapter it
 other slot is zero, followed by a count vector that holds ``count_value`` at the same index. The
 sum over clients therefore gives per-persona sums of deltas and per-persona counts, and nothing
 per client. Without hiding there is a single slot (the persona travels in clear instead).
-
-Evaluation statistics use the same idea with one row per slot: ``STATS`` columns, the client's
-sums in its own row, zeros elsewhere.
 """
 
 from __future__ import annotations
@@ -19,8 +16,6 @@ import numpy as np
 
 from fedpers.aggregation.updates import Arrays, check_compatible
 
-STATS_BOUND = float(2**20)  # SecAgg+ range of evaluation statistics: one client's sums stay below it
-STATS = ("loss-sum-global", "loss-sum-persona", "loss-sum-base", "loss-sum-persona-embedding", "tokens", "count")
 
 
 @dataclass(frozen=True)
@@ -77,28 +72,3 @@ class SlotLayout:
 
     def _zero_adapter(self) -> Arrays:
         return {name: np.zeros(shape, dtype=np.float32) for name, shape in self.shapes}
-
-
-def pack_stats(slots: Sequence[str], slot: str, values: Mapping[str, float]) -> list[np.ndarray]:
-    """Evaluation statistics as one ``(len(slots), len(STATS))`` array: the client's row, zeros elsewhere."""
-    unknown = sorted(set(values) - set(STATS))
-    if unknown:
-        raise ValueError(f"unknown statistics {unknown}; known: {list(STATS)}")
-    too_large = {k: v for k, v in values.items() if not abs(float(v)) < STATS_BOUND}
-    if too_large:
-        raise ValueError(f"evaluation statistics {too_large} exceed the secure-aggregation range {STATS_BOUND:g}")
-    table = np.zeros((len(slots), len(STATS)), dtype=np.float64)
-    table[list(slots).index(slot)] = [float(values.get(name, 0.0)) for name in STATS]
-    return [table]
-
-
-def unpack_stats(slots: Sequence[str], arrays: Sequence[np.ndarray]) -> dict[str, dict[str, float]]:
-    """Summed statistics per slot; counts are whole clients, so they are rounded."""
-    (table,) = arrays
-    table = np.asarray(table, dtype=np.float64).reshape(len(slots), len(STATS))
-    out = {}
-    for slot, row in zip(slots, table):
-        values = dict(zip(STATS, (float(v) for v in row)))
-        values["count"] = float(round(values["count"]))
-        out[slot] = values
-    return out

@@ -154,6 +154,11 @@ def _wire_html(wire: dict) -> str:
     if s["tensors"]:
         out.append(_table(["tensor that left a device (record/name)", "dtypes", "times sent", "MB"],
                           [[_e(k), _e(", ".join(v["dtypes"])), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["tensors"].items()]))
+    out.append("<h3>Release manifest</h3><p>Every kind of field a device may send, its privacy mechanism and the ledger "
+               "entry written on the device before the reply leaves. The ClientApp refuses to send any other field.</p>")
+    out.append(_table(["reply", "SecAgg+ stage", "field (record/key)", "mechanism", "ledger entry", "content"],
+                      [[_e(r["message"]), _e(r["stage"] or "—"), f"<code>{_e(r['record'])}/{_e(r['key'])}</code>",
+                        _e(r["mechanism"]), _e(", ".join(r["ledger"]) or "—"), _e(r["content"])] for r in wire.get("releases", [])]))
     out.append(_table(["client", "messages", "MB"],
                       [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in sorted(s["per_client"].items())]))
     rows = [[_e(e.get("partition_id") if e.get("partition_id") is not None else f"node {e['node_id']}"), _e(e.get("round")), _e(e.get("secagg_stage") or e.get("message_type")),

@@ -23,6 +23,7 @@ from fedpers.audit.signing import load_or_create_key, sign_files
 from fedpers.audit.spent import PLD_DISCRETIZATION, spent_from_ledger
 from fedpers.audit.wire import WIRE, payload_path, read_manifest, scan_run, summarize
 from fedpers.federated import FederatedConfig
+from fedpers.releases import manifest_table, recorded_fields, recorded_stage, undeclared_fields
 from fedpers.rundir import METRICS, RUN_CONFIG, read_json, write_json
 
 SCHEMA = "fedpers-audit/1"
@@ -124,7 +125,19 @@ def wire_section(run_dir: Path, config: FederatedConfig, users: list[str], metri
         "summary": summarize(manifest, users),
         "scan": _scan(run_dir, config, manifest, progress) if manifest and not by_server else None,
         "manifest": manifest,
+        "releases": manifest_table(),
+        "undeclared": undeclared_replies(manifest),
     }
+
+
+def undeclared_replies(manifest: list[dict]) -> list[dict]:
+    """Recorded replies with a field the release manifest does not declare (a modified or leaking client)."""
+    out = []
+    for e in manifest:
+        fields = undeclared_fields(e["message_type"], recorded_stage(e), recorded_fields(e))
+        if fields:
+            out.append({"node_id": e["node_id"], "partition_id": e.get("partition_id"), "round": e.get("round"), "fields": fields})
+    return out
 
 
 def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
@@ -163,6 +176,7 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
         add("warning", "Secure aggregation was off: the server saw each client's (DP-trained) update in clear.")
     if not wire["recorded"]:
         add("warning", "What crossed the wire was not recorded for this run: no manifest and no leak scan.")
+
     elif wire["recorded_by"] == "server":
         add("warning", f"The server recorded the {wire['summary']['messages']} replies it received (manifest below). The leak "
             "scan needs each user's text, which stays on the devices: run `fedpers simulate` with these settings on "
@@ -174,6 +188,11 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
         add("problem" if leaks else "ok",
             f"Leak scan: {wire['scan']['payloads_scanned']} payloads searched for {wire['scan']['patterns']} text fragments "
             f"and token-id n-grams of their own users; {len(leaks)} found.")
+    if wire["recorded"] and wire.get("undeclared"):
+        fields = sorted({f for r in wire["undeclared"] for f in r["fields"]})
+        add("problem", f"{len(wire['undeclared'])} replies carried fields outside the release manifest: {', '.join(fields)}.")
+    elif wire["recorded"]:
+        add("ok", f"Every field of the {wire['summary']['messages']} recorded replies is in the release manifest (section 2).")
     if attack is None:
         add("warning", "The canary attack was not run for this run (fedpers audit RUN_DIR --attack runs it).")
     else:
@@ -191,6 +210,15 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
                     + ("; the attack finds leakage when there is some." if run["auc"] > 0.6 else
                        "; the attack is weak on these settings, so a low bound with DP says little."))
     return out
+
+
+def randomness_findings(config: FederatedConfig) -> list[dict]:
+    """A run that seeded its DP randomness with the benchmark switch is not private, whatever its epsilon."""
+    if config.noise_seed < 0:
+        return []
+    return [{"level": "problem", "text": f"NOT PRIVATE: DP-SGD sampling and noise were seeded with the benchmark switch "
+             f"noise_seed = {config.noise_seed}; whoever knows it can replay every batch and every noise draw, so no "
+             "epsilon in this report holds. Use such runs for comparisons only."}]
 
 
 def build_audit(run_dir: Path, progress: bool = True) -> dict:
@@ -220,7 +248,7 @@ def build_audit(run_dir: Path, progress: bool = True) -> dict:
                 "personas": run_config["personas"], "clients": clients,
                 "engine": metrics.get("engine", "simulation"), "rounds": len(metrics.get("rounds", [])),
                 "wall_seconds": metrics.get("wall_seconds"), "settings": run_config["settings"]},
-        "findings": _findings(spent, wire, attack),
+        "findings": randomness_findings(config) + _findings(spent, wire, attack),
         "spent": spent,
         "wire": wire,
         "attack": attack,

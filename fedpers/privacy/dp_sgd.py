@@ -5,6 +5,12 @@ The privacy unit is one training example (one conversation). Each step draws a P
 ``max_grad_norm`` and adds Gaussian noise of std ``noise_multiplier * max_grad_norm`` to their sum;
 an empty sample still takes a noisy step, as the accountant assumes. The spending is written to
 the user's ledger before the first step.
+
+Both sources of randomness the guarantee rests on come from the device's OS CSPRNG
+(``os.urandom``), fresh for every call: the Poisson sampling (the accountant's amplification by
+subsampling assumes nobody else knows which examples a step used) and the Gaussian noise. Nothing
+that crosses the wire seeds them. ``TrainConfig.noise_seed`` seeds both for reproducible
+benchmarks and tests only; a run that sets it is not private.
 """
 
 from __future__ import annotations
@@ -52,18 +58,23 @@ class DPConfig:
     quantile_noise_multiplier: float = 5.0
     quantile_range: tuple[float, float] = (1e-4, 1.0)
     quantile_queries: int = 5
+    ledger_details: dict = field(default_factory=dict)  # added to the ledger entries (e.g. run id and round)
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings: ``batch_size`` is the expected Poisson batch size."""
+    """Optimisation settings: ``batch_size`` is the expected Poisson batch size.
+
+    ``noise_seed`` seeds the Poisson sampling and the noise (reproducible benchmarks and tests only:
+    whoever knows it knows every batch and every noise draw); ``None``, the default, draws both from
+    the OS CSPRNG.
+    """
 
     steps: int = 30
     batch_size: int = 8
     learning_rate: float = 2e-2
     weight_decay: float = 0.0
-    seed: int = 0
-    noise_seed: int | None = None  # None: fresh OS entropy, so the noise cannot be replayed
+    noise_seed: int | None = None
     progress: bool = False
 
 
@@ -95,6 +106,15 @@ def _fresh_for_opacus(model: torch.nn.Module) -> None:
 
 def _entropy_seed(seed: int | None) -> int:
     return int.from_bytes(os.urandom(8), "little") if seed is None else seed
+
+
+def private_seeds(noise_seed: int | None) -> tuple[int, int]:
+    """Seeds of the Poisson sampler and of the noise generator: two independent OS CSPRNG draws, or
+    two streams derived from ``noise_seed`` (benchmarks only)."""
+    if noise_seed is None:
+        return _entropy_seed(None), _entropy_seed(None)
+    sampling, noise = np.random.SeedSequence(noise_seed).generate_state(2, dtype=np.uint64)
+    return int(sampling), int(noise)
 
 
 def _set_empty_grad_samples(params: Sequence[torch.nn.Parameter]) -> None:
@@ -188,7 +208,8 @@ def train(
     n = len(examples)
     sample_rate = min(1.0, config.batch_size / n)
     result = TrainResult(steps=config.steps, sample_rate=sample_rate)
-    generator = torch.Generator().manual_seed(config.seed)
+    sampling_seed, noise_seed = private_seeds(config.noise_seed)
+    generator = torch.Generator().manual_seed(sampling_seed)
     sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=sample_rate, steps=config.steps, generator=generator)
     model.train()
     optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -208,11 +229,12 @@ def train(
         result.noise_multiplier, result.max_grad_norm = sigma, clip
         entry = ledger.record(LedgerEntry(
             "dp-sgd", [GaussianEvent(sigma, sample_rate, config.steps)],
-            {"max_grad_norm": clip, "batch_size": config.batch_size, "examples": n, "learning_rate": config.learning_rate},
+            {"max_grad_norm": clip, "batch_size": config.batch_size, "examples": n, "learning_rate": config.learning_rate}
+            | dp.ledger_details,
         ))
         _fresh_for_opacus(model)
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-        noise = torch.Generator().manual_seed(_entropy_seed(config.noise_seed))
+        noise = torch.Generator().manual_seed(noise_seed)
         optimizer = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=clip,
                                 expected_batch_size=config.batch_size, loss_reduction="mean", generator=noise)
     forward = gsm if gsm is not None else model

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,11 @@ from fedpers.atomic import write_json
 from fedpers.privacy.accounting import BudgetExceededError, EpsilonReport, GaussianEvent, epsilon_report
 
 LEDGER_VERSION = 1
+DEFAULT_DELTA = 1e-5
+
+
+class LedgerDeltaMismatch(ValueError):
+    """The stored ledger accounts at another delta than the one asked for."""
 
 
 @dataclass
@@ -66,12 +72,18 @@ class PrivacyLedger:
 
     Every change re-reads the file under an exclusive lock and applies itself to what is on disk,
     so several ledger objects or processes for the same user never overwrite each other's entries.
+
+    A ledger accounts at one ``delta`` for its whole life: it is stored with the document, and a
+    caller that asks for another one gets a :class:`LedgerDeltaMismatch` (composing at a silently
+    replaced delta would misstate what the caller planned). ``delta=None`` takes the stored one
+    (``DEFAULT_DELTA`` for a new ledger).
     """
 
-    def __init__(self, path: Path | str, user_id: str, delta: float = 1e-5, cap: float | None = None) -> None:
+    def __init__(self, path: Path | str, user_id: str, delta: float | None = None, cap: float | None = None) -> None:
         self.path = Path(path)
         self.user_id = user_id
-        self.delta = delta
+        self.requested_delta = delta
+        self.delta = DEFAULT_DELTA if delta is None else delta
         self.cap = cap
         self.entries: list[LedgerEntry] = []
         self._load()
@@ -111,7 +123,13 @@ class PrivacyLedger:
             return
         if data.get("user_id") != self.user_id:
             raise ValueError(f"{self.path}: ledger belongs to user {data.get('user_id')!r}, not {self.user_id!r}")
-        self.delta = data.get("delta", self.delta)
+        stored = float(data.get("delta", DEFAULT_DELTA))
+        if self.requested_delta is not None and not math.isclose(stored, self.requested_delta, rel_tol=1e-12):
+            raise LedgerDeltaMismatch(
+                f"{self.path}: the ledger of user {self.user_id!r} accounts at delta {stored:g}, but delta "
+                f"{self.requested_delta:g} was asked for; refusing rather than composing at another delta "
+                f"(run with delta {stored:g})")
+        self.delta = stored
         self.entries = [LedgerEntry.from_dict(e) for e in data["entries"]]
 
     def _write(self) -> None:

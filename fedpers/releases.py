@@ -1,0 +1,127 @@
+"""The release manifest: every field a device sends, its privacy mechanism and its ledger event.
+
+One table, in code, of what may leave a device. Each reply a device sends is a Flower ``RecordDict``;
+a field is one ``(record, key)`` of it. A field is allowed only if a :class:`Release` row names it
+for that kind of reply (message type and SecAgg+ stage). A row says how the field is protected:
+
+- ``DP-SGD``: a function of the user's conversations only through DP-SGD (Opacus), record-level;
+  the ledger entries listed in ``ledger`` are written on the device before the reply leaves.
+- ``private choice``: the persona the client trains, chosen privately (Gaussian noise on clipped
+  loss sums) when inferred; declared personas are the user's own setting.
+- ``SecAgg+ masking``: protocol data of Flower's SecAgg+ (keys, encrypted shares, shares of masks);
+  a function of fresh randomness only, never of the user's data.
+- ``public``: constants and status codes.
+
+The ClientApp refuses to send a reply with a field outside this table (:func:`undeclared_fields`),
+the audit report prints the table, and the tests hold every recorded reply against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from fnmatch import fnmatchcase
+
+SECAGG_RECORD = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
+TRAIN, QUERY = "train", "query"
+PLAIN = None  # a training reply outside SecAgg+ (secure aggregation off)
+
+
+@dataclass(frozen=True)
+class Release:
+    """One kind of field a device sends."""
+
+    message: str  # what the reply is, in words
+    message_type: str  # Flower message type of the reply
+    stage: str | None  # SecAgg+ stage of the reply; None: not a SecAgg+ stage message
+    record: str
+    key: str  # a key of the record (shell-style pattern)
+    mechanism: str
+    ledger: tuple[str, ...]  # ledger purposes recorded on the device before the reply leaves
+    content: str
+
+    def matches(self, message_type: str, stage: str | None, record: str, key: str) -> bool:
+        return (self.message_type == message_type and self.stage == stage and self.record == record
+                and fnmatchcase(key, self.key))
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"ledger": list(self.ledger)}
+
+
+UPLOAD_LEDGER = ("dp-sgd", "persona-choice")  # the update, and (inferred personas) the slot it sits in
+_STATUS = ("fitres.status", "*", "public", (), "the reply's status code and message")
+_EXAMPLES = ("fitres.num_examples", "num_examples", "public", (), "the constant 1 (uploads are not weighted)")
+_PERSONA = ("fitres.metrics", "persona-index", "private choice", ("persona-choice",),
+            "the client's persona, only with persona hiding off: declared by the user, or chosen privately")
+
+RELEASES: tuple[Release, ...] = (
+    Release("SecAgg+ setup", TRAIN, "setup", SECAGG_RECORD, "pk[12]", "SecAgg+ masking", (),
+            "two fresh public keys for key agreement"),
+    Release("SecAgg+ key shares", TRAIN, "share_keys", SECAGG_RECORD, "dsts", "SecAgg+ masking", (),
+            "node ids of the neighbours the shares are for"),
+    Release("SecAgg+ key shares", TRAIN, "share_keys", SECAGG_RECORD, "ctxts", "SecAgg+ masking", (),
+            "Shamir shares of the client's mask seed and secret key, each encrypted to one neighbour"),
+    Release("training upload", TRAIN, "collect_masked_vectors", SECAGG_RECORD, "masked_params", "DP-SGD", UPLOAD_LEDGER,
+            "the clipped LoRA delta in the slot of the client's persona and the count vector, quantized and masked"),
+    *(Release("training upload", TRAIN, "collect_masked_vectors", *row) for row in (_STATUS, _EXAMPLES, _PERSONA)),
+    Release("SecAgg+ unmasking", TRAIN, "unmask", SECAGG_RECORD, "nids", "SecAgg+ masking", (),
+            "node ids whose shares follow"),
+    Release("SecAgg+ unmasking", TRAIN, "unmask", SECAGG_RECORD, "shares", "SecAgg+ masking", (),
+            "shares of surviving neighbours' mask seeds and of dropped neighbours' secret keys"),
+    Release("training upload in clear", TRAIN, PLAIN, "fitres.parameters", "*", "DP-SGD", UPLOAD_LEDGER,
+            "secure aggregation off: the clipped LoRA delta and count vector in clear"),
+    *(Release("training upload in clear", TRAIN, PLAIN, *row) for row in (_STATUS, _EXAMPLES, _PERSONA)),
+    Release("persona reply", QUERY, None, "metrics", "persona-index", "private choice", ("persona-choice",),
+            "persona hiding off: the client's persona, declared by the user or chosen privately"),
+)
+
+
+def fields_of(content) -> set[tuple[str, str]]:
+    """Every ``(record, key)`` of a Flower ``RecordDict``."""
+    out: set[tuple[str, str]] = set()
+    for records in (content.array_records, content.config_records, content.metric_records):
+        for name, record in records.items():
+            out |= {(name, key) for key in record.keys()}
+    return out
+
+
+def release_of(message_type: str, stage: str | None, record: str, key: str) -> Release | None:
+    return next((r for r in RELEASES if r.matches(message_type, stage, record, key)), None)
+
+
+def undeclared_fields(message_type: str, stage: str | None, fields: Iterable[tuple[str, str]]) -> list[str]:
+    """The fields of a reply that no row of :data:`RELEASES` allows (``record/key``)."""
+    return sorted(f"{record}/{key}" for record, key in fields if release_of(message_type, stage, record, key) is None)
+
+
+def required_ledger(message_type: str, stage: str | None, fields: Iterable[tuple[str, str]], dp: bool,
+                    inferred: bool) -> set[str]:
+    """Ledger purposes that must be on the device before this reply leaves (``dp``: DP-SGD on;
+    ``inferred``: personas chosen privately rather than declared)."""
+    needed: set[str] = set()
+    for record, key in fields:
+        release = release_of(message_type, stage, record, key)
+        if release is None:
+            continue
+        for purpose in release.ledger:
+            if (purpose == "dp-sgd" and dp) or (purpose == "persona-choice" and inferred):
+                needed.add(purpose)
+    return needed
+
+
+def recorded_fields(entry: dict) -> set[tuple[str, str]]:
+    """The ``(record, key)`` fields of a reply as a wire manifest line lists them (``clients.wire.reply_contents``)."""
+    fields = {(record, key) for kind in ("config_keys", "metric_keys") for record, keys in entry.get(kind, {}).items()
+              for key in keys}
+    return fields | {(t["record"], t["name"].split("[")[0]) for t in entry.get("arrays", [])}
+
+
+def recorded_stage(entry: dict) -> str | None:
+    """A manifest line's SecAgg+ stage in Flower's spelling (the server labels it with spaces)."""
+    stage = entry.get("secagg_stage")
+    return stage.replace(" ", "_") if stage else None
+
+
+def manifest_table() -> list[dict]:
+    """The manifest as rows (the audit report prints it)."""
+    return [r.to_dict() for r in RELEASES]

@@ -1,0 +1,92 @@
+"""The experimenter's held-out evaluation of a simulation, outside the federated protocol.
+
+In a simulation the experimenter made (or imported) every user's data, held-out split included, so
+the headline table is computed here, in the process that drives the simulation, from each user's
+held-out conversations and the adapters the server holds after the round. No client message
+carries any of it: devices send only their training uploads, and a deployment has no such table
+(an upload of held-out loss sums would be a release of the user's data that no ledger covers).
+
+For each user :math:`u` with persona :math:`p(u)` (declared, or the choice its simulated device
+made privately for this run; the global adapter before any), the evaluator sums, per persona row
+:math:`p`, the assistant-token losses :math:`L_u(\\theta)` and token counts :math:`T_u` of the
+held-out conversations under each adapter :math:`\\theta`:
+global, persona, and in the final round the base model (LoRA delta 0) and the persona adapter
+with the user's own embedding (read from the simulated device's state). A row's loss is
+:math:`\\sum_{u: p(u)=p} L_u(\\theta) / \\sum_{u: p(u)=p} T_u`, the token-weighted mean.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+
+from clients.runtime import ModelEnvironment, model_environment, user_data
+from clients.state import UserState
+from fedpers.evaluation import evaluate
+from fedpers.federated import FederatedConfig
+from fedpers.models import load_adapter_arrays
+from fedpers.rundir import GLOBAL
+
+Adapters = dict[str, dict[str, np.ndarray]]
+SOURCE = "the experimenter's evaluator in the simulation driver, outside the federated protocol (no device sent these figures)"
+
+
+@dataclass
+class SimulationEvaluator:
+    """``evaluator(round, adapters, trained, run_id, final)`` for :func:`server.app.run_server` in a simulation."""
+
+    config: FederatedConfig
+    users: list[str]
+    source: str = SOURCE
+
+    def persona(self, user_id: str, declared: str | None, trained: set[str], run_id: str) -> str:
+        """The adapter the user's device trains this run: declared, or its private choice, else global."""
+        if declared is not None:
+            return declared
+        if not trained:
+            return GLOBAL
+        return UserState(self.config.state_dir, user_id).persona_choice(run_id) or GLOBAL
+
+    def _losses(self, env: ModelEnvironment, arrays: dict[str, np.ndarray], heldout, embedding: bytes | None = None):
+        model = env.model
+        load_adapter_arrays(model.lm, arrays)
+        model.use_user_embedding = embedding is not None
+        if embedding is not None:
+            with torch.no_grad():
+                model.user_embedding.embedding.weight.copy_(load_tensors(embedding)["embedding"])
+        try:
+            result = evaluate(model, heldout, env.pad_token_id)
+        finally:
+            model.use_user_embedding = False
+        return result.loss * result.tokens, float(result.tokens)
+
+    def __call__(self, server_round: int, adapters: Adapters, trained: set[str], run_id: str, final: bool) -> dict:
+        started = time.perf_counter()
+        env = model_environment(self.config)
+        rows: dict[str, dict[str, list[float]]] = {}  # persona -> variant -> [loss sum, tokens]
+        users: dict[str, int] = {}
+        for user_id in self.users:
+            data = user_data(self.config, user_id, env)
+            if not data.heldout:
+                continue
+            persona = self.persona(user_id, data.declared_persona, trained, run_id)
+            variants: dict[str, tuple[dict[str, np.ndarray], bytes | None]] = {
+                "global": (adapters[GLOBAL], None), "persona": (adapters[persona], None)}
+            if final:
+                variants["base"] = ({k: np.zeros_like(v) for k, v in adapters[GLOBAL].items()}, None)
+                embedding = UserState(self.config.state_dir, user_id).embedding()
+                if embedding is not None:
+                    variants["persona-embedding"] = (adapters[persona], embedding)
+            users[persona] = users.get(persona, 0) + 1
+            row = rows.setdefault(persona, {})
+            for name, (arrays, embedding) in variants.items():
+                loss_sum, tokens = self._losses(env, arrays, data.heldout, embedding)
+                total = row.setdefault(name, [0.0, 0.0])
+                total[0], total[1] = total[0] + loss_sum, total[1] + tokens
+        losses = {p: {name: s / max(t, 1.0) for name, (s, t) in row.items()} for p, row in rows.items()}
+        return {"round": server_round, "heldout_loss": losses, "users": users,
+                "tokens": {p: int(row["global"][1]) for p, row in rows.items()}, "evaluate_seconds": time.perf_counter() - started}

@@ -1,0 +1,92 @@
+"""The release manifest (:mod:`fedpers.releases`) and the client's guard that holds every reply to it.
+
+The end-to-end checks (every reply of a tiny simulation and of a tiny deployment) are in
+``test_simulation.py`` and ``test_deploy.py``; these are the guard's refusals.
+"""
+
+from __future__ import annotations
+
+import flwr.compat.common.recorddict_compat as compat
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
+
+from clients.app import UnaccountedRelease, release_guard
+from clients.runtime import user_ids
+from clients.state import UserState
+from fedpers.federated import FederatedConfig, load_config_file
+from fedpers.privacy.accounting import GaussianEvent
+from fedpers.privacy.ledger import LedgerEntry
+from fedpers.releases import RELEASES, manifest_table, required_ledger, undeclared_fields
+from simulations.simulate import SCENARIOS
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Messages made outside a Flower process need the identity Flower gives each task."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def _config(tmp_path, **changes) -> FederatedConfig:
+    values = load_config_file(SCENARIOS / "tiny.toml") | {"state_dir": str(tmp_path / "state"), "secure_aggregation": False,
+                                                          "persona_hiding": False}
+    return FederatedConfig(**(values | changes)).validated()
+
+
+def _exchange(config: FederatedConfig, extra: dict | None = None):
+    """A plain training message of round 1, and the client's reply carrying an update (plus ``extra`` records)."""
+    raw = config.to_record() | {"run-id": "run-1", "server-round": 1, "task": "train", "trained-personas": ""}
+    msg = Message(compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters([]), raw), keep_input=True),
+                  dst_node_id=1, message_type="train", group_id="1")
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+
+    def call_next(message, ctx):
+        content = compat.fitres_to_recorddict(FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.zeros(3)]), 1,
+                                                     {"persona-index": 0}), keep_input=True)
+        for name, values in (extra or {}).items():
+            content.config_records[name] = ConfigRecord(values)
+        return Message(content, reply_to=message)
+
+    return msg, context, call_next
+
+
+def _charge(config: FederatedConfig, **details) -> None:
+    ledger = UserState(config.state_dir, user_ids(config)[0]).ledger(config.delta)
+    ledger.complete(ledger.record(LedgerEntry("dp-sgd", [GaussianEvent(1.0, 0.1, 8)], details)))
+
+
+def test_an_update_without_its_ledger_entry_never_leaves(tmp_path):
+    config = _config(tmp_path)
+    with pytest.raises(UnaccountedRelease, match="no ledger entry dp-sgd"):
+        release_guard(*_exchange(config))
+    _charge(config, run_id="run-1", round=2)  # another round's entry does not cover this one
+    with pytest.raises(UnaccountedRelease, match="no ledger entry dp-sgd"):
+        release_guard(*_exchange(config))
+    _charge(config, run_id="run-1", round=1)
+    reply = release_guard(*_exchange(config))
+    assert not reply.has_error() and "fitres.parameters" in reply.content.array_records
+
+
+def test_a_field_outside_the_manifest_never_leaves(tmp_path):
+    config = _config(tmp_path, dp=False)
+    assert not release_guard(*_exchange(config)).has_error()  # no DP: nothing to account, every field declared
+    with pytest.raises(UnaccountedRelease, match="outside the release manifest: debug/last_prompt"):
+        release_guard(*_exchange(config, {"debug": {"last_prompt": "my badge stopped working"}}))
+
+
+def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
+    mechanisms = {"DP-SGD", "private choice", "SecAgg+ masking", "public"}
+    assert {r.mechanism for r in RELEASES} <= mechanisms
+    for release in RELEASES:
+        assert (release.mechanism == "DP-SGD") == ("dp-sgd" in release.ledger), release
+        assert release.content
+    assert len(manifest_table()) == len(RELEASES)
+    upload = [("secaggplus_configs", "masked_params")]
+    assert undeclared_fields("train", "collect_masked_vectors", upload) == []
+    assert undeclared_fields("train", "setup", upload) == ["secaggplus_configs/masked_params"]  # wrong stage
+    assert required_ledger("train", "collect_masked_vectors", upload, dp=True, inferred=True) == {"dp-sgd", "persona-choice"}
+    assert required_ledger("train", "collect_masked_vectors", upload, dp=False, inferred=False) == set()
