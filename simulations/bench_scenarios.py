@@ -30,7 +30,7 @@ def scenario(name: str, run_root: Path, **overrides) -> tuple[FederatedConfig, P
 
 
 def round_seconds(record: dict) -> float:
-    """Wall time of a round at the server: its training aggregation plus its evaluation aggregation."""
+    """Wall time of a round: its training aggregation plus the experimenter's held-out evaluation."""
     return record["train_seconds"] + record.get("eval_evaluate_seconds", 0.0)
 
 

@@ -3,7 +3,7 @@
 Four full ``fedpers simulate`` runs of the default scenario, one after another, differing only in
 aggregation: plain or SecAgg+, with or without persona hiding. DP noise is seeded the same way in
 all four, so their adapters differ only by SecAgg+'s quantization. For each: the wall time of each
-round at the server (training and evaluation aggregations), the server's own compute time inside
+round at the server (its training aggregation), the server's own compute time inside
 SecAgg+ sessions, and the bytes each client uploads per round (every reply, serialized as Flower
 sends it). Ratios are against plain aggregation without hiding.
 
@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         "`python -m simulations.bench_secagg --write` — four full runs of the default scenario (SmolLM2-135M-Instruct, "
         f"15 clients, 5 personas, DP-SGD on), one after another on this machine ({platform.machine()}, 2 cores), differing "
         "only in aggregation; DP noise seeded alike. Round wall time: from the server's first message of a round to its "
-        "aggregated training and evaluation results, clients' training included. Server compute: time inside SecAgg+ "
+        "aggregated training result, clients' training included. Server compute: time inside SecAgg+ "
         "sessions not spent waiting for clients. Upload: every reply a client sends in a round (all SecAgg+ stages, "
-        "training and evaluation), serialized as Flower sends it.",
+        "the training upload), serialized as Flower sends it.",
         "",
         *table(results),
         "",
