@@ -81,10 +81,19 @@ def _epsilon_plots(spent: dict) -> str:
 def _user_level_html(user_level: dict | None) -> list[str]:
     if not user_level:
         return []
+    out = [f"<h3>User-level DP (DP-FedAvg)</h3><p>Whole-update clipping on the devices and Gaussian noise (multiplier "
+           f"{user_level['noise_multiplier']:g}), added by the server to each round's sums, protect a whole user. Each device "
+           "charges every round it uploads in to its own user-level ledger before the upload leaves, composed over runs: "
+           "that ledger is the user's guarantee."]
+    if user_level["ledgers"] == "devices":
+        out.append(" The user-level ledgers stay on the devices (<code>fedpers-client status</code> shows them).</p>")
+    else:
+        out.append("</p>" + _table(["client", "persona", "user-level epsilon (quoted)", "rounds charged"],
+                                   [[_e(c["user_id"]), _e(c["persona"]), _num(c["epsilon"]), _e(c["ledger_entries"])]
+                                    for c in user_level["clients"]], left=2))
     rows = [[_e(name), _num(s["epsilon"]), _e(len(s["entries"]))] for name, s in user_level["adapters"].items()]
-    return [f"<h3>User-level DP (DP-FedAvg)</h3><p>Whole-update clipping and Gaussian noise (multiplier "
-            f"{user_level['noise_multiplier']:g}) on each released aggregate: epsilon per adapter, protecting a whole user.</p>",
-            _table(["adapter", "user-level epsilon", "rounds"], rows)]
+    return [*out, "<p>The server's record of this run's releases, per adapter:</p>",
+            _table(["adapter", "user-level epsilon (this run)", "rounds"], rows)]
 
 
 def _spent_html(spent: dict) -> str:
