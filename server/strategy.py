@@ -32,7 +32,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fedpers.aggregation import make_optimizer, means_from_sums
+from fedpers.aggregation import make_optimizer, means_from_sums, published_count, published_counts
 from fedpers.aggregation.slots import SlotLayout, unpack_stats
 from fedpers.federated import FederatedConfig, adapters_to_bytes
 from fedpers.privacy.ledger import PrivacyLedger
@@ -214,8 +214,7 @@ class PersonaTraining(_Rounds):
             self.trained.add(persona)
         if agg.global_delta is not None:
             self.adapters[GLOBAL] = self.optimizers[GLOBAL].step(self.adapters[GLOBAL], agg.global_delta)
-        record |= {"released": list(agg.released), "gated": list(agg.gated),
-                   "contributors": {k: round(v, 3) for k, v in agg.contributors.items() if abs(v) >= 0.5},
+        record |= {"released": list(agg.released), "contributors": published_counts(agg.contributors, self.config.min_clients),
                    "train_seconds": time.perf_counter() - self._started}
         if self.config.user_dp:
             record["user_dp"] = self._account(record["round"])
@@ -285,11 +284,15 @@ class PersonaEvaluation(_Rounds):
         self.record(server_round, stats, failures)
 
     def record(self, server_round: int, stats: dict[str, dict[str, float]], failures: int) -> None:
-        losses, users, tokens = {}, {}, {}
+        """Held-out losses per slot; a slot below the minimum-clients gate shows no loss, no token count, and its
+        number of users only as ``"<min_clients"`` (:func:`fedpers.aggregation.published_count`)."""
+        gate = self.config.min_clients
+        counts = {p: 0.0 for p in self.config.persona_names} | {p: row["count"] for p, row in stats.items()}
+        losses, users, tokens = {}, {p: published_count(round(c), gate) for p, c in counts.items()}, {}
         for persona, row in stats.items():
-            if row["count"] < 1:
+            if round(row["count"]) < gate:
                 continue
-            users[persona], tokens[persona] = int(row["count"]), int(round(row["tokens"]))
+            tokens[persona] = int(round(row["tokens"]))
             losses[persona] = {key.removeprefix("loss-sum-"): row[key] / max(row["tokens"], 1.0)
                                for key in row if key.startswith("loss-sum-") and row[key] != 0.0}
         self.history.append({"round": server_round, "heldout_loss": losses, "users": users, "tokens": tokens,

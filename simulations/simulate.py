@@ -41,7 +41,8 @@ HELP = {
     "noise_multiplier": "0 = calibrate to --epsilon over all planned rounds",
     "clip": "per-sample clipping norm; 0 = private median of per-sample gradient norms",
     "secure_aggregation": "Flower's SecAgg+ with ChaCha20 masks (false: uploads in clear, for comparisons)",
-    "persona_hiding": "upload one slot per persona so the server cannot tell a client's persona (false: persona in clear, one slot)",
+    "persona_hiding": "upload one slot per persona so that no client sends its persona (the per-slot counts the server "
+                      "unmasks can still reveal it; false: persona in clear, one slot)",
     "update_clip": "clients clip their adapter delta to this L2 norm; SecAgg+ quantizes within it",
     "secagg_shares": "fraction of the sampled clients each client shares its secrets with",
     "secagg_threshold": "fraction of those shares needed to rebuild a dropped client's masks",

@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedpers.audit.report import SERVER_LEARNS  # noqa: E402
+
 ICONS = {"ok": "&#10004;", "warning": "&#9888;", "problem": "&#10008;"}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d2330;line-height:1.45}
@@ -134,12 +136,21 @@ def _spent_html(spent: dict) -> str:
 
 def _wire_html(wire: dict) -> str:
     mode = ("SecAgg+ (Flower, ChaCha20 masks)" if wire["secure_aggregation"] else "none (updates in clear)")
-    hiding = "on (one slot per persona, the server cannot tell personas apart)" if wire["persona_hiding"] else "off (persona sent in clear)"
+    hiding = ("on (one slot per persona: no client sends its persona, but every slot's sum and count are unmasked)"
+              if wire["persona_hiding"] else "off (persona sent in clear)")
     out = [_table(["", ""], [["secure aggregation", _e(mode)], ["persona hiding", _e(hiding)],
                              ["slots per upload", _e(", ".join(wire["slots"]) or "—")],
                              ["numbers per upload", _e(wire["upload_floats"])],
                              ["minimum clients per released aggregate (setting)", _e(wire["min_clients_setting"])],
                              ["smallest released aggregate (observed)", _num(wire["min_clients_released"], 1)]])]
+    if wire["secure_aggregation"]:
+        out.append(f"<h3>What the server learns</h3><p>{_e(' '.join(SERVER_LEARNS))} The run's outputs (this report, "
+                   "<code>metrics.json</code>, <code>evaluation.txt</code>, the logs, the registry) show a slot's count only when "
+                   f"it reaches the gate ({_e(wire['min_clients_setting'])}), otherwise as "
+                   f"<code>&lt;{_e(wire['min_clients_setting'])}</code>; they show each round's number of participants too, "
+                   "so participants minus the shown counts is how many clients the slots below the gate hold together."
+                   + ("" if wire["persona_hiding"] else " With personas in clear each SecAgg+ session is one persona group: "
+                      "Flower's own log lines of a session still count its clients.") + "</p>")
     if not wire["recorded"]:
         return "".join(out) + "<p class='over'>Messages were not recorded for this run.</p>"
     s = wire["summary"]

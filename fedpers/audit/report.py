@@ -32,6 +32,16 @@ AUDIT_HTML = "audit.html"
 AUDIT_PDF = "audit.pdf"
 SCAN = "scan.json"
 ACCOUNTANT_TOLERANCE = 0.05  # PRV (Opacus) vs PLD (dp-accounting): relative difference shown as agreeing below this
+# What secure aggregation leaves the server, until devices add noise to their uploads; README.md and docs/audit.md
+# say the same sentences (tested).
+SERVER_LEARNS = (
+    "SecAgg+ hides each client's upload, not the sums it unmasks: every round the server learns, for each slot "
+    "(persona), the sum of the updates of the clients in that slot and their count.",
+    "A slot with one contributor is that client's update, in clear.",
+    "Counts compared across rounds, as sampling and dropouts change who takes part, can reveal a client's persona.",
+    "The minimum-clients gate protects only what is published (no adapter is updated, and no output shows a count, "
+    "below it), not what the server sees.",
+)
 
 
 def _version() -> str:
@@ -123,7 +133,8 @@ def _scan(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress
 def wire_section(run_dir: Path, config: FederatedConfig, users: list[str], metrics: dict, progress: bool) -> dict:
     manifest = read_manifest(run_dir)
     aggregation = metrics.get("aggregation", {})
-    released = [n for r in metrics.get("rounds", []) for p, n in r.get("contributors", {}).items() if p in r.get("released", [])]
+    released = [n for r in metrics.get("rounds", []) for p, n in r.get("contributors", {}).items()
+                if p in r.get("released", []) and not isinstance(n, str)]  # counts below the gate are written "<N"
     by_server = any(e.get("recorded_by") == "server" for e in manifest)
     return {
         "recorded": bool(manifest),
@@ -170,9 +181,10 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
         if unfinished:
             add("warning", f"{unfinished} ledger entries never completed (interrupted training); they are counted in full.")
     if wire["secure_aggregation"]:
-        add("ok", "Secure aggregation (SecAgg+) was on: the server saw only sums of masked updates."
-            + (" Persona hiding was on: the server cannot tell a client's persona." if wire["persona_hiding"]
-               else " Persona hiding was off: each client's persona was sent in clear."))
+        add("warning", "Secure aggregation (SecAgg+) was on: every upload was masked. " + " ".join(SERVER_LEARNS)
+            + (" Persona hiding was on: no client sent its persona, yet the counts can reveal it." if wire["persona_hiding"]
+               else " Persona hiding was off: each client's persona was sent in clear, and each persona group was "
+                    "aggregated on its own."))
     else:
         add("warning", "Secure aggregation was off: the server saw each client's (DP-trained) update in clear.")
     if not wire["recorded"]:
