@@ -32,6 +32,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from clients.consent import NOT_OPTED_IN, OVER_BUDGET, ParticipationRefused, read_consent
 from clients.secagg import CLIENT_MODS
 from clients.unlock import open_from_env
+from fedpers.privacy.user_level import USER_LEVEL_PURPOSE
 from fedpers.releases import fields_of, required_ledger, undeclared_fields
 
 
@@ -106,8 +107,9 @@ def consent_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
 
 
 def _ledger_has(state, purpose: str, run_id: str, server_round: int) -> bool:
+    ledger = state.user_level_ledger() if purpose == USER_LEVEL_PURPOSE else state.ledger()
     return any(e.purpose == purpose and e.details.get("run_id") == run_id
-               and (purpose != "dp-sgd" or e.details.get("round") == server_round) for e in state.ledger().entries)
+               and (purpose == "persona-choice" or e.details.get("round") == server_round) for e in ledger.entries)
 
 
 def _check_ledger(msg: Message, context: Context, needed: set[str]) -> None:
@@ -144,7 +146,8 @@ def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) 
         raise err
     raw = _raw_config(msg) if fields & {("secaggplus_configs", "masked_params"), ("fitres.metrics", "persona-index"),
                                        ("metrics", "persona-index")} or stage is None else {}
-    needed = required_ledger(message_type, stage, fields, bool(raw.get("dp", False)), raw.get("persona-mode") == "inferred")
+    needed = required_ledger(message_type, stage, fields, bool(raw.get("dp", False)), raw.get("persona-mode") == "inferred",
+                             bool(raw.get("user-dp", False)))
     if needed:
         try:
             _check_ledger(msg, context, needed)

@@ -71,12 +71,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spent(ledger) -> float:
+    """Epsilon of a ledger's composition (0 for an empty one)."""
+    return ledger.spent().epsilon if ledger.events() else 0.0
+
+
 def status(device: DeviceStore) -> dict:
     """What the store holds, for ``status``."""
     consent = device.consent()
-    ledger = device.ledger()
-    events = ledger.events()
-    spent = ledger.spent().epsilon if events else 0.0
+    ledger, user_level = device.ledger(), device.user_level_ledger()
+    spent, user_level_spent = (_spent(ledger), _spent(user_level))
     info = device.adapters_info()
     return {
         "store": str(device.directory),
@@ -85,7 +89,9 @@ def status(device: DeviceStore) -> dict:
         "conversations": len(device.conversations()),
         "rated_answers": len(device.feedback()),
         "consent": consent.to_dict(),
-        "privacy": {"epsilon_spent": spent, "budget": consent.budget, "delta": ledger.delta, "ledger_entries": len(ledger.entries)},
+        "privacy": {"epsilon_spent": spent, "budget": consent.budget, "delta": ledger.delta, "ledger_entries": len(ledger.entries),
+                    "user_level_epsilon_spent": user_level_spent, "user_level_delta": user_level.delta,
+                    "user_level_ledger_entries": len(user_level.entries)},
         "adapters": None if info is None else {"run_id": info["run_id"], "server_round": info["server_round"],
                                                "names": info["adapters"]},
         "user_embedding": device.embedding() is not None,
@@ -104,7 +110,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"conversations  {report['conversations']} ({report['rated_answers']} rated answers)")
     print(f"consent        {Consent.from_dict(report['consent']).describe()}")
     print(f"privacy        epsilon {privacy['epsilon_spent']:.3f} spent of {privacy['budget']:g} "
-          f"(delta {privacy['delta']:g}, {privacy['ledger_entries']} ledger entries)")
+          f"(delta {privacy['delta']:g}, {privacy['ledger_entries']} ledger entries; the unit: one conversation)")
+    print(f"user-level     epsilon {privacy['user_level_epsilon_spent']:.3f} spent of {privacy['budget']:g} "
+          f"(delta {privacy['user_level_delta']:g}, {privacy['user_level_ledger_entries']} rounds under user-level DP; "
+          "the unit: the whole user)")
     print("adapters       " + ("none received yet" if adapters is None else
                               f"{', '.join(adapters['names'])} (run {adapters['run_id'][:8]}, round {adapters['server_round']})"))
     print(f"user embedding {'trained' if report['user_embedding'] else 'none'}")
@@ -117,9 +126,9 @@ def cmd_consent(args: argparse.Namespace) -> int:
     opted_in = current.opted_in if args.opt_in is None else args.opt_in
     consent = Consent(opted_in=opted_in, budget=current.budget if args.budget is None else args.budget)
     device.set_consent(consent)
-    spent = device.ledger().spent().epsilon if device.ledger().events() else 0.0
-    print(f"consent: {consent.describe()}; epsilon spent so far {spent:.3f}")
-    if consent.opted_in and spent >= consent.budget:
+    spent, user_level = _spent(device.ledger()), _spent(device.user_level_ledger())
+    print(f"consent: {consent.describe()}; epsilon spent so far {spent:.3f} (user-level {user_level:.3f})")
+    if consent.opted_in and max(spent, user_level) >= consent.budget:
         print("note: the budget is already spent, so this device will refuse to train")
     return 0
 
@@ -133,8 +142,7 @@ def cmd_join(args: argparse.Namespace) -> int:
                       args.max_retries, args.max_wait_time)
     key = _key(args)
     device = DeviceStore.open(_store_dir(args), **key)
-    ledger = device.ledger()
-    check_participation(device.user_id, device.consent(), ledger.spent().epsilon if ledger.events() else 0.0)
+    check_participation(device.user_id, device.consent(), _spent(device.ledger()))
     if not device.conversations():
         raise ValueError(f"{device.directory}: no conversations to train on (fedpers-client import FILE.jsonl)")
     command = supernode_command(join, device.directory, device.user_id)
@@ -172,11 +180,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise ValueError("forget deletes this user's data: confirm with --yes")
-        if input(f"delete all data of user {device.user_id} except the privacy ledger? [y/N] ").strip().lower() != "y":
+        if input(f"delete all data of user {device.user_id} except the privacy ledgers? [y/N] ").strip().lower() != "y":
             print("nothing deleted")
             return 1
     deleted = device.forget()
-    print(f"deleted {len(deleted)} item(s): {', '.join(deleted) or 'none'}; kept: the privacy ledger")
+    print(f"deleted {len(deleted)} item(s): {', '.join(deleted) or 'none'}; kept: the privacy ledgers")
     print("consent is withdrawn with the data; this device no longer trains")
     return 0
 
@@ -216,14 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("status", help="what the store holds: conversations, persona, epsilon spent, consent",
-                       description="Conversations held, declared persona, consent, epsilon spent (from the privacy "
-                       "ledger) against the consented budget, and the adapters received.")
+                       description="Conversations held, declared persona, consent, epsilon spent against the consented "
+                       "budget (record-level: from the privacy ledger; user-level: from the user-level ledger of the "
+                       "rounds under user-level DP), and the adapters received.")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("consent", help="opt in or out of federated training, set the epsilon budget",
                        description="Record the user's decision. The device trains only when opted in, and refuses any "
-                       "training that would take its privacy ledger past the budget (epsilon, all runs together).")
+                       "training that would take its privacy ledgers (record-level and user-level) past the budget (epsilon, all "
+                       "runs together).")
     choice = p.add_mutually_exclusive_group()
     choice.add_argument("--opt-in", dest="opt_in", action="store_true", default=None, help="take part in federated training")
     choice.add_argument("--opt-out", dest="opt_in", action="store_false", help="stop taking part (nothing is trained or sent)")
@@ -254,9 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-embedding", action="store_true", help="answer without the user embedding")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("forget", help="delete the user's data, embedding and adapters; keep only the privacy ledger",
-                       description="Delete every item of the store except the privacy ledger (which must keep "
-                       "counting what was spent). Consent goes with the data.")
+    p = sub.add_parser("forget", help="delete the user's data, embedding and adapters; keep only the privacy ledgers",
+                       description="Delete every item of the store except the privacy ledgers, record-level and "
+                       "user-level (which must keep counting what was spent). Consent goes with the data.")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_forget)
     return parser

@@ -1,7 +1,8 @@
 """The user's consent to federated training: opted in or out, and the epsilon budget they accept.
 
-A device trains only for a user who opted in, and only while the user's privacy ledger stays within
-the consented budget (all runs together, at the ledger's delta). Until the user decides, consent
+A device trains only for a user who opted in, and only while each of the user's privacy ledgers
+(record-level, and user-level for rounds under user-level DP) stays within the consented budget (all
+runs together, at the ledger's delta). Until the user decides, consent
 is not given: a new store does not train.
 """
 

@@ -6,7 +6,9 @@ Items (each one AES-256-GCM encrypted file):
     consent              opted in or out, epsilon budget (:mod:`clients.consent`)
     conversations        the user's conversations (the JSONL schema, as a JSON list)
     feedback             rated chat answers (conversations whose assistant turn carries the rating)
-    ledger               the privacy ledger (:class:`StoreLedger`); the only item ``forget`` keeps
+    ledger               the record-level privacy ledger (:class:`StoreLedger`)
+    user-level-ledger    the user-level privacy ledger (user-level DP rounds); the ledgers are the only
+                         items ``forget`` keeps
     embedding            the user embedding (safetensors)
     adapters/<name>      the adapters last received from the server (safetensors); ``adapters-info``
                          says from which run and round, with the run's settings
@@ -33,6 +35,8 @@ from fedpers.data.schema import Conversation, DataValidationError, ValidationIss
 from fedpers.privacy.ledger import PrivacyLedger
 
 PROFILE, CONVERSATIONS, FEEDBACK, LEDGER = "profile", "conversations", "feedback", "ledger"
+USER_LEVEL_LEDGER = "user-level-ledger"
+LEDGERS = (LEDGER, USER_LEVEL_LEDGER)
 EMBEDDING, ADAPTERS_INFO, ADAPTER_PREFIX = "embedding", "adapters-info", "adapters/"
 DP_PLAN, PERSONA_CHOICE, UPLOAD_PREFIX = "dp-plan", "persona-choice", "uploads/"
 
@@ -46,17 +50,19 @@ class Profile:
 
 
 class StoreLedger(PrivacyLedger):
-    """A :class:`PrivacyLedger` kept as the store's ``ledger`` item (locked by a file beside it)."""
+    """A :class:`PrivacyLedger` kept as the store's ``item`` (``ledger`` or ``user-level-ledger``), locked by a
+    file beside it."""
 
-    def __init__(self, store: EncryptedStore, user_id: str, delta: float | None = None, cap: float | None = None) -> None:
-        self.store = store
-        super().__init__(store.directory / f"{LEDGER}{ITEM_SUFFIX}", user_id, delta, cap)
+    def __init__(self, store: EncryptedStore, user_id: str, delta: float | None = None, cap: float | None = None,
+                 item: str = LEDGER) -> None:
+        self.store, self.item = store, item
+        super().__init__(store.directory / f"{item}{ITEM_SUFFIX}", user_id, delta, cap)
 
     def _read(self) -> dict | None:
-        return self.store.get_json(LEDGER) if self.store.has(LEDGER) else None
+        return self.store.get_json(self.item) if self.store.has(self.item) else None
 
     def _save(self, document: dict) -> None:
-        self.store.put_json(LEDGER, document)
+        self.store.put_json(self.item, document)
 
 
 def _lines_of_records(path: Path) -> list[int]:
@@ -155,8 +161,13 @@ class DeviceStore:
 
     # privacy
     def ledger(self, delta: float | None = None) -> StoreLedger:
-        """The ledger, capped at the consented budget (``delta``: the run's; ``None``: the stored one)."""
+        """The record-level ledger, capped at the consented budget (``delta``: the run's; ``None``: the stored one)."""
         return StoreLedger(self.store, self.user_id, delta, cap=self.consent().budget)
+
+    def user_level_ledger(self, delta: float | None = None) -> StoreLedger:
+        """The user-level ledger, capped at the consented budget too: the user accepts at most that epsilon
+        whichever the unit protected (one conversation, or the whole user)."""
+        return StoreLedger(self.store, self.user_id, delta, cap=self.consent().budget, item=USER_LEVEL_LEDGER)
 
     # what the ClientApp keeps (see clients.state.ClientState)
     def plan(self, run_id: str) -> DPPlan | None:
@@ -219,7 +230,7 @@ class DeviceStore:
 
         return {name: load(self.store.get(f"{ADAPTER_PREFIX}{name}")) for name in self.adapter_names()}
 
-    def forget(self, keep: Iterable[str] = (LEDGER,)) -> list[str]:
-        """Delete everything but the ledger (data, embedding, adapters, profile, consent); the names deleted."""
+    def forget(self, keep: Iterable[str] = LEDGERS) -> list[str]:
+        """Delete everything but the ledgers (data, embedding, adapters, profile, consent); the names deleted."""
         return self.store.forget(keep)
 

@@ -1,5 +1,10 @@
-"""What a client keeps between rounds and runs, keyed by user: privacy ledger, user embedding, DP plan,
+"""What a client keeps between rounds and runs, keyed by user: privacy ledgers, user embedding, DP plan,
 persona choice and cached uploads.
+
+Two privacy ledgers, both composed over every round and run: the record-level one (the unit is one
+conversation: DP-SGD, the private clipping quantile, the private persona choice) and the user-level one
+(the unit is the whole user: one Gaussian release per round uploaded under user-level DP,
+:mod:`fedpers.privacy.user_level`).
 
 :class:`ClientState` is what the ClientApp needs; :class:`UserState` keeps it in plain files (the
 simulation's devices, under ``state_dir/<user_id>/``), :class:`clients.device.DeviceStore` in the
@@ -31,6 +36,7 @@ class DPPlan:
 
 
 Upload = tuple[list[np.ndarray], dict]
+LEDGER_FILE, USER_LEVEL_LEDGER_FILE = "ledger.json", "user-level-ledger.json"
 
 
 class ClientState(Protocol):
@@ -39,6 +45,8 @@ class ClientState(Protocol):
     user_id: str
 
     def ledger(self, delta: float | None = None) -> PrivacyLedger: ...
+
+    def user_level_ledger(self, delta: float | None = None) -> PrivacyLedger: ...
 
     def plan(self, run_id: str) -> DPPlan | None: ...
 
@@ -83,7 +91,10 @@ class UserState:
         return self.root / "user_embedding.safetensors"
 
     def ledger(self, delta: float | None = None) -> PrivacyLedger:
-        return PrivacyLedger(self.root / "ledger.json", self.user_id, delta)
+        return PrivacyLedger(self.root / LEDGER_FILE, self.user_id, delta)
+
+    def user_level_ledger(self, delta: float | None = None) -> PrivacyLedger:
+        return PrivacyLedger(self.root / USER_LEVEL_LEDGER_FILE, self.user_id, delta)
 
     def plan(self, run_id: str) -> DPPlan | None:
         path = self.root / "dp-plan.json"

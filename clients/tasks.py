@@ -35,7 +35,8 @@ from fedpers.models import load_adapter_arrays
 from fedpers.privacy import DPConfig, TrainConfig
 from fedpers.privacy.accounting import calibrate_noise_multiplier
 from fedpers.privacy.dp_sgd import estimate_clip_norm
-from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedpers.privacy.user_level import user_level_entry
 from fedpers.rundir import GLOBAL
 
 Adapters = dict[str, dict[str, np.ndarray]]
@@ -164,9 +165,22 @@ def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
     return plan
 
 
+def _charge_user_level(task: Task) -> tuple[PrivacyLedger, LedgerEntry] | None:
+    """User-level DP: record this round's release in the user's user-level ledger before anything is computed
+    or sent (capped: refused past the consented budget); ``None`` without user-level DP."""
+    config, raw = task.config, task.raw
+    if not config.user_dp:
+        return None
+    ledger = task.state.user_level_ledger(config.delta)
+    entry = user_level_entry(config.user_noise_multiplier, config.update_clip, run_id=str(raw["run-id"]),
+                             round=int(raw.get("server-round", 0)))
+    return ledger, ledger.record(entry)
+
+
 def train_upload(task: Task) -> Upload:
     """Train the assigned persona adapter (DP-SGD) and the user embedding; the clipped delta in its slot."""
     config, raw, env, data, state = task.config, task.raw, task.env, task.data, task.state
+    user_level = _charge_user_level(task)
     choice = assignment(task)
     load_adapter_arrays(env.model.lm, task.adapters[choice.persona])
     _load_embedding(env, state)
@@ -192,6 +206,8 @@ def train_upload(task: Task) -> Upload:
     layout = SlotLayout.for_adapter(delta, str(raw["slots"]).split(","))
     upload = layout.pack(_slot(raw, choice.persona), delta, float(raw["count-value"]))
     metrics = {} if config.persona_hiding else {"persona-index": persona_index(config, choice.persona)}
+    if user_level is not None:
+        user_level[0].complete(user_level[1])
     return upload, metrics
 
 

@@ -4,8 +4,9 @@ One table, in code, of what may leave a device. Each reply a device sends is a F
 a field is one ``(record, key)`` of it. A field is allowed only if a :class:`Release` row names it
 for that kind of reply (message type and SecAgg+ stage). A row says how the field is protected:
 
-- ``DP-SGD``: a function of the user's conversations only through DP-SGD (Opacus), record-level;
-  the ledger entries listed in ``ledger`` are written on the device before the reply leaves.
+- ``DP-SGD``: a function of the user's conversations only through DP-SGD (Opacus), record-level (and,
+  with user-level DP on, clipped as a whole for the server's Gaussian noise); the ledger entries listed
+  in ``ledger`` are written on the device before the reply leaves.
 - ``private choice``: the persona the client trains, chosen privately (Gaussian noise on clipped
   loss sums) when inferred; declared personas are the user's own setting.
 - ``SecAgg+ masking``: protocol data of Flower's SecAgg+ (keys, encrypted shares, shares of masks);
@@ -21,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from fnmatch import fnmatchcase
+
+from fedpers.privacy.user_level import USER_LEVEL_PURPOSE
 
 SECAGG_RECORD = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
 TRAIN, QUERY = "train", "query"
@@ -48,7 +51,8 @@ class Release:
         return asdict(self) | {"ledger": list(self.ledger)}
 
 
-UPLOAD_LEDGER = ("dp-sgd", "persona-choice")  # the update, and (inferred personas) the slot it sits in
+# the update (and, under user-level DP, the whole upload), and (inferred personas) the slot it sits in
+UPLOAD_LEDGER = ("dp-sgd", USER_LEVEL_PURPOSE, "persona-choice")
 _STATUS = ("fitres.status", "*", "public", (), "the reply's status code and message")
 _EXAMPLES = ("fitres.num_examples", "num_examples", "public", (), "the constant 1 (uploads are not weighted)")
 _PERSONA = ("fitres.metrics", "persona-index", "private choice", ("persona-choice",),
@@ -95,17 +99,16 @@ def undeclared_fields(message_type: str, stage: str | None, fields: Iterable[tup
 
 
 def required_ledger(message_type: str, stage: str | None, fields: Iterable[tuple[str, str]], dp: bool,
-                    inferred: bool) -> set[str]:
+                    inferred: bool, user_dp: bool = False) -> set[str]:
     """Ledger purposes that must be on the device before this reply leaves (``dp``: DP-SGD on;
-    ``inferred``: personas chosen privately rather than declared)."""
+    ``inferred``: personas chosen privately rather than declared; ``user_dp``: user-level DP on)."""
+    wanted = {"dp-sgd": dp, "persona-choice": inferred, USER_LEVEL_PURPOSE: user_dp}
     needed: set[str] = set()
     for record, key in fields:
         release = release_of(message_type, stage, record, key)
         if release is None:
             continue
-        for purpose in release.ledger:
-            if (purpose == "dp-sgd" and dp) or (purpose == "persona-choice" and inferred):
-                needed.add(purpose)
+        needed |= {purpose for purpose in release.ledger if wanted[purpose]}
     return needed
 
 

@@ -119,9 +119,10 @@ class PersonaGroups:
             if node in sampled:
                 groups.setdefault(persona, set()).add(node)
         participants = 0
+        smallest = max(2, self.strategy.config.min_clients)
         for persona, nodes in sorted(groups.items()):
-            if len(nodes) < max(2, self.strategy.config.min_clients):
-                log(INFO, "round %d: %s has %d client(s), below the minimum; not aggregated", server_round, persona, len(nodes))
+            if len(nodes) < smallest:  # the log says no count below the gate (fedpers.aggregation.published_count)
+                log(INFO, "round %d: %s has fewer than %d clients; not aggregated", server_round, persona, smallest)
                 continue
             self.strategy.group = (persona, nodes)
             try:
@@ -131,6 +132,16 @@ class PersonaGroups:
                 self.strategy.group = None
             participants += len(nodes)
         self.finish(server_round, participants)
+
+
+def published_session(record: dict, per_persona: bool) -> dict:
+    """A SecAgg+ session's record as the outputs show it. With personas in clear each session aggregates one
+    persona group, so its client counts (sampled, aggregated, dropped per stage) are per-persona counts, which
+    dropouts can take below the minimum-clients gate: they are left out, and only the stages where clients
+    dropped are kept."""
+    if not per_persona:
+        return record
+    return {k: v for k, v in record.items() if k not in ("sampled", "aggregated", "dropped")} | {"dropped_at": sorted(record["dropped"])}
 
 
 def _params(context: LegacyContext):
@@ -223,7 +234,7 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
         "aggregation": {"secure": config.secure_aggregation, "persona_hiding": config.persona_hiding,
                         "slots": list(training.slots), "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
                         "adapter_floats": training.layout.adapter_size, "update_clip": config.update_clip,
-                        "sessions": [h for s in sessions for h in s.history]},
+                        "sessions": [published_session(h, not config.persona_hiding) for s in sessions for h in s.history]},
         "rounds": [{**t, **{f"eval_{k}": v for k, v in evaluated.get(t["round"], {}).items() if k != "round"}}
                    for t in training.history],
         "evaluation": table,

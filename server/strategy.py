@@ -21,7 +21,6 @@ user-level DP is off).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from logging import INFO
@@ -33,11 +32,11 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fedpers.aggregation import make_optimizer, means_from_sums
+from fedpers.aggregation import make_optimizer, means_from_sums, published_counts
 from fedpers.aggregation.slots import SlotLayout
 from fedpers.federated import FederatedConfig, adapters_to_bytes
-from fedpers.privacy.accounting import GaussianEvent
-from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.privacy.user_level import upload_clip_norm, user_level_entry
 from fedpers.rundir import GLOBAL
 
 Adapters = dict[str, dict[str, np.ndarray]]
@@ -214,8 +213,7 @@ class PersonaTraining(_Rounds):
             self.trained.add(persona)
         if agg.global_delta is not None:
             self.adapters[GLOBAL] = self.optimizers[GLOBAL].step(self.adapters[GLOBAL], agg.global_delta)
-        record |= {"released": list(agg.released), "gated": list(agg.gated),
-                   "contributors": {k: round(v, 3) for k, v in agg.contributors.items() if abs(v) >= 0.5},
+        record |= {"released": list(agg.released), "contributors": published_counts(agg.contributors, self.config.min_clients),
                    "train_seconds": time.perf_counter() - self._started}
         if self.config.user_dp:
             record["user_dp"] = self._account(record["round"])
@@ -224,18 +222,18 @@ class PersonaTraining(_Rounds):
             " securely" if self.secure else "", ", ".join(record["released"]) or "no persona")
 
     def _account(self, server_round: int) -> dict[str, float]:
-        """User-level DP: each round releases the summed uploads once through the Gaussian mechanism
-        (sensitivity: the clipping norm of a whole upload; no sampling amplification claimed). Every
-        adapter is computed from that release, gated or not, so every adapter is charged."""
+        """The server's record of user-level DP per adapter: each round releases the summed uploads once
+        through the Gaussian mechanism (:mod:`fedpers.privacy.user_level`); every adapter is computed from
+        that release, gated or not, so every adapter's record is charged. A user's guarantee is the
+        user-level ledger on the user's device, charged before the upload left and composed across runs."""
         spent = {}
         for name, ledger in self.ledgers.items():
-            entry = ledger.record(LedgerEntry("user-level-dp-fedavg", [GaussianEvent(self.config.user_noise_multiplier, 1.0, 1)],
-                                              {"round": server_round, "clip": user_clip_norm(self.config)}))
+            entry = ledger.record(user_level_entry(self.config.user_noise_multiplier, self.config.update_clip, round=server_round))
             ledger.complete(entry)
             spent[name] = ledger.spent().epsilon
         return spent
 
 
 def user_clip_norm(config: FederatedConfig) -> float:
-    """L2 bound of a whole upload: the clipped delta plus the count entry, both at most ``update_clip``."""
-    return math.sqrt(2.0) * config.update_clip
+    """L2 bound of a whole upload (:func:`fedpers.privacy.user_level.upload_clip_norm`)."""
+    return upload_clip_norm(config.update_clip)

@@ -12,7 +12,9 @@ made privately for this run; the global adapter before any), the evaluator sums,
 held-out conversations under each adapter :math:`\\theta`:
 global, persona, and in the final round the base model (LoRA delta 0) and the persona adapter
 with the user's own embedding (read from the simulated device's state). A row's loss is
-:math:`\\sum_{u: p(u)=p} L_u(\\theta) / \\sum_{u: p(u)=p} T_u`, the token-weighted mean.
+:math:`\\sum_{u: p(u)=p} L_u(\\theta) / \\sum_{u: p(u)=p} T_u`, the token-weighted mean. Like every output of a
+run, the record shows no persona with fewer than ``min_clients`` users: its user count reads ``"<min_clients"``
+and it has no loss row.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from safetensors.torch import load as load_tensors
 
 from clients.runtime import ModelEnvironment, model_environment, user_data
 from clients.state import UserState
+from fedpers.aggregation import published_count
 from fedpers.evaluation import evaluate
 from fedpers.federated import FederatedConfig
 from fedpers.models import load_adapter_arrays
@@ -87,6 +90,9 @@ class SimulationEvaluator:
                 loss_sum, tokens = self._losses(env, arrays, data.heldout, embedding)
                 total = row.setdefault(name, [0.0, 0.0])
                 total[0], total[1] = total[0] + loss_sum, total[1] + tokens
-        losses = {p: {name: s / max(t, 1.0) for name, (s, t) in row.items()} for p, row in rows.items()}
-        return {"round": server_round, "heldout_loss": losses, "users": users,
-                "tokens": {p: int(row["global"][1]) for p, row in rows.items()}, "evaluate_seconds": time.perf_counter() - started}
+        gate = self.config.min_clients
+        shown = {p: row for p, row in rows.items() if users[p] >= gate}  # the outputs show no persona below the gate
+        losses = {p: {name: s / max(t, 1.0) for name, (s, t) in row.items()} for p, row in shown.items()}
+        counts = {p: 0 for p in self.config.persona_names} | users
+        return {"round": server_round, "heldout_loss": losses, "users": {p: published_count(n, gate) for p, n in counts.items()},
+                "tokens": {p: int(row["global"][1]) for p, row in shown.items()}, "evaluate_seconds": time.perf_counter() - started}

@@ -41,7 +41,8 @@ HELP = {
     "noise_multiplier": "0 = calibrate to --epsilon over all planned rounds",
     "clip": "per-sample clipping norm; 0 = private median of per-sample gradient norms",
     "secure_aggregation": "Flower's SecAgg+ with ChaCha20 masks (false: uploads in clear, for comparisons)",
-    "persona_hiding": "upload one slot per persona so the server cannot tell a client's persona (false: persona in clear, one slot)",
+    "persona_hiding": "upload one slot per persona so that no client sends its persona (the per-slot counts the server "
+                      "unmasks can still reveal it; false: persona in clear, one slot)",
     "update_clip": "clients clip their adapter delta to this L2 norm; SecAgg+ quantizes within it",
     "secagg_shares": "fraction of the sampled clients each client shares its secrets with",
     "secagg_threshold": "fraction of those shares needed to rebuild a dropped client's masks",
@@ -89,15 +90,23 @@ def config_from_args(args: argparse.Namespace) -> tuple[FederatedConfig, Path]:
     return config, run_dir
 
 
+def _epsilons(ledgers: dict) -> dict:
+    spent = {user: ledger.spent().epsilon if ledger.events() else 0.0 for user, ledger in ledgers.items()}
+    return {"epsilon_per_client": spent, "max_epsilon": max(spent.values(), default=0.0)}
+
+
 def client_privacy(config: FederatedConfig, users: list[str]) -> dict:
-    """Each simulated user's sample-level epsilon, read from the ledger on its (simulated) device."""
+    """Each simulated user's epsilon, read from the ledgers on its (simulated) device: sample-level (the unit is one
+    conversation) and, with user-level DP, user-level (``user_level``: the unit is the whole user, one Gaussian
+    release per round the user uploaded in, composed over every run of the same state directory)."""
     from clients.state import UserState
 
-    spent = {}
-    for user in users:
-        ledger = UserState(config.state_dir, user).ledger(config.delta)
-        spent[user] = ledger.spent().epsilon if ledger.events() else 0.0
-    return {"delta": config.delta, "epsilon_per_client": spent, "max_epsilon": max(spent.values(), default=0.0)}
+    states = {user: UserState(config.state_dir, user) for user in users}
+    privacy = {"delta": config.delta, **_epsilons({u: s.ledger(config.delta) for u, s in states.items()})}
+    if config.user_dp:
+        privacy["user_level"] = {"noise_multiplier": config.user_noise_multiplier,
+                                 **_epsilons({u: s.user_level_ledger(config.delta) for u, s in states.items()})}
+    return privacy
 
 
 def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, client_mods: list | None = None,
@@ -138,9 +147,10 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
     if not metrics_path.exists():
         raise RuntimeError(f"the simulation ended without writing {metrics_path}: see the log above")
     metrics = read_json(metrics_path)
-    if config.dp:
+    if config.dp or config.user_dp:
         metrics["client_privacy"] = client_privacy(config, users)
-        metrics["max_epsilon"] = metrics["client_privacy"]["max_epsilon"]
+        if config.dp:
+            metrics["max_epsilon"] = metrics["client_privacy"]["max_epsilon"]
         write_json(metrics_path, metrics)
     if config.audit_attack:
         from fedpers.audit.attack import run_attack

@@ -10,6 +10,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import FitIns, ndarrays_to_parameters
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.app import app as client_app
@@ -22,7 +23,7 @@ from fedpers.data import SyntheticConfig, generate, write_jsonl
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from server.app import initial_adapters
-from server.strategy import PersonaTraining
+from server.strategy import PersonaTraining, user_clip_norm
 
 USER = "user000"
 SETTINGS = dict(model="tiny", personas="leadership,field_worker", rounds=3, local_steps=2, embedding_steps=1, batch_size=2,
@@ -84,21 +85,27 @@ def test_status_reports_data_persona_consent_and_budget(device, capsys):
     assert report["persona"] is None and report["user_embedding"] is False
 
 
-@pytest.fixture
-def round_message(monkeypatch):
-    """``message(server_round)``: a training message as the ServerApp sends it (plain aggregation)."""
+def _round_messages(monkeypatch, **changes):
+    """``message(server_round)``: a training message as the ServerApp sends it (plain aggregation); with
+    ``user_dp``, as Flower's ``DifferentialPrivacyClientSideFixedClipping`` sends it (a clipping norm, a reference)."""
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    config = FederatedConfig(**SETTINGS).validated()
+    config = FederatedConfig(**(SETTINGS | changes)).validated()
     base, _ = load_base_model("tiny")
     strategy = PersonaTraining(config, "run-a", 2, False, initial_adapters(config, adapter_arrays(attach_lora(base, config.lora()))), ())
+    clipping = {KEY_CLIPPING_NORM: user_clip_norm(config)} if config.user_dp else {}
 
     def message(server_round: int) -> Message:
-        fit_ins = FitIns(ndarrays_to_parameters([]), strategy.instructions(server_round))
+        fit_ins = FitIns(ndarrays_to_parameters(strategy.reference()), strategy.instructions(server_round) | clipping)
         return Message(compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN)
 
     return message
+
+
+@pytest.fixture
+def round_message(monkeypatch):
+    return _round_messages(monkeypatch)
 
 
 def _context(store: DeviceStore) -> Context:
@@ -149,6 +156,37 @@ def test_forget_keeps_only_the_ledger(device, round_message, capsys):
     assert report["consent"]["opted_in"] is False and report["privacy"]["epsilon_spent"] == pytest.approx(spent)
     with pytest.raises(ParticipationRefused):
         client_app(round_message(2), _context(store))
+
+
+def test_user_level_dp_is_charged_on_the_device_within_the_consented_cap(device, monkeypatch, capsys):
+    args, store = device
+    message = _round_messages(monkeypatch, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, noise_multiplier=3.0)
+    assert main([*args, "consent", "--opt-in", "--budget", "6"]) == 0
+    assert not client_train(message(1), _context(store)).has_error()
+    user_level = store.user_level_ledger()
+    assert [(e.purpose, e.status, e.details["round"]) for e in user_level.entries] == [("user-level-dp-fedavg", "completed", 1)]
+    spent, record_level = user_level.spent().epsilon, store.ledger().spent().epsilon
+    assert user_level.cap == 6 and user_level.delta == store.ledger().delta
+    assert spent > record_level > 0
+    report = _status(args, capsys)
+    assert report["privacy"]["epsilon_spent"] == pytest.approx(record_level)
+    assert report["privacy"]["user_level_epsilon_spent"] == pytest.approx(spent)
+    assert main([*args, "status"]) == 0
+    assert f"user-level     epsilon {spent:.3f} spent of 6" in capsys.readouterr().out
+
+    # a cap below what the next round's user-level release needs: refused before anything is trained or sent
+    assert main([*args, "consent", "--budget", f"{spent * 1.01:.6f}"]) == 0
+    entries = [e.purpose for e in store.ledger().entries]
+    with pytest.raises(ParticipationRefused) as refused:
+        client_train(message(2), _context(store))
+    assert str(refused.value) == OVER_BUDGET
+    assert "'user-level-dp-fedavg' would bring user" in refused.value.detail
+    assert [e.purpose for e in store.ledger().entries] == entries  # no DP-SGD ran for the refused round
+    assert len(store.user_level_ledger().entries) == 1
+
+    assert main([*args, "forget", "--yes"]) == 0  # both ledgers are kept: they must keep counting
+    assert store.store.names() == ["ledger", "user-level-ledger"]
+    assert _status(args, capsys)["privacy"]["user_level_epsilon_spent"] == pytest.approx(spent)
 
 
 def test_join_runs_flower_supernode_with_tls_auth_and_the_store_but_never_the_key(device, tmp_path, capsys):

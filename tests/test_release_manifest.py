@@ -83,6 +83,7 @@ def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
     assert {r.mechanism for r in RELEASES} <= mechanisms
     for release in RELEASES:
         assert (release.mechanism == "DP-SGD") == ("dp-sgd" in release.ledger), release
+        assert ("dp-sgd" in release.ledger) == ("user-level-dp-fedavg" in release.ledger), release
         assert release.content
     assert len(manifest_table()) == len(RELEASES)
     upload = [("secaggplus_configs", "masked_params")]
@@ -90,3 +91,5 @@ def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
     assert undeclared_fields("train", "setup", upload) == ["secaggplus_configs/masked_params"]  # wrong stage
     assert required_ledger("train", "collect_masked_vectors", upload, dp=True, inferred=True) == {"dp-sgd", "persona-choice"}
     assert required_ledger("train", "collect_masked_vectors", upload, dp=False, inferred=False) == set()
+    assert required_ledger("train", "collect_masked_vectors", upload, dp=False, inferred=False, user_dp=True) == {
+        "user-level-dp-fedavg"}

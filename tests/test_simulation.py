@@ -207,6 +207,21 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
         assert user["epsilon"][name] >= google * 0.99
         ledger = PrivacyLedger(tmp_path / "user-level-dp" / f"{name}.json", f"adapter:{name}")
         assert [e.purpose for e in ledger.entries] == ["user-level-dp-fedavg"] * 2
+    # the user's guarantee: each device's own user-level ledger, charged before its uploads left
+    per_client = metrics["client_privacy"]["user_level"]["epsilon_per_client"]
+    assert set(per_client) == set(user_ids(config))
+    for user in user_ids(config):
+        ledger = PrivacyLedger(tmp_path / "client-state" / user / "user-level-ledger.json", user)
+        assert [(e.purpose, e.details["round"]) for e in ledger.entries] == [("user-level-dp-fedavg", 1), ("user-level-dp-fedavg", 2)]
+        assert per_client[user] == pytest.approx(ledger.spent().epsilon) and per_client[user] >= google * 0.99
+    from fedpers.audit.report import build_audit
+
+    audit = build_audit(tmp_path, progress=False)
+    jsonschema_validate(audit)
+    devices = audit["spent"]["user_level"]
+    assert devices["ledgers"] == "run" and {c["user_id"] for c in devices["clients"]} == set(user_ids(config))
+    assert all(c["epsilon"] >= google * 0.99 and c["ledger_entries"] == 2 for c in devices["clients"])
+    assert devices["max_epsilon"] == max(c["epsilon"] for c in devices["clients"])
     # noise of std 2 * clip on every coordinate of the sum (and of the counts): the global adapter, a mean
     # over about 10 clients, moves much further than clipped updates alone could move it
     initial = adapter_arrays(__import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora()))
@@ -219,6 +234,12 @@ def _schema():
     from pathlib import Path
 
     return json.loads((Path(__file__).parent.parent / "docs" / "audit-schema.json").read_text())
+
+
+def jsonschema_validate(audit: dict) -> None:
+    import jsonschema
+
+    jsonschema.validate(audit, _schema(), format_checker=jsonschema.FormatChecker())
 
 
 def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(run, tmp_path):

@@ -1,4 +1,4 @@
-"""Per-persona means of a round's summed updates, with a minimum-contributors gate."""
+"""Per-persona means of a round's summed updates, with a minimum-contributors gate; counts as outputs may show them."""
 
 from __future__ import annotations
 
@@ -62,3 +62,19 @@ def means_from_sums(sums: Mapping[str, Mapping[str, np.ndarray]], counts: Mappin
         global_contributors=everyone,
         gated=tuple(p for p in personas if deltas[p] is None and float(counts.get(p, 0.0)) >= 0.5),
     )
+
+
+def published_count(count: float, min_clients: int) -> int | float | str:
+    """A slot's count as a run's outputs may show it: the count when it reaches the gate (``count >=
+    min_clients``), else the string ``"<min_clients"`` — zero included, so that no output tells an empty slot
+    from one holding a single client. The server itself sees every count (SecAgg+ unmasks them); the gate
+    governs only what it writes."""
+    if float(count) < min_clients:
+        return f"<{min_clients}"
+    value = round(float(count), 3)  # noisy under user-level DP
+    return int(value) if value.is_integer() else value
+
+
+def published_counts(counts: Mapping[str, float], min_clients: int) -> dict[str, int | float | str]:
+    """:func:`published_count` of every slot of ``counts``."""
+    return {slot: published_count(count, min_clients) for slot, count in counts.items()}

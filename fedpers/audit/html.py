@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedpers.audit.report import SERVER_LEARNS  # noqa: E402
+
 ICONS = {"ok": "&#10004;", "warning": "&#9888;", "problem": "&#10008;"}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d2330;line-height:1.45}
@@ -81,10 +83,19 @@ def _epsilon_plots(spent: dict) -> str:
 def _user_level_html(user_level: dict | None) -> list[str]:
     if not user_level:
         return []
+    out = [f"<h3>User-level DP (DP-FedAvg)</h3><p>Whole-update clipping on the devices and Gaussian noise (multiplier "
+           f"{user_level['noise_multiplier']:g}), added by the server to each round's sums, protect a whole user. Each device "
+           "charges every round it uploads in to its own user-level ledger before the upload leaves, composed over runs: "
+           "that ledger is the user's guarantee."]
+    if user_level["ledgers"] == "devices":
+        out.append(" The user-level ledgers stay on the devices (<code>fedpers-client status</code> shows them).</p>")
+    else:
+        out.append("</p>" + _table(["client", "persona", "user-level epsilon (quoted)", "rounds charged"],
+                                   [[_e(c["user_id"]), _e(c["persona"]), _num(c["epsilon"]), _e(c["ledger_entries"])]
+                                    for c in user_level["clients"]], left=2))
     rows = [[_e(name), _num(s["epsilon"]), _e(len(s["entries"]))] for name, s in user_level["adapters"].items()]
-    return [f"<h3>User-level DP (DP-FedAvg)</h3><p>Whole-update clipping and Gaussian noise (multiplier "
-            f"{user_level['noise_multiplier']:g}) on each released aggregate: epsilon per adapter, protecting a whole user.</p>",
-            _table(["adapter", "user-level epsilon", "rounds"], rows)]
+    return [*out, "<p>The server's record of this run's releases, per adapter:</p>",
+            _table(["adapter", "user-level epsilon (this run)", "rounds"], rows)]
 
 
 def _spent_html(spent: dict) -> str:
@@ -125,12 +136,21 @@ def _spent_html(spent: dict) -> str:
 
 def _wire_html(wire: dict) -> str:
     mode = ("SecAgg+ (Flower, ChaCha20 masks)" if wire["secure_aggregation"] else "none (updates in clear)")
-    hiding = "on (one slot per persona, the server cannot tell personas apart)" if wire["persona_hiding"] else "off (persona sent in clear)"
+    hiding = ("on (one slot per persona: no client sends its persona, but every slot's sum and count are unmasked)"
+              if wire["persona_hiding"] else "off (persona sent in clear)")
     out = [_table(["", ""], [["secure aggregation", _e(mode)], ["persona hiding", _e(hiding)],
                              ["slots per upload", _e(", ".join(wire["slots"]) or "—")],
                              ["numbers per upload", _e(wire["upload_floats"])],
                              ["minimum clients per released aggregate (setting)", _e(wire["min_clients_setting"])],
                              ["smallest released aggregate (observed)", _num(wire["min_clients_released"], 1)]])]
+    if wire["secure_aggregation"]:
+        out.append(f"<h3>What the server learns</h3><p>{_e(' '.join(SERVER_LEARNS))} The run's outputs (this report, "
+                   "<code>metrics.json</code>, <code>evaluation.txt</code>, the logs, the registry) show a slot's count only when "
+                   f"it reaches the gate ({_e(wire['min_clients_setting'])}), otherwise as "
+                   f"<code>&lt;{_e(wire['min_clients_setting'])}</code>; they show each round's number of participants too, "
+                   "so participants minus the shown counts is how many clients the slots below the gate hold together."
+                   + ("" if wire["persona_hiding"] else " With personas in clear each SecAgg+ session is one persona group: "
+                      "Flower's own log lines of a session still count its clients.") + "</p>")
     if not wire["recorded"]:
         return "".join(out) + "<p class='over'>Messages were not recorded for this run.</p>"
     s = wire["summary"]

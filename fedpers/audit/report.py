@@ -1,14 +1,15 @@
 """The privacy audit report of a run: ``audit.json`` (schema ``docs/audit-schema.json``), ``audit.html``, a signature.
 
 Everything is read from the run directory: ``run.json`` and ``metrics.json`` (settings, aggregation
-mode, released aggregates), the clients' privacy ledgers (``settings.state_dir``), the user-level
-ledgers (``user-level-dp/``), the wire recording (``wire/``) and the canary attack (``attack/``).
+mode, released aggregates), the clients' privacy ledgers, record-level and user-level
+(``settings.state_dir``), the server's record of the user-level releases (``user-level-dp/``), the wire
+recording (``wire/``) and the canary attack (``attack/``).
 Findings are graded ``ok``, ``warning`` or ``problem``; a problem is something a privacy officer
 must act on (a client over budget, a leak found on the wire, an empirical bound above the theory).
 
 A run on the deployment engine (``metrics.json``: ``engine``) leaves the clients' text and ledgers on
-their devices: its report covers what the server holds, i.e. the user-level ledgers, the epsilon
-ceiling every device enforces and the manifest of the replies the server received.
+their devices: its report covers what the server holds, i.e. its record of the user-level releases, the
+epsilon ceiling every device enforces and the manifest of the replies the server received.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ AUDIT_HTML = "audit.html"
 AUDIT_PDF = "audit.pdf"
 SCAN = "scan.json"
 ACCOUNTANT_TOLERANCE = 0.05  # PRV (Opacus) vs PLD (dp-accounting): relative difference shown as agreeing below this
+# What secure aggregation leaves the server, until devices add noise to their uploads; README.md and docs/audit.md
+# say the same sentences (tested).
+SERVER_LEARNS = (
+    "SecAgg+ hides each client's upload, not the sums it unmasks: every round the server learns, for each slot "
+    "(persona), the sum of the updates of the clients in that slot and their count.",
+    "A slot with one contributor is that client's update, in clear.",
+    "Counts compared across rounds, as sampling and dropouts change who takes part, can reveal a client's persona.",
+    "The minimum-clients gate protects only what is published (no adapter is updated, and no output shows a count, "
+    "below it), not what the server sees.",
+)
 
 
 def _version() -> str:
@@ -52,34 +63,47 @@ def _dp_parameters(entries: list[dict]) -> dict:
             "rounds": len(sgd), "steps": sum(ev["steps"] for e in sgd for ev in e["events"])}
 
 
+def _client(user: str, persona: str | None, path: Path, budget: float | None) -> dict:
+    """One client's ledger (record-level or user-level), accounted four ways."""
+    spent = spent_from_ledger(path, budget=budget)
+    return {"user_id": user, "persona": persona, "epsilon": spent.epsilon, "delta": spent.delta,
+            "accountants": {"opacus_rdp": spent.epsilon_rdp, "opacus_prv": spent.epsilon_prv,
+                            "dp_accounting_pld": spent.independent_pld, "dp_accounting_rdp": spent.independent_rdp},
+            "prv_vs_pld_relative_difference": spent.largest_difference if spent.epsilon else 0.0,
+            "over_budget": spent.over_budget, "unfinished_entries": spent.unfinished_entries,
+            "ledger_entries": len(spent.entries), "dp_parameters": _dp_parameters(spent.entries),
+            "cumulative": spent.cumulative}
+
+
 def spent_section(config: FederatedConfig, users: list[str], personas: dict[str, str], run_dir: Path) -> dict:
-    clients = []
-    for user in users:
-        spent = spent_from_ledger(Path(config.state_dir) / user / "ledger.json", budget=config.epsilon if config.dp else None)
-        clients.append({"user_id": user, "persona": personas.get(user), "epsilon": spent.epsilon, "delta": spent.delta,
-                        "accountants": {"opacus_rdp": spent.epsilon_rdp, "opacus_prv": spent.epsilon_prv,
-                                        "dp_accounting_pld": spent.independent_pld, "dp_accounting_rdp": spent.independent_rdp},
-                        "prv_vs_pld_relative_difference": spent.largest_difference if spent.epsilon else 0.0,
-                        "over_budget": spent.over_budget, "unfinished_entries": spent.unfinished_entries,
-                        "ledger_entries": len(spent.entries), "dp_parameters": _dp_parameters(spent.entries),
-                        "cumulative": spent.cumulative})
+    from clients.state import LEDGER_FILE, USER_LEVEL_LEDGER_FILE
+
+    state = Path(config.state_dir)
+    clients = [_client(u, personas.get(u), state / u / LEDGER_FILE, config.epsilon if config.dp else None) for u in users]
     per_persona: dict[str, dict] = {}
     for c in clients:
         p = per_persona.setdefault(c["persona"] or "unknown", {"clients": 0, "max_epsilon": 0.0})
         p["clients"] += 1
         p["max_epsilon"] = max(p["max_epsilon"], c["epsilon"])
-    return {**_spent_common(config, run_dir), "ledgers": "run", "ceiling": None,
+    user_level = [_client(u, personas.get(u), state / u / USER_LEVEL_LEDGER_FILE, None) for u in users] if config.user_dp else None
+    return {**_spent_common(config, run_dir, user_level), "ledgers": "run", "ceiling": None,
             "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if config.dp else None,
             "clients": clients, "per_persona": per_persona}
 
 
-def _spent_common(config: FederatedConfig, run_dir: Path) -> dict:
-    """Settings of the accounting and the user-level ledgers the server keeps (``user-level-dp/``)."""
+def _spent_common(config: FederatedConfig, run_dir: Path, user_level_clients: list[dict] | None = None) -> dict:
+    """Settings of the accounting, and user-level DP: each user's guarantee is the user-level ledger on the user's
+    device (``clients``, read when the report can read the devices' state; ``ledgers: devices`` otherwise), charged
+    before each upload left and composed over runs; ``adapters`` is the server's record of this run's releases
+    (``user-level-dp/``)."""
     user_level = None
-    root = Path(run_dir) / "user-level-dp"
-    if config.user_dp and root.is_dir():
+    if config.user_dp:
+        root = Path(run_dir) / "user-level-dp"
+        clients = user_level_clients or []
         user_level = {"noise_multiplier": config.user_noise_multiplier, "delta": config.delta,
-                      "adapters": {p.stem: spent_from_ledger(p).to_dict() for p in sorted(root.glob("*.json"))}}
+                      "ledgers": "devices" if user_level_clients is None else "run", "clients": clients,
+                      "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if user_level_clients is not None else None,
+                      "adapters": {p.stem: spent_from_ledger(p).to_dict() for p in sorted(root.glob("*.json"))} if root.is_dir() else {}}
     return {"dp": config.dp, "budget": config.epsilon if config.dp else None, "delta": config.delta,
             "quoted": "the largest of Opacus RDP, Opacus PRV, dp-accounting PLD and dp-accounting RDP",
             "accountant_tolerance": ACCOUNTANT_TOLERANCE, "pld_discretization": PLD_DISCRETIZATION, "user_level": user_level}
@@ -110,7 +134,8 @@ def _scan(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress
 def wire_section(run_dir: Path, config: FederatedConfig, users: list[str], metrics: dict, progress: bool) -> dict:
     manifest = read_manifest(run_dir)
     aggregation = metrics.get("aggregation", {})
-    released = [n for r in metrics.get("rounds", []) for p, n in r.get("contributors", {}).items() if p in r.get("released", [])]
+    released = [n for r in metrics.get("rounds", []) for p, n in r.get("contributors", {}).items()
+                if p in r.get("released", []) and not isinstance(n, str)]  # counts below the gate are written "<N"
     by_server = any(e.get("recorded_by") == "server" for e in manifest)
     return {
         "recorded": bool(manifest),
@@ -169,9 +194,10 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
         if unfinished:
             add("warning", f"{unfinished} ledger entries never completed (interrupted training); they are counted in full.")
     if wire["secure_aggregation"]:
-        add("ok", "Secure aggregation (SecAgg+) was on: the server saw only sums of masked updates."
-            + (" Persona hiding was on: the server cannot tell a client's persona." if wire["persona_hiding"]
-               else " Persona hiding was off: each client's persona was sent in clear."))
+        add("warning", "Secure aggregation (SecAgg+) was on: every upload was masked. " + " ".join(SERVER_LEARNS)
+            + (" Persona hiding was on: no client sent its persona, yet the counts can reveal it." if wire["persona_hiding"]
+               else " Persona hiding was off: each client's persona was sent in clear, and each persona group was "
+                    "aggregated on its own."))
     else:
         add("warning", "Secure aggregation was off: the server saw each client's (DP-trained) update in clear.")
     if not wire["recorded"]:

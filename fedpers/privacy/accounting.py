@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -63,6 +62,8 @@ def _history(events: Iterable[GaussianEvent]) -> list[tuple[float, float, int]]:
 
 def epsilon(events: Sequence[GaussianEvent], delta: float, accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` of the composition of ``events`` under one accountant (0 for no events)."""
+    from opacus.accountants import PRVAccountant, RDPAccountant  # torch: loaded only when epsilon is computed
+
     history = _history(events)
     if not history:
         return 0.0
