@@ -27,7 +27,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.logger import log
 
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from clients.consent import NOT_OPTED_IN, OVER_BUDGET, ParticipationRefused, read_consent
 from clients.secagg import CLIENT_MODS
@@ -144,8 +144,7 @@ def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) 
         err = UnaccountedRelease(f"reply not sent: fields outside the release manifest: {', '.join(undeclared)}")
         log(ERROR, "fedpers: %s", err)
         raise err
-    raw = _raw_config(msg) if fields & {("secaggplus_configs", "masked_params"), ("fitres.metrics", "persona-index"),
-                                       ("metrics", "persona-index")} or stage is None else {}
+    raw = _raw_config(msg) if stage in (None, Stage.COLLECT_MASKED_VECTORS) else {}  # the stages with instructions
     needed = required_ledger(message_type, stage, fields, bool(raw.get("dp", False)), raw.get("persona-mode") == "inferred",
                              bool(raw.get("user-dp", False)))
     if needed:
