@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--canaries", type=int, default=100, help="canaries for the attack (each inserted with probability 1/2)")
     p.add_argument("--repeats", type=int, default=4,
                    help="copies of each inserted canary (the bound is then compared to the group epsilon of that many records)")
-    p.add_argument("--candidates", type=int, default=48, help="random secrets per canary for its score and exposure")
+    p.add_argument("--candidates", type=int, default=32, help="random secrets per canary for its score and exposure")
     p.add_argument("--seed", type=int, help="canary seed (default: fresh randomness, recorded in the report)")
     p.add_argument("--pdf", action="store_true", help="also print audit.pdf (needs Chromium)")
     p.add_argument("--screenshot", type=Path, help="also save a PNG of the page as Chromium renders it")
