@@ -15,8 +15,9 @@ continuations of all candidates then run as one batch attending to that cache (r
 batch). The token at position ``L`` is predicted from the prefix's last hidden state, later ones from
 the continuation's. This is the same arithmetic as a full forward pass of each sequence (causal
 attention: position ``i`` sees only ``t_<=i``), up to floating-point reassociation; the test suite
-checks it against :func:`full_secret_losses`. For SmolLM2 and the default canaries it scores about 12
-tokens per candidate instead of about 50.
+checks it against :func:`full_secret_losses`. For SmolLM2 and the default canaries (12 digits, kept
+within the 64-token training window) each candidate costs its 26 tokens from the secret on instead of
+all 64; measured, about half the CPU time per canary (BENCHMARKS.md, *Canary attack power*).
 """
 
 from __future__ import annotations
