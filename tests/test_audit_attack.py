@@ -16,6 +16,7 @@ def test_canaries_are_split_by_fair_coins_and_render_as_conversations():
     assert [c.inserted for c in canaries] == [inserted_coin(3, i) for i in range(200)]  # recomputable from the seed
     assert 340 < sum(inserted_coin(s, i) for s in range(4) for i in range(200)) < 460  # fair: 400 expected, sd 14
     assert len({c.secret for c in canaries}) == 200
+    assert sum(c.user_id == "u1" for c in canaries) == 100  # dealt in turn: no user swamped by copies
     conv = canaries[0].conversation("1 2 3 4 5 6")
     assert conv.user_id == canaries[0].user_id and conv.turns[1].text.endswith("is 1 2 3 4 5 6.")
     copies = canaries[0].copies(3)

@@ -38,9 +38,9 @@ ATTACK_FILE = "attack.json"
 class AttackConfig:
     """How many canaries, how often an inserted one repeats, candidates per canary, and the canary seed."""
 
-    canaries: int = 100
+    canaries: int = 75
     candidates: int = 32
-    repeats: int = 4  # copies of each inserted canary in its user's data (the bound then speaks of groups of this size)
+    repeats: int = 8  # copies of each inserted canary in its user's data (the bound then speaks of groups of this size)
     seed: int | None = None  # None: fresh randomness from the OS (recorded in attack.json)
     batch_size: int = 128
     progress: bool = True

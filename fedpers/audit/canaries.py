@@ -1,7 +1,7 @@
 """What an attacker can still learn: secret canaries, their exposure, and a one-run lower bound on epsilon.
 
 Each canary is a short conversation whose assistant reply holds a random secret ("The door code for
-room 417 is 4 8 1 5 9 2 7 3 0 6 1 8."). A canary is given to a known user and *inserted* into that
+room 417 is 4 8 1 5 9 2 7 3 0 6 1 8."). A canary is dealt to a known user and *inserted* into that
 user's training data with probability 1/2, independently of every other canary: the coin of canary
 ``i`` is the low bit of ``SHA-256(seed, "insert", i)``, a keyed CSPRNG whose key (the seed, drawn
 from the operating system's CSPRNG) is recorded in ``attack.json``, so anyone can recompute the
@@ -103,14 +103,18 @@ def inserted_coin(seed: int, index: int) -> bool:
 
 
 def make_canaries(personas: dict[str, str], count: int, seed: int) -> list[Canary]:
-    """``count`` canaries, each for a random user of ``personas`` (user -> persona), inserted with probability 1/2."""
+    """``count`` canaries for the users of ``personas`` (user -> persona), each inserted with probability 1/2.
+
+    Users are dealt canaries in turn from a random order, so each holds ``count / users`` (rounded) and no
+    user's data is swamped by copies (which would dilute each of its canaries)."""
     if count < 2:
         raise ValueError(f"canaries: at least 2 are needed, got {count}")
     rng = random.Random(f"canaries-{seed}")
     users = sorted(personas)
+    rng.shuffle(users)
     out = []
     for i in range(count):
-        user = rng.choice(users)
+        user = users[i % len(users)]
         place = f"{rng.choice(_PLACES)} {rng.randrange(100, 1000)}"
         out.append(Canary(f"canary-{i:03d}", user, personas[user], rng.choice(_THINGS), place, random_secret(rng),
                           inserted_coin(seed, i)))

@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", nargs="+", metavar="RUN_DIR", help="the run directory, or 'verify RUN_DIR'")
     p.add_argument("--attack", action="store_true", help="run the canary attack first (DP as the run had it, and DP off)")
-    p.add_argument("--canaries", type=int, default=100, help="canaries for the attack (each inserted with probability 1/2)")
-    p.add_argument("--repeats", type=int, default=4,
+    p.add_argument("--canaries", type=int, default=75, help="canaries for the attack (each inserted with probability 1/2)")
+    p.add_argument("--repeats", type=int, default=8,
                    help="copies of each inserted canary (the bound is then compared to the group epsilon of that many records)")
     p.add_argument("--candidates", type=int, default=32, help="random secrets per canary for its score and exposure")
     p.add_argument("--seed", type=int, help="canary seed (default: fresh randomness, recorded in the report)")

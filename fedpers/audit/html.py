@@ -221,8 +221,8 @@ def _attack_html(attack: dict | None) -> str:
     copies = ("once" if repeats == 1 else f"{repeats} times (so the bound speaks of a group of {repeats} copies, and is "
               f"compared to the group-privacy epsilon of {repeats} records, accounted tightly for DP-SGD's sampling)")
     return (f"<p>{s['canaries']} secret canaries (\"The door code for room 417 is 4 8 1 5 …\", {attack['secret_digits']} random "
-            f"digits) were drawn for random users; each was inserted into its user's training data with probability 1/2, by a "
-            f"fair coin from the recorded seed ({attack['inserted']} inserted), {copies}. Two simulations trained with these "
+            f"digits) were dealt to the users in random order; each was inserted into its user's training data with "
+            f"probability 1/2, by a fair coin from the recorded seed ({attack['inserted']} inserted), {copies}. Two simulations trained with these "
             "settings: DP as audited, and DP off, which shows whether the attack finds the canaries when nothing protects them. "
             "The attacker scores every canary on the released adapter of its user's persona: the loss drop of the secret's "
             f"tokens (base model minus adapter) against {s['candidates']} random secrets after the same question, in standard "
