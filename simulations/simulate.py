@@ -153,7 +153,7 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
             metrics["max_epsilon"] = metrics["client_privacy"]["max_epsilon"]
         write_json(metrics_path, metrics)
     if config.audit_attack:
-        from fedpers.audit.attack import run_attack
+        from simulations.attack import run_attack
 
         run_attack(config, run_dir)
     if config.audit:

@@ -1,107 +1,131 @@
-"""The empirical audit: train with secret canaries, attack the released persona adapters, bound epsilon.
+"""The empirical audit: score secret canaries on released persona adapters, summarize, bound epsilon.
 
-Two extra simulations run with the audited run's settings and the same canaries: one with its DP
-settings, one with DP off (to show the attack finds leakage when there is some). Each canary is
-scored on the released adapter of its user's persona (see :mod:`fedpers.audit.canaries`); the
-result, with the theoretical epsilon of the users holding canaries, goes to ``attack/attack.json``.
-Per-round federated evaluation is switched off in these runs: it reads held-out data only and
-does not change the adapters.
+:mod:`simulations.attack` trains two extra simulations with the audited run's settings and the same
+canaries (one with its DP settings, one with DP off, to show the attack finds leakage when there is
+some); this module holds what the attacker computes from their released adapters. Each canary is
+scored on the adapter of its user's persona (the statistics are in :mod:`fedpers.audit.canaries`,
+the prefix-reusing loss in :mod:`fedpers.audit.scoring`); the result, with the theoretical epsilon
+the bound is compared to, goes to ``attack/attack.json``.
+
+Cost. Only the secret's tokens are scored (the membership score needs nothing else), the shared
+prefix of a canary and its candidates runs once per model, and the base model's losses are computed
+once for both runs (they do not depend on training).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from fedpers.audit.canaries import Canary, auc, exposure, make_canaries, one_run_bound, random_secret
-from fedpers.audit.spent import spent_from_ledger
-from fedpers.data import write_jsonl
+from fedpers.audit.canaries import Canary, auc, exposure, membership_score, one_run_bound, random_secret
+from fedpers.audit.scoring import SecretSet, secret_losses, secret_set
+from fedpers.audit.spent import group_epsilon, ledger_events, spent_from_ledger
 from fedpers.federated import FederatedConfig
 from fedpers.models import PersonalizedLM, attach_lora, load_adapter_arrays, load_base_model
-from fedpers.models.chat import IGNORE_INDEX, collate, conversation_messages, encode_messages
-from fedpers.rundir import load_adapters, read_json, write_json
+from fedpers.rundir import read_json
 
 ATTACK = "attack"
 ATTACK_FILE = "attack.json"
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttackConfig:
-    """How many canaries, how many random candidates per canary for exposure, and the canary seed."""
+    """How many canaries, how often an inserted one repeats, candidates per canary, and the canary seed."""
 
-    canaries: int = 40
-    candidates: int = 64
-    seed: int | None = None  # None: fresh randomness (recorded in attack.json)
-    batch_size: int = 32
+    canaries: int = 75
+    candidates: int = 32
+    repeats: int = 8  # copies of each inserted canary in its user's data (the bound then speaks of groups of this size)
+    seed: int | None = None  # None: fresh randomness from the OS (recorded in attack.json)
+    batch_size: int = 128
     progress: bool = True
 
-
-def _sequence_losses(model: PersonalizedLM, tokenizer, conversations: Sequence, max_length: int, batch_size: int,
-                     progress: str | None) -> np.ndarray:
-    """Summed reply-token loss (nats) of each conversation."""
-    encoded = [encode_messages(tokenizer, conversation_messages(c), max_length) for c in conversations]
-    out = np.zeros(len(encoded))
-    starts = range(0, len(encoded), batch_size)
-    with torch.no_grad():
-        for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
-            batch = collate(encoded[start : start + batch_size], tokenizer.pad_token_id)
-            counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
-            out[start : start + len(counts)] = (model(**batch) * counts).numpy()
-    return out
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.candidates < 2:
+            raise ValueError("the attack needs repeats >= 1 and at least 2 candidates per canary")
 
 
-def score_canaries(config: FederatedConfig, adapters: dict[str, dict[str, np.ndarray]], canaries: Sequence[Canary],
-                   attack: AttackConfig) -> list[dict]:
-    """Membership score and exposure of every canary on the adapter of its persona."""
-    base, tokenizer = load_base_model(config.model)
-    peft_model = attach_lora(base, config.lora())
-    model = PersonalizedLM(peft_model).eval()
-    rng = random.Random(f"candidates-{attack.seed}")
-    texts, owners = [], []  # each canary, then its candidates
-    for i, c in enumerate(canaries):
-        texts.append(c.conversation())
-        owners.append(i)
-        for _ in range(attack.candidates):
-            secret = random_secret(rng)
-            while secret == c.secret:
-                secret = random_secret(rng)
-            texts.append(c.conversation(secret))
-            owners.append(i)
-    bar = "canary scores (base model)" if attack.progress else None
-    with peft_model.disable_adapter():
-        base_loss = _sequence_losses(model, tokenizer, texts, config.max_length, attack.batch_size, bar)
-    adapter_loss = np.zeros(len(texts))
-    owners_arr = np.asarray(owners)
-    for persona in sorted({c.persona for c in canaries}):
-        load_adapter_arrays(peft_model, adapters[persona])
-        rows = np.flatnonzero(np.isin(owners_arr, [i for i, c in enumerate(canaries) if c.persona == persona]))
-        bar = f"canary scores ({persona})" if attack.progress else None
-        adapter_loss[rows] = _sequence_losses(model, tokenizer, [texts[r] for r in rows], config.max_length,
-                                              attack.batch_size, bar)
-    scores = base_loss - adapter_loss
+@dataclass(frozen=True)
+class CanaryScore:
+    """One canary's result on one run: membership score, the true secret's losses (nats) and its exposure."""
+
+    canary: Canary
+    score: float
+    base_loss: float
+    adapter_loss: float
+    exposure: dict
+
+    def to_dict(self) -> dict:
+        return self.canary.to_dict() | {"score": self.score, "base_loss": self.base_loss, "adapter_loss": self.adapter_loss,
+                                        "exposure": self.exposure}
+
+
+@dataclass
+class CanaryScorer:
+    """The attacker: the base model with an empty LoRA slot, each canary's secret set and its base-model losses."""
+
+    config: FederatedConfig
+    canaries: Sequence[Canary]
+    attack: AttackConfig
+    model: PersonalizedLM = field(init=False)
+    tokenizer: object = field(init=False)
+    sets: list[SecretSet] = field(init=False)
+    base: list[np.ndarray] = field(init=False)
+    base_seconds: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        base, self.tokenizer = load_base_model(self.config.model)
+        self.model = PersonalizedLM(attach_lora(base, self.config.lora())).eval()
+        rng = random.Random(f"candidates-{self.attack.seed}")
+        self.sets = [secret_set(self.tokenizer, [c.conversation(), *(c.conversation(s) for s in _candidates(c, rng, self.attack.candidates))],
+                                self.config.max_length) for c in self.canaries]
+        start = time.perf_counter()
+        with self.model.lm.disable_adapter():
+            self.base = self._losses(range(len(self.canaries)), "canary losses (base model)")
+        self.base_seconds = time.perf_counter() - start
+
+    def _losses(self, rows: Sequence[int], label: str) -> list[np.ndarray]:
+        bar = tqdm(rows, desc=label, disable=not self.attack.progress, leave=False)
+        return [secret_losses(self.model, self.sets[i], self.attack.batch_size) for i in bar]
+
+    def score(self, adapters: dict[str, dict[str, np.ndarray]]) -> list[CanaryScore]:
+        """Every canary scored on the released adapter of its persona."""
+        adapter: dict[int, np.ndarray] = {}
+        for persona in sorted({c.persona for c in self.canaries}):
+            load_adapter_arrays(self.model.lm, adapters[persona])
+            rows = [i for i, c in enumerate(self.canaries) if c.persona == persona]
+            adapter |= dict(zip(rows, self._losses(rows, f"canary losses ({persona})")))
+        out = []
+        for i, c in enumerate(self.canaries):
+            drops = self.base[i] - adapter[i]
+            out.append(CanaryScore(c, membership_score(drops), float(self.base[i][0]), float(adapter[i][0]),
+                                   exposure(float(drops[0]), drops[1:])))
+        return out
+
+
+def _candidates(canary: Canary, rng: random.Random, count: int) -> list[str]:
+    """``count`` random secrets of the canary's format, all different from its own."""
     out = []
-    for i, c in enumerate(canaries):
-        rows = np.flatnonzero(owners_arr == i)
-        own, candidates = scores[rows[0]], scores[rows[1:]]
-        out.append(c.to_dict() | {"score": float(own), "base_loss": float(base_loss[rows[0]]),
-                                  "adapter_loss": float(adapter_loss[rows[0]]), "exposure": exposure(own, candidates)})
+    while len(out) < count:
+        secret = random_secret(rng)
+        if secret != canary.secret:
+            out.append(secret)
     return out
 
 
-def summarize(scored: list[dict], delta: float, theoretical: float | None) -> dict:
-    """AUC, exposure of inserted vs held-back canaries, the one-run lower bound and its check against theory."""
-    inserted = [s["inserted"] for s in scored]
-    scores = [s["score"] for s in scored]
-    exp_in = [s["exposure"]["normal_fit"] for s in scored if s["inserted"]]
-    exp_out = [s["exposure"]["normal_fit"] for s in scored if not s["inserted"]]
+def summarize(scored: Sequence[CanaryScore], delta: float, theory: dict | None) -> dict:
+    """AUC, exposure of inserted vs held-back canaries, the one-run lower bound and its check against ``theory``."""
+    inserted = [s.canary.inserted for s in scored]
+    scores = [s.score for s in scored]
+    exp_in = [s.exposure["normal_fit"] for s in scored if s.canary.inserted]
+    exp_out = [s.exposure["normal_fit"] for s in scored if not s.canary.inserted]
     bound = one_run_bound(scores, inserted, delta)
+    theoretical = None if theory is None else theory["group_epsilon"]
     return {
         "auc": auc(scores, inserted),
         "exposure": {"inserted_mean": float(np.mean(exp_in)) if exp_in else None,
@@ -109,54 +133,24 @@ def summarize(scored: list[dict], delta: float, theoretical: float | None) -> di
                      "held_back_mean": float(np.mean(exp_out)) if exp_out else None},
         "lower_bound": bound,
         "theoretical_epsilon": theoretical,
+        "record_epsilon": None if theory is None else theory["record_epsilon"],
         "bound_exceeds_theory": theoretical is not None and bound["epsilon"] > theoretical,
-        "canaries": scored,
+        "canaries": [s.to_dict() for s in scored],
     }
 
 
-def _theoretical_epsilon(config: FederatedConfig, canaries: Sequence[Canary]) -> float | None:
-    """Largest sample-level epsilon (most conservative accountant) among the users holding inserted canaries."""
+def theoretical_epsilon(config: FederatedConfig, canaries: Sequence[Canary], repeats: int) -> dict | None:
+    """What the bound is compared to, over the users holding inserted canaries (None without DP).
+
+    ``record_epsilon``: the largest quoted sample-level epsilon (most conservative of four accountants);
+    ``group_epsilon``: the largest epsilon for a group of ``repeats`` copies of one conversation
+    (:func:`fedpers.audit.spent.group_epsilon`; with one copy, the sample-level figure)."""
     if not config.dp:
         return None
-    users = sorted({c.user_id for c in canaries if c.inserted})
-    return max(spent_from_ledger(Path(config.state_dir) / u / "ledger.json").epsilon for u in users)
-
-
-def attack_settings(config: FederatedConfig, dp: bool, canaries: Path, run_dir: Path) -> FederatedConfig:
-    """The audited settings with canaries, a fresh state directory, and no evaluation, wire recording or audit of its own."""
-    return dataclasses.replace(config, dp=dp, canaries=str(canaries), evaluate=False, audit=False, audit_attack=False,
-                               record_wire=False, state_dir=str(Path(run_dir) / "client-state"))
-
-
-def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | None = None,
-               personas: dict[str, str] | None = None) -> dict:
-    """Run the canary simulations (audited DP settings, and DP off), attack them, write ``attack/attack.json``."""
-    from clients.runtime import conversations
-    from simulations.simulate import simulate
-
-    attack = attack or AttackConfig()
-    if attack.seed is None:
-        attack = dataclasses.replace(attack, seed=random.SystemRandom().randrange(2**31))
-    personas = personas or {c.user_id: c.persona for c in conversations(config) if c.persona}
-    if not personas:
-        raise ValueError("the canary audit needs users with a declared persona (the persona field of the data)")
-    canaries = make_canaries(personas, attack.canaries, attack.seed)
-    root = Path(run_dir) / ATTACK
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "canaries.jsonl"
-    write_jsonl(path, [c.conversation() for c in canaries if c.inserted])
-    result = {"settings": dataclasses.asdict(attack), "secret_digits": len(canaries[0].secret.split()),
-              "inserted": sum(c.inserted for c in canaries), "runs": {}}
-    for name, dp in (("dp", config.dp), ("no-dp", False)):
-        if name == "dp" and not config.dp:
-            continue
-        run = root / name
-        variant = attack_settings(config, dp, path, run)
-        simulate(variant, run)
-        scored = score_canaries(variant, load_adapters(run), canaries, attack)
-        result["runs"][name] = {"dp": dp, "run_dir": str(run)} | summarize(scored, config.delta, _theoretical_epsilon(variant, canaries))
-        write_json(root / ATTACK_FILE, result)
-    return result
+    paths = [Path(config.state_dir) / u / "ledger.json" for u in sorted({c.user_id for c in canaries if c.inserted})]
+    record = max(spent_from_ledger(p).epsilon for p in paths)
+    group = record if repeats == 1 else max(group_epsilon(ledger_events(p), config.delta, repeats) for p in paths)
+    return {"record_epsilon": record, "group_epsilon": group}
 
 
 def read_attack(run_dir: Path) -> dict | None:

@@ -20,8 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", nargs="+", metavar="RUN_DIR", help="the run directory, or 'verify RUN_DIR'")
     p.add_argument("--attack", action="store_true", help="run the canary attack first (DP as the run had it, and DP off)")
-    p.add_argument("--canaries", type=int, default=40, help="canaries for the attack (each inserted with probability 1/2)")
-    p.add_argument("--candidates", type=int, default=64, help="random secrets per canary for its exposure")
+    p.add_argument("--canaries", type=int, default=75, help="canaries for the attack (each inserted with probability 1/2)")
+    p.add_argument("--repeats", type=int, default=8,
+                   help="copies of each inserted canary (the bound is then compared to the group epsilon of that many records)")
+    p.add_argument("--candidates", type=int, default=32, help="random secrets per canary for its score and exposure")
     p.add_argument("--seed", type=int, help="canary seed (default: fresh randomness, recorded in the report)")
     p.add_argument("--pdf", action="store_true", help="also print audit.pdf (needs Chromium)")
     p.add_argument("--screenshot", type=Path, help="also save a PNG of the page as Chromium renders it")
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return _verify(Path(args.target[1]), args.public_key)
     if len(args.target) != 1:
         raise ValueError("usage: fedpers audit RUN_DIR (or: fedpers audit verify RUN_DIR)")
-    from fedpers.audit.attack import AttackConfig, run_attack
+    from fedpers.audit.attack import AttackConfig
+    from simulations.attack import run_attack
     from fedpers.audit.html import screenshot
     from fedpers.audit.report import AUDIT_HTML, write_audit
     from fedpers.federated import FederatedConfig
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.target[0])
     if args.attack:
         config = FederatedConfig.from_record(read_json(run_dir / RUN_CONFIG)["settings"])
-        run_attack(config, run_dir, AttackConfig(canaries=args.canaries, candidates=args.candidates, seed=args.seed))
+        run_attack(config, run_dir, AttackConfig(canaries=args.canaries, candidates=args.candidates, repeats=args.repeats,
+                                                   seed=args.seed))
     audit = write_audit(run_dir, pdf=args.pdf, key_path=args.key)
     if args.screenshot:
         screenshot(run_dir / AUDIT_HTML, args.screenshot)

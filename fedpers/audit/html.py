@@ -189,18 +189,51 @@ def _wire_html(wire: dict) -> str:
     return "".join(out)
 
 
+def _run_label(run: dict) -> str:
+    return "DP as audited" if run["dp"] else "DP off (power check)"
+
+
 def _attack_plot(attack: dict) -> str:
     runs = attack["runs"]
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.6), squeeze=False)
-    for ax, (name, run) in zip(axes[0], runs.items()):
+    for ax, run in zip(axes[0], runs.values()):
         inside = [c["score"] for c in run["canaries"] if c["inserted"]]
         outside = [c["score"] for c in run["canaries"] if not c["inserted"]]
         ax.hist([inside, outside], bins=12, label=["inserted", "never inserted"], color=["#b00020", "#3b6fb6"])
-        ax.set(title=f"{'DP as audited' if run['dp'] else 'DP off'}: AUC {run['auc']:.2f}",
-               xlabel="membership score (base loss - adapter loss)", ylabel="canaries")
+        ax.set(title=f"{_run_label(run)}: AUC {run['auc']:.2f}",
+               xlabel="membership score (secret's loss drop vs candidates, in sd)", ylabel="canaries")
         ax.legend()
         ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def _attack_rows(attack: dict) -> list[list]:
+    """One row per figure, one column per run: the two runs side by side."""
+    runs = list(attack["runs"].values())
+
+    def row(label: str, cell) -> list:
+        return [_e(label), *(cell(run) for run in runs)]
+
+    def check(run: dict) -> str:
+        if run["theoretical_epsilon"] is None:
+            return "—"
+        return "<span class='over'>ABOVE: privacy bug</span>" if run["bound_exceeds_theory"] else "below"
+
+    def seconds(run: dict, key: str) -> str:
+        return _num(run.get("seconds", {}).get(key), 0)
+
+    return [row("membership AUC", lambda r: f"{r['auc']:.3f}"),
+            row("epsilon lower bound (95 %)", lambda r: f"{r['lower_bound']['epsilon']:.3f}"),
+            row("correct guesses (best k)", lambda r: f"{r['lower_bound']['best']['correct']} / {r['lower_bound']['best']['guesses']}"),
+            row("exposure inserted, mean (bits)", lambda r: _num(r["exposure"]["inserted_mean"], 2)),
+            row("exposure inserted, max (bits)", lambda r: _num(r["exposure"]["inserted_max"], 2)),
+            row("exposure never inserted, mean (bits)", lambda r: _num(r["exposure"]["held_back_mean"], 2)),
+            row("theoretical epsilon the bound is compared to", lambda r: "∞ (no DP)" if r["theoretical_epsilon"] is None
+                else f"{r['theoretical_epsilon']:.3f}"),
+            row("sample-level epsilon (one conversation)", lambda r: _num(r.get("record_epsilon"))),
+            row("bound vs theory", check),
+            row("training wall time (s)", lambda r: seconds(r, "training")),
+            row("scoring wall time (s)", lambda r: seconds(r, "scoring"))]
 
 
 def _attack_html(attack: dict | None) -> str:
@@ -209,25 +242,20 @@ def _attack_html(attack: dict | None) -> str:
                 "simulations with these settings and secret canaries (one with DP as set, one with DP off), attacks the "
                 "released persona adapters and bounds epsilon from below.</p>")
     s = attack["settings"]
-    rows = []
-    for name, run in attack["runs"].items():
-        b = run["lower_bound"]
-        theory = run["theoretical_epsilon"]
-        check = "—" if theory is None else ("<span class='over'>ABOVE: privacy bug</span>" if run["bound_exceeds_theory"] else "below")
-        rows.append([_e("DP as audited" if run["dp"] else "DP off"), f"{run['auc']:.3f}", _num(run["exposure"]["inserted_mean"], 2),
-                     _num(run["exposure"]["held_back_mean"], 2), _num(run["exposure"]["inserted_max"], 2),
-                     f"{b['epsilon']:.3f}", f"{b['best']['correct']} / {b['best']['guesses']}",
-                     "∞ (no DP)" if theory is None else f"{theory:.3f}", check])
-    return (f"<p>{s['canaries']} secret canaries (\"The door code for room 417 is 4 8 1 5 9 2.\", {attack['secret_digits']} random digits) "
-            f"were drawn for random users; each was inserted into its user's training data with probability 1/2 "
-            f"({attack['inserted']} inserted). The attacker scores every canary on the released adapter of its user's persona "
-            "against the base model. <b>Exposure</b> (Carlini et al., The Secret Sharer) ranks the true secret among "
-            f"{s['candidates']} random secrets (bits; about 1 means no better than chance, at most "
-            f"{attack['secret_digits'] * 3.32:.1f}). The <b>lower bound</b> is the one-run audit of Steinke, Nasr and "
-            "Jagielski (NeurIPS 2023) at 95 % confidence: any epsilon below it is contradicted by the attacker's correct "
-            "guesses. It must stay below the theoretical epsilon.</p>"
-            + _table(["training", "membership AUC", "exposure inserted (mean)", "exposure never inserted (mean)",
-                      "exposure inserted (max)", "epsilon lower bound", "correct guesses", "theoretical epsilon", "bound vs theory"], rows)
+    repeats = attack.get("repeats", 1)
+    copies = ("once" if repeats == 1 else f"{repeats} times (so the bound speaks of a group of {repeats} copies, and is "
+              f"compared to the group-privacy epsilon of {repeats} records, accounted tightly for DP-SGD's sampling)")
+    return (f"<p>{s['canaries']} secret canaries (\"The door code for room 417 is 4 8 1 5 …\", {attack['secret_digits']} random "
+            f"digits) were dealt to the users in random order; each was inserted into its user's training data with "
+            f"probability 1/2, by a fair coin from the recorded seed ({attack['inserted']} inserted), {copies}. Two simulations trained with these "
+            "settings: DP as audited, and DP off, which shows whether the attack finds the canaries when nothing protects them. "
+            "The attacker scores every canary on the released adapter of its user's persona: the loss drop of the secret's "
+            f"tokens (base model minus adapter) against {s['candidates']} random secrets after the same question, in standard "
+            "deviations. <b>Exposure</b> (Carlini et al., The Secret Sharer) ranks the true secret among random ones (bits; about "
+            f"1 means no better than chance, at most {attack['secret_digits'] * 3.32:.1f}). The <b>lower bound</b> is the one-run "
+            "audit of Steinke, Nasr and Jagielski (NeurIPS 2023) at 95 % confidence: any epsilon below it is contradicted by the "
+            "attacker's correct guesses. It must stay below the theoretical epsilon.</p>"
+            + _table(["", *(_run_label(r) for r in attack["runs"].values())], _attack_rows(attack))
             + _attack_plot(attack))
 
 

@@ -32,6 +32,7 @@ AUDIT_JSON = "audit.json"
 AUDIT_HTML = "audit.html"
 AUDIT_PDF = "audit.pdf"
 SCAN = "scan.json"
+POWER_AUC = 0.9  # the DP-off attack counts as strong from this AUC on (with a positive lower bound)
 ACCOUNTANT_TOLERANCE = 0.05  # PRV (Opacus) vs PLD (dp-accounting): relative difference shown as agreeing below this
 # What secure aggregation leaves the server, until devices add noise to their uploads; README.md and docs/audit.md
 # say the same sentences (tested).
@@ -222,19 +223,7 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
     if attack is None:
         add("warning", "The canary attack was not run for this run (fedpers audit RUN_DIR --attack runs it).")
     else:
-        for name, run in attack["runs"].items():
-            bound = run["lower_bound"]["epsilon"]
-            if run["dp"]:
-                theory = run["theoretical_epsilon"]
-                add("problem" if run["bound_exceeds_theory"] else "ok",
-                    f"Canary attack on DP training: empirical lower bound epsilon >= {bound:.2f} "
-                    f"({'ABOVE' if run['bound_exceeds_theory'] else 'below'} the theoretical {theory:.2f}); "
-                    f"membership AUC {run['auc']:.2f}.")
-            else:
-                add("ok" if run["auc"] > 0.6 else "warning",
-                    f"Attack strength check (DP off): membership AUC {run['auc']:.2f}, lower bound epsilon >= {bound:.2f}"
-                    + ("; the attack finds leakage when there is some." if run["auc"] > 0.6 else
-                       "; the attack is weak on these settings, so a low bound with DP says little."))
+        _attack_findings(attack, add)
     return out
 
 
@@ -245,6 +234,34 @@ def randomness_findings(config: FederatedConfig) -> list[dict]:
     return [{"level": "problem", "text": f"NOT PRIVATE: DP-SGD sampling and noise were seeded with the benchmark switch "
              f"noise_seed = {config.noise_seed}; whoever knows it can replay every batch and every noise draw, so no "
              "epsilon in this report holds. Use such runs for comparisons only."}]
+
+
+def attack_power(run: dict) -> bool:
+    """Whether the attack found the canaries on a run: AUC at least ``POWER_AUC`` and a positive lower bound."""
+    return run["auc"] >= POWER_AUC and run["lower_bound"]["epsilon"] > 0
+
+
+def _attack_findings(attack: dict, add) -> None:
+    runs = attack["runs"]
+    off, dp = runs.get("no-dp"), runs.get("dp")
+    if dp is not None:
+        repeats = attack.get("repeats", 1)
+        unit = ("one conversation" if repeats == 1 else
+                f"the {repeats} copies of a canary, by group privacy; {dp['record_epsilon']:.2f} per conversation")
+        power = ("" if off is None else
+                 f" The same attack with DP off: AUC {off['auc']:.2f}, lower bound epsilon >= {off['lower_bound']['epsilon']:.2f}.")
+        add("problem" if dp["bound_exceeds_theory"] else "ok",
+            f"Canary attack on DP training: empirical lower bound epsilon >= {dp['lower_bound']['epsilon']:.2f} "
+            f"({'ABOVE' if dp['bound_exceeds_theory'] else 'below'} the theoretical {dp['theoretical_epsilon']:.2f} for {unit}); "
+            f"membership AUC {dp['auc']:.2f}." + power)
+    if off is not None:
+        strong = attack_power(off)
+        add("ok" if strong else "warning",
+            f"Attack power check (DP off): membership AUC {off['auc']:.2f}, lower bound epsilon >= "
+            f"{off['lower_bound']['epsilon']:.2f}" + ("; the attack finds the canaries when nothing protects them, so a low "
+                                                     "bound with DP is evidence." if strong else
+                                                     f"; the attack is weak on these settings (AUC below {POWER_AUC} or no "
+                                                     "positive bound), so a low bound with DP says little."))
 
 
 def build_audit(run_dir: Path, progress: bool = True) -> dict:

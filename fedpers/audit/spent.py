@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,7 @@ from fedpers.privacy.accounting import GaussianEvent, epsilon_report
 from fedpers.privacy.ledger import PrivacyLedger
 
 PLD_DISCRETIZATION = 1e-3
+GROUP_DISCRETIZATION = 1e-2  # group epsilon of the canary audit (see group_epsilon)
 # dp-accounting warns when an RDP order fails to converge and drops that order: fewer orders can only
 # raise its epsilon, never lower it, so the warning carries no risk for the report and is silenced.
 logging.getLogger("absl").setLevel(logging.ERROR)
@@ -69,6 +71,52 @@ def account(events: tuple[GaussianEvent, ...], delta: float) -> Accounted:
     return Accounted(ours.rdp, ours.prv, theirs["pld"], theirs["rdp"])
 
 
+@lru_cache(maxsize=256)
+def group_epsilon(events: tuple[GaussianEvent, ...], delta: float, group: int) -> float:
+    """Epsilon at ``delta`` of the composition of ``events`` for a group of ``group`` identical records (dp-accounting PLD).
+
+    Each event is ``steps`` Poisson-sampled Gaussian mechanisms whose records each move the clipped sum by at
+    most one clipping norm ``C`` (noise std ``sigma * C``). The ``group`` copies of one record are sampled
+    independently with rate ``q``; when ``k`` of them are in a batch they add ``k`` times the same clipped
+    gradient, so one step is dominated by the mixture ``sum_k Binom(k; group, q) N(k C, sigma^2 C^2)`` against
+    ``N(0, sigma^2 C^2)``, in both directions (a group added or removed). ``q = 1`` (an unsampled query such as
+    the private clipping quantile) is a Gaussian of sensitivity ``group``. The PLD is pessimistic (it
+    overestimates epsilon, never under), with a coarser grid than the sample-level figures
+    (``GROUP_DISCRETIZATION``: building a mixture's PLD dominates the cost; the overestimate stays in the third
+    decimal for the default scenario). Events of the same mechanism are composed together.
+    ``group = 1`` is the usual sample-level epsilon."""
+    merged: dict[tuple[float, float], int] = {}
+    for e in events:
+        merged[(e.noise_multiplier, e.sample_rate)] = merged.get((e.noise_multiplier, e.sample_rate), 0) + e.steps
+    total = None
+    for (sigma, rate), steps in merged.items():
+        if steps == 0:
+            continue
+        if rate >= 1.0:
+            step = pld.privacy_loss_distribution.from_gaussian_mechanism(
+                sigma, sensitivity=group, value_discretization_interval=GROUP_DISCRETIZATION)
+        else:
+            sensitivities = list(range(group + 1))
+            probabilities = [math.comb(group, k) * rate**k * (1 - rate) ** (group - k) for k in sensitivities]
+            step = pld.privacy_loss_distribution.from_mixture_gaussian_mechanism(
+                sigma, sensitivities, probabilities, value_discretization_interval=GROUP_DISCRETIZATION)
+        composed = step.self_compose(steps)
+        total = composed if total is None else total.compose(composed)
+    return 0.0 if total is None else float(total.get_epsilon_for_delta(delta))
+
+
+def ledger_events(path: Path) -> tuple[GaussianEvent, ...]:
+    """Every mechanism of a ledger file, finished or not, in order."""
+    return tuple(ev for e in read_ledger(path).entries for ev in e.events)
+
+
+def read_ledger(path: Path) -> PrivacyLedger:
+    """A ledger file, opened as its own user's."""
+    path = Path(path)
+    owner = json.loads(path.read_text()).get("user_id", path.stem) if path.exists() else path.stem
+    return PrivacyLedger(path, owner)
+
+
 @dataclass
 class Spent:
     """One ledger's spending: the mechanisms, every accountant's epsilon, the one quoted, and a budget flag."""
@@ -97,9 +145,8 @@ class Spent:
 
 def spent_from_ledger(path: Path, budget: float | None = None) -> Spent:
     """Read one ledger file (a client's or a user-level adapter's) and account it four ways."""
-    path = Path(path)
-    owner = json.loads(path.read_text()).get("user_id", path.stem) if path.exists() else path.stem
-    ledger = PrivacyLedger(path, owner)
+    ledger = read_ledger(path)
+    owner = ledger.user_id
     delta = ledger.delta
     entries, cumulative, events = [], [], []
     for e in ledger.entries:
