@@ -92,10 +92,10 @@ class PersonaGroups:
     """Personas in clear: ask each client its persona, then aggregate each persona group on its own."""
 
     def __init__(self, strategy, persona_of: Callable[[int], str], session: Callable, after_session: Callable,
-                 finish: Callable, personas: dict[int, str] | None = None) -> None:
+                 finish: Callable) -> None:
         self.strategy, self.persona_of, self.session = strategy, persona_of, session
         self.after_session, self.finish = after_session, finish
-        self.personas: dict[int, str] = {} if personas is None else personas
+        self.personas: dict[int, str] = {}
 
     def _ask(self, grid: Grid, context: LegacyContext, server_round: int) -> None:
         unknown = [n for n in grid.get_node_ids() if n not in self.personas]
