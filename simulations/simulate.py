@@ -52,7 +52,8 @@ HELP = {
                 "federated protocol; devices never send it)",
     "user_dp": "user-level DP (DP-FedAvg): clip each whole upload, add Gaussian noise to the sum; needs persona hiding",
     "user_noise_multiplier": "user-level noise std as a multiple of the upload's clipping norm",
-    "noise_seed": "seed of all DP noise (reproducible comparisons only); -1: fresh OS entropy",
+    "noise_seed": "benchmark switch: seeds DP-SGD's sampling and noise on every device, for reproducible comparisons; "
+                  "such a run is marked NOT PRIVATE; -1: each device's OS CSPRNG",
     "state_dir": "where clients keep ledgers, user embeddings and plans (default: RUN_DIR/client-state)",
     "record_wire": "record every reply a client sends (RUN_DIR/wire: manifest and payloads) for the audit",
     "keep_payloads": "keep the recorded payloads after the audit's leak scan (the manifest keeps their SHA-256)",
