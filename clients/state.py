@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from fedpers.atomic import write_json
-from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.privacy.ledger import LEDGER_FILE, USER_LEVEL_LEDGER_FILE, PrivacyLedger
 
 
 @dataclass
@@ -36,7 +36,6 @@ class DPPlan:
 
 
 Upload = tuple[list[np.ndarray], dict]
-LEDGER_FILE, USER_LEVEL_LEDGER_FILE = "ledger.json", "user-level-ledger.json"
 
 
 class ClientState(Protocol):

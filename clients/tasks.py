@@ -25,7 +25,7 @@ from safetensors.torch import save as save_tensors
 from clients.consent import check_participation
 from clients.device import DeviceStore
 from clients.persona import choose_persona, private_persona_choice
-from clients.runtime import ModelEnvironment, UserData, device_user_data, model_environment, user_data, user_ids
+
 from clients.state import ClientState, DPPlan, Upload, UserState
 from fedpers.aggregation import clip_delta
 from fedpers.aggregation.slots import SlotLayout
@@ -38,6 +38,8 @@ from fedpers.privacy.dp_sgd import estimate_clip_norm
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedpers.privacy.user_level import user_level_entry
 from fedpers.rundir import GLOBAL
+from fedpers.models.environment import ModelEnvironment, model_environment
+from fedpers.userdata import UserData, encode_user, user_data, user_ids
 
 Adapters = dict[str, dict[str, np.ndarray]]
 
@@ -72,6 +74,16 @@ def open_device(node_config: dict) -> DeviceStore:
     if expected is not None and str(expected) != device.user_id:
         raise ValueError(f"node config user-id {expected!r}, but store {device.directory} holds user {device.user_id!r}")
     return device
+
+
+def device_user_data(config: FederatedConfig, device: DeviceStore, env: ModelEnvironment) -> UserData:
+    """The user's encoded data from a device's encrypted store (:class:`clients.device.DeviceStore`).
+
+    The declared persona is the profile's, else the conversations' (``persona_mode='declared'`` only)."""
+    conversations = device.conversations()
+    declared = device.declared_persona() or next((c.persona for c in conversations if c.persona), None)
+    return encode_user(device.user_id, conversations, declared if config.persona_mode == "declared" else None,
+                       config.heldout_fraction, config.data_seed, config.max_length, env)
 
 
 def prepare(raw: dict, node_config: dict) -> Task:

@@ -1,12 +1,20 @@
-"""The ``fedpers`` command."""
+"""The library's commands of ``fedpers``: ``train-local``, ``route``, ``audit``, ``certs`` and ``data``.
+
+The ``fedpers`` executable is :func:`simulations.cli.main`, which adds the commands that run
+experiments (``simulate``, the audit's canary attack): the library imports no simulation code.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedpers.audit.cli import AttackRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: models ship in wheels or local dirs
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -93,53 +101,16 @@ def _train_local(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_simulate(sub: argparse._SubParsersAction) -> None:
-    from simulations.simulate import add_arguments
-
-    p = sub.add_parser(
-        "simulate",
-        help="federated simulation: persona adapters learned with DP-SGD on Flower's simulation engine",
-        description="Run the fedpers ServerApp and ClientApp on Flower's simulation engine (Ray), one simulated "
-        "device per user. Writes persona and global adapters (peft format), metrics.json, heldout_loss.png and the "
-        "evaluation table to the run directory. Settings: defaults < --config FILE.toml < flags.",
-    )
-    add_arguments(p)
-    p.set_defaults(func=_simulate)
+Register = Callable[[argparse._SubParsersAction], None]
 
 
-SIMULATION_MISSING = ("`fedpers simulate` needs Flower's simulation engine (Ray), which this installation lacks; "
-                      "install it with: pip install 'fedpers[simulation]' (a device running fedpers-client does not need it)")
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    spec = importlib.util.find_spec("ray")
-    if spec is None or spec.origin is None:  # absent, or only a namespace (e.g. Ray's temp dir /tmp/ray)
-        print(f"fedpers: error: {SIMULATION_MISSING}", file=sys.stderr)
-        return 2
-    from simulations.simulate import config_from_args, simulate
-
-    config, run_dir = config_from_args(args)
-    print(f"fedpers simulate: run directory {run_dir}", flush=True)
-    metrics = simulate(config, run_dir, client_cpus=args.client_cpus)
-    text = (run_dir / "evaluation.txt").read_text() if (run_dir / "evaluation.txt").exists() else "no evaluation"
-    print()
-    print(text)
-    privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.dp else "DP off: epsilon unbounded"
-    print(f"{privacy}; wall time {metrics['wall_seconds']:.0f} s; outputs in {run_dir}")
-    if config.audit:
-        findings = json.loads((run_dir / "audit.json").read_text())["findings"]
-        for finding in findings:
-            print(f"  [{finding['level']}] {finding['text']}")
-        print(f"privacy audit report: {run_dir / 'audit.html'} (signed; check with: fedpers audit verify {run_dir})")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[Register] = (), attack: "AttackRunner | None" = None) -> argparse.ArgumentParser:
+    """The ``fedpers`` parser: ``commands`` registered first, then the library's; ``attack`` (if given) lets
+    ``fedpers audit --attack`` run the canary attack."""
     parser = argparse.ArgumentParser(prog="fedpers", description="Federated, privacy-preserving personalization of LLM assistants.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_simulate(sub)
+    for register in commands:
+        register(sub)
     _add_train_local(sub)
     from fedpers.audit.cli import register as register_audit
     from fedpers.certs import register as register_certs
@@ -147,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fedpers.personas.cli import register as register_route
 
     register_route(sub)
-    register_audit(sub)
+    register_audit(sub, attack)
     register_certs(sub)
 
     data = sub.add_parser("data", help="generate, validate and import conversation data")
@@ -155,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command (``parser``: :func:`build_parser`'s by default); bad input exits 2 with one line."""
+    args = (parser or build_parser()).parse_args(argv)
     from fedpers.logs import quiet_libraries
 
     quiet_libraries()

@@ -113,7 +113,7 @@ def required_ledger(message_type: str, stage: str | None, fields: Iterable[tuple
 
 
 def recorded_fields(entry: dict) -> set[tuple[str, str]]:
-    """The ``(record, key)`` fields of a reply as a wire manifest line lists them (``clients.wire.reply_contents``)."""
+    """The ``(record, key)`` fields of a reply as a wire manifest line lists them (:func:`fedpers.wire.reply_contents`)."""
     fields = {(record, key) for kind in ("config_keys", "metric_keys") for record, keys in entry.get(kind, {}).items()
               for key in keys}
     return fields | {(t["record"], t["name"].split("[")[0]) for t in entry.get("arrays", [])}

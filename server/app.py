@@ -39,7 +39,7 @@ from flwr.server.workflow.default_workflows import default_fit_workflow
 from flwr.serverapp import Grid, ServerApp
 
 from fedpers.aggregation.secure import QuantizationPlan
-from fedpers.audit.wire import MANIFEST, WIRE
+from fedpers.wirelog import MANIFEST, WIRE
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy.ledger import PrivacyLedger

@@ -8,15 +8,14 @@ not the payloads. The privacy audit of the run reads it (``fedpers.audit.wire``)
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Message
 
-from clients.wire import message_round, payload_bytes, reply_contents
-from fedpers.audit.wire import MANIFEST, WIRE
+from fedpers.wire import message_round, payload_bytes, reply_contents
+from fedpers.wirelog import MANIFEST, WIRE, append_manifest
 
 
 class ReceivedManifest:
@@ -32,9 +31,7 @@ class ReceivedManifest:
                  "round": message_round(reply), "message_type": reply.metadata.message_type, "task": None,
                  "session": self.session, "secagg_stage": stage, "received_at": time.time(),
                  **reply_contents(reply, payload_bytes(reply))}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_manifest(self.path, entry)
 
 
 def both(first: Callable | None, second: Callable | None) -> Callable | None:

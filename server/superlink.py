@@ -68,7 +68,7 @@ def write_connection(address: str, root_certificates: Path, name: str = CONNECTI
     import tomli_w
     from flwr.cli.constant import DEFAULT_FLOWER_CONFIG_TOML
 
-    from clients.join import check_address
+    from fedpers.network import check_address
 
     check_address(address)
     if not Path(root_certificates).is_file():

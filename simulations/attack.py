@@ -34,7 +34,7 @@ def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | No
     """Run the canary simulations (audited DP settings, and DP off), attack them, write ``attack/attack.json``.
 
     ``runs`` picks which of the two to train (a DP-off audit has only ``no-dp``)."""
-    from clients.runtime import conversations
+    from fedpers.userdata import conversations
     from simulations.simulate import simulate
 
     attack = attack or AttackConfig()
@@ -68,3 +68,11 @@ def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | No
         result["runs"] = {k: result["runs"][k] for k in order if k in result["runs"]}  # shown side by side: DP first
         write_json(root / ATTACK_FILE, result)
     return result
+
+
+def attack_run_dir(run_dir: Path, attack: AttackConfig) -> dict:
+    """``fedpers audit RUN_DIR --attack``: the canary attack with the settings the run recorded in ``run.json``."""
+    from fedpers.rundir import RUN_CONFIG, read_json
+
+    config = FederatedConfig.from_record(read_json(Path(run_dir) / RUN_CONFIG)["settings"])
+    return run_attack(config, run_dir, attack)

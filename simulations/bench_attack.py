@@ -30,7 +30,7 @@ def scoring_cost(config: FederatedConfig, attack: AttackConfig, sample: int) -> 
     """CPU seconds per canary (true secret and its candidates, base model) scored whole vs with the prefix reused.
 
     CPU time (all threads) rather than wall time: the machine is shared, and the two ways alternate canary by canary."""
-    from clients.runtime import conversations
+    from fedpers.userdata import conversations
 
     personas = {c.user_id: c.persona for c in conversations(config) if c.persona}
     canaries = make_canaries(personas, sample, attack.seed or 0)

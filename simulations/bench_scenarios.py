@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from fedpers.federated import FederatedConfig, load_config_file

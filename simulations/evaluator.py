@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 
-from clients.runtime import ModelEnvironment, model_environment, user_data
+from fedpers.models.environment import ModelEnvironment, model_environment
+from fedpers.userdata import user_data
 from clients.state import UserState
 from fedpers.aggregation import published_count
 from fedpers.evaluation import evaluate

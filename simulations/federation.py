@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.cli import main as client_main
-from clients.join import free_port
+from fedpers.network import free_port
 from fedpers.certs import generate_ca, generate_node_keys, generate_server_cert
 from fedpers.data import Conversation, write_jsonl
 

@@ -124,7 +124,7 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
     from flwr.simulation import run_simulation
 
     from clients.app import make_client_app
-    from clients.runtime import user_ids
+    from fedpers.userdata import user_ids
     from server.app import make_server_app
     from simulations.evaluator import SimulationEvaluator
 

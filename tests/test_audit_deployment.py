@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 
 from fedpers.audit.report import build_audit, write_audit
-from fedpers.audit.wire import MANIFEST, WIRE
+from fedpers.wirelog import MANIFEST, WIRE
 from fedpers.federated import FederatedConfig
 from server.outputs import write_metrics, write_run_config
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from peft import PeftModel
 
-from fedpers.cli import main
+from simulations.cli import main
 from fedpers.models import load_base_model
 from fedpers.privacy import PrivacyLedger
 

@@ -53,7 +53,7 @@ def _check_audit(run_dir, published) -> float:
     """The run's audit report covers what the server holds, validates, verifies, and was published; its ceiling."""
     import jsonschema
 
-    from fedpers.cli import main as fedpers_main
+    from simulations.cli import main as fedpers_main
 
     audit = json.loads((run_dir / "audit.json").read_text())
     schema = json.loads((Path(__file__).parent.parent / "docs" / "audit-schema.json").read_text())
@@ -75,7 +75,7 @@ def _check_audit(run_dir, published) -> float:
 
 def _check_releases(run_dir) -> dict[int, float]:
     """Every field of every reply the server received is in the release manifest; when each round's unmasking began."""
-    from fedpers.audit.wire import read_manifest
+    from fedpers.wirelog import read_manifest
     from fedpers.releases import recorded_fields, recorded_stage, undeclared_fields
 
     manifest = read_manifest(run_dir)

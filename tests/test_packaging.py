@@ -7,7 +7,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from fedpers.cli import main
+from simulations.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

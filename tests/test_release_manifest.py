@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
 
 from clients.app import UnaccountedRelease, release_guard
-from clients.runtime import user_ids
+from fedpers.userdata import user_ids
 from clients.state import UserState
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.privacy.accounting import GaussianEvent

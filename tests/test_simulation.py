@@ -9,8 +9,9 @@ from peft import PeftModel
 
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from clients.runtime import conversations, model_environment, user_data, user_ids
-from clients.wire import payload_bytes
+from fedpers.models.environment import model_environment
+from fedpers.userdata import conversations, user_data, user_ids
+from fedpers.wire import payload_bytes
 from fedpers.audit.scan import scan
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.models import adapter_arrays, load_base_model
@@ -248,7 +249,7 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
     import jsonschema
 
     from fedpers.audit.signing import verify
-    from fedpers.cli import main
+    from simulations.cli import main
 
     config, run_dir, metrics = run
     audit = json.loads((run_dir / "audit.json").read_text())

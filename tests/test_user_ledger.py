@@ -11,7 +11,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.app import make_client_app
-from clients.runtime import user_ids
+from fedpers.userdata import user_ids
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy import GaussianEvent, PrivacyLedger

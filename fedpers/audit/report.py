@@ -22,10 +22,12 @@ from pathlib import Path
 from fedpers.audit.attack import read_attack
 from fedpers.audit.signing import load_or_create_key, sign_files
 from fedpers.audit.spent import PLD_DISCRETIZATION, spent_from_ledger
-from fedpers.audit.wire import WIRE, payload_path, read_manifest, scan_run, summarize
+from fedpers.audit.wire import scan_run, summarize
 from fedpers.federated import FederatedConfig
 from fedpers.releases import manifest_table, recorded_fields, recorded_stage, undeclared_fields
+from fedpers.privacy.ledger import LEDGER_FILE, USER_LEVEL_LEDGER_FILE
 from fedpers.rundir import METRICS, RUN_CONFIG, read_json, write_json
+from fedpers.wirelog import WIRE, payload_path, read_manifest
 
 SCHEMA = "fedpers-audit/1"
 AUDIT_JSON = "audit.json"
@@ -77,8 +79,6 @@ def _client(user: str, persona: str | None, path: Path, budget: float | None) ->
 
 
 def spent_section(config: FederatedConfig, users: list[str], personas: dict[str, str], run_dir: Path) -> dict:
-    from clients.state import LEDGER_FILE, USER_LEVEL_LEDGER_FILE
-
     state = Path(config.state_dir)
     clients = [_client(u, personas.get(u), state / u / LEDGER_FILE, config.epsilon if config.dp else None) for u in users]
     per_persona: dict[str, dict] = {}
@@ -266,7 +266,7 @@ def _attack_findings(attack: dict, add) -> None:
 
 def build_audit(run_dir: Path, progress: bool = True) -> dict:
     """Every fact of the report, as ``audit.json`` holds it."""
-    from clients.runtime import conversations, user_ids
+    from fedpers.userdata import conversations, user_ids
 
     run_dir = Path(run_dir).resolve()
     run_config = read_json(run_dir / RUN_CONFIG)

@@ -1,14 +1,13 @@
 """What crossed the wire: the recorded manifest summarized per client and round, and the leak scan.
 
-Reads ``RUN_DIR/wire`` (written by :func:`clients.wire.record_replies`): one manifest line per reply
-a client sent, and the serialized payloads. The scan searches each client's payloads for that
+Reads ``RUN_DIR/wire`` (:mod:`fedpers.wire`; written by the devices in a simulation, by the server in a
+deployment): one manifest line per reply, and in a simulation the serialized payloads. The scan searches each client's payloads for that
 user's own text fragments (5-word runs, UTF-8 and UTF-16) and token-id 8-grams (int16/32/64 and
 decimal text) with :func:`fedpers.audit.scan.find`.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,28 +15,9 @@ from tqdm.auto import tqdm
 
 from fedpers.audit.scan import find, user_patterns
 from fedpers.federated import FederatedConfig
+from fedpers.wirelog import WIRE, payload_path
 
-WIRE = "wire"
-MANIFEST = "manifest.jsonl"
 NGRAM = 8
-
-
-def read_manifest(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / WIRE / MANIFEST
-    if not path.exists():
-        return []
-    out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {number}: not a JSON manifest entry ({err})") from None
-    return out
-
-
-def payload_path(run_dir: Path, entry: dict) -> Path:
-    stem = f"{entry['partition_id']}-{entry['round']}-{entry['message_type']}-{entry['payload_sha256'][:12]}"
-    return Path(run_dir) / WIRE / f"{stem}.bin"
 
 
 def summarize(manifest: list[dict], users: list[str]) -> dict:
@@ -66,7 +46,8 @@ def summarize(manifest: list[dict], users: list[str]) -> dict:
 
 def scan_run(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress: bool = True) -> dict:
     """Search every recorded payload of each client for that user's text fragments and token-id n-grams."""
-    from clients.runtime import conversations, model_environment, user_data, user_ids
+    from fedpers.models.environment import model_environment
+    from fedpers.userdata import conversations, user_data, user_ids
 
     users = user_ids(config)
     env = model_environment(config)

@@ -28,6 +28,9 @@ from fedpers.privacy.accounting import BudgetExceededError, EpsilonReport, Gauss
 
 LEDGER_VERSION = 1
 DEFAULT_DELTA = 1e-5
+# a simulated device keeps its ledgers as STATE_DIR/<user>/<file> (a real one in its encrypted store)
+LEDGER_FILE = "ledger.json"
+USER_LEVEL_LEDGER_FILE = "user-level-ledger.json"
 
 
 class LedgerDeltaMismatch(ValueError):

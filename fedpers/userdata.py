@@ -1,7 +1,8 @@
-"""Per-process client environment: the base model with its LoRA slots, and the users' data.
+"""Which conversations a run's data set holds, and one user's encoded train / held-out examples.
 
-A simulation process serves many users one after another, so the (frozen) model is built once per
-process and settings; each message only swaps adapter weights and the user embedding.
+The same selection serves the simulated devices, the experimenter's evaluator and the audit's leak
+scan: the data set named by the settings (synthetic, tinyshakespeare or a JSONL file), at most
+``conversations_per_user`` per user in data order, split per user with the data seed.
 """
 
 from __future__ import annotations
@@ -9,24 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import torch
-
 from fedpers.data import SyntheticConfig, generate, import_shakespeare, read_jsonl, train_heldout_split
 from fedpers.federated import FederatedConfig
-from fedpers.logs import quiet_libraries
-from fedpers.models import LoraSettings, PersonalizedLM, UserEmbedding, attach_lora, encode_conversations, load_base_model
-from fedpers.models.chat import EncodedExample
-
-
-@dataclass(eq=False)  # hashed by identity: one per process and settings
-class ModelEnvironment:
-    model: PersonalizedLM
-    tokenizer: object
-    public_embedding: torch.Tensor  # data-independent initial user embedding
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
+from fedpers.models.chat import EncodedExample, encode_conversations
+from fedpers.models.environment import ModelEnvironment
 
 
 @dataclass
@@ -35,23 +22,6 @@ class UserData:
     declared_persona: str | None
     train: list[EncodedExample]
     heldout: list[EncodedExample]
-
-
-@lru_cache(maxsize=2)
-def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvironment:
-    r, alpha, targets, layers, seed = lora_key
-    quiet_libraries()
-    base, tokenizer = load_base_model(model_name)
-    peft_model = attach_lora(base, LoraSettings(r=r, alpha=alpha, target_modules=targets, top_layers=layers, init_seed=seed))
-    embedding = UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer)
-    public = embedding.embedding.weight.detach().clone()
-    return ModelEnvironment(PersonalizedLM(peft_model, embedding), tokenizer, public)
-
-
-def model_environment(config: FederatedConfig) -> ModelEnvironment:
-    lora = config.lora()
-    key = (lora.r, lora.alpha, lora.target_modules, lora.top_layers, lora.init_seed)
-    return _model(config.model, key, config.embedding_tokens)
 
 
 def _data_key(config: FederatedConfig) -> tuple:
@@ -123,13 +93,3 @@ def encode_user(user_id: str, conversations: list, declared_persona: str | None,
         train=encode_conversations(env.tokenizer, train + list(extra_train), max_length),
         heldout=encode_conversations(env.tokenizer, heldout, max_length),
     )
-
-
-def device_user_data(config: FederatedConfig, device, env: ModelEnvironment) -> UserData:
-    """The user's encoded data from a device's encrypted store (:class:`clients.device.DeviceStore`).
-
-    The declared persona is the profile's, else the conversations' (``persona_mode='declared'`` only)."""
-    conversations = device.conversations()
-    declared = device.declared_persona() or next((c.persona for c in conversations if c.persona), None)
-    return encode_user(device.user_id, conversations, declared if config.persona_mode == "declared" else None,
-                       config.heldout_fraction, config.data_seed, config.max_length, env)

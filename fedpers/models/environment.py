@@ -1,0 +1,47 @@
+"""The model a process trains with: the base model with its LoRA slots and a user-embedding slot.
+
+A simulation process serves many users one after another, so the (frozen) model is built once per
+process and settings; each message only swaps adapter weights and the user embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from fedpers.federated import FederatedConfig
+from fedpers.logs import quiet_libraries
+from fedpers.models.base import load_base_model
+from fedpers.models.lora import LoraSettings, attach_lora
+from fedpers.models.personalized import PersonalizedLM
+from fedpers.models.user_embedding import UserEmbedding
+
+
+@dataclass(eq=False)  # hashed by identity: one per process and settings
+class ModelEnvironment:
+    model: PersonalizedLM
+    tokenizer: object
+    public_embedding: torch.Tensor  # data-independent initial user embedding
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+@lru_cache(maxsize=2)
+def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvironment:
+    r, alpha, targets, layers, seed = lora_key
+    quiet_libraries()
+    base, tokenizer = load_base_model(model_name)
+    peft_model = attach_lora(base, LoraSettings(r=r, alpha=alpha, target_modules=targets, top_layers=layers, init_seed=seed))
+    embedding = UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer)
+    public = embedding.embedding.weight.detach().clone()
+    return ModelEnvironment(PersonalizedLM(peft_model, embedding), tokenizer, public)
+
+
+def model_environment(config: FederatedConfig) -> ModelEnvironment:
+    lora = config.lora()
+    key = (lora.r, lora.alpha, lora.target_modules, lora.top_layers, lora.init_seed)
+    return _model(config.model, key, config.embedding_tokens)
