@@ -32,6 +32,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from clients.consent import NOT_OPTED_IN, OVER_BUDGET, ParticipationRefused, read_consent
 from clients.secagg import CLIENT_MODS
 from clients.unlock import open_from_env
+from fedpers.instructions import PERSONA_INDEX, RoundInstructions
 from fedpers.privacy.user_level import USER_LEVEL_PURPOSE
 from fedpers.releases import fields_of, required_ledger, undeclared_fields
 
@@ -40,10 +41,11 @@ class UnaccountedRelease(RuntimeError):
     """A reply would carry a field outside the release manifest, or a DP field whose ledger entry is missing."""
 
 
-def _raw_config(msg: Message) -> dict:
+def _instructions(msg: Message) -> RoundInstructions:
+    """The round instructions a ``TRAIN`` (``fitins`` layout) or ``QUERY`` message carries."""
     if msg.metadata.message_type == MessageType.QUERY:
-        return dict(msg.content["config"])
-    return dict(compat.recorddict_to_fitins(msg.content, keep_input=True).config)
+        return RoundInstructions.from_record(msg.content["config"])
+    return RoundInstructions.from_record(compat.recorddict_to_fitins(msg.content, keep_input=True).config)
 
 
 def _prepare(msg: Message, context: Context):
@@ -51,7 +53,7 @@ def _prepare(msg: Message, context: Context):
     from clients.tasks import prepare
 
     try:
-        return prepare(_raw_config(msg), dict(context.node_config))
+        return prepare(_instructions(msg), dict(context.node_config))
     except ParticipationRefused as err:
         log(ERROR, "fedpers: %s", err.detail)
         raise
@@ -83,13 +85,13 @@ def train(msg: Message, context: Context) -> Message:
 
 def persona(msg: Message, context: Context) -> Message:
     """The client's persona index, in clear (aggregation without persona hiding)."""
-    from clients.tasks import assignment, persona_index
+    from clients.tasks import assignment
 
     task = _prepare(msg, context)
     if task.config.persona_hiding:
         raise PermissionError("this run hides personas: the persona is not sent in clear")
     choice = _refusing(assignment)(task)
-    return Message(RecordDict({"metrics": MetricRecord({"persona-index": persona_index(task.config, choice.persona)})}),
+    return Message(RecordDict({"metrics": MetricRecord({PERSONA_INDEX: task.instructions.persona_index(choice.persona)})}),
                    reply_to=msg)
 
 
@@ -112,18 +114,14 @@ def _ledger_has(state, purpose: str, run_id: str, server_round: int) -> bool:
                and (purpose == "persona-choice" or e.details.get("round") == server_round) for e in ledger.entries)
 
 
-def _check_ledger(msg: Message, context: Context, needed: set[str]) -> None:
+def _check_ledger(instructions: RoundInstructions, context: Context, needed: set[str]) -> None:
     """Every ledger entry ``needed`` is on the device for this run (and round), written before the reply leaves."""
-    from clients.tasks import open_device, resolve_user
-    from clients.state import UserState
-    from fedpers.federated import FederatedConfig
+    from clients.tasks import client_state
 
-    raw = _raw_config(msg)
-    config = FederatedConfig.from_record(raw)
-    node_config = dict(context.node_config)
-    state = open_device(node_config) if node_config.get("store") else UserState(config.state_dir, resolve_user(config, node_config))
-    run_id, server_round = str(raw["run-id"]), int(raw.get("server-round", 0))
-    if config.persona_mode != "inferred" or not str(raw.get("trained-personas", "")):
+    config = instructions.config
+    state = client_state(config, dict(context.node_config))
+    run_id, server_round = instructions.run_id, instructions.server_round
+    if config.persona_mode != "inferred" or not instructions.trained_personas:
         needed = needed - {"persona-choice"}  # declared, or cold start on the global adapter: nothing was chosen
     missing = sorted(p for p in needed if not _ledger_has(state, p, run_id, server_round))
     if missing:
@@ -144,12 +142,14 @@ def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) 
         err = UnaccountedRelease(f"reply not sent: fields outside the release manifest: {', '.join(undeclared)}")
         log(ERROR, "fedpers: %s", err)
         raise err
-    raw = _raw_config(msg) if stage in (None, Stage.COLLECT_MASKED_VECTORS) else {}  # the stages with instructions
-    needed = required_ledger(message_type, stage, fields, bool(raw.get("dp", False)), raw.get("persona-mode") == "inferred",
-                             bool(raw.get("user-dp", False)))
+    if stage not in (None, Stage.COLLECT_MASKED_VECTORS):  # the other SecAgg+ stages carry no instructions
+        return reply
+    instructions = _instructions(msg)
+    config = instructions.config
+    needed = required_ledger(message_type, stage, fields, config.dp, config.persona_mode == "inferred", config.user_dp)
     if needed:
         try:
-            _check_ledger(msg, context, needed)
+            _check_ledger(instructions, context, needed)
         except UnaccountedRelease as err:
             log(ERROR, "fedpers: %s", err)
             raise

@@ -40,7 +40,7 @@ def chat(device: DeviceStore, prompt: str, max_new_tokens: int = 64, use_embeddi
     from fedpers.models import PersonalizedLM, UserEmbedding, attach_lora, load_adapter_arrays, load_base_model
     from fedpers.personas.answer import generate_answer
     from fedpers.personas.routing import LossScorer, Router
-    from fedpers.rundir import GLOBAL
+    from fedpers.adapters import GLOBAL
 
     if not prompt.strip():
         raise ValueError("the prompt is empty")

@@ -16,7 +16,6 @@ import hashlib
 from dataclasses import dataclass
 from logging import INFO
 
-import numpy as np
 import torch
 from flwr.common.logger import log
 from safetensors.torch import load as load_tensors
@@ -29,7 +28,9 @@ from clients.persona import choose_persona, private_persona_choice
 from clients.state import ClientState, DPPlan, Upload, UserState
 from fedpers.aggregation import clip_delta
 from fedpers.aggregation.slots import SlotLayout
-from fedpers.federated import FederatedConfig, adapters_from_bytes
+from fedpers.adapters import Adapters
+from fedpers.federated import FederatedConfig
+from fedpers.instructions import PERSONA_INDEX, RoundInstructions
 from fedpers.local import LocalTrainConfig, set_trainable, train_local
 from fedpers.models import load_adapter_arrays
 from fedpers.privacy import DPConfig, TrainConfig
@@ -37,23 +38,27 @@ from fedpers.privacy.accounting import calibrate_noise_multiplier
 from fedpers.privacy.dp_sgd import estimate_clip_norm
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedpers.privacy.user_level import user_level_entry
-from fedpers.rundir import GLOBAL
 from fedpers.models.environment import ModelEnvironment, model_environment
 from fedpers.userdata import UserData, encode_user, user_data, user_ids
 
-Adapters = dict[str, dict[str, np.ndarray]]
 
 
 @dataclass
 class Task:
-    """One message's instructions (``raw``: the config record) and what the client needs to answer it."""
+    """One message's instructions and what the client needs to answer it."""
 
-    config: FederatedConfig
-    raw: dict
-    adapters: Adapters
+    instructions: RoundInstructions
     env: ModelEnvironment
     data: UserData
     state: ClientState
+
+    @property
+    def config(self) -> FederatedConfig:
+        return self.instructions.config
+
+    @property
+    def adapters(self) -> Adapters:
+        return self.instructions.adapters
 
 
 def resolve_user(config: FederatedConfig, node_config: dict) -> str:
@@ -86,25 +91,30 @@ def device_user_data(config: FederatedConfig, device: DeviceStore, env: ModelEnv
                        config.heldout_fraction, config.data_seed, config.max_length, env)
 
 
-def prepare(raw: dict, node_config: dict) -> Task:
-    """Decode the instructions and load the model, the user's data and state (simulation or device store)."""
-    config = FederatedConfig.from_record(raw)
-    adapters = adapters_from_bytes(raw["adapters"])
+def client_state(config: FederatedConfig, node_config: dict) -> ClientState:
+    """Where this node's user keeps ledgers, plan and embedding: the device store, or the simulation's files."""
+    if node_config.get("store"):
+        return open_device(node_config)
+    return UserState(config.state_dir, resolve_user(config, node_config))
+
+
+def prepare(instructions: RoundInstructions, node_config: dict) -> Task:
+    """Load the model, the user's data and state (simulation or device store) for ``instructions``."""
+    config = instructions.config
     env = model_environment(config)
     if node_config.get("store"):
         device = open_device(node_config)
         check_participation(device.user_id, device.consent(), device.ledger(config.delta).spent().epsilon)
-        if raw.get("task") == "train":
-            device.keep_adapters(_adapters_info(config, raw), adapters)
-        return Task(config, raw, adapters, env, device_user_data(config, device, env), device)
+        if instructions.task == "train":
+            device.keep_adapters(_adapters_info(instructions), instructions.adapters)
+        return Task(instructions, env, device_user_data(config, device, env), device)
     data = user_data(config, resolve_user(config, node_config), env)
-    return Task(config, raw, adapters, env, data, UserState(config.state_dir, data.user_id))
+    return Task(instructions, env, data, UserState(config.state_dir, data.user_id))
 
 
-def _adapters_info(config: FederatedConfig, raw: dict) -> dict:
-    trained = [p for p in str(raw.get("trained-personas", "")).split(",") if p]
-    return {"run_id": str(raw["run-id"]), "server_round": int(raw.get("server-round", 0)), "task": raw.get("task"),
-            "trained_personas": trained, "settings": config.to_record()}
+def _adapters_info(instructions: RoundInstructions) -> dict:
+    return {"run_id": instructions.run_id, "server_round": instructions.server_round, "task": instructions.task,
+            "trained_personas": list(instructions.trained_personas), "settings": instructions.config.to_record()}
 
 
 def _load_embedding(env: ModelEnvironment, state: ClientState) -> None:
@@ -129,35 +139,26 @@ def _noise_seed(config: FederatedConfig, user_id: str, server_round: int, purpos
 
 def assignment(task: Task):
     """The client's persona for this run: declared, cold-start global, or chosen privately (IFCA) once per run."""
-    config, raw, state = task.config, task.raw, task.state
+    config, run_id, state = task.config, task.instructions.run_id, task.state
     personas = config.persona_names
-    trained = [p for p in str(raw.get("trained-personas", "")).split(",") if p]
+    trained = list(task.instructions.trained_personas)
     if task.data.declared_persona is not None or not trained:
         return choose_persona(task.data.declared_persona, personas, trained, None)
-    cached = state.persona_choice(str(raw["run-id"]))
+    cached = state.persona_choice(run_id)
     if cached is not None:
         return choose_persona(cached, personas, trained, None)
     scores = private_persona_choice(task.env.model, task.adapters, trained, task.data.train, task.env.pad_token_id,
-                                    state.ledger(config.delta), details={"run_id": str(raw["run-id"])})
+                                    state.ledger(config.delta), details={"run_id": run_id})
     choice = choose_persona(None, personas, trained, scores)
-    state.save_persona_choice(str(raw["run-id"]), choice.persona)
+    state.save_persona_choice(run_id, choice.persona)
     return choice
-
-
-def persona_index(config: FederatedConfig, persona: str) -> int:
-    return config.persona_names.index(persona) if persona != GLOBAL else -1
-
-
-def _slot(raw: dict, persona: str) -> str:
-    slots = str(raw["slots"]).split(",")
-    return persona if persona in slots else slots[0] if len(slots) == 1 else GLOBAL
 
 
 def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
     """Noise and clipping for this run, fixed at the user's first round so every planned round fits the
     budget: the run's epsilon, or the user's consented cap if lower."""
     config, env, data, state = task.config, task.env, task.data, task.state
-    run_id = str(task.raw["run-id"])
+    run_id = task.instructions.run_id
     plan = state.plan(run_id)
     if plan is not None:
         return plan
@@ -180,29 +181,29 @@ def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
 def _charge_user_level(task: Task) -> tuple[PrivacyLedger, LedgerEntry] | None:
     """User-level DP: record this round's release in the user's user-level ledger before anything is computed
     or sent (capped: refused past the consented budget); ``None`` without user-level DP."""
-    config, raw = task.config, task.raw
+    config, instructions = task.config, task.instructions
     if not config.user_dp:
         return None
     ledger = task.state.user_level_ledger(config.delta)
-    entry = user_level_entry(config.user_noise_multiplier, config.update_clip, run_id=str(raw["run-id"]),
-                             round=int(raw.get("server-round", 0)))
+    entry = user_level_entry(config.user_noise_multiplier, config.update_clip, run_id=instructions.run_id,
+                             round=instructions.server_round)
     return ledger, ledger.record(entry)
 
 
 def train_upload(task: Task) -> Upload:
     """Train the assigned persona adapter (DP-SGD) and the user embedding; the clipped delta in its slot."""
-    config, raw, env, data, state = task.config, task.raw, task.env, task.data, task.state
+    config, instructions, env, data, state = task.config, task.instructions, task.env, task.data, task.state
     user_level = _charge_user_level(task)
     choice = assignment(task)
     load_adapter_arrays(env.model.lm, task.adapters[choice.persona])
     _load_embedding(env, state)
     ledger = state.ledger(config.delta) if config.dp else None
-    server_round = int(raw.get("server-round", 0))
+    server_round = instructions.server_round
     dp = DPConfig(enabled=False)
     if config.dp:
         plan = _dp_plan(task, ledger)
         dp = DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=config.delta,
-                      ledger_details={"run_id": str(raw["run-id"]), "round": server_round})
+                      ledger_details={"run_id": instructions.run_id, "round": server_round})
     local = LocalTrainConfig(
         lora=TrainConfig(steps=config.local_steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
                          noise_seed=_noise_seed(config, data.user_id, server_round, "dp-sgd")),
@@ -215,9 +216,9 @@ def train_upload(task: Task) -> Upload:
     delta, factor = clip_delta(result.delta.arrays, config.update_clip)
     if factor < 1.0:
         log(INFO, "user %s: update norm %.4g clipped to %.4g", data.user_id, config.update_clip / factor, config.update_clip)
-    layout = SlotLayout.for_adapter(delta, str(raw["slots"]).split(","))
-    upload = layout.pack(_slot(raw, choice.persona), delta, float(raw["count-value"]))
-    metrics = {} if config.persona_hiding else {"persona-index": persona_index(config, choice.persona)}
+    layout = SlotLayout.for_adapter(delta, instructions.slots)
+    upload = layout.pack(instructions.slot_for(choice.persona), delta, instructions.count_value)
+    metrics = {} if config.persona_hiding else {PERSONA_INDEX: instructions.persona_index(choice.persona)}
     if user_level is not None:
         user_level[0].complete(user_level[1])
     return upload, metrics
@@ -228,13 +229,13 @@ TASKS = {"train": train_upload}
 
 def answer(task: Task) -> Upload:
     """The upload of this run, round and task: computed once, re-sent as is if the round is retried."""
-    raw = task.raw
-    if raw.get("task") not in TASKS:
-        raise ValueError(f"unknown task {raw.get('task')!r}; expected one of {sorted(TASKS)}")
-    key = f"{raw['run-id']}-{int(raw.get('server-round', 0))}-{raw['task']}"
+    instructions = task.instructions
+    if instructions.task not in TASKS:
+        raise ValueError(f"task {instructions.task!r} has no upload; expected one of {sorted(TASKS)}")
+    key = f"{instructions.run_id}-{instructions.server_round}-{instructions.task}"
     cached = task.state.upload(key)
     if cached is not None:
         return cached
-    upload = TASKS[raw["task"]](task)
-    task.state.save_upload(key, str(raw["run-id"]), raw["task"], upload)
+    upload = TASKS[instructions.task](task)
+    task.state.save_upload(key, instructions.run_id, instructions.task, upload)
     return upload

@@ -1,4 +1,4 @@
-"""Settings of a federated run, and how adapters travel: flat records of scalars and named NumPy arrays.
+"""Settings of a federated run: one flat record of scalars.
 
 The ServerApp owns a :class:`FederatedConfig` and sends it to clients in every message, so the
 same apps run under ``fedpers simulate``, ``flwr run`` and the deployment engine.
@@ -11,14 +11,8 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
-from safetensors.numpy import load as load_tensors
-from safetensors.numpy import save as save_tensors
-
 from fedpers.data import PERSONAS
 from fedpers.models.lora import LoraSettings
-
-SEPARATOR = "/"
 
 
 @dataclass
@@ -162,25 +156,3 @@ def load_config_file(path: Path) -> dict:
             raise ValueError(f"{path}: unknown setting {key!r}")
         values[name] = value
     return values
-
-
-def pack_adapters(adapters: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Several named adapters as one flat mapping ``'<adapter>/<tensor>'`` (for one ArrayRecord)."""
-    return {f"{name}{SEPARATOR}{key}": array for name, arrays in adapters.items() for key, array in arrays.items()}
-
-
-def unpack_adapters(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    adapters: dict[str, dict[str, np.ndarray]] = {}
-    for key, array in flat.items():
-        name, _, tensor = key.partition(SEPARATOR)
-        adapters.setdefault(name, {})[tensor] = array
-    return adapters
-
-
-def adapters_to_bytes(adapters: dict[str, dict[str, np.ndarray]]) -> bytes:
-    """Several adapters as one safetensors blob (how the server sends them in a config record)."""
-    return save_tensors({k: np.ascontiguousarray(v) for k, v in pack_adapters(adapters).items()})
-
-
-def adapters_from_bytes(data: bytes) -> dict[str, dict[str, np.ndarray]]:
-    return unpack_adapters(load_tensors(data))

@@ -14,11 +14,10 @@ import numpy as np
 from peft import PeftModel
 from safetensors.numpy import load_file
 
-from fedpers.aggregation.persona import GLOBAL
 from fedpers.atomic import write_json
 from fedpers.models.lora import LoraSettings, load_adapter_arrays
 
-__all__ = ["ADAPTERS", "GLOBAL", "METRICS", "RUN_CONFIG", "adapter_dir", "load_adapters", "lora_settings",
+__all__ = ["ADAPTERS", "METRICS", "RUN_CONFIG", "adapter_dir", "load_adapters", "lora_settings",
            "read_json", "save_adapter", "write_json"]
 
 RUN_CONFIG = "run.json"

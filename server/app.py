@@ -19,36 +19,37 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
-import flwr.compat.common.recorddict_compat as compat
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.app.message_type import MessageType
+from flwr.app import Context
 from flwr.common.logger import log
 from flwr.server import ServerConfig
 from flwr.server.compat.legacy_context import LegacyContext
-from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 from flwr.server.workflow import DefaultWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.default_workflows import default_fit_workflow
 from flwr.serverapp import Grid, ServerApp
 
+from fedpers.aggregation import published_counts
+from fedpers.aggregation.rounds import PersonaAdapters, apply_round
 from fedpers.aggregation.secure import QuantizationPlan
 from fedpers.wirelog import MANIFEST, WIRE
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy.ledger import PrivacyLedger
-from fedpers.rundir import GLOBAL
+from fedpers.adapters import GLOBAL
 from server.outputs import dp_note, evaluation_table, format_table, plot_heldout, save_adapters, write_metrics, write_run_config
 from server.received import ReceivedManifest, both
 from server.registry import publish
 from server.secagg import SecAggPlusRound
-from server.strategy import PersonaTraining, user_clip_norm
+from server.rounds import RoundMode, round_mode
+from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
 
 Adapters = dict[str, dict[str, np.ndarray]]
 Evaluator = Callable[[int, Adapters, set[str], str, bool], dict]
@@ -88,52 +89,6 @@ def _secure_round(config: FederatedConfig, bound: float, label: str, observer: C
                            retries=config.secagg_retries, observer=observer, label=label)
 
 
-class PersonaGroups:
-    """Personas in clear: ask each client its persona, then aggregate each persona group on its own."""
-
-    def __init__(self, strategy, persona_of: Callable[[int], str], session: Callable, after_session: Callable,
-                 finish: Callable) -> None:
-        self.strategy, self.persona_of, self.session = strategy, persona_of, session
-        self.after_session, self.finish = after_session, finish
-        self.personas: dict[int, str] = {}
-
-    def _ask(self, grid: Grid, context: LegacyContext, server_round: int) -> None:
-        unknown = [n for n in grid.get_node_ids() if n not in self.personas]
-        if not unknown:
-            return
-        content = RecordDict({"config": ConfigRecord(self.strategy.instructions(server_round) | {"task": "persona"})})
-        replies = grid.send_and_receive([Message(content=content, dst_node_id=n, message_type=MessageType.QUERY,
-                                                 group_id=str(server_round)) for n in unknown], timeout=self.strategy.config.secagg_timeout)
-        for reply in replies:
-            if not reply.has_error():
-                self.personas[reply.metadata.src_node_id] = self.persona_of(int(reply.content["metrics"]["persona-index"]))
-
-    def __call__(self, grid: Grid, context: LegacyContext) -> None:
-        server_round = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
-        self.strategy.start_round()
-        self._ask(grid, context, server_round)
-        count = self.strategy.num_sampled
-        sampled = {c.node_id for c in context.client_manager.sample(count, count)}
-        groups: dict[str, set[int]] = {}
-        for node, persona in self.personas.items():
-            if node in sampled:
-                groups.setdefault(persona, set()).add(node)
-        participants = 0
-        smallest = max(2, self.strategy.config.min_clients)
-        for persona, nodes in sorted(groups.items()):
-            if len(nodes) < smallest:  # the log says no count below the gate (fedpers.aggregation.published_count)
-                log(INFO, "round %d: %s has fewer than %d clients; not aggregated", server_round, persona, smallest)
-                continue
-            self.strategy.group = (persona, nodes)
-            try:
-                self.session(grid, context)
-                self.after_session(context)
-            finally:
-                self.strategy.group = None
-            participants += len(nodes)
-        self.finish(server_round, participants)
-
-
 def published_session(record: dict, per_persona: bool) -> dict:
     """A SecAgg+ session's record as the outputs show it. With personas in clear each session aggregates one
     persona group, so its client counts (sampled, aggregated, dropped per stage) are per-persona counts, which
@@ -144,8 +99,133 @@ def published_session(record: dict, per_persona: bool) -> dict:
     return {k: v for k, v in record.items() if k not in ("sampled", "aggregated", "dropped")} | {"dropped_at": sorted(record["dropped"])}
 
 
-def _params(context: LegacyContext):
-    return compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+@dataclass
+class ServerRun:
+    """One run's server side, built before the first round (:func:`build_run`)."""
+
+    config: FederatedConfig
+    run_id: str
+    nodes: int
+    peft_model: object  # the base model with LoRA, to save adapters in peft format
+    state: PersonaAdapters
+    training: PersonaTraining
+    strategy: Strategy  # ``training``, wrapped in Flower's client-side clipping DP under user-level DP
+    mode: RoundMode
+    sessions: list[SecAggPlusRound]
+    ledgers: dict[str, PrivacyLedger]  # the server's user-level DP record per adapter (empty without it)
+    history: list[dict] = field(default_factory=list)  # one record per round that applied an update
+    evaluations: list[dict] = field(default_factory=list)  # the evaluator's records (simulations only)
+
+
+def build_run(grid: Grid, config: FederatedConfig, run_dir: Path, expected_nodes: int | None,
+              observer: Callable | None, engine: str) -> ServerRun:
+    """Load the model, wait for the nodes, and wire strategy, sessions and round mode for these settings."""
+    run_id = uuid.uuid4().hex
+    base, _ = load_base_model(config.model)
+    peft_model = attach_lora(base, config.lora())
+    write_run_config(run_dir, config, run_id)
+    nodes = _wait_for_nodes(grid, expected_nodes or config.min_nodes or config.min_clients)
+    trained = config.persona_names if config.persona_mode == "inferred" else ()
+    state = persona_adapters(config, initial_adapters(config, adapter_arrays(peft_model)), trained)
+    ledgers = {}
+    if config.user_dp:
+        ledger_dir = run_dir / "user-level-dp"
+        ledgers = {name: PrivacyLedger(ledger_dir / f"{name}.json", f"adapter:{name}", config.delta)
+                   for name in [GLOBAL, *config.persona_names]}
+    training = PersonaTraining(config, run_id, nodes, config.secure_aggregation, state)
+    strategy: Strategy = training
+    if config.user_dp:
+        strategy = DifferentialPrivacyClientSideFixedClipping(training, config.user_noise_multiplier,
+                                                              user_clip_norm(config), training.num_sampled)
+    sessions: list[SecAggPlusRound] = []
+    session: Callable = default_fit_workflow
+    if config.secure_aggregation:
+        record = engine != "simulation" and config.record_wire
+        if record:  # this run's replies only, should the run directory be reused
+            (run_dir / WIRE / MANIFEST).unlink(missing_ok=True)
+        session = _secure_round(config, config.update_clip, "training",
+                                both(observer, ReceivedManifest(run_dir, "training") if record else None), nodes)
+        sessions = [session]
+    return ServerRun(config, run_id, nodes, peft_model, state, training, strategy, round_mode(training, session),
+                     sessions, ledgers)
+
+
+def play_round(run: ServerRun, grid: Grid, context: LegacyContext, server_round: int, evaluator: Evaluator | None) -> None:
+    """Collect the round's sums (whatever the mode), apply them, record the round, and evaluate if asked."""
+    config, started = run.config, time.perf_counter()
+    round_sums = run.mode.collect(grid, context, server_round)
+    if round_sums is None:
+        log(WARNING, "round %s: no update was applied (see the failures above)", server_round)
+    else:
+        agg = apply_round(run.state, round_sums, exact_counts=not config.user_dp)
+        record = {"round": server_round, "participants": round_sums.participants, "failures": round_sums.failures,
+                  "released": list(agg.released), "contributors": published_counts(agg.contributors, config.min_clients),
+                  "train_seconds": time.perf_counter() - started}
+        if config.user_dp:
+            record["user_dp"] = run.training.account(run.ledgers, server_round)
+        run.history.append(record)
+        log(INFO, "round %d: %d clients aggregated%s; updated %s", server_round, round_sums.participants,
+            " securely" if config.secure_aggregation else "", ", ".join(record["released"]) or "no persona")
+    if evaluator is not None and config.evaluate:
+        run.evaluations.append(evaluator(server_round, run.state.adapters, set(run.state.trained), run.run_id,
+                                         server_round >= config.rounds))
+
+
+def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, started: float) -> dict:
+    """What ``metrics.json`` holds: settings, aggregation, every round, the evaluation and its source."""
+    config, training = run.config, run.training
+    evaluated = {e["round"]: e for e in run.evaluations}
+    payload = {
+        "run_id": run.run_id,
+        "engine": engine,
+        "settings": config.to_record(),
+        "aggregation": {"secure": config.secure_aggregation, "persona_hiding": config.persona_hiding,
+                        "slots": list(training.slots), "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
+                        "adapter_floats": training.layout.adapter_size, "update_clip": config.update_clip,
+                        "sessions": [published_session(h, not config.persona_hiding) for s in run.sessions for h in s.history]},
+        "rounds": [{**t, **{f"eval_{k}": v for k, v in evaluated.get(t["round"], {}).items() if k != "round"}}
+                   for t in run.history],
+        "evaluation": evaluation_table(run.evaluations[-1]) if run.evaluations else None,
+        "evaluation_source": getattr(evaluator, "source", "the caller's evaluator") if evaluator is not None else NO_EVALUATION,
+        "private_randomness": private_randomness(config),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if config.user_dp:
+        payload["user_level_dp"] = {"noise_multiplier": config.user_noise_multiplier, "clip": user_clip_norm(config),
+                                    "delta": config.delta, "epsilon": {n: l.spent().epsilon if l.events() else 0.0 for n, l in run.ledgers.items()}}
+    return payload
+
+
+def write_outputs(run: ServerRun, run_dir: Path, payload: dict, engine: str, evaluator: Evaluator | None) -> None:
+    """Adapters (peft format), ``metrics.json``, the plot and table, the audit (deployment) and the registry."""
+    config = run.config
+    save_adapters(run_dir, run.peft_model, run.state.adapters)
+    write_metrics(run_dir, payload)
+    if run.evaluations:
+        plot_heldout(run.evaluations, run_dir / "heldout_loss.png")
+    if payload["evaluation"] is not None:
+        text = format_table(payload["evaluation"], dp_note(config)) + f"\nevaluated by {payload['evaluation_source']}"
+        (run_dir / "evaluation.txt").write_text(text + "\n")
+        log(INFO, "\n%s", text)
+    elif config.evaluate and evaluator is not None:
+        log(WARNING, "no evaluation was recorded")
+    if config.audit and engine != "simulation":
+        _write_audit(run_dir)
+    if config.registry:
+        version = publish(run_dir, config.registry)
+        log(INFO, "fedpers: adapters published to the registry as %s (now latest)", version.path)
+
+
+def _log_start(config: FederatedConfig, nodes: int, evaluator: Evaluator | None) -> None:
+    mode = ("SecAgg+ " + ("with persona hiding" if config.persona_hiding else "per persona group")
+            if config.secure_aggregation else "plain (the server sees each update)")
+    log(INFO, "fedpers: %d nodes, %d rounds, personas: %s; aggregation: %s; DP-SGD %s%s", nodes, config.rounds,
+        ", ".join(config.persona_names), mode, f"on (epsilon {config.epsilon}, delta {config.delta})" if config.dp else "off",
+        f"; user-level DP noise multiplier {config.user_noise_multiplier}" if config.user_dp else "")
+    if config.noise_seed >= 0:
+        log(WARNING, "fedpers: %s", private_randomness(config)["source"])
+    if config.evaluate and evaluator is None:
+        log(INFO, "fedpers: held-out evaluation: %s", NO_EVALUATION)
 
 
 def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: Path, expected_nodes: int | None = None,
@@ -158,107 +238,19 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
     only) evaluates the adapters after every round, outside the federated protocol."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex
-    base, _ = load_base_model(config.model)
-    peft_model = attach_lora(base, config.lora())
-    adapters = initial_adapters(config, adapter_arrays(peft_model))
-    write_run_config(run_dir, config, run_id)
-    nodes = _wait_for_nodes(grid, expected_nodes or config.min_nodes or config.min_clients)
-    trained = config.persona_names if config.persona_mode == "inferred" else ()
-    ledgers = {}
-    if config.user_dp:
-        ledger_dir = run_dir / "user-level-dp"
-        ledgers = {name: PrivacyLedger(ledger_dir / f"{name}.json", f"adapter:{name}", config.delta)
-                   for name in [GLOBAL, *config.persona_names]}
-    training = PersonaTraining(config, run_id, nodes, config.secure_aggregation, adapters, trained, ledgers)
-    history: list[dict] = []
-    strategy = training
-    if config.user_dp:
-        strategy = DifferentialPrivacyClientSideFixedClipping(training, config.user_noise_multiplier,
-                                                              user_clip_norm(config), training.num_sampled)
-    train_context = LegacyContext(context, ServerConfig(num_rounds=config.rounds), strategy)
-
-    sessions: list[SecAggPlusRound] = []
-    if config.secure_aggregation:
-        record = engine != "simulation" and config.record_wire
-        if record:  # this run's replies only, should the run directory be reused
-            (run_dir / WIRE / MANIFEST).unlink(missing_ok=True)
-        train_session = _secure_round(config, config.update_clip, "training",
-                                      both(observer, ReceivedManifest(run_dir, "training") if record else None), nodes)
-        sessions = [train_session]
-    else:
-        train_session = default_fit_workflow
-
-    def absorb(ctx: LegacyContext) -> None:
-        training.absorb(_params(ctx))
-
-    if config.secure_aggregation and not config.persona_hiding:
-        train_flow = PersonaGroups(training, training.persona, train_session, absorb,
-                                   lambda r, n: training.finish_groups(r, n, 0))
-    else:
-        train_flow = train_session
+    run = build_run(grid, config, run_dir, expected_nodes, observer, engine)
 
     def fit_workflow(grid: Grid, ctx: LegacyContext) -> None:
-        server_round = int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
-        before = len(training.history)
-        train_flow(grid, ctx)
-        absorb(ctx)
-        if len(training.history) == before:
-            log(WARNING, "round %s: no update was applied (see the failures above)", server_round)
-        if evaluator is not None and config.evaluate:
-            history.append(evaluator(server_round, training.adapters, set(training.trained), run_id,
-                                     server_round >= config.rounds))
+        play_round(run, grid, ctx, int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]), evaluator)
 
     def evaluate_workflow(grid: Grid, ctx: LegacyContext) -> None:
         """Devices are never asked for an evaluation (see the module docstring)."""
 
-    mode = ("SecAgg+ " + ("with persona hiding" if config.persona_hiding else "per persona group")
-            if config.secure_aggregation else "plain (the server sees each update)")
-    log(INFO, "fedpers: %d nodes, %d rounds, personas: %s; aggregation: %s; DP-SGD %s%s", nodes, config.rounds,
-        ", ".join(config.persona_names), mode, f"on (epsilon {config.epsilon}, delta {config.delta})" if config.dp else "off",
-        f"; user-level DP noise multiplier {config.user_noise_multiplier}" if config.user_dp else "")
-    if config.noise_seed >= 0:
-        log(WARNING, "fedpers: %s", private_randomness(config)["source"])
-    if config.evaluate and evaluator is None:
-        log(INFO, "fedpers: held-out evaluation: %s", NO_EVALUATION)
-    DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=evaluate_workflow)(grid, train_context)
-
-    save_adapters(run_dir, peft_model, training.adapters)
-    table = evaluation_table(history[-1]) if history else None
-    evaluated = {e["round"]: e for e in history}
-    source = getattr(evaluator, "source", "the caller's evaluator") if evaluator is not None else NO_EVALUATION
-    payload = {
-        "run_id": run_id,
-        "engine": engine,
-        "settings": config.to_record(),
-        "aggregation": {"secure": config.secure_aggregation, "persona_hiding": config.persona_hiding,
-                        "slots": list(training.slots), "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
-                        "adapter_floats": training.layout.adapter_size, "update_clip": config.update_clip,
-                        "sessions": [published_session(h, not config.persona_hiding) for s in sessions for h in s.history]},
-        "rounds": [{**t, **{f"eval_{k}": v for k, v in evaluated.get(t["round"], {}).items() if k != "round"}}
-                   for t in training.history],
-        "evaluation": table,
-        "evaluation_source": source,
-        "private_randomness": private_randomness(config),
-        "wall_seconds": time.perf_counter() - started,
-    }
-    if config.user_dp:
-        payload["user_level_dp"] = {"noise_multiplier": config.user_noise_multiplier, "clip": user_clip_norm(config),
-                                    "delta": config.delta, "epsilon": {n: l.spent().epsilon if l.events() else 0.0 for n, l in ledgers.items()}}
-    write_metrics(run_dir, payload)
-    if history:
-        plot_heldout(history, run_dir / "heldout_loss.png")
-    if table is not None:
-        text = format_table(table, dp_note(config)) + f"\nevaluated by {source}"
-        (run_dir / "evaluation.txt").write_text(text + "\n")
-        log(INFO, "\n%s", text)
-    elif config.evaluate and evaluator is not None:
-        log(WARNING, "no evaluation was recorded")
-    if config.audit and engine != "simulation":
-        _write_audit(run_dir)
-    if config.registry:
-        version = publish(run_dir, config.registry)
-        log(INFO, "fedpers: adapters published to the registry as %s (now latest)", version.path)
+    _log_start(config, run.nodes, evaluator)
+    context_ = LegacyContext(context, ServerConfig(num_rounds=config.rounds), run.strategy)
+    DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=evaluate_workflow)(grid, context_)
+    payload = run_metrics(run, engine, evaluator, started)
+    write_outputs(run, run_dir, payload, engine, evaluator)
     return payload
 
 

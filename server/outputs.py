@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 from peft import PeftModel  # noqa: E402
 
 from fedpers.federated import FederatedConfig  # noqa: E402
-from fedpers.rundir import GLOBAL, METRICS, RUN_CONFIG, save_adapter, write_json  # noqa: E402
+from fedpers.adapters import GLOBAL  # noqa: E402
+from fedpers.rundir import METRICS, RUN_CONFIG, save_adapter, write_json  # noqa: E402
 
 COLUMNS = (("base", "base model"), ("global", "global adapter"), ("persona", "persona adapter"),
            ("persona-embedding", "persona + user embedding"))

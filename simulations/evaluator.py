@@ -33,7 +33,7 @@ from fedpers.aggregation import published_count
 from fedpers.evaluation import evaluate
 from fedpers.federated import FederatedConfig
 from fedpers.models import load_adapter_arrays
-from fedpers.rundir import GLOBAL
+from fedpers.adapters import GLOBAL
 
 Adapters = dict[str, dict[str, np.ndarray]]
 SOURCE = "the experimenter's evaluator in the simulation driver, outside the federated protocol (no device sent these figures)"

@@ -23,7 +23,7 @@ from fedpers.data import SyntheticConfig, generate, write_jsonl
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from server.app import initial_adapters
-from server.strategy import PersonaTraining, user_clip_norm
+from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
 
 USER = "user000"
 SETTINGS = dict(model="tiny", personas="leadership,field_worker", rounds=3, local_steps=2, embedding_steps=1, batch_size=2,
@@ -93,11 +93,12 @@ def _round_messages(monkeypatch, **changes):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
     config = FederatedConfig(**(SETTINGS | changes)).validated()
     base, _ = load_base_model("tiny")
-    strategy = PersonaTraining(config, "run-a", 2, False, initial_adapters(config, adapter_arrays(attach_lora(base, config.lora()))), ())
+    adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
+    strategy = PersonaTraining(config, "run-a", 2, False, persona_adapters(config, adapters))
     clipping = {KEY_CLIPPING_NORM: user_clip_norm(config)} if config.user_dp else {}
 
     def message(server_round: int) -> Message:
-        fit_ins = FitIns(ndarrays_to_parameters(strategy.reference()), strategy.instructions(server_round) | clipping)
+        fit_ins = FitIns(ndarrays_to_parameters(strategy.reference()), strategy.instructions(server_round).to_record() | clipping)
         return Message(compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN)
 
     return message

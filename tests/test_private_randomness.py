@@ -104,16 +104,16 @@ def test_the_client_trains_with_nothing_the_server_sent_as_a_seed(tmp_path, monk
     assert not hasattr(private.lora, "seed"), "no other seed may reach the sampler"
 
 
-def _train_instructions(config, server_round: int) -> dict:
+def _train_instructions(config, server_round: int):
     """The round instructions the server sends for a training round (as the ServerApp builds them)."""
     from server.app import initial_adapters
-    from server.strategy import PersonaTraining
+    from server.strategy import PersonaTraining, persona_adapters
 
     from fedpers.models import adapter_arrays, attach_lora, load_base_model
 
     base, _ = load_base_model(config.model)
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
-    return PersonaTraining(config, "run-x", 3, config.secure_aggregation, adapters, ()).instructions(server_round)
+    return PersonaTraining(config, "run-x", 3, config.secure_aggregation, persona_adapters(config, adapters)).instructions(server_round)
 
 
 def test_a_ledger_refuses_another_delta(tmp_path):

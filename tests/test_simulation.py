@@ -16,7 +16,8 @@ from fedpers.audit.scan import scan
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.models import adapter_arrays, load_base_model
 from fedpers.privacy import PrivacyLedger
-from fedpers.rundir import GLOBAL, load_adapters, read_json
+from fedpers.adapters import GLOBAL
+from fedpers.rundir import load_adapters, read_json
 from simulations.simulate import SCENARIOS, simulate
 
 
@@ -142,13 +143,13 @@ def test_scan_finds_text_and_token_ids_when_they_are_sent():
 
 def test_fedadam_strategy_uses_its_own_learning_rate_by_default():
     from fedpers.aggregation import FedAdamOptimizer, FedAvgOptimizer
-    from server.strategy import PersonaTraining
+    from server.strategy import persona_adapters
 
     adapters = {name: {"w.lora_A": np.zeros((2, 2), np.float32)} for name in [GLOBAL, *FederatedConfig().persona_names]}
-    adam = PersonaTraining(FederatedConfig(server_optimizer="fedadam"), "run", 4, True, adapters, ())
+    adam = persona_adapters(FederatedConfig(server_optimizer="fedadam"), adapters)
     assert all(isinstance(o, FedAdamOptimizer) for o in adam.optimizers.values())
     assert adam.optimizers[GLOBAL].server_lr == FedAdamOptimizer().server_lr
-    avg = PersonaTraining(FederatedConfig(server_lr=0.5), "run", 4, True, adapters, ())
+    avg = persona_adapters(FederatedConfig(server_lr=0.5), adapters)
     assert isinstance(avg.optimizers["leadership"], FedAvgOptimizer) and avg.optimizers["leadership"].server_lr == 0.5
 
 

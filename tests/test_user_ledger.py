@@ -16,7 +16,7 @@ from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy import GaussianEvent, PrivacyLedger
 from server.app import initial_adapters
-from server.strategy import PersonaTraining, user_clip_norm
+from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
 from simulations.simulate import SCENARIOS
 
 SIGMA = 2.0
@@ -38,8 +38,8 @@ def user_dp_round(tmp_path, monkeypatch):
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
 
     def message(run_id: str, server_round: int) -> Message:
-        strategy = PersonaTraining(config, run_id, len(user_ids(config)), False, adapters, ())
-        instructions = strategy.instructions(server_round) | {KEY_CLIPPING_NORM: user_clip_norm(config)}
+        strategy = PersonaTraining(config, run_id, len(user_ids(config)), False, persona_adapters(config, adapters))
+        instructions = strategy.instructions(server_round).to_record() | {KEY_CLIPPING_NORM: user_clip_norm(config)}
         fit_ins = FitIns(ndarrays_to_parameters(strategy.reference()), instructions)
         return Message(compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN)
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedpers.adapters import GLOBAL
 from fedpers.aggregation.updates import Arrays
 
-GLOBAL = "global"
+
 
 
 @dataclass

@@ -1,11 +1,10 @@
 """Persona assignment for training, and routing of prompts to persona adapters at answer time."""
 
 from fedpers.personas.answer import generate_answer
-from fedpers.personas.assignment import GLOBAL, Assignment, assign_persona
+from fedpers.personas.assignment import Assignment, assign_persona
 from fedpers.personas.routing import DeclaredScorer, LossScorer, RouteDecision, Router, Scorer
 
 __all__ = [
-    "GLOBAL",
     "Assignment",
     "DeclaredScorer",
     "LossScorer",

@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fedpers.rundir import GLOBAL
+from fedpers.adapters import GLOBAL
 
 Source = Literal["declared", "inferred", "global"]
 

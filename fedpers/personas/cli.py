@@ -35,7 +35,8 @@ def run_route(args: argparse.Namespace) -> int:
     from fedpers.models import PersonalizedLM, attach_lora, load_adapter_arrays, load_base_model
     from fedpers.personas.answer import generate_answer
     from fedpers.personas.routing import LossScorer, Router
-    from fedpers.rundir import GLOBAL, RUN_CONFIG, load_adapters, lora_settings, read_json
+    from fedpers.adapters import GLOBAL
+    from fedpers.rundir import RUN_CONFIG, load_adapters, lora_settings, read_json
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")

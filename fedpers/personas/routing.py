@@ -18,7 +18,8 @@ from transformers import PreTrainedTokenizerBase
 from fedpers.models.chat import collate, encode_messages
 from fedpers.models.lora import adapter_arrays, load_adapter_arrays
 from fedpers.models.personalized import PersonalizedLM
-from fedpers.personas.assignment import GLOBAL, Source, assign_persona, check_known
+from fedpers.adapters import GLOBAL
+from fedpers.personas.assignment import Source, assign_persona, check_known
 
 
 @runtime_checkable
