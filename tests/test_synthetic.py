@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import random
 import re
 from collections import Counter, defaultdict
@@ -62,6 +64,45 @@ def test_default_size_and_validity(dataset: list[Conversation]) -> None:
         assert {"name", "role", "location", "device", "sign_off", "greeting"} <= set(conv.profile)
     exchanges = Counter(len(c.turns) // 2 for c in dataset)
     assert set(exchanges) == {1, 2, 3}
+
+
+PINNED_DIGESTS = {
+    # SHA-256 of the JSONL serialization (as ``write_jsonl`` writes it) recorded from the generator before its
+    # phrase banks moved into data files; any change to the banks, the grammar or the draw order changes them.
+    "default": (SyntheticConfig(), "f33588adc2826c649cb6f25954da485775ebc1b1a542b51fea6e511e1ef5ab80"),
+    "scenario": (  # the project's default scenario
+        SyntheticConfig(users_per_persona=3, conversations_per_user=40, seed=0),
+        "2e91f98e60d1aa36b57f9b2a2d263b4ebb56d5f529eea8419242ade526389fae",
+    ),
+    "small_seed3": (
+        SyntheticConfig(users_per_persona=2, conversations_per_user=6, seed=3),
+        "c4d56aea2a935c7080d0613668fea1081f439fca6d147578cdbed1ad196e47f0",
+    ),
+    "subset_feedback": (
+        SyntheticConfig(users_per_persona=3, conversations_per_user=8, seed=5, personas=("field_worker", "admin_hr"),
+                        feedback_rate=1.0),
+        "4c2c5b760bc81834ffe2cb1729c22460685b4fda650afea3d029376e4f3bbd5b",
+    ),
+    "long_threads": (
+        SyntheticConfig(users_per_persona=2, conversations_per_user=10, seed=11, exchange_weights=(0.0, 0.0, 1.0),
+                        feedback_rate=0.0),
+        "3c6614b4c755ee5a1f33cbab2cfbe350bb37ddbdd2c104bce9f5d6c3653a2562",
+    ),
+}
+
+
+def jsonl_digest(conversations: list[Conversation]) -> str:
+    """SHA-256 of the conversations serialized line by line exactly as ``write_jsonl`` writes them."""
+    digest = hashlib.sha256()
+    for conv in conversations:
+        digest.update((json.dumps(conv.to_dict(), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8"))
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_DIGESTS))
+def test_output_is_pinned(name: str, dataset: list[Conversation]) -> None:
+    config, expected = PINNED_DIGESTS[name]
+    assert jsonl_digest(dataset if config == SyntheticConfig() else generate(config)) == expected
 
 
 def test_same_seed_same_data_different_seed_different_data() -> None:
