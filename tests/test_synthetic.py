@@ -15,6 +15,7 @@ import pytest
 
 from fedpers.data import PERSONAS, Conversation, SyntheticConfig, generate, read_jsonl, train_heldout_split, validate_record
 from fedpers.data.cli import register
+from fedpers.data.phrasebank import PhraseBankError, build_common, build_persona, read_phrase_file
 from fedpers.data.synthetic import (
     FIRST_NAMES,
     HELPER_NAMES,
@@ -372,6 +373,31 @@ def test_every_template_parses() -> None:
                 assert all(0 <= i < len(topic.lead) for m in topic.match for i in m)
         for template in templates:
             parse_template(template)
+
+
+def test_phrase_bank_errors_name_the_file_and_the_key() -> None:
+    common_data = read_phrase_file("common.json")
+    common = build_common(common_data)
+    common_data["rules"]["clock"] = {"fn": "clok"}
+    with pytest.raises(PhraseBankError, match=r"^phrases/common\.json: rules\.clock\.fn: unknown fn 'clok' \(known: "):
+        build_common(common_data)
+
+    persona = read_phrase_file("leadership.json")
+    del persona["topics"][0]["lead"]
+    missing = r"^phrases/leadership\.json: topics\[0\] \(board_av\): missing field 'lead'$"
+    with pytest.raises(PhraseBankError, match=missing):
+        build_persona("leadership", persona, common)
+
+    persona = read_phrase_file("knowledge_worker.json")
+    persona["topics"][1]["steps"][0][2] = "[unclosed {proj}"
+    bad_template = r"knowledge_worker\.json: topics\[1\] \(\w+\)\.steps\[0\]\[2\]: bad template"
+    with pytest.raises(PhraseBankError, match=bad_template):
+        build_persona("knowledge_worker", persona, common)
+
+    persona = read_phrase_file("admin_hr.json")
+    persona["topics"][0]["fixed"] = {"sheet": {"rule": "no_such_rule"}}
+    with pytest.raises(PhraseBankError, match=r"admin_hr\.json: topics\[0\] \(\w+\)\.fixed\.sheet\.rule: unknown rule"):
+        build_persona("admin_hr", persona, common)
 
 
 def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
