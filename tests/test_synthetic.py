@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import random
 import re
 from collections import Counter, defaultdict
@@ -13,6 +15,7 @@ import pytest
 
 from fedpers.data import PERSONAS, Conversation, SyntheticConfig, generate, read_jsonl, train_heldout_split, validate_record
 from fedpers.data.cli import register
+from fedpers.data.phrasebank import PhraseBankError, build_common, build_persona, read_phrase_file
 from fedpers.data.synthetic import (
     FIRST_NAMES,
     HELPER_NAMES,
@@ -62,6 +65,45 @@ def test_default_size_and_validity(dataset: list[Conversation]) -> None:
         assert {"name", "role", "location", "device", "sign_off", "greeting"} <= set(conv.profile)
     exchanges = Counter(len(c.turns) // 2 for c in dataset)
     assert set(exchanges) == {1, 2, 3}
+
+
+PINNED_DIGESTS = {
+    # SHA-256 of the JSONL serialization (as ``write_jsonl`` writes it) recorded from the generator before its
+    # phrase banks moved into data files; any change to the banks, the grammar or the draw order changes them.
+    "default": (SyntheticConfig(), "f33588adc2826c649cb6f25954da485775ebc1b1a542b51fea6e511e1ef5ab80"),
+    "scenario": (  # the project's default scenario
+        SyntheticConfig(users_per_persona=3, conversations_per_user=40, seed=0),
+        "2e91f98e60d1aa36b57f9b2a2d263b4ebb56d5f529eea8419242ade526389fae",
+    ),
+    "small_seed3": (
+        SyntheticConfig(users_per_persona=2, conversations_per_user=6, seed=3),
+        "c4d56aea2a935c7080d0613668fea1081f439fca6d147578cdbed1ad196e47f0",
+    ),
+    "subset_feedback": (
+        SyntheticConfig(users_per_persona=3, conversations_per_user=8, seed=5, personas=("field_worker", "admin_hr"),
+                        feedback_rate=1.0),
+        "4c2c5b760bc81834ffe2cb1729c22460685b4fda650afea3d029376e4f3bbd5b",
+    ),
+    "long_threads": (
+        SyntheticConfig(users_per_persona=2, conversations_per_user=10, seed=11, exchange_weights=(0.0, 0.0, 1.0),
+                        feedback_rate=0.0),
+        "3c6614b4c755ee5a1f33cbab2cfbe350bb37ddbdd2c104bce9f5d6c3653a2562",
+    ),
+}
+
+
+def jsonl_digest(conversations: list[Conversation]) -> str:
+    """SHA-256 of the conversations serialized line by line exactly as ``write_jsonl`` writes them."""
+    digest = hashlib.sha256()
+    for conv in conversations:
+        digest.update((json.dumps(conv.to_dict(), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8"))
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_DIGESTS))
+def test_output_is_pinned(name: str, dataset: list[Conversation]) -> None:
+    config, expected = PINNED_DIGESTS[name]
+    assert jsonl_digest(dataset if config == SyntheticConfig() else generate(config)) == expected
 
 
 def test_same_seed_same_data_different_seed_different_data() -> None:
@@ -331,6 +373,31 @@ def test_every_template_parses() -> None:
                 assert all(0 <= i < len(topic.lead) for m in topic.match for i in m)
         for template in templates:
             parse_template(template)
+
+
+def test_phrase_bank_errors_name_the_file_and_the_key() -> None:
+    common_data = read_phrase_file("common.json")
+    common = build_common(common_data)
+    common_data["rules"]["clock"] = {"fn": "clok"}
+    with pytest.raises(PhraseBankError, match=r"^phrases/common\.json: rules\.clock\.fn: unknown fn 'clok' \(known: "):
+        build_common(common_data)
+
+    persona = read_phrase_file("leadership.json")
+    del persona["topics"][0]["lead"]
+    missing = r"^phrases/leadership\.json: topics\[0\] \(board_av\): missing field 'lead'$"
+    with pytest.raises(PhraseBankError, match=missing):
+        build_persona("leadership", persona, common)
+
+    persona = read_phrase_file("knowledge_worker.json")
+    persona["topics"][1]["steps"][0][2] = "[unclosed {proj}"
+    bad_template = r"knowledge_worker\.json: topics\[1\] \(\w+\)\.steps\[0\]\[2\]: bad template"
+    with pytest.raises(PhraseBankError, match=bad_template):
+        build_persona("knowledge_worker", persona, common)
+
+    persona = read_phrase_file("admin_hr.json")
+    persona["topics"][0]["fixed"] = {"sheet": {"rule": "no_such_rule"}}
+    with pytest.raises(PhraseBankError, match=r"admin_hr\.json: topics\[0\] \(\w+\)\.fixed\.sheet\.rule: unknown rule"):
+        build_persona("admin_hr", persona, common)
 
 
 def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
