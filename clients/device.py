@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from clients.consent import Consent, read_consent, write_consent
-from clients.state import DPPlan, Upload, upload_from_bytes, upload_to_bytes
+from fedpers.privacy.plan import DPPlan
+from clients.state import Upload, upload_from_bytes, upload_to_bytes
 from clients.store import ITEM_SUFFIX, EncryptedStore, ScryptParams, StoreError
 from clients.unlock import open_from_env
 from fedpers.data.schema import Conversation, DataValidationError, ValidationIssue, read_jsonl

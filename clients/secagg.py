@@ -13,6 +13,7 @@ happen before masking.
 
 from __future__ import annotations
 
+import hashlib
 from logging import DEBUG, WARNING
 from typing import cast
 
@@ -49,6 +50,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fedpers.aggregation.secure import keystream_masks
+from fedpers.instructions import RoundInstructions
 
 
 def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
@@ -75,7 +77,7 @@ def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
             return out_msg
         out_content = out_msg.content
         fitres = compat.recorddict_to_fitres(out_content, keep_input=True)
-        res = _collect_masked_vectors(state, configs, fitres.num_examples, fitres.parameters)
+        res = _collect_masked_vectors(state, configs, fitres.num_examples, fitres.parameters, _rounding(msg, ctxt))
         for arr_record in out_content.array_records.values():
             arr_record.clear()
     elif state.current_stage == Stage.UNMASK:
@@ -88,8 +90,21 @@ def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     return Message(out_content, reply_to=msg)
 
 
+def _rounding(msg: Message, ctxt: Context) -> np.random.Generator | None:
+    """The stochastic rounding's generator: ``None`` (Flower's, from OS entropy) unless the run sets the benchmark
+    switch ``noise_seed >= 0``; then one derived from it, this device's user and the round, so that a seeded run
+    is reproducible end to end. The rounding protects nothing (the DP noise does); the run is marked not private."""
+    instructions = RoundInstructions.from_record(compat.recorddict_to_fitins(msg.content, keep_input=True).config)
+    if instructions.config.noise_seed < 0:
+        return None
+    who = ctxt.node_config.get("user-id", ctxt.node_config.get("partition-id", ctxt.node_id))
+    key = f"{instructions.config.noise_seed}/{who}/{instructions.server_round}/secagg-rounding".encode()
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+
+
 def _collect_masked_vectors(
-    state: SecAggPlusState, configs: ConfigRecord, num_examples: int, updated_parameters: Parameters
+    state: SecAggPlusState, configs: ConfigRecord, num_examples: int, updated_parameters: Parameters,
+    rng: np.random.Generator | None = None,
 ) -> dict[str, ConfigRecordValues]:
     """Flower's stage 2 (decrypt shares, quantize, add private and pairwise masks) with keystream masks."""
     ciphertexts = cast(list[bytes], configs[Key.CIPHERTEXT_LIST])
@@ -110,7 +125,7 @@ def _collect_masked_vectors(
         log(WARNING, "SecAgg+: weight %s exceeds max_weight %s and may overflow", num_examples, state.max_weight)
     q_ratio = round(ratio * state.target_range)
     vector = factor_combine(q_ratio, quantize_upload(parameters_to_ndarrays(updated_parameters), q_ratio / state.target_range,
-                                                     state.clipping_range, state.target_range))
+                                                     state.clipping_range, state.target_range, rng))
     shapes = [a.shape for a in vector]
     vector = parameters_addition(vector, keystream_masks(state.rd_seed, state.mod_range, shapes))
     for node_id in available:
@@ -122,15 +137,27 @@ def _collect_masked_vectors(
     return {Key.MASKED_PARAMETERS: [ndarray_to_bytes(arr) for arr in vector]}
 
 
-def quantize_upload(arrays: list[np.ndarray], weight: float, clipping_range: float, target_range: int) -> list[np.ndarray]:
+def quantize_upload(arrays: list[np.ndarray], weight: float, clipping_range: float, target_range: int,
+                    rng: np.random.Generator | None = None) -> list[np.ndarray]:
     """Flower's weighting and stochastic quantization, computed in float64.
 
     Flower quantizes in the arrays' own dtype: a float32 upload scaled to ``target_range = 2**30``
     keeps only 24 bits, so every value is rounded to a multiple of 32 or 64 levels before the stochastic
-    rounding even starts. Widening first keeps the error at one level.
+    rounding even starts. Widening first keeps the error at one level. With ``rng`` the rounding draws
+    from it (the same rule as Flower's: x = (x_c + c) * R / 2c rounds up with probability frac(x),
+    where x_c is x clipped to [-c, c]); without, Flower's ``quantize`` draws from NumPy's global generator.
     """
-    wide = [np.asarray(a, dtype=np.float64) for a in arrays]
-    return [q.astype(np.int64) for q in quantize(parameters_multiply(wide, weight), clipping_range, target_range)]
+    wide = parameters_multiply([np.asarray(a, dtype=np.float64) for a in arrays], weight)
+    if rng is None:
+        return [q.astype(np.int64) for q in quantize(wide, clipping_range, target_range)]
+    quantizer = target_range / (2 * clipping_range)
+    out = []
+    for arr in wide:
+        scaled = quantizer * (np.clip(arr, -clipping_range, clipping_range) + clipping_range)
+        up = np.ceil(scaled).astype(np.int64)
+        up[rng.random(up.shape) < up - scaled] -= 1
+        out.append(up)
+    return out
 
 
 def fixedclipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:

@@ -14,7 +14,7 @@ device's encrypted store.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
@@ -22,17 +22,7 @@ import numpy as np
 
 from fedpers.atomic import write_json
 from fedpers.privacy.ledger import LEDGER_FILE, USER_LEVEL_LEDGER_FILE, PrivacyLedger
-
-
-@dataclass
-class DPPlan:
-    """Noise and clipping fixed at a user's first round of a run, so that all planned rounds fit the budget."""
-
-    run_id: str
-    noise_multiplier: float
-    max_grad_norm: float
-    sample_rate: float
-    planned_steps: int
+from fedpers.privacy.plan import DPPlan
 
 
 Upload = tuple[list[np.ndarray], dict]

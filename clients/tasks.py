@@ -25,7 +25,7 @@ from clients.consent import check_participation
 from clients.device import DeviceStore
 from clients.persona import choose_persona, private_persona_choice
 
-from clients.state import ClientState, DPPlan, Upload, UserState
+from clients.state import ClientState, Upload, UserState
 from fedpers.aggregation import clip_delta
 from fedpers.aggregation.slots import SlotLayout
 from fedpers.adapters import Adapters
@@ -34,8 +34,8 @@ from fedpers.instructions import PERSONA_INDEX, RoundInstructions
 from fedpers.local import LocalTrainConfig, set_trainable, train_local
 from fedpers.models import load_adapter_arrays
 from fedpers.privacy import DPConfig, TrainConfig
-from fedpers.privacy.accounting import calibrate_noise_multiplier
-from fedpers.privacy.dp_sgd import estimate_clip_norm
+from fedpers.privacy.dp_sgd import plan_dp
+from fedpers.privacy.plan import DPPlan
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedpers.privacy.user_level import user_level_entry
 from fedpers.models.environment import ModelEnvironment, model_environment
@@ -162,18 +162,14 @@ def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
     plan = state.plan(run_id)
     if plan is not None:
         return plan
-    sample_rate = min(1.0, config.batch_size / len(data.train))
-    clip = config.clip
-    if clip <= 0:  # measured like DP-SGD's first phase: LoRA trainable, no user embedding
+    if config.clip <= 0:  # measured like DP-SGD's first phase: LoRA trainable, no user embedding
         set_trainable(env.model, lora=True, embedding=False)
         env.model.use_user_embedding = False
-        clip = estimate_clip_norm(env.model, data.train, env.pad_token_id,
-                                  DPConfig(clip_quantile=config.clip_quantile), ledger,
-                                  _noise_seed(config, data.user_id, 0, "clip"))
-    steps = config.rounds * config.local_steps
     target = config.epsilon if ledger.cap is None else min(config.epsilon, ledger.cap)
-    sigma = config.noise_multiplier or calibrate_noise_multiplier(target, config.delta, sample_rate, steps, ledger.events())
-    plan = DPPlan(run_id, sigma, clip, sample_rate, steps)
+    dp = DPConfig(target_epsilon=target, delta=config.delta, noise_multiplier=config.noise_multiplier or None,
+                  max_grad_norm=config.clip if config.clip > 0 else None, clip_quantile=config.clip_quantile)
+    plan = plan_dp(env.model, data.train, env.pad_token_id, dp, ledger, config.batch_size,
+                   config.rounds * config.local_steps, _noise_seed(config, data.user_id, 0, "clip"), run_id)
     state.save_plan(plan)
     return plan
 

@@ -1,8 +1,8 @@
 """Fingerprint of the tiny simulation: what a refactoring must leave bitwise unchanged.
 
 Runs the tiny scenario under each aggregation mode (SecAgg+ with persona hiding, SecAgg+ per persona
-group, plain FedAvg) with the benchmark noise switch (``noise_seed``), so that the DP-SGD batches and
-noise are reproducible, and records the SHA-256 of every released adapter's tensors and of the
+group, plain with persona hiding, plain with personas in clear) with the benchmark noise switch
+(``noise_seed``), so that the DP-SGD batches and noise and the SecAgg+ rounding are reproducible, and records the SHA-256 of every released adapter's tensors and of the
 ``metrics.json`` figures with timings, paths and run ids left out.
 
     python -m simulations.fingerprint --out before.json
@@ -24,6 +24,7 @@ from typing import Any
 MODES: dict[str, dict[str, Any]] = {
     "secagg-hidden": {"secure_aggregation": True, "persona_hiding": True},
     "secagg-groups": {"secure_aggregation": True, "persona_hiding": False},
+    "plain-hidden": {"secure_aggregation": False, "persona_hiding": True},
     "plain": {"secure_aggregation": False, "persona_hiding": False},
 }
 NOISE_SEED = 7

@@ -121,6 +121,22 @@ def test_quantization_never_truncates_a_clipped_update_and_errs_below_1e_5_relat
 # ------------------------------------------------------------------------------------------------ slots
 
 
+def test_seeded_rounding_is_reproducible_and_follows_flowers_rule():
+    """Under the benchmark switch the stochastic rounding draws from a seeded generator: the same seed gives the
+    same quantized upload (a seeded run is reproducible end to end), and each value is Flower's floor or ceiling."""
+    arrays = [np.random.default_rng(0).normal(0.0, 0.3, size=(40, 8)), np.array([32.0, 0.0])]
+    args = (0.5, 32.0, 2**30)
+    first = quantize_upload(arrays, *args, np.random.default_rng(11))
+    again = quantize_upload(arrays, *args, np.random.default_rng(11))
+    other = quantize_upload(arrays, *args, np.random.default_rng(12))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], other[0])
+    exact = [(np.clip(a * 0.5, -32.0, 32.0) + 32.0) * 2**30 / 64.0 for a in arrays]
+    for q, x in zip(first, exact, strict=True):
+        assert q.dtype == np.int64 and np.all((q == np.floor(x)) | (q == np.ceil(x)))
+    assert abs(float(np.mean(first[0] - exact[0]))) < 0.1  # unbiased: the mean error of 320 roundings is near 0
+
+
 def test_slot_sum_gives_per_persona_sums_and_counts_and_nothing_per_client():
     slots = ("global", "a", "b")
     adapter = {"x.lora_A": np.zeros((2, 3), np.float32), "x.lora_B": np.zeros((3, 2), np.float32)}

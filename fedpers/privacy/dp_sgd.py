@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from fedpers.models.chat import EncodedExample, collate
 from fedpers.models.personalized import PersonalizedLM
 from fedpers.privacy.accounting import EpsilonReport, GaussianEvent, calibrate_noise_multiplier
+from fedpers.privacy.plan import DPPlan
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 
 # Opacus's hooks fire on module outputs when the (frozen) inputs need no gradient: expected here.
@@ -186,6 +187,35 @@ def estimate_clip_norm(
     return clip
 
 
+def plan_dp(
+    model: PersonalizedLM,
+    examples: Sequence[EncodedExample],
+    pad_token_id: int,
+    dp: DPConfig,
+    ledger: PrivacyLedger,
+    batch_size: int,
+    steps: int,
+    seed: int | None = None,
+    run_id: str = "",
+) -> DPPlan:
+    """The clipping norm C and noise multiplier sigma of ``steps`` DP-SGD steps at sample rate q = min(1, B / n).
+
+    C is ``dp.max_grad_norm``, else the private ``dp.clip_quantile`` estimate (:func:`estimate_clip_norm`,
+    its spending recorded first). sigma is ``dp.noise_multiplier``, else the smallest one with which the
+    ledger's events plus ``steps`` subsampled Gaussian steps (sigma, q) stay within ``dp.target_epsilon``
+    at ``dp.delta`` (:func:`fedpers.privacy.accounting.calibrate_noise_multiplier`)."""
+    sample_rate = min(1.0, batch_size / len(examples))
+    clip = dp.max_grad_norm
+    if clip is None:
+        clip = estimate_clip_norm(model, examples, pad_token_id, dp, ledger, seed)
+    sigma = dp.noise_multiplier
+    if sigma is None:
+        if dp.target_epsilon is None:
+            raise ValueError("DP needs either noise_multiplier or target_epsilon")
+        sigma = calibrate_noise_multiplier(dp.target_epsilon, dp.delta, sample_rate, steps, ledger.events())
+    return DPPlan(sigma, clip, sample_rate, steps, run_id)
+
+
 def train(
     model: PersonalizedLM,
     examples: Sequence[EncodedExample],
@@ -218,14 +248,8 @@ def train(
     if dp.enabled:
         if ledger is None:
             raise ValueError("DP training needs a privacy ledger to record its spending")
-        clip = dp.max_grad_norm
-        if clip is None:
-            clip = estimate_clip_norm(model, examples, pad_token_id, dp, ledger, config.noise_seed)
-        sigma = dp.noise_multiplier
-        if sigma is None:
-            if dp.target_epsilon is None:
-                raise ValueError("DP needs either noise_multiplier or target_epsilon")
-            sigma = calibrate_noise_multiplier(dp.target_epsilon, dp.delta, sample_rate, config.steps, ledger.events())
+        plan = plan_dp(model, examples, pad_token_id, dp, ledger, config.batch_size, config.steps, config.noise_seed)
+        sigma, clip = plan.noise_multiplier, plan.max_grad_norm
         result.noise_multiplier, result.max_grad_norm = sigma, clip
         entry = ledger.record(LedgerEntry(
             "dp-sgd", [GaussianEvent(sigma, sample_rate, config.steps)],
