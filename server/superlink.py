@@ -64,7 +64,8 @@ def flwr_home() -> Path:
 
 def write_connection(address: str, root_certificates: Path, name: str = CONNECTION) -> Path:
     """Add or replace connection ``name`` in the ``flwr`` CLI's config (other entries are kept); its path."""
-    import tomli
+    import tomllib
+
     import tomli_w
     from flwr.cli.constant import DEFAULT_FLOWER_CONFIG_TOML
 
@@ -76,8 +77,8 @@ def write_connection(address: str, root_certificates: Path, name: str = CONNECTI
     path = flwr_home() / "config.toml"
     text = path.read_text() if path.exists() else DEFAULT_FLOWER_CONFIG_TOML
     try:
-        config = tomli.loads(text)
-    except tomli.TOMLDecodeError as err:
+        config = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: {err}") from None
     config.setdefault("superlink", {})[name] = {"address": address, "root-certificates": str(Path(root_certificates).resolve())}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,7 @@ def test_auc_and_exposure():
     assert exposure(0.0, candidates)["rank"] == 52  # 51 candidates score at least as high (ties count against)
 
 
+@pytest.mark.slow  # Ray
 def test_attack_runs_keep_the_training_settings_and_never_audit_themselves(tmp_path):
     from simulations.attack import attack_settings
     from fedpers.federated import FederatedConfig
@@ -120,6 +121,7 @@ def attacked(tmp_path_factory):
     return run_dir, run_attack(config, run_dir, AttackConfig(canaries=64, candidates=32, repeats=4, seed=1, progress=False))
 
 
+@pytest.mark.slow  # Ray
 def test_with_dp_off_the_attack_finds_the_canaries(attacked):
     """The power check: without DP the attack separates inserted canaries and bounds epsilon well above zero."""
     _, result = attacked
@@ -130,6 +132,7 @@ def test_with_dp_off_the_attack_finds_the_canaries(attacked):
     assert off["lower_bound"]["epsilon"] > 1.0
 
 
+@pytest.mark.slow  # Ray
 def test_with_strong_dp_it_does_not_and_the_bound_stays_below_the_theory(attacked):
     """With DP the bound never exceeds the group epsilon of the 4 copies (itself above the per-conversation 0.5)."""
     _, result = attacked
@@ -141,6 +144,7 @@ def test_with_strong_dp_it_does_not_and_the_bound_stays_below_the_theory(attacke
     assert dp["lower_bound"]["epsilon"] < result["runs"]["no-dp"]["lower_bound"]["epsilon"]
 
 
+@pytest.mark.slow  # Ray
 def test_the_attack_goes_into_the_report(attacked, tmp_path):
     """The attack's results appear in audit.json (valid against the schema) and as a section of audit.html."""
     import jsonschema

@@ -28,6 +28,8 @@ SETTINGS = ('model="tiny" rounds=2 min-nodes=3 min-clients=1 personas="leadershi
 RUN_TIMEOUT = 420
 CLIENT_PYTHON = os.environ.get("FEDPERS_TEST_CLIENT_PYTHON", sys.executable)
 
+pytestmark = pytest.mark.slow  # deployment engine: SuperLink and SuperNodes as processes
+
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):

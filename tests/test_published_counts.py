@@ -40,6 +40,7 @@ def _mentions_a_count_of_one(line: str) -> bool:
 
 
 @pytest.mark.parametrize("hiding", [True, False], ids=["persona-hiding", "persona-groups"])
+@pytest.mark.slow  # Ray
 def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
     """SOLO has one contributor per round: the server sees it (its slot sum is that client's update, or with
     personas in clear its group is too small to aggregate), but no file of the run directory and no server

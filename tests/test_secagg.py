@@ -251,6 +251,7 @@ def _check_sum(strategy: _SumStrategy, pids) -> None:
     assert round(total[1][0] / BOUND) == len(pids)
 
 
+@pytest.mark.slow  # Ray
 def test_secure_sum_equals_plaintext_sum_and_server_never_holds_an_unmasked_update(tmp_path):
     strategy, history, observed, outcome = _run(tmp_path)
     assert not outcome and [h["completed"] for h in history] == [True]
@@ -278,6 +279,7 @@ def test_secure_sum_equals_plaintext_sum_and_server_never_holds_an_unmasked_upda
     (Stage.COLLECT_MASKED_VECTORS, [0, 2, 3]),
     (Stage.UNMASK, [0, 1, 2, 3]),  # its masked vector was in: its masks are rebuilt from the others' shares
 ])
+@pytest.mark.slow  # Ray
 def test_a_dropout_at_any_stage_gives_the_survivors_aggregate(tmp_path, stage, survivors):
     strategy, history, _, outcome = _run(tmp_path, stage=stage, victims={1})
     assert not outcome
@@ -285,6 +287,7 @@ def test_a_dropout_at_any_stage_gives_the_survivors_aggregate(tmp_path, stage, s
     _check_sum(strategy, survivors)
 
 
+@pytest.mark.slow  # Ray
 def test_too_many_dropouts_fail_loudly_then_retry(tmp_path, caplog):
     caplog.set_level(logging.ERROR)
     strategy, history, _, outcome = _run(tmp_path, stage=Stage.SHARE_KEYS, victims={0, 1, 2}, times=1)
@@ -293,12 +296,14 @@ def test_too_many_dropouts_fail_loudly_then_retry(tmp_path, caplog):
     _check_sum(strategy, range(4))  # the retry aggregates everyone
 
 
+@pytest.mark.slow  # Ray
 def test_a_round_that_keeps_failing_raises_instead_of_returning_nothing(tmp_path):
     strategy, history, _, outcome = _run(tmp_path, stage=Stage.SETUP, victims={0, 1, 2}, times=99, retries=1)
     assert isinstance(outcome.get("error"), SecureAggregationError)
     assert [h["completed"] for h in history] == [False, False] and strategy.results == []
 
 
+@pytest.mark.slow  # Ray
 def test_a_client_that_hangs_past_the_timeout_counts_as_dropped(tmp_path):
     # the timeout leaves room for Ray to start four client actors on a loaded 2-core machine before the setup stage
     strategy, history, _, outcome = _run(tmp_path, stage=Stage.SHARE_KEYS, victims={3}, sleep=75.0, timeout=35.0)

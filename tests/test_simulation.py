@@ -37,6 +37,7 @@ def run(tmp_path_factory):
     return config, run_dir, metrics
 
 
+@pytest.mark.slow  # Ray
 def test_three_rounds_produce_persona_adapters(run):
     config, run_dir, metrics = run
     users = user_ids(config)
@@ -64,6 +65,7 @@ def test_three_rounds_produce_persona_adapters(run):
     assert read_json(run_dir / "run.json")["personas"] == config.persona_names
 
 
+@pytest.mark.slow  # Ray
 def test_privacy_is_accounted_per_client_and_within_budget(run):
     config, run_dir, metrics = run
     spent = metrics["client_privacy"]["epsilon_per_client"]
@@ -76,6 +78,7 @@ def test_privacy_is_accounted_per_client_and_within_budget(run):
     assert metrics["max_epsilon"] <= config.epsilon
 
 
+@pytest.mark.slow  # Ray
 def test_nothing_a_client_sends_contains_its_text_or_token_ids(run):
     config, run_dir, _ = run
     wire = run_dir / "wire"
@@ -104,6 +107,7 @@ def test_nothing_a_client_sends_contains_its_text_or_token_ids(run):
     assert stages == ["collect_masked_vectors", "setup", "share_keys", "unmask"]
 
 
+@pytest.mark.slow  # Ray
 def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run):
     """Each field of each recorded reply is a row of the release manifest; each DP field's ledger entry
     (this run, this round) was written on the device before the reply was sent."""
@@ -178,6 +182,7 @@ def _relative_difference(a: dict, b: dict) -> float:
 
 
 @pytest.mark.parametrize("secure, hiding", [(False, False), (True, False)])
+@pytest.mark.slow  # Ray
 def test_other_aggregation_modes_give_the_same_persona_adapters(run, tmp_path, secure, hiding):
     """Plain aggregation, and SecAgg+ per persona group with personas in clear, on the same seed: the same
     adapters as SecAgg+ with persona hiding, up to SecAgg+'s quantization error."""
@@ -195,6 +200,7 @@ def test_other_aggregation_modes_give_the_same_persona_adapters(run, tmp_path, s
         assert row["persona"] == pytest.approx(other_table[persona]["persona"], rel=1e-4)
 
 
+@pytest.mark.slow  # Ray
 def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_persona(tmp_path):
     import dp_accounting
     from dp_accounting import rdp
@@ -244,6 +250,7 @@ def jsonschema_validate(audit: dict) -> None:
     jsonschema.validate(audit, _schema(), format_checker=jsonschema.FormatChecker())
 
 
+@pytest.mark.slow  # Ray
 def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(run, tmp_path):
     import shutil
 
@@ -286,6 +293,7 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
     assert main(["audit", "verify", str(copy)]) == 1
 
 
+@pytest.mark.slow  # Ray
 def test_the_wire_scan_flags_a_deliberately_leaking_client(tmp_path):
     from flwr.app import ConfigRecord
 
