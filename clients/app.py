@@ -88,7 +88,7 @@ def persona(msg: Message, context: Context) -> Message:
     from clients.tasks import assignment
 
     task = _prepare(msg, context)
-    if task.config.persona_hiding:
+    if task.config.aggregation.persona_hiding:
         raise PermissionError("this run hides personas: the persona is not sent in clear")
     choice = _refusing(assignment)(task)
     return Message(RecordDict({"metrics": MetricRecord({PERSONA_INDEX: task.instructions.persona_index(choice.persona)})}),
@@ -121,7 +121,7 @@ def _check_ledger(instructions: RoundInstructions, context: Context, needed: set
     config = instructions.config
     state = client_state(config, dict(context.node_config))
     run_id, server_round = instructions.run_id, instructions.server_round
-    if config.persona_mode != "inferred" or not instructions.trained_personas:
+    if config.dataset.persona_mode != "inferred" or not instructions.trained_personas:
         needed = needed - {"persona-choice"}  # declared, or cold start on the global adapter: nothing was chosen
     missing = sorted(p for p in needed if not _ledger_has(state, p, run_id, server_round))
     if missing:
@@ -146,7 +146,7 @@ def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) 
         return reply
     instructions = _instructions(msg)
     config = instructions.config
-    needed = required_ledger(message_type, stage, fields, config.dp, config.persona_mode == "inferred", config.user_dp)
+    needed = required_ledger(message_type, stage, fields, config.privacy.dp, config.dataset.persona_mode == "inferred", config.privacy.user_dp)
     if needed:
         try:
             _check_ledger(instructions, context, needed)

@@ -49,7 +49,7 @@ def chat(device: DeviceStore, prompt: str, max_new_tokens: int = 64, use_embeddi
         raise FileNotFoundError(f"{device.directory}: no adapters received yet (take part in a run: fedpers-client join)")
     config = FederatedConfig.from_record(info["settings"])
     adapters = device.adapters()
-    base, tokenizer = load_base_model(config.model)
+    base, tokenizer = load_base_model(config.model.model)
     lm = attach_lora(base, config.lora())
     stored = device.embedding() if use_embedding else None
     embedding = None

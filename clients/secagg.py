@@ -95,10 +95,10 @@ def _rounding(msg: Message, ctxt: Context) -> np.random.Generator | None:
     switch ``noise_seed >= 0``; then one derived from it, this device's user and the round, so that a seeded run
     is reproducible end to end. The rounding protects nothing (the DP noise does); the run is marked not private."""
     instructions = RoundInstructions.from_record(compat.recorddict_to_fitins(msg.content, keep_input=True).config)
-    if instructions.config.noise_seed < 0:
+    if instructions.config.privacy.noise_seed < 0:
         return None
     who = ctxt.node_config.get("user-id", ctxt.node_config.get("partition-id", ctxt.node_id))
-    key = f"{instructions.config.noise_seed}/{who}/{instructions.server_round}/secagg-rounding".encode()
+    key = f"{instructions.config.privacy.noise_seed}/{who}/{instructions.server_round}/secagg-rounding".encode()
     return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
 

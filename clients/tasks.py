@@ -87,15 +87,15 @@ def device_user_data(config: FederatedConfig, device: DeviceStore, env: ModelEnv
     The declared persona is the profile's, else the conversations' (``persona_mode='declared'`` only)."""
     conversations = device.conversations()
     declared = device.declared_persona() or next((c.persona for c in conversations if c.persona), None)
-    return encode_user(device.user_id, conversations, declared if config.persona_mode == "declared" else None,
-                       config.heldout_fraction, config.data_seed, config.max_length, env)
+    return encode_user(device.user_id, conversations, declared if config.dataset.persona_mode == "declared" else None,
+                       config.dataset.heldout_fraction, config.dataset.data_seed, config.dataset.max_length, env)
 
 
 def client_state(config: FederatedConfig, node_config: dict) -> ClientState:
     """Where this node's user keeps ledgers, plan and embedding: the device store, or the simulation's files."""
     if node_config.get("store"):
         return open_device(node_config)
-    return UserState(config.state_dir, resolve_user(config, node_config))
+    return UserState(config.outputs.state_dir, resolve_user(config, node_config))
 
 
 def prepare(instructions: RoundInstructions, node_config: dict) -> Task:
@@ -104,12 +104,12 @@ def prepare(instructions: RoundInstructions, node_config: dict) -> Task:
     env = model_environment(config)
     if node_config.get("store"):
         device = open_device(node_config)
-        check_participation(device.user_id, device.consent(), device.ledger(config.delta).spent().epsilon)
+        check_participation(device.user_id, device.consent(), device.ledger(config.privacy.delta).spent().epsilon)
         if instructions.task == "train":
             device.keep_adapters(_adapters_info(instructions), instructions.adapters)
         return Task(instructions, env, device_user_data(config, device, env), device)
     data = user_data(config, resolve_user(config, node_config), env)
-    return Task(instructions, env, data, UserState(config.state_dir, data.user_id))
+    return Task(instructions, env, data, UserState(config.outputs.state_dir, data.user_id))
 
 
 def _adapters_info(instructions: RoundInstructions) -> dict:
@@ -131,9 +131,9 @@ def _save_embedding(env: ModelEnvironment, state: ClientState) -> None:
 def _noise_seed(config: FederatedConfig, user_id: str, server_round: int, purpose: str) -> int | None:
     """``None`` (the sampler and the noise draw from the device's OS CSPRNG) unless the run sets the benchmark
     switch ``noise_seed >= 0``: then a seed derived from it, and the run is marked not private."""
-    if config.noise_seed < 0:
+    if config.privacy.noise_seed < 0:
         return None
-    digest = hashlib.sha256(f"{config.noise_seed}/{user_id}/{server_round}/{purpose}".encode()).digest()
+    digest = hashlib.sha256(f"{config.privacy.noise_seed}/{user_id}/{server_round}/{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 
@@ -148,7 +148,7 @@ def assignment(task: Task):
     if cached is not None:
         return choose_persona(cached, personas, trained, None)
     scores = private_persona_choice(task.env.model, task.adapters, trained, task.data.train, task.env.pad_token_id,
-                                    state.ledger(config.delta), details={"run_id": run_id})
+                                    state.ledger(config.privacy.delta), details={"run_id": run_id})
     choice = choose_persona(None, personas, trained, scores)
     state.save_persona_choice(run_id, choice.persona)
     return choice
@@ -162,14 +162,14 @@ def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
     plan = state.plan(run_id)
     if plan is not None:
         return plan
-    if config.clip <= 0:  # measured like DP-SGD's first phase: LoRA trainable, no user embedding
+    if config.privacy.clip <= 0:  # measured like DP-SGD's first phase: LoRA trainable, no user embedding
         set_trainable(env.model, lora=True, embedding=False)
         env.model.use_user_embedding = False
-    target = config.epsilon if ledger.cap is None else min(config.epsilon, ledger.cap)
-    dp = DPConfig(target_epsilon=target, delta=config.delta, noise_multiplier=config.noise_multiplier or None,
-                  max_grad_norm=config.clip if config.clip > 0 else None, clip_quantile=config.clip_quantile)
-    plan = plan_dp(env.model, data.train, env.pad_token_id, dp, ledger, config.batch_size,
-                   config.rounds * config.local_steps, _noise_seed(config, data.user_id, 0, "clip"), run_id)
+    target = config.privacy.epsilon if ledger.cap is None else min(config.privacy.epsilon, ledger.cap)
+    dp = DPConfig(target_epsilon=target, delta=config.privacy.delta, noise_multiplier=config.privacy.noise_multiplier or None,
+                  max_grad_norm=config.privacy.clip if config.privacy.clip > 0 else None, clip_quantile=config.privacy.clip_quantile)
+    plan = plan_dp(env.model, data.train, env.pad_token_id, dp, ledger, config.local.batch_size,
+                   config.server.rounds * config.local.local_steps, _noise_seed(config, data.user_id, 0, "clip"), run_id)
     state.save_plan(plan)
     return plan
 
@@ -178,10 +178,10 @@ def _charge_user_level(task: Task) -> tuple[PrivacyLedger, LedgerEntry] | None:
     """User-level DP: record this round's release in the user's user-level ledger before anything is computed
     or sent (capped: refused past the consented budget); ``None`` without user-level DP."""
     config, instructions = task.config, task.instructions
-    if not config.user_dp:
+    if not config.privacy.user_dp:
         return None
-    ledger = task.state.user_level_ledger(config.delta)
-    entry = user_level_entry(config.user_noise_multiplier, config.update_clip, run_id=instructions.run_id,
+    ledger = task.state.user_level_ledger(config.privacy.delta)
+    entry = user_level_entry(config.privacy.user_noise_multiplier, config.aggregation.update_clip, run_id=instructions.run_id,
                              round=instructions.server_round)
     return ledger, ledger.record(entry)
 
@@ -193,28 +193,28 @@ def train_upload(task: Task) -> Upload:
     choice = assignment(task)
     load_adapter_arrays(env.model.lm, task.adapters[choice.persona])
     _load_embedding(env, state)
-    ledger = state.ledger(config.delta) if config.dp else None
+    ledger = state.ledger(config.privacy.delta) if config.privacy.dp else None
     server_round = instructions.server_round
     dp = DPConfig(enabled=False)
-    if config.dp:
+    if config.privacy.dp:
         plan = _dp_plan(task, ledger)
-        dp = DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=config.delta,
+        dp = DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=config.privacy.delta,
                       ledger_details={"run_id": instructions.run_id, "round": server_round})
     local = LocalTrainConfig(
-        lora=TrainConfig(steps=config.local_steps, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        lora=TrainConfig(steps=config.local.local_steps, batch_size=config.local.batch_size, learning_rate=config.local.learning_rate,
                          noise_seed=_noise_seed(config, data.user_id, server_round, "dp-sgd")),
         dp=dp,
-        embedding=TrainConfig(steps=config.embedding_steps, batch_size=config.batch_size, learning_rate=config.embedding_lr,
+        embedding=TrainConfig(steps=config.local.embedding_steps, batch_size=config.local.batch_size, learning_rate=config.local.embedding_lr,
                               noise_seed=_noise_seed(config, data.user_id, server_round, "embedding")),
     )
     result = train_local(env.model, data.train, env.pad_token_id, local, ledger)
     _save_embedding(env, state)
-    delta, factor = clip_delta(result.delta.arrays, config.update_clip)
+    delta, factor = clip_delta(result.delta.arrays, config.aggregation.update_clip)
     if factor < 1.0:
-        log(INFO, "user %s: update norm %.4g clipped to %.4g", data.user_id, config.update_clip / factor, config.update_clip)
+        log(INFO, "user %s: update norm %.4g clipped to %.4g", data.user_id, config.aggregation.update_clip / factor, config.aggregation.update_clip)
     layout = SlotLayout.for_adapter(delta, instructions.slots)
     upload = layout.pack(instructions.slot_for(choice.persona), delta, instructions.count_value)
-    metrics = {} if config.persona_hiding else {PERSONA_INDEX: instructions.persona_index(choice.persona)}
+    metrics = {} if config.aggregation.persona_hiding else {PERSONA_INDEX: instructions.persona_index(choice.persona)}
     if user_level is not None:
         user_level[0].complete(user_level[1])
     return upload, metrics

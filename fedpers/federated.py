@@ -1,158 +1,291 @@
-"""Settings of a federated run: one flat record of scalars.
+"""Settings of a federated run: one typed section per concern, one flat record of scalars on the wire.
 
-The ServerApp owns a :class:`FederatedConfig` and sends it to clients in every message, so the
-same apps run under ``fedpers simulate``, ``flwr run`` and the deployment engine.
+:class:`FederatedConfig` holds seven sections (:class:`DataSettings`, :class:`ModelSettings`,
+:class:`RoundSettings`, :class:`LocalSettings`, :class:`PrivacySettings`,
+:class:`AggregationSettings`, :class:`OutputSettings`). Every setting is declared once, here, with its
+default and its help text (field metadata): ``fedpers simulate --help``, the config files and the
+Flower app config (``[tool.flwr.app.config]``, checked by a test) follow from these declarations.
+
+Outside Python a setting is one flat key, its field name (``-`` or ``_``; names are unique across
+sections): flags, ``--run-config``, TOML files (top-level keys, or the same keys inside ``[section]``
+tables) and the ConfigRecord the ServerApp sends clients in every message (:meth:`FederatedConfig.to_record`),
+so the same apps run under ``fedpers simulate``, ``flwr run`` and the deployment engine.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from fedpers.data import PERSONAS
-from fedpers.models.lora import LoraSettings
+from fedpers.data.synthetic import PERSONAS
+
+if TYPE_CHECKING:
+    from fedpers.models.lora import LoraSettings
+
+
+def setting(default: Any, help: str) -> Any:
+    """A setting: its default and the help text ``fedpers simulate --help`` shows."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataSettings:
+    """Which conversations a run trains on, and how each user's are split and encoded."""
+
+    data: str = setting("synthetic", "'synthetic' (IT service desk), 'shakespeare' (../shared/data) or a conversation JSONL path")
+    users_per_persona: int = setting(3, "synthetic users per persona")
+    conversations_per_user: int = setting(40, "conversations per user (synthetic: generated; other data: at most this many)")
+    max_users: int = setting(20, "at most this many users (non-synthetic data)")
+    data_seed: int = setting(0, "seed of the synthetic data and of each user's train / held-out split")
+    heldout_fraction: float = setting(0.25, "share of each user's conversations held out for evaluation")
+    max_length: int = setting(64, "tokens per training example (keeps the latest context)")
+    personas: str = setting(",".join(PERSONAS), "comma-separated persona names")
+    persona_mode: str = setting("declared", "'declared' (persona field of the data) or 'inferred' (IFCA on the client, "
+                                            "chosen privately)")
+    canaries: str = setting("", "conversation JSONL added to its users' training data (the canary attack sets it)")
+
+
+@dataclass
+class ModelSettings:
+    """The base model and what is trained on it: LoRA adapters and the user embedding."""
+
+    model: str = setting("smollm2", "'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local HF "
+                                    "model directory")
+    lora_r: int = setting(4, "LoRA rank")
+    lora_alpha: int = setting(8, "LoRA scaling numerator (the update is scaled by alpha / r)")
+    lora_targets: str = setting("q_proj,v_proj", "comma-separated module names that get LoRA")
+    lora_layers: int = setting(4, "LoRA on the top N layers (0 = all)")
+    embedding_tokens: int = setting(8, "soft-prompt vectors in each user's embedding (stays on the device)")
+    seed: int = setting(0, "seed of the LoRA initialisation and of inferred personas' starting points")
+
+
+@dataclass
+class RoundSettings:
+    """Rounds, sampling, the minimum-clients gate and the server optimizer."""
+
+    rounds: int = setting(3, "federated rounds")
+    fraction_train: float = setting(1.0, "fraction of users sampled per round")
+    min_clients: int = setting(2, "minimum contributors before a persona (or the global) adapter is updated")
+    min_nodes: int = setting(0, "deployment: SuperNodes to wait for before the first round (0: min_clients)")
+    server_optimizer: str = setting("fedavg", "'fedavg' or 'fedadam'")
+    server_lr: float = setting(0.0, "server learning rate; 0 = the optimizer's default (FedAvg 1.0, FedAdam 1e-2)")
+
+
+@dataclass
+class LocalSettings:
+    """What a device trains in one round: DP-SGD steps on the adapter, then the user embedding."""
+
+    local_steps: int = setting(8, "DP-SGD steps per client per round")
+    batch_size: int = setting(4, "expected Poisson batch size")
+    learning_rate: float = setting(2e-2, "Adam learning rate of the LoRA adapter")
+    embedding_steps: int = setting(4, "user-embedding steps per client per round (0 = none)")
+    embedding_lr: float = setting(3e-2, "Adam learning rate of the user embedding")
+
+
+@dataclass
+class PrivacySettings:
+    """Sample-level DP-SGD on each device (the unit is one conversation) and user-level DP on the sum."""
+
+    dp: bool = setting(True, "DP-SGD on the shared adapter (false only for comparison)")
+    epsilon: float = setting(8.0, "per-user epsilon budget over all rounds of this run (plus earlier runs in the ledger)")
+    delta: float = setting(1e-5, "delta of every epsilon the run reports")
+    noise_multiplier: float = setting(0.0, "0 = calibrate to --epsilon over all planned rounds")
+    clip: float = setting(0.0, "per-sample clipping norm; 0 = private quantile of per-sample gradient norms")
+    clip_quantile: float = setting(0.25, "the quantile of per-sample gradient norms the private clip estimate targets")
+    user_dp: bool = setting(False, "user-level DP (DP-FedAvg): clip each whole upload, add Gaussian noise to the sum; "
+                                   "needs persona hiding")
+    user_noise_multiplier: float = setting(1.0, "user-level noise std as a multiple of the upload's clipping norm")
+    noise_seed: int = setting(-1, "benchmark switch: seeds DP-SGD's sampling and noise (and the SecAgg+ rounding) on "
+                                  "every device, for reproducible comparisons; such a run is marked NOT PRIVATE; -1: "
+                                  "each device's OS CSPRNG")
+
+
+@dataclass
+class AggregationSettings:
+    """Flower's SecAgg+ (with ChaCha20 masks), persona hiding, and the bound every upload is clipped to."""
+
+    secure_aggregation: bool = setting(True, "Flower's SecAgg+ with ChaCha20 masks (false: uploads in clear, for "
+                                             "comparisons)")
+    persona_hiding: bool = setting(True, "upload one slot per persona so that no client sends its persona (the "
+                                         "per-slot counts the server unmasks can still reveal it; false: persona in "
+                                         "clear, one slot)")
+    update_clip: float = setting(32.0, "clients clip their adapter delta to this L2 norm; SecAgg+ quantizes within it")
+    secagg_shares: float = setting(1.0, "fraction of the sampled clients each client shares its secrets with")
+    secagg_threshold: float = setting(0.5, "fraction of those shares needed to rebuild a dropped client's masks")
+    secagg_timeout: float = setting(3600.0, "seconds each SecAgg+ stage waits for replies")
+    secagg_retries: int = setting(2, "times a failed secure round is run again before the run stops with an error")
+
+
+@dataclass
+class OutputSettings:
+    """What a run writes: evaluation, device state (simulation), wire recording, the audit, the registry."""
+
+    evaluate: bool = setting(True, "held-out loss per persona after every round (simulation: the experimenter's "
+                                   "evaluator, outside the federated protocol; devices never send it)")
+    state_dir: str = setting("runs/client-state", "where simulated clients keep ledgers, user embeddings and plans "
+                                                  "(fedpers simulate: RUN_DIR/client-state)")
+    record_wire: bool = setting(True, "record every reply a client sends (RUN_DIR/wire: manifest and payloads) for "
+                                      "the audit")
+    keep_payloads: bool = setting(False, "keep the recorded payloads after the audit's leak scan (the manifest keeps "
+                                         "their SHA-256)")
+    audit: bool = setting(True, "write the signed privacy audit report (audit.html, audit.json) at the end")
+    audit_attack: bool = setting(False, "add the canary attack to the audit: two more simulations with these settings "
+                                        "(DP as set, DP off)")
+    registry: str = setting("", "the server's persona registry: each finished run's adapters become its next version "
+                                "(empty: none)")
+
+
+SECTIONS: dict[str, type] = {"dataset": DataSettings, "model": ModelSettings, "server": RoundSettings,
+                             "local": LocalSettings, "privacy": PrivacySettings, "aggregation": AggregationSettings,
+                             "outputs": OutputSettings}
+"""Section name (the attribute of :class:`FederatedConfig`, and the TOML table) -> its dataclass."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One flat setting: its section, field name, default, type and help."""
+
+    section: str
+    name: str
+    default: Any
+    help: str
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+
+def all_settings() -> Iterator[Setting]:
+    """Every setting, section by section, in declaration order."""
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            yield Setting(section, f.name, f.default, f.metadata["help"])
+
+
+_SECTION_OF = {s.name: s.section for s in all_settings()}
+_SETTINGS = {s.name: s for s in all_settings()}
+
+
+def _key(key: str) -> str:
+    return key.replace("-", "_")
 
 
 @dataclass
 class FederatedConfig:
-    """Everything a round needs; every field is a ConfigRecord scalar (``fedpers simulate --help`` lists them).
+    """Everything a round needs, by section (``fedpers simulate --help`` lists every setting).
 
     The defaults are the default scenario (``simulations/scenarios/default.toml``), sized for 2 CPU cores.
     """
 
-    # data and model
-    model: str = "smollm2"
-    data: str = "synthetic"  # 'synthetic', 'shakespeare' or a conversation JSONL path
-    users_per_persona: int = 3
-    conversations_per_user: int = 40
-    max_users: int = 20
-    data_seed: int = 0
-    heldout_fraction: float = 0.25
-    max_length: int = 64
-    personas: str = ",".join(PERSONAS)
-    persona_mode: str = "declared"  # 'declared' (from the data) or 'inferred' (IFCA on the client)
-    # adapters
-    lora_r: int = 4
-    lora_alpha: int = 8
-    lora_targets: str = "q_proj,v_proj"
-    lora_layers: int = 4
-    embedding_tokens: int = 8
-    # rounds and server
-    rounds: int = 3
-    fraction_train: float = 1.0
-    min_clients: int = 2
-    min_nodes: int = 0  # deployment: SuperNodes to wait for before the first round (0: min_clients)
-    server_optimizer: str = "fedavg"
-    server_lr: float = 0.0  # 0: the optimizer's own default (FedAvg 1.0, FedAdam 1e-2)
-    # local training
-    local_steps: int = 8
-    batch_size: int = 4
-    learning_rate: float = 2e-2
-    embedding_steps: int = 4
-    embedding_lr: float = 3e-2
-    # privacy (per user, sample level: one conversation)
-    dp: bool = True
-    epsilon: float = 8.0
-    delta: float = 1e-5
-    noise_multiplier: float = 0.0  # 0: calibrate to epsilon over all planned rounds
-    clip: float = 0.0  # 0: private median of per-sample gradient norms
-    clip_quantile: float = 0.25
-    # aggregation: Flower's SecAgg+ (with ChaCha20 masks) and persona hiding (K slots per upload)
-    secure_aggregation: bool = True
-    persona_hiding: bool = True  # false: one slot, the persona travels in clear
-    update_clip: float = 32.0  # clients clip their adapter delta to this L2 norm; it sets the SecAgg+ range
-    secagg_shares: float = 1.0  # share a client's secrets with this fraction of the sampled clients
-    secagg_threshold: float = 0.5  # fraction of shares needed to remove the masks of a dropped client
-    secagg_timeout: float = 3600.0  # seconds each SecAgg+ stage waits for replies
-    secagg_retries: int = 2  # a failed secure round is logged and run again this many times
-    evaluate: bool = True  # held-out loss sums per persona after every round (aggregated like updates)
-    # user-level DP (DP-FedAvg): whole-upload clipping on the client, Gaussian noise on the sum
-    user_dp: bool = False
-    user_noise_multiplier: float = 1.0
-    noise_seed: int = -1  # >= 0 seeds DP noise (reproducible comparisons only); -1: fresh OS entropy
-    # where clients keep their state (ledger, user embedding, plan) between rounds and runs
-    state_dir: str = "runs/client-state"
-    # the privacy audit report (simulation): wire recording, the report itself, the canary attack
-    record_wire: bool = True  # record every reply a client sends (manifest + payloads for the leak scan)
-    keep_payloads: bool = False  # keep the recorded payloads after the scan (the manifest keeps their SHA-256)
-    audit: bool = True  # write audit.html / audit.json (signed) at the end of the run
-    audit_attack: bool = False  # also run the canary attack (two more simulations with these settings)
-    canaries: str = ""  # conversation JSONL added to its users' training data (set by the canary attack)
-    # the server's persona registry: each finished run's adapters become its next version (empty: none)
-    registry: str = ""
-    seed: int = 0
+    dataset: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    server: RoundSettings = field(default_factory=RoundSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> FederatedConfig:
+        """Build from flat settings (``-`` or ``_``); an unknown key is an error naming it. Not yet validated."""
+        by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for key, value in values.items():
+            name = _key(key)
+            if name not in _SECTION_OF:
+                raise ValueError(f"unknown setting {key!r}")
+            by_section[_SECTION_OF[name]][name] = value
+        return cls(**{section: SECTIONS[section](**given) for section, given in by_section.items()})
+
+    @classmethod
+    def from_record(cls, record: Any) -> FederatedConfig:
+        """Build from a ConfigRecord or dict, ignoring keys that are not settings (e.g. ``server-round``)."""
+        return cls.from_flat({k: v for k, v in dict(record).items() if _key(k) in _SECTION_OF}).validated()
+
+    def to_record(self) -> dict[str, Any]:
+        """Every setting as one flat mapping of scalars (a ConfigRecord's content), in declaration order."""
+        return {s.name: getattr(getattr(self, s.section), s.name) for s in all_settings()}
+
+    def replace(self, **changes: Any) -> FederatedConfig:
+        """A copy with flat ``changes`` (e.g. ``dp=False``), validated."""
+        return FederatedConfig.from_flat(self.to_record() | changes).validated()
 
     @property
     def persona_names(self) -> list[str]:
-        return [p for p in self.personas.split(",") if p]
+        return [p for p in self.dataset.personas.split(",") if p]
 
     def lora(self) -> LoraSettings:
-        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, target_modules=tuple(self.lora_targets.split(",")),
-                            top_layers=self.lora_layers or None, init_seed=self.seed)
+        from fedpers.models.lora import LoraSettings  # peft and torch: not for the ClientApp's light stages
 
-    def to_record(self) -> dict:
-        return dataclasses.asdict(self)
+        m = self.model
+        return LoraSettings(r=m.lora_r, alpha=m.lora_alpha, target_modules=tuple(m.lora_targets.split(",")),
+                            top_layers=m.lora_layers or None, init_seed=m.seed)
 
-    @classmethod
-    def from_record(cls, record) -> "FederatedConfig":
-        """Build from a ConfigRecord or dict, ignoring keys that are not settings (e.g. ``server-round``)."""
-        known = {f.name: f.type for f in fields(cls)}
-        values = {}
-        for key, value in dict(record).items():
-            name = key.replace("-", "_")
-            if name in known:
-                values[name] = value
-        return cls(**values).validated()
-
-    def validated(self) -> "FederatedConfig":
-        for f in fields(self):
-            default = f.default
-            value = getattr(self, f.name)
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise ValueError(f"setting {f.name}: expected true/false, got {value!r}")
-            elif isinstance(default, int) and not isinstance(value, bool):
-                if isinstance(value, float) and value.is_integer():
-                    value = int(value)
-                if not isinstance(value, int):
-                    raise ValueError(f"setting {f.name}: expected an integer, got {value!r}")
-            elif isinstance(default, float):
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise ValueError(f"setting {f.name}: expected a number, got {value!r}")
-                value = float(value)
-            elif isinstance(default, str) and not isinstance(value, str):
-                raise ValueError(f"setting {f.name}: expected a string, got {value!r}")
-            setattr(self, f.name, value)
-        if self.persona_mode not in ("declared", "inferred"):
-            raise ValueError(f"setting persona_mode: 'declared' or 'inferred', got {self.persona_mode!r}")
-        if self.server_optimizer not in ("fedavg", "fedadam"):
-            raise ValueError(f"setting server_optimizer: 'fedavg' or 'fedadam', got {self.server_optimizer!r}")
+    def validated(self) -> FederatedConfig:
+        """Check every value's type (an integral float becomes an int, an int a float) and the rules across settings."""
+        for s in all_settings():
+            section = getattr(self, s.section)
+            setattr(section, s.name, _checked(s, getattr(section, s.name)))
+        d, r, p, a = self.dataset, self.server, self.privacy, self.aggregation
+        if d.persona_mode not in ("declared", "inferred"):
+            raise ValueError(f"setting persona_mode: 'declared' or 'inferred', got {d.persona_mode!r}")
+        if r.server_optimizer not in ("fedavg", "fedadam"):
+            raise ValueError(f"setting server_optimizer: 'fedavg' or 'fedadam', got {r.server_optimizer!r}")
         if not self.persona_names:
             raise ValueError("setting personas: at least one persona is needed")
-        if not self.update_clip > 0:
-            raise ValueError(f"setting update_clip: must be > 0, got {self.update_clip}")
-        if self.min_nodes < 0:
-            raise ValueError(f"setting min_nodes: must be >= 0, got {self.min_nodes}")
-        if not 0 < self.secagg_shares <= 1 or not 0 < self.secagg_threshold <= 1:
+        if not a.update_clip > 0:
+            raise ValueError(f"setting update_clip: must be > 0, got {a.update_clip}")
+        if r.min_nodes < 0:
+            raise ValueError(f"setting min_nodes: must be >= 0, got {r.min_nodes}")
+        if not 0 < a.secagg_shares <= 1 or not 0 < a.secagg_threshold <= 1:
             raise ValueError("settings secagg_shares and secagg_threshold: fractions in (0, 1]")
-        if self.user_dp and not self.persona_hiding:
+        if p.user_dp and not a.persona_hiding:
             raise ValueError("setting user_dp needs persona_hiding: the noise is calibrated to one upload holding every slot")
         return self
 
 
-def load_config_file(path: Path) -> dict:
-    """Settings from a TOML file: top-level keys are :class:`FederatedConfig` fields (``-`` or ``_``)."""
+def _checked(s: Setting, value: Any) -> Any:
+    """``value`` as setting ``s``'s type, or a ValueError naming the setting."""
+    if isinstance(s.default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"setting {s.name}: expected true/false, got {value!r}")
+    elif isinstance(s.default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"setting {s.name}: expected an integer, got {value!r}")
+    elif isinstance(s.default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"setting {s.name}: expected a number, got {value!r}")
+        value = float(value)
+    elif isinstance(s.default, str) and not isinstance(value, str):
+        raise ValueError(f"setting {s.name}: expected a string, got {value!r}")
+    return value
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Flat settings from a TOML file: top-level keys, or the same keys inside ``[section]`` tables.
+
+    An unknown key, or a known key in the wrong section, is an error naming the file and the key."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: {err}") from None
-    known = {f.name for f in fields(FederatedConfig)}
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in known:
+        if key in SECTIONS and isinstance(value, dict):
+            for inner, v in value.items():
+                if _SECTION_OF.get(_key(inner)) != key:
+                    raise ValueError(f"{path}: [{key}] has no setting {inner!r}")
+                values[_key(inner)] = v
+            continue
+        if _key(key) not in _SECTION_OF:
             raise ValueError(f"{path}: unknown setting {key!r}")
-        values[name] = value
+        values[_key(key)] = value
     return values
+
+
+__all__ = ["SECTIONS", "AggregationSettings", "DataSettings", "FederatedConfig", "LocalSettings", "ModelSettings",
+           "OutputSettings", "PrivacySettings", "RoundSettings", "Setting", "all_settings", "load_config_file", "setting"]

@@ -34,7 +34,7 @@ _RUN_ID, _ROUND, _TASK, _SLOTS, _TRAINED, _FINAL, _ADAPTERS, _COUNT = (
 
 def round_slots(config: FederatedConfig) -> tuple[str, ...]:
     """The slots of every upload in a run with these settings."""
-    return (GLOBAL, *config.persona_names) if config.persona_hiding else (SINGLE_SLOT,)
+    return (GLOBAL, *config.persona_names) if config.aggregation.persona_hiding else (SINGLE_SLOT,)
 
 
 def persona_index(personas: list[str], persona: str) -> int:
@@ -86,7 +86,7 @@ class RoundInstructions:
 
     @property
     def final(self) -> bool:
-        return self.server_round >= self.config.rounds
+        return self.server_round >= self.config.server.rounds
 
     @cached_property
     def adapters(self) -> Adapters:

@@ -7,10 +7,11 @@ scan: the data set named by the settings (synthetic, tinyshakespeare or a JSONL 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from fedpers.data import SyntheticConfig, generate, import_shakespeare, read_jsonl, train_heldout_split
+from fedpers.data import Conversation, SyntheticConfig, generate, import_shakespeare, read_jsonl, train_heldout_split
 from fedpers.federated import FederatedConfig
 from fedpers.models.chat import EncodedExample, encode_conversations
 from fedpers.models.environment import ModelEnvironment
@@ -26,8 +27,8 @@ class UserData:
 
 def _data_key(config: FederatedConfig) -> tuple:
     """The settings that decide which conversations the data set holds (the cache key)."""
-    return (config.data, config.users_per_persona, config.conversations_per_user, config.data_seed,
-            config.personas, config.max_users)
+    return (config.dataset.data, config.dataset.users_per_persona, config.dataset.conversations_per_user, config.dataset.data_seed,
+            config.dataset.personas, config.dataset.max_users)
 
 
 @lru_cache(maxsize=2)
@@ -62,7 +63,7 @@ def user_ids(config: FederatedConfig) -> list[str]:
 
 def user_data(config: FederatedConfig, user_id: str, env: ModelEnvironment) -> UserData:
     """The user's encoded train / held-out examples (cached per process and settings)."""
-    return _user_data(_data_key(config), config.heldout_fraction, config.max_length, config.persona_mode, config.canaries,
+    return _user_data(_data_key(config), config.dataset.heldout_fraction, config.dataset.max_length, config.dataset.persona_mode, config.dataset.canaries,
                       user_id, env)
 
 
@@ -82,7 +83,7 @@ def _user_data(data_key: tuple, heldout_fraction: float, max_length: int, person
 
 
 def encode_user(user_id: str, conversations: list, declared_persona: str | None, heldout_fraction: float, seed: int,
-                max_length: int, env: ModelEnvironment, extra_train: list = ()) -> UserData:
+                max_length: int, env: ModelEnvironment, extra_train: Sequence[Conversation] = ()) -> UserData:
     """Split one user's conversations into train / held-out and encode both for ``env``'s tokenizer."""
     if not conversations:
         raise ValueError(f"no conversations for user {user_id!r}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -65,8 +65,8 @@ def initial_adapters(config: FederatedConfig, arrays: dict[str, np.ndarray]) -> 
     adapters = {GLOBAL: {k: v.copy() for k, v in arrays.items()}}
     for i, persona in enumerate(config.persona_names):
         start = {k: v.copy() for k, v in arrays.items()}
-        if config.persona_mode == "inferred":
-            rng = np.random.default_rng([config.seed, i])
+        if config.dataset.persona_mode == "inferred":
+            rng = np.random.default_rng([config.model.seed, i])
             for k in start:
                 if "lora_B" in k:
                     start[k] = rng.normal(0.0, 1e-2, size=start[k].shape).astype(start[k].dtype)
@@ -84,9 +84,9 @@ def _wait_for_nodes(grid: Grid, wanted: int, timeout: float = 600.0) -> int:
 
 
 def _secure_round(config: FederatedConfig, bound: float, label: str, observer: Callable | None, nodes: int) -> SecAggPlusRound:
-    return SecAggPlusRound(QuantizationPlan.for_bound(bound, max(1000, nodes)), num_shares=config.secagg_shares,
-                           reconstruction_threshold=config.secagg_threshold, timeout=config.secagg_timeout,
-                           retries=config.secagg_retries, observer=observer, label=label)
+    return SecAggPlusRound(QuantizationPlan.for_bound(bound, max(1000, nodes)), num_shares=config.aggregation.secagg_shares,
+                           reconstruction_threshold=config.aggregation.secagg_threshold, timeout=config.aggregation.secagg_timeout,
+                           retries=config.aggregation.secagg_retries, observer=observer, label=label)
 
 
 def published_session(record: dict, per_persona: bool) -> dict:
@@ -121,29 +121,29 @@ def build_run(grid: Grid, config: FederatedConfig, run_dir: Path, expected_nodes
               observer: Callable | None, engine: str) -> ServerRun:
     """Load the model, wait for the nodes, and wire strategy, sessions and round mode for these settings."""
     run_id = uuid.uuid4().hex
-    base, _ = load_base_model(config.model)
+    base, _ = load_base_model(config.model.model)
     peft_model = attach_lora(base, config.lora())
     write_run_config(run_dir, config, run_id)
-    nodes = _wait_for_nodes(grid, expected_nodes or config.min_nodes or config.min_clients)
-    trained = config.persona_names if config.persona_mode == "inferred" else ()
+    nodes = _wait_for_nodes(grid, expected_nodes or config.server.min_nodes or config.server.min_clients)
+    trained = config.persona_names if config.dataset.persona_mode == "inferred" else ()
     state = persona_adapters(config, initial_adapters(config, adapter_arrays(peft_model)), trained)
     ledgers = {}
-    if config.user_dp:
+    if config.privacy.user_dp:
         ledger_dir = run_dir / "user-level-dp"
-        ledgers = {name: PrivacyLedger(ledger_dir / f"{name}.json", f"adapter:{name}", config.delta)
+        ledgers = {name: PrivacyLedger(ledger_dir / f"{name}.json", f"adapter:{name}", config.privacy.delta)
                    for name in [GLOBAL, *config.persona_names]}
-    training = PersonaTraining(config, run_id, nodes, config.secure_aggregation, state)
+    training = PersonaTraining(config, run_id, nodes, config.aggregation.secure_aggregation, state)
     strategy: Strategy = training
-    if config.user_dp:
-        strategy = DifferentialPrivacyClientSideFixedClipping(training, config.user_noise_multiplier,
+    if config.privacy.user_dp:
+        strategy = DifferentialPrivacyClientSideFixedClipping(training, config.privacy.user_noise_multiplier,
                                                               user_clip_norm(config), training.num_sampled)
     sessions: list[SecAggPlusRound] = []
     session: Callable = default_fit_workflow
-    if config.secure_aggregation:
-        record = engine != "simulation" and config.record_wire
+    if config.aggregation.secure_aggregation:
+        record = engine != "simulation" and config.outputs.record_wire
         if record:  # this run's replies only, should the run directory be reused
             (run_dir / WIRE / MANIFEST).unlink(missing_ok=True)
-        session = _secure_round(config, config.update_clip, "training",
+        session = _secure_round(config, config.aggregation.update_clip, "training",
                                 both(observer, ReceivedManifest(run_dir, "training") if record else None), nodes)
         sessions = [session]
     return ServerRun(config, run_id, nodes, peft_model, state, training, strategy, round_mode(training, session),
@@ -157,18 +157,18 @@ def play_round(run: ServerRun, grid: Grid, context: LegacyContext, server_round:
     if round_sums is None:
         log(WARNING, "round %s: no update was applied (see the failures above)", server_round)
     else:
-        agg = apply_round(run.state, round_sums, exact_counts=not config.user_dp)
+        agg = apply_round(run.state, round_sums, exact_counts=not config.privacy.user_dp)
         record = {"round": server_round, "participants": round_sums.participants, "failures": round_sums.failures,
-                  "released": list(agg.released), "contributors": published_counts(agg.contributors, config.min_clients),
+                  "released": list(agg.released), "contributors": published_counts(agg.contributors, config.server.min_clients),
                   "train_seconds": time.perf_counter() - started}
-        if config.user_dp:
+        if config.privacy.user_dp:
             record["user_dp"] = run.training.account(run.ledgers, server_round)
         run.history.append(record)
         log(INFO, "round %d: %d clients aggregated%s; updated %s", server_round, round_sums.participants,
-            " securely" if config.secure_aggregation else "", ", ".join(record["released"]) or "no persona")
-    if evaluator is not None and config.evaluate:
+            " securely" if config.aggregation.secure_aggregation else "", ", ".join(record["released"]) or "no persona")
+    if evaluator is not None and config.outputs.evaluate:
         run.evaluations.append(evaluator(server_round, run.state.adapters, set(run.state.trained), run.run_id,
-                                         server_round >= config.rounds))
+                                         server_round >= config.server.rounds))
 
 
 def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, started: float) -> dict:
@@ -179,10 +179,10 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
         "run_id": run.run_id,
         "engine": engine,
         "settings": config.to_record(),
-        "aggregation": {"secure": config.secure_aggregation, "persona_hiding": config.persona_hiding,
+        "aggregation": {"secure": config.aggregation.secure_aggregation, "persona_hiding": config.aggregation.persona_hiding,
                         "slots": list(training.slots), "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
-                        "adapter_floats": training.layout.adapter_size, "update_clip": config.update_clip,
-                        "sessions": [published_session(h, not config.persona_hiding) for s in run.sessions for h in s.history]},
+                        "adapter_floats": training.layout.adapter_size, "update_clip": config.aggregation.update_clip,
+                        "sessions": [published_session(h, not config.aggregation.persona_hiding) for s in run.sessions for h in s.history]},
         "rounds": [{**t, **{f"eval_{k}": v for k, v in evaluated.get(t["round"], {}).items() if k != "round"}}
                    for t in run.history],
         "evaluation": evaluation_table(run.evaluations[-1]) if run.evaluations else None,
@@ -190,9 +190,9 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
         "private_randomness": private_randomness(config),
         "wall_seconds": time.perf_counter() - started,
     }
-    if config.user_dp:
-        payload["user_level_dp"] = {"noise_multiplier": config.user_noise_multiplier, "clip": user_clip_norm(config),
-                                    "delta": config.delta, "epsilon": {n: l.spent().epsilon if l.events() else 0.0 for n, l in run.ledgers.items()}}
+    if config.privacy.user_dp:
+        payload["user_level_dp"] = {"noise_multiplier": config.privacy.user_noise_multiplier, "clip": user_clip_norm(config),
+                                    "delta": config.privacy.delta, "epsilon": {n: l.spent().epsilon if l.events() else 0.0 for n, l in run.ledgers.items()}}
     return payload
 
 
@@ -207,24 +207,24 @@ def write_outputs(run: ServerRun, run_dir: Path, payload: dict, engine: str, eva
         text = format_table(payload["evaluation"], dp_note(config)) + f"\nevaluated by {payload['evaluation_source']}"
         (run_dir / "evaluation.txt").write_text(text + "\n")
         log(INFO, "\n%s", text)
-    elif config.evaluate and evaluator is not None:
+    elif config.outputs.evaluate and evaluator is not None:
         log(WARNING, "no evaluation was recorded")
-    if config.audit and engine != "simulation":
+    if config.outputs.audit and engine != "simulation":
         _write_audit(run_dir)
-    if config.registry:
-        version = publish(run_dir, config.registry)
+    if config.outputs.registry:
+        version = publish(run_dir, config.outputs.registry)
         log(INFO, "fedpers: adapters published to the registry as %s (now latest)", version.path)
 
 
 def _log_start(config: FederatedConfig, nodes: int, evaluator: Evaluator | None) -> None:
-    mode = ("SecAgg+ " + ("with persona hiding" if config.persona_hiding else "per persona group")
-            if config.secure_aggregation else "plain (the server sees each update)")
-    log(INFO, "fedpers: %d nodes, %d rounds, personas: %s; aggregation: %s; DP-SGD %s%s", nodes, config.rounds,
-        ", ".join(config.persona_names), mode, f"on (epsilon {config.epsilon}, delta {config.delta})" if config.dp else "off",
-        f"; user-level DP noise multiplier {config.user_noise_multiplier}" if config.user_dp else "")
-    if config.noise_seed >= 0:
+    mode = ("SecAgg+ " + ("with persona hiding" if config.aggregation.persona_hiding else "per persona group")
+            if config.aggregation.secure_aggregation else "plain (the server sees each update)")
+    log(INFO, "fedpers: %d nodes, %d rounds, personas: %s; aggregation: %s; DP-SGD %s%s", nodes, config.server.rounds,
+        ", ".join(config.persona_names), mode, f"on (epsilon {config.privacy.epsilon}, delta {config.privacy.delta})" if config.privacy.dp else "off",
+        f"; user-level DP noise multiplier {config.privacy.user_noise_multiplier}" if config.privacy.user_dp else "")
+    if config.privacy.noise_seed >= 0:
         log(WARNING, "fedpers: %s", private_randomness(config)["source"])
-    if config.evaluate and evaluator is None:
+    if config.outputs.evaluate and evaluator is None:
         log(INFO, "fedpers: held-out evaluation: %s", NO_EVALUATION)
 
 
@@ -247,7 +247,7 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
         """Devices are never asked for an evaluation (see the module docstring)."""
 
     _log_start(config, run.nodes, evaluator)
-    context_ = LegacyContext(context, ServerConfig(num_rounds=config.rounds), run.strategy)
+    context_ = LegacyContext(context, ServerConfig(num_rounds=config.server.rounds), run.strategy)
     DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=evaluate_workflow)(grid, context_)
     payload = run_metrics(run, engine, evaluator, started)
     write_outputs(run, run_dir, payload, engine, evaluator)
@@ -257,9 +257,9 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
 def private_randomness(config: FederatedConfig) -> dict:
     """Whether the devices drew DP-SGD's sampling and noise from their OS CSPRNG (``private``), or from the
     benchmark switch ``noise_seed``, which makes the run reproducible and not private."""
-    if config.noise_seed < 0:
+    if config.privacy.noise_seed < 0:
         return {"private": True, "source": "each device's OS CSPRNG, fresh for every training"}
-    return {"private": False, "source": f"noise_seed = {config.noise_seed} (benchmark switch): NOT PRIVATE, whoever "
+    return {"private": False, "source": f"noise_seed = {config.privacy.noise_seed} (benchmark switch): NOT PRIVATE, whoever "
             "knows the seed can replay every batch and noise draw"}
 
 
@@ -278,10 +278,8 @@ def _write_audit(run_dir: Path) -> None:
 
 def config_from_context(context: Context) -> tuple[FederatedConfig, Path]:
     """Settings from the run config (``[tool.flwr.app.config]`` or ``--run-config``), defaults elsewhere."""
-    known = {f.name for f in fields(FederatedConfig)}
-    values = {k: v for k, v in context.run_config.items() if k.replace("-", "_") in known}
     run_dir = context.run_config.get("run-dir") or f"runs/{datetime.now():%Y%m%d-%H%M%S}"
-    return FederatedConfig.from_record(values), Path(str(run_dir))
+    return FederatedConfig.from_record(context.run_config), Path(str(run_dir))
 
 
 def make_server_app(config: FederatedConfig | None = None, run_dir: Path | None = None, expected_nodes: int | None = None,

@@ -62,14 +62,13 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace) -> dict:
     """Run settings: --config FILE.toml, then --run-config, then the run and registry directories (absolute)."""
-    from dataclasses import fields
 
     from flwr.common.config import parse_config_args
 
-    from fedpers.federated import FederatedConfig, load_config_file
+    from fedpers.federated import FederatedConfig, all_settings, load_config_file
 
     settings: dict = dict(load_config_file(args.config)) if args.config else {}
-    known = {f.name for f in fields(FederatedConfig)}
+    known = {s.name for s in all_settings()}
     try:
         overrides = parse_config_args([args.run_config] if args.run_config else None)
     except Exception as err:  # click.ClickException: not key=value pairs with TOML values
@@ -79,7 +78,7 @@ def _settings(args: argparse.Namespace) -> dict:
         if name not in known | {"run_dir"}:
             raise ValueError(f"--run-config: unknown setting {key!r}")
         settings[name] = value
-    FederatedConfig(**{k: v for k, v in settings.items() if k != "run_dir"}).validated()
+    FederatedConfig.from_flat({k: v for k, v in settings.items() if k != "run_dir"}).validated()
     run_dir = Path(args.run_dir or settings.get("run_dir") or f"runs/deploy-{datetime.now():%Y%m%d-%H%M%S}")
     settings["run_dir"] = str(run_dir.resolve())
     settings["registry"] = str(Path(args.registry or settings.get("registry") or "runs/registry").resolve())

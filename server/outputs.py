@@ -25,7 +25,7 @@ COLUMNS = (("base", "base model"), ("global", "global adapter"), ("persona", "pe
 def write_run_config(run_dir: Path, config: FederatedConfig, run_id: str) -> None:
     lora = asdict(config.lora())
     lora["target_modules"] = list(lora["target_modules"])
-    write_json(run_dir / RUN_CONFIG, {"run_id": run_id, "model": config.model, "personas": config.persona_names,
+    write_json(run_dir / RUN_CONFIG, {"run_id": run_id, "model": config.model.model, "personas": config.persona_names,
                                       "lora": lora, "settings": config.to_record()})
 
 
@@ -51,10 +51,10 @@ def evaluation_table(final: dict) -> dict:
 
 def dp_note(config: FederatedConfig) -> str:
     """How the table's adapters were trained, privacy-wise."""
-    if not config.dp:
+    if not config.privacy.dp:
         return "DP off"
-    note = f"DP-SGD on, per-user epsilon <= {config.epsilon} (delta {config.delta})"
-    return note if config.noise_seed < 0 else f"{note}, but NOT PRIVATE: DP randomness seeded by noise_seed (benchmark switch)"
+    note = f"DP-SGD on, per-user epsilon <= {config.privacy.epsilon} (delta {config.privacy.delta})"
+    return note if config.privacy.noise_seed < 0 else f"{note}, but NOT PRIVATE: DP randomness seeded by noise_seed (benchmark switch)"
 
 
 def format_table(table: dict, note: str) -> str:

@@ -102,7 +102,7 @@ class PersonaGroupRounds:
         content = RecordDict({"config": ConfigRecord(instructions.to_record())})
         replies = grid.send_and_receive([Message(content=content, dst_node_id=n, message_type=MessageType.QUERY,
                                                  group_id=str(server_round)) for n in unknown],
-                                        timeout=self.training.config.secagg_timeout)
+                                        timeout=self.training.config.aggregation.secagg_timeout)
         for reply in replies:
             if not reply.has_error():
                 index = int(reply.content["metrics"][PERSONA_INDEX])
@@ -118,7 +118,7 @@ class PersonaGroupRounds:
             if node in sampled:
                 groups.setdefault(persona, set()).add(node)
         sums, counts, participants = {}, {}, 0
-        smallest = max(2, training.config.min_clients)
+        smallest = max(2, training.config.server.min_clients)
         for persona, nodes in sorted(groups.items()):
             if len(nodes) < smallest:
                 log(INFO, "round %d: %s has fewer than %d clients; not aggregated", server_round, persona, smallest)
@@ -138,8 +138,8 @@ class PersonaGroupRounds:
 def round_mode(training: PersonaTraining, session: Session) -> RoundMode:
     """The mode of these settings (see the module docstring)."""
     config = training.config
-    if config.persona_hiding:
+    if config.aggregation.persona_hiding:
         return SlotRound(training, session)
-    if config.secure_aggregation:
+    if config.aggregation.secure_aggregation:
         return PersonaGroupRounds(training, session)
     return PlainInClearRound(training, session)

@@ -94,15 +94,15 @@ class PersonaTraining(FitOnly):
 
     @property
     def num_sampled(self) -> int:
-        return max(min(self.config.min_clients, self.num_nodes), round(self.config.fraction_train * self.num_nodes))
+        return max(min(self.config.server.min_clients, self.num_nodes), round(self.config.server.fraction_train * self.num_nodes))
 
     @property
     def count_value(self) -> float:
         """What a client adds to its slot's count: the update clip, so that counts share the SecAgg+ range."""
-        return self.config.update_clip
+        return self.config.aggregation.update_clip
 
     def reference(self) -> list[np.ndarray]:
-        return self.layout.zeros() if self.config.user_dp else []
+        return self.layout.zeros() if self.config.privacy.user_dp else []
 
     def instructions(self, server_round: int, task: str = "train") -> RoundInstructions:
         return RoundInstructions.for_round(self.config, self.run_id, server_round, self.state.adapters,
@@ -127,7 +127,7 @@ class PersonaTraining(FitOnly):
             return None, {}
         total = upload_sum(results, self.secure)
         by_persona = None
-        if not self.secure and not self.config.persona_hiding:  # plain, personas in clear: group here
+        if not self.secure and not self.config.aggregation.persona_hiding:  # plain, personas in clear: group here
             by_persona = {}
             for _, res in results:
                 persona = persona_from_index(self.config.persona_names, int(res.metrics[PERSONA_INDEX]))
@@ -135,12 +135,12 @@ class PersonaTraining(FitOnly):
                 old = by_persona.get(persona)
                 by_persona[persona] = arrays if old is None else [o + a for o, a in zip(old, arrays, strict=True)]
         self.received = Received(len(results), len(failures), by_persona)
-        scale = 1.0 / self.num_sampled if self.config.user_dp else 1.0
+        scale = 1.0 / self.num_sampled if self.config.privacy.user_dp else 1.0
         return ndarrays_to_parameters([(a * scale).astype(np.float64) for a in total]), {"participants": len(results)}
 
     def slot_sums(self, parameters: Parameters | list[np.ndarray]) -> tuple[dict[str, dict], dict[str, float]]:
         """Per-slot sums and counts of a summed upload (what ``aggregate_fit`` returned, noised under user-level DP)."""
-        scale = self.num_sampled if self.config.user_dp else 1.0
+        scale = self.num_sampled if self.config.privacy.user_dp else 1.0
         arrays = parameters if isinstance(parameters, list) else parameters_to_ndarrays(parameters)
         return self.layout.unpack([np.asarray(a, dtype=np.float64) * scale for a in arrays], self.count_value)
 
@@ -151,7 +151,7 @@ class PersonaTraining(FitOnly):
         user-level ledger on the user's device, charged before the upload left and composed across runs."""
         spent = {}
         for name, ledger in ledgers.items():
-            entry = ledger.record(user_level_entry(self.config.user_noise_multiplier, self.config.update_clip, round=server_round))
+            entry = ledger.record(user_level_entry(self.config.privacy.user_noise_multiplier, self.config.aggregation.update_clip, round=server_round))
             ledger.complete(entry)
             spent[name] = ledger.spent().epsilon
         return spent
@@ -159,10 +159,10 @@ class PersonaTraining(FitOnly):
 
 def persona_adapters(config: FederatedConfig, adapters: dict, trained: Sequence[str] = ()) -> PersonaAdapters:
     """Round 0 of a run with these settings: ``adapters`` with the configured server optimizer and gate."""
-    return PersonaAdapters.start(adapters, config.persona_names, config.min_clients, config.server_optimizer,
-                                 config.server_lr, trained)
+    return PersonaAdapters.start(adapters, config.persona_names, config.server.min_clients, config.server.server_optimizer,
+                                 config.server.server_lr, trained)
 
 
 def user_clip_norm(config: FederatedConfig) -> float:
     """L2 bound of a whole upload (:func:`fedpers.privacy.user_level.upload_clip_norm`)."""
-    return upload_clip_norm(config.update_clip)
+    return upload_clip_norm(config.aggregation.update_clip)

@@ -25,7 +25,7 @@ from fedpers.rundir import load_adapters, write_json
 
 def attack_settings(config: FederatedConfig, dp: bool, canaries: Path, run_dir: Path) -> FederatedConfig:
     """The audited settings with canaries, a fresh state directory, and no evaluation, wire recording or audit of its own."""
-    return dataclasses.replace(config, dp=dp, canaries=str(canaries), evaluate=False, audit=False, audit_attack=False,
+    return config.replace(dp=dp, canaries=str(canaries), evaluate=False, audit=False, audit_attack=False,
                                record_wire=False, state_dir=str(Path(run_dir) / "client-state"))
 
 
@@ -53,8 +53,8 @@ def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | No
     scorer = CanaryScorer(config, canaries, attack)  # the base model's losses: once, for both runs
     result["base_scoring_seconds"] = scorer.base_seconds
     order = ("dp", "no-dp")
-    for name, dp in (("no-dp", False), ("dp", config.dp)):  # the power check first: its figures matter even alone
-        if name not in runs or (name == "dp" and not config.dp):
+    for name, dp in (("no-dp", False), ("dp", config.privacy.dp)):  # the power check first: its figures matter even alone
+        if name not in runs or (name == "dp" and not config.privacy.dp):
             continue
         run = root / name
         variant = attack_settings(config, dp, path, run)
@@ -64,7 +64,7 @@ def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | No
         scored = scorer.score(load_adapters(run))
         seconds = {"training": trained - start, "scoring": time.perf_counter() - trained}
         result["runs"][name] = {"dp": dp, "run_dir": str(run), "seconds": seconds} | summarize(
-            scored, config.delta, theoretical_epsilon(variant, canaries, attack.repeats))
+            scored, config.privacy.delta, theoretical_epsilon(variant, canaries, attack.repeats))
         result["runs"] = {k: result["runs"][k] for k in order if k in result["runs"]}  # shown side by side: DP first
         write_json(root / ATTACK_FILE, result)
     return result

@@ -55,7 +55,7 @@ def scoring_cost(config: FederatedConfig, attack: AttackConfig, sample: int) -> 
 def lines_for(config: FederatedConfig, attack: AttackConfig, result: dict, cost: dict) -> list[str]:
     runs = result["runs"]
     names = [n for n in ("dp", "no-dp") if n in runs]
-    label = {"dp": f"DP as set (epsilon {config.epsilon:g})", "no-dp": "DP off"}
+    label = {"dp": f"DP as set (epsilon {config.privacy.epsilon:g})", "no-dp": "DP off"}
 
     def row(title: str, cell) -> str:
         return f"| {title} | " + " | ".join(cell(runs[n]) for n in names) + " |"
@@ -69,8 +69,8 @@ def lines_for(config: FederatedConfig, attack: AttackConfig, result: dict, cost:
         "## Canary attack power",
         "",
         "`python -m simulations.bench_attack --write` — the audit's canary attack (`fedpers audit RUN_DIR --attack`) on the "
-        f"default scenario's settings (SmolLM2-135M-Instruct, {config.users_per_persona * len(config.persona_names)} users, "
-        f"{config.rounds} rounds), on this machine ({platform.machine()}, 2 cores shared with other jobs, so wall times are "
+        f"default scenario's settings (SmolLM2-135M-Instruct, {config.dataset.users_per_persona * len(config.persona_names)} users, "
+        f"{config.server.rounds} rounds), on this machine ({platform.machine()}, 2 cores shared with other jobs, so wall times are "
         f"upper figures). {attack.canaries} canaries with {result['secret_digits']}-digit secrets, {result['inserted']} inserted "
         f"(fair coins, seed {attack.seed}), each inserted one {attack.repeats} times; {attack.candidates} random candidate "
         "secrets per canary. Score: the secret tokens' loss drop (base model minus released persona adapter) against the "
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     run_dir = args.run_dir.resolve()
     values = load_config_file(SCENARIOS / "default.toml")
-    config = FederatedConfig(**values, state_dir=str(run_dir / "client-state")).validated()
+    config = FederatedConfig.from_flat(values | {"state_dir": str(run_dir / "client-state")}).validated()
     attack = AttackConfig(canaries=args.canaries, repeats=args.repeats, candidates=args.candidates, seed=args.seed)
     previous = read_attack(run_dir) if args.reuse else None
     if previous is not None:

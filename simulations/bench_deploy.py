@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"the deployment run failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
             replies = replies_sent(federation.procs.logs)
         deployed = json.loads((root / "deploy" / "metrics.json").read_text())
-        config = FederatedConfig(**settings, audit=False, record_wire=False, state_dir=str(root / "sim-state")).validated()
+        config = FederatedConfig.from_flat(settings | {"audit": False, "record_wire": False, "state_dir": str(root / "sim-state")}).validated()
         simulated = simulate(config, root / "simulate")
     start = clientapp_start_seconds()
     rows = []

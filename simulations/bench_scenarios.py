@@ -24,7 +24,7 @@ MARK = "scenarios"
 def scenario(name: str, run_root: Path, **overrides) -> tuple[FederatedConfig, Path]:
     run_dir = (run_root / name).resolve()
     values = load_config_file(SCENARIOS / f"{name.split('-')[0]}.toml")
-    config = FederatedConfig(**{**values, **overrides}, state_dir=str(run_dir / "client-state")).validated()
+    config = FederatedConfig.from_flat(values | overrides | {"state_dir": str(run_dir / "client-state")}).validated()
     return config, run_dir
 
 
@@ -36,7 +36,7 @@ def round_seconds(record: dict) -> float:
 def section(label: str, config: FederatedConfig, metrics: dict) -> list[str]:
     rounds = metrics["rounds"]
     times = ", ".join(f"{round_seconds(r):.0f}" for r in rounds)
-    privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.dp else "no DP"
+    privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.privacy.dp else "no DP"
     return [
         f"### {label}",
         "",

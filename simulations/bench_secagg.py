@@ -58,7 +58,7 @@ def run_variant(name: str, root: Path, rounds: int | None, scenario: str = "defa
     values = load_config_file(SCENARIOS / f"{scenario}.toml") | VARIANTS[name][1] | {"noise_seed": 11}
     if rounds:
         values["rounds"] = rounds
-    config = FederatedConfig(**values, state_dir=str(run_dir / "client-state")).validated()
+    config = FederatedConfig.from_flat(values | {"state_dir": str(run_dir / "client-state")}).validated()
     metrics = simulate(config, run_dir)  # records every reply (record_wire) for the byte counts
     sessions = metrics["aggregation"]["sessions"]
     result = {

@@ -49,9 +49,9 @@ def _simulate(args: argparse.Namespace) -> int:
     text = (run_dir / "evaluation.txt").read_text() if (run_dir / "evaluation.txt").exists() else "no evaluation"
     print()
     print(text)
-    privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.dp else "DP off: epsilon unbounded"
+    privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.privacy.dp else "DP off: epsilon unbounded"
     print(f"{privacy}; wall time {metrics['wall_seconds']:.0f} s; outputs in {run_dir}")
-    if config.audit:
+    if config.outputs.audit:
         findings = json.loads((run_dir / "audit.json").read_text())["findings"]
         for finding in findings:
             print(f"  [{finding['level']}] {finding['text']}")

@@ -53,7 +53,7 @@ class SimulationEvaluator:
             return declared
         if not trained:
             return GLOBAL
-        return UserState(self.config.state_dir, user_id).persona_choice(run_id) or GLOBAL
+        return UserState(self.config.outputs.state_dir, user_id).persona_choice(run_id) or GLOBAL
 
     def _losses(self, env: ModelEnvironment, arrays: dict[str, np.ndarray], heldout, embedding: bytes | None = None):
         model = env.model
@@ -82,7 +82,7 @@ class SimulationEvaluator:
                 "global": (adapters[GLOBAL], None), "persona": (adapters[persona], None)}
             if final:
                 variants["base"] = ({k: np.zeros_like(v) for k, v in adapters[GLOBAL].items()}, None)
-                embedding = UserState(self.config.state_dir, user_id).embedding()
+                embedding = UserState(self.config.outputs.state_dir, user_id).embedding()
                 if embedding is not None:
                     variants["persona-embedding"] = (adapters[persona], embedding)
             users[persona] = users.get(persona, 0) + 1
@@ -91,7 +91,7 @@ class SimulationEvaluator:
                 loss_sum, tokens = self._losses(env, arrays, data.heldout, embedding)
                 total = row.setdefault(name, [0.0, 0.0])
                 total[0], total[1] = total[0] + loss_sum, total[1] + tokens
-        gate = self.config.min_clients
+        gate = self.config.server.min_clients
         shown = {p: row for p, row in rows.items() if users[p] >= gate}  # the outputs show no persona below the gate
         losses = {p: {name: s / max(t, 1.0) for name, (s, t) in row.items()} for p, row in shown.items()}
         counts = {p: 0 for p in self.config.persona_names} | users

@@ -72,7 +72,7 @@ def fingerprint(modes: list[str]) -> dict[str, Any]:
             run_dir = Path(tmp)
             values = load_config_file(SCENARIOS / "tiny.toml") | MODES[mode] | {
                 "noise_seed": NOISE_SEED, "state_dir": str(run_dir / "client-state")}
-            simulate(FederatedConfig(**values).validated(), run_dir)
+            simulate(FederatedConfig.from_flat(values).validated(), run_dir)
             out[mode] = fingerprint_run(run_dir)
     return out
 

@@ -25,6 +25,15 @@ def chat(rng: random.Random) -> list[dict[str, str]]:
 
 
 @pytest.fixture
+def task_identity(monkeypatch):
+    """Messages made outside a Flower process need the identity Flower gives each task."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+@pytest.fixture
 def tiny():
     """A fresh tiny model and tokenizer (deterministic weights)."""
     return load_base_model("tiny")

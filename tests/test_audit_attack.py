@@ -100,11 +100,11 @@ def test_attack_runs_keep_the_training_settings_and_never_audit_themselves(tmp_p
     from simulations.attack import attack_settings
     from fedpers.federated import FederatedConfig
 
-    config = FederatedConfig(audit_attack=True, epsilon=3.0, rounds=4)
+    config = FederatedConfig.from_flat({"audit_attack": True, "epsilon": 3.0, "rounds": 4})
     variant = attack_settings(config, False, tmp_path / "c.jsonl", tmp_path / "no-dp")
-    assert not (variant.audit_attack or variant.audit or variant.record_wire or variant.evaluate or variant.dp)
-    assert (variant.epsilon, variant.rounds, variant.model) == (3.0, 4, config.model)
-    assert variant.state_dir == str(tmp_path / "no-dp" / "client-state") != config.state_dir
+    assert not (variant.outputs.audit_attack or variant.outputs.audit or variant.outputs.record_wire or variant.outputs.evaluate or variant.privacy.dp)
+    assert (variant.privacy.epsilon, variant.server.rounds, variant.model.model) == (3.0, 4, config.model.model)
+    assert variant.outputs.state_dir == str(tmp_path / "no-dp" / "client-state") != config.outputs.state_dir
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def attacked(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("attack")
     values = load_config_file(SCENARIOS / "tiny.toml") | {"epsilon": 0.5, "clip": 1.0, "noise_seed": 7}
-    config = FederatedConfig(**values).validated()
+    config = FederatedConfig.from_flat(values).validated()
     return run_dir, run_attack(config, run_dir, AttackConfig(canaries=64, candidates=32, repeats=4, seed=1, progress=False))
 
 

@@ -16,7 +16,7 @@ SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "audit-schema.json"
 
 
 def _deployment_run(run_dir: Path, **settings) -> FederatedConfig:
-    config = FederatedConfig(model="tiny", rounds=1, **settings).validated()
+    config = FederatedConfig.from_flat({"model": "tiny", "rounds": 1} | settings).validated()
     write_run_config(run_dir, config, "r1")
     write_metrics(run_dir, {"run_id": "r1", "engine": "deployment", "settings": config.to_record(),
                             "aggregation": {"secure": True, "persona_hiding": True, "slots": ["global"], "sessions": []},

@@ -91,11 +91,11 @@ def _round_messages(monkeypatch, **changes):
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    config = FederatedConfig(**(SETTINGS | changes)).validated()
+    config = FederatedConfig.from_flat(SETTINGS | changes).validated()
     base, _ = load_base_model("tiny")
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
     strategy = PersonaTraining(config, "run-a", 2, False, persona_adapters(config, adapters))
-    clipping = {KEY_CLIPPING_NORM: user_clip_norm(config)} if config.user_dp else {}
+    clipping = {KEY_CLIPPING_NORM: user_clip_norm(config)} if config.privacy.user_dp else {}
 
     def message(server_round: int) -> Message:
         fit_ins = FitIns(ndarrays_to_parameters(strategy.reference()), strategy.instructions(server_round).to_record() | clipping)

@@ -93,7 +93,7 @@ def test_the_client_trains_with_nothing_the_server_sent_as_a_seed(tmp_path, monk
     monkeypatch.setattr(tasks, "train_local", capture)
     for noise_seed in (-1, 3):
         values = load_config_file(SCENARIOS / "tiny.toml") | {"noise_seed": noise_seed, "state_dir": str(tmp_path / "state")}
-        config = FederatedConfig(**values).validated()
+        config = FederatedConfig.from_flat(values).validated()
         raw = _train_instructions(config, server_round=2)
         task = tasks.prepare(raw, {"partition-id": 0})
         with pytest.raises(RuntimeError, match="captured"):
@@ -111,9 +111,9 @@ def _train_instructions(config, server_round: int):
 
     from fedpers.models import adapter_arrays, attach_lora, load_base_model
 
-    base, _ = load_base_model(config.model)
+    base, _ = load_base_model(config.model.model)
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
-    return PersonaTraining(config, "run-x", 3, config.secure_aggregation, persona_adapters(config, adapters)).instructions(server_round)
+    return PersonaTraining(config, "run-x", 3, config.aggregation.secure_aggregation, persona_adapters(config, adapters)).instructions(server_round)
 
 
 def test_a_ledger_refuses_another_delta(tmp_path):
@@ -135,7 +135,7 @@ def test_the_default_run_never_seeds_dp_randomness():
 
     from fedpers.federated import FederatedConfig, load_config_file
 
-    assert FederatedConfig().noise_seed < 0
+    assert FederatedConfig().privacy.noise_seed < 0
     assert load_config_file(SCENARIOS / "default.toml").get("noise_seed", -1) < 0
     app_config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert app_config["noise-seed"] < 0

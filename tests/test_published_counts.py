@@ -46,7 +46,7 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
     personas in clear its group is too small to aggregate), but no file of the run directory and no server
     log line gives that count or that client's held-out loss."""
     config = tiny_config(tmp_path, data=str(_solo_data(tmp_path / "solo.jsonl")), rounds=2, persona_hiding=hiding)
-    assert config.min_clients == 2
+    assert config.server.min_clients == 2
     log_path = tmp_path / "server.log"
     handler = logging.FileHandler(log_path)
     logger = logging.getLogger("flwr")
@@ -57,10 +57,10 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
         logger.removeHandler(handler)
         handler.close()
     run_dir = tmp_path / "run"
-    gate = f"<{config.min_clients}"
+    gate = f"<{config.server.min_clients}"
     for r in metrics["rounds"]:
         assert SOLO not in r["released"] and r["contributors"][SOLO] == gate, r
-        assert all(v == gate or v >= config.min_clients for v in r["contributors"].values()), r
+        assert all(v == gate or v >= config.server.min_clients for v in r["contributors"].values()), r
         assert "gated" not in r  # a gated list says "at least one, below the gate"
         assert r["eval_users"].get(SOLO, gate) == gate and SOLO not in r["eval_heldout_loss"] and SOLO not in r["eval_tokens"]
     assert SOLO not in metrics["evaluation"]["rows"]
@@ -73,7 +73,7 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
                            ("audit.json", {k: v for k, v in audit.items() if k != "spent"})):
         assert all(v == gate for v in _values_at(document, SOLO) if not isinstance(v, dict)), name
         assert all(_values_at(d, "users") in ([], [gate]) for d in _values_at(document, SOLO) if isinstance(d, dict)), name
-    assert audit["wire"]["min_clients_released"] >= config.min_clients
+    assert audit["wire"]["min_clients_released"] >= config.server.min_clients
     assert not [line for line in (run_dir / "evaluation.txt").read_text().splitlines() if line.startswith(SOLO)]
     solo_lines = [line for line in log_path.read_text().splitlines() if SOLO in line]
     assert not [line for line in solo_lines if _mentions_a_count_of_one(line)], solo_lines
@@ -104,7 +104,7 @@ FALSE_CLAIMS = (
 def test_the_readme_docs_and_report_say_what_the_server_learns(tmp_path):
     from fedpers.audit.html import render_html
     from fedpers.audit.report import build_audit
-    from simulations.simulate import HELP
+    from fedpers.federated import all_settings
     from test_audit_deployment import _deployment_run
 
     readme, docs = _normalized((ROOT / "README.md").read_text()), _normalized((ROOT / "docs" / "audit.md").read_text())
@@ -113,7 +113,7 @@ def test_the_readme_docs_and_report_say_what_the_server_learns(tmp_path):
     findings = " ".join(f["text"] for f in audit["findings"])
     page = html.unescape(render_html(audit))
     for text, where in ((readme, "README.md"), (docs, "docs/audit.md"), (findings, "findings"), (page, "audit.html"),
-                        (" ".join(HELP.values()), "simulate --help")):
+                        (" ".join(s.help for s in all_settings()), "simulate --help")):
         for claim in FALSE_CLAIMS:
             assert claim not in text, (where, claim)
     from fedpers.audit.report import SERVER_LEARNS  # the statement, written once

@@ -34,7 +34,7 @@ def task_identity(monkeypatch):
 def _config(tmp_path, **changes) -> FederatedConfig:
     values = load_config_file(SCENARIOS / "tiny.toml") | {"state_dir": str(tmp_path / "state"), "secure_aggregation": False,
                                                           "persona_hiding": False}
-    return FederatedConfig(**(values | changes)).validated()
+    return FederatedConfig.from_flat(values | changes).validated()
 
 
 def _exchange(config: FederatedConfig, extra: dict | None = None):
@@ -55,7 +55,7 @@ def _exchange(config: FederatedConfig, extra: dict | None = None):
 
 
 def _charge(config: FederatedConfig, **details) -> None:
-    ledger = UserState(config.state_dir, user_ids(config)[0]).ledger(config.delta)
+    ledger = UserState(config.outputs.state_dir, user_ids(config)[0]).ledger(config.privacy.delta)
     ledger.complete(ledger.record(LedgerEntry("dp-sgd", [GaussianEvent(1.0, 0.1, 8)], details)))
 
 

@@ -13,7 +13,7 @@ from fedpers.models.environment import model_environment
 from fedpers.userdata import conversations, user_data, user_ids
 from fedpers.wire import payload_bytes
 from fedpers.audit.scan import scan
-from fedpers.federated import FederatedConfig, load_config_file
+from fedpers.federated import FederatedConfig, all_settings, load_config_file
 from fedpers.models import adapter_arrays, load_base_model
 from fedpers.privacy import PrivacyLedger
 from fedpers.adapters import GLOBAL
@@ -24,7 +24,7 @@ from simulations.simulate import SCENARIOS, simulate
 def tiny_config(run_dir, **changes) -> FederatedConfig:
     """The tiny scenario with seeded DP noise, so that runs differing only in aggregation are comparable."""
     values = load_config_file(SCENARIOS / "tiny.toml") | {"noise_seed": 7, "state_dir": str(run_dir / "client-state")}
-    return FederatedConfig(**(values | changes)).validated()
+    return FederatedConfig.from_flat(values | changes).validated()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def run(tmp_path_factory):
     """The default aggregation (SecAgg+ with persona hiding) and audit: every reply leaving a device recorded."""
     run_dir = tmp_path_factory.mktemp("sim")
     config = tiny_config(run_dir, keep_payloads=True)
-    assert config.secure_aggregation and config.persona_hiding and config.record_wire and config.audit
+    assert config.aggregation.secure_aggregation and config.aggregation.persona_hiding and config.outputs.record_wire and config.outputs.audit
     metrics = simulate(config, run_dir)
     return config, run_dir, metrics
 
@@ -69,13 +69,13 @@ def test_three_rounds_produce_persona_adapters(run):
 def test_privacy_is_accounted_per_client_and_within_budget(run):
     config, run_dir, metrics = run
     spent = metrics["client_privacy"]["epsilon_per_client"]
-    assert len(spent) == 10 and all(0 < e <= config.epsilon for e in spent.values())
+    assert len(spent) == 10 and all(0 < e <= config.privacy.epsilon for e in spent.values())
     for user in user_ids(config):
         ledger = PrivacyLedger(run_dir / "client-state" / user / "ledger.json", user)
         purposes = [e.purpose for e in ledger.entries]
         assert purposes.count("dp-sgd") == 3 and purposes.count("clip-quantile") == 1
-        assert ledger.spent().epsilon <= config.epsilon
-    assert metrics["max_epsilon"] <= config.epsilon
+        assert ledger.spent().epsilon <= config.privacy.epsilon
+    assert metrics["max_epsilon"] <= config.privacy.epsilon
 
 
 @pytest.mark.slow  # Ray
@@ -120,7 +120,7 @@ def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run
     for entry in manifest:
         fields, stage = recorded_fields(entry), recorded_stage(entry)
         assert fields and undeclared_fields(entry["message_type"], stage, fields) == [], entry
-        needed = required_ledger(entry["message_type"], stage, fields, config.dp, config.persona_mode == "inferred")
+        needed = required_ledger(entry["message_type"], stage, fields, config.privacy.dp, config.dataset.persona_mode == "inferred")
         ledger = PrivacyLedger(run_dir / "client-state" / users[entry["partition_id"]] / "ledger.json", users[entry["partition_id"]])
         for purpose in needed:
             matching = [e for e in ledger.entries if e.purpose == purpose and e.details.get("run_id") == metrics["run_id"]
@@ -130,7 +130,7 @@ def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run
     assert accounted == 10 * 3  # one DP-SGD upload per client and round
 
 
-def test_scan_finds_text_and_token_ids_when_they_are_sent():
+def test_scan_finds_text_and_token_ids_when_they_are_sent(task_identity):
     text = "my badge stopped working at the Vienna depot this morning"
     ids = list(range(300, 340))
     leaky = Message(RecordDict({
@@ -150,21 +150,20 @@ def test_fedadam_strategy_uses_its_own_learning_rate_by_default():
     from server.strategy import persona_adapters
 
     adapters = {name: {"w.lora_A": np.zeros((2, 2), np.float32)} for name in [GLOBAL, *FederatedConfig().persona_names]}
-    adam = persona_adapters(FederatedConfig(server_optimizer="fedadam"), adapters)
+    adam = persona_adapters(FederatedConfig.from_flat({"server_optimizer": "fedadam"}), adapters)
     assert all(isinstance(o, FedAdamOptimizer) for o in adam.optimizers.values())
     assert adam.optimizers[GLOBAL].server_lr == FedAdamOptimizer().server_lr
-    avg = persona_adapters(FederatedConfig(server_lr=0.5), adapters)
+    avg = persona_adapters(FederatedConfig.from_flat({"server_lr": 0.5}), adapters)
     assert isinstance(avg.optimizers["leadership"], FedAvgOptimizer) and avg.optimizers["leadership"].server_lr == 0.5
 
 
 def test_flower_app_config_declares_every_setting_with_its_default():
     """`flwr run . --run-config` only accepts declared keys; the declared values must be the real defaults."""
-    import dataclasses
     import tomllib
     from pathlib import Path
 
     declared = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    defaults = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(FederatedConfig)}
+    defaults = {s.name.replace("_", "-"): s.default for s in all_settings()}
     assert {k: v for k, v in declared.items() if k != "run-dir"} == defaults
     from server.app import config_from_context
 
@@ -172,7 +171,7 @@ def test_flower_app_config_declares_every_setting_with_its_default():
         run_config = {**declared, "model": "tiny", "run-dir": "/tmp/x"}
 
     config, run_dir = config_from_context(FakeContext())
-    assert config.model == "tiny" and str(run_dir) == "/tmp/x"
+    assert config.model.model == "tiny" and str(run_dir) == "/tmp/x"
 
 
 def _relative_difference(a: dict, b: dict) -> float:
@@ -209,7 +208,7 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
     metrics = simulate(config, tmp_path)
     user = metrics["user_level_dp"]
     assert user["clip"] == pytest.approx(0.5 * 2**0.5)
-    google = rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 2)).get_epsilon(config.delta)
+    google = rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 2)).get_epsilon(config.privacy.delta)
     for name in [GLOBAL, *config.persona_names]:
         assert user["epsilon"][name] == pytest.approx(google, rel=0.10)
         assert user["epsilon"][name] >= google * 0.99
@@ -235,7 +234,7 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
     initial = adapter_arrays(__import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora()))
     moved = load_adapters(tmp_path)[GLOBAL]
     change = sum(float(np.sum((moved[k].astype(np.float64) - initial[k]) ** 2)) for k in initial) ** 0.5
-    assert change > 2 * config.update_clip
+    assert change > 2 * config.aggregation.update_clip
 
 
 def _schema():
@@ -263,7 +262,7 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
     audit = json.loads((run_dir / "audit.json").read_text())
     jsonschema.validate(audit, _schema(), format_checker=jsonschema.FormatChecker())
     spent = audit["spent"]
-    assert len(spent["clients"]) == 10 and spent["budget"] == config.epsilon
+    assert len(spent["clients"]) == 10 and spent["budget"] == config.privacy.epsilon
     for client in spent["clients"]:
         assert client["epsilon"] == max(client["accountants"].values())  # never below the most conservative
         assert client["epsilon"] == pytest.approx(metrics["client_privacy"]["epsilon_per_client"][client["user_id"]], rel=0.02)
@@ -271,7 +270,7 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
         assert [p["epsilon"] for p in client["cumulative"]] == sorted(p["epsilon"] for p in client["cumulative"])
         assert client["dp_parameters"]["rounds"] == 3 and not client["over_budget"]
     wire = audit["wire"]
-    assert wire["secure_aggregation"] and wire["persona_hiding"] and wire["min_clients_released"] >= config.min_clients
+    assert wire["secure_aggregation"] and wire["persona_hiding"] and wire["min_clients_released"] >= config.server.min_clients
     assert wire["summary"]["messages"] == len(wire["manifest"]) == 120
     assert wire["scan"]["payloads_scanned"] == 120 and wire["scan"]["leaks"] == [] and wire["scan"]["patterns"] > 1000
     # the run seeds DP randomness (benchmark switch): marked not private, and that is its only problem

@@ -33,7 +33,7 @@ def user_dp_round(tmp_path, monkeypatch):
                                                            "user_dp": True, "user_noise_multiplier": SIGMA, "update_clip": 0.5,
                                                            "rounds": 2, "local_steps": 2, "embedding_steps": 1,
                                                            "noise_multiplier": 1.0}
-    config = FederatedConfig(**values).validated()
+    config = FederatedConfig.from_flat(values).validated()
     base, _ = load_base_model("tiny")
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
 
@@ -52,7 +52,7 @@ def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_c
 
     config, message = user_dp_round
     user = user_ids(config)[0]
-    path = f"{config.state_dir}/{user}/user-level-ledger.json"
+    path = f"{config.outputs.state_dir}/{user}/user-level-ledger.json"
     seen = []
 
     def at_upload(msg, context, call_next):
@@ -60,7 +60,7 @@ def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_c
         reply = call_next(msg, context)
         assert not reply.has_error()
         seen.append([(e.purpose, e.events, e.details.get("run_id"), e.details.get("round"))
-                     for e in PrivacyLedger(path, user, config.delta).entries])
+                     for e in PrivacyLedger(path, user, config.privacy.delta).entries])
         return reply
 
     app = make_client_app([at_upload])
@@ -73,12 +73,12 @@ def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_c
         [(USER_LEVEL_PURPOSE, event, "run-a", 1), (USER_LEVEL_PURPOSE, event, "run-a", 2)],
         [(USER_LEVEL_PURPOSE, event, "run-a", 1), (USER_LEVEL_PURPOSE, event, "run-a", 2), (USER_LEVEL_PURPOSE, event, "run-b", 1)],
     ]
-    ledger = PrivacyLedger(path, user, config.delta)
+    ledger = PrivacyLedger(path, user, config.privacy.delta)
     assert all(e.status == "completed" and e.details["clip"] == pytest.approx(0.5 * 2**0.5) for e in ledger.entries)
     # the second run composes on top of the first: three Gaussian releases, never under-reported
     google = rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(SIGMA), 3))
-    assert ledger.spent().epsilon >= 0.99 * google.get_epsilon(config.delta)
-    assert ledger.spent().epsilon == pytest.approx(google.get_epsilon(config.delta), rel=0.10)
+    assert ledger.spent().epsilon >= 0.99 * google.get_epsilon(config.privacy.delta)
+    assert ledger.spent().epsilon == pytest.approx(google.get_epsilon(config.privacy.delta), rel=0.10)
     # the record-level ledger is a separate one: DP-SGD and the clipping quantile only
-    record = PrivacyLedger(f"{config.state_dir}/{user}/ledger.json", user, config.delta)
+    record = PrivacyLedger(f"{config.outputs.state_dir}/{user}/ledger.json", user, config.privacy.delta)
     assert {e.purpose for e in record.entries} == {"clip-quantile", "dp-sgd"}

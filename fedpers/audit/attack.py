@@ -79,11 +79,11 @@ class CanaryScorer:
     base_seconds: float = field(init=False)
 
     def __post_init__(self) -> None:
-        base, self.tokenizer = load_base_model(self.config.model)
+        base, self.tokenizer = load_base_model(self.config.model.model)
         self.model = PersonalizedLM(attach_lora(base, self.config.lora())).eval()
         rng = random.Random(f"candidates-{self.attack.seed}")
         self.sets = [secret_set(self.tokenizer, [c.conversation(), *(c.conversation(s) for s in _candidates(c, rng, self.attack.candidates))],
-                                self.config.max_length) for c in self.canaries]
+                                self.config.dataset.max_length) for c in self.canaries]
         start = time.perf_counter()
         with self.model.lm.disable_adapter():
             self.base = self._losses(range(len(self.canaries)), "canary losses (base model)")
@@ -145,11 +145,11 @@ def theoretical_epsilon(config: FederatedConfig, canaries: Sequence[Canary], rep
     ``record_epsilon``: the largest quoted sample-level epsilon (most conservative of four accountants);
     ``group_epsilon``: the largest epsilon for a group of ``repeats`` copies of one conversation
     (:func:`fedpers.audit.spent.group_epsilon`; with one copy, the sample-level figure)."""
-    if not config.dp:
+    if not config.privacy.dp:
         return None
-    paths = [Path(config.state_dir) / u / "ledger.json" for u in sorted({c.user_id for c in canaries if c.inserted})]
+    paths = [Path(config.outputs.state_dir) / u / "ledger.json" for u in sorted({c.user_id for c in canaries if c.inserted})]
     record = max(spent_from_ledger(p).epsilon for p in paths)
-    group = record if repeats == 1 else max(group_epsilon(ledger_events(p), config.delta, repeats) for p in paths)
+    group = record if repeats == 1 else max(group_epsilon(ledger_events(p), config.privacy.delta, repeats) for p in paths)
     return {"record_epsilon": record, "group_epsilon": group}
 
 

@@ -79,16 +79,16 @@ def _client(user: str, persona: str | None, path: Path, budget: float | None) ->
 
 
 def spent_section(config: FederatedConfig, users: list[str], personas: dict[str, str], run_dir: Path) -> dict:
-    state = Path(config.state_dir)
-    clients = [_client(u, personas.get(u), state / u / LEDGER_FILE, config.epsilon if config.dp else None) for u in users]
+    state = Path(config.outputs.state_dir)
+    clients = [_client(u, personas.get(u), state / u / LEDGER_FILE, config.privacy.epsilon if config.privacy.dp else None) for u in users]
     per_persona: dict[str, dict] = {}
     for c in clients:
         p = per_persona.setdefault(c["persona"] or "unknown", {"clients": 0, "max_epsilon": 0.0})
         p["clients"] += 1
         p["max_epsilon"] = max(p["max_epsilon"], c["epsilon"])
-    user_level = [_client(u, personas.get(u), state / u / USER_LEVEL_LEDGER_FILE, None) for u in users] if config.user_dp else None
+    user_level = [_client(u, personas.get(u), state / u / USER_LEVEL_LEDGER_FILE, None) for u in users] if config.privacy.user_dp else None
     return {**_spent_common(config, run_dir, user_level), "ledgers": "run", "ceiling": None,
-            "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if config.dp else None,
+            "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if config.privacy.dp else None,
             "clients": clients, "per_persona": per_persona}
 
 
@@ -98,14 +98,14 @@ def _spent_common(config: FederatedConfig, run_dir: Path, user_level_clients: li
     before each upload left and composed over runs; ``adapters`` is the server's record of this run's releases
     (``user-level-dp/``)."""
     user_level = None
-    if config.user_dp:
+    if config.privacy.user_dp:
         root = Path(run_dir) / "user-level-dp"
         clients = user_level_clients or []
-        user_level = {"noise_multiplier": config.user_noise_multiplier, "delta": config.delta,
+        user_level = {"noise_multiplier": config.privacy.user_noise_multiplier, "delta": config.privacy.delta,
                       "ledgers": "devices" if user_level_clients is None else "run", "clients": clients,
                       "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if user_level_clients is not None else None,
                       "adapters": {p.stem: spent_from_ledger(p).to_dict() for p in sorted(root.glob("*.json"))} if root.is_dir() else {}}
-    return {"dp": config.dp, "budget": config.epsilon if config.dp else None, "delta": config.delta,
+    return {"dp": config.privacy.dp, "budget": config.privacy.epsilon if config.privacy.dp else None, "delta": config.privacy.delta,
             "quoted": "the largest of Opacus RDP, Opacus PRV, dp-accounting PLD and dp-accounting RDP",
             "accountant_tolerance": ACCOUNTANT_TOLERANCE, "pld_discretization": PLD_DISCRETIZATION, "user_level": user_level}
 
@@ -117,8 +117,8 @@ def device_spent_section(config: FederatedConfig, run_dir: Path) -> dict:
     epsilon under the Opacus RDP and PRV accountants, and refuses to train past its user's consented cap
     (``clients.consent``); the figures themselves stay on the device (``fedpers-client status``). With a noise
     multiplier set by hand the devices do not calibrate, and the server knows no ceiling (``None``)."""
-    calibrated = config.dp and not config.noise_multiplier
-    return {**_spent_common(config, run_dir), "ledgers": "devices", "ceiling": config.epsilon if calibrated else None,
+    calibrated = config.privacy.dp and not config.privacy.noise_multiplier
+    return {**_spent_common(config, run_dir), "ledgers": "devices", "ceiling": config.privacy.epsilon if calibrated else None,
             "max_epsilon": None, "clients": [], "per_persona": {}}
 
 
@@ -141,11 +141,11 @@ def wire_section(run_dir: Path, config: FederatedConfig, users: list[str], metri
     return {
         "recorded": bool(manifest),
         "recorded_by": "server" if by_server else "clients",
-        "secure_aggregation": aggregation.get("secure", config.secure_aggregation),
-        "persona_hiding": aggregation.get("persona_hiding", config.persona_hiding),
+        "secure_aggregation": aggregation.get("secure", config.aggregation.secure_aggregation),
+        "persona_hiding": aggregation.get("persona_hiding", config.aggregation.persona_hiding),
         "slots": aggregation.get("slots", []),
         "upload_floats": aggregation.get("upload_floats"),
-        "min_clients_setting": config.min_clients,
+        "min_clients_setting": config.server.min_clients,
         "min_clients_released": min(released) if released else None,
         "sessions": aggregation.get("sessions", []),
         "summary": summarize(manifest, users),
@@ -229,10 +229,10 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
 
 def randomness_findings(config: FederatedConfig) -> list[dict]:
     """A run that seeded its DP randomness with the benchmark switch is not private, whatever its epsilon."""
-    if config.noise_seed < 0:
+    if config.privacy.noise_seed < 0:
         return []
     return [{"level": "problem", "text": f"NOT PRIVATE: DP-SGD sampling and noise were seeded with the benchmark switch "
-             f"noise_seed = {config.noise_seed}; whoever knows it can replay every batch and every noise draw, so no "
+             f"noise_seed = {config.privacy.noise_seed}; whoever knows it can replay every batch and every noise draw, so no "
              "epsilon in this report holds. Use such runs for comparisons only."}]
 
 

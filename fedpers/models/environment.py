@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from fedpers.federated import FederatedConfig
 from fedpers.logs import quiet_libraries
@@ -22,7 +23,7 @@ from fedpers.models.user_embedding import UserEmbedding
 @dataclass(eq=False)  # hashed by identity: one per process and settings
 class ModelEnvironment:
     model: PersonalizedLM
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     public_embedding: torch.Tensor  # data-independent initial user embedding
 
     @property
@@ -44,4 +45,4 @@ def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvi
 def model_environment(config: FederatedConfig) -> ModelEnvironment:
     lora = config.lora()
     key = (lora.r, lora.alpha, lora.target_modules, lora.top_layers, lora.init_seed)
-    return _model(config.model, key, config.embedding_tokens)
+    return _model(config.model.model, key, config.model.embedding_tokens)
