@@ -23,7 +23,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -241,7 +240,3 @@ class EncryptedStore:
         for name in forgotten:
             self.delete(name)
         return forgotten
-
-    def wipe(self) -> None:
-        """Remove the whole store directory: header, items and any temp files."""
-        shutil.rmtree(self.directory)

@@ -154,11 +154,6 @@ class ImportResult:
     issues: list[ValidationIssue]
     lines_read: int
 
-    @property
-    def skipped_lines(self) -> int:
-        """Number of distinct lines that produced at least one issue."""
-        return len({issue.line for issue in self.issues})
-
 
 def _json_type(value: Any) -> str:
     if value is None:

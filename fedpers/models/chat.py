@@ -19,10 +19,6 @@ class EncodedExample:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
 
-    @property
-    def num_target_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
-
 
 def conversation_messages(conversation, system_prompt: str | None = None) -> list[dict[str, str]]:
     """Turn a :class:`fedpers.data.Conversation` (anything with ``.turns`` of ``role``/``text``) into chat messages."""

@@ -65,10 +65,6 @@ def load_adapter_arrays(model: PeftModel, arrays: dict[str, np.ndarray]) -> None
         raise ValueError(f"unexpected adapter keys: {result.unexpected_keys[:3]}")
 
 
-def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in module.named_parameters() if p.requires_grad}
-
-
 @dataclass
 class AdapterDelta:
     """Difference between two adapter states, keyed like :func:`adapter_arrays`."""

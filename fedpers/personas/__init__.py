@@ -2,12 +2,11 @@
 
 from fedpers.personas.answer import generate_answer
 from fedpers.personas.assignment import GLOBAL, Assignment, assign_persona
-from fedpers.personas.routing import DeclaredScorer, LossScorer, RouteDecision, Router, Scorer
+from fedpers.personas.routing import LossScorer, RouteDecision, Router, Scorer
 
 __all__ = [
     "GLOBAL",
     "Assignment",
-    "DeclaredScorer",
     "LossScorer",
     "RouteDecision",
     "Router",
