@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fedpers.atomic import write_json
+from fedpers.atomic import write_bytes, write_json
 from fedpers.privacy.ledger import LEDGER_FILE, USER_LEVEL_LEDGER_FILE, PrivacyLedger
 from fedpers.privacy.plan import DPPlan
 
@@ -106,9 +106,7 @@ class UserState:
         return self.embedding_path.read_bytes() if self.embedding_path.exists() else None
 
     def save_embedding(self, data: bytes) -> None:
-        tmp = self.embedding_path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(self.embedding_path)
+        write_bytes(self.embedding_path, data)
 
     def upload(self, key: str) -> Upload | None:
         arrays_path, metrics_path = self.root / "uploads" / f"{key}.safetensors", self.root / "uploads" / f"{key}.json"

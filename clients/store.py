@@ -23,8 +23,6 @@ import json
 import os
 import re
 import secrets
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -34,6 +32,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from fedpers.atomic import TEMP_SUFFIX, fsync_dir, write_bytes
+
 STORE_VERSION = 1
 HEADER = "store.json"
 KEY_BYTES = 32
@@ -41,7 +41,6 @@ NONCE_BYTES = 12
 SALT_BYTES = 16
 CHECK_CONSTANT = b"fedpers encrypted store key check"
 ITEM_SUFFIX = ".enc"
-TEMP_SUFFIX = ".tmp"
 _PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
 NAME_PATTERN = re.compile(rf"{_PART}(/{_PART})?")
 
@@ -91,33 +90,6 @@ def validate_name(name: str) -> str:
         raise ValueError(f"invalid item name {name!r}: use [A-Za-z0-9._-] (not starting with '.'), "
                          "with at most one '/' (e.g. 'adapters/leadership')")
     return name
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, rename it over ``path``, fsync the directory."""
-    new_dir = not path.parent.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if new_dir:
-        _fsync_dir(path.parent.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _b64(data: bytes) -> str:
@@ -181,7 +153,7 @@ class EncryptedStore:
         header = {"version": STORE_VERSION, "store_id": uuid.uuid4().hex, "kdf": kdf, "key_id": _key_id(key)}
         nonce = secrets.token_bytes(NONCE_BYTES)
         header["check"] = _b64(nonce + AESGCM(key).encrypt(nonce, CHECK_CONSTANT, _header_aad(header)))
-        _write_atomic(directory / HEADER, json.dumps(header, indent=1).encode())
+        write_bytes(directory / HEADER, json.dumps(header, indent=1).encode(), mode=0o600)
         return cls(directory, key, header["store_id"])
 
     @classmethod
@@ -222,7 +194,7 @@ class EncryptedStore:
         """Encrypt ``data`` as item ``name`` (replacing it atomically if present)."""
         path = self._path(name)
         nonce = secrets.token_bytes(NONCE_BYTES)
-        _write_atomic(path, nonce + self._aead.encrypt(nonce, bytes(data), self._aad(name)))
+        write_bytes(path, nonce + self._aead.encrypt(nonce, bytes(data), self._aad(name)), mode=0o600)
 
     def get(self, name: str) -> bytes:
         """The decrypted item; :class:`MissingItemError` if absent, :class:`TamperedError` if not authentic."""
@@ -253,7 +225,7 @@ class EncryptedStore:
             path.unlink()
         except FileNotFoundError as err:
             raise MissingItemError(f"no item {name!r} in store {self.directory}") from err
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def names(self) -> list[str]:
         """Every item's name, sorted (temp files of interrupted writes are not items)."""
@@ -268,7 +240,3 @@ class EncryptedStore:
         for name in forgotten:
             self.delete(name)
         return forgotten
-
-    def wipe(self) -> None:
-        """Remove the whole store directory: header, items and any temp files."""
-        shutil.rmtree(self.directory)

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedpers.atomic import write_bytes
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
@@ -40,29 +40,12 @@ _HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-
 _NODE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
-def _write(path: Path, data: bytes, mode: int) -> Path:
-    """Write ``data`` atomically with permissions ``mode`` (the temp file is 0600 from its creation)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat) -> Path:
-    return _write(path, key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()), 0o600)
+    return write_bytes(path, key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()), 0o600)
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> Path:
-    return _write(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return write_bytes(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
@@ -152,7 +135,7 @@ def generate_node_keys(directory: Path | str, name: str) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP384R1())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return (_write_key(directory / f"{name}.key", key, serialization.PrivateFormat.OpenSSH),
-            _write(directory / f"{name}.pub", public + b"\n", 0o644))
+            write_bytes(directory / f"{name}.pub", public + b"\n", 0o644))
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ def save_adapter(run_dir: Path, name: str, model: PeftModel, arrays: dict[str, n
     """Save ``arrays`` in peft format (loadable with ``PeftModel.from_pretrained``)."""
     load_adapter_arrays(model, arrays)
     target = adapter_dir(run_dir, name)
-    model.save_pretrained(target)
+    model.save_pretrained(str(target))
     return target
 
 

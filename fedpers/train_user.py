@@ -99,7 +99,7 @@ def run_local(config: LocalRunConfig, log=print) -> LocalRunReport:
     both = evaluate(model, heldout_ex, pad)
 
     out.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(out / "adapter")
+    peft_model.save_pretrained(str(out / "adapter"))
     embedding.save(out / "user_embedding.safetensors")
     report = LocalRunReport(
         user_id=str(config.user_id),

@@ -44,9 +44,9 @@ def reply_contents(reply: Message, payload: bytes) -> dict:
         for name, array in record.items():
             arrays.append({"record": record_name, "name": name, "shape": list(array.shape), "dtype": array.dtype,
                            "bytes": len(array.data), "sha256": hashlib.sha256(array.data).hexdigest()})
-    for record_name, record in reply.content.config_records.items():
-        for name, value in record.items():
-            arrays += _npy_tensors(record_name, name, value)
+    for config_name, config in reply.content.config_records.items():
+        for name, value in config.items():
+            arrays += _npy_tensors(config_name, name, value)
     return {
         "arrays": arrays,
         "metric_keys": {k: sorted(r.keys()) for k, r in reply.content.metric_records.items()},

@@ -2,11 +2,10 @@
 
 from fedpers.aggregation.optimizers import FedAdamOptimizer, FedAvgOptimizer, ServerOptimizer, make_optimizer
 from fedpers.aggregation.persona import PersonaAggregate, means_from_sums, published_count, published_counts
-from fedpers.aggregation.updates import Arrays, ClientUpdate, clip_delta, delta_norm, weighted_mean
+from fedpers.aggregation.updates import Arrays, clip_delta, delta_norm
 
 __all__ = [
     "Arrays",
-    "ClientUpdate",
     "FedAdamOptimizer",
     "FedAvgOptimizer",
     "PersonaAggregate",
@@ -17,5 +16,4 @@ __all__ = [
     "means_from_sums",
     "published_count",
     "published_counts",
-    "weighted_mean",
 ]

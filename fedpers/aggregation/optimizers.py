@@ -21,10 +21,6 @@ class ServerOptimizer(Protocol):
 
     def step(self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]) -> Arrays: ...
 
-    def state_arrays(self) -> Arrays: ...
-
-    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None: ...
-
 
 def _as_dtype_of(value: np.ndarray, like: np.ndarray) -> np.ndarray:
     return value.astype(np.asarray(like).dtype, copy=False)
@@ -42,13 +38,6 @@ class FedAvgOptimizer:
             k: _as_dtype_of(np.asarray(x, np.float64) + self.server_lr * np.asarray(mean_delta[k], np.float64), x)
             for k, x in params.items()
         }
-
-    def state_arrays(self) -> Arrays:
-        return {}
-
-    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        if arrays:
-            raise ValueError(f"FedAvgOptimizer has no state, got {sorted(arrays)[:3]}")
 
 
 class FedAdamOptimizer:
@@ -91,29 +80,6 @@ class FedAdamOptimizer:
             k: _as_dtype_of(np.asarray(x, np.float64) + eta_norm * self.m_t[k] / (np.sqrt(self.v_t[k]) + self.tau), x)
             for k, x in params.items()
         }
-
-    def state_arrays(self) -> Arrays:
-        """``m/<name>``, ``v/<name>`` and ``step`` (empty before the first step)."""
-        if self.t == 0:
-            return {}
-        state: Arrays = {"step": np.asarray(self.t, dtype=np.int64)}
-        state.update({f"m/{k}": v.copy() for k, v in self.m_t.items()})
-        state.update({f"v/{k}": v.copy() for k, v in self.v_t.items()})
-        return state
-
-    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        if not arrays:
-            self.t, self.m_t, self.v_t = 0, {}, {}
-            return
-        if "step" not in arrays:
-            raise ValueError("FedAdam state lacks 'step'")
-        m = {k[2:]: np.asarray(v, np.float64).copy() for k, v in arrays.items() if k.startswith("m/")}
-        v = {k[2:]: np.asarray(a, np.float64).copy() for k, a in arrays.items() if k.startswith("v/")}
-        other = sorted(set(arrays) - {"step"} - {f"m/{k}" for k in m} - {f"v/{k}" for k in v})
-        if other or not m:
-            raise ValueError(f"FedAdam state has unexpected or missing arrays: {other[:3] or 'no moments'}")
-        check_compatible(m, v, what="FedAdam second moment")
-        self.t, self.m_t, self.v_t = int(arrays["step"]), m, v
 
 
 OPTIMIZERS = {"fedavg": FedAvgOptimizer, "fedadam": FedAdamOptimizer}

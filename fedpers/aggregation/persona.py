@@ -55,7 +55,8 @@ def means_from_sums(sums: Mapping[str, Mapping[str, np.ndarray]], counts: Mappin
     global_delta = None
     if sums and everyone >= min_clients:
         keys = next(iter(sums.values())).keys()
-        global_delta = {k: (sum(np.asarray(s[k], np.float64) for s in sums.values()) / everyone).astype(np.float32) for k in keys}
+        global_delta = {k: (np.asarray(sum(np.asarray(s[k], np.float64) for s in sums.values())) / everyone).astype(np.float32)
+                        for k in keys}
     return PersonaAggregate(
         persona_deltas=deltas,
         contributors={p: float(counts.get(p, 0.0)) for p in [*personas, GLOBAL]},

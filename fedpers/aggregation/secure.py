@@ -76,10 +76,3 @@ class QuantizationPlan:
     def step(self) -> float:
         """Width of one quantization level; stochastic rounding errs by less than this per coordinate."""
         return 2 * self.clipping_range / self.quantization_range
-
-    def error_bound(self, clients: int, coordinates: int) -> float:
-        """A high-probability (4 sigma) bound on the L2 error of a sum of ``clients`` uploads.
-
-        Stochastic rounding is unbiased with variance at most ``step**2 / 4`` per coordinate.
-        """
-        return 4.0 * math.sqrt(clients * coordinates) * self.step / 2

@@ -1,4 +1,4 @@
-"""Client updates and the array arithmetic of aggregation: weighted means, norms and clipping.
+"""The array arithmetic of aggregation: compatibility checks, norms and clipping.
 
 An adapter (or a delta) is ``dict[str, np.ndarray]`` keyed by peft state-dict names, as produced
 by :func:`fedpers.models.adapter_arrays`. Sums are accumulated in float64; results keep the
@@ -8,25 +8,11 @@ input dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 
 Arrays = dict[str, np.ndarray]
-
-
-@dataclass
-class ClientUpdate:
-    """One client's contribution to a round: its adapter delta, the persona it trained, its example count."""
-
-    persona: str
-    delta: Arrays
-    num_examples: int
-
-    def __post_init__(self) -> None:
-        if self.num_examples < 0:
-            raise ValueError(f"num_examples must be >= 0, got {self.num_examples}")
 
 
 def check_compatible(reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], what: str = "delta") -> None:
@@ -37,28 +23,6 @@ def check_compatible(reference: Mapping[str, np.ndarray], other: Mapping[str, np
     for key, ref in reference.items():
         if np.shape(other[key]) != np.shape(ref):
             raise ValueError(f"{what} '{key}' has shape {np.shape(other[key])}, expected {np.shape(ref)}")
-
-
-def weighted_mean(deltas: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> Arrays:
-    """``sum_i w_i delta_i / sum_i w_i``, accumulated in float64 and returned in the input dtype."""
-    if not deltas:
-        raise ValueError("weighted_mean needs at least one delta")
-    if len(weights) != len(deltas):
-        raise ValueError(f"{len(deltas)} deltas but {len(weights)} weights")
-    w = np.asarray(weights, dtype=np.float64)
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"weights must be finite, non-negative and not all zero, got {list(weights)}")
-    first = deltas[0]
-    for i, delta in enumerate(deltas[1:], start=1):
-        check_compatible(first, delta, what=f"delta {i}")
-    w = w / w.sum()
-    out: Arrays = {}
-    for key, ref in first.items():
-        acc = np.zeros(np.shape(ref), dtype=np.float64)
-        for wi, delta in zip(w, deltas):
-            acc += wi * np.asarray(delta[key], dtype=np.float64)
-        out[key] = acc.astype(np.asarray(ref).dtype, copy=False)
-    return out
 
 
 def delta_norm(delta: Mapping[str, np.ndarray]) -> float:

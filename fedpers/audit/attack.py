@@ -18,9 +18,11 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 from pathlib import Path
 
 import numpy as np
+from peft import PeftModel
 from tqdm.auto import tqdm
 
 from fedpers.audit.canaries import Canary, auc, exposure, membership_score, one_run_bound, random_secret
@@ -85,7 +87,7 @@ class CanaryScorer:
         self.sets = [secret_set(self.tokenizer, [c.conversation(), *(c.conversation(s) for s in _candidates(c, rng, self.attack.candidates))],
                                 self.config.dataset.max_length) for c in self.canaries]
         start = time.perf_counter()
-        with self.model.lm.disable_adapter():
+        with cast(PeftModel, self.model.lm).disable_adapter():  # the LoRA of attach_lora
             self.base = self._losses(range(len(self.canaries)), "canary losses (base model)")
         self.base_seconds = time.perf_counter() - start
 
@@ -110,7 +112,7 @@ class CanaryScorer:
 
 def _candidates(canary: Canary, rng: random.Random, count: int) -> list[str]:
     """``count`` random secrets of the canary's format, all different from its own."""
-    out = []
+    out: list[str] = []
     while len(out) < count:
         secret = random_secret(rng)
         if secret != canary.secret:

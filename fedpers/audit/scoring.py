@@ -62,9 +62,12 @@ def secret_set(tokenizer, conversations: Sequence, max_length: int) -> SecretSet
     The encoding is the training one (:func:`fedpers.models.chat.encode_messages`), so the tokens scored
     are the tokens trained on. The prefix keeps at least one token, which predicts the first scored one.
     """
-    encoded = [encode_messages(tokenizer, conversation_messages(c), max_length) for c in conversations]
-    if any(e is None for e in encoded):
-        raise ValueError("a canary conversation keeps no reply token within max_length")
+    encoded = []
+    for c in conversations:
+        e = encode_messages(tokenizer, conversation_messages(c), max_length)
+        if e is None:
+            raise ValueError("a canary conversation keeps no reply token within max_length")
+        encoded.append(e)
     length = max(1, _common_prefix([e.input_ids for e in encoded]))
     return SecretSet(encoded[0].input_ids[:length],
                      tuple(e.input_ids[length:] for e in encoded),

@@ -54,7 +54,8 @@ def scan_run(run_dir: Path, config: FederatedConfig, manifest: list[dict], progr
     by_client: dict[int, list[dict]] = defaultdict(list)
     for e in manifest:
         by_client[e["partition_id"]].append(e)
-    result = {"payloads_scanned": 0, "payloads_missing": 0, "patterns": 0, "ngram": NGRAM, "leaks": []}
+    scanned = missing = pattern_count = 0
+    leaks: list[dict] = []
     for pid, entries in tqdm(sorted(by_client.items()), desc="wire scan", disable=not progress, leave=False):
         user = users[pid]
         texts = [t.text for c in conversations(config) if c.user_id == user for t in c.turns]
@@ -66,12 +67,13 @@ def scan_run(run_dir: Path, config: FederatedConfig, manifest: list[dict], progr
             if path.exists():
                 blobs.append(path.read_bytes())
             else:
-                result["payloads_missing"] += 1
+                missing += 1
         found = find(blobs, patterns)
-        result["payloads_scanned"] += len(blobs)
-        result["patterns"] += len(patterns)
-        result["leaks"] += [{"user_id": user, "what": label, "bytes_hex": needle.hex()[:64]} for needle, label in found.items()]
-    return result
+        scanned += len(blobs)
+        pattern_count += len(patterns)
+        leaks += [{"user_id": user, "what": label, "bytes_hex": needle.hex()[:64]} for needle, label in found.items()]
+    return {"payloads_scanned": scanned, "payloads_missing": missing, "patterns": pattern_count, "ngram": NGRAM,
+            "leaks": leaks}
 
 
 def prune_payloads(run_dir: Path) -> int:

@@ -6,12 +6,13 @@ import difflib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from fedpers.atomic import write_text
 
 ROLES = ("user", "assistant", "system")
 SENTIMENTS = ("positive", "neutral", "negative")
@@ -152,11 +153,6 @@ class ImportResult:
     conversations: list[Conversation]
     issues: list[ValidationIssue]
     lines_read: int
-
-    @property
-    def skipped_lines(self) -> int:
-        """Number of distinct lines that produced at least one issue."""
-        return len({issue.line for issue in self.issues})
 
 
 def _json_type(value: Any) -> str:
@@ -363,26 +359,14 @@ def read_jsonl(path: str | os.PathLike[str], mode: ReadMode = "strict") -> Impor
 
 
 def write_jsonl(path: str | os.PathLike[str], conversations: Iterable[Conversation]) -> int:
-    """Atomically write conversations as JSONL (temp file in the same directory, fsync, replace); returns the count."""
+    """Atomically write conversations as JSONL (temp file in the same directory, fsync, replace); returns the count.
+
+    An existing file keeps its permissions; a new one is 0644.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for conv in conversations:
-                fh.write(json.dumps(conv.to_dict(), ensure_ascii=False, allow_nan=False))
-                fh.write("\n")
-                count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, _file_mode(target))
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-    return count
+    lines = [json.dumps(conv.to_dict(), ensure_ascii=False, allow_nan=False) + "\n" for conv in conversations]
+    write_text(target, "".join(lines), mode=_file_mode(target))
+    return len(lines)
 
 
 def _file_mode(target: Path) -> int:
@@ -390,16 +374,3 @@ def _file_mode(target: Path) -> int:
         return target.stat().st_mode & 0o777
     except FileNotFoundError:
         return 0o644
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -98,6 +98,8 @@ def load_base_model(
     name: str = DEFAULT_MODEL, *, cache_dir: Path | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a frozen causal LM and its tokenizer: ``smollm2`` (default), ``tiny`` or a local HF directory."""
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     if name == "tiny":
         from fedpers.models.tiny import build_tiny_model
 

@@ -19,10 +19,6 @@ class EncodedExample:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
 
-    @property
-    def num_target_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
-
 
 def conversation_messages(conversation, system_prompt: str | None = None) -> list[dict[str, str]]:
     """Turn a :class:`fedpers.data.Conversation` (anything with ``.turns`` of ``role``/``text``) into chat messages."""
@@ -32,7 +28,7 @@ def conversation_messages(conversation, system_prompt: str | None = None) -> lis
 
 
 def _template_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], generation_prompt: bool) -> list[int]:
-    out = tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=generation_prompt)
+    out = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=True, add_generation_prompt=generation_prompt)
     return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
 

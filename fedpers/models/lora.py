@@ -49,24 +49,21 @@ def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
     return peft_model
 
 
-def adapter_arrays(model: PeftModel) -> dict[str, np.ndarray]:
+def adapter_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """The adapter's weights as NumPy arrays keyed by peft's state-dict names (what travels on the wire)."""
     return {k: v.detach().cpu().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def load_adapter_arrays(model: PeftModel, arrays: dict[str, np.ndarray]) -> None:
+def load_adapter_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
     """Overwrite the adapter's weights with ``arrays`` (as produced by :func:`adapter_arrays`)."""
     expected = set(get_peft_model_state_dict(model))
     if set(arrays) != expected:
         missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
         raise ValueError(f"adapter arrays do not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
     result = set_peft_model_state_dict(model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
-    if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"unexpected adapter keys: {result.unexpected_keys[:3]}")
-
-
-def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"unexpected adapter keys: {unexpected[:3]}")
 
 
 @dataclass

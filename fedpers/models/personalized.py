@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -12,7 +14,8 @@ from fedpers.models.user_embedding import UserEmbedding
 
 def _backbone_and_head(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder stack and the output head of a (peft-wrapped) causal LM."""
-    causal = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    model = cast(Any, lm)  # transformers/peft methods, which nn.Module types as Tensor | Module attributes
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     return causal.base_model, causal.get_output_embeddings()
 
 
@@ -36,7 +39,7 @@ class PersonalizedLM(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         backbone, _ = _backbone_and_head(self.lm)
-        embeds = self.lm.get_input_embeddings()(input_ids)
+        embeds = cast(Any, self.lm).get_input_embeddings()(input_ids)
         prefix = 0
         if self.use_user_embedding and self.user_embedding is not None:
             soft = self.user_embedding(input_ids.shape[0]).to(embeds.dtype)

@@ -2,11 +2,10 @@
 
 from fedpers.personas.answer import generate_answer
 from fedpers.personas.assignment import Assignment, assign_persona
-from fedpers.personas.routing import DeclaredScorer, LossScorer, RouteDecision, Router, Scorer
+from fedpers.personas.routing import LossScorer, RouteDecision, Router, Scorer
 
 __all__ = [
     "Assignment",
-    "DeclaredScorer",
     "LossScorer",
     "RouteDecision",
     "Router",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from typing import cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -51,4 +52,5 @@ def greedy_ids(model: PersonalizedLM, input_ids: list[int], max_new_tokens: int,
 def generate_answer(model: PersonalizedLM, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 64) -> str:
     """The model's greedy reply to ``prompt`` (at most ``max_new_tokens`` tokens, stopping at end of turn)."""
     new = greedy_ids(model, prompt_ids(tokenizer, prompt), max_new_tokens, stop_ids(model, tokenizer))
-    return tokenizer.decode(new, skip_special_tokens=True).strip()
+    # one sequence of ids decodes to one string (transformers types decode's result as str | list[str])
+    return cast(str, tokenizer.decode(new, skip_special_tokens=True)).strip()

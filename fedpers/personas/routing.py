@@ -6,7 +6,6 @@ classifier on prompt embeddings) can be added behind the same protocol.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -67,16 +66,6 @@ class LossScorer:
             load_adapter_arrays(lm, saved)
             model.use_user_embedding = use_embedding
             model.train(training)
-
-
-class DeclaredScorer:
-    """0 for a fixed persona, infinity for every other one (a profile setting as a scorer)."""
-
-    def __init__(self, persona: str) -> None:
-        self.persona = persona
-
-    def score(self, prompt: str, candidates: Sequence[str]) -> dict[str, float]:
-        return {c: 0.0 if c == self.persona else math.inf for c in candidates}
 
 
 @dataclass(frozen=True)

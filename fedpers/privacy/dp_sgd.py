@@ -121,7 +121,7 @@ def private_seeds(noise_seed: int | None) -> tuple[int, int]:
 def _set_empty_grad_samples(params: Sequence[torch.nn.Parameter]) -> None:
     """An empty Poisson sample contributes no gradient; the optimizer still adds noise."""
     for p in params:
-        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        setattr(p, "grad_sample", torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device))  # Opacus's attribute
 
 
 def per_sample_grad_norms(
