@@ -26,7 +26,6 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.logger import log
-
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from clients.consent import NOT_OPTED_IN, OVER_BUDGET, ParticipationRefused, read_consent
@@ -91,8 +90,10 @@ def persona(msg: Message, context: Context) -> Message:
     if task.config.aggregation.persona_hiding:
         raise PermissionError("this run hides personas: the persona is not sent in clear")
     choice = _refusing(assignment)(task)
-    return Message(RecordDict({"metrics": MetricRecord({PERSONA_INDEX: task.instructions.persona_index(choice.persona)})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"metrics": MetricRecord({PERSONA_INDEX: task.instructions.persona_index(choice.persona)})}),
+        reply_to=msg,
+    )
 
 
 def consent_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -101,8 +102,11 @@ def consent_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     if directory:
         store = open_from_env(str(directory))
         if not read_consent(store).opted_in:
-            err = ParticipationRefused(NOT_OPTED_IN, f"the user of store {directory} has not opted in to federated "
-                                       "training; nothing was used (`fedpers-client consent --opt-in` to take part)")
+            err = ParticipationRefused(
+                NOT_OPTED_IN,
+                f"the user of store {directory} has not opted in to federated "
+                "training; nothing was used (`fedpers-client consent --opt-in` to take part)",
+            )
             log(ERROR, "fedpers: %s", err.detail)
             raise err
     return call_next(msg, context)
@@ -110,8 +114,12 @@ def consent_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
 
 def _ledger_has(state, purpose: str, run_id: str, server_round: int) -> bool:
     ledger = state.user_level_ledger() if purpose == USER_LEVEL_PURPOSE else state.ledger()
-    return any(e.purpose == purpose and e.details.get("run_id") == run_id
-               and (purpose == "persona-choice" or e.details.get("round") == server_round) for e in ledger.entries)
+    return any(
+        e.purpose == purpose
+        and e.details.get("run_id") == run_id
+        and (purpose == "persona-choice" or e.details.get("round") == server_round)
+        for e in ledger.entries
+    )
 
 
 def _check_ledger(instructions: RoundInstructions, context: Context, needed: set[str]) -> None:
@@ -125,8 +133,10 @@ def _check_ledger(instructions: RoundInstructions, context: Context, needed: set
         needed = needed - {"persona-choice"}  # declared, or cold start on the global adapter: nothing was chosen
     missing = sorted(p for p in needed if not _ledger_has(state, p, run_id, server_round))
     if missing:
-        raise UnaccountedRelease(f"user {state.user_id}: reply of round {server_round} not sent: no ledger entry "
-                                 f"{', '.join(missing)} for run {run_id} on the device")
+        raise UnaccountedRelease(
+            f"user {state.user_id}: reply of round {server_round} not sent: no ledger entry "
+            f"{', '.join(missing)} for run {run_id} on the device"
+        )
 
 
 def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -146,7 +156,14 @@ def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) 
         return reply
     instructions = _instructions(msg)
     config = instructions.config
-    needed = required_ledger(message_type, stage, fields, config.privacy.dp, config.dataset.persona_mode == "inferred", config.privacy.user_dp)
+    needed = required_ledger(
+        message_type,
+        stage,
+        fields,
+        config.privacy.dp,
+        config.dataset.persona_mode == "inferred",
+        config.privacy.user_dp,
+    )
     if needed:
         try:
             _check_ledger(instructions, context, needed)

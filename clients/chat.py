@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from clients.device import DeviceStore
 from fedpers.data.schema import Conversation, Feedback, Turn
@@ -36,17 +36,19 @@ def chat(device: DeviceStore, prompt: str, max_new_tokens: int = 64, use_embeddi
     import torch
     from safetensors.torch import load as load_tensors
 
+    from fedpers.adapters import GLOBAL
     from fedpers.federated import FederatedConfig
     from fedpers.models import PersonalizedLM, UserEmbedding, attach_lora, load_adapter_arrays, load_base_model
     from fedpers.personas.answer import generate_answer
     from fedpers.personas.routing import LossScorer, Router
-    from fedpers.adapters import GLOBAL
 
     if not prompt.strip():
         raise ValueError("the prompt is empty")
     info = device.adapters_info()
     if info is None:
-        raise FileNotFoundError(f"{device.directory}: no adapters received yet (take part in a run: fedpers-client join)")
+        raise FileNotFoundError(
+            f"{device.directory}: no adapters received yet (take part in a run: fedpers-client join)"
+        )
     config = FederatedConfig.from_record(info["settings"])
     adapters = device.adapters()
     base, tokenizer = load_base_model(config.model.model)
@@ -63,7 +65,8 @@ def chat(device: DeviceStore, prompt: str, max_new_tokens: int = 64, use_embeddi
     available = [p for p in config.persona_names if p in adapters and p in trained]
     scorer = LossScorer(model, tokenizer, {p: adapters[p] for p in available})
     decision = Router(scorer, config.persona_names, fallback=GLOBAL, available=available).route(
-        prompt, _declared(device, config.persona_names))
+        prompt, _declared(device, config.persona_names)
+    )
     load_adapter_arrays(model.lm, adapters[decision.persona])
     model.use_user_embedding = embedding is not None
     text = generate_answer(model, tokenizer, prompt, max_new_tokens)
@@ -74,13 +77,15 @@ def record_rating(device: DeviceStore, reply: ChatAnswer, rating: int) -> Conver
     """Keep the exchange in the store's feedback, the assistant turn rated ``rating`` (1-5)."""
     if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
         raise ValueError(f"rating: an integer from 1 to 5, got {rating!r}")
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     conversation = Conversation(
         user_id=device.user_id,
         conversation_id=f"chat-{uuid.uuid4().hex[:12]}",
         persona=reply.persona if reply.persona != "global" else None,
-        turns=(Turn("user", reply.prompt, now),
-               Turn("assistant", reply.answer or "(empty answer)", now, Feedback(rating=float(rating)))),
+        turns=(
+            Turn("user", reply.prompt, now),
+            Turn("assistant", reply.answer or "(empty answer)", now, Feedback(rating=float(rating))),
+        ),
     )
     device.add_feedback(conversation)
     return conversation

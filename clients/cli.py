@@ -18,11 +18,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from clients.consent import DEFAULT_BUDGET, Consent, ParticipationRefused  # noqa: E402
-from clients.device import DeviceStore  # noqa: E402
-from clients.store import StoreError, create_key_file  # noqa: E402
-from clients.unlock import KEY_FILE_ENV, PASSPHRASE_ENV  # noqa: E402
-from fedpers.data.schema import DataValidationError  # noqa: E402
+from clients.consent import DEFAULT_BUDGET, Consent, ParticipationRefused
+from clients.device import DeviceStore
+from clients.store import StoreError, create_key_file
+from clients.unlock import KEY_FILE_ENV, PASSPHRASE_ENV
+from fedpers.data.schema import DataValidationError
 
 STORE_ENV = "FEDPERS_STORE"
 DEFAULT_STORE = Path("~/.fedpers/store")
@@ -58,8 +58,10 @@ def _open(args: argparse.Namespace) -> DeviceStore:
 def cmd_init(args: argparse.Namespace) -> int:
     directory = _store_dir(args)
     device = DeviceStore.create(directory, args.user_id, args.persona, **_key(args, new=True))
-    print(f"created store {device.directory} for user {args.user_id}"
-          + (f" (persona {args.persona})" if args.persona else ""))
+    print(
+        f"created store {device.directory} for user {args.user_id}"
+        + (f" (persona {args.persona})" if args.persona else "")
+    )
     print("consent is not given yet: `fedpers-client consent --opt-in` to take part in federated training")
     return 0
 
@@ -89,11 +91,18 @@ def status(device: DeviceStore) -> dict:
         "conversations": len(device.conversations()),
         "rated_answers": len(device.feedback()),
         "consent": consent.to_dict(),
-        "privacy": {"epsilon_spent": spent, "budget": consent.budget, "delta": ledger.delta, "ledger_entries": len(ledger.entries),
-                    "user_level_epsilon_spent": user_level_spent, "user_level_delta": user_level.delta,
-                    "user_level_ledger_entries": len(user_level.entries)},
-        "adapters": None if info is None else {"run_id": info["run_id"], "server_round": info["server_round"],
-                                               "names": info["adapters"]},
+        "privacy": {
+            "epsilon_spent": spent,
+            "budget": consent.budget,
+            "delta": ledger.delta,
+            "ledger_entries": len(ledger.entries),
+            "user_level_epsilon_spent": user_level_spent,
+            "user_level_delta": user_level.delta,
+            "user_level_ledger_entries": len(user_level.entries),
+        },
+        "adapters": None
+        if info is None
+        else {"run_id": info["run_id"], "server_round": info["server_round"], "names": info["adapters"]},
         "user_embedding": device.embedding() is not None,
     }
 
@@ -109,13 +118,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"persona        {report['persona'] or 'none declared'}")
     print(f"conversations  {report['conversations']} ({report['rated_answers']} rated answers)")
     print(f"consent        {Consent.from_dict(report['consent']).describe()}")
-    print(f"privacy        epsilon {privacy['epsilon_spent']:.3f} spent of {privacy['budget']:g} "
-          f"(delta {privacy['delta']:g}, {privacy['ledger_entries']} ledger entries; the unit: one conversation)")
-    print(f"user-level     epsilon {privacy['user_level_epsilon_spent']:.3f} spent of {privacy['budget']:g} "
-          f"(delta {privacy['user_level_delta']:g}, {privacy['user_level_ledger_entries']} rounds under user-level DP; "
-          "the unit: the whole user)")
-    print("adapters       " + ("none received yet" if adapters is None else
-                              f"{', '.join(adapters['names'])} (run {adapters['run_id'][:8]}, round {adapters['server_round']})"))
+    print(
+        f"privacy        epsilon {privacy['epsilon_spent']:.3f} spent of {privacy['budget']:g} "
+        f"(delta {privacy['delta']:g}, {privacy['ledger_entries']} ledger entries; the unit: one conversation)"
+    )
+    print(
+        f"user-level     epsilon {privacy['user_level_epsilon_spent']:.3f} spent of {privacy['budget']:g} "
+        f"(delta {privacy['user_level_delta']:g}, {privacy['user_level_ledger_entries']} rounds under user-level DP; "
+        "the unit: the whole user)"
+    )
+    print(
+        "adapters       "
+        + (
+            "none received yet"
+            if adapters is None
+            else f"{', '.join(adapters['names'])} (run {adapters['run_id'][:8]}, round {adapters['server_round']})"
+        )
+    )
     print(f"user embedding {'trained' if report['user_embedding'] else 'none'}")
     return 0
 
@@ -138,8 +157,15 @@ def cmd_join(args: argparse.Namespace) -> int:
     from clients.join import JoinConfig, supernode_command
     from fedpers.processes import child_env, run_foreground
 
-    join = JoinConfig(args.superlink, args.root_certificates, args.auth_key, args.insecure, args.runtime_port,
-                      args.max_retries, args.max_wait_time)
+    join = JoinConfig(
+        args.superlink,
+        args.root_certificates,
+        args.auth_key,
+        args.insecure,
+        args.runtime_port,
+        args.max_retries,
+        args.max_wait_time,
+    )
     key = _key(args)
     device = DeviceStore.open(_store_dir(args), **key)
     check_participation(device.user_id, device.consent(), _spent(device.ledger()))
@@ -205,68 +231,118 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"The store is unlocked with --key-file (or ${KEY_FILE_ENV}) or a passphrase (${PASSPHRASE_ENV}, "
         "else asked for). The key never leaves the device and never enters the run configuration.",
     )
-    parser.add_argument("--store", metavar="DIR", help=f"the encrypted store (default: ${STORE_ENV} or {DEFAULT_STORE})")
-    parser.add_argument("--key-file", metavar="FILE", type=Path, help="unlock with this key file (32 random bytes) instead of a passphrase")
+    parser.add_argument(
+        "--store", metavar="DIR", help=f"the encrypted store (default: ${STORE_ENV} or {DEFAULT_STORE})"
+    )
+    parser.add_argument(
+        "--key-file",
+        metavar="FILE",
+        type=Path,
+        help="unlock with this key file (32 random bytes) instead of a passphrase",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create the encrypted store for one user",
-                       description="Create an empty encrypted store for USER_ID (with --key-file: a new key file is "
-                       "created if FILE does not exist). Consent is not given until `consent --opt-in`.")
+    p = sub.add_parser(
+        "init",
+        help="create the encrypted store for one user",
+        description="Create an empty encrypted store for USER_ID (with --key-file: a new key file is "
+        "created if FILE does not exist). Consent is not given until `consent --opt-in`.",
+    )
     p.add_argument("--user-id", required=True, help="the user this device serves (the user_id of their conversations)")
     p.add_argument("--persona", help="the persona the user declares (default: from the data, or inferred privately)")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("import", help="add conversations from a JSONL file (all or nothing)",
-                       description="Validate FILE strictly (the conversation JSONL format, docs/data-format.md) and add "
-                       "its conversations to the store. Any problem (printed as FILE:LINE: FIELD: MESSAGE), a "
-                       "conversation of another user or one already held: nothing is stored.")
+    p = sub.add_parser(
+        "import",
+        help="add conversations from a JSONL file (all or nothing)",
+        description="Validate FILE strictly (the conversation JSONL format, docs/data-format.md) and add "
+        "its conversations to the store. Any problem (printed as FILE:LINE: FIELD: MESSAGE), a "
+        "conversation of another user or one already held: nothing is stored.",
+    )
     p.add_argument("file", type=Path, metavar="FILE.jsonl")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("status", help="what the store holds: conversations, persona, epsilon spent, consent",
-                       description="Conversations held, declared persona, consent, epsilon spent against the consented "
-                       "budget (record-level: from the privacy ledger; user-level: from the user-level ledger of the "
-                       "rounds under user-level DP), and the adapters received.")
+    p = sub.add_parser(
+        "status",
+        help="what the store holds: conversations, persona, epsilon spent, consent",
+        description="Conversations held, declared persona, consent, epsilon spent against the consented "
+        "budget (record-level: from the privacy ledger; user-level: from the user-level ledger of the "
+        "rounds under user-level DP), and the adapters received.",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("consent", help="opt in or out of federated training, set the epsilon budget",
-                       description="Record the user's decision. The device trains only when opted in, and refuses any "
-                       "training that would take its privacy ledgers (record-level and user-level) past the budget (epsilon, all "
-                       "runs together).")
+    p = sub.add_parser(
+        "consent",
+        help="opt in or out of federated training, set the epsilon budget",
+        description="Record the user's decision. The device trains only when opted in, and refuses any "
+        "training that would take its privacy ledgers (record-level and user-level) past the budget (epsilon, all "
+        "runs together).",
+    )
     choice = p.add_mutually_exclusive_group()
-    choice.add_argument("--opt-in", dest="opt_in", action="store_true", default=None, help="take part in federated training")
-    choice.add_argument("--opt-out", dest="opt_in", action="store_false", help="stop taking part (nothing is trained or sent)")
-    p.add_argument("--budget", type=_positive_float, metavar="EPS", help=f"the largest total epsilon the user accepts (default: {DEFAULT_BUDGET:g})")
+    choice.add_argument(
+        "--opt-in", dest="opt_in", action="store_true", default=None, help="take part in federated training"
+    )
+    choice.add_argument(
+        "--opt-out", dest="opt_in", action="store_false", help="stop taking part (nothing is trained or sent)"
+    )
+    p.add_argument(
+        "--budget",
+        type=_positive_float,
+        metavar="EPS",
+        help=f"the largest total epsilon the user accepts (default: {DEFAULT_BUDGET:g})",
+    )
     p.set_defaults(func=cmd_consent)
 
-    p = sub.add_parser("join", help="take part in federated training: run a Flower SuperNode for this store",
-                       description="Run flower-supernode against the SuperLink at HOST:PORT over TLS, authenticated with "
-                       "this device's node key (the server must have registered NODE.pub). The ClientApp reads this "
-                       "store; the store's key reaches it through the environment only. Runs until stopped (Ctrl+C).")
+    p = sub.add_parser(
+        "join",
+        help="take part in federated training: run a Flower SuperNode for this store",
+        description="Run flower-supernode against the SuperLink at HOST:PORT over TLS, authenticated with "
+        "this device's node key (the server must have registered NODE.pub). The ClientApp reads this "
+        "store; the store's key reaches it through the environment only. Runs until stopped (Ctrl+C).",
+    )
     p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
-    p.add_argument("--root-certificates", type=Path, metavar="CA.crt", help="CA certificate that signed the SuperLink's certificate")
+    p.add_argument(
+        "--root-certificates",
+        type=Path,
+        metavar="CA.crt",
+        help="CA certificate that signed the SuperLink's certificate",
+    )
     p.add_argument("--auth-key", type=Path, metavar="NODE.key", help="this node's private key (OpenSSH format, ECDSA)")
     p.add_argument("--insecure", action="store_true", help="no TLS and no node authentication: local tests only")
-    p.add_argument("--runtime-port", type=int, default=0, help="local port of the SuperNode's Runtime API (default: a free one)")
-    p.add_argument("--max-retries", type=int, help="give up after this many failed connection attempts (default: never)")
-    p.add_argument("--max-wait-time", type=float, help="give up after this many seconds without a connection (default: never)")
-    p.add_argument("--print-command", action="store_true", help="print the flower-supernode command instead of running it")
+    p.add_argument(
+        "--runtime-port", type=int, default=0, help="local port of the SuperNode's Runtime API (default: a free one)"
+    )
+    p.add_argument(
+        "--max-retries", type=int, help="give up after this many failed connection attempts (default: never)"
+    )
+    p.add_argument(
+        "--max-wait-time", type=float, help="give up after this many seconds without a connection (default: never)"
+    )
+    p.add_argument(
+        "--print-command", action="store_true", help="print the flower-supernode command instead of running it"
+    )
     p.set_defaults(func=cmd_join)
 
-    p = sub.add_parser("chat", help="answer a prompt with the routed persona adapter and your user embedding",
-                       description="Route PROMPT to the persona adapter received from the server (the declared persona, "
-                       "else the adapter with the lowest loss on the prompt), answer with it and the user embedding "
-                       "trained on this device, and keep your rating (1-5) as feedback in the store.")
+    p = sub.add_parser(
+        "chat",
+        help="answer a prompt with the routed persona adapter and your user embedding",
+        description="Route PROMPT to the persona adapter received from the server (the declared persona, "
+        "else the adapter with the lowest loss on the prompt), answer with it and the user embedding "
+        "trained on this device, and keep your rating (1-5) as feedback in the store.",
+    )
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--rating", type=int, choices=range(1, 6), metavar="1-5", help="rate the answer without being asked")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default: %(default)s)")
     p.add_argument("--no-embedding", action="store_true", help="answer without the user embedding")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("forget", help="delete the user's data, embedding and adapters; keep only the privacy ledgers",
-                       description="Delete every item of the store except the privacy ledgers, record-level and "
-                       "user-level (which must keep counting what was spent). Consent goes with the data.")
+    p = sub.add_parser(
+        "forget",
+        help="delete the user's data, embedding and adapters; keep only the privacy ledgers",
+        description="Delete every item of the store except the privacy ledgers, record-level and "
+        "user-level (which must keep counting what was spent). Consent goes with the data.",
+    )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_forget)
     return parser

@@ -43,8 +43,12 @@ class Consent:
     def __post_init__(self) -> None:
         if not isinstance(self.opted_in, bool):
             raise ValueError(f"consent.opted_in: expected true/false, got {self.opted_in!r}")
-        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not math.isfinite(self.budget) \
-                or self.budget <= 0:
+        if (
+            isinstance(self.budget, bool)
+            or not isinstance(self.budget, (int, float))
+            or not math.isfinite(self.budget)
+            or self.budget <= 0
+        ):
             raise ValueError(f"consent.budget: expected a positive epsilon, got {self.budget!r}")
 
     def to_dict(self) -> dict:
@@ -64,12 +68,18 @@ class Consent:
 def check_participation(user_id: str, consent: Consent, spent: float) -> None:
     """Raise :class:`ParticipationRefused` unless the user opted in and has budget left."""
     if not consent.opted_in:
-        raise ParticipationRefused(NOT_OPTED_IN, f"user {user_id} has not opted in to federated training; nothing was "
-                                   "used (`fedpers-client consent --opt-in` to take part)")
+        raise ParticipationRefused(
+            NOT_OPTED_IN,
+            f"user {user_id} has not opted in to federated training; nothing was "
+            "used (`fedpers-client consent --opt-in` to take part)",
+        )
     if spent >= consent.budget:
-        raise ParticipationRefused(BUDGET_SPENT, f"user {user_id}'s privacy budget is spent: epsilon {spent:.3f} of the "
-                                   f"consented {consent.budget:g}; refusing to train (`fedpers-client consent --budget EPS` "
-                                   "to raise it)")
+        raise ParticipationRefused(
+            BUDGET_SPENT,
+            f"user {user_id}'s privacy budget is spent: epsilon {spent:.3f} of the "
+            f"consented {consent.budget:g}; refusing to train (`fedpers-client consent --budget EPS` "
+            "to raise it)",
+        )
 
 
 def read_consent(store: EncryptedStore) -> Consent:

@@ -28,18 +28,19 @@ from pathlib import Path
 import numpy as np
 
 from clients.consent import Consent, read_consent, write_consent
-from fedpers.privacy.plan import DPPlan
 from clients.state import Upload, upload_from_bytes, upload_to_bytes
 from clients.store import ITEM_SUFFIX, EncryptedStore, ScryptParams, StoreError
 from clients.unlock import open_from_env
 from fedpers.data.schema import Conversation, DataValidationError, ValidationIssue, read_jsonl
 from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.privacy.plan import DPPlan
 
 PROFILE, CONVERSATIONS, FEEDBACK, LEDGER = "profile", "conversations", "feedback", "ledger"
 USER_LEVEL_LEDGER = "user-level-ledger"
 LEDGERS = (LEDGER, USER_LEVEL_LEDGER)
 EMBEDDING, ADAPTERS_INFO, ADAPTER_PREFIX = "embedding", "adapters-info", "adapters/"
 DP_PLAN, PERSONA_CHOICE, UPLOAD_PREFIX = "dp-plan", "persona-choice", "uploads/"
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -54,8 +55,14 @@ class StoreLedger(PrivacyLedger):
     """A :class:`PrivacyLedger` kept as the store's ``item`` (``ledger`` or ``user-level-ledger``), locked by a
     file beside it."""
 
-    def __init__(self, store: EncryptedStore, user_id: str, delta: float | None = None, cap: float | None = None,
-                 item: str = LEDGER) -> None:
+    def __init__(
+        self,
+        store: EncryptedStore,
+        user_id: str,
+        delta: float | None = None,
+        cap: float | None = None,
+        item: str = LEDGER,
+    ) -> None:
         self.store, self.item = store, item
         super().__init__(store.directory / f"{item}{ITEM_SUFFIX}", user_id, delta, cap)
 
@@ -79,8 +86,16 @@ class DeviceStore:
         self.store = store
 
     @classmethod
-    def create(cls, directory: Path | str, user_id: str, persona: str | None = None, *, passphrase: str | None = None,
-               key_file: Path | str | None = None, params: ScryptParams = ScryptParams()) -> DeviceStore:
+    def create(
+        cls,
+        directory: Path | str,
+        user_id: str,
+        persona: str | None = None,
+        *,
+        passphrase: str | None = None,
+        key_file: Path | str | None = None,
+        params: ScryptParams = ScryptParams(),  # noqa: B008 - frozen, so one shared default is safe
+    ) -> DeviceStore:
         """A new store for ``user_id``: profile, consent not given, and an empty ledger."""
         if not user_id or not user_id.strip():
             raise ValueError("the user id is empty")
@@ -91,7 +106,9 @@ class DeviceStore:
         return device
 
     @classmethod
-    def open(cls, directory: Path | str, *, passphrase: str | None = None, key_file: Path | str | None = None) -> DeviceStore:
+    def open(
+        cls, directory: Path | str, *, passphrase: str | None = None, key_file: Path | str | None = None
+    ) -> DeviceStore:
         return cls(EncryptedStore.open(directory, passphrase=passphrase, key_file=key_file))
 
     @classmethod
@@ -145,9 +162,15 @@ class DeviceStore:
         issues = []
         for line, conv in zip(_lines_of_records(path), new, strict=True):
             if conv.user_id != user:
-                issues.append(ValidationIssue(str(path), line, "user_id", f"{conv.user_id!r} is not this device's user {user!r}"))
+                issues.append(
+                    ValidationIssue(str(path), line, "user_id", f"{conv.user_id!r} is not this device's user {user!r}")
+                )
             elif conv.conversation_id in held:
-                issues.append(ValidationIssue(str(path), line, "conversation_id", f"{conv.conversation_id!r} is already in the store"))
+                issues.append(
+                    ValidationIssue(
+                        str(path), line, "conversation_id", f"{conv.conversation_id!r} is already in the store"
+                    )
+                )
         if issues:
             raise DataValidationError(issues)
         self.store.put_json(CONVERSATIONS, [c.to_dict() for c in [*self.conversations(), *new]])
@@ -221,7 +244,7 @@ class DeviceStore:
         self.store.put_json(ADAPTERS_INFO, {**info, "adapters": sorted(adapters), "received_at": time.time()})
 
     def adapter_names(self) -> list[str]:
-        return [n[len(ADAPTER_PREFIX):] for n in self.store.names() if n.startswith(ADAPTER_PREFIX)]
+        return [n[len(ADAPTER_PREFIX) :] for n in self.store.names() if n.startswith(ADAPTER_PREFIX)]
 
     def adapters_info(self) -> dict | None:
         return self.store.get_json(ADAPTERS_INFO) if self.store.has(ADAPTERS_INFO) else None
@@ -234,4 +257,3 @@ class DeviceStore:
     def forget(self, keep: Iterable[str] = LEDGERS) -> list[str]:
         """Delete everything but the ledgers (data, embedding, adapters, profile, consent); the names deleted."""
         return self.store.forget(keep)
-

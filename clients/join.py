@@ -36,7 +36,9 @@ class JoinConfig:
                 raise ValueError("--insecure runs without TLS: it takes neither --root-certificates nor --auth-key")
             return
         if self.root_certificates is None or self.auth_key is None:
-            raise ValueError("joining needs --root-certificates CA.crt and --auth-key NODE.key (or --insecure for a local test)")
+            raise ValueError(
+                "joining needs --root-certificates CA.crt and --auth-key NODE.key (or --insecure for a local test)"
+            )
         for flag, path in (("--root-certificates", self.root_certificates), ("--auth-key", self.auth_key)):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{flag} {path}: no such file")
@@ -59,8 +61,12 @@ def supernode_command(join: JoinConfig, store: Path, user_id: str) -> list[str]:
     if join.insecure:
         command.append("--insecure")
     else:
-        command += ["--root-certificates", str(Path(join.root_certificates).resolve()),
-                    "--auth-supernode-private-key", str(Path(join.auth_key).resolve())]
+        command += [
+            "--root-certificates",
+            str(Path(join.root_certificates).resolve()),
+            "--auth-supernode-private-key",
+            str(Path(join.auth_key).resolve()),
+        ]
     command += ["--node-config", node_config(store, user_id), "--port", str(join.runtime_port or free_port())]
     if join.max_retries is not None:
         command += ["--max-retries", str(join.max_retries)]

@@ -27,10 +27,15 @@ SELECTION_NOISE = 1.0
 
 
 @torch.no_grad()
-def example_losses(model: PersonalizedLM, examples: list[EncodedExample], pad_token_id: int, batch_size: int = 16) -> np.ndarray:
+def example_losses(
+    model: PersonalizedLM, examples: list[EncodedExample], pad_token_id: int, batch_size: int = 16
+) -> np.ndarray:
     """Mean assistant-token loss of each example under the currently loaded adapter."""
     model.eval()
-    out = [model(**collate(examples[i : i + batch_size], pad_token_id)).numpy() for i in range(0, len(examples), batch_size)]
+    out = [
+        model(**collate(examples[i : i + batch_size], pad_token_id)).numpy()
+        for i in range(0, len(examples), batch_size)
+    ]
     return np.concatenate(out)
 
 
@@ -49,8 +54,13 @@ def private_persona_choice(
     Scored with the user embedding off: it is trained without DP, so a score computed through it would
     not be covered by this mechanism's guarantee (and would depend on whatever embedding is loaded).
     """
-    entry = ledger.record(LedgerEntry("persona-choice", [GaussianEvent(noise_multiplier, 1.0, 1)],
-                                      {"candidates": candidates, "loss_clip": LOSS_CLIP} | (details or {})))
+    entry = ledger.record(
+        LedgerEntry(
+            "persona-choice",
+            [GaussianEvent(noise_multiplier, 1.0, 1)],
+            {"candidates": candidates, "loss_clip": LOSS_CLIP} | (details or {}),
+        )
+    )
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     std = noise_multiplier * math.sqrt(len(candidates)) * LOSS_CLIP
     scores = {}

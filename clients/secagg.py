@@ -18,7 +18,6 @@ from logging import DEBUG, WARNING
 from typing import cast
 
 import numpy as np
-
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.app.typing import ConfigRecordValues
@@ -103,7 +102,10 @@ def _rounding(msg: Message, ctxt: Context) -> np.random.Generator | None:
 
 
 def _collect_masked_vectors(
-    state: SecAggPlusState, configs: ConfigRecord, num_examples: int, updated_parameters: Parameters,
+    state: SecAggPlusState,
+    configs: ConfigRecord,
+    num_examples: int,
+    updated_parameters: Parameters,
     rng: np.random.Generator | None = None,
 ) -> dict[str, ConfigRecordValues]:
     """Flower's stage 2 (decrypt shares, quantize, add private and pairwise masks) with keystream masks."""
@@ -113,7 +115,9 @@ def _collect_masked_vectors(
         raise ValueError("Not enough available neighbour clients.")
     available: list[int] = []
     for src, ciphertext in zip(srcs, ciphertexts, strict=True):
-        actual_src, dst, rd_seed_share, sk1_share = share_keys_plaintext_separate(decrypt(state.ss2_dict[src], ciphertext))
+        actual_src, dst, rd_seed_share, sk1_share = share_keys_plaintext_separate(
+            decrypt(state.ss2_dict[src], ciphertext)
+        )
         if src != actual_src or dst != state.nid:
             raise ValueError(f"Node {state.nid}: a key share from {actual_src} to {dst} arrived as from {src}")
         available.append(src)
@@ -124,21 +128,38 @@ def _collect_masked_vectors(
     if ratio > 1:
         log(WARNING, "SecAgg+: weight %s exceeds max_weight %s and may overflow", num_examples, state.max_weight)
     q_ratio = round(ratio * state.target_range)
-    vector = factor_combine(q_ratio, quantize_upload(parameters_to_ndarrays(updated_parameters), q_ratio / state.target_range,
-                                                     state.clipping_range, state.target_range, rng))
+    vector = factor_combine(
+        q_ratio,
+        quantize_upload(
+            parameters_to_ndarrays(updated_parameters),
+            q_ratio / state.target_range,
+            state.clipping_range,
+            state.target_range,
+            rng,
+        ),
+    )
     shapes = [a.shape for a in vector]
     vector = parameters_addition(vector, keystream_masks(state.rd_seed, state.mod_range, shapes))
     for node_id in available:
-        shared_key = generate_shared_key(bytes_to_private_key(state.sk1), bytes_to_public_key(state.public_keys_dict[node_id][0]))
+        shared_key = generate_shared_key(
+            bytes_to_private_key(state.sk1), bytes_to_public_key(state.public_keys_dict[node_id][0])
+        )
         pairwise = keystream_masks(shared_key, state.mod_range, shapes)
-        vector = parameters_addition(vector, pairwise) if state.nid > node_id else parameters_subtraction(vector, pairwise)
+        vector = (
+            parameters_addition(vector, pairwise) if state.nid > node_id else parameters_subtraction(vector, pairwise)
+        )
     vector = parameters_mod(vector, state.mod_range)
     log(DEBUG, "Node %d: masked vector ready", state.nid)
     return {Key.MASKED_PARAMETERS: [ndarray_to_bytes(arr) for arr in vector]}
 
 
-def quantize_upload(arrays: list[np.ndarray], weight: float, clipping_range: float, target_range: int,
-                    rng: np.random.Generator | None = None) -> list[np.ndarray]:
+def quantize_upload(
+    arrays: list[np.ndarray],
+    weight: float,
+    clipping_range: float,
+    target_range: int,
+    rng: np.random.Generator | None = None,
+) -> list[np.ndarray]:
     """Flower's weighting and stochastic quantization, computed in float64.
 
     Flower quantizes in the arrays' own dtype: a float32 upload scaled to ``target_range = 2**30``

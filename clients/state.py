@@ -24,7 +24,6 @@ from fedpers.atomic import write_bytes, write_json
 from fedpers.privacy.ledger import LEDGER_FILE, USER_LEVEL_LEDGER_FILE, PrivacyLedger
 from fedpers.privacy.plan import DPPlan
 
-
 Upload = tuple[list[np.ndarray], dict]
 
 

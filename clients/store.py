@@ -87,8 +87,10 @@ def create_key_file(path: Path | str) -> Path:
 def validate_name(name: str) -> str:
     """``name`` if it is a valid item name (letters, digits, ``._-``, at most one ``/``), else ValueError."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"invalid item name {name!r}: use [A-Za-z0-9._-] (not starting with '.'), "
-                         "with at most one '/' (e.g. 'adapters/leadership')")
+        raise ValueError(
+            f"invalid item name {name!r}: use [A-Za-z0-9._-] (not starting with '.'), "
+            "with at most one '/' (e.g. 'adapters/leadership')"
+        )
     return name
 
 
@@ -138,8 +140,13 @@ class EncryptedStore:
         self._aead = AESGCM(key)
 
     @classmethod
-    def create(cls, directory: Path | str, passphrase: str | None = None, key_file: Path | str | None = None,
-               params: ScryptParams = ScryptParams()) -> EncryptedStore:
+    def create(
+        cls,
+        directory: Path | str,
+        passphrase: str | None = None,
+        key_file: Path | str | None = None,
+        params: ScryptParams = ScryptParams(),
+    ) -> EncryptedStore:
         """A new, empty store in ``directory`` (which may exist but must hold no store)."""
         _one_key_source(passphrase, key_file)
         directory = Path(directory)
@@ -157,8 +164,9 @@ class EncryptedStore:
         return cls(directory, key, header["store_id"])
 
     @classmethod
-    def open(cls, directory: Path | str, passphrase: str | None = None,
-             key_file: Path | str | None = None) -> EncryptedStore:
+    def open(
+        cls, directory: Path | str, passphrase: str | None = None, key_file: Path | str | None = None
+    ) -> EncryptedStore:
         """Unlock the store in ``directory``; removes temp files an interrupted write left behind."""
         _one_key_source(passphrase, key_file)
         directory = Path(directory)
@@ -206,8 +214,9 @@ class EncryptedStore:
         try:
             return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], self._aad(name))
         except InvalidTag as err:
-            raise TamperedError(f"{path} (item {name!r}) failed authentication: "
-                                "the file was modified or corrupted") from err
+            raise TamperedError(
+                f"{path} (item {name!r}) failed authentication: the file was modified or corrupted"
+            ) from err
 
     def put_json(self, name: str, value: object) -> None:
         self.put(name, json.dumps(value, sort_keys=True).encode())

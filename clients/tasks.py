@@ -24,23 +24,21 @@ from safetensors.torch import save as save_tensors
 from clients.consent import check_participation
 from clients.device import DeviceStore
 from clients.persona import choose_persona, private_persona_choice
-
 from clients.state import ClientState, Upload, UserState
+from fedpers.adapters import Adapters
 from fedpers.aggregation import clip_delta
 from fedpers.aggregation.slots import SlotLayout
-from fedpers.adapters import Adapters
 from fedpers.federated import FederatedConfig
 from fedpers.instructions import PERSONA_INDEX, RoundInstructions
 from fedpers.local import LocalTrainConfig, set_trainable, train_local
 from fedpers.models import load_adapter_arrays
+from fedpers.models.environment import ModelEnvironment, model_environment
 from fedpers.privacy import DPConfig, TrainConfig
 from fedpers.privacy.dp_sgd import plan_dp
-from fedpers.privacy.plan import DPPlan
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedpers.privacy.plan import DPPlan
 from fedpers.privacy.user_level import user_level_entry
-from fedpers.models.environment import ModelEnvironment, model_environment
 from fedpers.userdata import UserData, encode_user, user_data, user_ids
-
 
 
 @dataclass
@@ -77,7 +75,9 @@ def open_device(node_config: dict) -> DeviceStore:
     device = DeviceStore.from_env(str(node_config["store"]))
     expected = node_config.get("user-id")
     if expected is not None and str(expected) != device.user_id:
-        raise ValueError(f"node config user-id {expected!r}, but store {device.directory} holds user {device.user_id!r}")
+        raise ValueError(
+            f"node config user-id {expected!r}, but store {device.directory} holds user {device.user_id!r}"
+        )
     return device
 
 
@@ -87,8 +87,15 @@ def device_user_data(config: FederatedConfig, device: DeviceStore, env: ModelEnv
     The declared persona is the profile's, else the conversations' (``persona_mode='declared'`` only)."""
     conversations = device.conversations()
     declared = device.declared_persona() or next((c.persona for c in conversations if c.persona), None)
-    return encode_user(device.user_id, conversations, declared if config.dataset.persona_mode == "declared" else None,
-                       config.dataset.heldout_fraction, config.dataset.data_seed, config.dataset.max_length, env)
+    return encode_user(
+        device.user_id,
+        conversations,
+        declared if config.dataset.persona_mode == "declared" else None,
+        config.dataset.heldout_fraction,
+        config.dataset.data_seed,
+        config.dataset.max_length,
+        env,
+    )
 
 
 def client_state(config: FederatedConfig, node_config: dict) -> ClientState:
@@ -113,8 +120,13 @@ def prepare(instructions: RoundInstructions, node_config: dict) -> Task:
 
 
 def _adapters_info(instructions: RoundInstructions) -> dict:
-    return {"run_id": instructions.run_id, "server_round": instructions.server_round, "task": instructions.task,
-            "trained_personas": list(instructions.trained_personas), "settings": instructions.config.to_record()}
+    return {
+        "run_id": instructions.run_id,
+        "server_round": instructions.server_round,
+        "task": instructions.task,
+        "trained_personas": list(instructions.trained_personas),
+        "settings": instructions.config.to_record(),
+    }
 
 
 def _load_embedding(env: ModelEnvironment, state: ClientState) -> None:
@@ -147,8 +159,15 @@ def assignment(task: Task):
     cached = state.persona_choice(run_id)
     if cached is not None:
         return choose_persona(cached, personas, trained, None)
-    scores = private_persona_choice(task.env.model, task.adapters, trained, task.data.train, task.env.pad_token_id,
-                                    state.ledger(config.privacy.delta), details={"run_id": run_id})
+    scores = private_persona_choice(
+        task.env.model,
+        task.adapters,
+        trained,
+        task.data.train,
+        task.env.pad_token_id,
+        state.ledger(config.privacy.delta),
+        details={"run_id": run_id},
+    )
     choice = choose_persona(None, personas, trained, scores)
     state.save_persona_choice(run_id, choice.persona)
     return choice
@@ -166,10 +185,24 @@ def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
         set_trainable(env.model, lora=True, embedding=False)
         env.model.use_user_embedding = False
     target = config.privacy.epsilon if ledger.cap is None else min(config.privacy.epsilon, ledger.cap)
-    dp = DPConfig(target_epsilon=target, delta=config.privacy.delta, noise_multiplier=config.privacy.noise_multiplier or None,
-                  max_grad_norm=config.privacy.clip if config.privacy.clip > 0 else None, clip_quantile=config.privacy.clip_quantile)
-    plan = plan_dp(env.model, data.train, env.pad_token_id, dp, ledger, config.local.batch_size,
-                   config.server.rounds * config.local.local_steps, _noise_seed(config, data.user_id, 0, "clip"), run_id)
+    dp = DPConfig(
+        target_epsilon=target,
+        delta=config.privacy.delta,
+        noise_multiplier=config.privacy.noise_multiplier or None,
+        max_grad_norm=config.privacy.clip if config.privacy.clip > 0 else None,
+        clip_quantile=config.privacy.clip_quantile,
+    )
+    plan = plan_dp(
+        env.model,
+        data.train,
+        env.pad_token_id,
+        dp,
+        ledger,
+        config.local.batch_size,
+        config.server.rounds * config.local.local_steps,
+        _noise_seed(config, data.user_id, 0, "clip"),
+        run_id,
+    )
     state.save_plan(plan)
     return plan
 
@@ -181,8 +214,12 @@ def _charge_user_level(task: Task) -> tuple[PrivacyLedger, LedgerEntry] | None:
     if not config.privacy.user_dp:
         return None
     ledger = task.state.user_level_ledger(config.privacy.delta)
-    entry = user_level_entry(config.privacy.user_noise_multiplier, config.aggregation.update_clip, run_id=instructions.run_id,
-                             round=instructions.server_round)
+    entry = user_level_entry(
+        config.privacy.user_noise_multiplier,
+        config.aggregation.update_clip,
+        run_id=instructions.run_id,
+        round=instructions.server_round,
+    )
     return ledger, ledger.record(entry)
 
 
@@ -198,20 +235,38 @@ def train_upload(task: Task) -> Upload:
     dp = DPConfig(enabled=False)
     if config.privacy.dp:
         plan = _dp_plan(task, ledger)
-        dp = DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=config.privacy.delta,
-                      ledger_details={"run_id": instructions.run_id, "round": server_round})
+        dp = DPConfig(
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            delta=config.privacy.delta,
+            ledger_details={"run_id": instructions.run_id, "round": server_round},
+        )
     local = LocalTrainConfig(
-        lora=TrainConfig(steps=config.local.local_steps, batch_size=config.local.batch_size, learning_rate=config.local.learning_rate,
-                         noise_seed=_noise_seed(config, data.user_id, server_round, "dp-sgd")),
+        lora=TrainConfig(
+            steps=config.local.local_steps,
+            batch_size=config.local.batch_size,
+            learning_rate=config.local.learning_rate,
+            noise_seed=_noise_seed(config, data.user_id, server_round, "dp-sgd"),
+        ),
         dp=dp,
-        embedding=TrainConfig(steps=config.local.embedding_steps, batch_size=config.local.batch_size, learning_rate=config.local.embedding_lr,
-                              noise_seed=_noise_seed(config, data.user_id, server_round, "embedding")),
+        embedding=TrainConfig(
+            steps=config.local.embedding_steps,
+            batch_size=config.local.batch_size,
+            learning_rate=config.local.embedding_lr,
+            noise_seed=_noise_seed(config, data.user_id, server_round, "embedding"),
+        ),
     )
     result = train_local(env.model, data.train, env.pad_token_id, local, ledger)
     _save_embedding(env, state)
     delta, factor = clip_delta(result.delta.arrays, config.aggregation.update_clip)
     if factor < 1.0:
-        log(INFO, "user %s: update norm %.4g clipped to %.4g", data.user_id, config.aggregation.update_clip / factor, config.aggregation.update_clip)
+        log(
+            INFO,
+            "user %s: update norm %.4g clipped to %.4g",
+            data.user_id,
+            config.aggregation.update_clip / factor,
+            config.aggregation.update_clip,
+        )
     layout = SlotLayout.for_adapter(delta, instructions.slots)
     upload = layout.pack(instructions.slot_for(choice.persona), delta, instructions.count_value)
     metrics = {} if config.aggregation.persona_hiding else {PERSONA_INDEX: instructions.persona_index(choice.persona)}

@@ -21,8 +21,10 @@ def key_from_env() -> dict:
         return {"key_file": os.environ[KEY_FILE_ENV]}
     if os.environ.get(PASSPHRASE_ENV):
         return {"passphrase": os.environ[PASSPHRASE_ENV]}
-    raise StoreError(f"the store is locked: set {PASSPHRASE_ENV} or {KEY_FILE_ENV} in the environment "
-                     "(of the SuperNode, for the ClientApp)")
+    raise StoreError(
+        f"the store is locked: set {PASSPHRASE_ENV} or {KEY_FILE_ENV} in the environment "
+        "(of the SuperNode, for the ClientApp)"
+    )
 
 
 def open_from_env(directory: Path | str) -> EncryptedStore:

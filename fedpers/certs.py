@@ -51,13 +51,14 @@ def _write_cert(path: Path, cert: x509.Certificate) -> Path:
 def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
     if days < 1:
         raise ValueError(f"certificates must be valid for at least a day, got {days}")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedpers"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedpers"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
 
 
 def subject_alternative_name(address: str) -> x509.GeneralName:
@@ -77,16 +78,32 @@ def generate_ca(directory: Path | str, days: int = 365) -> tuple[Path, Path]:
     name = _name("fedpers local test CA")
     cert = (
         _validity(x509.CertificateBuilder(), days)
-        .subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
-    return (_write_cert(directory / CA_CERT, cert),
-            _write_key(directory / CA_KEY, key, serialization.PrivateFormat.PKCS8))
+    return (
+        _write_cert(directory / CA_CERT, cert),
+        _write_key(directory / CA_KEY, key, serialization.PrivateFormat.PKCS8),
+    )
 
 
 def load_ca(directory: Path | str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -99,8 +116,9 @@ def load_ca(directory: Path | str) -> tuple[x509.Certificate, ec.EllipticCurvePr
     return cert, key
 
 
-def generate_server_cert(directory: Path | str, addresses: Sequence[str] = DEFAULT_ADDRESSES,
-                         days: int = 365) -> tuple[Path, Path]:
+def generate_server_cert(
+    directory: Path | str, addresses: Sequence[str] = DEFAULT_ADDRESSES, days: int = 365
+) -> tuple[Path, Path]:
     """``server.crt`` for ``addresses`` (subjectAltName, server auth) signed by the CA in ``directory``; ``server.key`` (0600)."""
     directory = Path(directory)
     if not addresses:
@@ -111,20 +129,35 @@ def generate_server_cert(directory: Path | str, addresses: Sequence[str] = DEFAU
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         _validity(x509.CertificateBuilder(), days)
-        .subject_name(_name("fedpers SuperLink")).issuer_name(ca_cert.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .subject_name(_name("fedpers SuperLink"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    return (_write_cert(directory / SERVER_CERT, cert),
-            _write_key(directory / SERVER_KEY, key, serialization.PrivateFormat.PKCS8))
+    return (
+        _write_cert(directory / SERVER_CERT, cert),
+        _write_key(directory / SERVER_KEY, key, serialization.PrivateFormat.PKCS8),
+    )
 
 
 def generate_node_keys(directory: Path | str, name: str) -> tuple[Path, Path]:
@@ -134,8 +167,10 @@ def generate_node_keys(directory: Path | str, name: str) -> tuple[Path, Path]:
     directory = Path(directory)
     key = ec.generate_private_key(ec.SECP384R1())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return (_write_key(directory / f"{name}.key", key, serialization.PrivateFormat.OpenSSH),
-            write_bytes(directory / f"{name}.pub", public + b"\n", 0o644))
+    return (
+        _write_key(directory / f"{name}.key", key, serialization.PrivateFormat.OpenSSH),
+        write_bytes(directory / f"{name}.pub", public + b"\n", 0o644),
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -148,9 +183,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "that use them. For local testing of Flower's deployment engine with TLS and SuperNode authentication.",
     )
     p.add_argument("directory", type=Path, metavar="DIR", help="output directory")
-    p.add_argument("--address", action="append", dest="addresses", metavar="HOST",
-                   help=f"IP address or host name the SuperLink is reached at; repeatable "
-                   f"(default: {', '.join(DEFAULT_ADDRESSES)})")
+    p.add_argument(
+        "--address",
+        action="append",
+        dest="addresses",
+        metavar="HOST",
+        help=f"IP address or host name the SuperLink is reached at; repeatable "
+        f"(default: {', '.join(DEFAULT_ADDRESSES)})",
+    )
     p.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs node-1 ... node-N (default: %(default)s)")
     p.add_argument("--days", type=int, default=365, help="validity of the certificates (default: %(default)s)")
     p.set_defaults(func=run_certs)
@@ -174,12 +214,18 @@ def run_certs(args: argparse.Namespace) -> int:
     print(f"SuperNode keys: {', '.join(created) or 'none new'} (public keys in {out}/node-*.pub)")
     host = f"[{addresses[0]}]:{SUPERLINK_PORT}" if ":" in addresses[0] else f"{addresses[0]}:{SUPERLINK_PORT}"
     print("\nSuperLink (add --host 0.0.0.0 to accept SuperNodes from other machines):")
-    print(f"  flower-superlink --ssl-ca-certfile {out / CA_CERT} --ssl-certfile {out / SERVER_CERT} "
-          f"--ssl-keyfile {out / SERVER_KEY} --enable-supernode-auth")
-    print(f"flwr connection, in ~/.flwr/config.toml:\n  [superlink.fedpers-tls]\n  address = \"{host}\"\n"
-          f"  root-certificates = \"{out / CA_CERT}\"")
+    print(
+        f"  flower-superlink --ssl-ca-certfile {out / CA_CERT} --ssl-certfile {out / SERVER_CERT} "
+        f"--ssl-keyfile {out / SERVER_KEY} --enable-supernode-auth"
+    )
+    print(
+        f'flwr connection, in ~/.flwr/config.toml:\n  [superlink.fedpers-tls]\n  address = "{host}"\n'
+        f'  root-certificates = "{out / CA_CERT}"'
+    )
     print("register each node N with the SuperLink, then start it:")
     print(f"  flwr supernode register {out}/node-N.pub fedpers-tls")
-    print(f"  flower-supernode --superlink {host} --root-certificates {out / CA_CERT} "
-          f"--auth-supernode-private-key {out}/node-N.key")
+    print(
+        f"  flower-supernode --superlink {host} --root-certificates {out / CA_CERT} "
+        f"--auth-supernode-private-key {out}/node-N.key"
+    )
     return 0

@@ -28,7 +28,11 @@ def _add_train_local(sub: argparse._SubParsersAction) -> None:
         "before and after, and the epsilon spent (Opacus RDP and PRV accountants).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default="smollm2", help="'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local Hugging Face model directory")
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local Hugging Face model directory",
+    )
     p.add_argument("--data", type=Path, help="conversation JSONL (default: the synthetic IT service desk)")
     p.add_argument("--user-id", help="user to train (default: the first user of --persona)")
     p.add_argument("--persona", default="field_worker", help="persona of the synthetic user to pick")
@@ -41,11 +45,18 @@ def _add_train_local(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-2, help="Adam learning rate of the LoRA adapter")
     p.add_argument("--epsilon", type=float, default=8.0, help="target epsilon of the user's whole ledger")
     p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--noise-multiplier", type=float, help="use this noise multiplier instead of calibrating to --epsilon")
+    p.add_argument(
+        "--noise-multiplier", type=float, help="use this noise multiplier instead of calibrating to --epsilon"
+    )
     p.add_argument("--clip", type=float, help="per-sample clipping norm (default: private quantile estimate)")
     p.add_argument("--clip-quantile", type=float, default=0.5, help="target quantile of per-sample gradient norms")
     p.add_argument("--no-dp", action="store_true", help="train without differential privacy (for comparison only)")
-    p.add_argument("--scheme", choices=["two_phase", "joint_dp"], default="two_phase", help="how the user embedding is trained (see fedpers.local)")
+    p.add_argument(
+        "--scheme",
+        choices=["two_phase", "joint_dp"],
+        default="two_phase",
+        help="how the user embedding is trained (see fedpers.local)",
+    )
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-layers", type=int, default=6, help="adapt the top N layers (0 = all)")
     p.add_argument("--embedding-tokens", type=int, default=8, help="soft-prompt vectors in the user embedding")
@@ -71,14 +82,23 @@ def _train_local(args: argparse.Namespace) -> int:
         synthetic=SyntheticConfig(users_per_persona=1, conversations_per_user=args.conversations, seed=args.seed),
         heldout_fraction=args.heldout_fraction,
         max_length=args.max_length,
-        lora=LoraSettings(r=args.lora_rank, alpha=2 * args.lora_rank, top_layers=args.lora_layers or None, init_seed=args.seed),
+        lora=LoraSettings(
+            r=args.lora_rank, alpha=2 * args.lora_rank, top_layers=args.lora_layers or None, init_seed=args.seed
+        ),
         embedding_tokens=args.embedding_tokens,
         train=LocalTrainConfig(
             lora=TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=True),
-            dp=DPConfig(enabled=not args.no_dp, target_epsilon=args.epsilon, delta=args.delta,
-                        noise_multiplier=args.noise_multiplier, max_grad_norm=args.clip, clip_quantile=args.clip_quantile),
-            embedding=TrainConfig(steps=args.embedding_steps, batch_size=args.batch_size, learning_rate=args.embedding_lr,
-                                  progress=True),
+            dp=DPConfig(
+                enabled=not args.no_dp,
+                target_epsilon=args.epsilon,
+                delta=args.delta,
+                noise_multiplier=args.noise_multiplier,
+                max_grad_norm=args.clip,
+                clip_quantile=args.clip_quantile,
+            ),
+            embedding=TrainConfig(
+                steps=args.embedding_steps, batch_size=args.batch_size, learning_rate=args.embedding_lr, progress=True
+            ),
             scheme=args.scheme,
         ),
         out=args.out,
@@ -86,15 +106,22 @@ def _train_local(args: argparse.Namespace) -> int:
     )
     report = run_local(config)
     print()
-    print(f"user {report.user_id} ({report.persona}): {report.train_examples} train / {report.heldout_examples} held-out examples")
+    print(
+        f"user {report.user_id} ({report.persona}): {report.train_examples} train / {report.heldout_examples} held-out examples"
+    )
     print(f"{'held-out perplexity':<34}{'loss':>8}{'ppl':>10}")
-    for label, res in (("base model", report.base), ("+ LoRA (DP-SGD)" if report.epsilon else "+ LoRA (no DP)", report.lora),
-                       ("+ LoRA + user embedding", report.lora_embedding)):
+    for label, res in (
+        ("base model", report.base),
+        ("+ LoRA (DP-SGD)" if report.epsilon else "+ LoRA (no DP)", report.lora),
+        ("+ LoRA + user embedding", report.lora_embedding),
+    ):
         print(f"  {label:<32}{res.loss:>8.3f}{res.perplexity:>10.2f}")
     if report.epsilon:
         e = report.epsilon
-        print(f"privacy spent (delta={e['delta']:g}): epsilon RDP {e['rdp']:.2f}, PRV {e['prv']:.2f}  "
-              f"[noise multiplier {report.noise_multiplier:.3f}, clipping norm {report.max_grad_norm:.3g}]")
+        print(
+            f"privacy spent (delta={e['delta']:g}): epsilon RDP {e['rdp']:.2f}, PRV {e['prv']:.2f}  "
+            f"[noise multiplier {report.noise_multiplier:.3f}, clipping norm {report.max_grad_norm:.3g}]"
+        )
     else:
         print("privacy: no DP (epsilon unbounded)")
     print(f"adapter, user embedding, ledger and metrics in {report.out} ({report.seconds:.0f} s)")
@@ -104,10 +131,12 @@ def _train_local(args: argparse.Namespace) -> int:
 Register = Callable[[argparse._SubParsersAction], None]
 
 
-def build_parser(commands: Sequence[Register] = (), attack: "AttackRunner | None" = None) -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[Register] = (), attack: AttackRunner | None = None) -> argparse.ArgumentParser:
     """The ``fedpers`` parser: ``commands`` registered first, then the library's; ``attack`` (if given) lets
     ``fedpers audit --attack`` run the canary attack."""
-    parser = argparse.ArgumentParser(prog="fedpers", description="Federated, privacy-preserving personalization of LLM assistants.")
+    parser = argparse.ArgumentParser(
+        prog="fedpers", description="Federated, privacy-preserving personalization of LLM assistants."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for register in commands:
         register(sub)

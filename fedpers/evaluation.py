@@ -28,7 +28,9 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: PersonalizedLM, examples: Sequence[EncodedExample], pad_token_id: int, batch_size: int = 16) -> EvalResult:
+def evaluate(
+    model: PersonalizedLM, examples: Sequence[EncodedExample], pad_token_id: int, batch_size: int = 16
+) -> EvalResult:
     """Evaluate ``model`` on ``examples`` (each assistant token weighs the same)."""
     if not examples:
         raise ValueError("no evaluation examples")

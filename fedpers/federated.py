@@ -35,16 +35,21 @@ def setting(default: Any, help: str) -> Any:
 class DataSettings:
     """Which conversations a run trains on, and how each user's are split and encoded."""
 
-    data: str = setting("synthetic", "'synthetic' (IT service desk), 'shakespeare' (../shared/data) or a conversation JSONL path")
+    data: str = setting(
+        "synthetic", "'synthetic' (IT service desk), 'shakespeare' (../shared/data) or a conversation JSONL path"
+    )
     users_per_persona: int = setting(3, "synthetic users per persona")
-    conversations_per_user: int = setting(40, "conversations per user (synthetic: generated; other data: at most this many)")
+    conversations_per_user: int = setting(
+        40, "conversations per user (synthetic: generated; other data: at most this many)"
+    )
     max_users: int = setting(20, "at most this many users (non-synthetic data)")
     data_seed: int = setting(0, "seed of the synthetic data and of each user's train / held-out split")
     heldout_fraction: float = setting(0.25, "share of each user's conversations held out for evaluation")
     max_length: int = setting(64, "tokens per training example (keeps the latest context)")
     personas: str = setting(",".join(PERSONAS), "comma-separated persona names")
-    persona_mode: str = setting("declared", "'declared' (persona field of the data) or 'inferred' (IFCA on the client, "
-                                            "chosen privately)")
+    persona_mode: str = setting(
+        "declared", "'declared' (persona field of the data) or 'inferred' (IFCA on the client, chosen privately)"
+    )
     canaries: str = setting("", "conversation JSONL added to its users' training data (the canary attack sets it)")
 
 
@@ -52,8 +57,9 @@ class DataSettings:
 class ModelSettings:
     """The base model and what is trained on it: LoRA adapters and the user embedding."""
 
-    model: str = setting("smollm2", "'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local HF "
-                                    "model directory")
+    model: str = setting(
+        "smollm2", "'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local HF model directory"
+    )
     lora_r: int = setting(4, "LoRA rank")
     lora_alpha: int = setting(8, "LoRA scaling numerator (the update is scaled by alpha / r)")
     lora_targets: str = setting("q_proj,v_proj", "comma-separated module names that get LoRA")
@@ -90,28 +96,38 @@ class PrivacySettings:
     """Sample-level DP-SGD on each device (the unit is one conversation) and user-level DP on the sum."""
 
     dp: bool = setting(True, "DP-SGD on the shared adapter (false only for comparison)")
-    epsilon: float = setting(8.0, "per-user epsilon budget over all rounds of this run (plus earlier runs in the ledger)")
+    epsilon: float = setting(
+        8.0, "per-user epsilon budget over all rounds of this run (plus earlier runs in the ledger)"
+    )
     delta: float = setting(1e-5, "delta of every epsilon the run reports")
     noise_multiplier: float = setting(0.0, "0 = calibrate to --epsilon over all planned rounds")
     clip: float = setting(0.0, "per-sample clipping norm; 0 = private quantile of per-sample gradient norms")
     clip_quantile: float = setting(0.25, "the quantile of per-sample gradient norms the private clip estimate targets")
-    user_dp: bool = setting(False, "user-level DP (DP-FedAvg): clip each whole upload, add Gaussian noise to the sum; "
-                                   "needs persona hiding")
+    user_dp: bool = setting(
+        False, "user-level DP (DP-FedAvg): clip each whole upload, add Gaussian noise to the sum; needs persona hiding"
+    )
     user_noise_multiplier: float = setting(1.0, "user-level noise std as a multiple of the upload's clipping norm")
-    noise_seed: int = setting(-1, "benchmark switch: seeds DP-SGD's sampling and noise (and the SecAgg+ rounding) on "
-                                  "every device, for reproducible comparisons; such a run is marked NOT PRIVATE; -1: "
-                                  "each device's OS CSPRNG")
+    noise_seed: int = setting(
+        -1,
+        "benchmark switch: seeds DP-SGD's sampling and noise (and the SecAgg+ rounding) on "
+        "every device, for reproducible comparisons; such a run is marked NOT PRIVATE; -1: "
+        "each device's OS CSPRNG",
+    )
 
 
 @dataclass
 class AggregationSettings:
     """Flower's SecAgg+ (with ChaCha20 masks), persona hiding, and the bound every upload is clipped to."""
 
-    secure_aggregation: bool = setting(True, "Flower's SecAgg+ with ChaCha20 masks (false: uploads in clear, for "
-                                             "comparisons)")
-    persona_hiding: bool = setting(True, "upload one slot per persona so that no client sends its persona (the "
-                                         "per-slot counts the server unmasks can still reveal it; false: persona in "
-                                         "clear, one slot)")
+    secure_aggregation: bool = setting(
+        True, "Flower's SecAgg+ with ChaCha20 masks (false: uploads in clear, for comparisons)"
+    )
+    persona_hiding: bool = setting(
+        True,
+        "upload one slot per persona so that no client sends its persona (the "
+        "per-slot counts the server unmasks can still reveal it; false: persona in "
+        "clear, one slot)",
+    )
     update_clip: float = setting(32.0, "clients clip their adapter delta to this L2 norm; SecAgg+ quantizes within it")
     secagg_shares: float = setting(1.0, "fraction of the sampled clients each client shares its secrets with")
     secagg_threshold: float = setting(0.5, "fraction of those shares needed to rebuild a dropped client's masks")
@@ -123,24 +139,39 @@ class AggregationSettings:
 class OutputSettings:
     """What a run writes: evaluation, device state (simulation), wire recording, the audit, the registry."""
 
-    evaluate: bool = setting(True, "held-out loss per persona after every round (simulation: the experimenter's "
-                                   "evaluator, outside the federated protocol; devices never send it)")
-    state_dir: str = setting("runs/client-state", "where simulated clients keep ledgers, user embeddings and plans "
-                                                  "(fedpers simulate: RUN_DIR/client-state)")
-    record_wire: bool = setting(True, "record every reply a client sends (RUN_DIR/wire: manifest and payloads) for "
-                                      "the audit")
-    keep_payloads: bool = setting(False, "keep the recorded payloads after the audit's leak scan (the manifest keeps "
-                                         "their SHA-256)")
+    evaluate: bool = setting(
+        True,
+        "held-out loss per persona after every round (simulation: the experimenter's "
+        "evaluator, outside the federated protocol; devices never send it)",
+    )
+    state_dir: str = setting(
+        "runs/client-state",
+        "where simulated clients keep ledgers, user embeddings and plans (fedpers simulate: RUN_DIR/client-state)",
+    )
+    record_wire: bool = setting(
+        True, "record every reply a client sends (RUN_DIR/wire: manifest and payloads) for the audit"
+    )
+    keep_payloads: bool = setting(
+        False, "keep the recorded payloads after the audit's leak scan (the manifest keeps their SHA-256)"
+    )
     audit: bool = setting(True, "write the signed privacy audit report (audit.html, audit.json) at the end")
-    audit_attack: bool = setting(False, "add the canary attack to the audit: two more simulations with these settings "
-                                        "(DP as set, DP off)")
-    registry: str = setting("", "the server's persona registry: each finished run's adapters become its next version "
-                                "(empty: none)")
+    audit_attack: bool = setting(
+        False, "add the canary attack to the audit: two more simulations with these settings (DP as set, DP off)"
+    )
+    registry: str = setting(
+        "", "the server's persona registry: each finished run's adapters become its next version (empty: none)"
+    )
 
 
-SECTIONS: dict[str, type] = {"dataset": DataSettings, "model": ModelSettings, "server": RoundSettings,
-                             "local": LocalSettings, "privacy": PrivacySettings, "aggregation": AggregationSettings,
-                             "outputs": OutputSettings}
+SECTIONS: dict[str, type] = {
+    "dataset": DataSettings,
+    "model": ModelSettings,
+    "server": RoundSettings,
+    "local": LocalSettings,
+    "privacy": PrivacySettings,
+    "aggregation": AggregationSettings,
+    "outputs": OutputSettings,
+}
 """Section name (the attribute of :class:`FederatedConfig`, and the TOML table) -> its dataclass."""
 
 
@@ -220,8 +251,13 @@ class FederatedConfig:
         from fedpers.models.lora import LoraSettings  # peft and torch: not for the ClientApp's light stages
 
         m = self.model
-        return LoraSettings(r=m.lora_r, alpha=m.lora_alpha, target_modules=tuple(m.lora_targets.split(",")),
-                            top_layers=m.lora_layers or None, init_seed=m.seed)
+        return LoraSettings(
+            r=m.lora_r,
+            alpha=m.lora_alpha,
+            target_modules=tuple(m.lora_targets.split(",")),
+            top_layers=m.lora_layers or None,
+            init_seed=m.seed,
+        )
 
     def validated(self) -> FederatedConfig:
         """Check every value's type (an integral float becomes an int, an int a float) and the rules across settings."""
@@ -242,7 +278,9 @@ class FederatedConfig:
         if not 0 < a.secagg_shares <= 1 or not 0 < a.secagg_threshold <= 1:
             raise ValueError("settings secagg_shares and secagg_threshold: fractions in (0, 1]")
         if p.user_dp and not a.persona_hiding:
-            raise ValueError("setting user_dp needs persona_hiding: the noise is calibrated to one upload holding every slot")
+            raise ValueError(
+                "setting user_dp needs persona_hiding: the noise is calibrated to one upload holding every slot"
+            )
         return self
 
 
@@ -287,5 +325,18 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-__all__ = ["SECTIONS", "AggregationSettings", "DataSettings", "FederatedConfig", "LocalSettings", "ModelSettings",
-           "OutputSettings", "PrivacySettings", "RoundSettings", "Setting", "all_settings", "load_config_file", "setting"]
+__all__ = [
+    "SECTIONS",
+    "AggregationSettings",
+    "DataSettings",
+    "FederatedConfig",
+    "LocalSettings",
+    "ModelSettings",
+    "OutputSettings",
+    "PrivacySettings",
+    "RoundSettings",
+    "Setting",
+    "all_settings",
+    "load_config_file",
+    "setting",
+]

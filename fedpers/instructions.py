@@ -29,7 +29,15 @@ PERSONA_INDEX = "persona-index"
 
 # the record's own keys (hyphens, so that they never clash with a setting's underscore name)
 _RUN_ID, _ROUND, _TASK, _SLOTS, _TRAINED, _FINAL, _ADAPTERS, _COUNT = (
-    "run-id", "server-round", "task", "slots", "trained-personas", "final", "adapters", "count-value")
+    "run-id",
+    "server-round",
+    "task",
+    "slots",
+    "trained-personas",
+    "final",
+    "adapters",
+    "count-value",
+)
 
 
 def round_slots(config: FederatedConfig) -> tuple[str, ...]:
@@ -78,11 +86,27 @@ class RoundInstructions:
             raise ValueError(f"trained personas {sorted(unknown)} are not personas of this run")
 
     @classmethod
-    def for_round(cls, config: FederatedConfig, run_id: str, server_round: int, adapters: Adapters,
-                  trained: set[str] | tuple[str, ...], task: str = "train", count_value: float = 0.0) -> RoundInstructions:
+    def for_round(
+        cls,
+        config: FederatedConfig,
+        run_id: str,
+        server_round: int,
+        adapters: Adapters,
+        trained: set[str] | tuple[str, ...],
+        task: str = "train",
+        count_value: float = 0.0,
+    ) -> RoundInstructions:
         """The server's instructions: ``trained`` in the run's persona order, ``adapters`` packed once."""
-        return cls(config, run_id, server_round, task, round_slots(config),
-                   tuple(p for p in config.persona_names if p in trained), adapters_to_bytes(adapters), count_value)
+        return cls(
+            config,
+            run_id,
+            server_round,
+            task,
+            round_slots(config),
+            tuple(p for p in config.persona_names if p in trained),
+            adapters_to_bytes(adapters),
+            count_value,
+        )
 
     @property
     def final(self) -> bool:
@@ -105,8 +129,15 @@ class RoundInstructions:
     def to_record(self) -> dict[str, Any]:
         """The ConfigRecord's content: every setting, then the round's own keys."""
         return dict(self.config.to_record()) | {
-            _RUN_ID: self.run_id, _ROUND: self.server_round, _TASK: self.task, _TRAINED: ",".join(self.trained_personas),
-            _FINAL: self.final, _SLOTS: ",".join(self.slots), _ADAPTERS: self.adapters_blob, _COUNT: self.count_value}
+            _RUN_ID: self.run_id,
+            _ROUND: self.server_round,
+            _TASK: self.task,
+            _TRAINED: ",".join(self.trained_personas),
+            _FINAL: self.final,
+            _SLOTS: ",".join(self.slots),
+            _ADAPTERS: self.adapters_blob,
+            _COUNT: self.count_value,
+        }
 
     @classmethod
     def from_record(cls, record: Any) -> RoundInstructions:
@@ -115,6 +146,13 @@ class RoundInstructions:
         missing = [k for k in (_RUN_ID, _ROUND, _TASK) if k not in raw]
         if missing:
             raise ValueError(f"round instructions without {', '.join(missing)}")
-        return cls(FederatedConfig.from_record(raw), str(raw[_RUN_ID]), int(raw[_ROUND]), str(raw[_TASK]),
-                   _names(raw.get(_SLOTS, "")), _names(raw.get(_TRAINED, "")), bytes(raw.get(_ADAPTERS, b"")),
-                   float(raw.get(_COUNT, 0.0)))
+        return cls(
+            FederatedConfig.from_record(raw),
+            str(raw[_RUN_ID]),
+            int(raw[_ROUND]),
+            str(raw[_TASK]),
+            _names(raw.get(_SLOTS, "")),
+            _names(raw.get(_TRAINED, "")),
+            bytes(raw.get(_ADAPTERS, b"")),
+            float(raw.get(_COUNT, 0.0)),
+        )

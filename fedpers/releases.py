@@ -44,8 +44,12 @@ class Release:
     content: str
 
     def matches(self, message_type: str, stage: str | None, record: str, key: str) -> bool:
-        return (self.message_type == message_type and self.stage == stage and self.record == record
-                and fnmatchcase(key, self.key))
+        return (
+            self.message_type == message_type
+            and self.stage == stage
+            and self.record == record
+            and fnmatchcase(key, self.key)
+        )
 
     def to_dict(self) -> dict:
         return asdict(self) | {"ledger": list(self.ledger)}
@@ -55,28 +59,97 @@ class Release:
 UPLOAD_LEDGER = ("dp-sgd", USER_LEVEL_PURPOSE, "persona-choice")
 _STATUS = ("fitres.status", "*", "public", (), "the reply's status code and message")
 _EXAMPLES = ("fitres.num_examples", "num_examples", "public", (), "the constant 1 (uploads are not weighted)")
-_PERSONA = ("fitres.metrics", "persona-index", "private choice", ("persona-choice",),
-            "the client's persona, only with persona hiding off: declared by the user, or chosen privately")
+_PERSONA = (
+    "fitres.metrics",
+    "persona-index",
+    "private choice",
+    ("persona-choice",),
+    "the client's persona, only with persona hiding off: declared by the user, or chosen privately",
+)
 
 RELEASES: tuple[Release, ...] = (
-    Release("SecAgg+ setup", TRAIN, "setup", SECAGG_RECORD, "pk[12]", "SecAgg+ masking", (),
-            "two fresh public keys for key agreement"),
-    Release("SecAgg+ key shares", TRAIN, "share_keys", SECAGG_RECORD, "dsts", "SecAgg+ masking", (),
-            "node ids of the neighbours the shares are for"),
-    Release("SecAgg+ key shares", TRAIN, "share_keys", SECAGG_RECORD, "ctxts", "SecAgg+ masking", (),
-            "Shamir shares of the client's mask seed and secret key, each encrypted to one neighbour"),
-    Release("training upload", TRAIN, "collect_masked_vectors", SECAGG_RECORD, "masked_params", "DP-SGD", UPLOAD_LEDGER,
-            "the clipped LoRA delta in the slot of the client's persona and the count vector, quantized and masked"),
+    Release(
+        "SecAgg+ setup",
+        TRAIN,
+        "setup",
+        SECAGG_RECORD,
+        "pk[12]",
+        "SecAgg+ masking",
+        (),
+        "two fresh public keys for key agreement",
+    ),
+    Release(
+        "SecAgg+ key shares",
+        TRAIN,
+        "share_keys",
+        SECAGG_RECORD,
+        "dsts",
+        "SecAgg+ masking",
+        (),
+        "node ids of the neighbours the shares are for",
+    ),
+    Release(
+        "SecAgg+ key shares",
+        TRAIN,
+        "share_keys",
+        SECAGG_RECORD,
+        "ctxts",
+        "SecAgg+ masking",
+        (),
+        "Shamir shares of the client's mask seed and secret key, each encrypted to one neighbour",
+    ),
+    Release(
+        "training upload",
+        TRAIN,
+        "collect_masked_vectors",
+        SECAGG_RECORD,
+        "masked_params",
+        "DP-SGD",
+        UPLOAD_LEDGER,
+        "the clipped LoRA delta in the slot of the client's persona and the count vector, quantized and masked",
+    ),
     *(Release("training upload", TRAIN, "collect_masked_vectors", *row) for row in (_STATUS, _EXAMPLES, _PERSONA)),
-    Release("SecAgg+ unmasking", TRAIN, "unmask", SECAGG_RECORD, "nids", "SecAgg+ masking", (),
-            "node ids whose shares follow"),
-    Release("SecAgg+ unmasking", TRAIN, "unmask", SECAGG_RECORD, "shares", "SecAgg+ masking", (),
-            "shares of surviving neighbours' mask seeds and of dropped neighbours' secret keys"),
-    Release("training upload in clear", TRAIN, PLAIN, "fitres.parameters", "*", "DP-SGD", UPLOAD_LEDGER,
-            "secure aggregation off: the clipped LoRA delta and count vector in clear"),
+    Release(
+        "SecAgg+ unmasking",
+        TRAIN,
+        "unmask",
+        SECAGG_RECORD,
+        "nids",
+        "SecAgg+ masking",
+        (),
+        "node ids whose shares follow",
+    ),
+    Release(
+        "SecAgg+ unmasking",
+        TRAIN,
+        "unmask",
+        SECAGG_RECORD,
+        "shares",
+        "SecAgg+ masking",
+        (),
+        "shares of surviving neighbours' mask seeds and of dropped neighbours' secret keys",
+    ),
+    Release(
+        "training upload in clear",
+        TRAIN,
+        PLAIN,
+        "fitres.parameters",
+        "*",
+        "DP-SGD",
+        UPLOAD_LEDGER,
+        "secure aggregation off: the clipped LoRA delta and count vector in clear",
+    ),
     *(Release("training upload in clear", TRAIN, PLAIN, *row) for row in (_STATUS, _EXAMPLES, _PERSONA)),
-    Release("persona reply", QUERY, None, "metrics", "persona-index", "private choice", ("persona-choice",),
-            "persona hiding off: the client's persona, declared by the user or chosen privately"),
+    Release(
+        "persona reply",
+        QUERY,
+        None,
+        "metrics",
+        "persona-index",
+        "private choice",
+        ("persona-choice",),
+        "persona hiding off: the client's persona, declared by the user or chosen privately",
+    ),
 )
 
 
@@ -98,8 +171,14 @@ def undeclared_fields(message_type: str, stage: str | None, fields: Iterable[tup
     return sorted(f"{record}/{key}" for record, key in fields if release_of(message_type, stage, record, key) is None)
 
 
-def required_ledger(message_type: str, stage: str | None, fields: Iterable[tuple[str, str]], dp: bool,
-                    inferred: bool, user_dp: bool = False) -> set[str]:
+def required_ledger(
+    message_type: str,
+    stage: str | None,
+    fields: Iterable[tuple[str, str]],
+    dp: bool,
+    inferred: bool,
+    user_dp: bool = False,
+) -> set[str]:
     """Ledger purposes that must be on the device before this reply leaves (``dp``: DP-SGD on;
     ``inferred``: personas chosen privately rather than declared; ``user_dp``: user-level DP on)."""
     wanted = {"dp-sgd": dp, "persona-choice": inferred, USER_LEVEL_PURPOSE: user_dp}
@@ -114,8 +193,12 @@ def required_ledger(message_type: str, stage: str | None, fields: Iterable[tuple
 
 def recorded_fields(entry: dict) -> set[tuple[str, str]]:
     """The ``(record, key)`` fields of a reply as a wire manifest line lists them (:func:`fedpers.wire.reply_contents`)."""
-    fields = {(record, key) for kind in ("config_keys", "metric_keys") for record, keys in entry.get(kind, {}).items()
-              for key in keys}
+    fields = {
+        (record, key)
+        for kind in ("config_keys", "metric_keys")
+        for record, keys in entry.get(kind, {}).items()
+        for key in keys
+    }
     return fields | {(t["record"], t["name"].split("[")[0]) for t in entry.get("arrays", [])}
 
 

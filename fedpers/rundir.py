@@ -1,8 +1,8 @@
 """The run directory: the single place that evaluation, routing, plots and the audit read.
 
-    RUN_DIR/run.json                  settings of the run (model, LoRA, personas, privacy)
-    RUN_DIR/adapters/<name>/          each adapter in peft format (``global`` and one per persona)
-    RUN_DIR/metrics.json              per-round metrics and the final evaluation
+RUN_DIR/run.json                  settings of the run (model, LoRA, personas, privacy)
+RUN_DIR/adapters/<name>/          each adapter in peft format (``global`` and one per persona)
+RUN_DIR/metrics.json              per-round metrics and the final evaluation
 """
 
 from __future__ import annotations
@@ -17,8 +17,17 @@ from safetensors.numpy import load_file
 from fedpers.atomic import write_json
 from fedpers.models.lora import LoraSettings, load_adapter_arrays
 
-__all__ = ["ADAPTERS", "METRICS", "RUN_CONFIG", "adapter_dir", "load_adapters", "lora_settings",
-           "read_json", "save_adapter", "write_json"]
+__all__ = [
+    "ADAPTERS",
+    "METRICS",
+    "RUN_CONFIG",
+    "adapter_dir",
+    "load_adapters",
+    "lora_settings",
+    "read_json",
+    "save_adapter",
+    "write_json",
+]
 
 RUN_CONFIG = "run.json"
 ADAPTERS = "adapters"

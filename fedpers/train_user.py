@@ -13,7 +13,14 @@ from pathlib import Path
 from fedpers.data import SyntheticConfig, generate, read_jsonl, train_heldout_split
 from fedpers.evaluation import EvalResult, evaluate
 from fedpers.local import LocalTrainConfig, train_local
-from fedpers.models import LoraSettings, PersonalizedLM, UserEmbedding, attach_lora, encode_conversations, load_base_model
+from fedpers.models import (
+    LoraSettings,
+    PersonalizedLM,
+    UserEmbedding,
+    attach_lora,
+    encode_conversations,
+    load_base_model,
+)
 from fedpers.privacy.ledger import PrivacyLedger
 
 
@@ -25,7 +32,9 @@ class LocalRunConfig:
     data: Path | None = None
     user_id: str | None = None
     persona: str = "field_worker"
-    synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(users_per_persona=1, conversations_per_user=60))
+    synthetic: SyntheticConfig = field(
+        default_factory=lambda: SyntheticConfig(users_per_persona=1, conversations_per_user=60)
+    )
     heldout_fraction: float = 0.25
     max_length: int = 128
     lora: LoraSettings = field(default_factory=LoraSettings)

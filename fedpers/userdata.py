@@ -27,16 +27,30 @@ class UserData:
 
 def _data_key(config: FederatedConfig) -> tuple:
     """The settings that decide which conversations the data set holds (the cache key)."""
-    return (config.dataset.data, config.dataset.users_per_persona, config.dataset.conversations_per_user, config.dataset.data_seed,
-            config.dataset.personas, config.dataset.max_users)
+    return (
+        config.dataset.data,
+        config.dataset.users_per_persona,
+        config.dataset.conversations_per_user,
+        config.dataset.data_seed,
+        config.dataset.personas,
+        config.dataset.max_users,
+    )
 
 
 @lru_cache(maxsize=2)
-def _conversations(data: str, users_per_persona: int, conversations_per_user: int, seed: int, personas: str, max_users: int) -> tuple:
+def _conversations(
+    data: str, users_per_persona: int, conversations_per_user: int, seed: int, personas: str, max_users: int
+) -> tuple:
     if data == "synthetic":
         names = tuple(p for p in personas.split(",") if p)
-        convs = generate(SyntheticConfig(users_per_persona=users_per_persona, conversations_per_user=conversations_per_user,
-                                         seed=seed, personas=names))
+        convs = generate(
+            SyntheticConfig(
+                users_per_persona=users_per_persona,
+                conversations_per_user=conversations_per_user,
+                seed=seed,
+                personas=names,
+            )
+        )
     elif data == "shakespeare":
         convs = import_shakespeare(max_users=max_users or None)
     else:
@@ -63,8 +77,15 @@ def user_ids(config: FederatedConfig) -> list[str]:
 
 def user_data(config: FederatedConfig, user_id: str, env: ModelEnvironment) -> UserData:
     """The user's encoded train / held-out examples (cached per process and settings)."""
-    return _user_data(_data_key(config), config.dataset.heldout_fraction, config.dataset.max_length, config.dataset.persona_mode, config.dataset.canaries,
-                      user_id, env)
+    return _user_data(
+        _data_key(config),
+        config.dataset.heldout_fraction,
+        config.dataset.max_length,
+        config.dataset.persona_mode,
+        config.dataset.canaries,
+        user_id,
+        env,
+    )
 
 
 @lru_cache(maxsize=4)
@@ -73,17 +94,40 @@ def _canaries(path: str) -> tuple:
 
 
 @lru_cache(maxsize=64)
-def _user_data(data_key: tuple, heldout_fraction: float, max_length: int, persona_mode: str, canaries: str, user_id: str,
-               env: ModelEnvironment) -> UserData:
+def _user_data(
+    data_key: tuple,
+    heldout_fraction: float,
+    max_length: int,
+    persona_mode: str,
+    canaries: str,
+    user_id: str,
+    env: ModelEnvironment,
+) -> UserData:
     mine = [c for c in _conversations(*data_key) if c.user_id == user_id]
     extra = [c for c in _canaries(canaries) if c.user_id == user_id]  # privacy audit only: never held out
     declared = mine[0].persona if mine else None
-    return encode_user(user_id, mine, declared if persona_mode == "declared" else None, heldout_fraction, data_key[3],
-                       max_length, env, extra)
+    return encode_user(
+        user_id,
+        mine,
+        declared if persona_mode == "declared" else None,
+        heldout_fraction,
+        data_key[3],
+        max_length,
+        env,
+        extra,
+    )
 
 
-def encode_user(user_id: str, conversations: list, declared_persona: str | None, heldout_fraction: float, seed: int,
-                max_length: int, env: ModelEnvironment, extra_train: Sequence[Conversation] = ()) -> UserData:
+def encode_user(
+    user_id: str,
+    conversations: list,
+    declared_persona: str | None,
+    heldout_fraction: float,
+    seed: int,
+    max_length: int,
+    env: ModelEnvironment,
+    extra_train: Sequence[Conversation] = (),
+) -> UserData:
     """Split one user's conversations into train / held-out and encode both for ``env``'s tokenizer."""
     if not conversations:
         raise ValueError(f"no conversations for user {user_id!r}")

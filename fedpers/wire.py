@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.serde import recorddict_to_proto
 
+
 def payload_bytes(msg: Message) -> bytes:
     """The serialized content of a message, as it travels."""
     return recorddict_to_proto(msg.content).SerializeToString()
@@ -32,8 +33,16 @@ def _npy_tensors(record: str, name: str, value) -> list[dict]:
         major, _ = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, _, dtype = read(f)
-        out.append({"record": record, "name": f"{name}[{i}]", "shape": list(shape), "dtype": str(dtype),
-                    "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
+        out.append(
+            {
+                "record": record,
+                "name": f"{name}[{i}]",
+                "shape": list(shape),
+                "dtype": str(dtype),
+                "bytes": len(blob),
+                "sha256": hashlib.sha256(blob).hexdigest(),
+            }
+        )
     return out
 
 
@@ -42,8 +51,16 @@ def reply_contents(reply: Message, payload: bytes) -> dict:
     arrays = []
     for record_name, record in reply.content.array_records.items():
         for name, array in record.items():
-            arrays.append({"record": record_name, "name": name, "shape": list(array.shape), "dtype": array.dtype,
-                           "bytes": len(array.data), "sha256": hashlib.sha256(array.data).hexdigest()})
+            arrays.append(
+                {
+                    "record": record_name,
+                    "name": name,
+                    "shape": list(array.shape),
+                    "dtype": array.dtype,
+                    "bytes": len(array.data),
+                    "sha256": hashlib.sha256(array.data).hexdigest(),
+                }
+            )
     for config_name, config in reply.content.config_records.items():
         for name, value in config.items():
             arrays += _npy_tensors(config_name, name, value)

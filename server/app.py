@@ -36,27 +36,36 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.default_workflows import default_fit_workflow
 from flwr.serverapp import Grid, ServerApp
 
+from fedpers.adapters import GLOBAL
 from fedpers.aggregation import published_counts
 from fedpers.aggregation.rounds import PersonaAdapters, apply_round
 from fedpers.aggregation.secure import QuantizationPlan
-from fedpers.wirelog import MANIFEST, WIRE
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy.ledger import PrivacyLedger
-from fedpers.adapters import GLOBAL
-from server.outputs import dp_note, evaluation_table, format_table, plot_heldout, save_adapters, write_metrics, write_run_config
+from fedpers.wirelog import MANIFEST, WIRE
+from server.outputs import (
+    dp_note,
+    evaluation_table,
+    format_table,
+    plot_heldout,
+    save_adapters,
+    write_metrics,
+    write_run_config,
+)
 from server.received import ReceivedManifest, both
 from server.registry import publish
-from server.secagg import SecAggPlusRound
 from server.rounds import RoundMode, round_mode
+from server.secagg import SecAggPlusRound
 from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
 
 Adapters = dict[str, dict[str, np.ndarray]]
 Evaluator = Callable[[int, Adapters, set[str], str, bool], dict]
 """``evaluator(round, adapters, trained personas, run id, final)`` -> one evaluation history record."""
-NO_EVALUATION = ("none: devices send no held-out evaluation in a deployment (it would be a release of the users' "
-                 "data that no ledger covers)")
-
+NO_EVALUATION = (
+    "none: devices send no held-out evaluation in a deployment (it would be a release of the users' "
+    "data that no ledger covers)"
+)
 
 
 def initial_adapters(config: FederatedConfig, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -83,10 +92,18 @@ def _wait_for_nodes(grid: Grid, wanted: int, timeout: float = 600.0) -> int:
         time.sleep(1.0)
 
 
-def _secure_round(config: FederatedConfig, bound: float, label: str, observer: Callable | None, nodes: int) -> SecAggPlusRound:
-    return SecAggPlusRound(QuantizationPlan.for_bound(bound, max(1000, nodes)), num_shares=config.aggregation.secagg_shares,
-                           reconstruction_threshold=config.aggregation.secagg_threshold, timeout=config.aggregation.secagg_timeout,
-                           retries=config.aggregation.secagg_retries, observer=observer, label=label)
+def _secure_round(
+    config: FederatedConfig, bound: float, label: str, observer: Callable | None, nodes: int
+) -> SecAggPlusRound:
+    return SecAggPlusRound(
+        QuantizationPlan.for_bound(bound, max(1000, nodes)),
+        num_shares=config.aggregation.secagg_shares,
+        reconstruction_threshold=config.aggregation.secagg_threshold,
+        timeout=config.aggregation.secagg_timeout,
+        retries=config.aggregation.secagg_retries,
+        observer=observer,
+        label=label,
+    )
 
 
 def published_session(record: dict, per_persona: bool) -> dict:
@@ -96,7 +113,9 @@ def published_session(record: dict, per_persona: bool) -> dict:
     dropped are kept."""
     if not per_persona:
         return record
-    return {k: v for k, v in record.items() if k not in ("sampled", "aggregated", "dropped")} | {"dropped_at": sorted(record["dropped"])}
+    return {k: v for k, v in record.items() if k not in ("sampled", "aggregated", "dropped")} | {
+        "dropped_at": sorted(record["dropped"])
+    }
 
 
 @dataclass
@@ -117,8 +136,14 @@ class ServerRun:
     evaluations: list[dict] = field(default_factory=list)  # the evaluator's records (simulations only)
 
 
-def build_run(grid: Grid, config: FederatedConfig, run_dir: Path, expected_nodes: int | None,
-              observer: Callable | None, engine: str) -> ServerRun:
+def build_run(
+    grid: Grid,
+    config: FederatedConfig,
+    run_dir: Path,
+    expected_nodes: int | None,
+    observer: Callable | None,
+    engine: str,
+) -> ServerRun:
     """Load the model, wait for the nodes, and wire strategy, sessions and round mode for these settings."""
     run_id = uuid.uuid4().hex
     base, _ = load_base_model(config.model.model)
@@ -130,27 +155,38 @@ def build_run(grid: Grid, config: FederatedConfig, run_dir: Path, expected_nodes
     ledgers = {}
     if config.privacy.user_dp:
         ledger_dir = run_dir / "user-level-dp"
-        ledgers = {name: PrivacyLedger(ledger_dir / f"{name}.json", f"adapter:{name}", config.privacy.delta)
-                   for name in [GLOBAL, *config.persona_names]}
+        ledgers = {
+            name: PrivacyLedger(ledger_dir / f"{name}.json", f"adapter:{name}", config.privacy.delta)
+            for name in [GLOBAL, *config.persona_names]
+        }
     training = PersonaTraining(config, run_id, nodes, config.aggregation.secure_aggregation, state)
     strategy: Strategy = training
     if config.privacy.user_dp:
-        strategy = DifferentialPrivacyClientSideFixedClipping(training, config.privacy.user_noise_multiplier,
-                                                              user_clip_norm(config), training.num_sampled)
+        strategy = DifferentialPrivacyClientSideFixedClipping(
+            training, config.privacy.user_noise_multiplier, user_clip_norm(config), training.num_sampled
+        )
     sessions: list[SecAggPlusRound] = []
     session: Callable = default_fit_workflow
     if config.aggregation.secure_aggregation:
         record = engine != "simulation" and config.outputs.record_wire
         if record:  # this run's replies only, should the run directory be reused
             (run_dir / WIRE / MANIFEST).unlink(missing_ok=True)
-        session = _secure_round(config, config.aggregation.update_clip, "training",
-                                both(observer, ReceivedManifest(run_dir, "training") if record else None), nodes)
+        session = _secure_round(
+            config,
+            config.aggregation.update_clip,
+            "training",
+            both(observer, ReceivedManifest(run_dir, "training") if record else None),
+            nodes,
+        )
         sessions = [session]
-    return ServerRun(config, run_id, nodes, peft_model, state, training, strategy, round_mode(training, session),
-                     sessions, ledgers)
+    return ServerRun(
+        config, run_id, nodes, peft_model, state, training, strategy, round_mode(training, session), sessions, ledgers
+    )
 
 
-def play_round(run: ServerRun, grid: Grid, context: LegacyContext, server_round: int, evaluator: Evaluator | None) -> None:
+def play_round(
+    run: ServerRun, grid: Grid, context: LegacyContext, server_round: int, evaluator: Evaluator | None
+) -> None:
     """Collect the round's sums (whatever the mode), apply them, record the round, and evaluate if asked."""
     config, started = run.config, time.perf_counter()
     round_sums = run.mode.collect(grid, context, server_round)
@@ -158,17 +194,35 @@ def play_round(run: ServerRun, grid: Grid, context: LegacyContext, server_round:
         log(WARNING, "round %s: no update was applied (see the failures above)", server_round)
     else:
         agg = apply_round(run.state, round_sums, exact_counts=not config.privacy.user_dp)
-        record = {"round": server_round, "participants": round_sums.participants, "failures": round_sums.failures,
-                  "released": list(agg.released), "contributors": published_counts(agg.contributors, config.server.min_clients),
-                  "train_seconds": time.perf_counter() - started}
+        record = {
+            "round": server_round,
+            "participants": round_sums.participants,
+            "failures": round_sums.failures,
+            "released": list(agg.released),
+            "contributors": published_counts(agg.contributors, config.server.min_clients),
+            "train_seconds": time.perf_counter() - started,
+        }
         if config.privacy.user_dp:
             record["user_dp"] = run.training.account(run.ledgers, server_round)
         run.history.append(record)
-        log(INFO, "round %d: %d clients aggregated%s; updated %s", server_round, round_sums.participants,
-            " securely" if config.aggregation.secure_aggregation else "", ", ".join(record["released"]) or "no persona")
+        log(
+            INFO,
+            "round %d: %d clients aggregated%s; updated %s",
+            server_round,
+            round_sums.participants,
+            " securely" if config.aggregation.secure_aggregation else "",
+            ", ".join(record["released"]) or "no persona",
+        )
     if evaluator is not None and config.outputs.evaluate:
-        run.evaluations.append(evaluator(server_round, run.state.adapters, set(run.state.trained), run.run_id,
-                                         server_round >= config.server.rounds))
+        run.evaluations.append(
+            evaluator(
+                server_round,
+                run.state.adapters,
+                set(run.state.trained),
+                run.run_id,
+                server_round >= config.server.rounds,
+            )
+        )
 
 
 def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, started: float) -> dict:
@@ -179,20 +233,35 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
         "run_id": run.run_id,
         "engine": engine,
         "settings": config.to_record(),
-        "aggregation": {"secure": config.aggregation.secure_aggregation, "persona_hiding": config.aggregation.persona_hiding,
-                        "slots": list(training.slots), "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
-                        "adapter_floats": training.layout.adapter_size, "update_clip": config.aggregation.update_clip,
-                        "sessions": [published_session(h, not config.aggregation.persona_hiding) for s in run.sessions for h in s.history]},
-        "rounds": [{**t, **{f"eval_{k}": v for k, v in evaluated.get(t["round"], {}).items() if k != "round"}}
-                   for t in run.history],
+        "aggregation": {
+            "secure": config.aggregation.secure_aggregation,
+            "persona_hiding": config.aggregation.persona_hiding,
+            "slots": list(training.slots),
+            "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
+            "adapter_floats": training.layout.adapter_size,
+            "update_clip": config.aggregation.update_clip,
+            "sessions": [
+                published_session(h, not config.aggregation.persona_hiding) for s in run.sessions for h in s.history
+            ],
+        },
+        "rounds": [
+            {**t, **{f"eval_{k}": v for k, v in evaluated.get(t["round"], {}).items() if k != "round"}}
+            for t in run.history
+        ],
         "evaluation": evaluation_table(run.evaluations[-1]) if run.evaluations else None,
-        "evaluation_source": getattr(evaluator, "source", "the caller's evaluator") if evaluator is not None else NO_EVALUATION,
+        "evaluation_source": getattr(evaluator, "source", "the caller's evaluator")
+        if evaluator is not None
+        else NO_EVALUATION,
         "private_randomness": private_randomness(config),
         "wall_seconds": time.perf_counter() - started,
     }
     if config.privacy.user_dp:
-        payload["user_level_dp"] = {"noise_multiplier": config.privacy.user_noise_multiplier, "clip": user_clip_norm(config),
-                                    "delta": config.privacy.delta, "epsilon": {n: l.spent().epsilon if l.events() else 0.0 for n, l in run.ledgers.items()}}
+        payload["user_level_dp"] = {
+            "noise_multiplier": config.privacy.user_noise_multiplier,
+            "clip": user_clip_norm(config),
+            "delta": config.privacy.delta,
+            "epsilon": {n: ledger.spent().epsilon if ledger.events() else 0.0 for n, ledger in run.ledgers.items()},
+        }
     return payload
 
 
@@ -217,19 +286,37 @@ def write_outputs(run: ServerRun, run_dir: Path, payload: dict, engine: str, eva
 
 
 def _log_start(config: FederatedConfig, nodes: int, evaluator: Evaluator | None) -> None:
-    mode = ("SecAgg+ " + ("with persona hiding" if config.aggregation.persona_hiding else "per persona group")
-            if config.aggregation.secure_aggregation else "plain (the server sees each update)")
-    log(INFO, "fedpers: %d nodes, %d rounds, personas: %s; aggregation: %s; DP-SGD %s%s", nodes, config.server.rounds,
-        ", ".join(config.persona_names), mode, f"on (epsilon {config.privacy.epsilon}, delta {config.privacy.delta})" if config.privacy.dp else "off",
-        f"; user-level DP noise multiplier {config.privacy.user_noise_multiplier}" if config.privacy.user_dp else "")
+    mode = (
+        "SecAgg+ " + ("with persona hiding" if config.aggregation.persona_hiding else "per persona group")
+        if config.aggregation.secure_aggregation
+        else "plain (the server sees each update)"
+    )
+    log(
+        INFO,
+        "fedpers: %d nodes, %d rounds, personas: %s; aggregation: %s; DP-SGD %s%s",
+        nodes,
+        config.server.rounds,
+        ", ".join(config.persona_names),
+        mode,
+        f"on (epsilon {config.privacy.epsilon}, delta {config.privacy.delta})" if config.privacy.dp else "off",
+        f"; user-level DP noise multiplier {config.privacy.user_noise_multiplier}" if config.privacy.user_dp else "",
+    )
     if config.privacy.noise_seed >= 0:
         log(WARNING, "fedpers: %s", private_randomness(config)["source"])
     if config.outputs.evaluate and evaluator is None:
         log(INFO, "fedpers: held-out evaluation: %s", NO_EVALUATION)
 
 
-def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: Path, expected_nodes: int | None = None,
-               observer: Callable | None = None, engine: str = "deployment", evaluator: Evaluator | None = None) -> dict:
+def run_server(
+    grid: Grid,
+    context: Context,
+    config: FederatedConfig,
+    run_dir: Path,
+    expected_nodes: int | None = None,
+    observer: Callable | None = None,
+    engine: str = "deployment",
+    evaluator: Evaluator | None = None,
+) -> dict:
     """Run all rounds, then write adapters, metrics, the plot and the headline table into ``run_dir``.
 
     ``engine`` is ``"simulation"`` when ``fedpers simulate`` runs the app (it records the clients' side of the
@@ -241,7 +328,9 @@ def run_server(grid: Grid, context: Context, config: FederatedConfig, run_dir: P
     run = build_run(grid, config, run_dir, expected_nodes, observer, engine)
 
     def fit_workflow(grid: Grid, ctx: LegacyContext) -> None:
-        play_round(run, grid, ctx, int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]), evaluator)
+        play_round(
+            run, grid, ctx, int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]), evaluator
+        )
 
     def evaluate_workflow(grid: Grid, ctx: LegacyContext) -> None:
         """Devices are never asked for an evaluation (see the module docstring)."""
@@ -259,8 +348,11 @@ def private_randomness(config: FederatedConfig) -> dict:
     benchmark switch ``noise_seed``, which makes the run reproducible and not private."""
     if config.privacy.noise_seed < 0:
         return {"private": True, "source": "each device's OS CSPRNG, fresh for every training"}
-    return {"private": False, "source": f"noise_seed = {config.privacy.noise_seed} (benchmark switch): NOT PRIVATE, whoever "
-            "knows the seed can replay every batch and noise draw"}
+    return {
+        "private": False,
+        "source": f"noise_seed = {config.privacy.noise_seed} (benchmark switch): NOT PRIVATE, whoever "
+        "knows the seed can replay every batch and noise draw",
+    }
 
 
 def _write_audit(run_dir: Path) -> None:
@@ -269,8 +361,13 @@ def _write_audit(run_dir: Path) -> None:
 
     try:
         audit = write_audit(run_dir, progress=False)
-    except Exception as err:  # noqa: BLE001 - the adapters and metrics are written; the audit can be rebuilt
-        log(ERROR, "fedpers: the privacy audit report could not be written (%s); rebuild it with `fedpers audit %s`", err, run_dir)
+    except Exception as err:
+        log(
+            ERROR,
+            "fedpers: the privacy audit report could not be written (%s); rebuild it with `fedpers audit %s`",
+            err,
+            run_dir,
+        )
         return
     problems = sum(f["level"] == "problem" for f in audit["findings"])
     log(INFO, "fedpers: privacy audit report %s (%d problem(s))", run_dir / "audit.html", problems)
@@ -282,8 +379,13 @@ def config_from_context(context: Context) -> tuple[FederatedConfig, Path]:
     return FederatedConfig.from_record(context.run_config), Path(str(run_dir))
 
 
-def make_server_app(config: FederatedConfig | None = None, run_dir: Path | None = None, expected_nodes: int | None = None,
-                    observer: Callable | None = None, evaluator: Evaluator | None = None) -> ServerApp:
+def make_server_app(
+    config: FederatedConfig | None = None,
+    run_dir: Path | None = None,
+    expected_nodes: int | None = None,
+    observer: Callable | None = None,
+    evaluator: Evaluator | None = None,
+) -> ServerApp:
     """A ServerApp for the given settings (``fedpers simulate``), or one that reads them from the run config.
 
     ``observer(stage, message)`` sees every reply of a secure-aggregation session (tests)."""
@@ -292,8 +394,16 @@ def make_server_app(config: FederatedConfig | None = None, run_dir: Path | None 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg, directory = config_from_context(context) if config is None else (config, run_dir)
-        run_server(grid, context, cfg, Path(directory), expected_nodes, observer,
-                   engine="deployment" if config is None else "simulation", evaluator=evaluator)
+        run_server(
+            grid,
+            context,
+            cfg,
+            Path(directory),
+            expected_nodes,
+            observer,
+            engine="deployment" if config is None else "simulation",
+            evaluator=evaluator,
+        )
 
     return server_app
 

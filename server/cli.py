@@ -18,7 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from server.superlink import CONNECTION  # noqa: E402
+from server.superlink import CONNECTION
 
 SOURCE_APP = Path(__file__).resolve().parents[1]
 
@@ -43,8 +43,10 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     if args.print_command:
         print(" ".join(command))
         return 0
-    print(f"SuperLink on {args.host}:{args.port} (TLS, SuperNode authentication, no runtime installs); Ctrl+C stops it",
-          flush=True)
+    print(
+        f"SuperLink on {args.host}:{args.port} (TLS, SuperNode authentication, no runtime installs); Ctrl+C stops it",
+        flush=True,
+    )
     return run_foreground(command, flwr_env())
 
 
@@ -53,7 +55,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     from server.superlink import flwr_env, register_command
 
     connection = _connection(args)
-    failed = [str(key) for key in args.public_keys if run_foreground(register_command(key, connection), flwr_env()) != 0]
+    failed = [
+        str(key) for key in args.public_keys if run_foreground(register_command(key, connection), flwr_env()) != 0
+    ]
     if failed:
         print(f"fedpers-server: error: not registered: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -101,12 +105,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return status
     metrics_path = Path(settings["run_dir"]) / METRICS
     if not metrics_path.exists():
-        print(f"fedpers-server: error: the run ended without {metrics_path}; see `flwr ls {args.connection}` and "
-              f"`flwr log RUN_ID {args.connection} --show`", file=sys.stderr)
+        print(
+            f"fedpers-server: error: the run ended without {metrics_path}; see `flwr ls {args.connection}` and "
+            f"`flwr log RUN_ID {args.connection} --show`",
+            file=sys.stderr,
+        )
         return 1
     metrics = read_json(metrics_path)
     rounds = [round(r.get("train_seconds", 0.0), 1) for r in metrics.get("rounds", [])]
-    print(f"run finished in {metrics['wall_seconds']:.0f} s (training seconds per round: {rounds}); outputs in {settings['run_dir']}")
+    print(
+        f"run finished in {metrics['wall_seconds']:.0f} s (training seconds per round: {rounds}); outputs in {settings['run_dir']}"
+    )
     version = latest(settings["registry"])
     if version is not None:
         print(f"persona adapters published: {version.path}")
@@ -134,13 +143,19 @@ def cmd_versions(args: argparse.Namespace) -> int:
     for v in found:
         record = json.loads((v.path / VERSION_FILE).read_text())
         mark = "  <- latest" if current is not None and current.number == v.number else ""
-        print(f"{v.name}  {record['published_at']}  run {str(record['run_id'])[:8]}  {', '.join(record['adapters'])}{mark}")
+        print(
+            f"{v.name}  {record['published_at']}  run {str(record['run_id'])[:8]}  {', '.join(record['adapters'])}{mark}"
+        )
     return 0
 
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--superlink", metavar="HOST:PORT", help="write the flwr connection for this SuperLink address first")
-    p.add_argument("--root-certificates", type=Path, metavar="CA.crt", help="CA certificate of the SuperLink (with --superlink)")
+    p.add_argument(
+        "--superlink", metavar="HOST:PORT", help="write the flwr connection for this SuperLink address first"
+    )
+    p.add_argument(
+        "--root-certificates", type=Path, metavar="CA.crt", help="CA certificate of the SuperLink (with --superlink)"
+    )
     p.add_argument("--connection", default=CONNECTION, help="name of the flwr connection (default: %(default)s)")
 
 
@@ -155,46 +170,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("superlink", help="run a SuperLink with TLS and SuperNode authentication (foreground)",
-                       description="Run flower-superlink with the certificates of `fedpers certs DIR` (ca.crt, server.crt, "
-                       "server.key), SuperNode authentication (only registered node keys connect) and no runtime "
-                       "dependency installation. One HTTPS port serves SuperNodes and the flwr CLI.")
+    p = sub.add_parser(
+        "superlink",
+        help="run a SuperLink with TLS and SuperNode authentication (foreground)",
+        description="Run flower-superlink with the certificates of `fedpers certs DIR` (ca.crt, server.crt, "
+        "server.key), SuperNode authentication (only registered node keys connect) and no runtime "
+        "dependency installation. One HTTPS port serves SuperNodes and the flwr CLI.",
+    )
     p.add_argument("--certs", type=Path, required=True, metavar="DIR", help="directory written by `fedpers certs`")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for other machines (default: %(default)s)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for other machines (default: %(default)s)"
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--database", type=Path, help="SQLite file for the SuperLink's state (default: in memory)")
-    p.add_argument("--print-command", action="store_true", help="print the flower-superlink command instead of running it")
+    p.add_argument(
+        "--print-command", action="store_true", help="print the flower-superlink command instead of running it"
+    )
     p.set_defaults(func=cmd_superlink)
 
-    p = sub.add_parser("register", help="register device public keys with the SuperLink",
-                       description="Register each NODE.pub (OpenSSH ECDSA public key, e.g. from `fedpers certs`) through "
-                       "the Control API (`flwr supernode register`). Only registered nodes may connect.")
+    p = sub.add_parser(
+        "register",
+        help="register device public keys with the SuperLink",
+        description="Register each NODE.pub (OpenSSH ECDSA public key, e.g. from `fedpers certs`) through "
+        "the Control API (`flwr supernode register`). Only registered nodes may connect.",
+    )
     p.add_argument("public_keys", nargs="+", type=Path, metavar="NODE.pub")
     _add_connection_args(p)
     p.set_defaults(func=cmd_register)
 
-    p = sub.add_parser("run", help="run the fedpers ServerApp on the SuperLink and publish its adapters",
-                       description="Submit the fedpers app (`flwr run APP CONNECTION`) with the given settings, follow its "
-                       "log until it ends, and publish its adapters as the next registry version. Settings: the app's "
-                       "defaults < --config FILE.toml < --run-config. Set min-nodes to the number of devices to wait for.")
-    p.add_argument("--app", type=Path, default=SOURCE_APP, help="the fedpers app directory with pyproject.toml (default: %(default)s)")
-    p.add_argument("--config", type=Path, metavar="FILE.toml", help="settings file (as for `fedpers simulate --config`)")
-    p.add_argument("--run-config", metavar="'KEY=VALUE ...'", help="settings, e.g. 'rounds=2 model=\"tiny\" min-nodes=3'")
-    p.add_argument("--run-dir", type=Path, help="where the ServerApp writes its outputs (default: runs/deploy-<time>, absolute)")
+    p = sub.add_parser(
+        "run",
+        help="run the fedpers ServerApp on the SuperLink and publish its adapters",
+        description="Submit the fedpers app (`flwr run APP CONNECTION`) with the given settings, follow its "
+        "log until it ends, and publish its adapters as the next registry version. Settings: the app's "
+        "defaults < --config FILE.toml < --run-config. Set min-nodes to the number of devices to wait for.",
+    )
+    p.add_argument(
+        "--app",
+        type=Path,
+        default=SOURCE_APP,
+        help="the fedpers app directory with pyproject.toml (default: %(default)s)",
+    )
+    p.add_argument(
+        "--config", type=Path, metavar="FILE.toml", help="settings file (as for `fedpers simulate --config`)"
+    )
+    p.add_argument(
+        "--run-config", metavar="'KEY=VALUE ...'", help="settings, e.g. 'rounds=2 model=\"tiny\" min-nodes=3'"
+    )
+    p.add_argument(
+        "--run-dir", type=Path, help="where the ServerApp writes its outputs (default: runs/deploy-<time>, absolute)"
+    )
     p.add_argument("--registry", type=Path, help="persona registry directory (default: runs/registry, absolute)")
     p.add_argument("--no-stream", action="store_true", help="submit the run and return (follow it with flwr log)")
     p.add_argument("--print-command", action="store_true", help="print the flwr run command instead of running it")
     _add_connection_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("publish", help="publish a run directory's adapters as the next registry version",
-                       description="Copy RUN_DIR's adapters, run.json, metrics.json and audit report (if present) into "
-                       "REGISTRY/vNNNN and point REGISTRY/latest at it (e.g. again after `fedpers audit`).")
+    p = sub.add_parser(
+        "publish",
+        help="publish a run directory's adapters as the next registry version",
+        description="Copy RUN_DIR's adapters, run.json, metrics.json and audit report (if present) into "
+        "REGISTRY/vNNNN and point REGISTRY/latest at it (e.g. again after `fedpers audit`).",
+    )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--registry", type=Path, required=True, metavar="DIR")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("versions", help="list the registry's versions", description="List REGISTRY's versions, oldest first.")
+    p = sub.add_parser(
+        "versions", help="list the registry's versions", description="List REGISTRY's versions, oldest first."
+    )
     p.add_argument("--registry", type=Path, required=True, metavar="DIR")
     p.add_argument("--json", action="store_true", help="the version records as JSON")
     p.set_defaults(func=cmd_versions)

@@ -9,24 +9,36 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-from peft import PeftModel  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+from peft import PeftModel
 
-from fedpers.federated import FederatedConfig  # noqa: E402
-from fedpers.adapters import GLOBAL  # noqa: E402
-from fedpers.rundir import METRICS, RUN_CONFIG, save_adapter, write_json  # noqa: E402
+from fedpers.adapters import GLOBAL
+from fedpers.federated import FederatedConfig
+from fedpers.rundir import METRICS, RUN_CONFIG, save_adapter, write_json
 
-COLUMNS = (("base", "base model"), ("global", "global adapter"), ("persona", "persona adapter"),
-           ("persona-embedding", "persona + user embedding"))
+COLUMNS = (
+    ("base", "base model"),
+    ("global", "global adapter"),
+    ("persona", "persona adapter"),
+    ("persona-embedding", "persona + user embedding"),
+)
 
 
 def write_run_config(run_dir: Path, config: FederatedConfig, run_id: str) -> None:
     lora = asdict(config.lora())
     lora["target_modules"] = list(lora["target_modules"])
-    write_json(run_dir / RUN_CONFIG, {"run_id": run_id, "model": config.model.model, "personas": config.persona_names,
-                                      "lora": lora, "settings": config.to_record()})
+    write_json(
+        run_dir / RUN_CONFIG,
+        {
+            "run_id": run_id,
+            "model": config.model.model,
+            "personas": config.persona_names,
+            "lora": lora,
+            "settings": config.to_record(),
+        },
+    )
 
 
 def save_adapters(run_dir: Path, model: PeftModel, adapters: dict[str, dict[str, np.ndarray]]) -> None:
@@ -44,8 +56,11 @@ def evaluation_table(final: dict) -> dict:
         values = [(rows[p][key], rows[p]["users"]) for p in scored if rows[p][key] is not None]
         if values:
             mean[key] = sum(v * n for v, n in values) / sum(n for _, n in values)
-    wins = sum(1 for p in scored if rows[p]["persona"] is not None and rows[p]["global"] is not None
-               and rows[p]["persona"] < rows[p]["global"])
+    wins = sum(
+        1
+        for p in scored
+        if rows[p]["persona"] is not None and rows[p]["global"] is not None and rows[p]["persona"] < rows[p]["global"]
+    )
     return {"rows": rows, "mean": mean, "persona_beats_global": wins, "personas": len(scored)}
 
 
@@ -54,7 +69,11 @@ def dp_note(config: FederatedConfig) -> str:
     if not config.privacy.dp:
         return "DP off"
     note = f"DP-SGD on, per-user epsilon <= {config.privacy.epsilon} (delta {config.privacy.delta})"
-    return note if config.privacy.noise_seed < 0 else f"{note}, but NOT PRIVATE: DP randomness seeded by noise_seed (benchmark switch)"
+    return (
+        note
+        if config.privacy.noise_seed < 0
+        else f"{note}, but NOT PRIVATE: DP randomness seeded by noise_seed (benchmark switch)"
+    )
 
 
 def format_table(table: dict, note: str) -> str:
@@ -65,9 +84,13 @@ def format_table(table: dict, note: str) -> str:
     lines = [f"Held-out loss (nats per assistant token, lower is better) — {note}", header, "-" * len(header)]
     for p, row in table["rows"].items():
         lines.append(f"{p:<18}{row['users']:>6}" + "".join(f"{cell(row[k]):>26}" for k, _ in COLUMNS))
-    lines.append(f"{'mean':<18}{sum(r['users'] for r in table['rows'].values()):>6}"
-                 + "".join(f"{cell(table['mean'].get(k)):>26}" for k, _ in COLUMNS))
-    lines.append(f"persona adapter below global adapter for {table['persona_beats_global']} of {table['personas']} personas")
+    lines.append(
+        f"{'mean':<18}{sum(r['users'] for r in table['rows'].values()):>6}"
+        + "".join(f"{cell(table['mean'].get(k)):>26}" for k, _ in COLUMNS)
+    )
+    lines.append(
+        f"persona adapter below global adapter for {table['persona_beats_global']} of {table['personas']} personas"
+    )
     return "\n".join(lines)
 
 

@@ -27,10 +27,18 @@ class ReceivedManifest:
     def __call__(self, stage: str, reply: Message) -> None:
         if reply.has_error():
             return
-        entry = {"recorded_by": "server", "node_id": reply.metadata.src_node_id, "partition_id": None,
-                 "round": message_round(reply), "message_type": reply.metadata.message_type, "task": None,
-                 "session": self.session, "secagg_stage": stage, "received_at": time.time(),
-                 **reply_contents(reply, payload_bytes(reply))}
+        entry = {
+            "recorded_by": "server",
+            "node_id": reply.metadata.src_node_id,
+            "partition_id": None,
+            "round": message_round(reply),
+            "message_type": reply.metadata.message_type,
+            "task": None,
+            "session": self.session,
+            "secagg_stage": stage,
+            "received_at": time.time(),
+            **reply_contents(reply, payload_bytes(reply)),
+        }
         append_manifest(self.path, entry)
 
 

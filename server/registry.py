@@ -50,8 +50,11 @@ def versions(registry: Path | str) -> list[Version]:
     root = Path(registry)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and not p.is_symlink()
-             and (m := _VERSION.fullmatch(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if p.is_dir() and not p.is_symlink() and (m := _VERSION.fullmatch(p.name))
+    ]
     return [Version(n, p) for n, p in sorted(found)]
 
 
@@ -80,7 +83,11 @@ def _check_run_dir(run_dir: Path) -> list[str]:
     if not (run_dir / RUN_CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir / RUN_CONFIG}: missing (is {run_dir} a finished fedpers run directory?)")
     adapters = run_dir / ADAPTERS
-    names = sorted(d.name for d in adapters.iterdir() if (d / "adapter_model.safetensors").is_file()) if adapters.is_dir() else []
+    names = (
+        sorted(d.name for d in adapters.iterdir() if (d / "adapter_model.safetensors").is_file())
+        if adapters.is_dir()
+        else []
+    )
     if not names:
         raise FileNotFoundError(f"{adapters}: no adapters (adapter_model.safetensors) to publish")
     return names
@@ -114,9 +121,16 @@ def publish(run_dir: Path | str, registry: Path | str) -> Version:
         run = read_json(run_dir / RUN_CONFIG)
         number = (versions(registry) or [Version(0, registry)])[-1].number + 1
         while True:
-            record = {"version": number, "name": version_name(number), "run_id": run.get("run_id"), "source": str(run_dir),
-                      "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "personas": run.get("personas", []), "adapters": names, "files": files}
+            record = {
+                "version": number,
+                "name": version_name(number),
+                "run_id": run.get("run_id"),
+                "source": str(run_dir),
+                "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "personas": run.get("personas", []),
+                "adapters": names,
+                "files": files,
+            }
             write_json(staging / VERSION_FILE, record)
             try:
                 os.rename(staging, registry / version_name(number))  # fails if another publisher took the number

@@ -100,13 +100,19 @@ class PersonaGroupRounds:
             return
         instructions = self.training.instructions(server_round, task="persona")
         content = RecordDict({"config": ConfigRecord(instructions.to_record())})
-        replies = grid.send_and_receive([Message(content=content, dst_node_id=n, message_type=MessageType.QUERY,
-                                                 group_id=str(server_round)) for n in unknown],
-                                        timeout=self.training.config.aggregation.secagg_timeout)
+        replies = grid.send_and_receive(
+            [
+                Message(content=content, dst_node_id=n, message_type=MessageType.QUERY, group_id=str(server_round))
+                for n in unknown
+            ],
+            timeout=self.training.config.aggregation.secagg_timeout,
+        )
         for reply in replies:
             if not reply.has_error():
                 index = int(reply.content["metrics"][PERSONA_INDEX])
-                self.personas[reply.metadata.src_node_id] = persona_from_index(self.training.config.persona_names, index)
+                self.personas[reply.metadata.src_node_id] = persona_from_index(
+                    self.training.config.persona_names, index
+                )
 
     def collect(self, grid: Grid, context: LegacyContext, server_round: int) -> RoundSums | None:
         training = self.training

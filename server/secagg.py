@@ -29,6 +29,7 @@ import flwr.compat.common.recorddict_compat as compat
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import ndarrays_to_parameters
+from flwr.common.logger import log
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
 from flwr.common.secure_aggregation.ndarrays_arithmetic import (
@@ -39,7 +40,6 @@ from flwr.common.secure_aggregation.ndarrays_arithmetic import (
     parameters_subtraction,
 )
 from flwr.common.secure_aggregation.quantization import dequantize
-from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
@@ -88,10 +88,26 @@ class SecAggPlusRound(SecAggPlusWorkflow):
     """One SecAgg+ aggregation per call (see the module docstring); ``history`` records each attempt,
     with its wall time and ``server_seconds``, the part not spent waiting for clients."""
 
-    def __init__(self, plan: QuantizationPlan, *, num_shares: int | float = 1.0, reconstruction_threshold: int | float = 0.5,
-                 timeout: float = 600.0, retries: int = 2, observer: Callable | None = None, label: str = "training") -> None:
-        super().__init__(num_shares, reconstruction_threshold, max_weight=plan.max_weight, clipping_range=plan.clipping_range,
-                         quantization_range=plan.quantization_range, modulus_range=plan.modulus_range, timeout=timeout)
+    def __init__(
+        self,
+        plan: QuantizationPlan,
+        *,
+        num_shares: int | float = 1.0,
+        reconstruction_threshold: int | float = 0.5,
+        timeout: float = 600.0,
+        retries: int = 2,
+        observer: Callable | None = None,
+        label: str = "training",
+    ) -> None:
+        super().__init__(
+            num_shares,
+            reconstruction_threshold,
+            max_weight=plan.max_weight,
+            clipping_range=plan.clipping_range,
+            quantization_range=plan.quantization_range,
+            modulus_range=plan.modulus_range,
+            timeout=timeout,
+        )
         self.plan = plan
         self.retries = retries
         self.observer = observer
@@ -118,39 +134,61 @@ class SecAggPlusRound(SecAggPlusWorkflow):
                 if lost:
                     record["dropped"][name] = len(lost)
                     reasons = "; ".join(_reason(f) for f in state.failures[errors:])
-                    log(WARNING, "round %d %s: %d client(s) dropped during %s; continuing with %d%s",
-                        server_round, self.label, len(lost), name, len(state.active_node_ids),
-                        f" (client errors: {reasons})" if reasons else "")
+                    log(
+                        WARNING,
+                        "round %d %s: %d client(s) dropped during %s; continuing with %d%s",
+                        server_round,
+                        self.label,
+                        len(lost),
+                        name,
+                        len(state.active_node_ids),
+                        f" (client errors: {reasons})" if reasons else "",
+                    )
                 if not ok:
                     failed_at = name
                     break
             seconds = time.perf_counter() - started
-            record |= {"completed": failed_at is None, "failed_stage": failed_at, "seconds": seconds,
-                       "server_seconds": seconds - (grid.waited - waited),
-                       "sampled": len(state.sampled_node_ids), "aggregated": len(state.legacy_results)}
+            record |= {
+                "completed": failed_at is None,
+                "failed_stage": failed_at,
+                "seconds": seconds,
+                "server_seconds": seconds - (grid.waited - waited),
+                "sampled": len(state.sampled_node_ids),
+                "aggregated": len(state.legacy_results),
+            }
             self.history.append(record)
             if failed_at is None:
                 return
-            log(ERROR, "round %d %s: secure aggregation failed at the %s stage (attempt %d of %d)%s",
-                server_round, self.label, failed_at, attempt, self.retries + 1,
-                "; retrying from setup" if attempt <= self.retries else "")
+            log(
+                ERROR,
+                "round %d %s: secure aggregation failed at the %s stage (attempt %d of %d)%s",
+                server_round,
+                self.label,
+                failed_at,
+                attempt,
+                self.retries + 1,
+                "; retrying from setup" if attempt <= self.retries else "",
+            )
         raise SecureAggregationError(
             f"round {server_round} {self.label}: secure aggregation failed on all {self.retries + 1} attempts "
-            f"(last at the {self.history[-1]['failed_stage']} stage); no update was applied")
+            f"(last at the {self.history[-1]['failed_stage']} stage); no update was applied"
+        )
 
     def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
         ok = super().share_keys_stage(grid, context, state)
         # Only clients whose key shares went out can have masks in anyone's vector.
         holders = set(state.active_node_ids)
         state.sampled_node_ids = holders
-        state.nid_to_neighbours = {nid: nbrs & holders for nid, nbrs in state.nid_to_neighbours.items() if nid in holders}
+        state.nid_to_neighbours = {
+            nid: nbrs & holders for nid, nbrs in state.nid_to_neighbours.items() if nid in holders
+        }
         return ok and bool(holders) and self._check_threshold(state)
 
     def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
         ok = super().collect_masked_vectors_stage(grid, context, state)
         return ok and bool(state.legacy_results)
 
-    def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:  # noqa: C901
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
         """Flower's unmask stage with keystream masks; dropouts reach the strategy only through the log."""
         cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
         current_round = cast(int, cfg[WorkflowKey.CURRENT_ROUND])
@@ -159,10 +197,19 @@ class SecAggPlusRound(SecAggPlusWorkflow):
 
         def make(nid: int) -> Message:
             neighbours = state.nid_to_neighbours[nid]
-            record = ConfigRecord({Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: list(neighbours & active_nids),
-                                   Key.DEAD_NODE_ID_LIST: list(neighbours & dead_nids)})
-            return Message(content=RecordDict({RECORD_KEY_CONFIGS: record}), dst_node_id=nid,
-                           message_type=MessageType.TRAIN, group_id=str(current_round))
+            record = ConfigRecord(
+                {
+                    Key.STAGE: Stage.UNMASK,
+                    Key.ACTIVE_NODE_ID_LIST: list(neighbours & active_nids),
+                    Key.DEAD_NODE_ID_LIST: list(neighbours & dead_nids),
+                }
+            )
+            return Message(
+                content=RecordDict({RECORD_KEY_CONFIGS: record}),
+                dst_node_id=nid,
+                message_type=MessageType.TRAIN,
+                group_id=str(current_round),
+            )
 
         msgs = grid.send_and_receive([make(nid) for nid in active_nids], timeout=self.timeout)
         state.active_node_ids = {m.metadata.src_node_id for m in msgs if not m.has_error()}
@@ -173,7 +220,9 @@ class SecAggPlusRound(SecAggPlusWorkflow):
                 state.failures.append(Exception(msg.error))
                 continue
             res = msg.content.config_records[RECORD_KEY_CONFIGS]
-            for owner, share in zip(cast(list[int], res[Key.NODE_ID_LIST]), cast(list[bytes], res[Key.SHARE_LIST]), strict=True):
+            for owner, share in zip(
+                cast(list[int], res[Key.NODE_ID_LIST]), cast(list[bytes], res[Key.SHARE_LIST]), strict=True
+            ):
                 if owner in shares:
                     shares[owner].append(share)
 
@@ -181,17 +230,29 @@ class SecAggPlusRound(SecAggPlusWorkflow):
         shapes = get_parameters_shape(masked)
         for nid, share_list in shares.items():
             if len(share_list) < state.threshold:
-                log(ERROR, "round %d %s: %d of %d shares needed to remove the masks of one client",
-                    current_round, self.label, len(share_list), state.threshold)
+                log(
+                    ERROR,
+                    "round %d %s: %d of %d shares needed to remove the masks of one client",
+                    current_round,
+                    self.label,
+                    len(share_list),
+                    state.threshold,
+                )
                 return False
             secret = combine_shares(share_list)
             if nid in active_nids:  # the client's private mask
                 masked = parameters_subtraction(masked, keystream_masks(secret, state.mod_range, shapes))
             else:  # a client that dropped after sharing keys: remove its pairwise masks
                 for other in state.nid_to_neighbours[nid] - {nid}:
-                    key = generate_shared_key(bytes_to_private_key(secret), bytes_to_public_key(state.nid_to_publickeys[other][0]))
+                    key = generate_shared_key(
+                        bytes_to_private_key(secret), bytes_to_public_key(state.nid_to_publickeys[other][0])
+                    )
                     pairwise = keystream_masks(key, state.mod_range, shapes)
-                    masked = parameters_addition(masked, pairwise) if nid > other else parameters_subtraction(masked, pairwise)
+                    masked = (
+                        parameters_addition(masked, pairwise)
+                        if nid > other
+                        else parameters_subtraction(masked, pairwise)
+                    )
         total = parameters_mod(masked, state.mod_range)
         q_total, total = factor_extract(total)
         aggregated = dequantize(total, state.clipping_range, state.quantization_range)
@@ -207,6 +268,8 @@ class SecAggPlusRound(SecAggPlusWorkflow):
         log(INFO, "round %d %s: securely aggregated %d clients", current_round, self.label, len(results))
         parameters_aggregated, metrics = context.strategy.aggregate_fit(current_round, results, [])
         if parameters_aggregated:
-            context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(parameters_aggregated, True)
+            context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+                parameters_aggregated, True
+            )
             context.history.add_metrics_distributed_fit(server_round=current_round, metrics=metrics)
         return True

@@ -84,7 +84,9 @@ class Received:
 class PersonaTraining(FitOnly):
     """Sampling, the round instructions, and the sum of the uploads (see the module docstring)."""
 
-    def __init__(self, config: FederatedConfig, run_id: str, num_nodes: int, secure: bool, state: PersonaAdapters) -> None:
+    def __init__(
+        self, config: FederatedConfig, run_id: str, num_nodes: int, secure: bool, state: PersonaAdapters
+    ) -> None:
         super().__init__()
         self.config, self.run_id, self.num_nodes, self.secure, self.state = config, run_id, num_nodes, secure, state
         self.slots = round_slots(config)
@@ -94,7 +96,10 @@ class PersonaTraining(FitOnly):
 
     @property
     def num_sampled(self) -> int:
-        return max(min(self.config.server.min_clients, self.num_nodes), round(self.config.server.fraction_train * self.num_nodes))
+        return max(
+            min(self.config.server.min_clients, self.num_nodes),
+            round(self.config.server.fraction_train * self.num_nodes),
+        )
 
     @property
     def count_value(self) -> float:
@@ -105,13 +110,16 @@ class PersonaTraining(FitOnly):
         return self.layout.zeros() if self.config.privacy.user_dp else []
 
     def instructions(self, server_round: int, task: str = "train") -> RoundInstructions:
-        return RoundInstructions.for_round(self.config, self.run_id, server_round, self.state.adapters,
-                                           self.state.trained, task, self.count_value)
+        return RoundInstructions.for_round(
+            self.config, self.run_id, server_round, self.state.adapters, self.state.trained, task, self.count_value
+        )
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return ndarrays_to_parameters(self.reference())
 
-    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         if self.group is not None:
             clients = [c for c in client_manager.all().values() if c.node_id in self.group]
         else:
@@ -119,7 +127,9 @@ class PersonaTraining(FitOnly):
         fit_ins = FitIns(ndarrays_to_parameters(self.reference()), self.instructions(server_round).to_record())
         return [(client, fit_ins) for client in clients]
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list) -> tuple[Parameters | None, dict]:
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list
+    ) -> tuple[Parameters | None, dict]:
         """The sum of the uploads (scaled by ``1 / num_sampled`` under user-level DP); what arrived goes to ``received``."""
         if not results:
             log(INFO, "round %d: no uploads to aggregate", server_round)
@@ -151,7 +161,11 @@ class PersonaTraining(FitOnly):
         user-level ledger on the user's device, charged before the upload left and composed across runs."""
         spent = {}
         for name, ledger in ledgers.items():
-            entry = ledger.record(user_level_entry(self.config.privacy.user_noise_multiplier, self.config.aggregation.update_clip, round=server_round))
+            entry = ledger.record(
+                user_level_entry(
+                    self.config.privacy.user_noise_multiplier, self.config.aggregation.update_clip, round=server_round
+                )
+            )
             ledger.complete(entry)
             spent[name] = ledger.spent().epsilon
         return spent
@@ -159,8 +173,14 @@ class PersonaTraining(FitOnly):
 
 def persona_adapters(config: FederatedConfig, adapters: dict, trained: Sequence[str] = ()) -> PersonaAdapters:
     """Round 0 of a run with these settings: ``adapters`` with the configured server optimizer and gate."""
-    return PersonaAdapters.start(adapters, config.persona_names, config.server.min_clients, config.server.server_optimizer,
-                                 config.server.server_lr, trained)
+    return PersonaAdapters.start(
+        adapters,
+        config.persona_names,
+        config.server.min_clients,
+        config.server.server_optimizer,
+        config.server.server_lr,
+        trained,
+    )
 
 
 def user_clip_norm(config: FederatedConfig) -> float:

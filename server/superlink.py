@@ -34,7 +34,9 @@ class SuperLinkConfig:
     def __post_init__(self) -> None:
         for name in (CA_CERT, SERVER_CERT, SERVER_KEY):
             if not (Path(self.certs) / name).is_file():
-                raise FileNotFoundError(f"{Path(self.certs) / name}: missing (create the certificates with `fedpers certs DIR`)")
+                raise FileNotFoundError(
+                    f"{Path(self.certs) / name}: missing (create the certificates with `fedpers certs DIR`)"
+                )
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be in 1..65535, got {self.port}")
 
@@ -42,10 +44,21 @@ class SuperLinkConfig:
 def superlink_command(config: SuperLinkConfig) -> list[str]:
     """``flower-superlink`` with TLS, SuperNode authentication and no runtime dependency installation."""
     certs = Path(config.certs).resolve()
-    command = [executable("flower-superlink"),
-               "--ssl-ca-certfile", str(certs / CA_CERT), "--ssl-certfile", str(certs / SERVER_CERT),
-               "--ssl-keyfile", str(certs / SERVER_KEY), "--enable-supernode-auth",
-               "--disable-runtime-dependency-installation", "--host", config.host, "--port", str(config.port)]
+    command = [
+        executable("flower-superlink"),
+        "--ssl-ca-certfile",
+        str(certs / CA_CERT),
+        "--ssl-certfile",
+        str(certs / SERVER_CERT),
+        "--ssl-keyfile",
+        str(certs / SERVER_KEY),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        config.host,
+        "--port",
+        str(config.port),
+    ]
     if config.database is not None:
         command += ["--database", str(Path(config.database).resolve())]
     return command
@@ -80,7 +93,10 @@ def write_connection(address: str, root_certificates: Path, name: str = CONNECTI
         config = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: {err}") from None
-    config.setdefault("superlink", {})[name] = {"address": address, "root-certificates": str(Path(root_certificates).resolve())}
+    config.setdefault("superlink", {})[name] = {
+        "address": address,
+        "root-certificates": str(Path(root_certificates).resolve()),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(config))
     return path
@@ -108,7 +124,9 @@ def run_config_arg(settings: Mapping[str, object]) -> str:
     return " ".join(f"{key.replace('_', '-')}={_toml_value(key, value)}" for key, value in settings.items())
 
 
-def run_command(app: Path, settings: Mapping[str, object], connection: str = CONNECTION, stream: bool = True) -> list[str]:
+def run_command(
+    app: Path, settings: Mapping[str, object], connection: str = CONNECTION, stream: bool = True
+) -> list[str]:
     """``flwr run APP CONNECTION --run-config ...`` (``--stream``: follow the log until the run ends)."""
     if not (Path(app) / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{app}: no pyproject.toml (the fedpers app directory, with [tool.flwr.app])")

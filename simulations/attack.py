@@ -25,12 +25,24 @@ from fedpers.rundir import load_adapters, write_json
 
 def attack_settings(config: FederatedConfig, dp: bool, canaries: Path, run_dir: Path) -> FederatedConfig:
     """The audited settings with canaries, a fresh state directory, and no evaluation, wire recording or audit of its own."""
-    return config.replace(dp=dp, canaries=str(canaries), evaluate=False, audit=False, audit_attack=False,
-                               record_wire=False, state_dir=str(Path(run_dir) / "client-state"))
+    return config.replace(
+        dp=dp,
+        canaries=str(canaries),
+        evaluate=False,
+        audit=False,
+        audit_attack=False,
+        record_wire=False,
+        state_dir=str(Path(run_dir) / "client-state"),
+    )
 
 
-def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | None = None,
-               personas: dict[str, str] | None = None, runs: tuple[str, ...] = ("dp", "no-dp")) -> dict:
+def run_attack(
+    config: FederatedConfig,
+    run_dir: Path,
+    attack: AttackConfig | None = None,
+    personas: dict[str, str] | None = None,
+    runs: tuple[str, ...] = ("dp", "no-dp"),
+) -> dict:
     """Run the canary simulations (audited DP settings, and DP off), attack them, write ``attack/attack.json``.
 
     ``runs`` picks which of the two to train (a DP-off audit has only ``no-dp``)."""
@@ -48,12 +60,20 @@ def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | No
     root.mkdir(parents=True, exist_ok=True)
     path = root / "canaries.jsonl"
     write_jsonl(path, [copy for c in canaries if c.inserted for copy in c.copies(attack.repeats)])
-    result = {"settings": dataclasses.asdict(attack), "secret_digits": len(canaries[0].secret.split()),
-              "inserted": sum(c.inserted for c in canaries), "repeats": attack.repeats, "runs": {}}
+    result = {
+        "settings": dataclasses.asdict(attack),
+        "secret_digits": len(canaries[0].secret.split()),
+        "inserted": sum(c.inserted for c in canaries),
+        "repeats": attack.repeats,
+        "runs": {},
+    }
     scorer = CanaryScorer(config, canaries, attack)  # the base model's losses: once, for both runs
     result["base_scoring_seconds"] = scorer.base_seconds
     order = ("dp", "no-dp")
-    for name, dp in (("no-dp", False), ("dp", config.privacy.dp)):  # the power check first: its figures matter even alone
+    for name, dp in (
+        ("no-dp", False),
+        ("dp", config.privacy.dp),
+    ):  # the power check first: its figures matter even alone
         if name not in runs or (name == "dp" and not config.privacy.dp):
             continue
         run = root / name
@@ -64,7 +84,8 @@ def run_attack(config: FederatedConfig, run_dir: Path, attack: AttackConfig | No
         scored = scorer.score(load_adapters(run))
         seconds = {"training": trained - start, "scoring": time.perf_counter() - trained}
         result["runs"][name] = {"dp": dp, "run_dir": str(run), "seconds": seconds} | summarize(
-            scored, config.privacy.delta, theoretical_epsilon(variant, canaries, attack.repeats))
+            scored, config.privacy.delta, theoretical_epsilon(variant, canaries, attack.repeats)
+        )
         result["runs"] = {k: result["runs"][k] for k in order if k in result["runs"]}  # shown side by side: DP first
         write_json(root / ATTACK_FILE, result)
     return result

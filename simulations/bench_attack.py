@@ -34,12 +34,15 @@ def scoring_cost(config: FederatedConfig, attack: AttackConfig, sample: int) -> 
 
     personas = {c.user_id: c.persona for c in conversations(config) if c.persona}
     canaries = make_canaries(personas, sample, attack.seed or 0)
-    scorer = CanaryScorer(config, canaries, AttackConfig(canaries=sample, candidates=attack.candidates, seed=attack.seed,
-                                                         progress=False))
+    scorer = CanaryScorer(
+        config, canaries, AttackConfig(canaries=sample, candidates=attack.candidates, seed=attack.seed, progress=False)
+    )
     tokenizer_pad = scorer.tokenizer.pad_token_id
     out = {"whole": 0.0, "prefix": 0.0}
-    ways = {"whole": lambda s: full_secret_losses(scorer.model, s, tokenizer_pad),
-            "prefix": lambda s: secret_losses(scorer.model, s, attack.batch_size)}
+    ways = {
+        "whole": lambda s: full_secret_losses(scorer.model, s, tokenizer_pad),
+        "prefix": lambda s: secret_losses(scorer.model, s, attack.batch_size),
+    }
     with scorer.model.lm.disable_adapter():
         for s in scorer.sets:
             for name, way in ways.items():
@@ -79,9 +82,17 @@ def lines_for(config: FederatedConfig, attack: AttackConfig, result: dict, cost:
         "| | " + " | ".join(label[n] for n in names) + " |",
         "|---|" + "---|" * len(names),
         row("membership AUC", lambda r: f"{r['auc']:.3f}"),
-        row("epsilon lower bound", lambda r: f"{r['lower_bound']['epsilon']:.2f} "
-            f"({r['lower_bound']['best']['correct']} of {r['lower_bound']['best']['guesses']} guesses right)"),
-        row("exposure inserted, mean / max (bits)", lambda r: f"{r['exposure']['inserted_mean']:.1f} / {r['exposure']['inserted_max']:.1f}"),
+        row(
+            "epsilon lower bound",
+            lambda r: (
+                f"{r['lower_bound']['epsilon']:.2f} "
+                f"({r['lower_bound']['best']['correct']} of {r['lower_bound']['best']['guesses']} guesses right)"
+            ),
+        ),
+        row(
+            "exposure inserted, mean / max (bits)",
+            lambda r: f"{r['exposure']['inserted_mean']:.1f} / {r['exposure']['inserted_max']:.1f}",
+        ),
         row("exposure never inserted, mean (bits)", lambda r: f"{r['exposure']['held_back_mean']:.1f}"),
         row("theoretical epsilon", theory),
         row("training wall time (s)", lambda r: f"{r['seconds']['training']:.0f}"),
@@ -106,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", type=int, default=AttackConfig.candidates)
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--cost-sample", type=int, default=5, help="canaries timed whole vs prefix-reusing")
-    p.add_argument("--reuse", action="store_true", help="take the attack's results from RUN_DIR/attack/attack.json (measure the cost only)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the attack's results from RUN_DIR/attack/attack.json (measure the cost only)",
+    )
     p.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = p.parse_args(argv)
     run_dir = args.run_dir.resolve()

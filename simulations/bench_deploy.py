@@ -30,14 +30,30 @@ from simulations.simulate import simulate
 
 MARK = "deploy"
 PERSONAS = ("leadership", "field_worker", "new_employee")
-SETTINGS = {"model": "tiny", "min_clients": 1, "personas": ",".join(PERSONAS), "users_per_persona": 1,
-            "conversations_per_user": 8, "data_seed": 5, "local_steps": 2, "embedding_steps": 1, "batch_size": 2,
-            "max_length": 48, "lora_layers": 2, "secure_aggregation": True, "persona_hiding": True, "evaluate": False,
-            "secagg_timeout": 300.0, "noise_seed": 3, "epsilon": 8.0}
+SETTINGS = {
+    "model": "tiny",
+    "min_clients": 1,
+    "personas": ",".join(PERSONAS),
+    "users_per_persona": 1,
+    "conversations_per_user": 8,
+    "data_seed": 5,
+    "local_steps": 2,
+    "embedding_steps": 1,
+    "batch_size": 2,
+    "max_length": 48,
+    "lora_layers": 2,
+    "secure_aggregation": True,
+    "persona_hiding": True,
+    "evaluate": False,
+    "secagg_timeout": 300.0,
+    "noise_seed": 3,
+    "epsilon": 8.0,
+}
 
 
 def run_config(settings: dict) -> str:
     """``--run-config`` text of ``settings`` (Flower's TOML-like key=value pairs)."""
+
     def value(v):
         return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else repr(v)
 
@@ -75,11 +91,16 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"the deployment run failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
             replies = replies_sent(federation.procs.logs)
         deployed = json.loads((root / "deploy" / "metrics.json").read_text())
-        config = FederatedConfig.from_flat(settings | {"audit": False, "record_wire": False, "state_dir": str(root / "sim-state")}).validated()
+        config = FederatedConfig.from_flat(
+            settings | {"audit": False, "record_wire": False, "state_dir": str(root / "sim-state")}
+        ).validated()
         simulated = simulate(config, root / "simulate")
     start = clientapp_start_seconds()
     rows = []
-    for label, metrics in (("deployment engine (3 SuperNodes, TLS, node auth)", deployed), ("simulation engine (Ray)", simulated)):
+    for label, metrics in (
+        ("deployment engine (3 SuperNodes, TLS, node auth)", deployed),
+        ("simulation engine (Ray)", simulated),
+    ):
         times = [round_seconds(r) for r in metrics["rounds"]]
         rows.append((label, times, statistics.mean(times), metrics["wall_seconds"]))
     ratio = rows[0][2] / rows[1][2]
@@ -98,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {label} | {', '.join(f'{t:.1f}' for t in times)} | {mean:.1f} | {wall:.1f} s |")
     devices = len({c.user_id for c in conversations})
     per_round = replies / (devices * args.rounds)
-    lines += ["", f"Deployment / simulation, mean round time: {ratio:.2f}x. Where the difference goes, measured in the same run: "
-                  f"each device answered {per_round:.1f} messages per round (the SecAgg+ stages; {replies} replies in the "
-                  f"SuperNodes' logs from {devices} devices), each handled by a new `flwr-clientapp` process, "
-                  f"and starting that process alone (interpreter and Flower imports) took {start:.2f} s here; an idle "
-                  "SuperNode asks the SuperLink for work every 3 s (Flower's `start_client_internal`). The simulation "
-                  "keeps its ClientApp actors, and the model, loaded between messages."]
+    lines += [
+        "",
+        f"Deployment / simulation, mean round time: {ratio:.2f}x. Where the difference goes, measured in the same run: "
+        f"each device answered {per_round:.1f} messages per round (the SecAgg+ stages; {replies} replies in the "
+        f"SuperNodes' logs from {devices} devices), each handled by a new `flwr-clientapp` process, "
+        f"and starting that process alone (interpreter and Flower imports) took {start:.2f} s here; an idle "
+        "SuperNode asks the SuperLink for work every 3 s (Flower's `start_client_internal`). The simulation "
+        "keeps its ClientApp actors, and the model, loaded between messages.",
+    ]
     print_section(lines, args.write, MARK)
     return 0
 

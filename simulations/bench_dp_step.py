@@ -95,9 +95,25 @@ def _peak_gb() -> float:
 
 def peak_memory(args: argparse.Namespace, mode: str) -> dict[str, float]:
     """Peak resident memory (GB) of a child process: after building the model, and after 3 steps of ``mode``."""
-    cmd = [sys.executable, "-m", "simulations.bench_dp_step", "--child", mode, "--model", args.model,
-           "--top-layers", str(args.top_layers or 0), "--batch-size", str(args.batch_size),
-           "--seq-len", str(args.seq_len), "--steps", "3", "--warmup", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulations.bench_dp_step",
+        "--child",
+        mode,
+        "--model",
+        args.model,
+        "--top-layers",
+        str(args.top_layers or 0),
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--steps",
+        "3",
+        "--warmup",
+        "0",
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -123,7 +139,11 @@ def print_section(lines: list[str], write: bool, mark: str = MARK) -> None:
 def write_benchmarks(section: str, mark: str = MARK) -> None:
     """Put ``section`` into BENCHMARKS.md between the markers of ``mark`` (replacing an earlier one)."""
     path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures below come from the scripts in `simulations/`, run on the machine named with each table.\n"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmarks\n\nFigures below come from the scripts in `simulations/`, run on the machine named with each table.\n"
+    )
     begin, end = f"<!-- {mark}:begin -->", f"<!-- {mark}:end -->"
     block = f"{begin}\n{section}\n{end}"
     if begin in text:
@@ -140,7 +160,9 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--model", default="smollm2", help="'smollm2', 'tiny' or a local HF directory")
     p.add_argument("--layers", default="6,0", help="LoRA placements to measure: top N layers each (0 = all layers)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -174,12 +196,19 @@ def main(argv: list[str] | None = None) -> int:
         r = measure(args)
         t, m = r["timing"], r["memory"]
         name = "all" if layers == 0 else f"top {layers}"
-        rows.append(f"| {name} | {t['median_s']['no_dp']:.3f} | {t['median_s']['dp']:.3f} | **{t['ratio']:.3f}** | "
-                    f"{m['no_dp']['peak_gb']:.2f} | {m['dp']['peak_gb']:.2f} | {m['dp']['loaded_gb']:.2f} |")
-        verdicts.append(f"{name}: ratio {t['ratio']:.3f} ({'met' if t['ratio'] <= 1.10 else 'NOT met'}), "
-                        f"DP peak {m['dp']['peak_gb']:.2f} GB ({'met' if m['dp']['peak_gb'] < 4 else 'NOT met'})")
+        rows.append(
+            f"| {name} | {t['median_s']['no_dp']:.3f} | {t['median_s']['dp']:.3f} | **{t['ratio']:.3f}** | "
+            f"{m['no_dp']['peak_gb']:.2f} | {m['dp']['peak_gb']:.2f} | {m['dp']['loaded_gb']:.2f} |"
+        )
+        verdicts.append(
+            f"{name}: ratio {t['ratio']:.3f} ({'met' if t['ratio'] <= 1.10 else 'NOT met'}), "
+            f"DP peak {m['dp']['peak_gb']:.2f} GB ({'met' if m['dp']['peak_gb'] < 4 else 'NOT met'})"
+        )
         print(rows[-1], flush=True)
-    rows += ["", "Targets: DP / non-DP step-time ratio at most 1.10, peak memory under 4 GB. " + "; ".join(verdicts) + "."]
+    rows += [
+        "",
+        "Targets: DP / non-DP step-time ratio at most 1.10, peak memory under 4 GB. " + "; ".join(verdicts) + ".",
+    ]
     print_section(rows, args.write)
     return 0
 

@@ -31,7 +31,10 @@ MARK = "secagg"
 VARIANTS = {
     "plain": ("plain, persona in clear", {"secure_aggregation": False, "persona_hiding": False}),
     "plain-hiding": ("plain, persona hiding", {"secure_aggregation": False, "persona_hiding": True}),
-    "secagg": ("SecAgg+, persona in clear (one session per persona)", {"secure_aggregation": True, "persona_hiding": False}),
+    "secagg": (
+        "SecAgg+, persona in clear (one session per persona)",
+        {"secure_aggregation": True, "persona_hiding": False},
+    ),
     "secagg-hiding": ("SecAgg+, persona hiding (default)", {"secure_aggregation": True, "persona_hiding": True}),
 }
 
@@ -64,7 +67,9 @@ def run_variant(name: str, root: Path, rounds: int | None, scenario: str = "defa
     result = {
         "round_seconds": [round_seconds(r) for r in metrics["rounds"]],
         "train_seconds": [r["train_seconds"] for r in metrics["rounds"]],
-        "server_seconds": sum(s["server_seconds"] for s in sessions) / max(len(metrics["rounds"]), 1) if sessions else None,
+        "server_seconds": sum(s["server_seconds"] for s in sessions) / max(len(metrics["rounds"]), 1)
+        if sessions
+        else None,
         "upload_bytes": upload_bytes(run_dir / "wire"),
         "upload_floats": metrics["aggregation"]["upload_floats"],
         "wall_seconds": metrics["wall_seconds"],
@@ -79,21 +84,28 @@ def table(results: dict[str, dict]) -> list[str]:
     base = results["plain"]
     base_round = statistics.mean(base["round_seconds"])
     base_bytes = statistics.mean(base["upload_bytes"].values())
-    lines = ["| aggregation | round wall time at the server (s), per round | mean | vs plain | SecAgg+ server compute per round (s) "
-             "| upload per client per round (MB) | vs plain |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| aggregation | round wall time at the server (s), per round | mean | vs plain | SecAgg+ server compute per round (s) "
+        "| upload per client per round (MB) | vs plain |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         mean_round = statistics.mean(r["round_seconds"])
         mb = statistics.mean(r["upload_bytes"].values())
         server = f"{r['server_seconds']:.2f}" if r["server_seconds"] is not None else "—"
-        lines.append(f"| {VARIANTS[name][0]} | {', '.join(f'{s:.0f}' for s in r['round_seconds'])} | {mean_round:.0f} | "
-                     f"**{mean_round / base_round:.2f}** | {server} | {mb / 1e6:.3f} | **{mb / base_bytes:.2f}** |")
+        lines.append(
+            f"| {VARIANTS[name][0]} | {', '.join(f'{s:.0f}' for s in r['round_seconds'])} | {mean_round:.0f} | "
+            f"**{mean_round / base_round:.2f}** | {server} | {mb / 1e6:.3f} | **{mb / base_bytes:.2f}** |"
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=Path, default=Path("runs/bench-secagg"), help="where the run directories go")
-    p.add_argument("--scenario", default="default", help="scenario file in simulations/scenarios/ (tiny: a quick check)")
+    p.add_argument(
+        "--scenario", default="default", help="scenario file in simulations/scenarios/ (tiny: a quick check)"
+    )
     p.add_argument("--rounds", type=int, help="rounds per run (default: the scenario's)")
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(VARIANTS)} (plain is always run)")
     p.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
@@ -119,13 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         if name == "plain":
             continue
         diff = relative_difference(reference, load_adapters(Path(r["run_dir"])))
-        lines.append(f"- {VARIANTS[name][0]}: adapters differ from plain aggregation by {diff:.2e} (relative L2, all adapters); "
-                     f"upload holds {r['upload_floats']} numbers per training round.")
+        lines.append(
+            f"- {VARIANTS[name][0]}: adapters differ from plain aggregation by {diff:.2e} (relative L2, all adapters); "
+            f"upload holds {r['upload_floats']} numbers per training round."
+        )
     secure = results.get("secagg-hiding")
     if secure:
         ratio = statistics.mean(secure["round_seconds"]) / statistics.mean(results["plain"]["round_seconds"])
-        lines += ["", f"Target: SecAgg+ adds at most 1.5x to a round's server-side time. Measured (SecAgg+ with persona hiding vs "
-                      f"plain): {ratio:.2f}x ({'met' if ratio <= 1.5 else 'not met'})."]
+        lines += [
+            "",
+            f"Target: SecAgg+ adds at most 1.5x to a round's server-side time. Measured (SecAgg+ with persona hiding vs "
+            f"plain): {ratio:.2f}x ({'met' if ratio <= 1.5 else 'not met'}).",
+        ]
     print_section(lines, args.write, MARK)
     return 0
 

@@ -30,8 +30,10 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_simulate)
 
 
-SIMULATION_MISSING = ("`fedpers simulate` needs Flower's simulation engine (Ray), which this installation lacks; "
-                      "install it with: pip install 'fedpers[simulation]' (a device running fedpers-client does not need it)")
+SIMULATION_MISSING = (
+    "`fedpers simulate` needs Flower's simulation engine (Ray), which this installation lacks; "
+    "install it with: pip install 'fedpers[simulation]' (a device running fedpers-client does not need it)"
+)
 
 
 def _simulate(args: argparse.Namespace) -> int:

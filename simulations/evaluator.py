@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 
-from fedpers.models.environment import ModelEnvironment, model_environment
-from fedpers.userdata import user_data
 from clients.state import UserState
+from fedpers.adapters import GLOBAL
 from fedpers.aggregation import published_count
 from fedpers.evaluation import evaluate
 from fedpers.federated import FederatedConfig
 from fedpers.models import load_adapter_arrays
-from fedpers.adapters import GLOBAL
+from fedpers.models.environment import ModelEnvironment, model_environment
+from fedpers.userdata import user_data
 
 Adapters = dict[str, dict[str, np.ndarray]]
 SOURCE = "the experimenter's evaluator in the simulation driver, outside the federated protocol (no device sent these figures)"
@@ -79,7 +79,9 @@ class SimulationEvaluator:
                 continue
             persona = self.persona(user_id, data.declared_persona, trained, run_id)
             variants: dict[str, tuple[dict[str, np.ndarray], bytes | None]] = {
-                "global": (adapters[GLOBAL], None), "persona": (adapters[persona], None)}
+                "global": (adapters[GLOBAL], None),
+                "persona": (adapters[persona], None),
+            }
             if final:
                 variants["base"] = ({k: np.zeros_like(v) for k, v in adapters[GLOBAL].items()}, None)
                 embedding = UserState(self.config.outputs.state_dir, user_id).embedding()
@@ -95,5 +97,10 @@ class SimulationEvaluator:
         shown = {p: row for p, row in rows.items() if users[p] >= gate}  # the outputs show no persona below the gate
         losses = {p: {name: s / max(t, 1.0) for name, (s, t) in row.items()} for p, row in shown.items()}
         counts = {p: 0 for p in self.config.persona_names} | users
-        return {"round": server_round, "heldout_loss": losses, "users": {p: published_count(n, gate) for p, n in counts.items()},
-                "tokens": {p: int(row["global"][1]) for p, row in shown.items()}, "evaluate_seconds": time.perf_counter() - started}
+        return {
+            "round": server_round,
+            "heldout_loss": losses,
+            "users": {p: published_count(n, gate) for p, n in counts.items()},
+            "tokens": {p: int(row["global"][1]) for p, row in shown.items()},
+            "evaluate_seconds": time.perf_counter() - started,
+        }

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.cli import main as client_main
-from fedpers.network import free_port
 from fedpers.certs import generate_ca, generate_node_keys, generate_server_cert
 from fedpers.data import Conversation, write_jsonl
+from fedpers.network import free_port
 
 
 class Processes:
@@ -60,8 +60,14 @@ class Processes:
 def flower_env(flwr_home: Path, **extra: str) -> dict:
     """This environment with its own ``FLWR_HOME``, this interpreter's ``bin`` first on ``PATH``, no store keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDPERS_STORE")}
-    env.update({"FLWR_HOME": str(flwr_home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-                "PYTHONUNBUFFERED": "1", **extra})
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
     return env
 
 
@@ -86,16 +92,28 @@ class Federation:
     procs: Processes
     stores: dict[str, tuple[Path, Path]] = field(default_factory=dict)  # user -> (store, key file)
 
-    def run(self, settings: str, run_dir: Path, registry: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(
+        self, settings: str, run_dir: Path, registry: Path | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
         """``fedpers-server run`` with ``settings`` (a ``--run-config`` string) on this federation."""
         extra = ["--registry", str(registry)] if registry else []
-        return subprocess.run(module_command("server.cli", "run", "--run-config", settings, "--run-dir", str(run_dir), *extra),
-                              env=self.server_env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            module_command("server.cli", "run", "--run-config", settings, "--run-dir", str(run_dir), *extra),
+            env=self.server_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @contextmanager
-def local_federation(root: Path, conversations: list[Conversation], spare_keys: int = 1, budget: float = 20.0,
-                     client_python: str = sys.executable) -> Iterator[Federation]:
+def local_federation(
+    root: Path,
+    conversations: list[Conversation],
+    spare_keys: int = 1,
+    budget: float = 20.0,
+    client_python: str = sys.executable,
+) -> Iterator[Federation]:
     """A SuperLink on 127.0.0.1 and one joined device per user of ``conversations`` (plus unregistered spare keys)."""
     users = sorted({c.user_id for c in conversations})
     certs = root / "certs"
@@ -107,12 +125,29 @@ def local_federation(root: Path, conversations: list[Conversation], spare_keys: 
     server_env = flower_env(root / "flwr-server")
     address = f"127.0.0.1:{free_port()}"
     try:
-        procs.start("superlink", module_command("server.cli", "superlink", "--certs", str(certs), "--port", address.split(":")[1]),
-                    server_env)
-        wait_for(lambda: "Uvicorn running" in procs.log("superlink"), 60, "the SuperLink", lambda: procs.log("superlink"))
-        register = subprocess.run(module_command("server.cli", "register", *(str(certs / f"node-{i}.pub") for i in range(1, len(users) + 1)),
-                                                 "--superlink", address, "--root-certificates", str(certs / "ca.crt")),
-                                  env=server_env, capture_output=True, text=True, timeout=120)
+        procs.start(
+            "superlink",
+            module_command("server.cli", "superlink", "--certs", str(certs), "--port", address.split(":")[1]),
+            server_env,
+        )
+        wait_for(
+            lambda: "Uvicorn running" in procs.log("superlink"), 60, "the SuperLink", lambda: procs.log("superlink")
+        )
+        register = subprocess.run(
+            module_command(
+                "server.cli",
+                "register",
+                *(str(certs / f"node-{i}.pub") for i in range(1, len(users) + 1)),
+                "--superlink",
+                address,
+                "--root-certificates",
+                str(certs / "ca.crt"),
+            ),
+            env=server_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if register.returncode != 0 or register.stdout.count("registered successfully") != len(users):
             raise RuntimeError(f"registering the devices' keys failed:\n{register.stdout}\n{register.stderr}")
         federation = Federation(root, certs, address, server_env, procs)
@@ -121,13 +156,29 @@ def local_federation(root: Path, conversations: list[Conversation], spare_keys: 
             store, key, data = device / "store", device / "store.key", device / "conversations.jsonl"
             write_jsonl(data, [c for c in conversations if c.user_id == user])
             base = ["--store", str(store), "--key-file", str(key)]
-            for command in (["init", "--user-id", user], ["import", str(data)], ["consent", "--opt-in", "--budget", str(budget)]):
+            for command in (
+                ["init", "--user-id", user],
+                ["import", str(data)],
+                ["consent", "--opt-in", "--budget", str(budget)],
+            ):
                 if client_main([*base, *command]) != 0:
                     raise RuntimeError(f"fedpers-client {command[0]} failed for {user}")
-            procs.start(f"node-{i}", module_command("clients.cli", *base, "join", "--superlink", address, "--root-certificates",
-                                                    str(certs / "ca.crt"), "--auth-key", str(certs / f"node-{i}.key"),
-                                                    python=client_python),
-                        flower_env(root / f"flwr-node-{i}"))
+            procs.start(
+                f"node-{i}",
+                module_command(
+                    "clients.cli",
+                    *base,
+                    "join",
+                    "--superlink",
+                    address,
+                    "--root-certificates",
+                    str(certs / "ca.crt"),
+                    "--auth-key",
+                    str(certs / f"node-{i}.key"),
+                    python=client_python,
+                ),
+                flower_env(root / f"flwr-node-{i}"),
+            )
             federation.stores[user] = (store, key)
         yield federation
     finally:

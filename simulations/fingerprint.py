@@ -58,8 +58,11 @@ def fingerprint_run(run_dir: Path) -> dict[str, Any]:
             h.update(a.tobytes())
         adapters[name] = h.hexdigest()[:16]
     figures = _figures(read_json(run_dir / "metrics.json"))
-    return {"adapters": adapters, "metrics": _digest(json.dumps(figures, sort_keys=True).encode()),
-            "max_epsilon": figures.get("max_epsilon")}
+    return {
+        "adapters": adapters,
+        "metrics": _digest(json.dumps(figures, sort_keys=True).encode()),
+        "max_epsilon": figures.get("max_epsilon"),
+    }
 
 
 def fingerprint(modes: list[str]) -> dict[str, Any]:
@@ -70,8 +73,11 @@ def fingerprint(modes: list[str]) -> dict[str, Any]:
     for mode in modes:
         with tempfile.TemporaryDirectory(prefix=f"fingerprint-{mode}-") as tmp:
             run_dir = Path(tmp)
-            values = load_config_file(SCENARIOS / "tiny.toml") | MODES[mode] | {
-                "noise_seed": NOISE_SEED, "state_dir": str(run_dir / "client-state")}
+            values = (
+                load_config_file(SCENARIOS / "tiny.toml")
+                | MODES[mode]
+                | {"noise_seed": NOISE_SEED, "state_dir": str(run_dir / "client-state")}
+            )
             simulate(FederatedConfig.from_flat(values).validated(), run_dir)
             out[mode] = fingerprint_run(run_dir)
     return out

@@ -16,10 +16,13 @@ from fedpers.rundir import METRICS, read_json, write_json
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help=f"TOML settings file (see {SCENARIOS.name}/ for examples)")
     p.add_argument("--run-dir", type=Path, help="output directory (default: runs/<timestamp>)")
-    p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per simulated client (parallel clients = CPUs / this)")
+    p.add_argument(
+        "--client-cpus", type=float, default=1.0, help="CPUs per simulated client (parallel clients = CPUs / this)"
+    )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for s in all_settings():  # one group per section of FederatedConfig, help from the field metadata
         if s.section not in groups:
@@ -27,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             groups[s.section] = p.add_argument_group(f"{s.section} settings (override the config file)", doc)
         flag, helptext = "--" + s.name.replace("_", "-"), f"{s.help} (default: {s.default})"
         if s.kind is bool:
-            groups[s.section].add_argument(flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
-                                           help=helptext)
+            groups[s.section].add_argument(
+                flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None, help=helptext
+            )
         else:
             groups[s.section].add_argument(flag, dest=s.name, type=s.kind, default=None, help=helptext)
 
@@ -58,15 +62,26 @@ def client_privacy(config: FederatedConfig, users: list[str]) -> dict:
     from clients.state import UserState
 
     states = {user: UserState(config.outputs.state_dir, user) for user in users}
-    privacy = {"delta": config.privacy.delta, **_epsilons({u: s.ledger(config.privacy.delta) for u, s in states.items()})}
+    privacy = {
+        "delta": config.privacy.delta,
+        **_epsilons({u: s.ledger(config.privacy.delta) for u, s in states.items()}),
+    }
     if config.privacy.user_dp:
-        privacy["user_level"] = {"noise_multiplier": config.privacy.user_noise_multiplier,
-                                 **_epsilons({u: s.user_level_ledger(config.privacy.delta) for u, s in states.items()})}
+        privacy["user_level"] = {
+            "noise_multiplier": config.privacy.user_noise_multiplier,
+            **_epsilons({u: s.user_level_ledger(config.privacy.delta) for u, s in states.items()}),
+        }
     return privacy
 
 
-def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, client_mods: list | None = None,
-             inner_mods: list | None = None, observer=None) -> dict:
+def simulate(
+    config: FederatedConfig,
+    run_dir: Path,
+    client_cpus: float = 1.0,
+    client_mods: list | None = None,
+    inner_mods: list | None = None,
+    observer=None,
+) -> dict:
     """Run the federated simulation and return the metrics it wrote.
 
     ``client_mods`` wrap every client outside secure aggregation (they see what leaves the device),
@@ -97,8 +112,12 @@ def simulate(config: FederatedConfig, run_dir: Path, client_cpus: float = 1.0, c
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False},
     }
     evaluator = SimulationEvaluator(config, users) if config.outputs.evaluate else None
-    run_simulation(server_app=make_server_app(config, run_dir, len(users), observer, evaluator),
-                   client_app=make_client_app(inner_mods, client_mods), num_supernodes=len(users), backend_config=backend)
+    run_simulation(
+        server_app=make_server_app(config, run_dir, len(users), observer, evaluator),
+        client_app=make_client_app(inner_mods, client_mods),
+        num_supernodes=len(users),
+        backend_config=backend,
+    )
     metrics_path = run_dir / METRICS
     if not metrics_path.exists():
         raise RuntimeError(f"the simulation ended without writing {metrics_path}: see the log above")

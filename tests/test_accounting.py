@@ -4,18 +4,28 @@ import dp_accounting
 import pytest
 from dp_accounting import pld, rdp
 
-from fedpers.privacy.accounting import BudgetExceededError, GaussianEvent, calibrate_noise_multiplier, epsilon, epsilon_report
+from fedpers.privacy.accounting import (
+    BudgetExceededError,
+    GaussianEvent,
+    calibrate_noise_multiplier,
+    epsilon,
+    epsilon_report,
+)
 
 SETTINGS = [(1.0, 0.25, 25), (0.8, 0.1, 100), (2.0, 0.05, 300)]
 DELTA = 1e-5
 
 
 def google_event(events):
-    return dp_accounting.ComposedDpEvent([
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)), e.steps)
-        for e in events
-    ])
+    return dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)),
+                e.steps,
+            )
+            for e in events
+        ]
+    )
 
 
 @pytest.mark.parametrize("sigma,q,steps", SETTINGS)

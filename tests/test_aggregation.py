@@ -52,7 +52,9 @@ def test_persona_gate_releases_at_min_clients_and_never_partially():
 def test_global_gate_and_clients_without_a_persona():
     agg = means_from_sums({"global": delta(3, 3)}, {"global": 1}, ["field"], min_clients=2)
     assert agg.global_delta is None and agg.released == ()
-    agg = means_from_sums({"global": delta(3, 3), "field": delta(1, 1)}, {"global": 1, "field": 1}, ["field"], min_clients=2)
+    agg = means_from_sums(
+        {"global": delta(3, 3), "field": delta(1, 1)}, {"global": 1, "field": 1}, ["field"], min_clients=2
+    )
     np.testing.assert_allclose(agg.global_delta["lora_B"], 2.0)
     assert agg.persona_deltas["field"] is None
     empty = means_from_sums({}, {}, ["field"], min_clients=1)
@@ -112,10 +114,12 @@ class _Reply:
     """The two things Flower's strategies read from a reply Message."""
 
     def __init__(self, arrays: dict[str, np.ndarray], num_examples: int) -> None:
-        self.content = RecordDict({
-            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-            "metrics": MetricRecord({"num-examples": num_examples}),
-        })
+        self.content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                "metrics": MetricRecord({"num-examples": num_examples}),
+            }
+        )
 
     def has_error(self) -> bool:
         return False

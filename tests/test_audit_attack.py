@@ -6,8 +6,17 @@ import shutil
 
 import pytest
 
-from fedpers.audit.canaries import (SECRET_SPACE, auc, epsilon_lower_bound, exposure, inserted_coin, make_canaries, membership_score,
-                                    one_run_bound, p_value)
+from fedpers.audit.canaries import (
+    SECRET_SPACE,
+    auc,
+    epsilon_lower_bound,
+    exposure,
+    inserted_coin,
+    make_canaries,
+    membership_score,
+    one_run_bound,
+    p_value,
+)
 
 
 def test_canaries_are_split_by_fair_coins_and_render_as_conversations():
@@ -53,7 +62,8 @@ def test_group_epsilon_is_the_sample_level_one_for_one_copy_and_grows_with_copie
     assert one < group_epsilon(events, 1e-5, 2) < group_epsilon(events, 1e-5, 4) <= 4 * one * 1.5
     # an unsampled query: a group of r is a Gaussian of sensitivity r, i.e. noise multiplier sigma / r
     assert group_epsilon((GaussianEvent(4.0, 1.0, 1),), 1e-5, 2) == pytest.approx(
-        group_epsilon((GaussianEvent(2.0, 1.0, 1),), 1e-5, 1), rel=0.01)
+        group_epsilon((GaussianEvent(2.0, 1.0, 1),), 1e-5, 1), rel=0.01
+    )
 
 
 def test_prefix_reuse_scores_the_same_losses_as_full_forward_passes():
@@ -76,13 +86,19 @@ def test_prefix_reuse_scores_the_same_losses_as_full_forward_passes():
     model = PersonalizedLM(peft).eval()
     rng = random.Random(0)
     for canary in make_canaries({"u1": "a", "u2": "b"}, 3, seed=5):
-        secrets = secret_set(tokenizer, [canary.conversation(), *(canary.conversation(random_secret(rng)) for _ in range(9))], 64)
+        secrets = secret_set(
+            tokenizer, [canary.conversation(), *(canary.conversation(random_secret(rng)) for _ in range(9))], 64
+        )
         assert len(secrets.prefix) > 20 and all(len(c) < 40 for c in secrets.continuations)
         full = full_secret_losses(model, secrets, tokenizer.pad_token_id)
         np.testing.assert_allclose(secret_losses(model, secrets, batch_size=4), full, rtol=1e-5, atol=1e-4)
         with peft.disable_adapter():
-            np.testing.assert_allclose(secret_losses(model, secrets), full_secret_losses(model, secrets, tokenizer.pad_token_id),
-                                       rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(
+                secret_losses(model, secrets),
+                full_secret_losses(model, secrets, tokenizer.pad_token_id),
+                rtol=1e-5,
+                atol=1e-4,
+            )
 
 
 def test_auc_and_exposure():
@@ -90,19 +106,27 @@ def test_auc_and_exposure():
     assert auc([1, 2, 3, 4], [True, True, False, False]) == 0.0
     assert auc([1, 1], [True, False]) == 0.5
     candidates = [0.1 * i for i in range(-50, 51)]
-    assert exposure(100.0, candidates)["normal_fit"] == pytest.approx(math.log2(SECRET_SPACE))  # capped at the secret space
+    assert exposure(100.0, candidates)["normal_fit"] == pytest.approx(
+        math.log2(SECRET_SPACE)
+    )  # capped at the secret space
     assert exposure(0.0, candidates)["normal_fit"] == pytest.approx(1.0, abs=0.05)  # the median: one bit
     assert exposure(0.0, candidates)["rank"] == 52  # 51 candidates score at least as high (ties count against)
 
 
 @pytest.mark.slow  # Ray
 def test_attack_runs_keep_the_training_settings_and_never_audit_themselves(tmp_path):
-    from simulations.attack import attack_settings
     from fedpers.federated import FederatedConfig
+    from simulations.attack import attack_settings
 
     config = FederatedConfig.from_flat({"audit_attack": True, "epsilon": 3.0, "rounds": 4})
     variant = attack_settings(config, False, tmp_path / "c.jsonl", tmp_path / "no-dp")
-    assert not (variant.outputs.audit_attack or variant.outputs.audit or variant.outputs.record_wire or variant.outputs.evaluate or variant.privacy.dp)
+    assert not (
+        variant.outputs.audit_attack
+        or variant.outputs.audit
+        or variant.outputs.record_wire
+        or variant.outputs.evaluate
+        or variant.privacy.dp
+    )
     assert (variant.privacy.epsilon, variant.server.rounds, variant.model.model) == (3.0, 4, config.model.model)
     assert variant.outputs.state_dir == str(tmp_path / "no-dp" / "client-state") != config.outputs.state_dir
 
@@ -118,7 +142,9 @@ def attacked(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("attack")
     values = load_config_file(SCENARIOS / "tiny.toml") | {"epsilon": 0.5, "clip": 1.0, "noise_seed": 7}
     config = FederatedConfig.from_flat(values).validated()
-    return run_dir, run_attack(config, run_dir, AttackConfig(canaries=64, candidates=32, repeats=4, seed=1, progress=False))
+    return run_dir, run_attack(
+        config, run_dir, AttackConfig(canaries=64, candidates=32, repeats=4, seed=1, progress=False)
+    )
 
 
 @pytest.mark.slow  # Ray
@@ -147,10 +173,11 @@ def test_with_strong_dp_it_does_not_and_the_bound_stays_below_the_theory(attacke
 @pytest.mark.slow  # Ray
 def test_the_attack_goes_into_the_report(attacked, tmp_path):
     """The attack's results appear in audit.json (valid against the schema) and as a section of audit.html."""
+    from pathlib import Path
+
     import jsonschema
 
     from fedpers.audit.report import write_audit
-    from pathlib import Path
 
     run_dir, _ = attacked
     config_run = run_dir / "attack" / "dp"  # a complete run directory of its own
@@ -159,16 +186,22 @@ def test_the_attack_goes_into_the_report(attacked, tmp_path):
     shutil.copytree(run_dir / "attack", target / "attack", ignore=shutil.ignore_patterns("dp", "no-dp"))
     audit = write_audit(target, progress=False)
     schema = json.loads((Path(__file__).parent.parent / "docs" / "audit-schema.json").read_text())
-    jsonschema.validate(json.loads((target / "audit.json").read_text()), schema, format_checker=jsonschema.FormatChecker())
+    jsonschema.validate(
+        json.loads((target / "audit.json").read_text()), schema, format_checker=jsonschema.FormatChecker()
+    )
     assert list(audit["attack"]["runs"]) == ["dp", "no-dp"]
-    assert any("Canary attack on DP training" in f["text"] and "with DP off" in f["text"] and f["level"] == "ok"
-               for f in audit["findings"])
+    assert any(
+        "Canary attack on DP training" in f["text"] and "with DP off" in f["text"] and f["level"] == "ok"
+        for f in audit["findings"]
+    )
     from fedpers.audit.report import attack_power
 
     power = [f for f in audit["findings"] if f["text"].startswith("Attack power check (DP off)")]
-    assert len(power) == 1 and power[0]["level"] == ("ok" if attack_power(audit["attack"]["runs"]["no-dp"]) else "warning")
+    assert len(power) == 1 and power[0]["level"] == (
+        "ok" if attack_power(audit["attack"]["runs"]["no-dp"]) else "warning"
+    )
     html = (target / "audit.html").read_text()
     assert "epsilon lower bound" in html and "Steinke" in html and html.count("data:image/png;base64,") >= 2
     # the two runs side by side: one column each, DP first
-    assert html.index("<th class=\"\">DP as audited</th>") < html.index("<th class=\"\">DP off (power check)</th>")
+    assert html.index('<th class="">DP as audited</th>') < html.index('<th class="">DP off (power check)</th>')
     assert "group of 4 copies" in html

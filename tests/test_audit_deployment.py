@@ -8,8 +8,8 @@ from pathlib import Path
 import jsonschema
 
 from fedpers.audit.report import build_audit, write_audit
-from fedpers.wirelog import MANIFEST, WIRE
 from fedpers.federated import FederatedConfig
+from fedpers.wirelog import MANIFEST, WIRE
 from server.outputs import write_metrics, write_run_config
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "audit-schema.json").read_text())
@@ -18,14 +18,43 @@ SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "audit-schema.json"
 def _deployment_run(run_dir: Path, **settings) -> FederatedConfig:
     config = FederatedConfig.from_flat({"model": "tiny", "rounds": 1} | settings).validated()
     write_run_config(run_dir, config, "r1")
-    write_metrics(run_dir, {"run_id": "r1", "engine": "deployment", "settings": config.to_record(),
-                            "aggregation": {"secure": True, "persona_hiding": True, "slots": ["global"], "sessions": []},
-                            "rounds": [{"round": 1, "participants": 3}], "wall_seconds": 1.0})
-    masked = {"record": "secaggplus_configs", "name": "masked_params[0]", "shape": [4], "dtype": "int64", "bytes": 160,
-              "sha256": "0" * 64}
-    lines = [{"recorded_by": "server", "session": "training", "node_id": node, "partition_id": None, "round": 1,
-              "message_type": "train", "task": None, "secagg_stage": "collect masked vectors", "arrays": [masked],
-              "metric_keys": {}, "config_keys": {}, "payload_bytes": 200, "payload_sha256": f"{node:064x}"} for node in (7, 8, 9)]
+    write_metrics(
+        run_dir,
+        {
+            "run_id": "r1",
+            "engine": "deployment",
+            "settings": config.to_record(),
+            "aggregation": {"secure": True, "persona_hiding": True, "slots": ["global"], "sessions": []},
+            "rounds": [{"round": 1, "participants": 3}],
+            "wall_seconds": 1.0,
+        },
+    )
+    masked = {
+        "record": "secaggplus_configs",
+        "name": "masked_params[0]",
+        "shape": [4],
+        "dtype": "int64",
+        "bytes": 160,
+        "sha256": "0" * 64,
+    }
+    lines = [
+        {
+            "recorded_by": "server",
+            "session": "training",
+            "node_id": node,
+            "partition_id": None,
+            "round": 1,
+            "message_type": "train",
+            "task": None,
+            "secagg_stage": "collect masked vectors",
+            "arrays": [masked],
+            "metric_keys": {},
+            "config_keys": {},
+            "payload_bytes": 200,
+            "payload_sha256": f"{node:064x}",
+        }
+        for node in (7, 8, 9)
+    ]
     (run_dir / WIRE).mkdir(parents=True)
     (run_dir / WIRE / MANIFEST).write_text("".join(json.dumps(line) + "\n" for line in lines))
     return config
@@ -37,7 +66,12 @@ def test_a_deployment_report_gives_the_ceiling_devices_enforce_and_the_servers_m
     jsonschema.validate(audit, SCHEMA, format_checker=jsonschema.FormatChecker())
     spent, wire = audit["spent"], audit["wire"]
     assert audit["run"]["engine"] == "deployment" and audit["run"]["clients"] == 3
-    assert spent["ledgers"] == "devices" and spent["ceiling"] == 4.0 and spent["clients"] == [] and spent["max_epsilon"] is None
+    assert (
+        spent["ledgers"] == "devices"
+        and spent["ceiling"] == 4.0
+        and spent["clients"] == []
+        and spent["max_epsilon"] is None
+    )
     assert wire["recorded_by"] == "server" and wire["scan"] is None
     assert wire["summary"]["messages"] == 3 and set(wire["summary"]["per_client"]) == {"node 7", "node 8", "node 9"}
     texts = " ".join(f["text"] for f in audit["findings"])

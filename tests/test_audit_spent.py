@@ -9,8 +9,10 @@ from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 
 def test_a_ledger_is_accounted_four_ways_and_quoted_at_the_most_conservative(tmp_path):
     ledger = PrivacyLedger(tmp_path / "user7.json", "user7", 1e-5)
-    entries = [LedgerEntry("clip-quantile", [GaussianEvent(5.0, 1.0, 5)]),
-               LedgerEntry("dp-sgd", [GaussianEvent(1.2, 0.25, 24)])]
+    entries = [
+        LedgerEntry("clip-quantile", [GaussianEvent(5.0, 1.0, 5)]),
+        LedgerEntry("dp-sgd", [GaussianEvent(1.2, 0.25, 24)]),
+    ]
     for entry in entries:
         ledger.complete(ledger.record(entry))
     ledger.record(LedgerEntry("dp-sgd", [GaussianEvent(1.2, 0.25, 8)]))  # planned, never completed: still counted

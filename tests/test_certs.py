@@ -27,7 +27,7 @@ def _mode(path):
 
 
 def _verify(ca, leaf, name):
-    verifier = PolicyBuilder().store(Store([ca])).time(dt.datetime.now(dt.timezone.utc)).build_server_verifier(name)
+    verifier = PolicyBuilder().store(Store([ca])).time(dt.datetime.now(dt.UTC)).build_server_verifier(name)
     return verifier.verify(leaf, [])
 
 
@@ -68,8 +68,10 @@ def test_default_addresses_and_bad_addresses(tmp_path):
 def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> None:
     """A TLS handshake in memory: ``client`` dials ``host`` and verifies the server's certificate."""
     to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
-    ends = [client.wrap_bio(to_client, to_server, server_hostname=host),
-            server.wrap_bio(to_server, to_client, server_side=True)]
+    ends = [
+        client.wrap_bio(to_client, to_server, server_hostname=host),
+        server.wrap_bio(to_server, to_client, server_side=True),
+    ]
     while ends:
         for end in list(ends):
             try:
@@ -111,8 +113,18 @@ def test_certs_command_writes_everything_and_keeps_ca_and_node_keys(tmp_path, ca
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["ca.crt", "ca.key", "node-1.key", "node-1.pub", "node-2.key", "node-2.pub", "node-3.key",
-                     "node-3.pub", "server.crt", "server.key"]
+    assert names == [
+        "ca.crt",
+        "ca.key",
+        "node-1.key",
+        "node-1.pub",
+        "node-2.key",
+        "node-2.pub",
+        "node-3.key",
+        "node-3.pub",
+        "server.crt",
+        "server.key",
+    ]
     out = capsys.readouterr().out
     assert "--enable-supernode-auth" in out and f"--auth-supernode-private-key {tmp_path}/node-N.key" in out
 

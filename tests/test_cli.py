@@ -5,9 +5,9 @@ import json
 import pytest
 from peft import PeftModel
 
-from simulations.cli import main
 from fedpers.models import load_base_model
 from fedpers.privacy import PrivacyLedger
+from simulations.cli import main
 
 FAST = ["--model", "tiny", "--conversations", "16", "--steps", "3", "--embedding-steps", "2", "--batch-size", "4"]
 

@@ -26,14 +26,26 @@ from server.app import initial_adapters
 from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
 
 USER = "user000"
-SETTINGS = dict(model="tiny", personas="leadership,field_worker", rounds=3, local_steps=2, embedding_steps=1, batch_size=2,
-                max_length=48, lora_layers=2, secure_aggregation=False, noise_seed=1)
+SETTINGS = dict(
+    model="tiny",
+    personas="leadership,field_worker",
+    rounds=3,
+    local_steps=2,
+    embedding_steps=1,
+    batch_size=2,
+    max_length=48,
+    lora_layers=2,
+    secure_aggregation=False,
+    noise_seed=1,
+)
 
 
 @pytest.fixture
 def device(tmp_path, monkeypatch):
     """An initialised store of USER (key file), its conversations imported; the key in the environment."""
-    convs = generate(SyntheticConfig(users_per_persona=1, conversations_per_user=8, personas=("leadership", "field_worker")))
+    convs = generate(
+        SyntheticConfig(users_per_persona=1, conversations_per_user=8, personas=("leadership", "field_worker"))
+    )
     data = tmp_path / "mine.jsonl"
     write_jsonl(data, [c for c in convs if c.user_id == USER])
     args = ["--store", str(tmp_path / "store"), "--key-file", str(tmp_path / "store.key")]
@@ -53,8 +65,12 @@ def test_a_bad_line_names_file_line_and_field_and_stores_nothing(device, tmp_pat
     args, store = device
     good = store.conversations()[0].to_dict()
     bad = tmp_path / "bad.jsonl"
-    lines = [dict(good, conversation_id="new-1"), dict(good, conversation_id="new-2", turns=[{"role": "robot", "text": "hi"}]),
-             dict(good, conversation_id="new-3", user_id="someone-else"), dict(good, conversation_id="new-4")]
+    lines = [
+        dict(good, conversation_id="new-1"),
+        dict(good, conversation_id="new-2", turns=[{"role": "robot", "text": "hi"}]),
+        dict(good, conversation_id="new-3", user_id="someone-else"),
+        dict(good, conversation_id="new-4"),
+    ]
     bad.write_text("".join(json.dumps(line) + "\n" for line in lines))
     capsys.readouterr()
     assert main([*args, "import", str(bad)]) == 2
@@ -98,8 +114,12 @@ def _round_messages(monkeypatch, **changes):
     clipping = {KEY_CLIPPING_NORM: user_clip_norm(config)} if config.privacy.user_dp else {}
 
     def message(server_round: int) -> Message:
-        fit_ins = FitIns(ndarrays_to_parameters(strategy.reference()), strategy.instructions(server_round).to_record() | clipping)
-        return Message(compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN)
+        fit_ins = FitIns(
+            ndarrays_to_parameters(strategy.reference()), strategy.instructions(server_round).to_record() | clipping
+        )
+        return Message(
+            compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN
+        )
 
     return message
 
@@ -133,8 +153,11 @@ def test_client_trains_from_the_store_and_refuses_past_the_consented_budget(devi
     with pytest.raises(ParticipationRefused) as refused:
         client_train(round_message(2), _context(store))
     assert str(refused.value) == OVER_BUDGET and USER not in str(refused.value)  # what the server learns
-    assert re.search(rf"{USER}: refused to train: .*'dp-sgd' would bring user {USER}'s epsilon from {spent:.3f} to .*"
-                     r"over the consented budget of .*nothing was run", refused.value.detail)  # the device's log
+    assert re.search(
+        rf"{USER}: refused to train: .*'dp-sgd' would bring user {USER}'s epsilon from {spent:.3f} to .*"
+        r"over the consented budget of .*nothing was run",
+        refused.value.detail,
+    )  # the device's log
     assert [e.purpose for e in store.ledger().entries] == ["clip-quantile", "dp-sgd"]  # nothing recorded, nothing run
 
     assert main([*args, "consent", "--budget", f"{spent:.6f}"]) == 0
@@ -161,11 +184,15 @@ def test_forget_keeps_only_the_ledger(device, round_message, capsys):
 
 def test_user_level_dp_is_charged_on_the_device_within_the_consented_cap(device, monkeypatch, capsys):
     args, store = device
-    message = _round_messages(monkeypatch, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, noise_multiplier=3.0)
+    message = _round_messages(
+        monkeypatch, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, noise_multiplier=3.0
+    )
     assert main([*args, "consent", "--opt-in", "--budget", "6"]) == 0
     assert not client_train(message(1), _context(store)).has_error()
     user_level = store.user_level_ledger()
-    assert [(e.purpose, e.status, e.details["round"]) for e in user_level.entries] == [("user-level-dp-fedavg", "completed", 1)]
+    assert [(e.purpose, e.status, e.details["round"]) for e in user_level.entries] == [
+        ("user-level-dp-fedavg", "completed", 1)
+    ]
     spent, record_level = user_level.spent().epsilon, store.ledger().spent().epsilon
     assert user_level.cap == 6 and user_level.delta == store.ledger().delta
     assert spent > record_level > 0
@@ -194,8 +221,17 @@ def test_join_runs_flower_supernode_with_tls_auth_and_the_store_but_never_the_ke
     args, store = device
     ca, key = tmp_path / "ca.crt", tmp_path / "node.key"
     ca.write_text("ca"), key.write_text("key")
-    join = [*args, "join", "--superlink", "192.0.2.10:8000", "--root-certificates", str(ca), "--auth-key", str(key),
-            "--print-command"]
+    join = [
+        *args,
+        "join",
+        "--superlink",
+        "192.0.2.10:8000",
+        "--root-certificates",
+        str(ca),
+        "--auth-key",
+        str(key),
+        "--print-command",
+    ]
     capsys.readouterr()
     assert main(join) == 2
     assert "has not opted in" in capsys.readouterr().err

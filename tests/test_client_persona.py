@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import personalized
 
 from clients.persona import choose_persona, private_persona_choice
 from fedpers.models import adapter_arrays
 from fedpers.privacy import DPConfig, PrivacyLedger, TrainConfig, train
-
-from conftest import personalized
 
 PERSONAS = ["leadership", "field_worker"]
 
@@ -24,7 +23,13 @@ def test_inferred_choice_prefers_the_adapter_that_fits_and_is_accounted(tiny, ex
     net = personalized(model, tok)
     net.user_embedding.requires_grad_(False)
     untrained = adapter_arrays(net.lm)
-    train(net, examples, tok.pad_token_id, TrainConfig(steps=30, batch_size=8, learning_rate=5e-2), DPConfig(enabled=False))
+    train(
+        net,
+        examples,
+        tok.pad_token_id,
+        TrainConfig(steps=30, batch_size=8, learning_rate=5e-2),
+        DPConfig(enabled=False),
+    )
     fitted = adapter_arrays(net.lm)
     adapters = {"leadership": untrained, "field_worker": fitted}
     ledger = PrivacyLedger(tmp_path / "ledger.json", "u")
@@ -45,8 +50,9 @@ def test_inferred_choice_is_noisy_at_the_default_noise(tiny, examples, tmp_path)
     picks = set()
     for i in range(20):  # both outcomes appear unless 20 fair coins agree (p = 2e-6)
         ledger = PrivacyLedger(tmp_path / f"{i}.json", "u")
-        scores = private_persona_choice(net, {"leadership": same, "field_worker": same}, PERSONAS, examples[:4],
-                                        tok.pad_token_id, ledger)
+        scores = private_persona_choice(
+            net, {"leadership": same, "field_worker": same}, PERSONAS, examples[:4], tok.pad_token_id, ledger
+        )
         picks.add(min(scores, key=scores.get))
     assert picks == set(PERSONAS)
 

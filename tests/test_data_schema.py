@@ -31,7 +31,11 @@ def record(user_id: str = "u1", conversation_id: str = "c1", **overrides: object
         "profile": {"role": "Surveyor", "location": "Oslo", "remote": True, "floor": 3},
         "turns": [
             {"role": "user", "text": "VPN drops every 5 min.", "ts": "2024-03-05T09:14:00Z"},
-            {"role": "assistant", "text": "Switch to the field profile.", "feedback": {"rating": 5, "sentiment": "positive"}},
+            {
+                "role": "assistant",
+                "text": "Switch to the field profile.",
+                "feedback": {"rating": 5, "sentiment": "positive"},
+            },
         ],
     }
     base.update(overrides)
@@ -136,7 +140,10 @@ def test_null_persona_is_allowed() -> None:
                 "turns[0].feedback.sentiment: must be one of 'positive', 'neutral', 'negative', got 'meh'",
             ],
         ),
-        (record(turns=[{"role": "assistant", "text": "ok", "feedback": 5}]), ["turns[0].feedback: expected object, got integer"]),
+        (
+            record(turns=[{"role": "assistant", "text": "ok", "feedback": 5}]),
+            ["turns[0].feedback: expected object, got integer"],
+        ),
         (record(profile=["a"]), ["profile: expected object, got array"]),
         (
             record(profile={"devices": ["a", "b"]}),
@@ -199,7 +206,10 @@ def mixed_file(tmp_path: Path) -> Path:
 def test_skip_mode_keeps_every_valid_line(mixed_file: Path) -> None:
     result = read_jsonl(mixed_file, mode="skip")
     assert [(c.user_id, c.conversation_id) for c in result.conversations] == [
-        ("u1", "c1"), ("u1", "c2"), ("u2", "c2"), ("u3", "c2"),
+        ("u1", "c1"),
+        ("u1", "c2"),
+        ("u2", "c2"),
+        ("u3", "c2"),
     ]
     assert [str(i) for i in result.issues] == [
         f"{mixed_file}:2: <json>: invalid JSON: Expecting value (column 1)",
@@ -246,7 +256,9 @@ def test_unknown_mode_is_rejected(tmp_path: Path) -> None:
 
 def test_write_then_read_roundtrip(tmp_path: Path) -> None:
     convs = [Conversation.from_dict(record("u1", f"c{i}", persona=None if i % 2 else "admin_hr")) for i in range(5)]
-    convs.append(Conversation("ü-ser", "c", (Turn("system", "Be brief."), Turn("user", "Grüße ✓"), Turn("assistant", "Hej!"))))
+    convs.append(
+        Conversation("ü-ser", "c", (Turn("system", "Be brief."), Turn("user", "Grüße ✓"), Turn("assistant", "Hej!")))
+    )
     path = tmp_path / "sub" / "dir" / "out.jsonl"
     assert write_jsonl(path, convs) == 6
     assert read_jsonl(path).conversations == convs

@@ -22,9 +22,11 @@ from server.registry import LATEST, VERSION_FILE, latest
 from simulations.federation import flower_env, local_federation, module_command
 
 PERSONAS = ("leadership", "field_worker", "new_employee")
-SETTINGS = ('model="tiny" rounds=2 min-nodes=3 min-clients=1 personas="leadership,field_worker,new_employee" '
-            "local-steps=2 embedding-steps=1 batch-size=2 max-length=48 lora-layers=2 data-seed=5 secure-aggregation=true "
-            "persona-hiding=true evaluate=false secagg-timeout=300.0 noise-seed=3")
+SETTINGS = (
+    'model="tiny" rounds=2 min-nodes=3 min-clients=1 personas="leadership,field_worker,new_employee" '
+    "local-steps=2 embedding-steps=1 batch-size=2 max-length=48 lora-layers=2 data-seed=5 secure-aggregation=true "
+    "persona-hiding=true evaluate=false secagg-timeout=300.0 noise-seed=3"
+)
 RUN_TIMEOUT = 420
 CLIENT_PYTHON = os.environ.get("FEDPERS_TEST_CLIENT_PYTHON", sys.executable)
 
@@ -42,10 +44,24 @@ def federation(tmp_path_factory):
 def test_a_supernode_with_an_unregistered_key_is_refused(federation):
     procs, certs = federation.procs, federation.certs
     store, key = next(iter(federation.stores.values()))
-    intruder = procs.start("intruder", module_command("clients.cli", "--store", str(store), "--key-file", str(key), "join",
-                                                      "--superlink", federation.address, "--root-certificates",
-                                                      str(certs / "ca.crt"), "--auth-key", str(certs / "node-4.key")),
-                           flower_env(federation.root / "flwr-intruder"))
+    intruder = procs.start(
+        "intruder",
+        module_command(
+            "clients.cli",
+            "--store",
+            str(store),
+            "--key-file",
+            str(key),
+            "join",
+            "--superlink",
+            federation.address,
+            "--root-certificates",
+            str(certs / "ca.crt"),
+            "--auth-key",
+            str(certs / "node-4.key"),
+        ),
+        flower_env(federation.root / "flwr-intruder"),
+    )
     assert intruder.wait(timeout=120) != 0
     assert "Failed to activate SuperNode" in procs.log("intruder")
     assert "No SuperNode found with the given public key" in procs.log("superlink")
@@ -61,13 +77,17 @@ def _check_audit(run_dir, published) -> float:
     schema = json.loads((Path(__file__).parent.parent / "docs" / "audit-schema.json").read_text())
     jsonschema.validate(audit, schema, format_checker=jsonschema.FormatChecker())
     assert audit["run"]["engine"] == "deployment" and audit["run"]["clients"] == 3
-    assert audit["spent"]["ledgers"] == "devices" and audit["spent"]["clients"] == [] and audit["spent"]["ceiling"] == 8.0
+    assert (
+        audit["spent"]["ledgers"] == "devices" and audit["spent"]["clients"] == [] and audit["spent"]["ceiling"] == 8.0
+    )
     wire = audit["wire"]
     assert wire["recorded_by"] == "server" and wire["secure_aggregation"] and wire["scan"] is None
     manifest = wire["manifest"]
     assert len({e["node_id"] for e in manifest}) == 3 and {e["round"] for e in manifest} == {1, 2}
     masked = [t for e in manifest if e["secagg_stage"] == "collect masked vectors" for t in e["arrays"]]
-    assert len(masked) >= 6 and all(t["dtype"].startswith(("int", "uint")) for t in masked)  # masked integers, never floats
+    assert len(masked) >= 6 and all(
+        t["dtype"].startswith(("int", "uint")) for t in masked
+    )  # masked integers, never floats
     assert not [t for e in manifest for t in e["arrays"] if t["dtype"].startswith("float")]
     assert fedpers_main(["audit", "verify", str(run_dir)]) == 0
     assert (published / "audit.json").read_bytes() == (run_dir / "audit.json").read_bytes()
@@ -77,14 +97,16 @@ def _check_audit(run_dir, published) -> float:
 
 def _check_releases(run_dir) -> dict[int, float]:
     """Every field of every reply the server received is in the release manifest; when each round's unmasking began."""
-    from fedpers.wirelog import read_manifest
     from fedpers.releases import recorded_fields, recorded_stage, undeclared_fields
+    from fedpers.wirelog import read_manifest
 
     manifest = read_manifest(run_dir)
     assert manifest
     for entry in manifest:
         assert undeclared_fields(entry["message_type"], recorded_stage(entry), recorded_fields(entry)) == [], entry
-    return {r: min(e["received_at"] for e in manifest if e["round"] == r and recorded_stage(e) == "unmask") for r in (1, 2)}
+    return {
+        r: min(e["received_at"] for e in manifest if e["round"] == r and recorded_stage(e) == "unmask") for r in (1, 2)
+    }
 
 
 def test_two_rounds_across_processes_produce_persona_adapters(federation):
@@ -100,8 +122,10 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
     assert all(r["participants"] == 3 for r in metrics["rounds"]), metrics["rounds"]
     assert metrics["aggregation"]["secure"] and metrics["aggregation"]["sessions"]
-    print(f"\ndeployment: 2 rounds in {metrics['wall_seconds']:.1f} s inside the ServerApp ({wall:.1f} s with submission); "
-          f"train seconds per round {[round(r['train_seconds'], 1) for r in metrics['rounds']]}")
+    print(
+        f"\ndeployment: 2 rounds in {metrics['wall_seconds']:.1f} s inside the ServerApp ({wall:.1f} s with submission); "
+        f"train seconds per round {[round(r['train_seconds'], 1) for r in metrics['rounds']]}"
+    )
 
     version = latest(registry)
     assert version is not None and version.name == "v0001" and (registry / LATEST).is_symlink()
@@ -120,16 +144,38 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
         assert sorted(device.adapter_names()) == sorted(["global", *PERSONAS])
         assert device.adapters_info()["run_id"] == metrics["run_id"] and device.embedding() is not None
         spent = device.ledger().spent().epsilon
-        assert 0 < spent <= ceiling * (1 + 1e-9), (user, spent, ceiling)  # what the server's report claims, on each device
+        assert 0 < spent <= ceiling * (1 + 1e-9), (
+            user,
+            spent,
+            ceiling,
+        )  # what the server's report claims, on each device
         charged = [e for e in device.ledger().entries if e.purpose == "dp-sgd"]
-        assert [(e.details["run_id"], e.details["round"]) for e in charged] == [(metrics["run_id"], 1), (metrics["run_id"], 2)]
+        assert [(e.details["run_id"], e.details["round"]) for e in charged] == [
+            (metrics["run_id"], 1),
+            (metrics["run_id"], 2),
+        ]
         for entry in charged:  # charged on the device before its upload left: before the round's unmasking began
             assert entry.started_at < unmasking[entry.details["round"]]
         clear = [p.name for p in store.rglob("*") if p.is_file() and not p.name.endswith((".enc", ".lock"))]
         assert clear == ["store.json"]  # the header; every item is encrypted
 
     store, key = next(iter(stores.values()))
-    assert client_main(["--store", str(store), "--key-file", str(key), "chat", "My VPN drops at the depot", "--rating", "4",
-                        "--max-new-tokens", "8"]) == 0
+    assert (
+        client_main(
+            [
+                "--store",
+                str(store),
+                "--key-file",
+                str(key),
+                "chat",
+                "My VPN drops at the depot",
+                "--rating",
+                "4",
+                "--max-new-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
     (rated,) = DeviceStore.open(store, key_file=key).feedback()
     assert rated.turns[1].feedback.rating == 4

@@ -4,6 +4,7 @@ the adapter reloads in peft format, and the user-embedding scheme keeps the shar
 import numpy as np
 import pytest
 import torch
+from conftest import personalized
 from peft import PeftModel
 
 from fedpers.local import LocalTrainConfig, train_local
@@ -11,8 +12,6 @@ from fedpers.models import adapter_arrays, collate, load_base_model
 from fedpers.privacy import DPConfig, PrivacyLedger, TrainConfig, train
 from fedpers.privacy.accounting import BudgetExceededError
 from fedpers.privacy.dp_sgd import per_sample_grad_norms, private_quantile
-
-from conftest import personalized
 
 FAST = TrainConfig(steps=6, batch_size=6, learning_rate=5e-2, noise_seed=7)
 DP = DPConfig(noise_multiplier=1.0, max_grad_norm=0.5)

@@ -3,10 +3,9 @@
 import json
 
 import pytest
+from conftest import personalized
 
 from fedpers.privacy import DPConfig, GaussianEvent, LedgerEntry, PrivacyLedger, TrainConfig, epsilon_report, train
-
-from conftest import personalized
 
 
 class Crash(RuntimeError):
@@ -84,7 +83,9 @@ def test_a_capped_ledger_refuses_spending_past_the_cap_before_recording_it(tmp_p
     one = epsilon_report([round_], 1e-5).epsilon
     ledger = PrivacyLedger(path, "alice", cap=1.05 * one)
     ledger.record(LedgerEntry("dp-sgd", [round_]))
-    with pytest.raises(BudgetExceededError, match=r"'dp-sgd' would bring user alice's epsilon from .* over the consented budget"):
+    with pytest.raises(
+        BudgetExceededError, match=r"'dp-sgd' would bring user alice's epsilon from .* over the consented budget"
+    ):
         ledger.record(LedgerEntry("dp-sgd", [round_]))
     assert len(PrivacyLedger(path, "alice").entries) == 1  # the refused entry was never written
     assert PrivacyLedger(path, "alice", cap=None).record(LedgerEntry("dp-sgd", [round_]))  # uncapped: as before

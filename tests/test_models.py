@@ -1,9 +1,8 @@
 import torch
+from conftest import personalized
 
 from fedpers.models import IGNORE_INDEX, UserEmbedding, collate, encode_messages, load_base_model
 from fedpers.models.personalized import sequence_losses
-
-from conftest import personalized
 
 MESSAGES = [
     {"role": "user", "content": "My VPN drops"},

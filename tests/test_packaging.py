@@ -27,9 +27,11 @@ def test_base_dependencies_are_client_safe_and_ray_is_an_extra():
 
 def test_client_code_never_imports_ray_and_the_clientapp_module_stays_light():
     """A ``flwr-clientapp`` process starts per message: loading the app must not pull in torch."""
-    code = ("import sys, clients.app; light = not {'torch', 'transformers', 'ray'} & set(sys.modules); "
-            "import clients.cli, clients.tasks, clients.chat; "
-            "print(light, 'ray' in sys.modules, sorted({'matplotlib', 'dp_accounting', 'tomli_w'} & set(sys.modules)))")
+    code = (
+        "import sys, clients.app; light = not {'torch', 'transformers', 'ray'} & set(sys.modules); "
+        "import clients.cli, clients.tasks, clients.chat; "
+        "print(light, 'ray' in sys.modules, sorted({'matplotlib', 'dp_accounting', 'tomli_w'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "False", "[]"], out.stderr  # no server-only package on a device
 

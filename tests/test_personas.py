@@ -30,13 +30,17 @@ SETTINGS = LoraSettings(r=4, alpha=8, top_layers=2)
 
 
 def field_prompt(rng: random.Random) -> str:
-    return (f"VPN ERR {rng.randint(1000, 9999)} AT SITE {rng.randint(10, 99)}: "
-            f"{rng.choice(['TABLET', 'LAPTOP', 'SCANNER'])} OFFLINE, SYNC {rng.choice(['FAILS', 'STALLS', 'DROPS'])}")
+    return (
+        f"VPN ERR {rng.randint(1000, 9999)} AT SITE {rng.randint(10, 99)}: "
+        f"{rng.choice(['TABLET', 'LAPTOP', 'SCANNER'])} OFFLINE, SYNC {rng.choice(['FAILS', 'STALLS', 'DROPS'])}"
+    )
 
 
 def exec_prompt(rng: random.Random) -> str:
-    return (f"kindly {rng.choice(['arrange', 'prepare', 'schedule'])} the quarterly "
-            f"{rng.choice(['board', 'finance', 'strategy'])} briefing for {rng.choice(['monday', 'friday'])}, thank you")
+    return (
+        f"kindly {rng.choice(['arrange', 'prepare', 'schedule'])} the quarterly "
+        f"{rng.choice(['board', 'finance', 'strategy'])} briefing for {rng.choice(['monday', 'friday'])}, thank you"
+    )
 
 
 STYLES = {"field": field_prompt, "exec": exec_prompt}
@@ -56,9 +60,17 @@ def trained():
     adapters = {"global": init}
     for i, style in enumerate(PERSONAS):
         load_adapter_arrays(model.lm, init)
-        examples = [encode_messages(tokenizer, [{"role": "user", "content": p}], 64, target_roles=("user",))
-                    for p in prompts(style, 24, seed=i)]
-        train(model, examples, tokenizer.pad_token_id, TrainConfig(steps=40, batch_size=8, learning_rate=2e-2), DPConfig(enabled=False))
+        examples = [
+            encode_messages(tokenizer, [{"role": "user", "content": p}], 64, target_roles=("user",))
+            for p in prompts(style, 24, seed=i)
+        ]
+        train(
+            model,
+            examples,
+            tokenizer.pad_token_id,
+            TrainConfig(steps=40, batch_size=8, learning_rate=2e-2),
+            DPConfig(enabled=False),
+        )
         adapters[style] = adapter_arrays(model.lm)
     load_adapter_arrays(model.lm, init)
     return model, tokenizer, adapters
@@ -119,7 +131,7 @@ def test_generate_answer_is_greedy_and_stops(trained):
         import torch
 
         reference = model.lm.generate(torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
-        assert reference[0, len(ids):].tolist() == free
+        assert reference[0, len(ids) :].tolist() == free
         k = next(i for i in range(1, 6) if free[i] not in free[:i])
         assert greedy_ids(model, ids, 6, stop={free[k]}) == free[:k]  # stops before a stop token
         answer = generate_answer(model, tokenizer, "kindly arrange the briefing", max_new_tokens=5)

@@ -12,14 +12,13 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import torch
+from conftest import personalized
 
 from fedpers.local import LocalTrainConfig
 from fedpers.models import load_base_model
 from fedpers.privacy import DPConfig, PrivacyLedger, TrainConfig, train
 from fedpers.privacy.accounting import GaussianEvent
 from fedpers.privacy.ledger import LedgerDeltaMismatch, LedgerEntry
-
-from conftest import personalized
 
 DP = DPConfig(noise_multiplier=1.0, max_grad_norm=0.5)
 
@@ -71,8 +70,14 @@ def test_dp_noise_differs_between_calls(examples, tmp_path):
         torch.manual_seed(0)
         net = personalized(model, tok)
         net.user_embedding.requires_grad_(False)
-        train(net, examples[:4], tok.pad_token_id, TrainConfig(steps=2, batch_size=8, learning_rate=1e-2), DP,
-              PrivacyLedger(tmp_path / f"{name}.json", name))
+        train(
+            net,
+            examples[:4],
+            tok.pad_token_id,
+            TrainConfig(steps=2, batch_size=8, learning_rate=1e-2),
+            DP,
+            PrivacyLedger(tmp_path / f"{name}.json", name),
+        )
         results.append({n: p.detach().clone() for n, p in net.named_parameters() if "lora_" in n})
     assert any(not torch.equal(results[0][k], results[1][k]) for k in results[0])
 
@@ -80,9 +85,8 @@ def test_dp_noise_differs_between_calls(examples, tmp_path):
 def test_the_client_trains_with_nothing_the_server_sent_as_a_seed(tmp_path, monkeypatch):
     """The client's DP-SGD sampler and noise are unseeded unless the run sets the benchmark switch."""
     import clients.tasks as tasks
-    from simulations.simulate import SCENARIOS
-
     from fedpers.federated import FederatedConfig, load_config_file
+    from simulations.simulate import SCENARIOS
 
     captured: list[LocalTrainConfig] = []
 
@@ -92,7 +96,10 @@ def test_the_client_trains_with_nothing_the_server_sent_as_a_seed(tmp_path, monk
 
     monkeypatch.setattr(tasks, "train_local", capture)
     for noise_seed in (-1, 3):
-        values = load_config_file(SCENARIOS / "tiny.toml") | {"noise_seed": noise_seed, "state_dir": str(tmp_path / "state")}
+        values = load_config_file(SCENARIOS / "tiny.toml") | {
+            "noise_seed": noise_seed,
+            "state_dir": str(tmp_path / "state"),
+        }
         config = FederatedConfig.from_flat(values).validated()
         raw = _train_instructions(config, server_round=2)
         task = tasks.prepare(raw, {"partition-id": 0})
@@ -106,14 +113,15 @@ def test_the_client_trains_with_nothing_the_server_sent_as_a_seed(tmp_path, monk
 
 def _train_instructions(config, server_round: int):
     """The round instructions the server sends for a training round (as the ServerApp builds them)."""
+    from fedpers.models import adapter_arrays, attach_lora, load_base_model
     from server.app import initial_adapters
     from server.strategy import PersonaTraining, persona_adapters
 
-    from fedpers.models import adapter_arrays, attach_lora, load_base_model
-
     base, _ = load_base_model(config.model.model)
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
-    return PersonaTraining(config, "run-x", 3, config.aggregation.secure_aggregation, persona_adapters(config, adapters)).instructions(server_round)
+    return PersonaTraining(
+        config, "run-x", 3, config.aggregation.secure_aggregation, persona_adapters(config, adapters)
+    ).instructions(server_round)
 
 
 def test_a_ledger_refuses_another_delta(tmp_path):
@@ -131,12 +139,13 @@ def test_the_default_run_never_seeds_dp_randomness():
     import tomllib
     from pathlib import Path
 
-    from simulations.simulate import SCENARIOS
-
     from fedpers.federated import FederatedConfig, load_config_file
+    from simulations.simulate import SCENARIOS
 
     assert FederatedConfig().privacy.noise_seed < 0
     assert load_config_file(SCENARIOS / "default.toml").get("noise_seed", -1) < 0
-    app_config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    app_config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     assert app_config["noise-seed"] < 0
     assert "noise" not in (Path(__file__).parents[1] / "Makefile").read_text()

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+from test_simulation import tiny_config
 
 from fedpers.data import SyntheticConfig, generate, write_jsonl
 from simulations.simulate import simulate
-from test_simulation import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLO = "new_employee"  # the persona with a single user: one contributor in every round
@@ -62,17 +62,25 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
         assert SOLO not in r["released"] and r["contributors"][SOLO] == gate, r
         assert all(v == gate or v >= config.server.min_clients for v in r["contributors"].values()), r
         assert "gated" not in r  # a gated list says "at least one, below the gate"
-        assert r["eval_users"].get(SOLO, gate) == gate and SOLO not in r["eval_heldout_loss"] and SOLO not in r["eval_tokens"]
+        assert (
+            r["eval_users"].get(SOLO, gate) == gate
+            and SOLO not in r["eval_heldout_loss"]
+            and SOLO not in r["eval_tokens"]
+        )
     assert SOLO not in metrics["evaluation"]["rows"]
     for session in metrics["aggregation"]["sessions"]:  # with personas in clear, a session is one persona group
         assert hiding or not {"sampled", "aggregated", "dropped"} & set(session), session
     # no count of SOLO anywhere in what the run wrote (the simulation's audit lists every simulated client under
     # `spent` by design: it reads their ledgers; the server-side sections are checked)
     audit = json.loads((run_dir / "audit.json").read_text())
-    for name, document in (("metrics.json", json.loads((run_dir / "metrics.json").read_text())),
-                           ("audit.json", {k: v for k, v in audit.items() if k != "spent"})):
+    for name, document in (
+        ("metrics.json", json.loads((run_dir / "metrics.json").read_text())),
+        ("audit.json", {k: v for k, v in audit.items() if k != "spent"}),
+    ):
         assert all(v == gate for v in _values_at(document, SOLO) if not isinstance(v, dict)), name
-        assert all(_values_at(d, "users") in ([], [gate]) for d in _values_at(document, SOLO) if isinstance(d, dict)), name
+        assert all(_values_at(d, "users") in ([], [gate]) for d in _values_at(document, SOLO) if isinstance(d, dict)), (
+            name
+        )
     assert audit["wire"]["min_clients_released"] >= config.server.min_clients
     assert not [line for line in (run_dir / "evaluation.txt").read_text().splitlines() if line.startswith(SOLO)]
     solo_lines = [line for line in log_path.read_text().splitlines() if SOLO in line]
@@ -102,18 +110,24 @@ FALSE_CLAIMS = (
 
 
 def test_the_readme_docs_and_report_say_what_the_server_learns(tmp_path):
+    from test_audit_deployment import _deployment_run
+
     from fedpers.audit.html import render_html
     from fedpers.audit.report import build_audit
     from fedpers.federated import all_settings
-    from test_audit_deployment import _deployment_run
 
     readme, docs = _normalized((ROOT / "README.md").read_text()), _normalized((ROOT / "docs" / "audit.md").read_text())
     _deployment_run(tmp_path, epsilon=4.0)
     audit = build_audit(tmp_path, progress=False)
     findings = " ".join(f["text"] for f in audit["findings"])
     page = html.unescape(render_html(audit))
-    for text, where in ((readme, "README.md"), (docs, "docs/audit.md"), (findings, "findings"), (page, "audit.html"),
-                        (" ".join(s.help for s in all_settings()), "simulate --help")):
+    for text, where in (
+        (readme, "README.md"),
+        (docs, "docs/audit.md"),
+        (findings, "findings"),
+        (page, "audit.html"),
+        (" ".join(s.help for s in all_settings()), "simulate --help"),
+    ):
         for claim in FALSE_CLAIMS:
             assert claim not in text, (where, claim)
     from fedpers.audit.report import SERVER_LEARNS  # the statement, written once

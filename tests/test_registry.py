@@ -13,13 +13,23 @@ from safetensors.numpy import save_file
 
 from server.cli import main
 from server.registry import LATEST, VERSION_FILE, latest, publish, versions
-from server.superlink import SuperLinkConfig, flwr_home, run_command, run_config_arg, superlink_command, write_connection
+from server.superlink import (
+    SuperLinkConfig,
+    flwr_home,
+    run_command,
+    run_config_arg,
+    superlink_command,
+    write_connection,
+)
 
 
 def _run_dir(path, names=("global", "leadership"), audit=False):
     for i, name in enumerate(names):
         (path / "adapters" / name).mkdir(parents=True)
-        save_file({"w": np.full((2, 2), float(i), dtype=np.float32)}, str(path / "adapters" / name / "adapter_model.safetensors"))
+        save_file(
+            {"w": np.full((2, 2), float(i), dtype=np.float32)},
+            str(path / "adapters" / name / "adapter_model.safetensors"),
+        )
         (path / "adapters" / name / "adapter_config.json").write_text("{}")
     (path / "run.json").write_text(json.dumps({"run_id": "abc123", "personas": ["leadership"]}))
     (path / "metrics.json").write_text("{}")
@@ -67,7 +77,10 @@ def test_superlink_runs_with_tls_node_auth_and_offline(tmp_path):
     for name in ("ca.crt", "server.crt", "server.key"):
         (tmp_path / name).write_text("x")
     command = " ".join(superlink_command(SuperLinkConfig(tmp_path, "0.0.0.0", 9092)))
-    assert f"--ssl-ca-certfile {tmp_path}/ca.crt --ssl-certfile {tmp_path}/server.crt --ssl-keyfile {tmp_path}/server.key" in command
+    assert (
+        f"--ssl-ca-certfile {tmp_path}/ca.crt --ssl-certfile {tmp_path}/server.crt --ssl-keyfile {tmp_path}/server.key"
+        in command
+    )
     assert "--enable-supernode-auth --disable-runtime-dependency-installation --host 0.0.0.0 --port 9092" in command
 
 
@@ -75,7 +88,9 @@ def test_connection_and_run_config_as_flower_reads_them(tmp_path, monkeypatch):
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
     (tmp_path / "ca.crt").write_text("x")
     (tmp_path / "flwr").mkdir()
-    (tmp_path / "flwr" / "config.toml").write_text('[superlink]\ndefault = "mine"\n\n[superlink.mine]\naddress = "10.0.0.1:9093"\n')
+    (tmp_path / "flwr" / "config.toml").write_text(
+        '[superlink]\ndefault = "mine"\n\n[superlink.mine]\naddress = "10.0.0.1:9093"\n'
+    )
     path = write_connection("127.0.0.1:8123", tmp_path / "ca.crt")
     assert path == flwr_home() / "config.toml"
     config = tomllib.loads(path.read_text())["superlink"]
@@ -91,11 +106,21 @@ def test_connection_and_run_config_as_flower_reads_them(tmp_path, monkeypatch):
 def test_run_command_takes_settings_from_file_and_flags(tmp_path, capsys):
     config = tmp_path / "s.toml"
     config.write_text('rounds = 4\nmodel = "tiny"\n')
-    argv = ["run", "--config", str(config), "--run-config", "rounds=2 min-nodes=3", "--run-dir", str(tmp_path / "r"),
-            "--print-command"]
+    argv = [
+        "run",
+        "--config",
+        str(config),
+        "--run-config",
+        "rounds=2 min-nodes=3",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--print-command",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert f'rounds=2 model="tiny" min-nodes=3 run-dir="{tmp_path / "r"}" registry=' in out and out.strip().endswith("--stream")
+    assert f'rounds=2 model="tiny" min-nodes=3 run-dir="{tmp_path / "r"}" registry=' in out and out.strip().endswith(
+        "--stream"
+    )
     assert main(["run", "--run-config", "roundz=2", "--print-command"]) == 2
     assert "unknown setting 'roundz'" in capsys.readouterr().err
     assert main(["run", "--run-config", "rounds=two", "--print-command"]) == 2

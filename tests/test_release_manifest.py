@@ -13,12 +13,12 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
 
 from clients.app import UnaccountedRelease, release_guard
-from fedpers.userdata import user_ids
 from clients.state import UserState
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.privacy.accounting import GaussianEvent
 from fedpers.privacy.ledger import LedgerEntry
 from fedpers.releases import RELEASES, manifest_table, required_ledger, undeclared_fields
+from fedpers.userdata import user_ids
 from simulations.simulate import SCENARIOS
 
 
@@ -32,21 +32,29 @@ def task_identity(monkeypatch):
 
 
 def _config(tmp_path, **changes) -> FederatedConfig:
-    values = load_config_file(SCENARIOS / "tiny.toml") | {"state_dir": str(tmp_path / "state"), "secure_aggregation": False,
-                                                          "persona_hiding": False}
+    values = load_config_file(SCENARIOS / "tiny.toml") | {
+        "state_dir": str(tmp_path / "state"),
+        "secure_aggregation": False,
+        "persona_hiding": False,
+    }
     return FederatedConfig.from_flat(values | changes).validated()
 
 
 def _exchange(config: FederatedConfig, extra: dict | None = None):
     """A plain training message of round 1, and the client's reply carrying an update (plus ``extra`` records)."""
     raw = config.to_record() | {"run-id": "run-1", "server-round": 1, "task": "train", "trained-personas": ""}
-    msg = Message(compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters([]), raw), keep_input=True),
-                  dst_node_id=1, message_type="train", group_id="1")
+    msg = Message(
+        compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters([]), raw), keep_input=True),
+        dst_node_id=1,
+        message_type="train",
+        group_id="1",
+    )
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
 
     def call_next(message, ctx):
-        content = compat.fitres_to_recorddict(FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.zeros(3)]), 1,
-                                                     {"persona-index": 0}), keep_input=True)
+        content = compat.fitres_to_recorddict(
+            FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.zeros(3)]), 1, {"persona-index": 0}), keep_input=True
+        )
         for name, values in (extra or {}).items():
             content.config_records[name] = ConfigRecord(values)
         return Message(content, reply_to=message)
@@ -89,7 +97,11 @@ def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
     upload = [("secaggplus_configs", "masked_params")]
     assert undeclared_fields("train", "collect_masked_vectors", upload) == []
     assert undeclared_fields("train", "setup", upload) == ["secaggplus_configs/masked_params"]  # wrong stage
-    assert required_ledger("train", "collect_masked_vectors", upload, dp=True, inferred=True) == {"dp-sgd", "persona-choice"}
+    assert required_ledger("train", "collect_masked_vectors", upload, dp=True, inferred=True) == {
+        "dp-sgd",
+        "persona-choice",
+    }
     assert required_ledger("train", "collect_masked_vectors", upload, dp=False, inferred=False) == set()
     assert required_ledger("train", "collect_masked_vectors", upload, dp=False, inferred=False, user_dp=True) == {
-        "user-level-dp-fedavg"}
+        "user-level-dp-fedavg"
+    }

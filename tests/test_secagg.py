@@ -45,8 +45,10 @@ def test_keystream_masks_are_uniform_keyed_by_the_whole_secret_and_shaped_like_f
     # Flower's shared keys are 44-byte base64 strings from HKDF: accepted like any byte string
     sk1, pk1 = generate_key_pairs()
     sk2, pk2 = generate_key_pairs()
-    assert np.array_equal(keystream_masks(generate_shared_key(sk1, pk2), 2**32, [(8,)])[0],
-                          keystream_masks(generate_shared_key(sk2, pk1), 2**32, [(8,)])[0])
+    assert np.array_equal(
+        keystream_masks(generate_shared_key(sk1, pk2), 2**32, [(8,)])[0],
+        keystream_masks(generate_shared_key(sk2, pk1), 2**32, [(8,)])[0],
+    )
     with pytest.raises(ValueError):
         keystream_masks(seed, 3 * 2**30, shapes)
 
@@ -88,12 +90,16 @@ def _secagg_sum(vectors: list[list[np.ndarray]], plan: QuantizationPlan) -> list
     """The client's quantization (weight 1 of max_weight 1) and Flower's server dequantization, masks omitted."""
     total = None
     for vec in vectors:
-        q = factor_combine(plan.quantization_range, quantize_upload(vec, 1.0, plan.clipping_range, plan.quantization_range))
+        q = factor_combine(
+            plan.quantization_range, quantize_upload(vec, 1.0, plan.clipping_range, plan.quantization_range)
+        )
         total = q if total is None else parameters_addition(total, q)
     total = parameters_mod(total, plan.modulus_range)
     q_total, rest = total[0][0], total[1:]
     out = dequantize(rest, plan.clipping_range, plan.quantization_range)
-    return [(v - (len(vectors) - 1) * plan.clipping_range) * plan.quantization_range / q_total * len(vectors) for v in out]
+    return [
+        (v - (len(vectors) - 1) * plan.clipping_range) * plan.quantization_range / q_total * len(vectors) for v in out
+    ]
 
 
 def test_quantization_never_truncates_a_clipped_update_and_errs_below_1e_5_relative():
@@ -207,8 +213,16 @@ def _upload(msg: Message, ctx: Context) -> Message:
     return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
 
 
-def _run(tmp_path: Path, stage: str | None = None, victims: set[int] = frozenset(), times: int = 1, sleep: float = 0.0,
-         nodes: int = 4, retries: int = 2, timeout: float = 60.0):
+def _run(
+    tmp_path: Path,
+    stage: str | None = None,
+    victims: set[int] = frozenset(),
+    times: int = 1,
+    sleep: float = 0.0,
+    nodes: int = 4,
+    retries: int = 2,
+    timeout: float = 60.0,
+):
     from flwr.simulation import run_simulation
 
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
@@ -216,8 +230,12 @@ def _run(tmp_path: Path, stage: str | None = None, victims: set[int] = frozenset
     marks.mkdir(exist_ok=True)
     strategy = _SumStrategy(nodes)
     observed: list[tuple[str, Message]] = []
-    workflow = SecAggPlusRound(QuantizationPlan.for_bound(BOUND), timeout=timeout, retries=retries,
-                               observer=lambda stage_name, reply: observed.append((stage_name, reply)))
+    workflow = SecAggPlusRound(
+        QuantizationPlan.for_bound(BOUND),
+        timeout=timeout,
+        retries=retries,
+        observer=lambda stage_name, reply: observed.append((stage_name, reply)),
+    )
     outcome: dict = {}
     server_app = ServerApp()
 
@@ -231,9 +249,15 @@ def _run(tmp_path: Path, stage: str | None = None, victims: set[int] = frozenset
 
     client_app = ClientApp(mods=[_drop_mod(marks, stage, set(victims), times, sleep), secaggplus_mod])
     client_app.train()(_upload)
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=nodes,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False}})
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=nodes,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False},
+        },
+    )
     return strategy, workflow.history, observed, outcome
 
 
@@ -245,7 +269,9 @@ def _check_sum(strategy: _SumStrategy, pids) -> None:
     (results,) = strategy.results
     first = results[0]
     assert all(all(np.array_equal(a, b) for a, b in zip(first, r)) for r in results)  # only the aggregate arrives
-    total = upload_sum([(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(first), 1, {}))] * len(results), secure=True)
+    total = upload_sum(
+        [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(first), 1, {}))] * len(results), secure=True
+    )
     expected = _expected(pids)
     assert len(results) == len(pids)
     assert np.linalg.norm(total[0] - expected) / np.linalg.norm(expected) < 1e-5
@@ -274,12 +300,15 @@ def test_secure_sum_equals_plaintext_sum_and_server_never_holds_an_unmasked_upda
             assert np.mean(np.abs(ints - q) <= 1) < 0.01  # no coordinate sits at its quantized value
 
 
-@pytest.mark.parametrize("stage, survivors", [
-    (Stage.SETUP, [0, 2, 3]),
-    (Stage.SHARE_KEYS, [0, 2, 3]),  # Flower's own workflow halts here with no update and no error
-    (Stage.COLLECT_MASKED_VECTORS, [0, 2, 3]),
-    (Stage.UNMASK, [0, 1, 2, 3]),  # its masked vector was in: its masks are rebuilt from the others' shares
-])
+@pytest.mark.parametrize(
+    "stage, survivors",
+    [
+        (Stage.SETUP, [0, 2, 3]),
+        (Stage.SHARE_KEYS, [0, 2, 3]),  # Flower's own workflow halts here with no update and no error
+        (Stage.COLLECT_MASKED_VECTORS, [0, 2, 3]),
+        (Stage.UNMASK, [0, 1, 2, 3]),  # its masked vector was in: its masks are rebuilt from the others' shares
+    ],
+)
 @pytest.mark.slow  # Ray
 def test_a_dropout_at_any_stage_gives_the_survivors_aggregate(tmp_path, stage, survivors):
     strategy, history, _, outcome = _run(tmp_path, stage=stage, victims={1})

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from fedpers.data import DEFAULT_SHAKESPEARE_PATH, import_shakespeare, parse_speeches, read_jsonl, speaker_slug, write_jsonl
+from fedpers.data import (
+    DEFAULT_SHAKESPEARE_PATH,
+    import_shakespeare,
+    parse_speeches,
+    read_jsonl,
+    speaker_slug,
+    write_jsonl,
+)
 from fedpers.data.cli import register
 from fedpers.data.shakespeare import answer_pairs
 
@@ -64,7 +71,11 @@ def test_parse_speeches_small() -> None:
 
 def test_answer_pairs_skip_same_speaker_and_case_variants() -> None:
     pairs = answer_pairs(parse_speeches(SMALL_PLAY))
-    assert [(p.speaker, a.speaker) for p, a in pairs] == [("ALICE", "BOB"), ("BOB", "Alice"), ("ALICE", "KING DAVE III")]
+    assert [(p.speaker, a.speaker) for p, a in pairs] == [
+        ("ALICE", "BOB"),
+        ("BOB", "Alice"),
+        ("ALICE", "KING DAVE III"),
+    ]
 
 
 def test_import_small_exact(small_play: Path) -> None:
@@ -80,7 +91,10 @@ def test_import_small_exact(small_play: Path) -> None:
             "user_id": "bob",
             "conversation_id": "bob-0000",
             "profile": {"speaker": "BOB"},
-            "turns": [{"role": "user", "text": "Hello there."}, {"role": "assistant", "text": "Hi Alice.\nHow are you?"}],
+            "turns": [
+                {"role": "user", "text": "Hello there."},
+                {"role": "assistant", "text": "Hi Alice.\nHow are you?"},
+            ],
         },
         {
             "user_id": "king-dave-iii",

@@ -5,19 +5,18 @@ import json
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from peft import PeftModel
 
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-
-from fedpers.models.environment import model_environment
-from fedpers.userdata import conversations, user_data, user_ids
-from fedpers.wire import payload_bytes
+from fedpers.adapters import GLOBAL
 from fedpers.audit.scan import scan
 from fedpers.federated import FederatedConfig, all_settings, load_config_file
 from fedpers.models import adapter_arrays, load_base_model
+from fedpers.models.environment import model_environment
 from fedpers.privacy import PrivacyLedger
-from fedpers.adapters import GLOBAL
 from fedpers.rundir import load_adapters, read_json
+from fedpers.userdata import conversations, user_data, user_ids
+from fedpers.wire import payload_bytes
 from simulations.simulate import SCENARIOS, simulate
 
 
@@ -32,7 +31,12 @@ def run(tmp_path_factory):
     """The default aggregation (SecAgg+ with persona hiding) and audit: every reply leaving a device recorded."""
     run_dir = tmp_path_factory.mktemp("sim")
     config = tiny_config(run_dir, keep_payloads=True)
-    assert config.aggregation.secure_aggregation and config.aggregation.persona_hiding and config.outputs.record_wire and config.outputs.audit
+    assert (
+        config.aggregation.secure_aggregation
+        and config.aggregation.persona_hiding
+        and config.outputs.record_wire
+        and config.outputs.audit
+    )
     metrics = simulate(config, run_dir)
     return config, run_dir, metrics
 
@@ -47,7 +51,9 @@ def test_three_rounds_produce_persona_adapters(run):
         assert sorted(r["released"]) == sorted(config.persona_names)  # 2 users each >= min_clients
     adapters = load_adapters(run_dir)
     assert set(adapters) == {GLOBAL, *config.persona_names}
-    initial = adapter_arrays(__import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora()))
+    initial = adapter_arrays(
+        __import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora())
+    )
     for name, arrays in adapters.items():
         assert any(not np.array_equal(arrays[k], initial[k]) for k in initial), f"{name} never updated"
     a, b = adapters["leadership"], adapters["field_worker"]
@@ -120,11 +126,20 @@ def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run
     for entry in manifest:
         fields, stage = recorded_fields(entry), recorded_stage(entry)
         assert fields and undeclared_fields(entry["message_type"], stage, fields) == [], entry
-        needed = required_ledger(entry["message_type"], stage, fields, config.privacy.dp, config.dataset.persona_mode == "inferred")
-        ledger = PrivacyLedger(run_dir / "client-state" / users[entry["partition_id"]] / "ledger.json", users[entry["partition_id"]])
+        needed = required_ledger(
+            entry["message_type"], stage, fields, config.privacy.dp, config.dataset.persona_mode == "inferred"
+        )
+        ledger = PrivacyLedger(
+            run_dir / "client-state" / users[entry["partition_id"]] / "ledger.json", users[entry["partition_id"]]
+        )
         for purpose in needed:
-            matching = [e for e in ledger.entries if e.purpose == purpose and e.details.get("run_id") == metrics["run_id"]
-                        and e.details.get("round") == entry["round"]]
+            matching = [
+                e
+                for e in ledger.entries
+                if e.purpose == purpose
+                and e.details.get("run_id") == metrics["run_id"]
+                and e.details.get("round") == entry["round"]
+            ]
             assert len(matching) == 1 and matching[0].started_at < entry["sent_at"], (purpose, entry)
             accounted += 1
     assert accounted == 10 * 3  # one DP-SGD upload per client and round
@@ -133,11 +148,17 @@ def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run
 def test_scan_finds_text_and_token_ids_when_they_are_sent(task_identity):
     text = "my badge stopped working at the Vienna depot this morning"
     ids = list(range(300, 340))
-    leaky = Message(RecordDict({
-        "arrays": ArrayRecord({"ids": Array(np.asarray(ids, dtype=np.int64))}),
-        "config": ConfigRecord({"note": text}),
-        "metrics": MetricRecord({"num-examples": 1}),
-    }), dst_node_id=1, message_type="train")
+    leaky = Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord({"ids": Array(np.asarray(ids, dtype=np.int64))}),
+                "config": ConfigRecord({"note": text}),
+                "metrics": MetricRecord({"num-examples": 1}),
+            }
+        ),
+        dst_node_id=1,
+        message_type="train",
+    )
     found = scan([payload_bytes(leaky)], [text], [ids])
     assert any("Vienna depot" in leak.what for leak in found)
     assert any(leak.what.startswith("ids") for leak in found)
@@ -162,7 +183,9 @@ def test_flower_app_config_declares_every_setting_with_its_default():
     import tomllib
     from pathlib import Path
 
-    declared = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    declared = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     defaults = {s.name.replace("_", "-"): s.default for s in all_settings()}
     assert {k: v for k, v in declared.items() if k != "run-dir"} == defaults
     from server.app import config_from_context
@@ -204,11 +227,17 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
     import dp_accounting
     from dp_accounting import rdp
 
-    config = tiny_config(tmp_path, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, rounds=2, evaluate=False, audit=False)
+    config = tiny_config(
+        tmp_path, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, rounds=2, evaluate=False, audit=False
+    )
     metrics = simulate(config, tmp_path)
     user = metrics["user_level_dp"]
     assert user["clip"] == pytest.approx(0.5 * 2**0.5)
-    google = rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 2)).get_epsilon(config.privacy.delta)
+    google = (
+        rdp.RdpAccountant()
+        .compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 2))
+        .get_epsilon(config.privacy.delta)
+    )
     for name in [GLOBAL, *config.persona_names]:
         assert user["epsilon"][name] == pytest.approx(google, rel=0.10)
         assert user["epsilon"][name] >= google * 0.99
@@ -219,7 +248,10 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
     assert set(per_client) == set(user_ids(config))
     for user in user_ids(config):
         ledger = PrivacyLedger(tmp_path / "client-state" / user / "user-level-ledger.json", user)
-        assert [(e.purpose, e.details["round"]) for e in ledger.entries] == [("user-level-dp-fedavg", 1), ("user-level-dp-fedavg", 2)]
+        assert [(e.purpose, e.details["round"]) for e in ledger.entries] == [
+            ("user-level-dp-fedavg", 1),
+            ("user-level-dp-fedavg", 2),
+        ]
         assert per_client[user] == pytest.approx(ledger.spent().epsilon) and per_client[user] >= google * 0.99
     from fedpers.audit.report import build_audit
 
@@ -231,7 +263,9 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
     assert devices["max_epsilon"] == max(c["epsilon"] for c in devices["clients"])
     # noise of std 2 * clip on every coordinate of the sum (and of the counts): the global adapter, a mean
     # over about 10 clients, moves much further than clipped updates alone could move it
-    initial = adapter_arrays(__import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora()))
+    initial = adapter_arrays(
+        __import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora())
+    )
     moved = load_adapters(tmp_path)[GLOBAL]
     change = sum(float(np.sum((moved[k].astype(np.float64) - initial[k]) ** 2)) for k in initial) ** 0.5
     assert change > 2 * config.aggregation.update_clip
@@ -265,12 +299,18 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
     assert len(spent["clients"]) == 10 and spent["budget"] == config.privacy.epsilon
     for client in spent["clients"]:
         assert client["epsilon"] == max(client["accountants"].values())  # never below the most conservative
-        assert client["epsilon"] == pytest.approx(metrics["client_privacy"]["epsilon_per_client"][client["user_id"]], rel=0.02)
+        assert client["epsilon"] == pytest.approx(
+            metrics["client_privacy"]["epsilon_per_client"][client["user_id"]], rel=0.02
+        )
         assert [p["purpose"] for p in client["cumulative"]] == ["clip-quantile"] + ["dp-sgd"] * 3
         assert [p["epsilon"] for p in client["cumulative"]] == sorted(p["epsilon"] for p in client["cumulative"])
         assert client["dp_parameters"]["rounds"] == 3 and not client["over_budget"]
     wire = audit["wire"]
-    assert wire["secure_aggregation"] and wire["persona_hiding"] and wire["min_clients_released"] >= config.server.min_clients
+    assert (
+        wire["secure_aggregation"]
+        and wire["persona_hiding"]
+        and wire["min_clients_released"] >= config.server.min_clients
+    )
     assert wire["summary"]["messages"] == len(wire["manifest"]) == 120
     assert wire["scan"]["payloads_scanned"] == 120 and wire["scan"]["leaks"] == [] and wire["scan"]["patterns"] > 1000
     # the run seeds DP randomness (benchmark switch): marked not private, and that is its only problem
@@ -280,7 +320,7 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
     assert "NOT PRIVATE" in (run_dir / "evaluation.txt").read_text()
     html = (run_dir / "audit.html").read_text()
     assert "Privacy audit report" in html and html.count("data:image/png;base64,") >= 1
-    assert "<script" not in html and "src=\"http" not in html  # self-contained: nothing fetched
+    assert "<script" not in html and 'src="http' not in html  # self-contained: nothing fetched
     assert verify(run_dir).ok
     # one changed byte anywhere in the report breaks the signature
     copy = tmp_path / "copy"

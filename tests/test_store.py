@@ -104,7 +104,9 @@ def test_a_flipped_byte_in_an_item_is_detected(tmp_path, position):
     store = _store(tmp_path)
     store.put("adapters/leadership", b"adapter weights" * 10)
     _flip(tmp_path / "adapters" / "leadership.enc", position)
-    with pytest.raises(TamperedError, match=r"adapters/leadership.enc \(item 'adapters/leadership'\) failed authentication"):
+    with pytest.raises(
+        TamperedError, match=r"adapters/leadership.enc \(item 'adapters/leadership'\) failed authentication"
+    ):
         store.get("adapters/leadership")
 
 
@@ -115,7 +117,9 @@ def test_a_flipped_byte_in_the_header_check_value_is_tampering(tmp_path):
     check[-3] ^= 0x80
     header["check"] = base64.b64encode(bytes(check)).decode()
     (tmp_path / HEADER).write_text(json.dumps(header))
-    with pytest.raises(TamperedError, match=re.escape(f"{tmp_path / HEADER} failed authentication: the file was modified")):
+    with pytest.raises(
+        TamperedError, match=re.escape(f"{tmp_path / HEADER} failed authentication: the file was modified")
+    ):
         EncryptedStore.open(tmp_path, passphrase="correct horse")
 
 
@@ -154,10 +158,12 @@ def test_a_failed_rename_leaves_the_old_item(tmp_path, monkeypatch):
 def test_a_crash_before_the_rename_leaves_the_old_item(tmp_path):
     store = _store(tmp_path)
     store.put("conversations", b"old")
-    crash = ("import os, sys\nfrom clients.store import EncryptedStore\n"
-             "store = EncryptedStore.open(sys.argv[1], passphrase='correct horse')\n"
-             "os.replace = lambda src, dst: os._exit(9)  # the device dies before the rename\n"
-             "store.put('conversations', b'new')\n")
+    crash = (
+        "import os, sys\nfrom clients.store import EncryptedStore\n"
+        "store = EncryptedStore.open(sys.argv[1], passphrase='correct horse')\n"
+        "os.replace = lambda src, dst: os._exit(9)  # the device dies before the rename\n"
+        "store.put('conversations', b'new')\n"
+    )
     assert subprocess.run([sys.executable, "-c", crash, str(tmp_path)], cwd=REPO).returncode == 9
     (stray,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert store.names() == ["conversations"] and store.get("conversations") == b"old"
@@ -178,8 +184,23 @@ def test_forget_keeps_the_ledger(tmp_path):
         store.get("conversations")
 
 
-@pytest.mark.parametrize("name", ["", "../ledger", "/etc/passwd", "adapters/../ledger", "a/b/c", ".hidden",
-                                  "adapters/", "adapters/.x", "a b", "a\\b", "x" * 200, 7])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "../ledger",
+        "/etc/passwd",
+        "adapters/../ledger",
+        "a/b/c",
+        ".hidden",
+        "adapters/",
+        "adapters/.x",
+        "a b",
+        "a\\b",
+        "x" * 200,
+        7,
+    ],
+)
 def test_invalid_names_are_rejected(tmp_path, name):
     store = _store(tmp_path)
     with pytest.raises(ValueError, match="invalid item name"):

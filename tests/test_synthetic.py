@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedpers.data import PERSONAS, Conversation, SyntheticConfig, generate, read_jsonl, train_heldout_split, validate_record
+from fedpers.data import (
+    PERSONAS,
+    Conversation,
+    SyntheticConfig,
+    generate,
+    read_jsonl,
+    train_heldout_split,
+    validate_record,
+)
 from fedpers.data.cli import register
 from fedpers.data.phrasebank import PhraseBankError, build_common, build_persona, read_phrase_file
 from fedpers.data.synthetic import (
@@ -80,13 +88,19 @@ PINNED_DIGESTS = {
         "c4d56aea2a935c7080d0613668fea1081f439fca6d147578cdbed1ad196e47f0",
     ),
     "subset_feedback": (
-        SyntheticConfig(users_per_persona=3, conversations_per_user=8, seed=5, personas=("field_worker", "admin_hr"),
-                        feedback_rate=1.0),
+        SyntheticConfig(
+            users_per_persona=3,
+            conversations_per_user=8,
+            seed=5,
+            personas=("field_worker", "admin_hr"),
+            feedback_rate=1.0,
+        ),
         "4c2c5b760bc81834ffe2cb1729c22460685b4fda650afea3d029376e4f3bbd5b",
     ),
     "long_threads": (
-        SyntheticConfig(users_per_persona=2, conversations_per_user=10, seed=11, exchange_weights=(0.0, 0.0, 1.0),
-                        feedback_rate=0.0),
+        SyntheticConfig(
+            users_per_persona=2, conversations_per_user=10, seed=11, exchange_weights=(0.0, 0.0, 1.0), feedback_rate=0.0
+        ),
         "3c6614b4c755ee5a1f33cbab2cfbe350bb37ddbdd2c104bce9f5d6c3653a2562",
     ),
 }
@@ -198,7 +212,9 @@ def test_personas_separable_on_heldout_conversations(split) -> None:
 def test_personas_separable_on_unseen_users(dataset: list[Conversation]) -> None:
     # Stronger: the classifier never saw the test users, so names and devices cannot give the persona away.
     seen = {c.user_id for c in dataset if int(c.user_id[4:]) % 8 < 4}
-    accuracy = tfidf_centroid_accuracy([c for c in dataset if c.user_id in seen], [c for c in dataset if c.user_id not in seen])
+    accuracy = tfidf_centroid_accuracy(
+        [c for c in dataset if c.user_id in seen], [c for c in dataset if c.user_id not in seen]
+    )
     assert accuracy >= 0.9, accuracy  # measured: 0.979
 
 

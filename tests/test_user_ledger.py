@@ -11,10 +11,10 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.app import make_client_app
-from fedpers.userdata import user_ids
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy import GaussianEvent, PrivacyLedger
+from fedpers.userdata import user_ids
 from server.app import initial_adapters
 from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
 from simulations.simulate import SCENARIOS
@@ -29,10 +29,17 @@ def user_dp_round(tmp_path, monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    values = load_config_file(SCENARIOS / "tiny.toml") | {"state_dir": str(tmp_path / "client-state"), "noise_seed": 3,
-                                                           "user_dp": True, "user_noise_multiplier": SIGMA, "update_clip": 0.5,
-                                                           "rounds": 2, "local_steps": 2, "embedding_steps": 1,
-                                                           "noise_multiplier": 1.0}
+    values = load_config_file(SCENARIOS / "tiny.toml") | {
+        "state_dir": str(tmp_path / "client-state"),
+        "noise_seed": 3,
+        "user_dp": True,
+        "user_noise_multiplier": SIGMA,
+        "update_clip": 0.5,
+        "rounds": 2,
+        "local_steps": 2,
+        "embedding_steps": 1,
+        "noise_multiplier": 1.0,
+    }
     config = FederatedConfig.from_flat(values).validated()
     base, _ = load_base_model("tiny")
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
@@ -41,7 +48,9 @@ def user_dp_round(tmp_path, monkeypatch):
         strategy = PersonaTraining(config, run_id, len(user_ids(config)), False, persona_adapters(config, adapters))
         instructions = strategy.instructions(server_round).to_record() | {KEY_CLIPPING_NORM: user_clip_norm(config)}
         fit_ins = FitIns(ndarrays_to_parameters(strategy.reference()), instructions)
-        return Message(compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN)
+        return Message(
+            compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN
+        )
 
     return config, message
 
@@ -59,8 +68,12 @@ def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_c
         """Sees the plain upload the moment the task returns it, before it is clipped, masked and sent."""
         reply = call_next(msg, context)
         assert not reply.has_error()
-        seen.append([(e.purpose, e.events, e.details.get("run_id"), e.details.get("round"))
-                     for e in PrivacyLedger(path, user, config.privacy.delta).entries])
+        seen.append(
+            [
+                (e.purpose, e.events, e.details.get("run_id"), e.details.get("round"))
+                for e in PrivacyLedger(path, user, config.privacy.delta).entries
+            ]
+        )
         return reply
 
     app = make_client_app([at_upload])
@@ -71,7 +84,11 @@ def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_c
     assert seen == [
         [(USER_LEVEL_PURPOSE, event, "run-a", 1)],
         [(USER_LEVEL_PURPOSE, event, "run-a", 1), (USER_LEVEL_PURPOSE, event, "run-a", 2)],
-        [(USER_LEVEL_PURPOSE, event, "run-a", 1), (USER_LEVEL_PURPOSE, event, "run-a", 2), (USER_LEVEL_PURPOSE, event, "run-b", 1)],
+        [
+            (USER_LEVEL_PURPOSE, event, "run-a", 1),
+            (USER_LEVEL_PURPOSE, event, "run-a", 2),
+            (USER_LEVEL_PURPOSE, event, "run-b", 1),
+        ],
     ]
     ledger = PrivacyLedger(path, user, config.privacy.delta)
     assert all(e.status == "completed" and e.details["clip"] == pytest.approx(0.5 * 2**0.5) for e in ledger.entries)

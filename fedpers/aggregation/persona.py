@@ -11,8 +11,6 @@ from fedpers.adapters import GLOBAL
 from fedpers.aggregation.updates import Arrays
 
 
-
-
 @dataclass
 class PersonaAggregate:
     """The outcome of one round: a mean delta per persona (``None`` when gated) and a global mean delta.
@@ -33,8 +31,9 @@ class PersonaAggregate:
         return tuple(p for p, d in self.persona_deltas.items() if d is not None)
 
 
-def means_from_sums(sums: Mapping[str, Mapping[str, np.ndarray]], counts: Mapping[str, float], personas: Sequence[str],
-                    min_clients: int) -> PersonaAggregate:
+def means_from_sums(
+    sums: Mapping[str, Mapping[str, np.ndarray]], counts: Mapping[str, float], personas: Sequence[str], min_clients: int
+) -> PersonaAggregate:
     """Means of per-slot delta sums over per-slot counts; nothing is released below ``min_clients``.
 
     Slots are persona names and ``global`` (clients without a persona yet). Counts may be noisy (user-level
@@ -49,14 +48,19 @@ def means_from_sums(sums: Mapping[str, Mapping[str, np.ndarray]], counts: Mappin
     for persona in personas:
         count = float(counts.get(persona, 0.0))
         total = sums.get(persona)
-        deltas[persona] = ({k: (np.asarray(v, np.float64) / count).astype(np.float32) for k, v in total.items()}
-                           if total is not None and count >= min_clients else None)
+        deltas[persona] = (
+            {k: (np.asarray(v, np.float64) / count).astype(np.float32) for k, v in total.items()}
+            if total is not None and count >= min_clients
+            else None
+        )
     everyone = float(sum(max(float(c), 0.0) for c in counts.values()))
     global_delta = None
     if sums and everyone >= min_clients:
         keys = next(iter(sums.values())).keys()
-        global_delta = {k: (np.asarray(sum(np.asarray(s[k], np.float64) for s in sums.values())) / everyone).astype(np.float32)
-                        for k in keys}
+        global_delta = {
+            k: (np.asarray(sum(np.asarray(s[k], np.float64) for s in sums.values())) / everyone).astype(np.float32)
+            for k in keys
+        }
     return PersonaAggregate(
         persona_deltas=deltas,
         contributors={p: float(counts.get(p, 0.0)) for p in [*personas, GLOBAL]},

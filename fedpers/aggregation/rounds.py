@@ -45,8 +45,15 @@ class PersonaAdapters:
     trained: set[str] = field(default_factory=set)
 
     @classmethod
-    def start(cls, adapters: Adapters, personas: Sequence[str], min_clients: int, optimizer: str, server_lr: float = 0.0,
-              trained: Iterable[str] = ()) -> PersonaAdapters:
+    def start(
+        cls,
+        adapters: Adapters,
+        personas: Sequence[str],
+        min_clients: int,
+        optimizer: str,
+        server_lr: float = 0.0,
+        trained: Iterable[str] = (),
+    ) -> PersonaAdapters:
         """Round 0: ``adapters`` as given, one optimizer per adapter (``server_lr`` 0: the optimizer's default)."""
         kwargs = {"server_lr": server_lr} if server_lr > 0 else {}
         optimizers = {name: make_optimizer(optimizer, **kwargs) for name in [*personas, GLOBAL]}

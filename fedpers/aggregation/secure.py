@@ -64,7 +64,7 @@ class QuantizationPlan:
     max_weight: float = 1.0
 
     @classmethod
-    def for_bound(cls, bound: float, max_clients: int = 1000) -> "QuantizationPlan":
+    def for_bound(cls, bound: float, max_clients: int = 1000) -> QuantizationPlan:
         if not bound > 0 or not math.isfinite(bound):
             raise ValueError(f"the bound on upload coordinates must be positive and finite, got {bound}")
         quantization_range = 2**QUANTIZATION_BITS

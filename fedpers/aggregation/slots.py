@@ -17,7 +17,6 @@ import numpy as np
 from fedpers.aggregation.updates import Arrays, check_compatible
 
 
-
 @dataclass(frozen=True)
 class SlotLayout:
     """Tensor names and shapes of one adapter, and the names of the slots (adapters) an upload has."""
@@ -26,7 +25,7 @@ class SlotLayout:
     slots: tuple[str, ...]
 
     @classmethod
-    def for_adapter(cls, adapter: Mapping[str, np.ndarray], slots: Sequence[str]) -> "SlotLayout":
+    def for_adapter(cls, adapter: Mapping[str, np.ndarray], slots: Sequence[str]) -> SlotLayout:
         return cls(tuple((k, tuple(np.shape(v))) for k, v in sorted(adapter.items())), tuple(slots))
 
     @property
@@ -40,7 +39,8 @@ class SlotLayout:
     def zeros(self) -> list[np.ndarray]:
         """An all-zero upload (the reference that Flower's ``fixedclipping_mod`` subtracts)."""
         return [np.zeros(s, dtype=np.float32) for _ in self.slots for _, s in self.shapes] + [
-            np.zeros(len(self.slots), dtype=np.float32)]
+            np.zeros(len(self.slots), dtype=np.float32)
+        ]
 
     def pack(self, slot: str, delta: Mapping[str, np.ndarray], count_value: float) -> list[np.ndarray]:
         """The upload of a client whose ``delta`` belongs to ``slot``."""
@@ -49,7 +49,9 @@ class SlotLayout:
         out = []
         for i, _ in enumerate(self.slots):
             for name, shape in self.shapes:
-                out.append(np.asarray(delta[name], dtype=np.float32) if i == index else np.zeros(shape, dtype=np.float32))
+                out.append(
+                    np.asarray(delta[name], dtype=np.float32) if i == index else np.zeros(shape, dtype=np.float32)
+                )
         counts = np.zeros(len(self.slots), dtype=np.float32)
         counts[index] = count_value
         return out + [counts]

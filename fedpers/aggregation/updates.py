@@ -32,7 +32,9 @@ def delta_norm(delta: Mapping[str, np.ndarray]) -> float:
 
 def scale_delta(delta: Mapping[str, np.ndarray], factor: float) -> Arrays:
     """``factor * delta`` in float64, returned in each array's dtype."""
-    return {k: (np.asarray(v, dtype=np.float64) * factor).astype(np.asarray(v).dtype, copy=False) for k, v in delta.items()}
+    return {
+        k: (np.asarray(v, dtype=np.float64) * factor).astype(np.asarray(v).dtype, copy=False) for k, v in delta.items()
+    }
 
 
 def clip_delta(delta: Mapping[str, np.ndarray], max_norm: float) -> tuple[Arrays, float]:

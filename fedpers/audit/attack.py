@@ -18,8 +18,8 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from peft import PeftModel
@@ -63,8 +63,12 @@ class CanaryScore:
     exposure: dict
 
     def to_dict(self) -> dict:
-        return self.canary.to_dict() | {"score": self.score, "base_loss": self.base_loss, "adapter_loss": self.adapter_loss,
-                                        "exposure": self.exposure}
+        return self.canary.to_dict() | {
+            "score": self.score,
+            "base_loss": self.base_loss,
+            "adapter_loss": self.adapter_loss,
+            "exposure": self.exposure,
+        }
 
 
 @dataclass
@@ -84,8 +88,14 @@ class CanaryScorer:
         base, self.tokenizer = load_base_model(self.config.model.model)
         self.model = PersonalizedLM(attach_lora(base, self.config.lora())).eval()
         rng = random.Random(f"candidates-{self.attack.seed}")
-        self.sets = [secret_set(self.tokenizer, [c.conversation(), *(c.conversation(s) for s in _candidates(c, rng, self.attack.candidates))],
-                                self.config.dataset.max_length) for c in self.canaries]
+        self.sets = [
+            secret_set(
+                self.tokenizer,
+                [c.conversation(), *(c.conversation(s) for s in _candidates(c, rng, self.attack.candidates))],
+                self.config.dataset.max_length,
+            )
+            for c in self.canaries
+        ]
         start = time.perf_counter()
         with cast(PeftModel, self.model.lm).disable_adapter():  # the LoRA of attach_lora
             self.base = self._losses(range(len(self.canaries)), "canary losses (base model)")
@@ -105,8 +115,15 @@ class CanaryScorer:
         out = []
         for i, c in enumerate(self.canaries):
             drops = self.base[i] - adapter[i]
-            out.append(CanaryScore(c, membership_score(drops), float(self.base[i][0]), float(adapter[i][0]),
-                                   exposure(float(drops[0]), drops[1:])))
+            out.append(
+                CanaryScore(
+                    c,
+                    membership_score(drops),
+                    float(self.base[i][0]),
+                    float(adapter[i][0]),
+                    exposure(float(drops[0]), drops[1:]),
+                )
+            )
         return out
 
 
@@ -130,9 +147,11 @@ def summarize(scored: Sequence[CanaryScore], delta: float, theory: dict | None) 
     theoretical = None if theory is None else theory["group_epsilon"]
     return {
         "auc": auc(scores, inserted),
-        "exposure": {"inserted_mean": float(np.mean(exp_in)) if exp_in else None,
-                     "inserted_max": float(np.max(exp_in)) if exp_in else None,
-                     "held_back_mean": float(np.mean(exp_out)) if exp_out else None},
+        "exposure": {
+            "inserted_mean": float(np.mean(exp_in)) if exp_in else None,
+            "inserted_max": float(np.max(exp_in)) if exp_in else None,
+            "held_back_mean": float(np.mean(exp_out)) if exp_out else None,
+        },
         "lower_bound": bound,
         "theoretical_epsilon": theoretical,
         "record_epsilon": None if theory is None else theory["record_epsilon"],
@@ -149,9 +168,13 @@ def theoretical_epsilon(config: FederatedConfig, canaries: Sequence[Canary], rep
     (:func:`fedpers.audit.spent.group_epsilon`; with one copy, the sample-level figure)."""
     if not config.privacy.dp:
         return None
-    paths = [Path(config.outputs.state_dir) / u / "ledger.json" for u in sorted({c.user_id for c in canaries if c.inserted})]
+    paths = [
+        Path(config.outputs.state_dir) / u / "ledger.json" for u in sorted({c.user_id for c in canaries if c.inserted})
+    ]
     record = max(spent_from_ledger(p).epsilon for p in paths)
-    group = record if repeats == 1 else max(group_epsilon(ledger_events(p), config.privacy.delta, repeats) for p in paths)
+    group = (
+        record if repeats == 1 else max(group_epsilon(ledger_events(p), config.privacy.delta, repeats) for p in paths)
+    )
     return {"record_epsilon": record, "group_epsilon": group}
 
 

@@ -116,8 +116,17 @@ def make_canaries(personas: dict[str, str], count: int, seed: int) -> list[Canar
     for i in range(count):
         user = users[i % len(users)]
         place = f"{rng.choice(_PLACES)} {rng.randrange(100, 1000)}"
-        out.append(Canary(f"canary-{i:03d}", user, personas[user], rng.choice(_THINGS), place, random_secret(rng),
-                          inserted_coin(seed, i)))
+        out.append(
+            Canary(
+                f"canary-{i:03d}",
+                user,
+                personas[user],
+                rng.choice(_THINGS),
+                place,
+                random_secret(rng),
+                inserted_coin(seed, i),
+            )
+        )
     return out
 
 
@@ -179,8 +188,13 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, p: float) -> float
     return low
 
 
-def one_run_bound(scores: Sequence[float], inserted: Sequence[bool], delta: float,
-                  fractions: Sequence[float] = GUESS_FRACTIONS, confidence: float = CONFIDENCE) -> dict:
+def one_run_bound(
+    scores: Sequence[float],
+    inserted: Sequence[bool],
+    delta: float,
+    fractions: Sequence[float] = GUESS_FRACTIONS,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """Best lower bound over guessing the top and bottom ``k = fraction * m`` canaries, Bonferroni-corrected."""
     s = np.asarray(scores, dtype=np.float64)
     truth = np.asarray(inserted, dtype=bool)
@@ -192,8 +206,21 @@ def one_run_bound(scores: Sequence[float], inserted: Sequence[bool], delta: floa
         k = max(1, int(fraction * m))
         if 2 * k > m:
             continue
-        correct = int(truth[order[:k]].sum() + (~truth[order[m - k:]]).sum())
-        tried.append({"k": k, "guesses": 2 * k, "correct": correct,
-                      "epsilon": epsilon_lower_bound(m, 2 * k, correct, delta, level)})
+        correct = int(truth[order[:k]].sum() + (~truth[order[m - k :]]).sum())
+        tried.append(
+            {
+                "k": k,
+                "guesses": 2 * k,
+                "correct": correct,
+                "epsilon": epsilon_lower_bound(m, 2 * k, correct, delta, level),
+            }
+        )
     best = max(tried, key=lambda t: t["epsilon"])
-    return {"epsilon": best["epsilon"], "confidence": confidence, "delta": delta, "canaries": m, "best": best, "tried": tried}
+    return {
+        "epsilon": best["epsilon"],
+        "confidence": confidence,
+        "delta": delta,
+        "canaries": m,
+        "best": best,
+        "tried": tried,
+    }

@@ -27,22 +27,43 @@ AttackRunner = Callable[[Path, "AttackConfig"], object]
 
 def register(sub: argparse._SubParsersAction, attack: AttackRunner | None = None) -> None:
     """``fedpers audit``; with ``attack`` it also offers ``--attack`` (which runs simulations)."""
-    description = DESCRIPTION if attack is not None else "\n".join(l for l in DESCRIPTION.splitlines() if "--attack" not in l)
-    p = sub.add_parser("audit", help="write or verify the privacy audit report of a run", description=description,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    description = (
+        DESCRIPTION
+        if attack is not None
+        else "\n".join(line for line in DESCRIPTION.splitlines() if "--attack" not in line)
+    )
+    p = sub.add_parser(
+        "audit",
+        help="write or verify the privacy audit report of a run",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("target", nargs="+", metavar="RUN_DIR", help="the run directory, or 'verify RUN_DIR'")
     if attack is not None:
-        p.add_argument("--attack", action="store_true", help="run the canary attack first (DP as the run had it, and DP off)")
-        p.add_argument("--canaries", type=int, default=75,
-                       help="canaries for the attack (each inserted with probability 1/2)")
-        p.add_argument("--repeats", type=int, default=8,
-                       help="copies of each inserted canary (the bound is then compared to the group epsilon of that many records)")
-        p.add_argument("--candidates", type=int, default=32, help="random secrets per canary for its score and exposure")
+        p.add_argument(
+            "--attack", action="store_true", help="run the canary attack first (DP as the run had it, and DP off)"
+        )
+        p.add_argument(
+            "--canaries", type=int, default=75, help="canaries for the attack (each inserted with probability 1/2)"
+        )
+        p.add_argument(
+            "--repeats",
+            type=int,
+            default=8,
+            help="copies of each inserted canary (the bound is then compared to the group epsilon of that many records)",
+        )
+        p.add_argument(
+            "--candidates", type=int, default=32, help="random secrets per canary for its score and exposure"
+        )
         p.add_argument("--seed", type=int, help="canary seed (default: fresh randomness, recorded in the report)")
     p.set_defaults(attack_runner=attack)
     p.add_argument("--pdf", action="store_true", help="also print audit.pdf (needs Chromium)")
     p.add_argument("--screenshot", type=Path, help="also save a PNG of the page as Chromium renders it")
-    p.add_argument("--key", type=Path, help="Ed25519 signing key (default: $FEDPERS_AUDIT_KEY or ~/.config/fedpers/audit-signing-key.pem)")
+    p.add_argument(
+        "--key",
+        type=Path,
+        help="Ed25519 signing key (default: $FEDPERS_AUDIT_KEY or ~/.config/fedpers/audit-signing-key.pem)",
+    )
     p.add_argument("--public-key", help="verify: the signer's public key (hex) to trust; default: report who signed")
     p.set_defaults(func=run)
 
@@ -73,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "attack", False):
         from fedpers.audit.attack import AttackConfig
 
-        args.attack_runner(run_dir, AttackConfig(canaries=args.canaries, candidates=args.candidates, repeats=args.repeats,
-                                                 seed=args.seed))
+        args.attack_runner(
+            run_dir,
+            AttackConfig(canaries=args.canaries, candidates=args.candidates, repeats=args.repeats, seed=args.seed),
+        )
     audit = write_audit(run_dir, pdf=args.pdf, key_path=args.key)
     if args.screenshot:
         screenshot(run_dir / AUDIT_HTML, args.screenshot)

@@ -15,7 +15,7 @@ epsilon ceiling every device enforces and the manifest of the replies the server
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from fedpers.audit.signing import load_or_create_key, sign_files
 from fedpers.audit.spent import PLD_DISCRETIZATION, spent_from_ledger
 from fedpers.audit.wire import scan_run, summarize
 from fedpers.federated import FederatedConfig
-from fedpers.releases import manifest_table, recorded_fields, recorded_stage, undeclared_fields
 from fedpers.privacy.ledger import LEDGER_FILE, USER_LEVEL_LEDGER_FILE
+from fedpers.releases import manifest_table, recorded_fields, recorded_stage, undeclared_fields
 from fedpers.rundir import METRICS, RUN_CONFIG, read_json, write_json
 from fedpers.wirelog import WIRE, payload_path, read_manifest
 
@@ -61,35 +61,63 @@ def _dp_parameters(entries: list[dict]) -> dict:
     if not sgd:
         return {}
     first = sgd[-1]["events"][0]
-    return {"noise_multiplier": first["noise_multiplier"], "sample_rate": first["sample_rate"],
-            "clipping_norm": sgd[-1]["details"].get("max_grad_norm"), "steps_per_round": first["steps"],
-            "rounds": len(sgd), "steps": sum(ev["steps"] for e in sgd for ev in e["events"])}
+    return {
+        "noise_multiplier": first["noise_multiplier"],
+        "sample_rate": first["sample_rate"],
+        "clipping_norm": sgd[-1]["details"].get("max_grad_norm"),
+        "steps_per_round": first["steps"],
+        "rounds": len(sgd),
+        "steps": sum(ev["steps"] for e in sgd for ev in e["events"]),
+    }
 
 
 def _client(user: str, persona: str | None, path: Path, budget: float | None) -> dict:
     """One client's ledger (record-level or user-level), accounted four ways."""
     spent = spent_from_ledger(path, budget=budget)
-    return {"user_id": user, "persona": persona, "epsilon": spent.epsilon, "delta": spent.delta,
-            "accountants": {"opacus_rdp": spent.epsilon_rdp, "opacus_prv": spent.epsilon_prv,
-                            "dp_accounting_pld": spent.independent_pld, "dp_accounting_rdp": spent.independent_rdp},
-            "prv_vs_pld_relative_difference": spent.largest_difference if spent.epsilon else 0.0,
-            "over_budget": spent.over_budget, "unfinished_entries": spent.unfinished_entries,
-            "ledger_entries": len(spent.entries), "dp_parameters": _dp_parameters(spent.entries),
-            "cumulative": spent.cumulative}
+    return {
+        "user_id": user,
+        "persona": persona,
+        "epsilon": spent.epsilon,
+        "delta": spent.delta,
+        "accountants": {
+            "opacus_rdp": spent.epsilon_rdp,
+            "opacus_prv": spent.epsilon_prv,
+            "dp_accounting_pld": spent.independent_pld,
+            "dp_accounting_rdp": spent.independent_rdp,
+        },
+        "prv_vs_pld_relative_difference": spent.largest_difference if spent.epsilon else 0.0,
+        "over_budget": spent.over_budget,
+        "unfinished_entries": spent.unfinished_entries,
+        "ledger_entries": len(spent.entries),
+        "dp_parameters": _dp_parameters(spent.entries),
+        "cumulative": spent.cumulative,
+    }
 
 
 def spent_section(config: FederatedConfig, users: list[str], personas: dict[str, str], run_dir: Path) -> dict:
     state = Path(config.outputs.state_dir)
-    clients = [_client(u, personas.get(u), state / u / LEDGER_FILE, config.privacy.epsilon if config.privacy.dp else None) for u in users]
+    clients = [
+        _client(u, personas.get(u), state / u / LEDGER_FILE, config.privacy.epsilon if config.privacy.dp else None)
+        for u in users
+    ]
     per_persona: dict[str, dict] = {}
     for c in clients:
         p = per_persona.setdefault(c["persona"] or "unknown", {"clients": 0, "max_epsilon": 0.0})
         p["clients"] += 1
         p["max_epsilon"] = max(p["max_epsilon"], c["epsilon"])
-    user_level = [_client(u, personas.get(u), state / u / USER_LEVEL_LEDGER_FILE, None) for u in users] if config.privacy.user_dp else None
-    return {**_spent_common(config, run_dir, user_level), "ledgers": "run", "ceiling": None,
-            "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if config.privacy.dp else None,
-            "clients": clients, "per_persona": per_persona}
+    user_level = (
+        [_client(u, personas.get(u), state / u / USER_LEVEL_LEDGER_FILE, None) for u in users]
+        if config.privacy.user_dp
+        else None
+    )
+    return {
+        **_spent_common(config, run_dir, user_level),
+        "ledgers": "run",
+        "ceiling": None,
+        "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if config.privacy.dp else None,
+        "clients": clients,
+        "per_persona": per_persona,
+    }
 
 
 def _spent_common(config: FederatedConfig, run_dir: Path, user_level_clients: list[dict] | None = None) -> dict:
@@ -101,13 +129,27 @@ def _spent_common(config: FederatedConfig, run_dir: Path, user_level_clients: li
     if config.privacy.user_dp:
         root = Path(run_dir) / "user-level-dp"
         clients = user_level_clients or []
-        user_level = {"noise_multiplier": config.privacy.user_noise_multiplier, "delta": config.privacy.delta,
-                      "ledgers": "devices" if user_level_clients is None else "run", "clients": clients,
-                      "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if user_level_clients is not None else None,
-                      "adapters": {p.stem: spent_from_ledger(p).to_dict() for p in sorted(root.glob("*.json"))} if root.is_dir() else {}}
-    return {"dp": config.privacy.dp, "budget": config.privacy.epsilon if config.privacy.dp else None, "delta": config.privacy.delta,
-            "quoted": "the largest of Opacus RDP, Opacus PRV, dp-accounting PLD and dp-accounting RDP",
-            "accountant_tolerance": ACCOUNTANT_TOLERANCE, "pld_discretization": PLD_DISCRETIZATION, "user_level": user_level}
+        user_level = {
+            "noise_multiplier": config.privacy.user_noise_multiplier,
+            "delta": config.privacy.delta,
+            "ledgers": "devices" if user_level_clients is None else "run",
+            "clients": clients,
+            "max_epsilon": max((c["epsilon"] for c in clients), default=0.0)
+            if user_level_clients is not None
+            else None,
+            "adapters": {p.stem: spent_from_ledger(p).to_dict() for p in sorted(root.glob("*.json"))}
+            if root.is_dir()
+            else {},
+        }
+    return {
+        "dp": config.privacy.dp,
+        "budget": config.privacy.epsilon if config.privacy.dp else None,
+        "delta": config.privacy.delta,
+        "quoted": "the largest of Opacus RDP, Opacus PRV, dp-accounting PLD and dp-accounting RDP",
+        "accountant_tolerance": ACCOUNTANT_TOLERANCE,
+        "pld_discretization": PLD_DISCRETIZATION,
+        "user_level": user_level,
+    }
 
 
 def device_spent_section(config: FederatedConfig, run_dir: Path) -> dict:
@@ -118,8 +160,14 @@ def device_spent_section(config: FederatedConfig, run_dir: Path) -> dict:
     (``clients.consent``); the figures themselves stay on the device (``fedpers-client status``). With a noise
     multiplier set by hand the devices do not calibrate, and the server knows no ceiling (``None``)."""
     calibrated = config.privacy.dp and not config.privacy.noise_multiplier
-    return {**_spent_common(config, run_dir), "ledgers": "devices", "ceiling": config.privacy.epsilon if calibrated else None,
-            "max_epsilon": None, "clients": [], "per_persona": {}}
+    return {
+        **_spent_common(config, run_dir),
+        "ledgers": "devices",
+        "ceiling": config.privacy.epsilon if calibrated else None,
+        "max_epsilon": None,
+        "clients": [],
+        "per_persona": {},
+    }
 
 
 def _scan(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress: bool) -> dict | None:
@@ -135,8 +183,12 @@ def _scan(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress
 def wire_section(run_dir: Path, config: FederatedConfig, users: list[str], metrics: dict, progress: bool) -> dict:
     manifest = read_manifest(run_dir)
     aggregation = metrics.get("aggregation", {})
-    released = [n for r in metrics.get("rounds", []) for p, n in r.get("contributors", {}).items()
-                if p in r.get("released", []) and not isinstance(n, str)]  # counts below the gate are written "<N"
+    released = [
+        n
+        for r in metrics.get("rounds", [])
+        for p, n in r.get("contributors", {}).items()
+        if p in r.get("released", []) and not isinstance(n, str)
+    ]  # counts below the gate are written "<N"
     by_server = any(e.get("recorded_by") == "server" for e in manifest)
     return {
         "recorded": bool(manifest),
@@ -162,7 +214,14 @@ def undeclared_replies(manifest: list[dict]) -> list[dict]:
     for e in manifest:
         fields = undeclared_fields(e["message_type"], recorded_stage(e), recorded_fields(e))
         if fields:
-            out.append({"node_id": e["node_id"], "partition_id": e.get("partition_id"), "round": e.get("round"), "fields": fields})
+            out.append(
+                {
+                    "node_id": e["node_id"],
+                    "partition_id": e.get("partition_id"),
+                    "round": e.get("round"),
+                    "fields": fields,
+                }
+            )
     return out
 
 
@@ -175,51 +234,85 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
     if not spent["dp"]:
         add("problem", "DP-SGD was off: no epsilon bounds what the adapters reveal about any conversation.")
     elif spent["ledgers"] == "devices" and spent["ceiling"] is None:
-        add("warning", "Every client's privacy ledger stays on its device, and the noise multiplier was set by hand, so the "
+        add(
+            "warning",
+            "Every client's privacy ledger stays on its device, and the noise multiplier was set by hand, so the "
             "devices did not calibrate their noise to an epsilon: this report bounds no client's spending. Each device "
-            "refuses to train past its user's consented cap; `fedpers-client status` shows its own figures.")
+            "refuses to train past its user's consented cap; `fedpers-client status` shows its own figures.",
+        )
     elif spent["ledgers"] == "devices":
-        add("ok", f"Every client's privacy ledger stays on its device. Each device calibrated its DP-SGD noise so that its "
+        add(
+            "ok",
+            f"Every client's privacy ledger stays on its device. Each device calibrated its DP-SGD noise so that its "
             f"whole ledger, this run included, stays within epsilon = {spent['ceiling']:g} (delta {spent['delta']:g}) under the "
             "Opacus RDP and PRV accountants, and refuses to train past its user's consented cap; `fedpers-client status` "
-            "shows a device's own figures. This report holds no per-client figures.")
+            "shows a device's own figures. This report holds no per-client figures.",
+        )
     else:
         over = [c["user_id"] for c in spent["clients"] if c["over_budget"]]
-        add("problem" if over else "ok", f"{len(over)} of {len(spent['clients'])} clients over the budget epsilon = "
-            f"{spent['budget']:g}" + (f": {', '.join(over)}" if over else f"; largest epsilon {spent['max_epsilon']:.3f}") + ".")
+        add(
+            "problem" if over else "ok",
+            f"{len(over)} of {len(spent['clients'])} clients over the budget epsilon = "
+            f"{spent['budget']:g}"
+            + (f": {', '.join(over)}" if over else f"; largest epsilon {spent['max_epsilon']:.3f}")
+            + ".",
+        )
         worst = max((c["prv_vs_pld_relative_difference"] for c in spent["clients"]), default=0.0)
-        add("ok" if worst <= ACCOUNTANT_TOLERANCE else "warning",
+        add(
+            "ok" if worst <= ACCOUNTANT_TOLERANCE else "warning",
             f"Opacus PRV and the independent dp-accounting PLD accountant differ by at most {100 * worst:.2f} % "
-            f"(tolerance {100 * ACCOUNTANT_TOLERANCE:.0f} %); the quoted epsilon is the largest of four accountants.")
+            f"(tolerance {100 * ACCOUNTANT_TOLERANCE:.0f} %); the quoted epsilon is the largest of four accountants.",
+        )
         unfinished = sum(c["unfinished_entries"] for c in spent["clients"])
         if unfinished:
-            add("warning", f"{unfinished} ledger entries never completed (interrupted training); they are counted in full.")
+            add(
+                "warning",
+                f"{unfinished} ledger entries never completed (interrupted training); they are counted in full.",
+            )
     if wire["secure_aggregation"]:
-        add("warning", "Secure aggregation (SecAgg+) was on: every upload was masked. " + " ".join(SERVER_LEARNS)
-            + (" Persona hiding was on: no client sent its persona, yet the counts can reveal it." if wire["persona_hiding"]
-               else " Persona hiding was off: each client's persona was sent in clear, and each persona group was "
-                    "aggregated on its own."))
+        add(
+            "warning",
+            "Secure aggregation (SecAgg+) was on: every upload was masked. "
+            + " ".join(SERVER_LEARNS)
+            + (
+                " Persona hiding was on: no client sent its persona, yet the counts can reveal it."
+                if wire["persona_hiding"]
+                else " Persona hiding was off: each client's persona was sent in clear, and each persona group was "
+                "aggregated on its own."
+            ),
+        )
     else:
         add("warning", "Secure aggregation was off: the server saw each client's (DP-trained) update in clear.")
     if not wire["recorded"]:
         add("warning", "What crossed the wire was not recorded for this run: no manifest and no leak scan.")
 
     elif wire["recorded_by"] == "server":
-        add("warning", f"The server recorded the {wire['summary']['messages']} replies it received (manifest below). The leak "
+        add(
+            "warning",
+            f"The server recorded the {wire['summary']['messages']} replies it received (manifest below). The leak "
             "scan needs each user's text, which stays on the devices: run `fedpers simulate` with these settings on "
-            "representative data for a scan.")
+            "representative data for a scan.",
+        )
     elif wire["scan"] is None:
         add("warning", "The payloads were not kept and no scan result is stored: the leak scan could not run.")
     else:
         leaks = wire["scan"]["leaks"]
-        add("problem" if leaks else "ok",
+        add(
+            "problem" if leaks else "ok",
             f"Leak scan: {wire['scan']['payloads_scanned']} payloads searched for {wire['scan']['patterns']} text fragments "
-            f"and token-id n-grams of their own users; {len(leaks)} found.")
+            f"and token-id n-grams of their own users; {len(leaks)} found.",
+        )
     if wire["recorded"] and wire.get("undeclared"):
         fields = sorted({f for r in wire["undeclared"] for f in r["fields"]})
-        add("problem", f"{len(wire['undeclared'])} replies carried fields outside the release manifest: {', '.join(fields)}.")
+        add(
+            "problem",
+            f"{len(wire['undeclared'])} replies carried fields outside the release manifest: {', '.join(fields)}.",
+        )
     elif wire["recorded"]:
-        add("ok", f"Every field of the {wire['summary']['messages']} recorded replies is in the release manifest (section 2).")
+        add(
+            "ok",
+            f"Every field of the {wire['summary']['messages']} recorded replies is in the release manifest (section 2).",
+        )
     if attack is None:
         add("warning", "The canary attack was not run for this run (fedpers audit RUN_DIR --attack runs it).")
     else:
@@ -231,9 +324,14 @@ def randomness_findings(config: FederatedConfig) -> list[dict]:
     """A run that seeded its DP randomness with the benchmark switch is not private, whatever its epsilon."""
     if config.privacy.noise_seed < 0:
         return []
-    return [{"level": "problem", "text": f"NOT PRIVATE: DP-SGD sampling and noise were seeded with the benchmark switch "
-             f"noise_seed = {config.privacy.noise_seed}; whoever knows it can replay every batch and every noise draw, so no "
-             "epsilon in this report holds. Use such runs for comparisons only."}]
+    return [
+        {
+            "level": "problem",
+            "text": f"NOT PRIVATE: DP-SGD sampling and noise were seeded with the benchmark switch "
+            f"noise_seed = {config.privacy.noise_seed}; whoever knows it can replay every batch and every noise draw, so no "
+            "epsilon in this report holds. Use such runs for comparisons only.",
+        }
+    ]
 
 
 def attack_power(run: dict) -> bool:
@@ -246,22 +344,35 @@ def _attack_findings(attack: dict, add) -> None:
     off, dp = runs.get("no-dp"), runs.get("dp")
     if dp is not None:
         repeats = attack.get("repeats", 1)
-        unit = ("one conversation" if repeats == 1 else
-                f"the {repeats} copies of a canary, by group privacy; {dp['record_epsilon']:.2f} per conversation")
-        power = ("" if off is None else
-                 f" The same attack with DP off: AUC {off['auc']:.2f}, lower bound epsilon >= {off['lower_bound']['epsilon']:.2f}.")
-        add("problem" if dp["bound_exceeds_theory"] else "ok",
+        unit = (
+            "one conversation"
+            if repeats == 1
+            else f"the {repeats} copies of a canary, by group privacy; {dp['record_epsilon']:.2f} per conversation"
+        )
+        power = (
+            ""
+            if off is None
+            else f" The same attack with DP off: AUC {off['auc']:.2f}, lower bound epsilon >= {off['lower_bound']['epsilon']:.2f}."
+        )
+        add(
+            "problem" if dp["bound_exceeds_theory"] else "ok",
             f"Canary attack on DP training: empirical lower bound epsilon >= {dp['lower_bound']['epsilon']:.2f} "
             f"({'ABOVE' if dp['bound_exceeds_theory'] else 'below'} the theoretical {dp['theoretical_epsilon']:.2f} for {unit}); "
-            f"membership AUC {dp['auc']:.2f}." + power)
+            f"membership AUC {dp['auc']:.2f}." + power,
+        )
     if off is not None:
         strong = attack_power(off)
-        add("ok" if strong else "warning",
+        add(
+            "ok" if strong else "warning",
             f"Attack power check (DP off): membership AUC {off['auc']:.2f}, lower bound epsilon >= "
-            f"{off['lower_bound']['epsilon']:.2f}" + ("; the attack finds the canaries when nothing protects them, so a low "
-                                                     "bound with DP is evidence." if strong else
-                                                     f"; the attack is weak on these settings (AUC below {POWER_AUC} or no "
-                                                     "positive bound), so a low bound with DP says little."))
+            f"{off['lower_bound']['epsilon']:.2f}"
+            + (
+                "; the attack finds the canaries when nothing protects them, so a low bound with DP is evidence."
+                if strong
+                else f"; the attack is weak on these settings (AUC below {POWER_AUC} or no "
+                "positive bound), so a low bound with DP says little."
+            ),
+        )
 
 
 def build_audit(run_dir: Path, progress: bool = True) -> dict:
@@ -285,12 +396,19 @@ def build_audit(run_dir: Path, progress: bool = True) -> dict:
     attack = read_attack(run_dir)
     return {
         "schema": SCHEMA,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "fedpers_version": _version(),
-        "run": {"run_id": run_config["run_id"], "run_dir": str(run_dir), "model": run_config["model"],
-                "personas": run_config["personas"], "clients": clients,
-                "engine": metrics.get("engine", "simulation"), "rounds": len(metrics.get("rounds", [])),
-                "wall_seconds": metrics.get("wall_seconds"), "settings": run_config["settings"]},
+        "run": {
+            "run_id": run_config["run_id"],
+            "run_dir": str(run_dir),
+            "model": run_config["model"],
+            "personas": run_config["personas"],
+            "clients": clients,
+            "engine": metrics.get("engine", "simulation"),
+            "rounds": len(metrics.get("rounds", [])),
+            "wall_seconds": metrics.get("wall_seconds"),
+            "settings": run_config["settings"],
+        },
         "findings": randomness_findings(config) + _findings(spent, wire, attack),
         "spent": spent,
         "wire": wire,

@@ -106,7 +106,9 @@ def user_patterns(texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngra
     return patterns
 
 
-def scan(payloads: Iterable[bytes], texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngram: int = 8) -> list[Leak]:
+def scan(
+    payloads: Iterable[bytes], texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngram: int = 8
+) -> list[Leak]:
     """Every text fragment or token-id n-gram of the user found in any payload."""
     found = find(payloads, user_patterns(texts, token_ids, ngram))
     return sorted({Leak(label, needle.hex()[:64]) for needle, label in found.items()}, key=lambda leak: leak.what)

@@ -69,9 +69,11 @@ def secret_set(tokenizer, conversations: Sequence, max_length: int) -> SecretSet
             raise ValueError("a canary conversation keeps no reply token within max_length")
         encoded.append(e)
     length = max(1, _common_prefix([e.input_ids for e in encoded]))
-    return SecretSet(encoded[0].input_ids[:length],
-                     tuple(e.input_ids[length:] for e in encoded),
-                     tuple(tuple(label != IGNORE_INDEX for label in e.labels[length:]) for e in encoded))
+    return SecretSet(
+        encoded[0].input_ids[:length],
+        tuple(e.input_ids[length:] for e in encoded),
+        tuple(tuple(label != IGNORE_INDEX for label in e.labels[length:]) for e in encoded),
+    )
 
 
 @torch.no_grad()
@@ -111,10 +113,16 @@ def full_secret_losses(model: PersonalizedLM, secrets: SecretSet, pad_token_id: 
     """The same losses from a full forward pass of every sequence (the reference :func:`secret_losses` must match)."""
     backbone, head = _backbone_and_head(model.lm)
     length = len(secrets.prefix)
-    examples = [EncodedExample(secrets.prefix + c, (IGNORE_INDEX,) * length + tuple(t if f else IGNORE_INDEX for t, f in zip(c, flags)))
-                for c, flags in zip(secrets.continuations, secrets.targets)]
+    examples = [
+        EncodedExample(
+            secrets.prefix + c, (IGNORE_INDEX,) * length + tuple(t if f else IGNORE_INDEX for t, f in zip(c, flags))
+        )
+        for c, flags in zip(secrets.continuations, secrets.targets)
+    ]
     batch = collate(examples, pad_token_id)
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    hidden = backbone(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
     target = batch["labels"][:, 1:]
     rows, cols = (target != IGNORE_INDEX).nonzero(as_tuple=True)
     token_loss = F.cross_entropy(head(hidden[:, :-1, :][rows, cols]).float(), target[rows, cols], reduction="none")

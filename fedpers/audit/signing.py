@@ -66,8 +66,11 @@ def _signed_bytes(body: dict) -> bytes:
 def sign_files(directory: Path, names: list[str], key: Ed25519PrivateKey) -> dict:
     """Sign ``names`` (paths relative to ``directory``) and write ``audit.sig.json`` there."""
     directory = Path(directory)
-    body = {"algorithm": "Ed25519", "public_key": base64.b64encode(public_key_bytes(key)).decode(),
-            "files": {name: _sha256(directory / name) for name in sorted(names)}}
+    body = {
+        "algorithm": "Ed25519",
+        "public_key": base64.b64encode(public_key_bytes(key)).decode(),
+        "files": {name: _sha256(directory / name) for name in sorted(names)},
+    }
     record = body | {"signature": base64.b64encode(key.sign(_signed_bytes(body))).decode()}
     write_json(directory / SIGNATURE_FILE, record)
     return record
@@ -98,7 +101,9 @@ def verify(directory: Path, trusted_public_key: bytes | None = None) -> Verifica
     if body["algorithm"] != "Ed25519":
         problems.append(f"{path}: unsupported algorithm {body['algorithm']!r}")
     if trusted_public_key is not None and public != trusted_public_key:
-        problems.append(f"{path}: signed by key {signer[:16]}…, not by the trusted key {trusted_public_key.hex()[:16]}…")
+        problems.append(
+            f"{path}: signed by key {signer[:16]}…, not by the trusted key {trusted_public_key.hex()[:16]}…"
+        )
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, _signed_bytes(body))
     except (InvalidSignature, ValueError):

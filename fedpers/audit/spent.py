@@ -42,7 +42,9 @@ def independent_epsilon(events: list[GaussianEvent], delta: float) -> dict[str, 
     """Epsilon of the composition of ``events`` by dp-accounting's PLD and RDP accountants."""
     event = _dp_event(tuple(events))
     return {
-        "pld": float(pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION).compose(event).get_epsilon(delta)),
+        "pld": float(
+            pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION).compose(event).get_epsilon(delta)
+        ),
         "rdp": float(rdp.RdpAccountant().compose(event).get_epsilon(delta)),
     }
 
@@ -94,12 +96,14 @@ def group_epsilon(events: tuple[GaussianEvent, ...], delta: float, group: int) -
             continue
         if rate >= 1.0:
             step = pld.privacy_loss_distribution.from_gaussian_mechanism(
-                sigma, sensitivity=group, value_discretization_interval=GROUP_DISCRETIZATION)
+                sigma, sensitivity=group, value_discretization_interval=GROUP_DISCRETIZATION
+            )
         else:
             sensitivities = list(range(group + 1))
             probabilities = [math.comb(group, k) * rate**k * (1 - rate) ** (group - k) for k in sensitivities]
             step = pld.privacy_loss_distribution.from_mixture_gaussian_mechanism(
-                sigma, sensitivities, probabilities, value_discretization_interval=GROUP_DISCRETIZATION)
+                sigma, sensitivities, probabilities, value_discretization_interval=GROUP_DISCRETIZATION
+            )
         composed = step.self_compose(steps)
         total = composed if total is None else total.compose(composed)
     return 0.0 if total is None else float(total.get_epsilon_for_delta(delta))
@@ -150,11 +154,32 @@ def spent_from_ledger(path: Path, budget: float | None = None) -> Spent:
     delta = ledger.delta
     entries, cumulative, events = [], [], []
     for e in ledger.entries:
-        entries.append({"purpose": e.purpose, "status": e.status, "started_at": e.started_at,
-                        "events": [ev.to_dict() for ev in e.events], "details": e.details})
+        entries.append(
+            {
+                "purpose": e.purpose,
+                "status": e.status,
+                "started_at": e.started_at,
+                "events": [ev.to_dict() for ev in e.events],
+                "details": e.details,
+            }
+        )
         events += e.events
-        cumulative.append({"entry": len(entries) - 1, "purpose": e.purpose, "epsilon": account(tuple(events), delta).epsilon})
+        cumulative.append(
+            {"entry": len(entries) - 1, "purpose": e.purpose, "epsilon": account(tuple(events), delta).epsilon}
+        )
     total = account(tuple(events), delta)
     unfinished = sum(1 for e in ledger.entries if e.status != "completed")
-    return Spent(owner, delta, entries, total.rdp, total.prv, total.independent_pld, total.independent_rdp, total.epsilon,
-                 budget, budget is not None and total.epsilon > budget * (1 + 1e-9), unfinished, cumulative)
+    return Spent(
+        owner,
+        delta,
+        entries,
+        total.rdp,
+        total.prv,
+        total.independent_pld,
+        total.independent_rdp,
+        total.epsilon,
+        budget,
+        budget is not None and total.epsilon > budget * (1 + 1e-9),
+        unfinished,
+        cumulative,
+    )

@@ -40,8 +40,14 @@ def summarize(manifest: list[dict], users: list[str]) -> dict:
             seen["bytes"] += t["bytes"]
     for seen in tensors.values():
         seen["dtypes"] = sorted(seen["dtypes"])
-    return {"messages": len(manifest), "bytes": sum(e["payload_bytes"] for e in manifest),
-            "per_client": dict(per_client), "per_round": dict(per_round), "per_stage": dict(per_stage), "tensors": tensors}
+    return {
+        "messages": len(manifest),
+        "bytes": sum(e["payload_bytes"] for e in manifest),
+        "per_client": dict(per_client),
+        "per_round": dict(per_round),
+        "per_stage": dict(per_stage),
+        "tensors": tensors,
+    }
 
 
 def scan_run(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress: bool = True) -> dict:
@@ -72,8 +78,13 @@ def scan_run(run_dir: Path, config: FederatedConfig, manifest: list[dict], progr
         scanned += len(blobs)
         pattern_count += len(patterns)
         leaks += [{"user_id": user, "what": label, "bytes_hex": needle.hex()[:64]} for needle, label in found.items()]
-    return {"payloads_scanned": scanned, "payloads_missing": missing, "patterns": pattern_count, "ngram": NGRAM,
-            "leaks": leaks}
+    return {
+        "payloads_scanned": scanned,
+        "payloads_missing": missing,
+        "patterns": pattern_count,
+        "ngram": NGRAM,
+        "leaks": leaks,
+    }
 
 
 def prune_payloads(run_dir: Path) -> int:

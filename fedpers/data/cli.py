@@ -19,13 +19,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate synthetic service-desk conversations (five personas, per-user quirks) as JSONL.",
     )
     defaults = SyntheticConfig()
-    gen.add_argument("--users-per-persona", type=int, default=defaults.users_per_persona,
-                     help=f"users generated for each persona (default {defaults.users_per_persona})")
-    gen.add_argument("--conversations-per-user", type=int, default=defaults.conversations_per_user,
-                     help=f"conversations per user (default {defaults.conversations_per_user})")
-    gen.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed; same seed, same file (default {defaults.seed})")
-    gen.add_argument("--personas", nargs="+", choices=PERSONAS, default=list(PERSONAS),
-                     help="personas to include (default: all five)")
+    gen.add_argument(
+        "--users-per-persona",
+        type=int,
+        default=defaults.users_per_persona,
+        help=f"users generated for each persona (default {defaults.users_per_persona})",
+    )
+    gen.add_argument(
+        "--conversations-per-user",
+        type=int,
+        default=defaults.conversations_per_user,
+        help=f"conversations per user (default {defaults.conversations_per_user})",
+    )
+    gen.add_argument(
+        "--seed", type=int, default=defaults.seed, help=f"random seed; same seed, same file (default {defaults.seed})"
+    )
+    gen.add_argument(
+        "--personas",
+        nargs="+",
+        choices=PERSONAS,
+        default=list(PERSONAS),
+        help="personas to include (default: all five)",
+    )
     gen.add_argument("--out", type=Path, required=True, help="output JSONL path (written atomically)")
     gen.set_defaults(func=run_generate)
 
@@ -35,21 +50,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate every line of a conversation JSONL file; prints each problem as 'file:line: field: message'.",
     )
     val.add_argument("file", type=Path, help="JSONL file to check")
-    val.add_argument("--mode", choices=("strict", "skip"), default="strict",
-                     help="strict: any problem fails the file; skip: report problems and count the valid lines "
-                          "(exit code is 1 in both modes if any problem is found)")
+    val.add_argument(
+        "--mode",
+        choices=("strict", "skip"),
+        default="strict",
+        help="strict: any problem fails the file; skip: report problems and count the valid lines "
+        "(exit code is 1 in both modes if any problem is found)",
+    )
     val.set_defaults(func=run_validate)
 
     imp = subparsers.add_parser(
         "import-shakespeare",
         help="convert tinyshakespeare into conversation JSONL (one user per speaker)",
         description="Turn tinyshakespeare into conversations: each answer of speaker S to another speaker's speech "
-                    "is one conversation of user S (user turn: the prompt, assistant turn: S's answer).",
+        "is one conversation of user S (user turn: the prompt, assistant turn: S's answer).",
     )
-    imp.add_argument("--src", type=Path, default=DEFAULT_SHAKESPEARE_PATH,
-                     help="tinyshakespeare text file (default: ../shared/data/tinyshakespeare.txt from the project root)")
-    imp.add_argument("--min-speeches", type=int, default=30, help="keep speakers with at least this many answers (default 30)")
-    imp.add_argument("--max-users", type=int, default=None, help="keep only the speakers with the most answers (default: all)")
+    imp.add_argument(
+        "--src",
+        type=Path,
+        default=DEFAULT_SHAKESPEARE_PATH,
+        help="tinyshakespeare text file (default: ../shared/data/tinyshakespeare.txt from the project root)",
+    )
+    imp.add_argument(
+        "--min-speeches", type=int, default=30, help="keep speakers with at least this many answers (default 30)"
+    )
+    imp.add_argument(
+        "--max-users", type=int, default=None, help="keep only the speakers with the most answers (default: all)"
+    )
     imp.add_argument("--out", type=Path, required=True, help="output JSONL path (written atomically)")
     imp.set_defaults(func=run_import_shakespeare)
 

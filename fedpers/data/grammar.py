@@ -136,8 +136,12 @@ class Paraphraser:
     def _pattern(self) -> re.Pattern[str]:
         keys = sorted({**self.contractions, **self.synonyms}, key=len, reverse=True)
         return re.compile(
-            r"(?<![\w'-])(" + "|".join(re.escape(k) for k in keys) + r")(?![\w'-])"
-            + r"|(?:^|(?<=[.!?:] )|(?<=\n))(" + "|".join(re.escape(cap(k)) for k in keys) + r")(?![\w'-])"
+            r"(?<![\w'-])("
+            + "|".join(re.escape(k) for k in keys)
+            + r")(?![\w'-])"
+            + r"|(?:^|(?<=[.!?:] )|(?<=\n))("
+            + "|".join(re.escape(cap(k)) for k in keys)
+            + r")(?![\w'-])"
         )
 
     def vary(self, text: str, rng: random.Random, expand_rate: float) -> str:

@@ -241,7 +241,7 @@ def _fn_join(at: _At, spec: dict[str, Any], lists: Mapping[str, tuple[str, ...]]
         elif isinstance(part, dict) and "fn" in part:
             parts.append(_fn(where, part, lists))
         else:
-            where.fail("expected a string, a list, {\"list\": name} or {\"fn\": ...}")
+            where.fail('expected a string, a list, {"list": name} or {"fn": ...}')
     return lambda r: sep.join(part(r) for part in parts)
 
 
@@ -299,7 +299,7 @@ def _rule(at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: M
         if name not in scope:
             (at / "rule").fail(f"unknown rule {name!r}")
         return scope[name]
-    at.fail("expected a list of templates, {\"list\": name}, {\"rule\": name} or {\"fn\": ...}")
+    at.fail('expected a list of templates, {"list": name}, {"rule": name} or {"fn": ...}')
 
 
 def _rules(at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: Mapping[str, Rule]) -> dict[str, Rule]:
@@ -308,8 +308,17 @@ def _rules(at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: 
 
 # ------------------------------------------------------------------------------------------ banks
 
-_NAME_LISTS = ("first_names", "surnames", "helper_names", "locations", "greetings", "closings", "channels",
-               "sign_offs", "field_sign_offs")
+_NAME_LISTS = (
+    "first_names",
+    "surnames",
+    "helper_names",
+    "locations",
+    "greetings",
+    "closings",
+    "channels",
+    "sign_offs",
+    "field_sign_offs",
+)
 
 
 def build_common(data: Mapping[str, Any], source: str = f"{PHRASES_DIR}/{COMMON_FILE}") -> CommonBank:
@@ -331,13 +340,20 @@ def build_common(data: Mapping[str, Any], source: str = f"{PHRASES_DIR}/{COMMON_
     for word, full in contractions.items():
         if not isinstance(full, str):
             (at / "contractions" / word).fail("expected a string")
-    synonyms = {word: _strings(at / "paraphrases" / word, alts)
-                for word, alts in _object(at / "paraphrases", data["paraphrases"]).items()}
+    synonyms = {
+        word: _strings(at / "paraphrases" / word, alts)
+        for word, alts in _object(at / "paraphrases", data["paraphrases"]).items()
+    }
     comments = data["feedback_comments"]
     if not isinstance(comments, list) or not comments or not all(c is None or isinstance(c, str) for c in comments):
         (at / "feedback_comments").fail("expected a non-empty list of strings or nulls")
-    return CommonBank(lists=lists, rules=rules, **names, feedback_comments=tuple(comments),
-                      paraphraser=Paraphraser(dict(contractions), synonyms))
+    return CommonBank(
+        lists=lists,
+        rules=rules,
+        **names,
+        feedback_comments=tuple(comments),
+        paraphraser=Paraphraser(dict(contractions), synonyms),
+    )
 
 
 def build_persona(name: str, data: Mapping[str, Any], common: CommonBank, source: str | None = None) -> PersonaSpec:
@@ -373,8 +389,9 @@ def build_persona(name: str, data: Mapping[str, Any], common: CommonBank, source
 def _topic(at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: Mapping[str, Rule]) -> Topic:
     if isinstance(value, dict) and isinstance(value.get("name"), str):
         at = _At(at.source, f"{at.path} ({value['name']})")
-    t = _fields(at, value, ("name", "ask", "lead", "steps", "symptom"),
-                ("extra", "diag", "fixed", "rules", "match", "ordered"))
+    t = _fields(
+        at, value, ("name", "ask", "lead", "steps", "symptom"), ("extra", "diag", "fixed", "rules", "match", "ordered")
+    )
     if not isinstance(t["name"], str) or not t["name"]:
         (at / "name").fail("expected a non-empty string")
     ask, lead = _strings(at / "ask", t["ask"], templates=True), _strings(at / "lead", t["lead"], templates=True)

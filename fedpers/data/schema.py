@@ -66,7 +66,11 @@ class Feedback:
     comment: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("rating", self.rating), ("sentiment", self.sentiment), ("comment", self.comment)) if v is not None}
+        return {
+            k: v
+            for k, v in (("rating", self.rating), ("sentiment", self.sentiment), ("comment", self.comment))
+            if v is not None
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Feedback:
@@ -103,7 +107,12 @@ class Turn:
     @classmethod
     def _build(cls, data: Mapping[str, Any]) -> Turn:
         fb = data.get("feedback")
-        return cls(role=data["role"], text=data["text"], ts=data.get("ts"), feedback=None if fb is None else Feedback._build(fb))
+        return cls(
+            role=data["role"],
+            text=data["text"],
+            ts=data.get("ts"),
+            feedback=None if fb is None else Feedback._build(fb),
+        )
 
 
 @dataclass(frozen=True)
@@ -259,7 +268,9 @@ def _check_profile(data: Any) -> list[FieldError]:
     errors = []
     for key, value in data.items():
         if isinstance(value, list | dict):
-            errors.append((f"profile.{key}", f"expected a JSON scalar (string, number, boolean or null), got {_json_type(value)}"))
+            errors.append(
+                (f"profile.{key}", f"expected a JSON scalar (string, number, boolean or null), got {_json_type(value)}")
+            )
         elif isinstance(value, float) and not math.isfinite(value):
             errors.append((f"profile.{key}", "must be a finite number"))
     return errors

@@ -80,13 +80,18 @@ def _display_names(speeches: list[Speech]) -> dict[str, str]:
     return {slug: counts.most_common(1)[0][0] for slug, counts in spellings.items()}
 
 
-def speeches_to_conversations(speeches: list[Speech], min_speeches: int = 30, max_users: int | None = None) -> list[Conversation]:
+def speeches_to_conversations(
+    speeches: list[Speech], min_speeches: int = 30, max_users: int | None = None
+) -> list[Conversation]:
     """Conversations for speakers with at least ``min_speeches`` answers, most answers first, then by slug."""
     names = _display_names(speeches)
     by_speaker: dict[str, list[tuple[Speech, Speech]]] = defaultdict(list)
     for prompt, answer in answer_pairs(speeches):
         by_speaker[speaker_slug(answer.speaker)].append((prompt, answer))
-    kept = sorted((slug for slug, pairs in by_speaker.items() if len(pairs) >= min_speeches), key=lambda s: (-len(by_speaker[s]), s))
+    kept = sorted(
+        (slug for slug, pairs in by_speaker.items() if len(pairs) >= min_speeches),
+        key=lambda s: (-len(by_speaker[s]), s),
+    )
     if max_users is not None:
         kept = kept[:max_users]
     conversations = []
@@ -94,7 +99,11 @@ def speeches_to_conversations(speeches: list[Speech], min_speeches: int = 30, ma
         profile = {"speaker": names[slug]}
         for k, (prompt, answer) in enumerate(by_speaker[slug]):
             turns = (Turn(role="user", text=prompt.text), Turn(role="assistant", text=answer.text))
-            conversations.append(Conversation(user_id=slug, conversation_id=f"{slug}-{k:04d}", turns=turns, persona=None, profile=profile))
+            conversations.append(
+                Conversation(
+                    user_id=slug, conversation_id=f"{slug}-{k:04d}", turns=turns, persona=None, profile=profile
+                )
+            )
     return conversations
 
 

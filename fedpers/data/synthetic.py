@@ -42,8 +42,20 @@ FORMALITY = {"casual": 0.0, "neutral": None, "formal": 0.9}
 """Per-user probability of writing contractions out in full; ``None`` keeps the persona's rate."""
 
 __all__ = [
-    "FIRST_NAMES", "HELPER_NAMES", "PERSONAS", "PERSONA_SPECS", "PersonaSpec", "SyntheticConfig", "SyntheticUser",
-    "Topic", "derive_seed", "expand", "generate", "generate_conversation", "make_users", "parse_template",
+    "FIRST_NAMES",
+    "HELPER_NAMES",
+    "PERSONAS",
+    "PERSONA_SPECS",
+    "PersonaSpec",
+    "SyntheticConfig",
+    "SyntheticUser",
+    "Topic",
+    "derive_seed",
+    "expand",
+    "generate",
+    "generate_conversation",
+    "make_users",
+    "parse_template",
 ]
 
 
@@ -129,8 +141,13 @@ def _make_user(spec: PersonaSpec, user_id: str, first: str, rng: random.Random) 
         "detail": rng.choice(tuple(DETAIL_LEVELS)),
         "formality": rng.choice(tuple(FORMALITY)),
     }
-    ctx = {"name": first, "hello": f"{profile['greeting']} {first}", "device": device, "location": location,
-           "channel": profile["contact_channel"]}
+    ctx = {
+        "name": first,
+        "hello": f"{profile['greeting']} {first}",
+        "device": device,
+        "location": location,
+        "channel": profile["contact_channel"],
+    }
     if spec.name == "leadership":
         profile["delegate"] = ctx["delegate"] = rng.choice(HELPER_NAMES)
     elif spec.name == "new_employee":
@@ -143,8 +160,9 @@ def _make_user(spec: PersonaSpec, user_id: str, first: str, rng: random.Random) 
     rng.shuffle(order)
     style = {name: _user_subset(spec.rules[name], rng) for name in spec.user_style}
     rate = FORMALITY[profile["formality"]]
-    return SyntheticUser(user_id, spec.name, first, profile, tuple(order), ctx, style,
-                         spec.expand_rate if rate is None else rate)
+    return SyntheticUser(
+        user_id, spec.name, first, profile, tuple(order), ctx, style, spec.expand_rate if rate is None else rate
+    )
 
 
 def _user_subset(rule: Rule, rng: random.Random) -> Rule:
@@ -404,4 +422,3 @@ def generate(config: SyntheticConfig | None = None) -> list[Conversation]:
         for user in make_users(config)
         for i in range(config.conversations_per_user)
     ]
-

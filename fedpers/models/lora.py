@@ -73,7 +73,7 @@ class AdapterDelta:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def between(cls, before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> "AdapterDelta":
+    def between(cls, before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> AdapterDelta:
         return cls({k: after[k] - before[k] for k in before})
 
     def norm(self) -> float:

@@ -45,7 +45,9 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_tiny_model(seed: int = 0, hidden_size: int = 64, layers: int = 4) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def build_tiny_model(
+    seed: int = 0, hidden_size: int = 64, layers: int = 4
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """A deterministic randomly initialised Llama (SmolLM2's architecture) with a small vocabulary."""
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(

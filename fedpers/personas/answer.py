@@ -13,7 +13,9 @@ from fedpers.models.personalized import PersonalizedLM, _backbone_and_head
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """The chat-template tokens of a one-message user chat, ending with the assistant header."""
-    out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True)
+    out = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True
+    )
     return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
 
@@ -49,7 +51,9 @@ def greedy_ids(model: PersonalizedLM, input_ids: list[int], max_new_tokens: int,
     return new
 
 
-def generate_answer(model: PersonalizedLM, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 64) -> str:
+def generate_answer(
+    model: PersonalizedLM, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 64
+) -> str:
     """The model's greedy reply to ``prompt`` (at most ``max_new_tokens`` tokens, stopping at end of turn)."""
     new = greedy_ids(model, prompt_ids(tokenizer, prompt), max_new_tokens, stop_ids(model, tokenizer))
     # one sequence of ids decodes to one string (transformers types decode's result as str | list[str])

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--persona", help="declared persona: use its adapter instead of inferring one")
     p.add_argument("--model", help="base model option (default: the run's model from run.json)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer, in tokens (default: %(default)s)")
-    p.add_argument("--max-length", type=int, default=256, help="prompt tokens scored, keeping the latest (default: %(default)s)")
+    p.add_argument(
+        "--max-length", type=int, default=256, help="prompt tokens scored, keeping the latest (default: %(default)s)"
+    )
     p.add_argument("--no-answer", action="store_true", help="route only; do not generate an answer")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run_route)
@@ -32,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_route(args: argparse.Namespace) -> int:
+    from fedpers.adapters import GLOBAL
     from fedpers.models import PersonalizedLM, attach_lora, load_adapter_arrays, load_base_model
     from fedpers.personas.answer import generate_answer
     from fedpers.personas.routing import LossScorer, Router
-    from fedpers.adapters import GLOBAL
     from fedpers.rundir import RUN_CONFIG, load_adapters, lora_settings, read_json
 
     if args.max_new_tokens < 1:
@@ -59,14 +61,26 @@ def run_route(args: argparse.Namespace) -> int:
         answer = generate_answer(model, tokenizer, args.prompt, args.max_new_tokens)
     if args.json:
         scores = {k: v if math.isfinite(v) else None for k, v in decision.scores.items()}
-        print(json.dumps({"persona": decision.persona, "source": decision.source, "reason": decision.reason,
-                          "scores": scores, "answer": answer}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "persona": decision.persona,
+                    "source": decision.source,
+                    "reason": decision.reason,
+                    "scores": scores,
+                    "answer": answer,
+                },
+                indent=1,
+            )
+        )
         return 0
     print(f"{'persona':<24}{'score (loss)':>14}")
     for name in personas:
         score = decision.scores.get(name)
         mark = "  <-" if name == decision.persona else ""
-        print(f"  {name:<22}{'no adapter' if name not in adapters else '-' if score is None else f'{score:.4f}':>14}{mark}")
+        print(
+            f"  {name:<22}{'no adapter' if name not in adapters else '-' if score is None else f'{score:.4f}':>14}{mark}"
+        )
     print(f"adapter: {decision.persona} ({decision.reason})")
     if answer is not None:
         print(f"answer: {answer}")

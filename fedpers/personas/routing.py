@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from fedpers.adapters import GLOBAL
 from fedpers.models.chat import collate, encode_messages
 from fedpers.models.lora import adapter_arrays, load_adapter_arrays
 from fedpers.models.personalized import PersonalizedLM
-from fedpers.adapters import GLOBAL
 from fedpers.personas.assignment import Source, assign_persona, check_known
 
 
@@ -48,7 +48,9 @@ class LossScorer:
         missing = [c for c in candidates if c not in self.adapters]
         if missing:
             raise ValueError(f"no adapter to score {missing}; adapters: {sorted(self.adapters)}")
-        example = encode_messages(self.tokenizer, [{"role": "user", "content": prompt}], self.max_length, target_roles=("user",))
+        example = encode_messages(
+            self.tokenizer, [{"role": "user", "content": prompt}], self.max_length, target_roles=("user",)
+        )
         if example is None:
             raise ValueError("the prompt has no tokens to score")
         batch = collate([example], self.tokenizer.pad_token_id)
@@ -107,7 +109,9 @@ class Router:
             reason = f"declared persona '{declared}' has no adapter yet; using '{self.fallback}'"
             return RouteDecision(self.fallback, scores, reason, "global")
         if not self.available:
-            return RouteDecision(self.fallback, {}, f"no persona adapter yet (cold start); using '{self.fallback}'", "global")
+            return RouteDecision(
+                self.fallback, {}, f"no persona adapter yet (cold start); using '{self.fallback}'", "global"
+            )
         scores = self.scorer.score(prompt, self.available)
         assignment = assign_persona(None, self.available, scores.__getitem__, self.available)
         if assignment.source == "global":

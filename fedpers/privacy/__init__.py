@@ -9,10 +9,17 @@ from __future__ import annotations
 from importlib import import_module
 
 _EXPORTS = {
-    "EpsilonReport": "accounting", "GaussianEvent": "accounting", "calibrate_noise_multiplier": "accounting",
-    "epsilon": "accounting", "epsilon_report": "accounting",
-    "DPConfig": "dp_sgd", "TrainConfig": "dp_sgd", "TrainResult": "dp_sgd", "train": "dp_sgd",
-    "LedgerEntry": "ledger", "PrivacyLedger": "ledger",
+    "EpsilonReport": "accounting",
+    "GaussianEvent": "accounting",
+    "calibrate_noise_multiplier": "accounting",
+    "epsilon": "accounting",
+    "epsilon_report": "accounting",
+    "DPConfig": "dp_sgd",
+    "TrainConfig": "dp_sgd",
+    "TrainResult": "dp_sgd",
+    "train": "dp_sgd",
+    "LedgerEntry": "ledger",
+    "PrivacyLedger": "ledger",
 }
 
 __all__ = sorted(_EXPORTS)

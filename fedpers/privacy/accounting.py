@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from functools import lru_cache
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -104,8 +104,15 @@ def calibrate_noise_multiplier(
 
 
 @lru_cache(maxsize=256)
-def _calibrate(target: float, delta: float, sample_rate: float, steps: int, prior: tuple[GaussianEvent, ...],
-               tolerance: float, max_sigma: float) -> float:
+def _calibrate(
+    target: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior: tuple[GaussianEvent, ...],
+    tolerance: float,
+    max_sigma: float,
+) -> float:
     def rdp_ok(sigma: float) -> bool:
         return epsilon([*prior, GaussianEvent(sigma, sample_rate, steps)], delta, "rdp") <= target
 

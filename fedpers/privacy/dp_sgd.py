@@ -20,6 +20,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,8 +33,8 @@ from tqdm.auto import tqdm
 from fedpers.models.chat import EncodedExample, collate
 from fedpers.models.personalized import PersonalizedLM
 from fedpers.privacy.accounting import EpsilonReport, GaussianEvent, calibrate_noise_multiplier
-from fedpers.privacy.plan import DPPlan
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedpers.privacy.plan import DPPlan
 
 # Opacus's hooks fire on module outputs when the (frozen) inputs need no gradient: expected here.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -121,7 +122,7 @@ def private_seeds(noise_seed: int | None) -> tuple[int, int]:
 def _set_empty_grad_samples(params: Sequence[torch.nn.Parameter]) -> None:
     """An empty Poisson sample contributes no gradient; the optimizer still adds noise."""
     for p in params:
-        setattr(p, "grad_sample", torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device))  # Opacus's attribute
+        cast(Any, p).grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # Opacus's attribute
 
 
 def per_sample_grad_norms(
@@ -150,7 +151,13 @@ def per_sample_grad_norms(
 
 
 def private_quantile(
-    values: np.ndarray, quantile: float, low: float, high: float, queries: int, noise_multiplier: float, rng: np.random.Generator
+    values: np.ndarray,
+    quantile: float,
+    low: float,
+    high: float,
+    queries: int,
+    noise_multiplier: float,
+    rng: np.random.Generator,
 ) -> float:
     """A differentially private ``quantile`` of ``values`` by noisy binary search on a log scale.
 
@@ -182,7 +189,9 @@ def estimate_clip_norm(
     entry = ledger.record(LedgerEntry("clip-quantile", [event], {"quantile": dp.clip_quantile}))
     norms = per_sample_grad_norms(model, examples, pad_token_id)
     rng = np.random.default_rng(_entropy_seed(seed))
-    clip = private_quantile(norms, dp.clip_quantile, *dp.quantile_range, dp.quantile_queries, dp.quantile_noise_multiplier, rng)
+    clip = private_quantile(
+        norms, dp.clip_quantile, *dp.quantile_range, dp.quantile_queries, dp.quantile_noise_multiplier, rng
+    )
     ledger.complete(entry, max_grad_norm=clip)
     return clip
 
@@ -240,9 +249,13 @@ def train(
     result = TrainResult(steps=config.steps, sample_rate=sample_rate)
     sampling_seed, noise_seed = private_seeds(config.noise_seed)
     generator = torch.Generator().manual_seed(sampling_seed)
-    sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=sample_rate, steps=config.steps, generator=generator)
+    sampler = UniformWithReplacementSampler(
+        num_samples=n, sample_rate=sample_rate, steps=config.steps, generator=generator
+    )
     model.train()
-    optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer: torch.optim.Optimizer = torch.optim.Adam(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     gsm: GradSampleModule | None = None
     entry: LedgerEntry | None = None
     if dp.enabled:
@@ -251,19 +264,39 @@ def train(
         plan = plan_dp(model, examples, pad_token_id, dp, ledger, config.batch_size, config.steps, config.noise_seed)
         sigma, clip = plan.noise_multiplier, plan.max_grad_norm
         result.noise_multiplier, result.max_grad_norm = sigma, clip
-        entry = ledger.record(LedgerEntry(
-            "dp-sgd", [GaussianEvent(sigma, sample_rate, config.steps)],
-            {"max_grad_norm": clip, "batch_size": config.batch_size, "examples": n, "learning_rate": config.learning_rate}
-            | dp.ledger_details,
-        ))
+        entry = ledger.record(
+            LedgerEntry(
+                "dp-sgd",
+                [GaussianEvent(sigma, sample_rate, config.steps)],
+                {
+                    "max_grad_norm": clip,
+                    "batch_size": config.batch_size,
+                    "examples": n,
+                    "learning_rate": config.learning_rate,
+                }
+                | dp.ledger_details,
+            )
+        )
         _fresh_for_opacus(model)
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         noise = torch.Generator().manual_seed(noise_seed)
-        optimizer = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=clip,
-                                expected_batch_size=config.batch_size, loss_reduction="mean", generator=noise)
+        optimizer = DPOptimizer(
+            optimizer,
+            noise_multiplier=sigma,
+            max_grad_norm=clip,
+            expected_batch_size=config.batch_size,
+            loss_reduction="mean",
+            generator=noise,
+        )
     forward = gsm if gsm is not None else model
     try:
-        bar = tqdm(sampler, total=config.steps, desc="DP-SGD" if dp.enabled else "SGD", disable=not config.progress, leave=False)
+        bar = tqdm(
+            sampler,
+            total=config.steps,
+            desc="DP-SGD" if dp.enabled else "SGD",
+            disable=not config.progress,
+            leave=False,
+        )
         for step, indices in enumerate(bar):
             optimizer.zero_grad(set_to_none=True)
             if len(indices) == 0:

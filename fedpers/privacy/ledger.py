@@ -59,7 +59,7 @@ class LedgerEntry:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LedgerEntry":
+    def from_dict(cls, data: dict) -> LedgerEntry:
         return cls(
             purpose=data["purpose"],
             events=[GaussianEvent(**e) for e in data["events"]],
@@ -131,13 +131,20 @@ class PrivacyLedger:
             raise LedgerDeltaMismatch(
                 f"{self.path}: the ledger of user {self.user_id!r} accounts at delta {stored:g}, but delta "
                 f"{self.requested_delta:g} was asked for; refusing rather than composing at another delta "
-                f"(run with delta {stored:g})")
+                f"(run with delta {stored:g})"
+            )
         self.delta = stored
         self.entries = [LedgerEntry.from_dict(e) for e in data["entries"]]
 
     def _write(self) -> None:
-        self._save({"version": LEDGER_VERSION, "user_id": self.user_id, "delta": self.delta,
-                    "entries": [e.to_dict() for e in self.entries]})
+        self._save(
+            {
+                "version": LEDGER_VERSION,
+                "user_id": self.user_id,
+                "delta": self.delta,
+                "entries": [e.to_dict() for e in self.entries],
+            }
+        )
 
     def _check_cap(self, entry: LedgerEntry) -> None:
         if self.cap is None:
@@ -148,7 +155,8 @@ class PrivacyLedger:
             before = epsilon_report(events[: len(events) - len(entry.events)], self.delta).epsilon
             raise BudgetExceededError(
                 f"{self.path}: '{entry.purpose}' would bring user {self.user_id}'s epsilon from {before:.3f} to "
-                f"{after:.3f}, over the consented budget of {self.cap:g} (delta {self.delta:g}); refused, nothing was run")
+                f"{after:.3f}, over the consented budget of {self.cap:g} (delta {self.delta:g}); refused, nothing was run"
+            )
 
     def record(self, entry: LedgerEntry) -> LedgerEntry:
         """Persist ``entry`` (with its planned spending) before the computation runs; with a ``cap``,

@@ -27,5 +27,8 @@ def upload_clip_norm(update_clip: float) -> float:
 
 def user_level_entry(noise_multiplier: float, update_clip: float, **details) -> LedgerEntry:
     """One round's user-level release, ``GaussianEvent(noise_multiplier, 1.0, 1)``, as a ledger entry."""
-    return LedgerEntry(USER_LEVEL_PURPOSE, [GaussianEvent(noise_multiplier, 1.0, 1)],
-                       {**details, "noise_multiplier": noise_multiplier, "clip": upload_clip_norm(update_clip)})
+    return LedgerEntry(
+        USER_LEVEL_PURPOSE,
+        [GaussianEvent(noise_multiplier, 1.0, 1)],
+        {**details, "noise_multiplier": noise_multiplier, "clip": upload_clip_norm(update_clip)},
+    )
