@@ -205,3 +205,26 @@ def test_the_attack_goes_into_the_report(attacked, tmp_path):
     # the two runs side by side: one column each, DP first
     assert html.index('<th class="">DP as audited</th>') < html.index('<th class="">DP off (power check)</th>')
     assert "group of 4 copies" in html
+
+
+def test_the_audit_command_offers_the_attack_only_with_a_runner_and_with_its_defaults():
+    """``fedpers audit --attack`` runs simulations, so the library's parser offers it only when the ``fedpers``
+    command (simulations/cli.py) passes a runner; its defaults are the attack's."""
+    import argparse
+
+    from fedpers.audit.attack import AttackConfig
+    from fedpers.audit.cli import register
+
+    def parse(attack):
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers(dest="command"), attack)
+        return parser
+
+    args = parse(lambda run_dir, settings: None).parse_args(["audit", "RUN"])
+    assert (args.canaries, args.repeats, args.candidates) == (
+        AttackConfig.canaries,
+        AttackConfig.repeats,
+        AttackConfig.candidates,
+    )
+    with pytest.raises(SystemExit):
+        parse(None).parse_args(["audit", "RUN", "--attack"])

@@ -40,9 +40,9 @@ def _config(tmp_path, **changes) -> FederatedConfig:
     return FederatedConfig.from_flat(values | changes).validated()
 
 
-def _exchange(config: FederatedConfig, extra: dict | None = None):
+def _exchange(config: FederatedConfig, extra: dict | None = None, trained: str = ""):
     """A plain training message of round 1, and the client's reply carrying an update (plus ``extra`` records)."""
-    raw = config.to_record() | {"run-id": "run-1", "server-round": 1, "task": "train", "trained-personas": ""}
+    raw = config.to_record() | {"run-id": "run-1", "server-round": 1, "task": "train", "trained-personas": trained}
     msg = Message(
         compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters([]), raw), keep_input=True),
         dst_node_id=1,
@@ -62,9 +62,30 @@ def _exchange(config: FederatedConfig, extra: dict | None = None):
     return msg, context, call_next
 
 
-def _charge(config: FederatedConfig, **details) -> None:
-    ledger = UserState(config.outputs.state_dir, user_ids(config)[0]).ledger(config.privacy.delta)
-    ledger.complete(ledger.record(LedgerEntry("dp-sgd", [GaussianEvent(1.0, 0.1, 8)], details)))
+def _charge(config: FederatedConfig, purpose: str = "dp-sgd", **details) -> None:
+    state = UserState(config.outputs.state_dir, user_ids(config)[0])
+    user_level = purpose == "user-level-dp-fedavg"
+    ledger = state.user_level_ledger(config.privacy.delta) if user_level else state.ledger(config.privacy.delta)
+    ledger.complete(ledger.record(LedgerEntry(purpose, [GaussianEvent(1.0, 0.1, 8)], details)))
+
+
+def test_the_guard_reads_the_settings_it_checks(tmp_path):
+    """The guard used to read ``persona-mode`` and ``user-dp`` from the record, keys no record has (settings travel
+    with underscores), so an inferred persona's choice and a user-level release were never required."""
+    inferred = _config(tmp_path, persona_mode="inferred")
+    _charge(inferred, run_id="run-1", round=1)
+    with pytest.raises(UnaccountedRelease, match="no ledger entry persona-choice"):
+        release_guard(*_exchange(inferred, trained="leadership,field_worker"))
+    assert not release_guard(*_exchange(inferred)).has_error()  # cold start: the global slot, nothing was chosen
+    _charge(inferred, "persona-choice", run_id="run-1")
+    assert not release_guard(*_exchange(inferred, trained="leadership,field_worker")).has_error()
+
+    user_dp = _config(tmp_path / "u", user_dp=True, persona_hiding=True, persona_mode="declared")
+    _charge(user_dp, run_id="run-1", round=1)
+    with pytest.raises(UnaccountedRelease, match="no ledger entry user-level-dp-fedavg"):
+        release_guard(*_exchange(user_dp))
+    _charge(user_dp, "user-level-dp-fedavg", run_id="run-1", round=1)
+    assert not release_guard(*_exchange(user_dp)).has_error()
 
 
 def test_an_update_without_its_ledger_entry_never_leaves(tmp_path):
