@@ -19,6 +19,7 @@ and it has no loss row.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -33,9 +34,11 @@ from fedpers.evaluation import evaluate
 from fedpers.federated import FederatedConfig
 from fedpers.models import load_adapter_arrays
 from fedpers.models.environment import ModelEnvironment, model_environment
+from fedpers.personas.assignment import assign_persona
 from fedpers.userdata import user_data
 
 Adapters = dict[str, dict[str, np.ndarray]]
+BASE = "base model"  # not an adapter name: the zero adapter
 SOURCE = "the experimenter's evaluator in the simulation driver, outside the federated protocol (no device sent these figures)"
 
 
@@ -48,12 +51,17 @@ class SimulationEvaluator:
     source: str = SOURCE
 
     def persona(self, user_id: str, declared: str | None, trained: set[str], run_id: str) -> str:
-        """The adapter the user's device trains this run: declared, or its private choice, else global."""
-        if declared is not None:
-            return declared
-        if not trained:
-            return GLOBAL
-        return UserState(self.config.outputs.state_dir, user_id).persona_choice(run_id) or GLOBAL
+        """The adapter the user's device trains this run, by the devices' rule (:func:`fedpers.personas.assign_persona`):
+        declared, else its private choice (read from the simulated device's state) once adapters are trained,
+        else global."""
+        chosen = None
+        if declared is None and trained:
+            chosen = UserState(self.config.outputs.state_dir, user_id).persona_choice(run_id)
+
+        def score(p: str) -> float:  # the device's recorded choice scores best
+            return 0.0 if p == chosen else math.inf
+
+        return assign_persona(declared, self.config.persona_names, score, trained).persona
 
     def _losses(self, env: ModelEnvironment, arrays: dict[str, np.ndarray], heldout, embedding: bytes | None = None):
         model = env.model
@@ -72,25 +80,28 @@ class SimulationEvaluator:
         started = time.perf_counter()
         env = model_environment(self.config)
         rows: dict[str, dict[str, list[float]]] = {}  # persona -> variant -> [loss sum, tokens]
+        base = {k: np.zeros_like(v) for k, v in adapters[GLOBAL].items()}  # LoRA B = 0: the base model
         users: dict[str, int] = {}
         for user_id in self.users:
             data = user_data(self.config, user_id, env)
             if not data.heldout:
                 continue
             persona = self.persona(user_id, data.declared_persona, trained, run_id)
-            variants: dict[str, tuple[dict[str, np.ndarray], bytes | None]] = {
-                "global": (adapters[GLOBAL], None),
-                "persona": (adapters[persona], None),
-            }
+            # variant -> (adapter, user embedding); the same pair is evaluated once (persona == global at cold start)
+            variants: dict[str, tuple[str, bytes | None]] = {"global": (GLOBAL, None), "persona": (persona, None)}
             if final:
-                variants["base"] = ({k: np.zeros_like(v) for k, v in adapters[GLOBAL].items()}, None)
+                variants["base"] = (BASE, None)
                 embedding = UserState(self.config.outputs.state_dir, user_id).embedding()
                 if embedding is not None:
-                    variants["persona-embedding"] = (adapters[persona], embedding)
+                    variants["persona-embedding"] = (persona, embedding)
             users[persona] = users.get(persona, 0) + 1
             row = rows.setdefault(persona, {})
-            for name, (arrays, embedding) in variants.items():
-                loss_sum, tokens = self._losses(env, arrays, data.heldout, embedding)
+            done: dict[tuple[str, bytes | None], tuple[float, float]] = {}
+            for name, (adapter, embedding) in variants.items():
+                if (adapter, embedding) not in done:
+                    arrays = base if adapter == BASE else adapters[adapter]
+                    done[adapter, embedding] = self._losses(env, arrays, data.heldout, embedding)
+                loss_sum, tokens = done[adapter, embedding]
                 total = row.setdefault(name, [0.0, 0.0])
                 total[0], total[1] = total[0] + loss_sum, total[1] + tokens
         gate = self.config.server.min_clients
