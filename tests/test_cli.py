@@ -55,3 +55,26 @@ def test_bad_data_file_is_a_clear_error(tmp_path, capsys):
     bad.write_text('{"user_id": "u", "conversation_id": "c", "turns": [{"role": "robot", "text": "hi"}]}\n')
     assert main(["train-local", *FAST, "--data", str(bad), "--user-id", "u", "--out", str(tmp_path / "o")]) == 2
     assert f"{bad}:1: turns[0].role" in capsys.readouterr().err
+
+
+def test_config_files_take_flat_keys_or_section_tables(tmp_path):
+    from fedpers.federated import SECTIONS, FederatedConfig, all_settings, load_config_file
+
+    flat, nested = tmp_path / "flat.toml", tmp_path / "nested.toml"
+    flat.write_text('epsilon = 4\nrounds = 5\nmodel = "tiny"\n')
+    nested.write_text('[privacy]\nepsilon = 4\n[server]\nrounds = 5\n[model]\nmodel = "tiny"\n')
+    assert load_config_file(flat) == load_config_file(nested) == {"epsilon": 4, "rounds": 5, "model": "tiny"}
+    config = FederatedConfig.from_flat(load_config_file(nested)).validated()
+    assert (config.privacy.epsilon, config.server.rounds, config.model.model) == (4.0, 5, "tiny")
+    assert isinstance(config.privacy.epsilon, float)
+    (tmp_path / "wrong.toml").write_text("[privacy]\nrounds = 5\n")
+    with pytest.raises(ValueError, match=r"wrong.toml: \[privacy\] has no setting 'rounds'"):
+        load_config_file(tmp_path / "wrong.toml")
+    # every setting is declared once, with help, in exactly one section; the record round-trips
+    names = [s.name for s in all_settings()]
+    assert (
+        len(names) == len(set(names))
+        and all(s.help for s in all_settings())
+        and set(SECTIONS) == {s.section for s in all_settings()}
+    )
+    assert FederatedConfig.from_record(config.to_record()) == config
