@@ -44,7 +44,9 @@ def _instructions(msg: Message) -> RoundInstructions:
     """The round instructions a ``TRAIN`` (``fitins`` layout) or ``QUERY`` message carries."""
     if msg.metadata.message_type == MessageType.QUERY:
         return RoundInstructions.from_record(msg.content["config"])
-    return RoundInstructions.from_record(compat.recorddict_to_fitins(msg.content, keep_input=True).config)
+    return RoundInstructions.from_record(
+        compat.recorddict_to_fitins(msg.content, keep_input=True).config
+    )
 
 
 def _prepare(msg: Message, context: Context):
@@ -66,7 +68,9 @@ def _refusing(fn):
         try:
             return fn(task)
         except BudgetExceededError as err:
-            refused = ParticipationRefused(OVER_BUDGET, f"user {task.data.user_id}: refused to train: {err}")
+            refused = ParticipationRefused(
+                OVER_BUDGET, f"user {task.data.user_id}: refused to train: {err}"
+            )
             log(ERROR, "fedpers: %s", refused.detail)
             raise refused from err
 
@@ -91,7 +95,13 @@ def persona(msg: Message, context: Context) -> Message:
         raise PermissionError("this run hides personas: the persona is not sent in clear")
     choice = _refusing(assignment)(task)
     return Message(
-        RecordDict({"metrics": MetricRecord({PERSONA_INDEX: task.instructions.persona_index(choice.persona)})}),
+        RecordDict(
+            {
+                "metrics": MetricRecord(
+                    {PERSONA_INDEX: task.instructions.persona_index(choice.persona)}
+                )
+            }
+        ),
         reply_to=msg,
     )
 
@@ -130,7 +140,9 @@ def _check_ledger(instructions: RoundInstructions, context: Context, needed: set
     state = client_state(config, dict(context.node_config))
     run_id, server_round = instructions.run_id, instructions.server_round
     if config.dataset.persona_mode != "inferred" or not instructions.trained_personas:
-        needed = needed - {"persona-choice"}  # declared, or cold start on the global adapter: nothing was chosen
+        needed = needed - {
+            "persona-choice"
+        }  # declared, or cold start on the global adapter: nothing was chosen
     missing = sorted(p for p in needed if not _ledger_has(state, p, run_id, server_round))
     if missing:
         raise UnaccountedRelease(
@@ -142,17 +154,24 @@ def _check_ledger(instructions: RoundInstructions, context: Context, needed: set
 def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Let a reply leave only if every field is in the release manifest (:mod:`fedpers.releases`) and every
     DP field's ledger entry is already on the device; otherwise log it and send an error instead."""
-    stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE)  # secaggplus_mod pops it
+    stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(
+        Key.STAGE
+    )  # secaggplus_mod pops it
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
     message_type, fields = reply.metadata.message_type, fields_of(reply.content)
     undeclared = undeclared_fields(message_type, stage, fields)
     if undeclared:
-        err = UnaccountedRelease(f"reply not sent: fields outside the release manifest: {', '.join(undeclared)}")
+        err = UnaccountedRelease(
+            f"reply not sent: fields outside the release manifest: {', '.join(undeclared)}"
+        )
         log(ERROR, "fedpers: %s", err)
         raise err
-    if stage not in (None, Stage.COLLECT_MASKED_VECTORS):  # the other SecAgg+ stages carry no instructions
+    if stage not in (
+        None,
+        Stage.COLLECT_MASKED_VECTORS,
+    ):  # the other SecAgg+ stages carry no instructions
         return reply
     instructions = _instructions(msg)
     config = instructions.config
@@ -179,7 +198,9 @@ def make_client_app(mods: list | None = None, outer_mods: list | None = None) ->
     ``outer_mods`` see what leaves the device (e.g. :func:`clients.wire.record_replies`); ``mods``
     see the plain upload before it is clipped and masked. :func:`release_guard` stops any reply that
     the release manifest does not cover."""
-    client_app = ClientApp(mods=[*(outer_mods or []), release_guard, consent_mod, *CLIENT_MODS, *(mods or [])])
+    client_app = ClientApp(
+        mods=[*(outer_mods or []), release_guard, consent_mod, *CLIENT_MODS, *(mods or [])]
+    )
     client_app.train()(train)
     client_app.query()(persona)
     return client_app

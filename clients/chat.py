@@ -27,18 +27,28 @@ class ChatAnswer:
 
 
 def _declared(device: DeviceStore, personas: list[str]) -> str | None:
-    declared = device.declared_persona() or next((c.persona for c in device.conversations() if c.persona), None)
+    declared = device.declared_persona() or next(
+        (c.persona for c in device.conversations() if c.persona), None
+    )
     return declared if declared in personas else None
 
 
-def chat(device: DeviceStore, prompt: str, max_new_tokens: int = 64, use_embedding: bool = True) -> ChatAnswer:
+def chat(
+    device: DeviceStore, prompt: str, max_new_tokens: int = 64, use_embedding: bool = True
+) -> ChatAnswer:
     """Route ``prompt`` to a persona adapter received from the server and answer it greedily."""
     import torch
     from safetensors.torch import load as load_tensors
 
     from fedpers.adapters import GLOBAL
     from fedpers.federated import FederatedConfig
-    from fedpers.models import PersonalizedLM, UserEmbedding, attach_lora, load_adapter_arrays, load_base_model
+    from fedpers.models import (
+        PersonalizedLM,
+        UserEmbedding,
+        attach_lora,
+        load_adapter_arrays,
+        load_base_model,
+    )
     from fedpers.personas.answer import generate_answer
     from fedpers.personas.routing import LossScorer, Router
 
@@ -70,7 +80,14 @@ def chat(device: DeviceStore, prompt: str, max_new_tokens: int = 64, use_embeddi
     load_adapter_arrays(model.lm, adapters[decision.persona])
     model.use_user_embedding = embedding is not None
     text = generate_answer(model, tokenizer, prompt, max_new_tokens)
-    return ChatAnswer(prompt, text, decision.persona, decision.reason, embedding is not None, dict(decision.scores))
+    return ChatAnswer(
+        prompt,
+        text,
+        decision.persona,
+        decision.reason,
+        embedding is not None,
+        dict(decision.scores),
+    )
 
 
 def record_rating(device: DeviceStore, reply: ChatAnswer, rating: int) -> Conversation:
@@ -84,7 +101,9 @@ def record_rating(device: DeviceStore, reply: ChatAnswer, rating: int) -> Conver
         persona=reply.persona if reply.persona != "global" else None,
         turns=(
             Turn("user", reply.prompt, now),
-            Turn("assistant", reply.answer or "(empty answer)", now, Feedback(rating=float(rating))),
+            Turn(
+                "assistant", reply.answer or "(empty answer)", now, Feedback(rating=float(rating))
+            ),
         ),
     )
     device.add_feedback(conversation)

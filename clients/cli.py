@@ -44,7 +44,9 @@ def _key(args: argparse.Namespace, new: bool = False) -> dict:
     if os.environ.get(PASSPHRASE_ENV):
         return {"passphrase": os.environ[PASSPHRASE_ENV]}
     if not sys.stdin.isatty():
-        raise StoreError(f"no key: pass --key-file, or set {PASSPHRASE_ENV} or {KEY_FILE_ENV} (no terminal to ask on)")
+        raise StoreError(
+            f"no key: pass --key-file, or set {PASSPHRASE_ENV} or {KEY_FILE_ENV} (no terminal to ask on)"
+        )
     passphrase = getpass.getpass("store passphrase: ")
     if new and getpass.getpass("repeat the passphrase: ") != passphrase:
         raise StoreError("the two passphrases differ")
@@ -62,14 +64,18 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"created store {device.directory} for user {args.user_id}"
         + (f" (persona {args.persona})" if args.persona else "")
     )
-    print("consent is not given yet: `fedpers-client consent --opt-in` to take part in federated training")
+    print(
+        "consent is not given yet: `fedpers-client consent --opt-in` to take part in federated training"
+    )
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     device = _open(args)
     added = device.import_jsonl(args.file)
-    print(f"imported {added} conversation(s) from {args.file}; the store holds {len(device.conversations())}")
+    print(
+        f"imported {added} conversation(s) from {args.file}; the store holds {len(device.conversations())}"
+    )
     return 0
 
 
@@ -102,7 +108,11 @@ def status(device: DeviceStore) -> dict:
         },
         "adapters": None
         if info is None
-        else {"run_id": info["run_id"], "server_round": info["server_round"], "names": info["adapters"]},
+        else {
+            "run_id": info["run_id"],
+            "server_round": info["server_round"],
+            "names": info["adapters"],
+        },
         "user_embedding": device.embedding() is not None,
     }
 
@@ -143,10 +153,14 @@ def cmd_consent(args: argparse.Namespace) -> int:
     device = _open(args)
     current = device.consent()
     opted_in = current.opted_in if args.opt_in is None else args.opt_in
-    consent = Consent(opted_in=opted_in, budget=current.budget if args.budget is None else args.budget)
+    consent = Consent(
+        opted_in=opted_in, budget=current.budget if args.budget is None else args.budget
+    )
     device.set_consent(consent)
     spent, user_level = _spent(device.ledger()), _spent(device.user_level_ledger())
-    print(f"consent: {consent.describe()}; epsilon spent so far {spent:.3f} (user-level {user_level:.3f})")
+    print(
+        f"consent: {consent.describe()}; epsilon spent so far {spent:.3f} (user-level {user_level:.3f})"
+    )
     if consent.opted_in and max(spent, user_level) >= consent.budget:
         print("note: the budget is already spent, so this device will refuse to train")
     return 0
@@ -170,7 +184,9 @@ def cmd_join(args: argparse.Namespace) -> int:
     device = DeviceStore.open(_store_dir(args), **key)
     check_participation(device.user_id, device.consent(), _spent(device.ledger()))
     if not device.conversations():
-        raise ValueError(f"{device.directory}: no conversations to train on (fedpers-client import FILE.jsonl)")
+        raise ValueError(
+            f"{device.directory}: no conversations to train on (fedpers-client import FILE.jsonl)"
+        )
     command = supernode_command(join, device.directory, device.user_id)
     if args.print_command:
         print(" ".join(command))
@@ -180,7 +196,10 @@ def cmd_join(args: argparse.Namespace) -> int:
     else:
         env = child_env({PASSPHRASE_ENV: key["passphrase"]}, drop=[KEY_FILE_ENV])
     env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    print(f"user {device.user_id} joins the federation at {args.superlink} (Ctrl+C to leave)", flush=True)
+    print(
+        f"user {device.user_id} joins the federation at {args.superlink} (Ctrl+C to leave)",
+        flush=True,
+    )
     return run_foreground(command, env)
 
 
@@ -189,7 +208,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     device = _open(args)
     reply = chat(device, args.prompt, args.max_new_tokens, use_embedding=not args.no_embedding)
-    print(f"adapter: {reply.persona} ({reply.reason}){' + your user embedding' if reply.with_embedding else ''}")
+    print(
+        f"adapter: {reply.persona} ({reply.reason}){' + your user embedding' if reply.with_embedding else ''}"
+    )
     print(f"answer: {reply.answer}")
     rating = args.rating
     if rating is None and sys.stdin.isatty():
@@ -206,11 +227,18 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise ValueError("forget deletes this user's data: confirm with --yes")
-        if input(f"delete all data of user {device.user_id} except the privacy ledgers? [y/N] ").strip().lower() != "y":
+        if (
+            input(f"delete all data of user {device.user_id} except the privacy ledgers? [y/N] ")
+            .strip()
+            .lower()
+            != "y"
+        ):
             print("nothing deleted")
             return 1
     deleted = device.forget()
-    print(f"deleted {len(deleted)} item(s): {', '.join(deleted) or 'none'}; kept: the privacy ledgers")
+    print(
+        f"deleted {len(deleted)} item(s): {', '.join(deleted) or 'none'}; kept: the privacy ledgers"
+    )
     print("consent is withdrawn with the data; this device no longer trains")
     return 0
 
@@ -232,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         "else asked for). The key never leaves the device and never enters the run configuration.",
     )
     parser.add_argument(
-        "--store", metavar="DIR", help=f"the encrypted store (default: ${STORE_ENV} or {DEFAULT_STORE})"
+        "--store",
+        metavar="DIR",
+        help=f"the encrypted store (default: ${STORE_ENV} or {DEFAULT_STORE})",
     )
     parser.add_argument(
         "--key-file",
@@ -248,8 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create an empty encrypted store for USER_ID (with --key-file: a new key file is "
         "created if FILE does not exist). Consent is not given until `consent --opt-in`.",
     )
-    p.add_argument("--user-id", required=True, help="the user this device serves (the user_id of their conversations)")
-    p.add_argument("--persona", help="the persona the user declares (default: from the data, or inferred privately)")
+    p.add_argument(
+        "--user-id",
+        required=True,
+        help="the user this device serves (the user_id of their conversations)",
+    )
+    p.add_argument(
+        "--persona",
+        help="the persona the user declares (default: from the data, or inferred privately)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(
@@ -281,10 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     choice = p.add_mutually_exclusive_group()
     choice.add_argument(
-        "--opt-in", dest="opt_in", action="store_true", default=None, help="take part in federated training"
+        "--opt-in",
+        dest="opt_in",
+        action="store_true",
+        default=None,
+        help="take part in federated training",
     )
     choice.add_argument(
-        "--opt-out", dest="opt_in", action="store_false", help="stop taking part (nothing is trained or sent)"
+        "--opt-out",
+        dest="opt_in",
+        action="store_false",
+        help="stop taking part (nothing is trained or sent)",
     )
     p.add_argument(
         "--budget",
@@ -301,26 +345,46 @@ def build_parser() -> argparse.ArgumentParser:
         "this device's node key (the server must have registered NODE.pub). The ClientApp reads this "
         "store; the store's key reaches it through the environment only. Runs until stopped (Ctrl+C).",
     )
-    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
+    p.add_argument(
+        "--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address"
+    )
     p.add_argument(
         "--root-certificates",
         type=Path,
         metavar="CA.crt",
         help="CA certificate that signed the SuperLink's certificate",
     )
-    p.add_argument("--auth-key", type=Path, metavar="NODE.key", help="this node's private key (OpenSSH format, ECDSA)")
-    p.add_argument("--insecure", action="store_true", help="no TLS and no node authentication: local tests only")
     p.add_argument(
-        "--runtime-port", type=int, default=0, help="local port of the SuperNode's Runtime API (default: a free one)"
+        "--auth-key",
+        type=Path,
+        metavar="NODE.key",
+        help="this node's private key (OpenSSH format, ECDSA)",
     )
     p.add_argument(
-        "--max-retries", type=int, help="give up after this many failed connection attempts (default: never)"
+        "--insecure",
+        action="store_true",
+        help="no TLS and no node authentication: local tests only",
     )
     p.add_argument(
-        "--max-wait-time", type=float, help="give up after this many seconds without a connection (default: never)"
+        "--runtime-port",
+        type=int,
+        default=0,
+        help="local port of the SuperNode's Runtime API (default: a free one)",
     )
     p.add_argument(
-        "--print-command", action="store_true", help="print the flower-supernode command instead of running it"
+        "--max-retries",
+        type=int,
+        help="give up after this many failed connection attempts (default: never)",
+    )
+    p.add_argument(
+        "--max-wait-time",
+        type=float,
+        help="give up after this many seconds without a connection (default: never)",
+    )
+    p.add_argument(
+        "--print-command",
+        action="store_true",
+        help="print the flower-supernode command instead of running it",
     )
     p.set_defaults(func=cmd_join)
 
@@ -332,8 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
         "trained on this device, and keep your rating (1-5) as feedback in the store.",
     )
     p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--rating", type=int, choices=range(1, 6), metavar="1-5", help="rate the answer without being asked")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default: %(default)s)")
+    p.add_argument(
+        "--rating",
+        type=int,
+        choices=range(1, 6),
+        metavar="1-5",
+        help="rate the answer without being asked",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        help="longest answer in tokens (default: %(default)s)",
+    )
     p.add_argument("--no-embedding", action="store_true", help="answer without the user embedding")
     p.set_defaults(func=cmd_chat)
 

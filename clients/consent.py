@@ -16,7 +16,9 @@ from clients.store import EncryptedStore
 
 DEFAULT_BUDGET = 8.0
 CONSENT = "consent"  # the store item
-NOT_OPTED_IN = "refused: the user of this device has not opted in to federated training; nothing was used"
+NOT_OPTED_IN = (
+    "refused: the user of this device has not opted in to federated training; nothing was used"
+)
 BUDGET_SPENT = "refused: the user's consented privacy budget is spent; nothing was run"
 OVER_BUDGET = "refused: this round would take the user's privacy spending past the consented budget; nothing was run"
 
@@ -62,7 +64,11 @@ class Consent:
         return cls(**data)
 
     def describe(self) -> str:
-        return f"opted in, budget epsilon {self.budget:g}" if self.opted_in else "not given (opted out)"
+        return (
+            f"opted in, budget epsilon {self.budget:g}"
+            if self.opted_in
+            else "not given (opted out)"
+        )
 
 
 def check_participation(user_id: str, consent: Consent, spent: float) -> None:

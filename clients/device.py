@@ -99,7 +99,11 @@ class DeviceStore:
         """A new store for ``user_id``: profile, consent not given, and an empty ledger."""
         if not user_id or not user_id.strip():
             raise ValueError("the user id is empty")
-        device = cls(EncryptedStore.create(directory, passphrase=passphrase, key_file=key_file, params=params))
+        device = cls(
+            EncryptedStore.create(
+                directory, passphrase=passphrase, key_file=key_file, params=params
+            )
+        )
         device.store.put_json(PROFILE, asdict(Profile(user_id, persona)))
         device.set_consent(Consent())
         StoreLedger(device.store, user_id).touch()  # the ledger exists from the start
@@ -107,7 +111,11 @@ class DeviceStore:
 
     @classmethod
     def open(
-        cls, directory: Path | str, *, passphrase: str | None = None, key_file: Path | str | None = None
+        cls,
+        directory: Path | str,
+        *,
+        passphrase: str | None = None,
+        key_file: Path | str | None = None,
     ) -> DeviceStore:
         return cls(EncryptedStore.open(directory, passphrase=passphrase, key_file=key_file))
 
@@ -132,7 +140,9 @@ class DeviceStore:
             return profile.user_id
         if self.store.has(LEDGER):
             return str(self.store.get_json(LEDGER)["user_id"])
-        raise StoreError(f"{self.directory}: neither a profile nor a ledger; is this a fedpers-client store?")
+        raise StoreError(
+            f"{self.directory}: neither a profile nor a ledger; is this a fedpers-client store?"
+        )
 
     def declared_persona(self) -> str | None:
         profile = self.profile()
@@ -163,12 +173,20 @@ class DeviceStore:
         for line, conv in zip(_lines_of_records(path), new, strict=True):
             if conv.user_id != user:
                 issues.append(
-                    ValidationIssue(str(path), line, "user_id", f"{conv.user_id!r} is not this device's user {user!r}")
+                    ValidationIssue(
+                        str(path),
+                        line,
+                        "user_id",
+                        f"{conv.user_id!r} is not this device's user {user!r}",
+                    )
                 )
             elif conv.conversation_id in held:
                 issues.append(
                     ValidationIssue(
-                        str(path), line, "conversation_id", f"{conv.conversation_id!r} is already in the store"
+                        str(path),
+                        line,
+                        "conversation_id",
+                        f"{conv.conversation_id!r} is already in the store",
                     )
                 )
         if issues:
@@ -177,7 +195,11 @@ class DeviceStore:
         return len(new)
 
     def feedback(self) -> list[Conversation]:
-        return [Conversation._build(c) for c in self.store.get_json(FEEDBACK)] if self.store.has(FEEDBACK) else []
+        return (
+            [Conversation._build(c) for c in self.store.get_json(FEEDBACK)]
+            if self.store.has(FEEDBACK)
+            else []
+        )
 
     def add_feedback(self, conversation: Conversation) -> None:
         Conversation.from_dict(conversation.to_dict())  # validated like imported data
@@ -191,7 +213,9 @@ class DeviceStore:
     def user_level_ledger(self, delta: float | None = None) -> StoreLedger:
         """The user-level ledger, capped at the consented budget too: the user accepts at most that epsilon
         whichever the unit protected (one conversation, or the whole user)."""
-        return StoreLedger(self.store, self.user_id, delta, cap=self.consent().budget, item=USER_LEVEL_LEDGER)
+        return StoreLedger(
+            self.store, self.user_id, delta, cap=self.consent().budget, item=USER_LEVEL_LEDGER
+        )
 
     # what the ClientApp keeps (see clients.state.ClientState)
     def plan(self, run_id: str) -> DPPlan | None:
@@ -226,7 +250,9 @@ class DeviceStore:
 
     def save_upload(self, key: str, run_id: str, task: str, upload: Upload) -> None:
         for name in self.store.names():
-            if name.startswith(f"{UPLOAD_PREFIX}{run_id}-") and name.removesuffix(".json").endswith(f"-{task}"):
+            if name.startswith(f"{UPLOAD_PREFIX}{run_id}-") and name.removesuffix(".json").endswith(
+                f"-{task}"
+            ):
                 self.store.delete(name)
         self.store.put(f"{UPLOAD_PREFIX}{key}", upload_to_bytes(upload[0]))
         self.store.put_json(f"{UPLOAD_PREFIX}{key}.json", upload[1])
@@ -240,11 +266,18 @@ class DeviceStore:
             if name not in adapters:
                 self.store.delete(f"{ADAPTER_PREFIX}{name}")
         for name, arrays in adapters.items():
-            self.store.put(f"{ADAPTER_PREFIX}{name}", save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
-        self.store.put_json(ADAPTERS_INFO, {**info, "adapters": sorted(adapters), "received_at": time.time()})
+            self.store.put(
+                f"{ADAPTER_PREFIX}{name}",
+                save({k: np.ascontiguousarray(v) for k, v in arrays.items()}),
+            )
+        self.store.put_json(
+            ADAPTERS_INFO, {**info, "adapters": sorted(adapters), "received_at": time.time()}
+        )
 
     def adapter_names(self) -> list[str]:
-        return [n[len(ADAPTER_PREFIX) :] for n in self.store.names() if n.startswith(ADAPTER_PREFIX)]
+        return [
+            n[len(ADAPTER_PREFIX) :] for n in self.store.names() if n.startswith(ADAPTER_PREFIX)
+        ]
 
     def adapters_info(self) -> dict | None:
         return self.store.get_json(ADAPTERS_INFO) if self.store.has(ADAPTERS_INFO) else None
@@ -252,7 +285,9 @@ class DeviceStore:
     def adapters(self) -> dict[str, dict[str, np.ndarray]]:
         from safetensors.numpy import load
 
-        return {name: load(self.store.get(f"{ADAPTER_PREFIX}{name}")) for name in self.adapter_names()}
+        return {
+            name: load(self.store.get(f"{ADAPTER_PREFIX}{name}")) for name in self.adapter_names()
+        }
 
     def forget(self, keep: Iterable[str] = LEDGERS) -> list[str]:
         """Delete everything but the ledgers (data, embedding, adapters, profile, consent); the names deleted."""

@@ -33,13 +33,18 @@ class JoinConfig:
             raise ValueError(f"--runtime-port must be in 0..65535, got {self.runtime_port}")
         if self.insecure:
             if self.root_certificates or self.auth_key:
-                raise ValueError("--insecure runs without TLS: it takes neither --root-certificates nor --auth-key")
+                raise ValueError(
+                    "--insecure runs without TLS: it takes neither --root-certificates nor --auth-key"
+                )
             return
         if self.root_certificates is None or self.auth_key is None:
             raise ValueError(
                 "joining needs --root-certificates CA.crt and --auth-key NODE.key (or --insecure for a local test)"
             )
-        for flag, path in (("--root-certificates", self.root_certificates), ("--auth-key", self.auth_key)):
+        for flag, path in (
+            ("--root-certificates", self.root_certificates),
+            ("--auth-key", self.auth_key),
+        ):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{flag} {path}: no such file")
 
@@ -67,7 +72,12 @@ def supernode_command(join: JoinConfig, store: Path, user_id: str) -> list[str]:
             "--auth-supernode-private-key",
             str(Path(join.auth_key).resolve()),
         ]
-    command += ["--node-config", node_config(store, user_id), "--port", str(join.runtime_port or free_port())]
+    command += [
+        "--node-config",
+        node_config(store, user_id),
+        "--port",
+        str(join.runtime_port or free_port()),
+    ]
     if join.max_retries is not None:
         command += ["--max-retries", str(join.max_retries)]
     if join.max_wait_time is not None:

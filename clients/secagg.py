@@ -41,7 +41,12 @@ from flwr.common.secure_aggregation.ndarrays_arithmetic import (
     parameters_subtraction,
 )
 from flwr.common.secure_aggregation.quantization import quantize
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+    Key,
+    Stage,
+)
 from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_separate
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore import log
@@ -54,7 +59,10 @@ from fedpers.instructions import RoundInstructions
 
 def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     """Flower's SecAgg+ client protocol with ChaCha20 masks (see the module docstring)."""
-    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+    if (
+        msg.metadata.message_type != MessageType.TRAIN
+        or RECORD_KEY_CONFIGS not in msg.content.config_records
+    ):
         return call_next(msg, ctxt)
     if RECORD_KEY_STATE not in ctxt.state.config_records:
         ctxt.state.config_records[RECORD_KEY_STATE] = ConfigRecord({})
@@ -76,7 +84,9 @@ def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
             return out_msg
         out_content = out_msg.content
         fitres = compat.recorddict_to_fitres(out_content, keep_input=True)
-        res = _collect_masked_vectors(state, configs, fitres.num_examples, fitres.parameters, _rounding(msg, ctxt))
+        res = _collect_masked_vectors(
+            state, configs, fitres.num_examples, fitres.parameters, _rounding(msg, ctxt)
+        )
         for arr_record in out_content.array_records.values():
             arr_record.clear()
     elif state.current_stage == Stage.UNMASK:
@@ -93,7 +103,9 @@ def _rounding(msg: Message, ctxt: Context) -> np.random.Generator | None:
     """The stochastic rounding's generator: ``None`` (Flower's, from OS entropy) unless the run sets the benchmark
     switch ``noise_seed >= 0``; then one derived from it, this device's user and the round, so that a seeded run
     is reproducible end to end. The rounding protects nothing (the DP noise does); the run is marked not private."""
-    instructions = RoundInstructions.from_record(compat.recorddict_to_fitins(msg.content, keep_input=True).config)
+    instructions = RoundInstructions.from_record(
+        compat.recorddict_to_fitins(msg.content, keep_input=True).config
+    )
     if instructions.config.privacy.noise_seed < 0:
         return None
     who = ctxt.node_config.get("user-id", ctxt.node_config.get("partition-id", ctxt.node_id))
@@ -119,14 +131,21 @@ def _collect_masked_vectors(
             decrypt(state.ss2_dict[src], ciphertext)
         )
         if src != actual_src or dst != state.nid:
-            raise ValueError(f"Node {state.nid}: a key share from {actual_src} to {dst} arrived as from {src}")
+            raise ValueError(
+                f"Node {state.nid}: a key share from {actual_src} to {dst} arrived as from {src}"
+            )
         available.append(src)
         state.rd_seed_share_dict[src] = rd_seed_share
         state.sk1_share_dict[src] = sk1_share
 
     ratio = num_examples / state.max_weight
     if ratio > 1:
-        log(WARNING, "SecAgg+: weight %s exceeds max_weight %s and may overflow", num_examples, state.max_weight)
+        log(
+            WARNING,
+            "SecAgg+: weight %s exceeds max_weight %s and may overflow",
+            num_examples,
+            state.max_weight,
+        )
     q_ratio = round(ratio * state.target_range)
     vector = factor_combine(
         q_ratio,
@@ -146,7 +165,9 @@ def _collect_masked_vectors(
         )
         pairwise = keystream_masks(shared_key, state.mod_range, shapes)
         vector = (
-            parameters_addition(vector, pairwise) if state.nid > node_id else parameters_subtraction(vector, pairwise)
+            parameters_addition(vector, pairwise)
+            if state.nid > node_id
+            else parameters_subtraction(vector, pairwise)
         )
     vector = parameters_mod(vector, state.mod_range)
     log(DEBUG, "Node %d: masked vector ready", state.nid)
@@ -184,7 +205,10 @@ def quantize_upload(
 def fixedclipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     """Flower's ``fixedclipping_mod`` for training messages that carry a clipping norm (user-level DP);
     other messages (evaluation statistics, runs without user-level DP) pass through unclipped."""
-    if msg.metadata.message_type == MessageType.TRAIN and "fitins.config" in msg.content.config_records:
+    if (
+        msg.metadata.message_type == MessageType.TRAIN
+        and "fitins.config" in msg.content.config_records
+    ):
         if KEY_CLIPPING_NORM in msg.content.config_records["fitins.config"]:
             return flower_fixedclipping_mod(msg, ctxt, call_next)
     return call_next(msg, ctxt)

@@ -108,7 +108,10 @@ class UserState:
         write_bytes(self.embedding_path, data)
 
     def upload(self, key: str) -> Upload | None:
-        arrays_path, metrics_path = self.root / "uploads" / f"{key}.safetensors", self.root / "uploads" / f"{key}.json"
+        arrays_path, metrics_path = (
+            self.root / "uploads" / f"{key}.safetensors",
+            self.root / "uploads" / f"{key}.json",
+        )
         if not (arrays_path.exists() and metrics_path.exists()):
             return None
         return upload_from_bytes(arrays_path.read_bytes()), json.loads(metrics_path.read_text())

@@ -114,19 +114,25 @@ def _one_key_source(passphrase: str | None, key_file: Path | str | None) -> None
         raise ValueError("the passphrase is empty")
 
 
-def _read_key(directory: Path, kdf: dict, passphrase: str | None, key_file: Path | str | None) -> bytes:
+def _read_key(
+    directory: Path, kdf: dict, passphrase: str | None, key_file: Path | str | None
+) -> bytes:
     """The store's key from the header's ``kdf`` record and what the user gave."""
     if kdf["name"] == "scrypt":
         if passphrase is None:
             raise WrongKeyError(f"store {directory} is unlocked with a passphrase, not a key file")
-        scrypt = Scrypt(salt=base64.b64decode(kdf["salt"]), length=KEY_BYTES, n=kdf["n"], r=kdf["r"], p=kdf["p"])
+        scrypt = Scrypt(
+            salt=base64.b64decode(kdf["salt"]), length=KEY_BYTES, n=kdf["n"], r=kdf["r"], p=kdf["p"]
+        )
         return scrypt.derive(passphrase.encode())
     if kdf["name"] == "key-file":
         if key_file is None:
             raise WrongKeyError(f"store {directory} is unlocked with a key file, not a passphrase")
         key = Path(key_file).read_bytes()
         if len(key) != KEY_BYTES:
-            raise WrongKeyError(f"{key_file}: a key file holds {KEY_BYTES} bytes, this one {len(key)}")
+            raise WrongKeyError(
+                f"{key_file}: a key file holds {KEY_BYTES} bytes, this one {len(key)}"
+            )
         return key
     raise StoreError(f"{directory / HEADER}: unsupported key derivation {kdf['name']!r}")
 
@@ -153,19 +159,33 @@ class EncryptedStore:
         if (directory / HEADER).exists():
             raise FileExistsError(f"{directory} already holds an encrypted store")
         if passphrase is not None:
-            kdf = {"name": "scrypt", **asdict(params), "salt": _b64(secrets.token_bytes(SALT_BYTES))}
+            kdf = {
+                "name": "scrypt",
+                **asdict(params),
+                "salt": _b64(secrets.token_bytes(SALT_BYTES)),
+            }
         else:
             kdf = {"name": "key-file"}
         key = _read_key(directory, kdf, passphrase, key_file)
-        header = {"version": STORE_VERSION, "store_id": uuid.uuid4().hex, "kdf": kdf, "key_id": _key_id(key)}
+        header = {
+            "version": STORE_VERSION,
+            "store_id": uuid.uuid4().hex,
+            "kdf": kdf,
+            "key_id": _key_id(key),
+        }
         nonce = secrets.token_bytes(NONCE_BYTES)
-        header["check"] = _b64(nonce + AESGCM(key).encrypt(nonce, CHECK_CONSTANT, _header_aad(header)))
+        header["check"] = _b64(
+            nonce + AESGCM(key).encrypt(nonce, CHECK_CONSTANT, _header_aad(header))
+        )
         write_bytes(directory / HEADER, json.dumps(header, indent=1).encode(), mode=0o600)
         return cls(directory, key, header["store_id"])
 
     @classmethod
     def open(
-        cls, directory: Path | str, passphrase: str | None = None, key_file: Path | str | None = None
+        cls,
+        directory: Path | str,
+        passphrase: str | None = None,
+        key_file: Path | str | None = None,
     ) -> EncryptedStore:
         """Unlock the store in ``directory``; removes temp files an interrupted write left behind."""
         _one_key_source(passphrase, key_file)
@@ -177,7 +197,9 @@ class EncryptedStore:
         try:
             header = json.loads(path.read_bytes())
             if header["version"] != STORE_VERSION:
-                raise StoreError(f"{path}: store version {header['version']!r}, this code reads {STORE_VERSION}")
+                raise StoreError(
+                    f"{path}: store version {header['version']!r}, this code reads {STORE_VERSION}"
+                )
             check, aad = base64.b64decode(header["check"]), _header_aad(header)
             key = _read_key(directory, header["kdf"], passphrase, key_file)
         except (ValueError, KeyError, TypeError) as err:
@@ -202,7 +224,9 @@ class EncryptedStore:
         """Encrypt ``data`` as item ``name`` (replacing it atomically if present)."""
         path = self._path(name)
         nonce = secrets.token_bytes(NONCE_BYTES)
-        write_bytes(path, nonce + self._aead.encrypt(nonce, bytes(data), self._aad(name)), mode=0o600)
+        write_bytes(
+            path, nonce + self._aead.encrypt(nonce, bytes(data), self._aad(name)), mode=0o600
+        )
 
     def get(self, name: str) -> bytes:
         """The decrypted item; :class:`MissingItemError` if absent, :class:`TamperedError` if not authentic."""
@@ -239,7 +263,11 @@ class EncryptedStore:
     def names(self) -> list[str]:
         """Every item's name, sorted (temp files of interrupted writes are not items)."""
         files = [*self.directory.glob(f"*{ITEM_SUFFIX}"), *self.directory.glob(f"*/*{ITEM_SUFFIX}")]
-        names = (p.relative_to(self.directory).as_posix()[: -len(ITEM_SUFFIX)] for p in files if p.is_file())
+        names = (
+            p.relative_to(self.directory).as_posix()[: -len(ITEM_SUFFIX)]
+            for p in files
+            if p.is_file()
+        )
         return sorted(n for n in names if NAME_PATTERN.fullmatch(n))
 
     def forget(self, keep: Iterable[str] = ("ledger",)) -> list[str]:

@@ -81,12 +81,16 @@ def open_device(node_config: dict) -> DeviceStore:
     return device
 
 
-def device_user_data(config: FederatedConfig, device: DeviceStore, env: ModelEnvironment) -> UserData:
+def device_user_data(
+    config: FederatedConfig, device: DeviceStore, env: ModelEnvironment
+) -> UserData:
     """The user's encoded data from a device's encrypted store (:class:`clients.device.DeviceStore`).
 
     The declared persona is the profile's, else the conversations' (``persona_mode='declared'`` only)."""
     conversations = device.conversations()
-    declared = device.declared_persona() or next((c.persona for c in conversations if c.persona), None)
+    declared = device.declared_persona() or next(
+        (c.persona for c in conversations if c.persona), None
+    )
     return encode_user(
         device.user_id,
         conversations,
@@ -111,7 +115,9 @@ def prepare(instructions: RoundInstructions, node_config: dict) -> Task:
     env = model_environment(config)
     if node_config.get("store"):
         device = open_device(node_config)
-        check_participation(device.user_id, device.consent(), device.ledger(config.privacy.delta).spent().epsilon)
+        check_participation(
+            device.user_id, device.consent(), device.ledger(config.privacy.delta).spent().epsilon
+        )
         if instructions.task == "train":
             device.keep_adapters(_adapters_info(instructions), instructions.adapters)
         return Task(instructions, env, device_user_data(config, device, env), device)
@@ -137,15 +143,21 @@ def _load_embedding(env: ModelEnvironment, state: ClientState) -> None:
 
 
 def _save_embedding(env: ModelEnvironment, state: ClientState) -> None:
-    state.save_embedding(save_tensors({"embedding": env.model.user_embedding.embedding.weight.detach().contiguous()}))
+    state.save_embedding(
+        save_tensors({"embedding": env.model.user_embedding.embedding.weight.detach().contiguous()})
+    )
 
 
-def _noise_seed(config: FederatedConfig, user_id: str, server_round: int, purpose: str) -> int | None:
+def _noise_seed(
+    config: FederatedConfig, user_id: str, server_round: int, purpose: str
+) -> int | None:
     """``None`` (the sampler and the noise draw from the device's OS CSPRNG) unless the run sets the benchmark
     switch ``noise_seed >= 0``: then a seed derived from it, and the run is marked not private."""
     if config.privacy.noise_seed < 0:
         return None
-    digest = hashlib.sha256(f"{config.privacy.noise_seed}/{user_id}/{server_round}/{purpose}".encode()).digest()
+    digest = hashlib.sha256(
+        f"{config.privacy.noise_seed}/{user_id}/{server_round}/{purpose}".encode()
+    ).digest()
     return int.from_bytes(digest[:8], "little")
 
 
@@ -181,10 +193,14 @@ def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
     plan = state.plan(run_id)
     if plan is not None:
         return plan
-    if config.privacy.clip <= 0:  # measured like DP-SGD's first phase: LoRA trainable, no user embedding
+    if (
+        config.privacy.clip <= 0
+    ):  # measured like DP-SGD's first phase: LoRA trainable, no user embedding
         set_trainable(env.model, lora=True, embedding=False)
         env.model.use_user_embedding = False
-    target = config.privacy.epsilon if ledger.cap is None else min(config.privacy.epsilon, ledger.cap)
+    target = (
+        config.privacy.epsilon if ledger.cap is None else min(config.privacy.epsilon, ledger.cap)
+    )
     dp = DPConfig(
         target_epsilon=target,
         delta=config.privacy.delta,
@@ -225,7 +241,13 @@ def _charge_user_level(task: Task) -> tuple[PrivacyLedger, LedgerEntry] | None:
 
 def train_upload(task: Task) -> Upload:
     """Train the assigned persona adapter (DP-SGD) and the user embedding; the clipped delta in its slot."""
-    config, instructions, env, data, state = task.config, task.instructions, task.env, task.data, task.state
+    config, instructions, env, data, state = (
+        task.config,
+        task.instructions,
+        task.env,
+        task.data,
+        task.state,
+    )
     user_level = _charge_user_level(task)
     choice = assignment(task)
     load_adapter_arrays(env.model.lm, task.adapters[choice.persona])
@@ -269,7 +291,11 @@ def train_upload(task: Task) -> Upload:
         )
     layout = SlotLayout.for_adapter(delta, instructions.slots)
     upload = layout.pack(instructions.slot_for(choice.persona), delta, instructions.count_value)
-    metrics = {} if config.aggregation.persona_hiding else {PERSONA_INDEX: instructions.persona_index(choice.persona)}
+    metrics = (
+        {}
+        if config.aggregation.persona_hiding
+        else {PERSONA_INDEX: instructions.persona_index(choice.persona)}
+    )
     if user_level is not None:
         user_level[0].complete(user_level[1])
     return upload, metrics
@@ -282,7 +308,9 @@ def answer(task: Task) -> Upload:
     """The upload of this run, round and task: computed once, re-sent as is if the round is retried."""
     instructions = task.instructions
     if instructions.task not in TASKS:
-        raise ValueError(f"task {instructions.task!r} has no upload; expected one of {sorted(TASKS)}")
+        raise ValueError(
+            f"task {instructions.task!r} has no upload; expected one of {sorted(TASKS)}"
+        )
     key = f"{instructions.run_id}-{instructions.server_round}-{instructions.task}"
     cached = task.state.upload(key)
     if cached is not None:

@@ -13,18 +13,21 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
+from fedpers.instructions import instructed_task
 from fedpers.wire import message_round, payload_bytes, reply_contents
 from fedpers.wirelog import MANIFEST, append_manifest, payload_name
 
 
 def manifest_entry(msg: Message, reply: Message, context: Context, payload: bytes) -> dict:
-    fitins = msg.content.config_records.get("fitins.config", {})
+    fitins = msg.content.config_records.get(
+        "fitins.config"
+    )  # Flower's legacy layout of a TRAIN message
     return {
         "node_id": context.node_id,
         "partition_id": context.node_config.get("partition-id"),
         "round": message_round(msg),
         "message_type": msg.metadata.message_type,
-        "task": fitins.get("task"),
+        "task": instructed_task(fitins),
         **reply_contents(reply, payload),
     }
 
@@ -33,13 +36,20 @@ def record_replies(directory: Path | str) -> Callable:
     """A client mod writing each reply's serialized payload and manifest line under ``directory``."""
     root = Path(directory)
 
-    def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE)  # popped by secaggplus_mod
+    def mod(
+        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(
+            Key.STAGE
+        )  # popped by secaggplus_mod
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
         payload = payload_bytes(reply)
-        entry = manifest_entry(msg, reply, context, payload) | {"secagg_stage": stage, "sent_at": time.time()}
+        entry = manifest_entry(msg, reply, context, payload) | {
+            "secagg_stage": stage,
+            "sent_at": time.time(),
+        }
         root.mkdir(parents=True, exist_ok=True)
         (root / payload_name(entry)).write_bytes(payload)
         append_manifest(root / MANIFEST, entry)

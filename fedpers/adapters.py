@@ -20,7 +20,11 @@ Adapters = dict[str, Adapter]
 
 def pack_adapters(adapters: Adapters) -> dict[str, np.ndarray]:
     """Several named adapters as one flat mapping ``'<adapter>/<tensor>'`` (for one ArrayRecord)."""
-    return {f"{name}{SEPARATOR}{key}": array for name, arrays in adapters.items() for key, array in arrays.items()}
+    return {
+        f"{name}{SEPARATOR}{key}": array
+        for name, arrays in adapters.items()
+        for key, array in arrays.items()
+    }
 
 
 def unpack_adapters(flat: dict[str, np.ndarray]) -> Adapters:

@@ -59,11 +59,15 @@ def write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = No
     return path
 
 
-def write_text(path: str | os.PathLike[str], text: str, mode: int | None = None, encoding: str = "utf-8") -> Path:
+def write_text(
+    path: str | os.PathLike[str], text: str, mode: int | None = None, encoding: str = "utf-8"
+) -> Path:
     """Atomically replace ``path`` with ``text`` (no newline translation); see :func:`write_bytes`."""
     return write_bytes(path, text.encode(encoding), mode)
 
 
-def write_json(path: str | os.PathLike[str], data: object, indent: int = 1, mode: int | None = None) -> Path:
+def write_json(
+    path: str | os.PathLike[str], data: object, indent: int = 1, mode: int | None = None
+) -> Path:
     """Atomically replace ``path`` with ``data`` as JSON (non-JSON values as ``str``); see :func:`write_bytes`."""
     return write_text(path, json.dumps(data, indent=indent, default=str), mode)

@@ -35,13 +35,23 @@ from fedpers.atomic import write_bytes
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
 DEFAULT_ADDRESSES = ("127.0.0.1", "localhost", "::1")
-SUPERLINK_PORT = 8000  # flwr 1.41's default --port of flower-superlink (Fleet, Control and Runtime APIs)
-_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+SUPERLINK_PORT = (
+    8000  # flwr 1.41's default --port of flower-superlink (Fleet, Control and Runtime APIs)
+)
+_HOST_NAME = re.compile(
+    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
 _NODE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat) -> Path:
-    return write_bytes(path, key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()), 0o600)
+def _write_key(
+    path: Path, key: ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat
+) -> Path:
+    return write_bytes(
+        path,
+        key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()),
+        0o600,
+    )
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> Path:
@@ -52,12 +62,17 @@ def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBu
     if days < 1:
         raise ValueError(f"certificates must be valid for at least a day, got {days}")
     now = dt.datetime.now(dt.UTC)
-    return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+    return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(
+        now + dt.timedelta(days=days)
+    )
 
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedpers"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedpers"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
     )
 
 
@@ -67,7 +82,9 @@ def subject_alternative_name(address: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(address))
     except ValueError:
         if not _HOST_NAME.fullmatch(address):
-            raise ValueError(f"{address!r} is neither an IP address nor a host name (give no port or scheme)") from None
+            raise ValueError(
+                f"{address!r} is neither an IP address nor a host name (give no port or scheme)"
+            ) from None
         return x509.DNSName(address)
 
 
@@ -151,7 +168,9 @@ def generate_server_cert(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
         .sign(ca_key, hashes.SHA384())
     )
     return (
@@ -166,7 +185,9 @@ def generate_node_keys(directory: Path | str, name: str) -> tuple[Path, Path]:
         raise ValueError(f"invalid node name {name!r}: use [A-Za-z0-9._-], not starting with '.'")
     directory = Path(directory)
     key = ec.generate_private_key(ec.SECP384R1())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
     return (
         _write_key(directory / f"{name}.key", key, serialization.PrivateFormat.OpenSSH),
         write_bytes(directory / f"{name}.pub", public + b"\n", 0o644),
@@ -191,8 +212,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=f"IP address or host name the SuperLink is reached at; repeatable "
         f"(default: {', '.join(DEFAULT_ADDRESSES)})",
     )
-    p.add_argument("--nodes", type=int, default=2, help="SuperNode key pairs node-1 ... node-N (default: %(default)s)")
-    p.add_argument("--days", type=int, default=365, help="validity of the certificates (default: %(default)s)")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=2,
+        help="SuperNode key pairs node-1 ... node-N (default: %(default)s)",
+    )
+    p.add_argument(
+        "--days", type=int, default=365, help="validity of the certificates (default: %(default)s)"
+    )
     p.set_defaults(func=run_certs)
     return p
 
@@ -206,13 +234,19 @@ def run_certs(args: argparse.Namespace) -> int:
     if not reuse_ca:
         generate_ca(out, args.days)
     generate_server_cert(out, addresses, args.days)
-    created = [f"node-{i}" for i in range(1, args.nodes + 1) if not (out / f"node-{i}.key").exists()]
+    created = [
+        f"node-{i}" for i in range(1, args.nodes + 1) if not (out / f"node-{i}.key").exists()
+    ]
     for node in created:
         generate_node_keys(out, node)
     print(f"{'reused' if reuse_ca else 'created'} CA {out / CA_CERT}")
     print(f"server certificate {out / SERVER_CERT} for {', '.join(addresses)}")
     print(f"SuperNode keys: {', '.join(created) or 'none new'} (public keys in {out}/node-*.pub)")
-    host = f"[{addresses[0]}]:{SUPERLINK_PORT}" if ":" in addresses[0] else f"{addresses[0]}:{SUPERLINK_PORT}"
+    host = (
+        f"[{addresses[0]}]:{SUPERLINK_PORT}"
+        if ":" in addresses[0]
+        else f"{addresses[0]}:{SUPERLINK_PORT}"
+    )
     print("\nSuperLink (add --host 0.0.0.0 to accept SuperNodes from other machines):")
     print(
         f"  flower-superlink --ssl-ca-certfile {out / CA_CERT} --ssl-certfile {out / SERVER_CERT} "

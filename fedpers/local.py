@@ -36,7 +36,9 @@ class LocalTrainConfig:
 
     lora: TrainConfig = field(default_factory=TrainConfig)
     dp: DPConfig = field(default_factory=DPConfig)
-    embedding: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, batch_size=8, learning_rate=3e-2))
+    embedding: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=30, batch_size=8, learning_rate=3e-2)
+    )
     scheme: str = "two_phase"
 
     def __post_init__(self) -> None:
@@ -82,7 +84,9 @@ def train_local(
         if has_embedding and config.embedding.steps > 0:
             set_trainable(model, lora=False, embedding=True)
             model.use_user_embedding = True
-            embedding = train(model, train_examples, pad_token_id, config.embedding, DPConfig(enabled=False))
+            embedding = train(
+                model, train_examples, pad_token_id, config.embedding, DPConfig(enabled=False)
+            )
     set_trainable(model, lora=False, embedding=False)
     model.use_user_embedding = has_embedding
     return LocalTrainResult(AdapterDelta.between(before, adapter_arrays(model.lm)), lora, embedding)

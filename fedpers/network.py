@@ -13,7 +13,9 @@ def check_address(address: str) -> str:
         raise ValueError(f"SuperLink address {address!r}: expected HOST:PORT, e.g. 192.0.2.10:8000")
     if host.startswith("["):
         if not host.endswith("]"):
-            raise ValueError(f"SuperLink address {address!r}: unbalanced brackets around an IPv6 address")
+            raise ValueError(
+                f"SuperLink address {address!r}: unbalanced brackets around an IPv6 address"
+            )
         ipaddress.IPv6Address(host[1:-1])
     return address
 

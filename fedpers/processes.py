@@ -28,7 +28,9 @@ def executable(name: str) -> str:
         return str(local)
     found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError(f"{name}: not found in {bin_dir()} nor on PATH (is flwr==1.41.0 installed?)")
+        raise FileNotFoundError(
+            f"{name}: not found in {bin_dir()} nor on PATH (is flwr==1.41.0 installed?)"
+        )
     return found
 
 

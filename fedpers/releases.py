@@ -25,7 +25,9 @@ from fnmatch import fnmatchcase
 
 from fedpers.privacy.user_level import USER_LEVEL_PURPOSE
 
-SECAGG_RECORD = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
+SECAGG_RECORD = (
+    "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
+)
 TRAIN, QUERY = "train", "query"
 PLAIN = None  # a training reply outside SecAgg+ (secure aggregation off)
 
@@ -58,7 +60,13 @@ class Release:
 # the update (and, under user-level DP, the whole upload), and (inferred personas) the slot it sits in
 UPLOAD_LEDGER = ("dp-sgd", USER_LEVEL_PURPOSE, "persona-choice")
 _STATUS = ("fitres.status", "*", "public", (), "the reply's status code and message")
-_EXAMPLES = ("fitres.num_examples", "num_examples", "public", (), "the constant 1 (uploads are not weighted)")
+_EXAMPLES = (
+    "fitres.num_examples",
+    "num_examples",
+    "public",
+    (),
+    "the constant 1 (uploads are not weighted)",
+)
 _PERSONA = (
     "fitres.metrics",
     "persona-index",
@@ -108,7 +116,10 @@ RELEASES: tuple[Release, ...] = (
         UPLOAD_LEDGER,
         "the clipped LoRA delta in the slot of the client's persona and the count vector, quantized and masked",
     ),
-    *(Release("training upload", TRAIN, "collect_masked_vectors", *row) for row in (_STATUS, _EXAMPLES, _PERSONA)),
+    *(
+        Release("training upload", TRAIN, "collect_masked_vectors", *row)
+        for row in (_STATUS, _EXAMPLES, _PERSONA)
+    ),
     Release(
         "SecAgg+ unmasking",
         TRAIN,
@@ -139,7 +150,10 @@ RELEASES: tuple[Release, ...] = (
         UPLOAD_LEDGER,
         "secure aggregation off: the clipped LoRA delta and count vector in clear",
     ),
-    *(Release("training upload in clear", TRAIN, PLAIN, *row) for row in (_STATUS, _EXAMPLES, _PERSONA)),
+    *(
+        Release("training upload in clear", TRAIN, PLAIN, *row)
+        for row in (_STATUS, _EXAMPLES, _PERSONA)
+    ),
     Release(
         "persona reply",
         QUERY,
@@ -166,9 +180,15 @@ def release_of(message_type: str, stage: str | None, record: str, key: str) -> R
     return next((r for r in RELEASES if r.matches(message_type, stage, record, key)), None)
 
 
-def undeclared_fields(message_type: str, stage: str | None, fields: Iterable[tuple[str, str]]) -> list[str]:
+def undeclared_fields(
+    message_type: str, stage: str | None, fields: Iterable[tuple[str, str]]
+) -> list[str]:
     """The fields of a reply that no row of :data:`RELEASES` allows (``record/key``)."""
-    return sorted(f"{record}/{key}" for record, key in fields if release_of(message_type, stage, record, key) is None)
+    return sorted(
+        f"{record}/{key}"
+        for record, key in fields
+        if release_of(message_type, stage, record, key) is None
+    )
 
 
 def required_ledger(

@@ -58,7 +58,11 @@ def load_adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     root = Path(run_dir) / ADAPTERS
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no adapters in this run directory")
-    return {d.name: load_file(str(d / "adapter_model.safetensors")) for d in sorted(root.iterdir()) if d.is_dir()}
+    return {
+        d.name: load_file(str(d / "adapter_model.safetensors"))
+        for d in sorted(root.iterdir())
+        if d.is_dir()
+    }
 
 
 def lora_settings(run_config: dict) -> LoraSettings:

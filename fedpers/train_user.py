@@ -86,13 +86,19 @@ def run_local(config: LocalRunConfig, log=print) -> LocalRunReport:
     """Train one user privately and report held-out loss before and after, and epsilon spent."""
     started = time.perf_counter()
     conversations = _user_conversations(config)
-    train_convs, heldout_convs = train_heldout_split(conversations, config.heldout_fraction, seed=config.synthetic.seed)
-    log(f"user {config.user_id}: {len(train_convs)} training and {len(heldout_convs)} held-out conversations")
+    train_convs, heldout_convs = train_heldout_split(
+        conversations, config.heldout_fraction, seed=config.synthetic.seed
+    )
+    log(
+        f"user {config.user_id}: {len(train_convs)} training and {len(heldout_convs)} held-out conversations"
+    )
     base_model, tokenizer = load_base_model(config.model)
     train_ex = encode_conversations(tokenizer, train_convs, config.max_length)
     heldout_ex = encode_conversations(tokenizer, heldout_convs, config.max_length)
     peft_model = attach_lora(base_model, config.lora)
-    embedding = UserEmbedding.public_init(config.embedding_tokens, peft_model.get_input_embeddings(), tokenizer)
+    embedding = UserEmbedding.public_init(
+        config.embedding_tokens, peft_model.get_input_embeddings(), tokenizer
+    )
     model = PersonalizedLM(peft_model, embedding)
     pad = tokenizer.pad_token_id
 
@@ -100,8 +106,12 @@ def run_local(config: LocalRunConfig, log=print) -> LocalRunReport:
     base = evaluate(model, heldout_ex, pad)  # LoRA B starts at zero: this is the base model
     log(f"held-out perplexity, base model: {base.perplexity:.2f}")
     out = config.out / str(config.user_id)
-    ledger = PrivacyLedger(config.ledger or out / "ledger.json", str(config.user_id), config.train.dp.delta)
-    result = train_local(model, train_ex, pad, config.train, ledger if config.train.dp.enabled else None)
+    ledger = PrivacyLedger(
+        config.ledger or out / "ledger.json", str(config.user_id), config.train.dp.delta
+    )
+    result = train_local(
+        model, train_ex, pad, config.train, ledger if config.train.dp.enabled else None
+    )
     model.use_user_embedding = False
     lora = evaluate(model, heldout_ex, pad)
     model.use_user_embedding = True

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from fedpers.data import Conversation, SyntheticConfig, generate, import_shakespeare, read_jsonl, train_heldout_split
+from fedpers.data import (
+    Conversation,
+    SyntheticConfig,
+    generate,
+    import_shakespeare,
+    read_jsonl,
+    train_heldout_split,
+)
 from fedpers.federated import FederatedConfig
 from fedpers.models.chat import EncodedExample, encode_conversations
 from fedpers.models.environment import ModelEnvironment
@@ -39,7 +46,12 @@ def _data_key(config: FederatedConfig) -> tuple:
 
 @lru_cache(maxsize=2)
 def _conversations(
-    data: str, users_per_persona: int, conversations_per_user: int, seed: int, personas: str, max_users: int
+    data: str,
+    users_per_persona: int,
+    conversations_per_user: int,
+    seed: int,
+    personas: str,
+    max_users: int,
 ) -> tuple:
     if data == "synthetic":
         names = tuple(p for p in personas.split(",") if p)
@@ -104,7 +116,9 @@ def _user_data(
     env: ModelEnvironment,
 ) -> UserData:
     mine = [c for c in _conversations(*data_key) if c.user_id == user_id]
-    extra = [c for c in _canaries(canaries) if c.user_id == user_id]  # privacy audit only: never held out
+    extra = [
+        c for c in _canaries(canaries) if c.user_id == user_id
+    ]  # privacy audit only: never held out
     declared = mine[0].persona if mine else None
     return encode_user(
         user_id,

@@ -31,7 +31,11 @@ def _npy_tensors(record: str, name: str, value) -> list[dict]:
             continue
         f = io.BytesIO(blob)
         major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        read = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
         shape, _, dtype = read(f)
         out.append(
             {

@@ -68,7 +68,9 @@ NO_EVALUATION = (
 )
 
 
-def initial_adapters(config: FederatedConfig, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+def initial_adapters(
+    config: FederatedConfig, arrays: dict[str, np.ndarray]
+) -> dict[str, dict[str, np.ndarray]]:
     """Global and persona adapters at round 0. Declared personas start equal (LoRA B = 0, i.e. the base
     model); inferred personas need distinct starting points (IFCA), so their B gets small seeded noise."""
     adapters = {GLOBAL: {k: v.copy() for k, v in arrays.items()}}
@@ -128,12 +130,18 @@ class ServerRun:
     peft_model: object  # the base model with LoRA, to save adapters in peft format
     state: PersonaAdapters
     training: PersonaTraining
-    strategy: Strategy  # ``training``, wrapped in Flower's client-side clipping DP under user-level DP
+    strategy: (
+        Strategy  # ``training``, wrapped in Flower's client-side clipping DP under user-level DP
+    )
     mode: RoundMode
     sessions: list[SecAggPlusRound]
-    ledgers: dict[str, PrivacyLedger]  # the server's user-level DP record per adapter (empty without it)
+    ledgers: dict[
+        str, PrivacyLedger
+    ]  # the server's user-level DP record per adapter (empty without it)
     history: list[dict] = field(default_factory=list)  # one record per round that applied an update
-    evaluations: list[dict] = field(default_factory=list)  # the evaluator's records (simulations only)
+    evaluations: list[dict] = field(
+        default_factory=list
+    )  # the evaluator's records (simulations only)
 
 
 def build_run(
@@ -149,21 +157,28 @@ def build_run(
     base, _ = load_base_model(config.model.model)
     peft_model = attach_lora(base, config.lora())
     write_run_config(run_dir, config, run_id)
-    nodes = _wait_for_nodes(grid, expected_nodes or config.server.min_nodes or config.server.min_clients)
+    nodes = _wait_for_nodes(
+        grid, expected_nodes or config.server.min_nodes or config.server.min_clients
+    )
     trained = config.persona_names if config.dataset.persona_mode == "inferred" else ()
     state = persona_adapters(config, initial_adapters(config, adapter_arrays(peft_model)), trained)
     ledgers = {}
     if config.privacy.user_dp:
         ledger_dir = run_dir / "user-level-dp"
         ledgers = {
-            name: PrivacyLedger(ledger_dir / f"{name}.json", f"adapter:{name}", config.privacy.delta)
+            name: PrivacyLedger(
+                ledger_dir / f"{name}.json", f"adapter:{name}", config.privacy.delta
+            )
             for name in [GLOBAL, *config.persona_names]
         }
     training = PersonaTraining(config, run_id, nodes, config.aggregation.secure_aggregation, state)
     strategy: Strategy = training
     if config.privacy.user_dp:
         strategy = DifferentialPrivacyClientSideFixedClipping(
-            training, config.privacy.user_noise_multiplier, user_clip_norm(config), training.num_sampled
+            training,
+            config.privacy.user_noise_multiplier,
+            user_clip_norm(config),
+            training.num_sampled,
         )
     sessions: list[SecAggPlusRound] = []
     session: Callable = default_fit_workflow
@@ -180,12 +195,25 @@ def build_run(
         )
         sessions = [session]
     return ServerRun(
-        config, run_id, nodes, peft_model, state, training, strategy, round_mode(training, session), sessions, ledgers
+        config,
+        run_id,
+        nodes,
+        peft_model,
+        state,
+        training,
+        strategy,
+        round_mode(training, session),
+        sessions,
+        ledgers,
     )
 
 
 def play_round(
-    run: ServerRun, grid: Grid, context: LegacyContext, server_round: int, evaluator: Evaluator | None
+    run: ServerRun,
+    grid: Grid,
+    context: LegacyContext,
+    server_round: int,
+    evaluator: Evaluator | None,
 ) -> None:
     """Collect the round's sums (whatever the mode), apply them, record the round, and evaluate if asked."""
     config, started = run.config, time.perf_counter()
@@ -237,15 +265,23 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
             "secure": config.aggregation.secure_aggregation,
             "persona_hiding": config.aggregation.persona_hiding,
             "slots": list(training.slots),
-            "upload_floats": training.layout.adapter_size * len(training.slots) + len(training.slots),
+            "upload_floats": training.layout.adapter_size * len(training.slots)
+            + len(training.slots),
             "adapter_floats": training.layout.adapter_size,
             "update_clip": config.aggregation.update_clip,
             "sessions": [
-                published_session(h, not config.aggregation.persona_hiding) for s in run.sessions for h in s.history
+                published_session(h, not config.aggregation.persona_hiding)
+                for s in run.sessions
+                for h in s.history
             ],
         },
         "rounds": [
-            {**t, **{f"eval_{k}": v for k, v in evaluated.get(t["round"], {}).items() if k != "round"}}
+            {
+                **t,
+                **{
+                    f"eval_{k}": v for k, v in evaluated.get(t["round"], {}).items() if k != "round"
+                },
+            }
             for t in run.history
         ],
         "evaluation": evaluation_table(run.evaluations[-1]) if run.evaluations else None,
@@ -260,12 +296,17 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
             "noise_multiplier": config.privacy.user_noise_multiplier,
             "clip": user_clip_norm(config),
             "delta": config.privacy.delta,
-            "epsilon": {n: ledger.spent().epsilon if ledger.events() else 0.0 for n, ledger in run.ledgers.items()},
+            "epsilon": {
+                n: ledger.spent().epsilon if ledger.events() else 0.0
+                for n, ledger in run.ledgers.items()
+            },
         }
     return payload
 
 
-def write_outputs(run: ServerRun, run_dir: Path, payload: dict, engine: str, evaluator: Evaluator | None) -> None:
+def write_outputs(
+    run: ServerRun, run_dir: Path, payload: dict, engine: str, evaluator: Evaluator | None
+) -> None:
     """Adapters (peft format), ``metrics.json``, the plot and table, the audit (deployment) and the registry."""
     config = run.config
     save_adapters(run_dir, run.peft_model, run.state.adapters)
@@ -273,7 +314,10 @@ def write_outputs(run: ServerRun, run_dir: Path, payload: dict, engine: str, eva
     if run.evaluations:
         plot_heldout(run.evaluations, run_dir / "heldout_loss.png")
     if payload["evaluation"] is not None:
-        text = format_table(payload["evaluation"], dp_note(config)) + f"\nevaluated by {payload['evaluation_source']}"
+        text = (
+            format_table(payload["evaluation"], dp_note(config))
+            + f"\nevaluated by {payload['evaluation_source']}"
+        )
         (run_dir / "evaluation.txt").write_text(text + "\n")
         log(INFO, "\n%s", text)
     elif config.outputs.evaluate and evaluator is not None:
@@ -287,7 +331,8 @@ def write_outputs(run: ServerRun, run_dir: Path, payload: dict, engine: str, eva
 
 def _log_start(config: FederatedConfig, nodes: int, evaluator: Evaluator | None) -> None:
     mode = (
-        "SecAgg+ " + ("with persona hiding" if config.aggregation.persona_hiding else "per persona group")
+        "SecAgg+ "
+        + ("with persona hiding" if config.aggregation.persona_hiding else "per persona group")
         if config.aggregation.secure_aggregation
         else "plain (the server sees each update)"
     )
@@ -298,8 +343,12 @@ def _log_start(config: FederatedConfig, nodes: int, evaluator: Evaluator | None)
         config.server.rounds,
         ", ".join(config.persona_names),
         mode,
-        f"on (epsilon {config.privacy.epsilon}, delta {config.privacy.delta})" if config.privacy.dp else "off",
-        f"; user-level DP noise multiplier {config.privacy.user_noise_multiplier}" if config.privacy.user_dp else "",
+        f"on (epsilon {config.privacy.epsilon}, delta {config.privacy.delta})"
+        if config.privacy.dp
+        else "off",
+        f"; user-level DP noise multiplier {config.privacy.user_noise_multiplier}"
+        if config.privacy.user_dp
+        else "",
     )
     if config.privacy.noise_seed >= 0:
         log(WARNING, "fedpers: %s", private_randomness(config)["source"])
@@ -329,7 +378,11 @@ def run_server(
 
     def fit_workflow(grid: Grid, ctx: LegacyContext) -> None:
         play_round(
-            run, grid, ctx, int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]), evaluator
+            run,
+            grid,
+            ctx,
+            int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]),
+            evaluator,
         )
 
     def evaluate_workflow(grid: Grid, ctx: LegacyContext) -> None:

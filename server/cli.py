@@ -29,7 +29,9 @@ def _connection(args: argparse.Namespace) -> str:
 
     if args.superlink:
         if args.root_certificates is None:
-            raise ValueError("--superlink needs --root-certificates CA.crt (the CA of the SuperLink's certificate)")
+            raise ValueError(
+                "--superlink needs --root-certificates CA.crt (the CA of the SuperLink's certificate)"
+            )
         path = write_connection(args.superlink, args.root_certificates, args.connection)
         print(f"flwr connection '{args.connection}' -> {args.superlink} (in {path})", flush=True)
     return args.connection
@@ -56,7 +58,9 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     connection = _connection(args)
     failed = [
-        str(key) for key in args.public_keys if run_foreground(register_command(key, connection), flwr_env()) != 0
+        str(key)
+        for key in args.public_keys
+        if run_foreground(register_command(key, connection), flwr_env()) != 0
     ]
     if failed:
         print(f"fedpers-server: error: not registered: {', '.join(failed)}", file=sys.stderr)
@@ -76,16 +80,22 @@ def _settings(args: argparse.Namespace) -> dict:
     try:
         overrides = parse_config_args([args.run_config] if args.run_config else None)
     except Exception as err:  # click.ClickException: not key=value pairs with TOML values
-        raise ValueError(f"--run-config {args.run_config!r}: {getattr(err, 'message', err)}") from None
+        raise ValueError(
+            f"--run-config {args.run_config!r}: {getattr(err, 'message', err)}"
+        ) from None
     for key, value in overrides.items():
         name = key.replace("-", "_")
         if name not in known | {"run_dir"}:
             raise ValueError(f"--run-config: unknown setting {key!r}")
         settings[name] = value
     FederatedConfig.from_flat({k: v for k, v in settings.items() if k != "run_dir"}).validated()
-    run_dir = Path(args.run_dir or settings.get("run_dir") or f"runs/deploy-{datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = Path(
+        args.run_dir or settings.get("run_dir") or f"runs/deploy-{datetime.now():%Y%m%d-%H%M%S}"
+    )
     settings["run_dir"] = str(run_dir.resolve())
-    settings["registry"] = str(Path(args.registry or settings.get("registry") or "runs/registry").resolve())
+    settings["registry"] = str(
+        Path(args.registry or settings.get("registry") or "runs/registry").resolve()
+    )
     return settings
 
 
@@ -136,7 +146,9 @@ def cmd_versions(args: argparse.Namespace) -> int:
     current = latest(args.registry)
     found = versions(args.registry)
     if args.json:
-        print(json.dumps([json.loads((v.path / VERSION_FILE).read_text()) for v in found], indent=1))
+        print(
+            json.dumps([json.loads((v.path / VERSION_FILE).read_text()) for v in found], indent=1)
+        )
         return 0
     if not found:
         print(f"{args.registry}: no versions yet")
@@ -151,12 +163,21 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--superlink", metavar="HOST:PORT", help="write the flwr connection for this SuperLink address first"
+        "--superlink",
+        metavar="HOST:PORT",
+        help="write the flwr connection for this SuperLink address first",
     )
     p.add_argument(
-        "--root-certificates", type=Path, metavar="CA.crt", help="CA certificate of the SuperLink (with --superlink)"
+        "--root-certificates",
+        type=Path,
+        metavar="CA.crt",
+        help="CA certificate of the SuperLink (with --superlink)",
     )
-    p.add_argument("--connection", default=CONNECTION, help="name of the flwr connection (default: %(default)s)")
+    p.add_argument(
+        "--connection",
+        default=CONNECTION,
+        help="name of the flwr connection (default: %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,14 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
         "server.key), SuperNode authentication (only registered node keys connect) and no runtime "
         "dependency installation. One HTTPS port serves SuperNodes and the flwr CLI.",
     )
-    p.add_argument("--certs", type=Path, required=True, metavar="DIR", help="directory written by `fedpers certs`")
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for other machines (default: %(default)s)"
+        "--certs",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="directory written by `fedpers certs`",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 for other machines (default: %(default)s)",
     )
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    p.add_argument("--database", type=Path, help="SQLite file for the SuperLink's state (default: in memory)")
     p.add_argument(
-        "--print-command", action="store_true", help="print the flower-superlink command instead of running it"
+        "--database", type=Path, help="SQLite file for the SuperLink's state (default: in memory)"
+    )
+    p.add_argument(
+        "--print-command",
+        action="store_true",
+        help="print the flower-superlink command instead of running it",
     )
     p.set_defaults(func=cmd_superlink)
 
@@ -212,17 +245,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fedpers app directory with pyproject.toml (default: %(default)s)",
     )
     p.add_argument(
-        "--config", type=Path, metavar="FILE.toml", help="settings file (as for `fedpers simulate --config`)"
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help="settings file (as for `fedpers simulate --config`)",
     )
     p.add_argument(
-        "--run-config", metavar="'KEY=VALUE ...'", help="settings, e.g. 'rounds=2 model=\"tiny\" min-nodes=3'"
+        "--run-config",
+        metavar="'KEY=VALUE ...'",
+        help="settings, e.g. 'rounds=2 model=\"tiny\" min-nodes=3'",
     )
     p.add_argument(
-        "--run-dir", type=Path, help="where the ServerApp writes its outputs (default: runs/deploy-<time>, absolute)"
+        "--run-dir",
+        type=Path,
+        help="where the ServerApp writes its outputs (default: runs/deploy-<time>, absolute)",
     )
-    p.add_argument("--registry", type=Path, help="persona registry directory (default: runs/registry, absolute)")
-    p.add_argument("--no-stream", action="store_true", help="submit the run and return (follow it with flwr log)")
-    p.add_argument("--print-command", action="store_true", help="print the flwr run command instead of running it")
+    p.add_argument(
+        "--registry",
+        type=Path,
+        help="persona registry directory (default: runs/registry, absolute)",
+    )
+    p.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="submit the run and return (follow it with flwr log)",
+    )
+    p.add_argument(
+        "--print-command",
+        action="store_true",
+        help="print the flwr run command instead of running it",
+    )
     _add_connection_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -237,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser(
-        "versions", help="list the registry's versions", description="List REGISTRY's versions, oldest first."
+        "versions",
+        help="list the registry's versions",
+        description="List REGISTRY's versions, oldest first.",
     )
     p.add_argument("--registry", type=Path, required=True, metavar="DIR")
     p.add_argument("--json", action="store_true", help="the version records as JSON")

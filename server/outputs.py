@@ -41,7 +41,9 @@ def write_run_config(run_dir: Path, config: FederatedConfig, run_id: str) -> Non
     )
 
 
-def save_adapters(run_dir: Path, model: PeftModel, adapters: dict[str, dict[str, np.ndarray]]) -> None:
+def save_adapters(
+    run_dir: Path, model: PeftModel, adapters: dict[str, dict[str, np.ndarray]]
+) -> None:
     for name, arrays in adapters.items():
         save_adapter(run_dir, name, model, arrays)
 
@@ -49,7 +51,9 @@ def save_adapters(run_dir: Path, model: PeftModel, adapters: dict[str, dict[str,
 def evaluation_table(final: dict) -> dict:
     """Rows per persona (and the user-weighted mean) of the final held-out losses."""
     losses, users = final["heldout_loss"], final["users"]
-    rows = {p: {k: losses[p].get(k) for k, _ in COLUMNS} | {"users": users.get(p, 0)} for p in losses}
+    rows = {
+        p: {k: losses[p].get(k) for k, _ in COLUMNS} | {"users": users.get(p, 0)} for p in losses
+    }
     scored = [p for p in rows if p != GLOBAL]
     mean = {}
     for key, _ in COLUMNS:
@@ -59,7 +63,9 @@ def evaluation_table(final: dict) -> dict:
     wins = sum(
         1
         for p in scored
-        if rows[p]["persona"] is not None and rows[p]["global"] is not None and rows[p]["persona"] < rows[p]["global"]
+        if rows[p]["persona"] is not None
+        and rows[p]["global"] is not None
+        and rows[p]["persona"] < rows[p]["global"]
     )
     return {"rows": rows, "mean": mean, "persona_beats_global": wins, "personas": len(scored)}
 
@@ -81,9 +87,15 @@ def format_table(table: dict, note: str) -> str:
         return f"{v:.3f}" if v is not None and not math.isnan(v) else "—"
 
     header = f"{'persona':<18}{'users':>6}" + "".join(f"{label:>26}" for _, label in COLUMNS)
-    lines = [f"Held-out loss (nats per assistant token, lower is better) — {note}", header, "-" * len(header)]
+    lines = [
+        f"Held-out loss (nats per assistant token, lower is better) — {note}",
+        header,
+        "-" * len(header),
+    ]
     for p, row in table["rows"].items():
-        lines.append(f"{p:<18}{row['users']:>6}" + "".join(f"{cell(row[k]):>26}" for k, _ in COLUMNS))
+        lines.append(
+            f"{p:<18}{row['users']:>6}" + "".join(f"{cell(row[k]):>26}" for k, _ in COLUMNS)
+        )
     lines.append(
         f"{'mean':<18}{sum(r['users'] for r in table['rows'].values()):>6}"
         + "".join(f"{cell(table['mean'].get(k)):>26}" for k, _ in COLUMNS)
@@ -102,7 +114,11 @@ def plot_heldout(eval_history: list[dict], path: Path) -> None:
         rounds = [h["round"] for h in eval_history if p in h["heldout_loss"]]
         color = f"C{i % 10}"
         for key, style in (("persona", "-"), ("global", "--")):
-            ys = [h["heldout_loss"][p].get(key, float("nan")) for h in eval_history if p in h["heldout_loss"]]
+            ys = [
+                h["heldout_loss"][p].get(key, float("nan"))
+                for h in eval_history
+                if p in h["heldout_loss"]
+            ]
             ax.plot(rounds, ys, style, color=color, marker="o", label=f"{p} ({key})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")

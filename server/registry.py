@@ -27,7 +27,15 @@ from fedpers.rundir import ADAPTERS, METRICS, RUN_CONFIG, read_json
 
 LATEST = "latest"
 VERSION_FILE = "version.json"
-PUBLISHED = (RUN_CONFIG, METRICS, "evaluation.txt", "heldout_loss.png", "audit.html", "audit.json", "audit.sig.json")
+PUBLISHED = (
+    RUN_CONFIG,
+    METRICS,
+    "evaluation.txt",
+    "heldout_loss.png",
+    "audit.html",
+    "audit.json",
+    "audit.sig.json",
+)
 _VERSION = re.compile(r"v(\d{4,})")
 
 
@@ -66,7 +74,9 @@ def latest(registry: Path | str) -> Version | None:
     target = link.resolve()
     match = _VERSION.fullmatch(target.name)
     if match is None or not target.is_dir():
-        raise FileNotFoundError(f"{link}: points to {os.readlink(link)!r}, not a version of this registry")
+        raise FileNotFoundError(
+            f"{link}: points to {os.readlink(link)!r}, not a version of this registry"
+        )
     return Version(int(match.group(1)), target)
 
 
@@ -81,7 +91,9 @@ def _sha256(path: Path) -> str:
 def _check_run_dir(run_dir: Path) -> list[str]:
     """The adapter names of ``run_dir``; FileNotFoundError naming what is missing."""
     if not (run_dir / RUN_CONFIG).is_file():
-        raise FileNotFoundError(f"{run_dir / RUN_CONFIG}: missing (is {run_dir} a finished fedpers run directory?)")
+        raise FileNotFoundError(
+            f"{run_dir / RUN_CONFIG}: missing (is {run_dir} a finished fedpers run directory?)"
+        )
     adapters = run_dir / ADAPTERS
     names = (
         sorted(d.name for d in adapters.iterdir() if (d / "adapter_model.safetensors").is_file())
@@ -100,7 +112,9 @@ def _assemble(run_dir: Path, into: Path, names: list[str]) -> dict[str, str]:
     for name in PUBLISHED:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, into / name)
-    return {p.relative_to(into).as_posix(): _sha256(p) for p in sorted(into.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(into).as_posix(): _sha256(p) for p in sorted(into.rglob("*")) if p.is_file()
+    }
 
 
 def _point_latest(registry: Path, version: Version) -> None:
@@ -133,7 +147,9 @@ def publish(run_dir: Path | str, registry: Path | str) -> Version:
             }
             write_json(staging / VERSION_FILE, record)
             try:
-                os.rename(staging, registry / version_name(number))  # fails if another publisher took the number
+                os.rename(
+                    staging, registry / version_name(number)
+                )  # fails if another publisher took the number
                 break
             except OSError:
                 number += 1

@@ -46,7 +46,9 @@ class RoundMode(Protocol):
 
 def aggregated(context: LegacyContext) -> Parameters:
     """The parameters the last session left in the workflow's context (what ``aggregate_fit`` returned)."""
-    return compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+    return compat.arrayrecord_to_parameters(
+        context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
+    )
 
 
 class SlotRound:
@@ -102,7 +104,12 @@ class PersonaGroupRounds:
         content = RecordDict({"config": ConfigRecord(instructions.to_record())})
         replies = grid.send_and_receive(
             [
-                Message(content=content, dst_node_id=n, message_type=MessageType.QUERY, group_id=str(server_round))
+                Message(
+                    content=content,
+                    dst_node_id=n,
+                    message_type=MessageType.QUERY,
+                    group_id=str(server_round),
+                )
                 for n in unknown
             ],
             timeout=self.training.config.aggregation.secagg_timeout,
@@ -127,7 +134,13 @@ class PersonaGroupRounds:
         smallest = max(2, training.config.server.min_clients)
         for persona, nodes in sorted(groups.items()):
             if len(nodes) < smallest:
-                log(INFO, "round %d: %s has fewer than %d clients; not aggregated", server_round, persona, smallest)
+                log(
+                    INFO,
+                    "round %d: %s has fewer than %d clients; not aggregated",
+                    server_round,
+                    persona,
+                    smallest,
+                )
                 continue
             training.group, training.received = nodes, None
             try:

@@ -119,12 +119,24 @@ class SecAggPlusRound(SecAggPlusWorkflow):
         if not isinstance(context, LegacyContext):
             raise TypeError(f"Expect a LegacyContext, but get {type(context).__name__}.")
         grid = ObservedGrid(grid, self.observer, lambda: self._stage)
-        server_round = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
-        steps = (self.setup_stage, self.share_keys_stage, self.collect_masked_vectors_stage, self.unmask_stage)
+        server_round = int(
+            context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]
+        )
+        steps = (
+            self.setup_stage,
+            self.share_keys_stage,
+            self.collect_masked_vectors_stage,
+            self.unmask_stage,
+        )
         for attempt in range(1, self.retries + 2):
             state = WorkflowState()
             started, waited = time.perf_counter(), grid.waited
-            record = {"round": server_round, "session": self.label, "attempt": attempt, "dropped": {}}
+            record = {
+                "round": server_round,
+                "session": self.label,
+                "attempt": attempt,
+                "dropped": {},
+            }
             failed_at = None
             for name, step in zip(STAGES, steps):
                 self._stage = name
@@ -184,7 +196,9 @@ class SecAggPlusRound(SecAggPlusWorkflow):
         }
         return ok and bool(holders) and self._check_threshold(state)
 
-    def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+    def collect_masked_vectors_stage(
+        self, grid: Grid, context: LegacyContext, state: WorkflowState
+    ) -> bool:
         ok = super().collect_masked_vectors_stage(grid, context, state)
         return ok and bool(state.legacy_results)
 
@@ -221,7 +235,9 @@ class SecAggPlusRound(SecAggPlusWorkflow):
                 continue
             res = msg.content.config_records[RECORD_KEY_CONFIGS]
             for owner, share in zip(
-                cast(list[int], res[Key.NODE_ID_LIST]), cast(list[bytes], res[Key.SHARE_LIST]), strict=True
+                cast(list[int], res[Key.NODE_ID_LIST]),
+                cast(list[bytes], res[Key.SHARE_LIST]),
+                strict=True,
             ):
                 if owner in shares:
                     shares[owner].append(share)
@@ -241,11 +257,14 @@ class SecAggPlusRound(SecAggPlusWorkflow):
                 return False
             secret = combine_shares(share_list)
             if nid in active_nids:  # the client's private mask
-                masked = parameters_subtraction(masked, keystream_masks(secret, state.mod_range, shapes))
+                masked = parameters_subtraction(
+                    masked, keystream_masks(secret, state.mod_range, shapes)
+                )
             else:  # a client that dropped after sharing keys: remove its pairwise masks
                 for other in state.nid_to_neighbours[nid] - {nid}:
                     key = generate_shared_key(
-                        bytes_to_private_key(secret), bytes_to_public_key(state.nid_to_publickeys[other][0])
+                        bytes_to_private_key(secret),
+                        bytes_to_public_key(state.nid_to_publickeys[other][0]),
                     )
                     pairwise = keystream_masks(key, state.mod_range, shapes)
                     masked = (
@@ -265,7 +284,13 @@ class SecAggPlusRound(SecAggPlusWorkflow):
         parameters = ndarrays_to_parameters(aggregated)
         for _, fitres in results:
             fitres.parameters = parameters
-        log(INFO, "round %d %s: securely aggregated %d clients", current_round, self.label, len(results))
+        log(
+            INFO,
+            "round %d %s: securely aggregated %d clients",
+            current_round,
+            self.label,
+            len(results),
+        )
         parameters_aggregated, metrics = context.strategy.aggregate_fit(current_round, results, [])
         if parameters_aggregated:
             context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(

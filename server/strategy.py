@@ -85,13 +85,26 @@ class PersonaTraining(FitOnly):
     """Sampling, the round instructions, and the sum of the uploads (see the module docstring)."""
 
     def __init__(
-        self, config: FederatedConfig, run_id: str, num_nodes: int, secure: bool, state: PersonaAdapters
+        self,
+        config: FederatedConfig,
+        run_id: str,
+        num_nodes: int,
+        secure: bool,
+        state: PersonaAdapters,
     ) -> None:
         super().__init__()
-        self.config, self.run_id, self.num_nodes, self.secure, self.state = config, run_id, num_nodes, secure, state
+        self.config, self.run_id, self.num_nodes, self.secure, self.state = (
+            config,
+            run_id,
+            num_nodes,
+            secure,
+            state,
+        )
         self.slots = round_slots(config)
         self.layout = SlotLayout.for_adapter(state.adapters[GLOBAL], self.slots)
-        self.group: set[int] | None = None  # the node ids of one persona group, when personas travel in clear
+        self.group: set[int] | None = (
+            None  # the node ids of one persona group, when personas travel in clear
+        )
         self.received: Received | None = None
 
     @property
@@ -111,7 +124,13 @@ class PersonaTraining(FitOnly):
 
     def instructions(self, server_round: int, task: str = "train") -> RoundInstructions:
         return RoundInstructions.for_round(
-            self.config, self.run_id, server_round, self.state.adapters, self.state.trained, task, self.count_value
+            self.config,
+            self.run_id,
+            server_round,
+            self.state.adapters,
+            self.state.trained,
+            task,
+            self.count_value,
         )
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -123,8 +142,12 @@ class PersonaTraining(FitOnly):
         if self.group is not None:
             clients = [c for c in client_manager.all().values() if c.node_id in self.group]
         else:
-            clients = client_manager.sample(num_clients=self.num_sampled, min_num_clients=self.num_sampled)
-        fit_ins = FitIns(ndarrays_to_parameters(self.reference()), self.instructions(server_round).to_record())
+            clients = client_manager.sample(
+                num_clients=self.num_sampled, min_num_clients=self.num_sampled
+            )
+        fit_ins = FitIns(
+            ndarrays_to_parameters(self.reference()), self.instructions(server_round).to_record()
+        )
         return [(client, fit_ins) for client in clients]
 
     def aggregate_fit(
@@ -137,22 +160,36 @@ class PersonaTraining(FitOnly):
             return None, {}
         total = upload_sum(results, self.secure)
         by_persona = None
-        if not self.secure and not self.config.aggregation.persona_hiding:  # plain, personas in clear: group here
+        if (
+            not self.secure and not self.config.aggregation.persona_hiding
+        ):  # plain, personas in clear: group here
             by_persona = {}
             for _, res in results:
-                persona = persona_from_index(self.config.persona_names, int(res.metrics[PERSONA_INDEX]))
-                arrays = [np.asarray(a, dtype=np.float64) for a in parameters_to_ndarrays(res.parameters)]
+                persona = persona_from_index(
+                    self.config.persona_names, int(res.metrics[PERSONA_INDEX])
+                )
+                arrays = [
+                    np.asarray(a, dtype=np.float64) for a in parameters_to_ndarrays(res.parameters)
+                ]
                 old = by_persona.get(persona)
-                by_persona[persona] = arrays if old is None else [o + a for o, a in zip(old, arrays, strict=True)]
+                by_persona[persona] = (
+                    arrays if old is None else [o + a for o, a in zip(old, arrays, strict=True)]
+                )
         self.received = Received(len(results), len(failures), by_persona)
         scale = 1.0 / self.num_sampled if self.config.privacy.user_dp else 1.0
-        return ndarrays_to_parameters([(a * scale).astype(np.float64) for a in total]), {"participants": len(results)}
+        return ndarrays_to_parameters([(a * scale).astype(np.float64) for a in total]), {
+            "participants": len(results)
+        }
 
-    def slot_sums(self, parameters: Parameters | list[np.ndarray]) -> tuple[dict[str, dict], dict[str, float]]:
+    def slot_sums(
+        self, parameters: Parameters | list[np.ndarray]
+    ) -> tuple[dict[str, dict], dict[str, float]]:
         """Per-slot sums and counts of a summed upload (what ``aggregate_fit`` returned, noised under user-level DP)."""
         scale = self.num_sampled if self.config.privacy.user_dp else 1.0
         arrays = parameters if isinstance(parameters, list) else parameters_to_ndarrays(parameters)
-        return self.layout.unpack([np.asarray(a, dtype=np.float64) * scale for a in arrays], self.count_value)
+        return self.layout.unpack(
+            [np.asarray(a, dtype=np.float64) * scale for a in arrays], self.count_value
+        )
 
     def account(self, ledgers: dict[str, PrivacyLedger], server_round: int) -> dict[str, float]:
         """The server's record of user-level DP per adapter: each round releases the summed uploads once
@@ -163,7 +200,9 @@ class PersonaTraining(FitOnly):
         for name, ledger in ledgers.items():
             entry = ledger.record(
                 user_level_entry(
-                    self.config.privacy.user_noise_multiplier, self.config.aggregation.update_clip, round=server_round
+                    self.config.privacy.user_noise_multiplier,
+                    self.config.aggregation.update_clip,
+                    round=server_round,
                 )
             )
             ledger.complete(entry)
@@ -171,7 +210,9 @@ class PersonaTraining(FitOnly):
         return spent
 
 
-def persona_adapters(config: FederatedConfig, adapters: dict, trained: Sequence[str] = ()) -> PersonaAdapters:
+def persona_adapters(
+    config: FederatedConfig, adapters: dict, trained: Sequence[str] = ()
+) -> PersonaAdapters:
     """Round 0 of a run with these settings: ``adapters`` with the configured server optimizer and gate."""
     return PersonaAdapters.start(
         adapters,

@@ -106,7 +106,13 @@ def register_command(public_key: Path, connection: str = CONNECTION) -> list[str
     """``flwr supernode register NODE.pub CONNECTION``: let the node with this key connect."""
     if not Path(public_key).is_file():
         raise FileNotFoundError(f"{public_key}: no such public key file")
-    return [executable("flwr"), "supernode", "register", str(Path(public_key).resolve()), connection]
+    return [
+        executable("flwr"),
+        "supernode",
+        "register",
+        str(Path(public_key).resolve()),
+        connection,
+    ]
 
 
 def _toml_value(key: str, value: object) -> str:
@@ -121,7 +127,9 @@ def _toml_value(key: str, value: object) -> str:
 
 def run_config_arg(settings: Mapping[str, object]) -> str:
     """Settings as ``flwr run --run-config`` takes them: ``key=value`` pairs with TOML values."""
-    return " ".join(f"{key.replace('_', '-')}={_toml_value(key, value)}" for key, value in settings.items())
+    return " ".join(
+        f"{key.replace('_', '-')}={_toml_value(key, value)}" for key, value in settings.items()
+    )
 
 
 def run_command(
@@ -129,7 +137,9 @@ def run_command(
 ) -> list[str]:
     """``flwr run APP CONNECTION --run-config ...`` (``--stream``: follow the log until the run ends)."""
     if not (Path(app) / "pyproject.toml").is_file():
-        raise FileNotFoundError(f"{app}: no pyproject.toml (the fedpers app directory, with [tool.flwr.app])")
+        raise FileNotFoundError(
+            f"{app}: no pyproject.toml (the fedpers app directory, with [tool.flwr.app])"
+        )
     command = [executable("flwr"), "run", str(Path(app).resolve()), connection]
     if settings:
         command += ["--run-config", run_config_arg(settings)]

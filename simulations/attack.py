@@ -16,14 +16,23 @@ import secrets
 import time
 from pathlib import Path
 
-from fedpers.audit.attack import ATTACK, ATTACK_FILE, AttackConfig, CanaryScorer, summarize, theoretical_epsilon
+from fedpers.audit.attack import (
+    ATTACK,
+    ATTACK_FILE,
+    AttackConfig,
+    CanaryScorer,
+    summarize,
+    theoretical_epsilon,
+)
 from fedpers.audit.canaries import make_canaries
 from fedpers.data import write_jsonl
 from fedpers.federated import FederatedConfig
 from fedpers.rundir import load_adapters, write_json
 
 
-def attack_settings(config: FederatedConfig, dp: bool, canaries: Path, run_dir: Path) -> FederatedConfig:
+def attack_settings(
+    config: FederatedConfig, dp: bool, canaries: Path, run_dir: Path
+) -> FederatedConfig:
     """The audited settings with canaries, a fresh state directory, and no evaluation, wire recording or audit of its own."""
     return config.replace(
         dp=dp,
@@ -54,7 +63,9 @@ def run_attack(
         attack = dataclasses.replace(attack, seed=secrets.randbits(63))
     personas = personas or {c.user_id: c.persona for c in conversations(config) if c.persona}
     if not personas:
-        raise ValueError("the canary audit needs users with a declared persona (the persona field of the data)")
+        raise ValueError(
+            "the canary audit needs users with a declared persona (the persona field of the data)"
+        )
     canaries = make_canaries(personas, attack.canaries, attack.seed)
     root = Path(run_dir) / ATTACK
     root.mkdir(parents=True, exist_ok=True)
@@ -86,7 +97,9 @@ def run_attack(
         result["runs"][name] = {"dp": dp, "run_dir": str(run), "seconds": seconds} | summarize(
             scored, config.privacy.delta, theoretical_epsilon(variant, canaries, attack.repeats)
         )
-        result["runs"] = {k: result["runs"][k] for k in order if k in result["runs"]}  # shown side by side: DP first
+        result["runs"] = {
+            k: result["runs"][k] for k in order if k in result["runs"]
+        }  # shown side by side: DP first
         write_json(root / ATTACK_FILE, result)
     return result
 

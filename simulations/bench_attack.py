@@ -35,7 +35,11 @@ def scoring_cost(config: FederatedConfig, attack: AttackConfig, sample: int) -> 
     personas = {c.user_id: c.persona for c in conversations(config) if c.persona}
     canaries = make_canaries(personas, sample, attack.seed or 0)
     scorer = CanaryScorer(
-        config, canaries, AttackConfig(canaries=sample, candidates=attack.candidates, seed=attack.seed, progress=False)
+        config,
+        canaries,
+        AttackConfig(
+            canaries=sample, candidates=attack.candidates, seed=attack.seed, progress=False
+        ),
     )
     tokenizer_pad = scorer.tokenizer.pad_token_id
     out = {"whole": 0.0, "prefix": 0.0}
@@ -93,7 +97,10 @@ def lines_for(config: FederatedConfig, attack: AttackConfig, result: dict, cost:
             "exposure inserted, mean / max (bits)",
             lambda r: f"{r['exposure']['inserted_mean']:.1f} / {r['exposure']['inserted_max']:.1f}",
         ),
-        row("exposure never inserted, mean (bits)", lambda r: f"{r['exposure']['held_back_mean']:.1f}"),
+        row(
+            "exposure never inserted, mean (bits)",
+            lambda r: f"{r['exposure']['held_back_mean']:.1f}",
+        ),
         row("theoretical epsilon", theory),
         row("training wall time (s)", lambda r: f"{r['seconds']['training']:.0f}"),
         row("scoring wall time (s)", lambda r: f"{r['seconds']['scoring']:.0f}"),
@@ -111,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     from simulations.attack import run_attack
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", type=Path, default=Path("runs/bench-attack"), help="where the attack's runs go")
+    p.add_argument(
+        "--run-dir", type=Path, default=Path("runs/bench-attack"), help="where the attack's runs go"
+    )
     p.add_argument("--canaries", type=int, default=AttackConfig.canaries)
     p.add_argument("--repeats", type=int, default=AttackConfig.repeats)
     p.add_argument("--candidates", type=int, default=AttackConfig.candidates)
     p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--cost-sample", type=int, default=5, help="canaries timed whole vs prefix-reusing")
+    p.add_argument(
+        "--cost-sample", type=int, default=5, help="canaries timed whole vs prefix-reusing"
+    )
     p.add_argument(
         "--reuse",
         action="store_true",
@@ -126,13 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     run_dir = args.run_dir.resolve()
     values = load_config_file(SCENARIOS / "default.toml")
-    config = FederatedConfig.from_flat(values | {"state_dir": str(run_dir / "client-state")}).validated()
-    attack = AttackConfig(canaries=args.canaries, repeats=args.repeats, candidates=args.candidates, seed=args.seed)
+    config = FederatedConfig.from_flat(
+        values | {"state_dir": str(run_dir / "client-state")}
+    ).validated()
+    attack = AttackConfig(
+        canaries=args.canaries, repeats=args.repeats, candidates=args.candidates, seed=args.seed
+    )
     previous = read_attack(run_dir) if args.reuse else None
     if previous is not None:
         attack = AttackConfig(**previous["settings"])
     result = previous or run_attack(config, run_dir, attack)
-    cost = scoring_cost(config, attack, args.cost_sample) | {"sample": args.cost_sample}  # after: the runs matter more
+    cost = scoring_cost(config, attack, args.cost_sample) | {
+        "sample": args.cost_sample
+    }  # after: the runs matter more
     print_section(lines_for(config, attack, result, cost), args.write, MARK)
     return 0
 

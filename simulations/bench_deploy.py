@@ -55,19 +55,30 @@ def run_config(settings: dict) -> str:
     """``--run-config`` text of ``settings`` (Flower's TOML-like key=value pairs)."""
 
     def value(v):
-        return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else repr(v)
+        return (
+            ("true" if v else "false")
+            if isinstance(v, bool)
+            else json.dumps(v)
+            if isinstance(v, str)
+            else repr(v)
+        )
 
     return " ".join(f"{k.replace('_', '-')}={value(v)}" for k, v in settings.items())
 
 
 def replies_sent(logs: Path) -> int:
     """Replies the SuperNodes sent (Flower logs ``Sending: ... message`` once per reply), from their logs."""
-    return sum(log.read_text(errors="replace").count("Sending: ") for log in logs.glob("node-*.log"))
+    return sum(
+        log.read_text(errors="replace").count("Sending: ") for log in logs.glob("node-*.log")
+    )
 
 
 def clientapp_start_seconds(repeats: int = 3) -> float:
     """Median wall time of starting ``flwr-clientapp`` (new interpreter, Flower imported) and leaving at once."""
-    command = [shutil.which("flwr-clientapp") or str(Path(sys.executable).parent / "flwr-clientapp"), "--help"]
+    command = [
+        shutil.which("flwr-clientapp") or str(Path(sys.executable).parent / "flwr-clientapp"),
+        "--help",
+    ]
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -77,18 +88,24 @@ def clientapp_start_seconds(repeats: int = 3) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--write", action="store_true", help="write the result into BENCHMARKS.md")
     args = p.parse_args(argv)
     settings = SETTINGS | {"rounds": args.rounds}
-    conversations = generate(SyntheticConfig(users_per_persona=1, conversations_per_user=8, seed=5, personas=PERSONAS))
+    conversations = generate(
+        SyntheticConfig(users_per_persona=1, conversations_per_user=8, seed=5, personas=PERSONAS)
+    )
     with tempfile.TemporaryDirectory(prefix="fedpers-bench-deploy-") as tmp:
         root = Path(tmp)
         with local_federation(root / "federation", conversations) as federation:
             done = federation.run(run_config(settings | {"min_nodes": 3}), root / "deploy")
             if done.returncode != 0:
-                raise RuntimeError(f"the deployment run failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
+                raise RuntimeError(
+                    f"the deployment run failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
+                )
             replies = replies_sent(federation.procs.logs)
         deployed = json.loads((root / "deploy" / "metrics.json").read_text())
         config = FederatedConfig.from_flat(
@@ -116,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|",
     ]
     for label, times, mean, wall in rows:
-        lines.append(f"| {label} | {', '.join(f'{t:.1f}' for t in times)} | {mean:.1f} | {wall:.1f} s |")
+        lines.append(
+            f"| {label} | {', '.join(f'{t:.1f}' for t in times)} | {mean:.1f} | {wall:.1f} s |"
+        )
     devices = len({c.user_id for c in conversations})
     per_round = replies / (devices * args.rounds)
     lines += [

@@ -25,7 +25,14 @@ import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
-from fedpers.models import EncodedExample, LoraSettings, PersonalizedLM, attach_lora, collate, load_base_model
+from fedpers.models import (
+    EncodedExample,
+    LoraSettings,
+    PersonalizedLM,
+    attach_lora,
+    collate,
+    load_base_model,
+)
 from fedpers.models.chat import IGNORE_INDEX
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +64,10 @@ def fixed_batch(vocab: int, batch: int, length: int, seed: int = 0) -> dict[str,
 
 def build(model_name: str, top_layers: int | None, dp: bool) -> Stepper:
     base, _ = load_base_model(model_name)
-    lm = attach_lora(base, LoraSettings(r=8, alpha=16, target_modules=("q_proj", "v_proj"), top_layers=top_layers))
+    lm = attach_lora(
+        base,
+        LoraSettings(r=8, alpha=16, target_modules=("q_proj", "v_proj"), top_layers=top_layers),
+    )
     model = PersonalizedLM(lm)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -65,12 +75,17 @@ def build(model_name: str, top_layers: int | None, dp: bool) -> Stepper:
     if not dp:
         return Stepper(model, optimizer)
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    dp_optimizer = DPOptimizer(optimizer, noise_multiplier=1.0, max_grad_norm=0.01, expected_batch_size=8)
+    dp_optimizer = DPOptimizer(
+        optimizer, noise_multiplier=1.0, max_grad_norm=0.01, expected_batch_size=8
+    )
     return Stepper(gsm, dp_optimizer)
 
 
 def time_interleaved(args: argparse.Namespace) -> dict:
-    steppers = {"no_dp": build(args.model, args.top_layers, False), "dp": build(args.model, args.top_layers, True)}
+    steppers = {
+        "no_dp": build(args.model, args.top_layers, False),
+        "dp": build(args.model, args.top_layers, True),
+    }
     vocab = steppers["dp"].forward._module.lm.get_input_embeddings().num_embeddings
     batch = fixed_batch(vocab, args.batch_size, args.seq_len)
     times: dict[str, list[float]] = {k: [] for k in steppers}
@@ -121,7 +136,9 @@ def peak_memory(args: argparse.Namespace, mode: str) -> dict[str, float]:
 def child(args: argparse.Namespace) -> None:
     stepper = build(args.model, args.top_layers, args.child == "dp")
     module = stepper.forward._module if args.child == "dp" else stepper.forward
-    batch = fixed_batch(module.lm.get_input_embeddings().num_embeddings, args.batch_size, args.seq_len)
+    batch = fixed_batch(
+        module.lm.get_input_embeddings().num_embeddings, args.batch_size, args.seq_len
+    )
     loaded = _peak_gb()
     for _ in range(args.steps):
         stepper.step(batch)
@@ -164,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--model", default="smollm2", help="'smollm2', 'tiny' or a local HF directory")
-    p.add_argument("--layers", default="6,0", help="LoRA placements to measure: top N layers each (0 = all layers)")
+    p.add_argument(
+        "--layers",
+        default="6,0",
+        help="LoRA placements to measure: top N layers each (0 = all layers)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="timed steps per mode")
@@ -207,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     rows += [
         "",
-        "Targets: DP / non-DP step-time ratio at most 1.10, peak memory under 4 GB. " + "; ".join(verdicts) + ".",
+        "Targets: DP / non-DP step-time ratio at most 1.10, peak memory under 4 GB. "
+        + "; ".join(verdicts)
+        + ".",
     ]
     print_section(rows, args.write)
     return 0

@@ -24,7 +24,9 @@ MARK = "scenarios"
 def scenario(name: str, run_root: Path, **overrides) -> tuple[FederatedConfig, Path]:
     run_dir = (run_root / name).resolve()
     values = load_config_file(SCENARIOS / f"{name.split('-')[0]}.toml")
-    config = FederatedConfig.from_flat(values | overrides | {"state_dir": str(run_dir / "client-state")}).validated()
+    config = FederatedConfig.from_flat(
+        values | overrides | {"state_dir": str(run_dir / "client-state")}
+    ).validated()
     return config, run_dir
 
 
@@ -52,13 +54,20 @@ def section(label: str, config: FederatedConfig, metrics: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=Path, default=Path("runs/bench"), help="where the run directories go")
-    p.add_argument("--only", help="comma-separated subset of: default-dp, default-nodp, shakespeare")
+    p.add_argument(
+        "--runs", type=Path, default=Path("runs/bench"), help="where the run directories go"
+    )
+    p.add_argument(
+        "--only", help="comma-separated subset of: default-dp, default-nodp, shakespeare"
+    )
     p.add_argument("--write", action="store_true", help="write the tables into BENCHMARKS.md")
     args = p.parse_args(argv)
     plan = {
         "default-dp": ("Synthetic IT service desk, DP on (the default scenario)", {}),
-        "default-nodp": ("Synthetic IT service desk, DP off (same settings otherwise)", {"dp": False}),
+        "default-nodp": (
+            "Synthetic IT service desk, DP off (same settings otherwise)",
+            {"dp": False},
+        ),
         "shakespeare": ("tinyshakespeare, speakers as users, 3 inferred personas, DP on", {}),
     }
     chosen = args.only.split(",") if args.only else list(plan)

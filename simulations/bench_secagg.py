@@ -30,12 +30,18 @@ from simulations.simulate import SCENARIOS, simulate
 MARK = "secagg"
 VARIANTS = {
     "plain": ("plain, persona in clear", {"secure_aggregation": False, "persona_hiding": False}),
-    "plain-hiding": ("plain, persona hiding", {"secure_aggregation": False, "persona_hiding": True}),
+    "plain-hiding": (
+        "plain, persona hiding",
+        {"secure_aggregation": False, "persona_hiding": True},
+    ),
     "secagg": (
         "SecAgg+, persona in clear (one session per persona)",
         {"secure_aggregation": True, "persona_hiding": False},
     ),
-    "secagg-hiding": ("SecAgg+, persona hiding (default)", {"secure_aggregation": True, "persona_hiding": True}),
+    "secagg-hiding": (
+        "SecAgg+, persona hiding (default)",
+        {"secure_aggregation": True, "persona_hiding": True},
+    ),
 }
 
 
@@ -58,16 +64,21 @@ def relative_difference(a: dict, b: dict) -> float:
 
 def run_variant(name: str, root: Path, rounds: int | None, scenario: str = "default") -> dict:
     run_dir = (root / name).resolve()
-    values = load_config_file(SCENARIOS / f"{scenario}.toml") | VARIANTS[name][1] | {"noise_seed": 11}
+    values = (
+        load_config_file(SCENARIOS / f"{scenario}.toml") | VARIANTS[name][1] | {"noise_seed": 11}
+    )
     if rounds:
         values["rounds"] = rounds
-    config = FederatedConfig.from_flat(values | {"state_dir": str(run_dir / "client-state")}).validated()
+    config = FederatedConfig.from_flat(
+        values | {"state_dir": str(run_dir / "client-state")}
+    ).validated()
     metrics = simulate(config, run_dir)  # records every reply (record_wire) for the byte counts
     sessions = metrics["aggregation"]["sessions"]
     result = {
         "round_seconds": [round_seconds(r) for r in metrics["rounds"]],
         "train_seconds": [r["train_seconds"] for r in metrics["rounds"]],
-        "server_seconds": sum(s["server_seconds"] for s in sessions) / max(len(metrics["rounds"]), 1)
+        "server_seconds": sum(s["server_seconds"] for s in sessions)
+        / max(len(metrics["rounds"]), 1)
         if sessions
         else None,
         "upload_bytes": upload_bytes(run_dir / "wire"),
@@ -102,16 +113,25 @@ def table(results: dict[str, dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=Path, default=Path("runs/bench-secagg"), help="where the run directories go")
     p.add_argument(
-        "--scenario", default="default", help="scenario file in simulations/scenarios/ (tiny: a quick check)"
+        "--runs", type=Path, default=Path("runs/bench-secagg"), help="where the run directories go"
+    )
+    p.add_argument(
+        "--scenario",
+        default="default",
+        help="scenario file in simulations/scenarios/ (tiny: a quick check)",
     )
     p.add_argument("--rounds", type=int, help="rounds per run (default: the scenario's)")
-    p.add_argument("--only", help=f"comma-separated subset of: {', '.join(VARIANTS)} (plain is always run)")
+    p.add_argument(
+        "--only", help=f"comma-separated subset of: {', '.join(VARIANTS)} (plain is always run)"
+    )
     p.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     args = p.parse_args(argv)
     args.runs.mkdir(parents=True, exist_ok=True)
-    chosen = ["plain", *[v for v in (args.only.split(",") if args.only else VARIANTS) if v != "plain"]]
+    chosen = [
+        "plain",
+        *[v for v in (args.only.split(",") if args.only else VARIANTS) if v != "plain"],
+    ]
     results = {name: run_variant(name, args.runs, args.rounds, args.scenario) for name in chosen}
     reference = load_adapters(Path(results["plain"]["run_dir"]))
     lines = [
@@ -137,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     secure = results.get("secagg-hiding")
     if secure:
-        ratio = statistics.mean(secure["round_seconds"]) / statistics.mean(results["plain"]["round_seconds"])
+        ratio = statistics.mean(secure["round_seconds"]) / statistics.mean(
+            results["plain"]["round_seconds"]
+        )
         lines += [
             "",
             f"Target: SecAgg+ adds at most 1.5x to a round's server-side time. Measured (SecAgg+ with persona hiding vs "

@@ -40,7 +40,9 @@ def _simulate(args: argparse.Namespace) -> int:
     import importlib.util
 
     spec = importlib.util.find_spec("ray")
-    if spec is None or spec.origin is None:  # absent, or only a namespace (e.g. Ray's temp dir /tmp/ray)
+    if (
+        spec is None or spec.origin is None
+    ):  # absent, or only a namespace (e.g. Ray's temp dir /tmp/ray)
         print(f"fedpers: error: {SIMULATION_MISSING}", file=sys.stderr)
         return 2
     from simulations.simulate import config_from_args, simulate
@@ -48,16 +50,26 @@ def _simulate(args: argparse.Namespace) -> int:
     config, run_dir = config_from_args(args)
     print(f"fedpers simulate: run directory {run_dir}", flush=True)
     metrics = simulate(config, run_dir, client_cpus=args.client_cpus)
-    text = (run_dir / "evaluation.txt").read_text() if (run_dir / "evaluation.txt").exists() else "no evaluation"
+    text = (
+        (run_dir / "evaluation.txt").read_text()
+        if (run_dir / "evaluation.txt").exists()
+        else "no evaluation"
+    )
     print()
     print(text)
-    privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.privacy.dp else "DP off: epsilon unbounded"
+    privacy = (
+        f"max per-user epsilon {metrics['max_epsilon']:.2f}"
+        if config.privacy.dp
+        else "DP off: epsilon unbounded"
+    )
     print(f"{privacy}; wall time {metrics['wall_seconds']:.0f} s; outputs in {run_dir}")
     if config.outputs.audit:
         findings = json.loads((run_dir / "audit.json").read_text())["findings"]
         for finding in findings:
             print(f"  [{finding['level']}] {finding['text']}")
-        print(f"privacy audit report: {run_dir / 'audit.html'} (signed; check with: fedpers audit verify {run_dir})")
+        print(
+            f"privacy audit report: {run_dir / 'audit.html'} (signed; check with: fedpers audit verify {run_dir})"
+        )
     return 0
 
 

@@ -63,7 +63,13 @@ class SimulationEvaluator:
 
         return assign_persona(declared, self.config.persona_names, score, trained).persona
 
-    def _losses(self, env: ModelEnvironment, arrays: dict[str, np.ndarray], heldout, embedding: bytes | None = None):
+    def _losses(
+        self,
+        env: ModelEnvironment,
+        arrays: dict[str, np.ndarray],
+        heldout,
+        embedding: bytes | None = None,
+    ):
         model = env.model
         load_adapter_arrays(model.lm, arrays)
         model.use_user_embedding = embedding is not None
@@ -76,11 +82,15 @@ class SimulationEvaluator:
             model.use_user_embedding = False
         return result.loss * result.tokens, float(result.tokens)
 
-    def __call__(self, server_round: int, adapters: Adapters, trained: set[str], run_id: str, final: bool) -> dict:
+    def __call__(
+        self, server_round: int, adapters: Adapters, trained: set[str], run_id: str, final: bool
+    ) -> dict:
         started = time.perf_counter()
         env = model_environment(self.config)
         rows: dict[str, dict[str, list[float]]] = {}  # persona -> variant -> [loss sum, tokens]
-        base = {k: np.zeros_like(v) for k, v in adapters[GLOBAL].items()}  # LoRA B = 0: the base model
+        base = {
+            k: np.zeros_like(v) for k, v in adapters[GLOBAL].items()
+        }  # LoRA B = 0: the base model
         users: dict[str, int] = {}
         for user_id in self.users:
             data = user_data(self.config, user_id, env)
@@ -88,7 +98,10 @@ class SimulationEvaluator:
                 continue
             persona = self.persona(user_id, data.declared_persona, trained, run_id)
             # variant -> (adapter, user embedding); the same pair is evaluated once (persona == global at cold start)
-            variants: dict[str, tuple[str, bytes | None]] = {"global": (GLOBAL, None), "persona": (persona, None)}
+            variants: dict[str, tuple[str, bytes | None]] = {
+                "global": (GLOBAL, None),
+                "persona": (persona, None),
+            }
             if final:
                 variants["base"] = (BASE, None)
                 embedding = UserState(self.config.outputs.state_dir, user_id).embedding()
@@ -105,8 +118,12 @@ class SimulationEvaluator:
                 total = row.setdefault(name, [0.0, 0.0])
                 total[0], total[1] = total[0] + loss_sum, total[1] + tokens
         gate = self.config.server.min_clients
-        shown = {p: row for p, row in rows.items() if users[p] >= gate}  # the outputs show no persona below the gate
-        losses = {p: {name: s / max(t, 1.0) for name, (s, t) in row.items()} for p, row in shown.items()}
+        shown = {
+            p: row for p, row in rows.items() if users[p] >= gate
+        }  # the outputs show no persona below the gate
+        losses = {
+            p: {name: s / max(t, 1.0) for name, (s, t) in row.items()} for p, row in shown.items()
+        }
         counts = {p: 0 for p in self.config.persona_names} | users
         return {
             "round": server_round,

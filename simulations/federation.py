@@ -33,7 +33,9 @@ class Processes:
 
     def start(self, name: str, command: list[str], env: dict) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "wb")
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.started.append((name, proc))
         return proc
 
@@ -71,7 +73,9 @@ def flower_env(flwr_home: Path, **extra: str) -> dict:
     return env
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str]) -> None:
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str]
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -98,7 +102,9 @@ class Federation:
         """``fedpers-server run`` with ``settings`` (a ``--run-config`` string) on this federation."""
         extra = ["--registry", str(registry)] if registry else []
         return subprocess.run(
-            module_command("server.cli", "run", "--run-config", settings, "--run-dir", str(run_dir), *extra),
+            module_command(
+                "server.cli", "run", "--run-config", settings, "--run-dir", str(run_dir), *extra
+            ),
             env=self.server_env,
             capture_output=True,
             text=True,
@@ -127,11 +133,16 @@ def local_federation(
     try:
         procs.start(
             "superlink",
-            module_command("server.cli", "superlink", "--certs", str(certs), "--port", address.split(":")[1]),
+            module_command(
+                "server.cli", "superlink", "--certs", str(certs), "--port", address.split(":")[1]
+            ),
             server_env,
         )
         wait_for(
-            lambda: "Uvicorn running" in procs.log("superlink"), 60, "the SuperLink", lambda: procs.log("superlink")
+            lambda: "Uvicorn running" in procs.log("superlink"),
+            60,
+            "the SuperLink",
+            lambda: procs.log("superlink"),
         )
         register = subprocess.run(
             module_command(
@@ -148,12 +159,20 @@ def local_federation(
             text=True,
             timeout=120,
         )
-        if register.returncode != 0 or register.stdout.count("registered successfully") != len(users):
-            raise RuntimeError(f"registering the devices' keys failed:\n{register.stdout}\n{register.stderr}")
+        if register.returncode != 0 or register.stdout.count("registered successfully") != len(
+            users
+        ):
+            raise RuntimeError(
+                f"registering the devices' keys failed:\n{register.stdout}\n{register.stderr}"
+            )
         federation = Federation(root, certs, address, server_env, procs)
         for i, user in enumerate(users, start=1):
             device = root / f"device-{i}"
-            store, key, data = device / "store", device / "store.key", device / "conversations.jsonl"
+            store, key, data = (
+                device / "store",
+                device / "store.key",
+                device / "conversations.jsonl",
+            )
             write_jsonl(data, [c for c in conversations if c.user_id == user])
             base = ["--store", str(store), "--key-file", str(key)]
             for command in (

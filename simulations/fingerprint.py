@@ -86,8 +86,14 @@ def fingerprint(modes: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="write the fingerprint here (JSON)")
-    p.add_argument("--compare", type=Path, help="compare with a fingerprint written earlier; exit 1 on a difference")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        help="compare with a fingerprint written earlier; exit 1 on a difference",
+    )
+    p.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}"
+    )
     args = p.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
@@ -102,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         before = json.loads(args.compare.read_text())
         diffs = [m for m in modes if before.get(m) != result[m]]
         for m in diffs:
-            print(f"DIFFERENT: {m}\n  before {before.get(m)}\n  after  {result[m]}", file=sys.stderr)
+            print(
+                f"DIFFERENT: {m}\n  before {before.get(m)}\n  after  {result[m]}", file=sys.stderr
+            )
         if diffs:
             return 1
         print(f"bitwise identical to {args.compare} in {', '.join(modes)}", file=sys.stderr)

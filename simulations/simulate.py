@@ -18,28 +18,45 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help=f"TOML settings file (see {SCENARIOS.name}/ for examples)")
+    p.add_argument(
+        "--config", type=Path, help=f"TOML settings file (see {SCENARIOS.name}/ for examples)"
+    )
     p.add_argument("--run-dir", type=Path, help="output directory (default: runs/<timestamp>)")
     p.add_argument(
-        "--client-cpus", type=float, default=1.0, help="CPUs per simulated client (parallel clients = CPUs / this)"
+        "--client-cpus",
+        type=float,
+        default=1.0,
+        help="CPUs per simulated client (parallel clients = CPUs / this)",
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for s in all_settings():  # one group per section of FederatedConfig, help from the field metadata
+    for (
+        s
+    ) in all_settings():  # one group per section of FederatedConfig, help from the field metadata
         if s.section not in groups:
             doc = (SECTIONS[s.section].__doc__ or "").strip().splitlines()[0]
-            groups[s.section] = p.add_argument_group(f"{s.section} settings (override the config file)", doc)
+            groups[s.section] = p.add_argument_group(
+                f"{s.section} settings (override the config file)", doc
+            )
         flag, helptext = "--" + s.name.replace("_", "-"), f"{s.help} (default: {s.default})"
         if s.kind is bool:
             groups[s.section].add_argument(
-                flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None, help=helptext
+                flag,
+                dest=s.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=helptext,
             )
         else:
-            groups[s.section].add_argument(flag, dest=s.name, type=s.kind, default=None, help=helptext)
+            groups[s.section].add_argument(
+                flag, dest=s.name, type=s.kind, default=None, help=helptext
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[FederatedConfig, Path]:
     values = load_config_file(args.config) if args.config else {}
-    values |= {s.name: getattr(args, s.name) for s in all_settings() if getattr(args, s.name) is not None}
+    values |= {
+        s.name: getattr(args, s.name) for s in all_settings() if getattr(args, s.name) is not None
+    }
     run_dir = (args.run_dir or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     if "state_dir" not in values:
         values["state_dir"] = str(run_dir / "client-state")
@@ -51,7 +68,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[FederatedConfig, Path]:
 
 
 def _epsilons(ledgers: dict) -> dict:
-    spent = {user: ledger.spent().epsilon if ledger.events() else 0.0 for user, ledger in ledgers.items()}
+    spent = {
+        user: ledger.spent().epsilon if ledger.events() else 0.0 for user, ledger in ledgers.items()
+    }
     return {"epsilon_per_client": spent, "max_epsilon": max(spent.values(), default=0.0)}
 
 
@@ -88,7 +107,9 @@ def simulate(
     ``inner_mods`` inside it (they see the plain upload); ``observer`` sees every reply of a SecAgg+ session.
     With ``record_wire`` every reply is recorded first; with ``audit_attack`` the canary simulations run
     next; with ``audit`` the signed report is written last (then the payloads are pruned unless kept)."""
-    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"  # offline: never install at run time
+    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = (
+        "1"  # offline: never install at run time
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
@@ -102,9 +123,14 @@ def simulate(
     if config.outputs.record_wire:
         from clients.wire import record_replies
 
-        client_mods = [record_replies(run_dir / "wire"), *(client_mods or [])]  # outermost: sees what leaves the device
+        client_mods = [
+            record_replies(run_dir / "wire"),
+            *(client_mods or []),
+        ]  # outermost: sees what leaves the device
     if len(users) < config.server.min_clients:
-        raise ValueError(f"the data holds {len(users)} users, fewer than min_clients={config.server.min_clients}")
+        raise ValueError(
+            f"the data holds {len(users)} users, fewer than min_clients={config.server.min_clients}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     cpus = os.cpu_count() or 1
     backend = {
@@ -120,7 +146,9 @@ def simulate(
     )
     metrics_path = run_dir / METRICS
     if not metrics_path.exists():
-        raise RuntimeError(f"the simulation ended without writing {metrics_path}: see the log above")
+        raise RuntimeError(
+            f"the simulation ended without writing {metrics_path}: see the log above"
+        )
     metrics = read_json(metrics_path)
     if config.privacy.dp or config.privacy.user_dp:
         metrics["client_privacy"] = client_privacy(config, users)

@@ -10,10 +10,18 @@ import pytest
 
 # audit reports written by tests are signed with a throw-away key, never the user's own
 os.environ.setdefault(
-    "FEDPERS_AUDIT_KEY", os.path.join(tempfile.mkdtemp(prefix="fedpers-test-key-"), "audit-signing-key.pem")
+    "FEDPERS_AUDIT_KEY",
+    os.path.join(tempfile.mkdtemp(prefix="fedpers-test-key-"), "audit-signing-key.pem"),
 )
 
-from fedpers.models import LoraSettings, PersonalizedLM, UserEmbedding, attach_lora, encode_messages, load_base_model
+from fedpers.models import (
+    LoraSettings,
+    PersonalizedLM,
+    UserEmbedding,
+    attach_lora,
+    encode_messages,
+    load_base_model,
+)
 
 TOPICS = ("VPN", "Outlook", "badge", "printer", "Wi-Fi", "laptop", "MFA", "Excel")
 
@@ -48,8 +56,11 @@ def examples(tiny):
     return [encode_messages(tokenizer, chat(rng), 64) for _ in range(24)]
 
 
-def personalized(model, tokenizer, embedding_tokens: int = 4, top_layers: int | None = 2) -> PersonalizedLM:
+def personalized(
+    model, tokenizer, embedding_tokens: int = 4, top_layers: int | None = 2
+) -> PersonalizedLM:
     peft_model = attach_lora(model, LoraSettings(r=4, alpha=8, top_layers=top_layers))
     return PersonalizedLM(
-        peft_model, UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer)
+        peft_model,
+        UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer),
     )

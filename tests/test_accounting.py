@@ -20,7 +20,9 @@ def google_event(events):
     return dp_accounting.ComposedDpEvent(
         [
             dp_accounting.SelfComposedDpEvent(
-                dp_accounting.PoissonSampledDpEvent(e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)),
+                dp_accounting.PoissonSampledDpEvent(
+                    e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)
+                ),
                 e.steps,
             )
             for e in events
@@ -38,14 +40,22 @@ def test_rdp_agrees_with_dp_accounting_rdp(sigma, q, steps):
 @pytest.mark.parametrize("sigma,q,steps", SETTINGS)
 def test_prv_agrees_with_dp_accounting_pld(sigma, q, steps):
     events = [GaussianEvent(sigma, q, steps)]
-    google = pld.PLDAccountant(value_discretization_interval=1e-3).compose(google_event(events)).get_epsilon(DELTA)
+    google = (
+        pld.PLDAccountant(value_discretization_interval=1e-3)
+        .compose(google_event(events))
+        .get_epsilon(DELTA)
+    )
     assert epsilon(events, DELTA, "prv") == pytest.approx(google, rel=0.05)
     assert epsilon(events, DELTA, "prv") >= google * 0.99  # an upper bound, never optimistic
 
 
 def test_heterogeneous_composition_matches_and_report_is_conservative():
     events = [GaussianEvent(4.0, 1.0, 6), GaussianEvent(1.0, 0.2, 30), GaussianEvent(1.2, 0.2, 30)]
-    google = pld.PLDAccountant(value_discretization_interval=1e-3).compose(google_event(events)).get_epsilon(DELTA)
+    google = (
+        pld.PLDAccountant(value_discretization_interval=1e-3)
+        .compose(google_event(events))
+        .get_epsilon(DELTA)
+    )
     report = epsilon_report(events, DELTA)
     assert report.prv == pytest.approx(google, rel=0.05)
     assert report.epsilon == max(report.rdp, report.prv) >= google * 0.99
@@ -59,7 +69,9 @@ def test_calibration_is_tight_and_accounts_prior_spending():
     prior = [GaussianEvent(sigma, 0.25, 30)]
     second = calibrate_noise_multiplier(12.0, DELTA, 0.25, 30, prior)
     assert epsilon_report([*prior, GaussianEvent(second, 0.25, 30)], DELTA).epsilon <= 12.0
-    assert second > calibrate_noise_multiplier(12.0, DELTA, 0.25, 30)  # less budget left, more noise
+    assert second > calibrate_noise_multiplier(
+        12.0, DELTA, 0.25, 30
+    )  # less budget left, more noise
     with pytest.raises(BudgetExceededError):
         calibrate_noise_multiplier(5.0, DELTA, 0.25, 30, prior)
 

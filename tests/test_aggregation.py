@@ -23,7 +23,10 @@ def delta(a: float, b: float, dtype=np.float32) -> dict[str, np.ndarray]:
 
 
 def random_arrays(rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:
-    return {"x.lora_A.weight": rng.normal(0, scale, (4, 8)), "x.lora_B.weight": rng.normal(0, scale, (8, 4))}
+    return {
+        "x.lora_A.weight": rng.normal(0, scale, (4, 8)),
+        "x.lora_B.weight": rng.normal(0, scale, (8, 4)),
+    }
 
 
 def test_incompatible_arrays_are_refused_clearly():
@@ -32,13 +35,23 @@ def test_incompatible_arrays_are_refused_clearly():
         check_compatible(delta(1, 1), {"lora_A": np.zeros((2, 3))})
     with pytest.raises(ValueError, match=r"unexpected \['extra'\]"):
         check_compatible(delta(1, 1), {**delta(1, 1), "extra": np.zeros(1)})
-    with pytest.raises(ValueError, match=r"mean delta 'lora_A' has shape \(3, 2\), expected \(2, 3\)"):
-        check_compatible(delta(1, 1), {**delta(1, 1), "lora_A": np.zeros((3, 2))}, what="mean delta")
+    with pytest.raises(
+        ValueError, match=r"mean delta 'lora_A' has shape \(3, 2\), expected \(2, 3\)"
+    ):
+        check_compatible(
+            delta(1, 1), {**delta(1, 1), "lora_A": np.zeros((3, 2))}, what="mean delta"
+        )
 
 
 def test_persona_gate_releases_at_min_clients_and_never_partially():
-    sums = {"field": {k: v * 2 for k, v in delta(2, 0).items()}, "exec": delta(100, 100), "global": delta(0, 0)}
-    agg = means_from_sums(sums, {"field": 2, "exec": 1, "global": 0}, ["field", "exec", "intern"], min_clients=2)
+    sums = {
+        "field": {k: v * 2 for k, v in delta(2, 0).items()},
+        "exec": delta(100, 100),
+        "global": delta(0, 0),
+    }
+    agg = means_from_sums(
+        sums, {"field": 2, "exec": 1, "global": 0}, ["field", "exec", "intern"], min_clients=2
+    )
     np.testing.assert_allclose(agg.persona_deltas["field"]["lora_A"], 2.0)
     assert agg.persona_deltas["field"]["lora_A"].dtype == np.float32
     assert agg.persona_deltas["exec"] is None and agg.persona_deltas["intern"] is None
@@ -53,7 +66,10 @@ def test_global_gate_and_clients_without_a_persona():
     agg = means_from_sums({"global": delta(3, 3)}, {"global": 1}, ["field"], min_clients=2)
     assert agg.global_delta is None and agg.released == ()
     agg = means_from_sums(
-        {"global": delta(3, 3), "field": delta(1, 1)}, {"global": 1, "field": 1}, ["field"], min_clients=2
+        {"global": delta(3, 3), "field": delta(1, 1)},
+        {"global": 1, "field": 1},
+        ["field"],
+        min_clients=2,
     )
     np.testing.assert_allclose(agg.global_delta["lora_B"], 2.0)
     assert agg.persona_deltas["field"] is None
@@ -72,10 +88,14 @@ def test_clip_delta_bounds_the_norm_and_is_a_noop_below():
     rng = np.random.default_rng(0)
     d = {k: v.astype(np.float32) for k, v in random_arrays(rng).items()}
     norm = delta_norm(d)
-    assert norm == pytest.approx(np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in d.values())))
+    assert norm == pytest.approx(
+        np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in d.values()))
+    )
     clipped, scale = clip_delta(d, norm / 4)
     assert delta_norm(clipped) <= norm / 4
-    assert delta_norm(clipped) == pytest.approx(norm / 4, rel=1e-5) and scale == pytest.approx(0.25, rel=1e-5)
+    assert delta_norm(clipped) == pytest.approx(norm / 4, rel=1e-5) and scale == pytest.approx(
+        0.25, rel=1e-5
+    )
     assert clipped["x.lora_A.weight"].dtype == np.float32
     same, one = clip_delta(d, norm * 2)
     assert one == 1.0 and all(np.array_equal(same[k], d[k]) for k in d)
@@ -93,7 +113,9 @@ def test_fedavg_optimizer_adds_the_mean_delta_without_mutating():
         np.testing.assert_array_equal(new[k], before[k] + mean[k])
         np.testing.assert_array_equal(params[k], before[k])
     half = make_optimizer("fedavg", server_lr=0.5).step(params, mean)
-    np.testing.assert_allclose(half["x.lora_B.weight"], params["x.lora_B.weight"] + 0.5 * mean["x.lora_B.weight"])
+    np.testing.assert_allclose(
+        half["x.lora_B.weight"], params["x.lora_B.weight"] + 0.5 * mean["x.lora_B.weight"]
+    )
     with pytest.raises(ValueError, match="missing"):
         FedAvgOptimizer().step(params, {"x.lora_A.weight": mean["x.lora_A.weight"]})
 
@@ -105,7 +127,9 @@ def reference_fedadam(params, deltas, eta, beta_1, beta_2, tau):
     for server_round, d in enumerate(deltas, start=1):
         m = {k: beta_1 * m[k] + (1 - beta_1) * d[k] for k in params}
         v = {k: beta_2 * v[k] + (1 - beta_2) * d[k] ** 2 for k in params}
-        eta_norm = eta * np.sqrt(1 - beta_2 ** (server_round + 1.0)) / (1 - beta_1 ** (server_round + 1.0))
+        eta_norm = (
+            eta * np.sqrt(1 - beta_2 ** (server_round + 1.0)) / (1 - beta_1 ** (server_round + 1.0))
+        )
         params = {k: params[k] + eta_norm * m[k] / (np.sqrt(v[k]) + tau) for k in params}
     return params
 

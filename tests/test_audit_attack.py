@@ -22,10 +22,16 @@ from fedpers.audit.canaries import (
 def test_canaries_are_split_by_fair_coins_and_render_as_conversations():
     canaries = make_canaries({"u1": "leadership", "u2": "field_worker"}, 200, seed=3)
     assert 70 < sum(c.inserted for c in canaries) < 130
-    assert [c.inserted for c in canaries] == [inserted_coin(3, i) for i in range(200)]  # recomputable from the seed
-    assert 340 < sum(inserted_coin(s, i) for s in range(4) for i in range(200)) < 460  # fair: 400 expected, sd 14
+    assert [c.inserted for c in canaries] == [
+        inserted_coin(3, i) for i in range(200)
+    ]  # recomputable from the seed
+    assert (
+        340 < sum(inserted_coin(s, i) for s in range(4) for i in range(200)) < 460
+    )  # fair: 400 expected, sd 14
     assert len({c.secret for c in canaries}) == 200
-    assert sum(c.user_id == "u1" for c in canaries) == 100  # dealt in turn: no user swamped by copies
+    assert (
+        sum(c.user_id == "u1" for c in canaries) == 100
+    )  # dealt in turn: no user swamped by copies
     conv = canaries[0].conversation("1 2 3 4 5 6")
     assert conv.user_id == canaries[0].user_id and conv.turns[1].text.endswith("is 1 2 3 4 5 6.")
     copies = canaries[0].copies(3)
@@ -36,12 +42,16 @@ def test_canaries_are_split_by_fair_coins_and_render_as_conversations():
 def test_one_run_bound_matches_the_closed_form_and_is_zero_for_chance():
     # delta = 0 and all r guesses right: the bound solves q^r = p with q = e^eps / (1 + e^eps)
     q = 0.05 ** (1 / 20)
-    assert epsilon_lower_bound(40, 20, 20, 0.0, 0.05) == pytest.approx(math.log(q / (1 - q)), rel=1e-6)
+    assert epsilon_lower_bound(40, 20, 20, 0.0, 0.05) == pytest.approx(
+        math.log(q / (1 - q)), rel=1e-6
+    )
     assert p_value(40, 20, 20, math.log(q / (1 - q)), 0.0) == pytest.approx(0.05, rel=1e-6)
     assert epsilon_lower_bound(40, 20, 10, 1e-5, 0.05) == 0.0  # half right: no evidence
     assert epsilon_lower_bound(40, 20, 20, 1e-5, 0.05) <= epsilon_lower_bound(40, 20, 20, 0.0, 0.05)
     perfect = one_run_bound(list(range(40)), [i >= 20 for i in range(40)], 1e-5)
-    assert perfect["best"]["correct"] == perfect["best"]["guesses"] == 40 and perfect["epsilon"] > 2.0
+    assert (
+        perfect["best"]["correct"] == perfect["best"]["guesses"] == 40 and perfect["epsilon"] > 2.0
+    )
     assert one_run_bound(list(range(40)), [i % 2 == 0 for i in range(40)], 1e-5)["epsilon"] == 0.0
 
 
@@ -78,20 +88,28 @@ def test_prefix_reuse_scores_the_same_losses_as_full_forward_passes():
     from fedpers.models import LoraSettings, PersonalizedLM, attach_lora, load_base_model
 
     base, tokenizer = load_base_model("tiny")
-    peft = attach_lora(base, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj"), top_layers=2))
+    peft = attach_lora(
+        base, LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj"), top_layers=2)
+    )
     torch.manual_seed(0)
     for name, p in peft.named_parameters():
         if "lora_B" in name:
-            p.data.normal_(0, 0.5)  # a non-zero adapter, so its keys and values differ from the base model's
+            p.data.normal_(
+                0, 0.5
+            )  # a non-zero adapter, so its keys and values differ from the base model's
     model = PersonalizedLM(peft).eval()
     rng = random.Random(0)
     for canary in make_canaries({"u1": "a", "u2": "b"}, 3, seed=5):
         secrets = secret_set(
-            tokenizer, [canary.conversation(), *(canary.conversation(random_secret(rng)) for _ in range(9))], 64
+            tokenizer,
+            [canary.conversation(), *(canary.conversation(random_secret(rng)) for _ in range(9))],
+            64,
         )
         assert len(secrets.prefix) > 20 and all(len(c) < 40 for c in secrets.continuations)
         full = full_secret_losses(model, secrets, tokenizer.pad_token_id)
-        np.testing.assert_allclose(secret_losses(model, secrets, batch_size=4), full, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(
+            secret_losses(model, secrets, batch_size=4), full, rtol=1e-5, atol=1e-4
+        )
         with peft.disable_adapter():
             np.testing.assert_allclose(
                 secret_losses(model, secrets),
@@ -109,8 +127,12 @@ def test_auc_and_exposure():
     assert exposure(100.0, candidates)["normal_fit"] == pytest.approx(
         math.log2(SECRET_SPACE)
     )  # capped at the secret space
-    assert exposure(0.0, candidates)["normal_fit"] == pytest.approx(1.0, abs=0.05)  # the median: one bit
-    assert exposure(0.0, candidates)["rank"] == 52  # 51 candidates score at least as high (ties count against)
+    assert exposure(0.0, candidates)["normal_fit"] == pytest.approx(
+        1.0, abs=0.05
+    )  # the median: one bit
+    assert (
+        exposure(0.0, candidates)["rank"] == 52
+    )  # 51 candidates score at least as high (ties count against)
 
 
 @pytest.mark.slow  # Ray
@@ -127,8 +149,16 @@ def test_attack_runs_keep_the_training_settings_and_never_audit_themselves(tmp_p
         or variant.outputs.evaluate
         or variant.privacy.dp
     )
-    assert (variant.privacy.epsilon, variant.server.rounds, variant.model.model) == (3.0, 4, config.model.model)
-    assert variant.outputs.state_dir == str(tmp_path / "no-dp" / "client-state") != config.outputs.state_dir
+    assert (variant.privacy.epsilon, variant.server.rounds, variant.model.model) == (
+        3.0,
+        4,
+        config.model.model,
+    )
+    assert (
+        variant.outputs.state_dir
+        == str(tmp_path / "no-dp" / "client-state")
+        != config.outputs.state_dir
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +170,11 @@ def attacked(tmp_path_factory):
     from simulations.simulate import SCENARIOS
 
     run_dir = tmp_path_factory.mktemp("attack")
-    values = load_config_file(SCENARIOS / "tiny.toml") | {"epsilon": 0.5, "clip": 1.0, "noise_seed": 7}
+    values = load_config_file(SCENARIOS / "tiny.toml") | {
+        "epsilon": 0.5,
+        "clip": 1.0,
+        "noise_seed": 7,
+    }
     config = FederatedConfig.from_flat(values).validated()
     return run_dir, run_attack(
         config, run_dir, AttackConfig(canaries=64, candidates=32, repeats=4, seed=1, progress=False)
@@ -166,7 +200,9 @@ def test_with_strong_dp_it_does_not_and_the_bound_stays_below_the_theory(attacke
     assert dp["record_epsilon"] == pytest.approx(0.5, rel=0.05)
     assert dp["record_epsilon"] < dp["theoretical_epsilon"] < 4 * dp["record_epsilon"] * 1.5
     assert dp["auc"] < 0.7
-    assert dp["lower_bound"]["epsilon"] <= dp["theoretical_epsilon"] and not dp["bound_exceeds_theory"]
+    assert (
+        dp["lower_bound"]["epsilon"] <= dp["theoretical_epsilon"] and not dp["bound_exceeds_theory"]
+    )
     assert dp["lower_bound"]["epsilon"] < result["runs"]["no-dp"]["lower_bound"]["epsilon"]
 
 
@@ -183,15 +219,21 @@ def test_the_attack_goes_into_the_report(attacked, tmp_path):
     config_run = run_dir / "attack" / "dp"  # a complete run directory of its own
     target = tmp_path / "run"
     shutil.copytree(config_run, target)
-    shutil.copytree(run_dir / "attack", target / "attack", ignore=shutil.ignore_patterns("dp", "no-dp"))
+    shutil.copytree(
+        run_dir / "attack", target / "attack", ignore=shutil.ignore_patterns("dp", "no-dp")
+    )
     audit = write_audit(target, progress=False)
     schema = json.loads((Path(__file__).parent.parent / "docs" / "audit-schema.json").read_text())
     jsonschema.validate(
-        json.loads((target / "audit.json").read_text()), schema, format_checker=jsonschema.FormatChecker()
+        json.loads((target / "audit.json").read_text()),
+        schema,
+        format_checker=jsonschema.FormatChecker(),
     )
     assert list(audit["attack"]["runs"]) == ["dp", "no-dp"]
     assert any(
-        "Canary attack on DP training" in f["text"] and "with DP off" in f["text"] and f["level"] == "ok"
+        "Canary attack on DP training" in f["text"]
+        and "with DP off" in f["text"]
+        and f["level"] == "ok"
         for f in audit["findings"]
     )
     from fedpers.audit.report import attack_power
@@ -201,9 +243,15 @@ def test_the_attack_goes_into_the_report(attacked, tmp_path):
         "ok" if attack_power(audit["attack"]["runs"]["no-dp"]) else "warning"
     )
     html = (target / "audit.html").read_text()
-    assert "epsilon lower bound" in html and "Steinke" in html and html.count("data:image/png;base64,") >= 2
+    assert (
+        "epsilon lower bound" in html
+        and "Steinke" in html
+        and html.count("data:image/png;base64,") >= 2
+    )
     # the two runs side by side: one column each, DP first
-    assert html.index('<th class="">DP as audited</th>') < html.index('<th class="">DP off (power check)</th>')
+    assert html.index('<th class="">DP as audited</th>') < html.index(
+        '<th class="">DP off (power check)</th>'
+    )
     assert "group of 4 copies" in html
 
 

@@ -24,7 +24,12 @@ def _deployment_run(run_dir: Path, **settings) -> FederatedConfig:
             "run_id": "r1",
             "engine": "deployment",
             "settings": config.to_record(),
-            "aggregation": {"secure": True, "persona_hiding": True, "slots": ["global"], "sessions": []},
+            "aggregation": {
+                "secure": True,
+                "persona_hiding": True,
+                "slots": ["global"],
+                "sessions": [],
+            },
             "rounds": [{"round": 1, "participants": 3}],
             "wall_seconds": 1.0,
         },
@@ -73,11 +78,17 @@ def test_a_deployment_report_gives_the_ceiling_devices_enforce_and_the_servers_m
         and spent["max_epsilon"] is None
     )
     assert wire["recorded_by"] == "server" and wire["scan"] is None
-    assert wire["summary"]["messages"] == 3 and set(wire["summary"]["per_client"]) == {"node 7", "node 8", "node 9"}
+    assert wire["summary"]["messages"] == 3 and set(wire["summary"]["per_client"]) == {
+        "node 7",
+        "node 8",
+        "node 9",
+    }
     texts = " ".join(f["text"] for f in audit["findings"])
     assert "stays within epsilon = 4" in texts and "leak scan needs each user's text" in texts
     page = (tmp_path / "audit.html").read_text()
-    assert "at most 4 (the ceiling every device enforces" in page and "received by the server" in page
+    assert (
+        "at most 4 (the ceiling every device enforces" in page and "received by the server" in page
+    )
 
 
 def test_with_a_hand_set_noise_multiplier_the_report_claims_no_ceiling(tmp_path):

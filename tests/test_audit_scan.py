@@ -27,7 +27,8 @@ def test_fast_scan_handles_thousands_of_patterns_over_megabytes():
     rng = np.random.default_rng(4)
     blob = rng.integers(0, 256, size=2_000_000, dtype=np.uint8).tobytes()
     patterns = {
-        rng.integers(0, 256, size=int(n), dtype=np.uint8).tobytes(): "x" for n in rng.integers(12, 80, size=5000)
+        rng.integers(0, 256, size=int(n), dtype=np.uint8).tobytes(): "x"
+        for n in rng.integers(12, 80, size=5000)
     }
     patterns[blob[123_456:123_520]] = "planted"
     found = find([blob], patterns)

@@ -2,7 +2,13 @@
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedpers.audit.signing import SIGNATURE_FILE, load_or_create_key, public_key_bytes, sign_files, verify
+from fedpers.audit.signing import (
+    SIGNATURE_FILE,
+    load_or_create_key,
+    public_key_bytes,
+    sign_files,
+    verify,
+)
 
 
 def _report(tmp_path):
@@ -14,7 +20,9 @@ def _report(tmp_path):
 def test_signature_verifies_and_fails_after_a_one_byte_change(tmp_path):
     key = load_or_create_key(tmp_path / "keys" / "signing.pem")
     assert oct((tmp_path / "keys" / "signing.pem").stat().st_mode & 0o777) == "0o600"
-    assert public_key_bytes(load_or_create_key(tmp_path / "keys" / "signing.pem")) == public_key_bytes(key)
+    assert public_key_bytes(
+        load_or_create_key(tmp_path / "keys" / "signing.pem")
+    ) == public_key_bytes(key)
     sign_files(tmp_path, _report(tmp_path), key)
     good = verify(tmp_path, public_key_bytes(key))
     assert good.ok and good.problems == [] and good.signer == public_key_bytes(key).hex()

@@ -27,18 +27,27 @@ def _mode(path):
 
 
 def _verify(ca, leaf, name):
-    verifier = PolicyBuilder().store(Store([ca])).time(dt.datetime.now(dt.UTC)).build_server_verifier(name)
+    verifier = (
+        PolicyBuilder().store(Store([ca])).time(dt.datetime.now(dt.UTC)).build_server_verifier(name)
+    )
     return verifier.verify(leaf, [])
 
 
 def test_server_certificate_is_signed_by_the_ca_for_the_given_addresses(tmp_path):
     ca_crt, ca_key = generate_ca(tmp_path, days=30)
-    server_crt, server_key = generate_server_cert(tmp_path, ["127.0.0.1", "myhost.example", "::1"], days=30)
+    server_crt, server_key = generate_server_cert(
+        tmp_path, ["127.0.0.1", "myhost.example", "::1"], days=30
+    )
     ca, server = _cert(ca_crt), _cert(server_crt)
 
-    ca.public_key().verify(server.signature, server.tbs_certificate_bytes, ec.ECDSA(server.signature_hash_algorithm))
+    ca.public_key().verify(
+        server.signature, server.tbs_certificate_bytes, ec.ECDSA(server.signature_hash_algorithm)
+    )
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+    ]
     assert san.get_values_for_type(x509.DNSName) == ["myhost.example"]
     eku = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
@@ -57,7 +66,11 @@ def test_server_certificate_is_signed_by_the_ca_for_the_given_addresses(tmp_path
 
 def test_default_addresses_and_bad_addresses(tmp_path):
     generate_ca(tmp_path)
-    san = _cert(generate_server_cert(tmp_path)[0]).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    san = (
+        _cert(generate_server_cert(tmp_path)[0])
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
     assert [str(v) for v in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     for bad in ("127.0.0.1:9092", "https://myhost.example", "my host"):
@@ -86,7 +99,9 @@ def test_tls_handshake_as_superlink_and_supernode_make_it(tmp_path):
     server_crt, server_key = generate_server_cert(tmp_path, ["127.0.0.1", "localhost"])
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # uvicorn's ssl_certfile / ssl_keyfile
     server.load_cert_chain(server_crt, server_key)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # flwr's FleetHttpClient with root certificates
+    client = ssl.SSLContext(
+        ssl.PROTOCOL_TLS_CLIENT
+    )  # flwr's FleetHttpClient with root certificates
     client.load_verify_locations(cadata=ca_crt.read_text())
     for host in ("127.0.0.1", "localhost"):
         _handshake(server, client, host)
@@ -97,10 +112,14 @@ def test_tls_handshake_as_superlink_and_supernode_make_it(tmp_path):
 def test_node_keys_load_as_flower_loads_them(tmp_path):
     private, public = generate_node_keys(tmp_path, "node-1")
     assert (_mode(private), _mode(public)) == ("0o600", "0o644")
-    args = argparse.Namespace(auth_supernode_private_key=str(private), auth_supernode_public_key=None)
+    args = argparse.Namespace(
+        auth_supernode_private_key=str(private), auth_supernode_public_key=None
+    )
     key, derived = _try_setup_client_authentication(args)  # what flower-supernode does
     assert isinstance(key.curve, ec.SECP384R1)
-    assert try_load_public_key(public) == public_key_to_bytes(derived)  # what `flwr supernode register` sends
+    assert try_load_public_key(public) == public_key_to_bytes(
+        derived
+    )  # what `flwr supernode register` sends
     assert verify_signature(derived, b"request", sign_message(key, b"request"))
     with pytest.raises(ValueError, match="invalid node name"):
         generate_node_keys(tmp_path, "../node")
@@ -109,7 +128,16 @@ def test_node_keys_load_as_flower_loads_them(tmp_path):
 def test_certs_command_writes_everything_and_keeps_ca_and_node_keys(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
-    argv = ["certs", str(tmp_path), "--address", "127.0.0.1", "--address", "myhost.example", "--nodes", "3"]
+    argv = [
+        "certs",
+        str(tmp_path),
+        "--address",
+        "127.0.0.1",
+        "--address",
+        "myhost.example",
+        "--nodes",
+        "3",
+    ]
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -126,12 +154,19 @@ def test_certs_command_writes_everything_and_keeps_ca_and_node_keys(tmp_path, ca
         "server.key",
     ]
     out = capsys.readouterr().out
-    assert "--enable-supernode-auth" in out and f"--auth-supernode-private-key {tmp_path}/node-N.key" in out
+    assert (
+        "--enable-supernode-auth" in out
+        and f"--auth-supernode-private-key {tmp_path}/node-N.key" in out
+    )
 
     ca, node = (tmp_path / "ca.crt").read_bytes(), (tmp_path / "node-1.key").read_bytes()
     args = parser.parse_args(["certs", str(tmp_path), "--address", "10.0.0.5", "--nodes", "4"])
     assert args.func(args) == 0
-    assert (tmp_path / "ca.crt").read_bytes() == ca and (tmp_path / "node-1.key").read_bytes() == node
+    assert (tmp_path / "ca.crt").read_bytes() == ca and (
+        tmp_path / "node-1.key"
+    ).read_bytes() == node
     assert (tmp_path / "node-4.pub").exists() and "reused CA" in capsys.readouterr().out
     server = _cert(tmp_path / "server.crt")
-    assert _verify(_cert(tmp_path / "ca.crt"), server, x509.IPAddress(ipaddress.ip_address("10.0.0.5")))
+    assert _verify(
+        _cert(tmp_path / "ca.crt"), server, x509.IPAddress(ipaddress.ip_address("10.0.0.5"))
+    )

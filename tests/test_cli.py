@@ -9,7 +9,18 @@ from fedpers.models import load_base_model
 from fedpers.privacy import PrivacyLedger
 from simulations.cli import main
 
-FAST = ["--model", "tiny", "--conversations", "16", "--steps", "3", "--embedding-steps", "2", "--batch-size", "4"]
+FAST = [
+    "--model",
+    "tiny",
+    "--conversations",
+    "16",
+    "--steps",
+    "3",
+    "--embedding-steps",
+    "2",
+    "--batch-size",
+    "4",
+]
 
 
 def test_train_local_reports_perplexity_and_epsilon(tmp_path, capsys):
@@ -21,7 +32,9 @@ def test_train_local_reports_perplexity_and_epsilon(tmp_path, capsys):
     metrics = json.loads((user_dir / "metrics.json").read_text())
     assert metrics["persona"] == "field_worker"
     assert 0 < metrics["epsilon"]["prv"] <= metrics["epsilon"]["epsilon"] <= 8.0
-    assert metrics["epsilon"]["epsilon"] == max(metrics["epsilon"]["rdp"], metrics["epsilon"]["prv"])
+    assert metrics["epsilon"]["epsilon"] == max(
+        metrics["epsilon"]["rdp"], metrics["epsilon"]["prv"]
+    )
     for key in ("base", "lora", "lora_embedding"):
         assert metrics[key]["perplexity"] > 1 and metrics[key]["tokens"] > 0
     ledger = PrivacyLedger(user_dir / "ledger.json", metrics["user_id"])
@@ -33,11 +46,24 @@ def test_train_local_reports_perplexity_and_epsilon(tmp_path, capsys):
 
 
 def test_second_run_composes_with_the_ledger_and_refuses_past_budget(tmp_path, capsys):
-    args = ["train-local", *FAST, "--out", str(tmp_path), "--noise-multiplier", "1.0", "--clip", "0.1"]
+    args = [
+        "train-local",
+        *FAST,
+        "--out",
+        str(tmp_path),
+        "--noise-multiplier",
+        "1.0",
+        "--clip",
+        "0.1",
+    ]
     assert main([*args, "--epsilon", "100"]) == 0
-    first = json.loads(next(tmp_path.iterdir()).joinpath("metrics.json").read_text())["epsilon"]["epsilon"]
+    first = json.loads(next(tmp_path.iterdir()).joinpath("metrics.json").read_text())["epsilon"][
+        "epsilon"
+    ]
     assert main([*args, "--epsilon", "100"]) == 0
-    second = json.loads(next(tmp_path.iterdir()).joinpath("metrics.json").read_text())["epsilon"]["epsilon"]
+    second = json.loads(next(tmp_path.iterdir()).joinpath("metrics.json").read_text())["epsilon"][
+        "epsilon"
+    ]
     assert second > first
     capsys.readouterr()
     assert main(["train-local", *FAST, "--out", str(tmp_path), "--epsilon", str(second / 2)]) == 2
@@ -52,8 +78,24 @@ def test_no_dp_run_says_so(tmp_path, capsys):
 
 def test_bad_data_file_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"user_id": "u", "conversation_id": "c", "turns": [{"role": "robot", "text": "hi"}]}\n')
-    assert main(["train-local", *FAST, "--data", str(bad), "--user-id", "u", "--out", str(tmp_path / "o")]) == 2
+    bad.write_text(
+        '{"user_id": "u", "conversation_id": "c", "turns": [{"role": "robot", "text": "hi"}]}\n'
+    )
+    assert (
+        main(
+            [
+                "train-local",
+                *FAST,
+                "--data",
+                str(bad),
+                "--user-id",
+                "u",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert f"{bad}:1: turns[0].role" in capsys.readouterr().err
 
 
@@ -63,7 +105,11 @@ def test_config_files_take_flat_keys_or_section_tables(tmp_path):
     flat, nested = tmp_path / "flat.toml", tmp_path / "nested.toml"
     flat.write_text('epsilon = 4\nrounds = 5\nmodel = "tiny"\n')
     nested.write_text('[privacy]\nepsilon = 4\n[server]\nrounds = 5\n[model]\nmodel = "tiny"\n')
-    assert load_config_file(flat) == load_config_file(nested) == {"epsilon": 4, "rounds": 5, "model": "tiny"}
+    assert (
+        load_config_file(flat)
+        == load_config_file(nested)
+        == {"epsilon": 4, "rounds": 5, "model": "tiny"}
+    )
     config = FederatedConfig.from_flat(load_config_file(nested)).validated()
     assert (config.privacy.epsilon, config.server.rounds, config.model.model) == (4.0, 5, "tiny")
     assert isinstance(config.privacy.epsilon, float)

@@ -44,7 +44,9 @@ SETTINGS = dict(
 def device(tmp_path, monkeypatch):
     """An initialised store of USER (key file), its conversations imported; the key in the environment."""
     convs = generate(
-        SyntheticConfig(users_per_persona=1, conversations_per_user=8, personas=("leadership", "field_worker"))
+        SyntheticConfig(
+            users_per_persona=1, conversations_per_user=8, personas=("leadership", "field_worker")
+        )
     )
     data = tmp_path / "mine.jsonl"
     write_jsonl(data, [c for c in convs if c.user_id == USER])
@@ -75,7 +77,9 @@ def test_a_bad_line_names_file_line_and_field_and_stores_nothing(device, tmp_pat
     capsys.readouterr()
     assert main([*args, "import", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}:2: turns[0].role: must be one of 'user', 'assistant', 'system', got 'robot'" in err
+    assert (
+        f"{bad}:2: turns[0].role: must be one of 'user', 'assistant', 'system', got 'robot'" in err
+    )
     assert _status(args, capsys)["conversations"] == 8  # nothing of the file was stored
 
     bad.write_text("".join(json.dumps(line) + "\n" for line in (lines[0], lines[2], dict(good))))
@@ -94,7 +98,10 @@ def test_status_reports_data_persona_consent_and_budget(device, capsys):
     out = capsys.readouterr().out
     assert f"user           {USER}" in out and "conversations  8 (0 rated answers)" in out
     assert "consent        opted in, budget epsilon 3.5" in out
-    assert "privacy        epsilon 0.000 spent of 3.5" in out and "adapters       none received yet" in out
+    assert (
+        "privacy        epsilon 0.000 spent of 3.5" in out
+        and "adapters       none received yet" in out
+    )
     assert main([*args, "consent", "--opt-out"]) == 0
     report = _status(args, capsys)
     assert report["consent"]["opted_in"] is False and report["consent"]["budget"] == 3.5
@@ -115,10 +122,13 @@ def _round_messages(monkeypatch, **changes):
 
     def message(server_round: int) -> Message:
         fit_ins = FitIns(
-            ndarrays_to_parameters(strategy.reference()), strategy.instructions(server_round).to_record() | clipping
+            ndarrays_to_parameters(strategy.reference()),
+            strategy.instructions(server_round).to_record() | clipping,
         )
         return Message(
-            compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN
+            compat.fitins_to_recorddict(fit_ins, keep_input=True),
+            dst_node_id=1,
+            message_type=MessageType.TRAIN,
         )
 
     return message
@@ -130,12 +140,22 @@ def round_message(monkeypatch):
 
 
 def _context(store: DeviceStore) -> Context:
-    return Context(run_id=1, node_id=1, node_config={"store": str(store.directory)}, state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=1,
+        node_config={"store": str(store.directory)},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
-def test_client_trains_from_the_store_and_refuses_past_the_consented_budget(device, round_message, capsys):
+def test_client_trains_from_the_store_and_refuses_past_the_consented_budget(
+    device, round_message, capsys
+):
     args, store = device
-    with pytest.raises(ParticipationRefused, match="has not opted in"):  # consent not given yet: nothing runs
+    with pytest.raises(
+        ParticipationRefused, match="has not opted in"
+    ):  # consent not given yet: nothing runs
         client_app(round_message(1), _context(store))
     assert store.ledger().entries == []
 
@@ -146,25 +166,37 @@ def test_client_trains_from_the_store_and_refuses_past_the_consented_budget(devi
     assert [e.purpose for e in ledger.entries] == ["clip-quantile", "dp-sgd"]
     spent = ledger.spent().epsilon
     assert 0 < spent <= 6
-    assert sorted(store.adapter_names()) == ["field_worker", "global", "leadership"] and store.embedding() is not None
+    assert (
+        sorted(store.adapter_names()) == ["field_worker", "global", "leadership"]
+        and store.embedding() is not None
+    )
     assert store.adapters_info()["settings"]["model"] == "tiny"
 
-    assert main([*args, "consent", "--budget", f"{spent * 1.01:.6f}"]) == 0  # the user lowers the cap
+    assert (
+        main([*args, "consent", "--budget", f"{spent * 1.01:.6f}"]) == 0
+    )  # the user lowers the cap
     with pytest.raises(ParticipationRefused) as refused:
         client_train(round_message(2), _context(store))
-    assert str(refused.value) == OVER_BUDGET and USER not in str(refused.value)  # what the server learns
+    assert str(refused.value) == OVER_BUDGET and USER not in str(
+        refused.value
+    )  # what the server learns
     assert re.search(
         rf"{USER}: refused to train: .*'dp-sgd' would bring user {USER}'s epsilon from {spent:.3f} to .*"
         r"over the consented budget of .*nothing was run",
         refused.value.detail,
     )  # the device's log
-    assert [e.purpose for e in store.ledger().entries] == ["clip-quantile", "dp-sgd"]  # nothing recorded, nothing run
+    assert [e.purpose for e in store.ledger().entries] == [
+        "clip-quantile",
+        "dp-sgd",
+    ]  # nothing recorded, nothing run
 
     assert main([*args, "consent", "--budget", f"{spent:.6f}"]) == 0
     with pytest.raises(ParticipationRefused, match="privacy budget is spent"):
         client_train(round_message(2), _context(store))
     capsys.readouterr()
-    assert main([*args, "join", "--superlink", "127.0.0.1:8000", "--insecure", "--print-command"]) == 2
+    assert (
+        main([*args, "join", "--superlink", "127.0.0.1:8000", "--insecure", "--print-command"]) == 2
+    )
     assert "privacy budget is spent" in capsys.readouterr().err
 
 
@@ -177,12 +209,16 @@ def test_forget_keeps_only_the_ledger(device, round_message, capsys):
     assert store.store.names() == ["ledger"]
     report = _status(args, capsys)
     assert report["user_id"] == USER and report["conversations"] == 0 and report["adapters"] is None
-    assert report["consent"]["opted_in"] is False and report["privacy"]["epsilon_spent"] == pytest.approx(spent)
+    assert report["consent"]["opted_in"] is False and report["privacy"][
+        "epsilon_spent"
+    ] == pytest.approx(spent)
     with pytest.raises(ParticipationRefused):
         client_app(round_message(2), _context(store))
 
 
-def test_user_level_dp_is_charged_on_the_device_within_the_consented_cap(device, monkeypatch, capsys):
+def test_user_level_dp_is_charged_on_the_device_within_the_consented_cap(
+    device, monkeypatch, capsys
+):
     args, store = device
     message = _round_messages(
         monkeypatch, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, noise_multiplier=3.0
@@ -209,7 +245,9 @@ def test_user_level_dp_is_charged_on_the_device_within_the_consented_cap(device,
         client_train(message(2), _context(store))
     assert str(refused.value) == OVER_BUDGET
     assert "'user-level-dp-fedavg' would bring user" in refused.value.detail
-    assert [e.purpose for e in store.ledger().entries] == entries  # no DP-SGD ran for the refused round
+    assert [
+        e.purpose for e in store.ledger().entries
+    ] == entries  # no DP-SGD ran for the refused round
     assert len(store.user_level_ledger().entries) == 1
 
     assert main([*args, "forget", "--yes"]) == 0  # both ledgers are kept: they must keep counting
@@ -217,7 +255,9 @@ def test_user_level_dp_is_charged_on_the_device_within_the_consented_cap(device,
     assert _status(args, capsys)["privacy"]["user_level_epsilon_spent"] == pytest.approx(spent)
 
 
-def test_join_runs_flower_supernode_with_tls_auth_and_the_store_but_never_the_key(device, tmp_path, capsys):
+def test_join_runs_flower_supernode_with_tls_auth_and_the_store_but_never_the_key(
+    device, tmp_path, capsys
+):
     args, store = device
     ca, key = tmp_path / "ca.crt", tmp_path / "node.key"
     ca.write_text("ca"), key.write_text("key")

@@ -33,7 +33,9 @@ def test_inferred_choice_prefers_the_adapter_that_fits_and_is_accounted(tiny, ex
     fitted = adapter_arrays(net.lm)
     adapters = {"leadership": untrained, "field_worker": fitted}
     ledger = PrivacyLedger(tmp_path / "ledger.json", "u")
-    scores = private_persona_choice(net, adapters, PERSONAS, examples, tok.pad_token_id, ledger, noise_multiplier=0.01)
+    scores = private_persona_choice(
+        net, adapters, PERSONAS, examples, tok.pad_token_id, ledger, noise_multiplier=0.01
+    )
     assert scores["field_worker"] < scores["leadership"]
     choice = choose_persona(None, PERSONAS, PERSONAS, scores)
     assert choice.persona == "field_worker" and choice.source == "inferred"
@@ -51,13 +53,20 @@ def test_inferred_choice_is_noisy_at_the_default_noise(tiny, examples, tmp_path)
     for i in range(20):  # both outcomes appear unless 20 fair coins agree (p = 2e-6)
         ledger = PrivacyLedger(tmp_path / f"{i}.json", "u")
         scores = private_persona_choice(
-            net, {"leadership": same, "field_worker": same}, PERSONAS, examples[:4], tok.pad_token_id, ledger
+            net,
+            {"leadership": same, "field_worker": same},
+            PERSONAS,
+            examples[:4],
+            tok.pad_token_id,
+            ledger,
         )
         picks.add(min(scores, key=scores.get))
     assert picks == set(PERSONAS)
 
 
-def test_inferred_choice_does_not_depend_on_any_user_embedding(tiny, examples, tmp_path, monkeypatch):
+def test_inferred_choice_does_not_depend_on_any_user_embedding(
+    tiny, examples, tmp_path, monkeypatch
+):
     """The IFCA scores are a DP release: the non-private user embedding must not enter them (issue 12, point 3)."""
     import clients.persona as persona_module
 
@@ -65,12 +74,16 @@ def test_inferred_choice_does_not_depend_on_any_user_embedding(tiny, examples, t
     net = personalized(model, tok)
     same = adapter_arrays(net.lm)
     adapters = {"leadership": same, "field_worker": same}
-    monkeypatch.setattr(persona_module.os, "urandom", lambda n: b"\x01" * n)  # the same noise draws on both calls
+    monkeypatch.setattr(
+        persona_module.os, "urandom", lambda n: b"\x01" * n
+    )  # the same noise draws on both calls
     scores = []
     for fill in (0.0, 3.0):
         with torch.no_grad():
             net.user_embedding.embedding.weight.fill_(fill)
         net.use_user_embedding = True  # as left by the embedding phase of an earlier user
         ledger = PrivacyLedger(tmp_path / f"{fill}.json", "u")
-        scores.append(private_persona_choice(net, adapters, PERSONAS, examples, tok.pad_token_id, ledger))
+        scores.append(
+            private_persona_choice(net, adapters, PERSONAS, examples, tok.pad_token_id, ledger)
+        )
     assert scores[0] == scores[1]

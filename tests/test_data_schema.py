@@ -57,7 +57,10 @@ def issue_strings(path: Path) -> list[str]:
 
 
 def test_validation_issue_str() -> None:
-    assert str(ValidationIssue("data.jsonl", 7, "turns[2].role", "bad")) == "data.jsonl:7: turns[2].role: bad"
+    assert (
+        str(ValidationIssue("data.jsonl", 7, "turns[2].role", "bad"))
+        == "data.jsonl:7: turns[2].role: bad"
+    )
 
 
 def test_roundtrip_dict_keeps_everything() -> None:
@@ -69,7 +72,9 @@ def test_roundtrip_dict_keeps_everything() -> None:
 
 
 def test_optional_fields_are_omitted_and_defaulted() -> None:
-    conv = Conversation(user_id="u", conversation_id="c", turns=(Turn("user", "hi"), Turn("assistant", "hello")))
+    conv = Conversation(
+        user_id="u", conversation_id="c", turns=(Turn("user", "hi"), Turn("assistant", "hello"))
+    )
     assert conv.to_dict() == {
         "user_id": "u",
         "conversation_id": "c",
@@ -82,7 +87,9 @@ def test_optional_fields_are_omitted_and_defaulted() -> None:
 def test_from_dict_raises_with_field_paths() -> None:
     with pytest.raises(DataValidationError) as err:
         Conversation.from_dict(record(turns=[{"role": "assistant", "text": ""}]))
-    assert [str(i) for i in err.value.issues] == ["<dict>:0: turns[0].text: must be a non-empty string"]
+    assert [str(i) for i in err.value.issues] == [
+        "<dict>:0: turns[0].text: must be a non-empty string"
+    ]
 
 
 def test_null_persona_is_allowed() -> None:
@@ -95,25 +102,40 @@ def test_null_persona_is_allowed() -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ('{"user_id": "u1",', ["<json>: invalid JSON: Expecting property name enclosed in double quotes (column 18)"]),
+        (
+            '{"user_id": "u1",',
+            ["<json>: invalid JSON: Expecting property name enclosed in double quotes (column 18)"],
+        ),
         ('{"user_id": "u1"} trailing', ["<json>: invalid JSON: Extra data (column 19)"]),
         ('{"user_id": NaN}', ["<json>: invalid JSON: non-standard JSON constant NaN"]),
         ("[1, 2]", ["<record>: expected a JSON object, got array"]),
-        ({k: v for k, v in record().items() if k != "user_id"}, ["user_id: missing required field"]),
+        (
+            {k: v for k, v in record().items() if k != "user_id"},
+            ["user_id: missing required field"],
+        ),
         ({k: v for k, v in record().items() if k != "turns"}, ["turns: missing required field"]),
         (record(user_id=42), ["user_id: expected string, got integer"]),
         (record(conversation_id="  "), ["conversation_id: must be a non-empty string"]),
         (record(persona=7), ["persona: expected string, got integer"]),
         (record(turns="hello"), ["turns: expected array, got string"]),
         (record(turns=[]), ["turns: must contain at least one turn"]),
-        (record(turns=[{"role": "user", "text": "hi"}]), ["turns: must contain at least one assistant turn"]),
+        (
+            record(turns=[{"role": "user", "text": "hi"}]),
+            ["turns: must contain at least one assistant turn"],
+        ),
         (
             record(turns=[{"role": "user", "text": "hi"}, {"role": "bot", "text": "hello"}]),
             ["turns[1].role: must be one of 'user', 'assistant', 'system', got 'bot'"],
         ),
-        (record(turns=[{"role": "assistant", "text": ""}]), ["turns[0].text: must be a non-empty string"]),
+        (
+            record(turns=[{"role": "assistant", "text": ""}]),
+            ["turns[0].text: must be a non-empty string"],
+        ),
         (record(turns=[{"role": "assistant"}]), ["turns[0].text: missing required field"]),
-        (record(turns=[{"role": "assistant", "text": 3}]), ["turns[0].text: expected string, got integer"]),
+        (
+            record(turns=[{"role": "assistant", "text": 3}]),
+            ["turns[0].text: expected string, got integer"],
+        ),
         (record(turns=["hello"]), ["turns[0]: expected object, got string"]),
         (record(usr_id="u1"), ["usr_id: unknown field (did you mean 'user_id'?)"]),
         (record(colour="red"), ["colour: unknown field"]),
@@ -134,7 +156,11 @@ def test_null_persona_is_allowed() -> None:
             ["turns[0].feedback.rating: expected number, got boolean"],
         ),
         (
-            record(turns=[{"role": "assistant", "text": "ok", "feedback": {"sentiment": "meh", "note": 1}}]),
+            record(
+                turns=[
+                    {"role": "assistant", "text": "ok", "feedback": {"sentiment": "meh", "note": 1}}
+                ]
+            ),
             [
                 "turns[0].feedback.note: unknown field",
                 "turns[0].feedback.sentiment: must be one of 'positive', 'neutral', 'negative', got 'meh'",
@@ -147,7 +173,9 @@ def test_null_persona_is_allowed() -> None:
         (record(profile=["a"]), ["profile: expected object, got array"]),
         (
             record(profile={"devices": ["a", "b"]}),
-            ["profile.devices: expected a JSON scalar (string, number, boolean or null), got array"],
+            [
+                "profile.devices: expected a JSON scalar (string, number, boolean or null), got array"
+            ],
         ),
     ],
 )
@@ -175,7 +203,9 @@ def test_invalid_utf8_is_reported(tmp_path: Path) -> None:
 
 
 def test_duplicate_names_the_first_line(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "in.jsonl", [record("u1", "c1"), record("u2", "c1"), "", record("u1", "c1")])
+    path = write_lines(
+        tmp_path / "in.jsonl", [record("u1", "c1"), record("u2", "c1"), "", record("u1", "c1")]
+    )
     assert issue_strings(path) == [
         f"{path}:4: conversation_id: duplicate conversation_id 'c1' for user_id 'u1' (first seen on line 1)"
     ]
@@ -255,9 +285,16 @@ def test_unknown_mode_is_rejected(tmp_path: Path) -> None:
 
 
 def test_write_then_read_roundtrip(tmp_path: Path) -> None:
-    convs = [Conversation.from_dict(record("u1", f"c{i}", persona=None if i % 2 else "admin_hr")) for i in range(5)]
+    convs = [
+        Conversation.from_dict(record("u1", f"c{i}", persona=None if i % 2 else "admin_hr"))
+        for i in range(5)
+    ]
     convs.append(
-        Conversation("ü-ser", "c", (Turn("system", "Be brief."), Turn("user", "Grüße ✓"), Turn("assistant", "Hej!")))
+        Conversation(
+            "ü-ser",
+            "c",
+            (Turn("system", "Be brief."), Turn("user", "Grüße ✓"), Turn("assistant", "Hej!")),
+        )
     )
     path = tmp_path / "sub" / "dir" / "out.jsonl"
     assert write_jsonl(path, convs) == 6
@@ -282,7 +319,9 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
 
 def test_write_replaces_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    write_jsonl(path, [Conversation.from_dict(record("a", "1")), Conversation.from_dict(record("a", "2"))])
+    write_jsonl(
+        path, [Conversation.from_dict(record("a", "1")), Conversation.from_dict(record("a", "2"))]
+    )
     write_jsonl(path, [Conversation.from_dict(record("b", "1"))])
     assert [c.user_id for c in read_jsonl(path).conversations] == ["b"]
     assert os.stat(path).st_mode & 0o777 == 0o644
@@ -298,7 +337,9 @@ def run_cli(*argv: str) -> int:
     return args.func(args)
 
 
-def test_cli_validate_prints_every_issue(mixed_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_validate_prints_every_issue(
+    mixed_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for mode in ("strict", "skip"):
         assert run_cli("validate", "--mode", mode, str(mixed_file)) == 1
         out = capsys.readouterr()

@@ -12,7 +12,9 @@ from fedpers.data.split import heldout_count, stable_unit
 
 
 def conv(user: str, cid: str) -> Conversation:
-    return Conversation(user_id=user, conversation_id=cid, turns=(Turn("user", "q"), Turn("assistant", "a")))
+    return Conversation(
+        user_id=user, conversation_id=cid, turns=(Turn("user", "q"), Turn("assistant", "a"))
+    )
 
 
 @pytest.fixture
@@ -46,7 +48,12 @@ def test_every_user_with_two_conversations_gets_both_sides(dataset: list[Convers
 def test_held_out_count_follows_fraction(dataset: list[Conversation]) -> None:
     _, held = train_heldout_split(dataset, heldout_fraction=0.2)
     per_user = Counter(c.user_id for c in held)
-    assert per_user["ten"] == 2 and per_user["many"] == 7 and per_user["three"] == 1 and per_user["pair"] == 1
+    assert (
+        per_user["ten"] == 2
+        and per_user["many"] == 7
+        and per_user["three"] == 1
+        and per_user["pair"] == 1
+    )
     assert [heldout_count(n, 0.2) for n in (0, 1, 2, 3, 5, 10, 37)] == [0, 0, 1, 1, 1, 2, 7]
 
 

@@ -36,7 +36,9 @@ pytestmark = pytest.mark.slow  # deployment engine: SuperLink and SuperNodes as 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
-    conversations = generate(SyntheticConfig(users_per_persona=1, conversations_per_user=8, seed=5, personas=PERSONAS))
+    conversations = generate(
+        SyntheticConfig(users_per_persona=1, conversations_per_user=8, seed=5, personas=PERSONAS)
+    )
     with local_federation(root, conversations, client_python=CLIENT_PYTHON) as fed:
         yield fed
 
@@ -78,13 +80,17 @@ def _check_audit(run_dir, published) -> float:
     jsonschema.validate(audit, schema, format_checker=jsonschema.FormatChecker())
     assert audit["run"]["engine"] == "deployment" and audit["run"]["clients"] == 3
     assert (
-        audit["spent"]["ledgers"] == "devices" and audit["spent"]["clients"] == [] and audit["spent"]["ceiling"] == 8.0
+        audit["spent"]["ledgers"] == "devices"
+        and audit["spent"]["clients"] == []
+        and audit["spent"]["ceiling"] == 8.0
     )
     wire = audit["wire"]
     assert wire["recorded_by"] == "server" and wire["secure_aggregation"] and wire["scan"] is None
     manifest = wire["manifest"]
     assert len({e["node_id"] for e in manifest}) == 3 and {e["round"] for e in manifest} == {1, 2}
-    masked = [t for e in manifest if e["secagg_stage"] == "collect masked vectors" for t in e["arrays"]]
+    masked = [
+        t for e in manifest if e["secagg_stage"] == "collect masked vectors" for t in e["arrays"]
+    ]
     assert len(masked) >= 6 and all(
         t["dtype"].startswith(("int", "uint")) for t in masked
     )  # masked integers, never floats
@@ -103,9 +109,15 @@ def _check_releases(run_dir) -> dict[int, float]:
     manifest = read_manifest(run_dir)
     assert manifest
     for entry in manifest:
-        assert undeclared_fields(entry["message_type"], recorded_stage(entry), recorded_fields(entry)) == [], entry
+        assert (
+            undeclared_fields(entry["message_type"], recorded_stage(entry), recorded_fields(entry))
+            == []
+        ), entry
     return {
-        r: min(e["received_at"] for e in manifest if e["round"] == r and recorded_stage(e) == "unmask") for r in (1, 2)
+        r: min(
+            e["received_at"] for e in manifest if e["round"] == r and recorded_stage(e) == "unmask"
+        )
+        for r in (1, 2)
     }
 
 
@@ -115,7 +127,9 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
     started = time.perf_counter()
     run = federation.run(SETTINGS, run_dir, registry, timeout=RUN_TIMEOUT)
     wall = time.perf_counter() - started
-    logs = "\n".join(f"--- {n}\n{procs.log(n)[-3000:]}" for n in ("superlink", "node-1", "node-2", "node-3"))
+    logs = "\n".join(
+        f"--- {n}\n{procs.log(n)[-3000:]}" for n in ("superlink", "node-1", "node-2", "node-3")
+    )
     assert run.returncode == 0, f"{run.stdout[-6000:]}\n{run.stderr[-3000:]}\n{logs}"
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -130,11 +144,16 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
     version = latest(registry)
     assert version is not None and version.name == "v0001" and (registry / LATEST).is_symlink()
     record = json.loads((version.path / VERSION_FILE).read_text())
-    assert record["adapters"] == sorted(["global", *PERSONAS]) and record["run_id"] == metrics["run_id"]
+    assert (
+        record["adapters"] == sorted(["global", *PERSONAS])
+        and record["run_id"] == metrics["run_id"]
+    )
     initial = load_file(str(version.path / "adapters" / "global" / "adapter_model.safetensors"))
     for persona in PERSONAS:
         arrays = load_file(str(version.path / "adapters" / persona / "adapter_model.safetensors"))
-        assert any(("lora_B" in k) and abs(v).sum() > 0 for k, v in arrays.items()), f"{persona} was never updated"
+        assert any(("lora_B" in k) and abs(v).sum() > 0 for k, v in arrays.items()), (
+            f"{persona} was never updated"
+        )
     assert initial
 
     ceiling = _check_audit(run_dir, version.path)
@@ -142,7 +161,9 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
     for user, (store, key) in stores.items():
         device = DeviceStore.open(store, key_file=key)
         assert sorted(device.adapter_names()) == sorted(["global", *PERSONAS])
-        assert device.adapters_info()["run_id"] == metrics["run_id"] and device.embedding() is not None
+        assert (
+            device.adapters_info()["run_id"] == metrics["run_id"] and device.embedding() is not None
+        )
         spent = device.ledger().spent().epsilon
         assert 0 < spent <= ceiling * (1 + 1e-9), (
             user,
@@ -154,9 +175,15 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
             (metrics["run_id"], 1),
             (metrics["run_id"], 2),
         ]
-        for entry in charged:  # charged on the device before its upload left: before the round's unmasking began
+        for entry in (
+            charged
+        ):  # charged on the device before its upload left: before the round's unmasking began
             assert entry.started_at < unmasking[entry.details["round"]]
-        clear = [p.name for p in store.rglob("*") if p.is_file() and not p.name.endswith((".enc", ".lock"))]
+        clear = [
+            p.name
+            for p in store.rglob("*")
+            if p.is_file() and not p.name.endswith((".enc", ".lock"))
+        ]
         assert clear == ["store.json"]  # the header; every item is encrypted
 
     store, key = next(iter(stores.values()))

@@ -49,19 +49,25 @@ def test_adapter_reloads_in_peft_format_with_identical_outputs(tiny, examples, t
     reloaded = PeftModel.from_pretrained(fresh_base, tmp_path / "adapter")
     batch = collate(examples[:4], tok.pad_token_id)
     with torch.no_grad():
-        expected = net.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = net.lm(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
         got = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.equal(expected, got)
     for k, v in adapter_arrays(net.lm).items():
         np.testing.assert_array_equal(v, adapter_arrays(reloaded)[k])
 
 
-def test_ledger_receives_spending_and_empty_batches_still_take_noisy_steps(tiny, examples, tmp_path):
+def test_ledger_receives_spending_and_empty_batches_still_take_noisy_steps(
+    tiny, examples, tmp_path
+):
     model, tok = tiny
     net = personalized(model, tok)
     net.user_embedding.requires_grad_(False)
     ledger = PrivacyLedger(tmp_path / "l.json", "u")
-    sparse = TrainConfig(steps=8, batch_size=1, learning_rate=1e-2, noise_seed=3)  # many empty samples
+    sparse = TrainConfig(
+        steps=8, batch_size=1, learning_rate=1e-2, noise_seed=3
+    )  # many empty samples
     before = snapshot(net)
     result = train(net, examples[:20], tok.pad_token_id, sparse, DP, ledger)
     assert any(np.isnan(result.losses)), "expected some empty Poisson samples"
@@ -69,7 +75,9 @@ def test_ledger_receives_spending_and_empty_batches_still_take_noisy_steps(tiny,
     entry = PrivacyLedger(tmp_path / "l.json", "u").entries[-1]
     assert entry.status == "completed" and entry.events[0].steps == 8
     assert entry.events[0].sample_rate == pytest.approx(1 / 20)
-    changed = [n for n, p in net.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
+    changed = [
+        n for n, p in net.named_parameters() if p.requires_grad and not torch.equal(before[n], p)
+    ]
     assert changed  # noise moved the adapter even on empty steps
 
 
@@ -81,8 +89,12 @@ def test_two_phase_update_does_not_depend_on_the_user_embedding(tiny, examples, 
         net = personalized(model, tok)
         with torch.no_grad():
             net.user_embedding.embedding.weight.fill_(fill)
-        config = LocalTrainConfig(lora=FAST, dp=DP, embedding=TrainConfig(steps=4, batch_size=6, learning_rate=5e-2))
-        result = train_local(net, examples, tok.pad_token_id, config, PrivacyLedger(tmp_path / f"{fill}.json", "u"))
+        config = LocalTrainConfig(
+            lora=FAST, dp=DP, embedding=TrainConfig(steps=4, batch_size=6, learning_rate=5e-2)
+        )
+        result = train_local(
+            net, examples, tok.pad_token_id, config, PrivacyLedger(tmp_path / f"{fill}.json", "u")
+        )
         deltas.append(result.delta.arrays)
         embeddings.append(net.user_embedding.embedding.weight.detach().clone())
         assert not torch.all(embeddings[-1] == fill), "phase 2 must fit the embedding"
@@ -96,7 +108,13 @@ def test_joint_dp_trains_embedding_under_the_same_dp_step(tiny, examples, tmp_pa
     net = personalized(model, tok)
     before = net.user_embedding.embedding.weight.detach().clone()
     ledger = PrivacyLedger(tmp_path / "l.json", "u")
-    train_local(net, examples, tok.pad_token_id, LocalTrainConfig(lora=FAST, dp=DP, scheme="joint_dp"), ledger)
+    train_local(
+        net,
+        examples,
+        tok.pad_token_id,
+        LocalTrainConfig(lora=FAST, dp=DP, scheme="joint_dp"),
+        ledger,
+    )
     assert not torch.equal(before, net.user_embedding.embedding.weight)
     assert [e.purpose for e in ledger.entries] == ["dp-sgd"]
 
@@ -113,7 +131,14 @@ def test_private_quantile_finds_the_quantile_and_is_accounted(tiny, examples, tm
     norms = per_sample_grad_norms(net, examples, tok.pad_token_id)
     assert norms.shape == (len(examples),) and (norms > 0).all()
     ledger = PrivacyLedger(tmp_path / "l.json", "u")
-    result = train(net, examples, tok.pad_token_id, FAST, DPConfig(noise_multiplier=1.0, max_grad_norm=None), ledger)
+    result = train(
+        net,
+        examples,
+        tok.pad_token_id,
+        FAST,
+        DPConfig(noise_multiplier=1.0, max_grad_norm=None),
+        ledger,
+    )
     assert [e.purpose for e in ledger.entries] == ["clip-quantile", "dp-sgd"]
     assert norms.min() / 8 < result.max_grad_norm < norms.max() * 8
     assert ledger.entries[0].events[0].sample_rate == 1.0
@@ -130,9 +155,18 @@ def test_calibrated_training_meets_target_epsilon(tiny, examples, tmp_path):
     assert result.epsilon.epsilon > 4.5  # not wastefully noisy
     entries = len(ledger.entries)
     with pytest.raises(BudgetExceededError):
-        train(net, examples, tok.pad_token_id, FAST, DPConfig(target_epsilon=4.0, max_grad_norm=0.5), ledger)
+        train(
+            net,
+            examples,
+            tok.pad_token_id,
+            FAST,
+            DPConfig(target_epsilon=4.0, max_grad_norm=0.5),
+            ledger,
+        )
     assert len(ledger.entries) == entries  # a refused training records nothing
-    again = train(net, examples, tok.pad_token_id, FAST, dp, ledger)  # what is left of 5.0 needs far more noise
+    again = train(
+        net, examples, tok.pad_token_id, FAST, dp, ledger
+    )  # what is left of 5.0 needs far more noise
     assert again.noise_multiplier > 2 * result.noise_multiplier and again.epsilon.epsilon <= 5.0
 
 
@@ -156,7 +190,17 @@ def test_one_model_serves_users_one_after_another_even_after_a_failure(tiny, exa
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        train(net, examples, tok.pad_token_id, FAST, DP, PrivacyLedger(tmp_path / "a.json", "a"), on_step=crash)
-    result = train(net, examples[:10], tok.pad_token_id, FAST, DP, PrivacyLedger(tmp_path / "b.json", "b"))
+        train(
+            net,
+            examples,
+            tok.pad_token_id,
+            FAST,
+            DP,
+            PrivacyLedger(tmp_path / "a.json", "a"),
+            on_step=crash,
+        )
+    result = train(
+        net, examples[:10], tok.pad_token_id, FAST, DP, PrivacyLedger(tmp_path / "b.json", "b")
+    )
     assert len(result.losses) == FAST.steps
     assert not any(hasattr(p, "grad_sample") or hasattr(p, "summed_grad") for p in net.parameters())

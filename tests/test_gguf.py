@@ -15,9 +15,13 @@ def gguf_reference():
         path = base.smollm2_gguf_path()
     except FileNotFoundError as err:
         pytest.fail(f"{err} (the README's set-up installs it)")
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    ids = tokenizer.apply_chat_template(TEXT, add_generation_prompt=True, return_tensors="pt")["input_ids"]
+    ids = tokenizer.apply_chat_template(TEXT, add_generation_prompt=True, return_tensors="pt")[
+        "input_ids"
+    ]
     with torch.no_grad():
         return ids, model(ids).logits
 
@@ -42,7 +46,10 @@ def test_gguf_is_dequantized_once_then_loaded_from_cache(gguf_reference, tmp_pat
     monkeypatch.setattr(base.AutoModelForCausalLM, "from_pretrained", spy)
     second, tokenizer2 = load_base_model("smollm2")
     assert gguf_loads == []  # the second load never touches the GGUF
-    assert tokenizer2.apply_chat_template(TEXT, add_generation_prompt=True)["input_ids"] == ids[0].tolist()
+    assert (
+        tokenizer2.apply_chat_template(TEXT, add_generation_prompt=True)["input_ids"]
+        == ids[0].tolist()
+    )
     with torch.no_grad():
         torch.testing.assert_close(first(ids).logits, reference)
         torch.testing.assert_close(second(ids).logits, reference)

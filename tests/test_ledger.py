@@ -5,7 +5,15 @@ import json
 import pytest
 from conftest import personalized
 
-from fedpers.privacy import DPConfig, GaussianEvent, LedgerEntry, PrivacyLedger, TrainConfig, epsilon_report, train
+from fedpers.privacy import (
+    DPConfig,
+    GaussianEvent,
+    LedgerEntry,
+    PrivacyLedger,
+    TrainConfig,
+    epsilon_report,
+    train,
+)
 
 
 class Crash(RuntimeError):
@@ -48,8 +56,12 @@ def test_ledger_write_is_atomic_and_composes_across_runs(tmp_path):
     ledger.record(LedgerEntry("dp-sgd", [GaussianEvent(1.0, 0.2, 30)]))
     two = PrivacyLedger(path, "alice").spent().epsilon
     assert two > one
-    assert two == pytest.approx(epsilon_report([GaussianEvent(1.0, 0.2, 60)], 1e-5).epsilon, rel=1e-6)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ledger.json-")]  # no temp files left
+    assert two == pytest.approx(
+        epsilon_report([GaussianEvent(1.0, 0.2, 60)], 1e-5).epsilon, rel=1e-6
+    )
+    assert not [
+        p for p in tmp_path.iterdir() if p.name.startswith(".ledger.json-")
+    ]  # no temp files left
     assert json.loads(path.read_text())["user_id"] == "alice"
 
 
@@ -84,8 +96,11 @@ def test_a_capped_ledger_refuses_spending_past_the_cap_before_recording_it(tmp_p
     ledger = PrivacyLedger(path, "alice", cap=1.05 * one)
     ledger.record(LedgerEntry("dp-sgd", [round_]))
     with pytest.raises(
-        BudgetExceededError, match=r"'dp-sgd' would bring user alice's epsilon from .* over the consented budget"
+        BudgetExceededError,
+        match=r"'dp-sgd' would bring user alice's epsilon from .* over the consented budget",
     ):
         ledger.record(LedgerEntry("dp-sgd", [round_]))
     assert len(PrivacyLedger(path, "alice").entries) == 1  # the refused entry was never written
-    assert PrivacyLedger(path, "alice", cap=None).record(LedgerEntry("dp-sgd", [round_]))  # uncapped: as before
+    assert PrivacyLedger(path, "alice", cap=None).record(
+        LedgerEntry("dp-sgd", [round_])
+    )  # uncapped: as before

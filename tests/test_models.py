@@ -17,7 +17,9 @@ def test_loss_only_on_assistant_tokens(tiny):
     ex = encode_messages(tok, MESSAGES, 256)
     assert len(ex.input_ids) == len(ex.labels)
     targets = [i for i, label in zip(ex.input_ids, ex.labels) if label != IGNORE_INDEX]
-    assert tok.decode(targets) == "Restart the laptop.<|im_end|>\nSync your files offline.<|im_end|>\n"
+    assert (
+        tok.decode(targets) == "Restart the laptop.<|im_end|>\nSync your files offline.<|im_end|>\n"
+    )
     assert all(label in (IGNORE_INDEX, i) for i, label in zip(ex.input_ids, ex.labels))
 
 
@@ -63,7 +65,9 @@ def test_sequence_losses_match_reference_cross_entropy(tiny):
     model, tok = tiny
     batch = collate([encode_messages(tok, MESSAGES, 256)], tok.pad_token_id)
     with torch.no_grad():
-        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = model.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         ours = sequence_losses(hidden, batch["labels"], model.lm_head)
         reference = model(**batch).loss  # one sequence: transformers' mean equals ours
     torch.testing.assert_close(ours[0], reference, rtol=1e-5, atol=1e-6)
@@ -77,7 +81,11 @@ def test_user_embedding_prepends_and_round_trips(tiny, tmp_path):
         h_with = net.hidden_states(batch["input_ids"], batch["attention_mask"])
         net.use_user_embedding = False
         h_without = net.hidden_states(batch["input_ids"], batch["attention_mask"])
-    assert h_with.shape == h_without.shape == (2, batch["input_ids"].shape[1], model.config.hidden_size)
+    assert (
+        h_with.shape
+        == h_without.shape
+        == (2, batch["input_ids"].shape[1], model.config.hidden_size)
+    )
     assert not torch.allclose(h_with, h_without)
     assert net.user_embedding(5).shape == (5, 3, model.config.hidden_size)
     net.user_embedding.save(tmp_path / "u.safetensors")

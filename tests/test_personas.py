@@ -81,10 +81,18 @@ def test_assignment_declared_inferred_and_cold_start():
     assert assign_persona("exec", PERSONAS, None, []).source == "declared"
     with pytest.raises(ValueError, match="unknown persona 'ceo'"):
         assign_persona("ceo", PERSONAS, None, PERSONAS)
-    inferred = assign_persona(None, ["field", "exec", "intern"], scores.__getitem__, {"field", "exec", "intern"})
-    assert (inferred.persona, inferred.source, inferred.scores) == ("exec", "inferred", scores)  # tie: earlier persona
+    inferred = assign_persona(
+        None, ["field", "exec", "intern"], scores.__getitem__, {"field", "exec", "intern"}
+    )
+    assert (inferred.persona, inferred.source, inferred.scores) == (
+        "exec",
+        "inferred",
+        scores,
+    )  # tie: earlier persona
     only_field = assign_persona(None, ["field", "exec"], scores.__getitem__, {"field"})
-    assert only_field.persona == "field" and set(only_field.scores) == {"field"}  # untrained adapters are not scored
+    assert only_field.persona == "field" and set(only_field.scores) == {
+        "field"
+    }  # untrained adapters are not scored
     cold = assign_persona(None, PERSONAS, scores.__getitem__, set())
     assert (cold.persona, cold.source) == ("global", "global")
     nan = assign_persona(None, PERSONAS, lambda p: float("nan"), PERSONAS)
@@ -101,7 +109,9 @@ def test_loss_scorer_prefers_the_adapter_trained_on_the_prompt_style(trained):
             decision = router.route(prompt)
             assert decision.persona == style, (prompt, decision.scores)
             assert decision.source == "inferred" and set(decision.scores) == set(PERSONAS)
-    assert all((adapter_arrays(model.lm)[k] == v).all() for k, v in before.items())  # scoring restores the adapter
+    assert all(
+        (adapter_arrays(model.lm)[k] == v).all() for k, v in before.items()
+    )  # scoring restores the adapter
 
 
 def test_router_declared_override_and_fallbacks(trained):
@@ -130,7 +140,9 @@ def test_generate_answer_is_greedy_and_stops(trained):
         # same tokens as transformers' own greedy decoding of the peft model (no user embedding)
         import torch
 
-        reference = model.lm.generate(torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        reference = model.lm.generate(
+            torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False
+        )
         assert reference[0, len(ids) :].tolist() == free
         k = next(i for i in range(1, 6) if free[i] not in free[:i])
         assert greedy_ids(model, ids, 6, stop={free[k]}) == free[:k]  # stops before a stop token
@@ -138,7 +150,9 @@ def test_generate_answer_is_greedy_and_stops(trained):
         assert isinstance(answer, str)
         assert len(greedy_ids(model, ids, 5, stop_ids(model, tokenizer))) <= 5
         assert tokenizer.eos_token_id in stop_ids(model, tokenizer)
-        model.user_embedding = UserEmbedding.public_init(2, model.lm.get_input_embeddings(), tokenizer)
+        model.user_embedding = UserEmbedding.public_init(
+            2, model.lm.get_input_embeddings(), tokenizer
+        )
         model.use_user_embedding = True
         assert isinstance(generate_answer(model, tokenizer, "hello", max_new_tokens=3), str)
     finally:
@@ -157,7 +171,10 @@ def route(argv: list[str]) -> int:
 def run_dir(trained, tmp_path_factory):
     model, _, adapters = trained
     run = tmp_path_factory.mktemp("run")
-    write_json(run / RUN_CONFIG, {"model": "tiny", "lora": dataclasses.asdict(SETTINGS), "personas": PERSONAS})
+    write_json(
+        run / RUN_CONFIG,
+        {"model": "tiny", "lora": dataclasses.asdict(SETTINGS), "personas": PERSONAS},
+    )
     for name, arrays in adapters.items():
         save_adapter(run, name, model.lm, arrays)
     load_adapter_arrays(model.lm, adapters["global"])

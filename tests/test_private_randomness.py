@@ -42,7 +42,9 @@ def batches(config: TrainConfig, examples, tmp_path, name: str) -> list[int]:
     net = personalized(model, tok)
     net.user_embedding.requires_grad_(False)
     recorded = RecordingExamples(examples)
-    train(net, recorded, tok.pad_token_id, config, DP, PrivacyLedger(tmp_path / f"{name}.json", name))
+    train(
+        net, recorded, tok.pad_token_id, config, DP, PrivacyLedger(tmp_path / f"{name}.json", name)
+    )
     return recorded.reads
 
 
@@ -52,12 +54,17 @@ def test_dp_sgd_batches_are_not_a_function_of_the_settings(examples, tmp_path):
     first = batches(config, examples, tmp_path, "a")
     second = batches(config, examples, tmp_path, "b")
     assert first and second
-    assert first != second, "the DP-SGD batches were the same on two calls: the sampler is not seeded from the OS"
+    assert first != second, (
+        "the DP-SGD batches were the same on two calls: the sampler is not seeded from the OS"
+    )
 
 
 def test_the_benchmark_switch_replays_batches(examples, tmp_path):
     """``noise_seed`` (benchmarks only) makes sampling reproducible; distinct seeds, distinct batches."""
-    same = [batches(TrainConfig(steps=12, batch_size=4, noise_seed=5), examples, tmp_path, n) for n in "ab"]
+    same = [
+        batches(TrainConfig(steps=12, batch_size=4, noise_seed=5), examples, tmp_path, n)
+        for n in "ab"
+    ]
     other = batches(TrainConfig(steps=12, batch_size=4, noise_seed=6), examples, tmp_path, "c")
     assert same[0] == same[1] and same[0] != other
 
@@ -107,7 +114,10 @@ def test_the_client_trains_with_nothing_the_server_sent_as_a_seed(tmp_path, monk
             tasks.train_upload(task)
     private, seeded = captured
     assert private.lora.noise_seed is None and private.embedding.noise_seed is None
-    assert isinstance(seeded.lora.noise_seed, int) and seeded.lora.noise_seed != seeded.embedding.noise_seed
+    assert (
+        isinstance(seeded.lora.noise_seed, int)
+        and seeded.lora.noise_seed != seeded.embedding.noise_seed
+    )
     assert not hasattr(private.lora, "seed"), "no other seed may reach the sampler"
 
 
@@ -120,7 +130,11 @@ def _train_instructions(config, server_round: int):
     base, _ = load_base_model(config.model.model)
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
     return PersonaTraining(
-        config, "run-x", 3, config.aggregation.secure_aggregation, persona_adapters(config, adapters)
+        config,
+        "run-x",
+        3,
+        config.aggregation.secure_aggregation,
+        persona_adapters(config, adapters),
     ).instructions(server_round)
 
 
@@ -144,8 +158,8 @@ def test_the_default_run_never_seeds_dp_randomness():
 
     assert FederatedConfig().privacy.noise_seed < 0
     assert load_config_file(SCENARIOS / "default.toml").get("noise_seed", -1) < 0
-    app_config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
-        "config"
-    ]
+    app_config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"][
+        "flwr"
+    ]["app"]["config"]
     assert app_config["noise-seed"] < 0
     assert "noise" not in (Path(__file__).parents[1] / "Makefile").read_text()

@@ -29,7 +29,9 @@ def _solo_data(path: Path) -> Path:
 def _values_at(document, key: str) -> list:
     """Every value stored under ``key`` anywhere in a JSON document."""
     if isinstance(document, dict):
-        return [v for k, v in document.items() if k == key] + [x for v in document.values() for x in _values_at(v, key)]
+        return [v for k, v in document.items() if k == key] + [
+            x for v in document.values() for x in _values_at(v, key)
+        ]
     if isinstance(document, list):
         return [x for v in document for x in _values_at(v, key)]
     return []
@@ -45,7 +47,9 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
     """SOLO has one contributor per round: the server sees it (its slot sum is that client's update, or with
     personas in clear its group is too small to aggregate), but no file of the run directory and no server
     log line gives that count or that client's held-out loss."""
-    config = tiny_config(tmp_path, data=str(_solo_data(tmp_path / "solo.jsonl")), rounds=2, persona_hiding=hiding)
+    config = tiny_config(
+        tmp_path, data=str(_solo_data(tmp_path / "solo.jsonl")), rounds=2, persona_hiding=hiding
+    )
     assert config.server.min_clients == 2
     log_path = tmp_path / "server.log"
     handler = logging.FileHandler(log_path)
@@ -60,7 +64,9 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
     gate = f"<{config.server.min_clients}"
     for r in metrics["rounds"]:
         assert SOLO not in r["released"] and r["contributors"][SOLO] == gate, r
-        assert all(v == gate or v >= config.server.min_clients for v in r["contributors"].values()), r
+        assert all(
+            v == gate or v >= config.server.min_clients for v in r["contributors"].values()
+        ), r
         assert "gated" not in r  # a gated list says "at least one, below the gate"
         assert (
             r["eval_users"].get(SOLO, gate) == gate
@@ -68,7 +74,9 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
             and SOLO not in r["eval_tokens"]
         )
     assert SOLO not in metrics["evaluation"]["rows"]
-    for session in metrics["aggregation"]["sessions"]:  # with personas in clear, a session is one persona group
+    for session in metrics["aggregation"][
+        "sessions"
+    ]:  # with personas in clear, a session is one persona group
         assert hiding or not {"sampled", "aggregated", "dropped"} & set(session), session
     # no count of SOLO anywhere in what the run wrote (the simulation's audit lists every simulated client under
     # `spent` by design: it reads their ledgers; the server-side sections are checked)
@@ -78,11 +86,17 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
         ("audit.json", {k: v for k, v in audit.items() if k != "spent"}),
     ):
         assert all(v == gate for v in _values_at(document, SOLO) if not isinstance(v, dict)), name
-        assert all(_values_at(d, "users") in ([], [gate]) for d in _values_at(document, SOLO) if isinstance(d, dict)), (
-            name
-        )
+        assert all(
+            _values_at(d, "users") in ([], [gate])
+            for d in _values_at(document, SOLO)
+            if isinstance(d, dict)
+        ), name
     assert audit["wire"]["min_clients_released"] >= config.server.min_clients
-    assert not [line for line in (run_dir / "evaluation.txt").read_text().splitlines() if line.startswith(SOLO)]
+    assert not [
+        line
+        for line in (run_dir / "evaluation.txt").read_text().splitlines()
+        if line.startswith(SOLO)
+    ]
     solo_lines = [line for line in log_path.read_text().splitlines() if SOLO in line]
     assert not [line for line in solo_lines if _mentions_a_count_of_one(line)], solo_lines
     assert not re.search(r"has \d+ client\(s\)", log_path.read_text())
@@ -91,8 +105,15 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
 def test_a_count_below_the_gate_is_published_as_below_the_gate_an_empty_slot_alike():
     from fedpers.aggregation import published_count, published_counts
 
-    assert published_counts({"a": 0.0, "b": 1.0, "c": 2.0, "d": 7.0}, 2) == {"a": "<2", "b": "<2", "c": 2, "d": 7}
-    assert published_count(2.4567, 2) == 2.457 and published_count(1.9, 2) == "<2"  # noisy counts (user-level DP)
+    assert published_counts({"a": 0.0, "b": 1.0, "c": 2.0, "d": 7.0}, 2) == {
+        "a": "<2",
+        "b": "<2",
+        "c": 2,
+        "d": 7,
+    }
+    assert (
+        published_count(2.4567, 2) == 2.457 and published_count(1.9, 2) == "<2"
+    )  # noisy counts (user-level DP)
     assert published_count(1.0, 1) == 1 and published_count(0.4, 1) == "<1"
 
 
@@ -116,7 +137,10 @@ def test_the_readme_docs_and_report_say_what_the_server_learns(tmp_path):
     from fedpers.audit.report import build_audit
     from fedpers.federated import all_settings
 
-    readme, docs = _normalized((ROOT / "README.md").read_text()), _normalized((ROOT / "docs" / "audit.md").read_text())
+    readme, docs = (
+        _normalized((ROOT / "README.md").read_text()),
+        _normalized((ROOT / "docs" / "audit.md").read_text()),
+    )
     _deployment_run(tmp_path, epsilon=4.0)
     audit = build_audit(tmp_path, progress=False)
     findings = " ".join(f["text"] for f in audit["findings"])
@@ -133,6 +157,8 @@ def test_the_readme_docs_and_report_say_what_the_server_learns(tmp_path):
     from fedpers.audit.report import SERVER_LEARNS  # the statement, written once
 
     for sentence in SERVER_LEARNS:
-        assert sentence in readme and sentence in docs and sentence in findings and sentence in page, sentence
+        assert (
+            sentence in readme and sentence in docs and sentence in findings and sentence in page
+        ), sentence
     (finding,) = [f for f in audit["findings"] if SERVER_LEARNS[0] in f["text"]]
     assert finding["level"] == "warning"

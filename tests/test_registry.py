@@ -52,7 +52,9 @@ def test_versions_are_numbered_immutable_and_latest_follows(tmp_path, capsys):
     second = publish(_run_dir(tmp_path / "run2", audit=True), registry)
     assert [v.name for v in versions(registry)] == ["v0001", "v0002"]
     assert latest(registry) == second and (registry / LATEST).resolve() == second.path
-    assert (second.path / "audit.json").exists() and json.loads((first.path / VERSION_FILE).read_text()) == record
+    assert (second.path / "audit.json").exists() and json.loads(
+        (first.path / VERSION_FILE).read_text()
+    ) == record
     assert not [p for p in registry.iterdir() if p.name.startswith(".")]  # no staging left behind
 
     assert main(["versions", "--registry", str(registry)]) == 0
@@ -81,7 +83,10 @@ def test_superlink_runs_with_tls_node_auth_and_offline(tmp_path):
         f"--ssl-ca-certfile {tmp_path}/ca.crt --ssl-certfile {tmp_path}/server.crt --ssl-keyfile {tmp_path}/server.key"
         in command
     )
-    assert "--enable-supernode-auth --disable-runtime-dependency-installation --host 0.0.0.0 --port 9092" in command
+    assert (
+        "--enable-supernode-auth --disable-runtime-dependency-installation --host 0.0.0.0 --port 9092"
+        in command
+    )
 
 
 def test_connection_and_run_config_as_flower_reads_them(tmp_path, monkeypatch):
@@ -95,10 +100,22 @@ def test_connection_and_run_config_as_flower_reads_them(tmp_path, monkeypatch):
     assert path == flwr_home() / "config.toml"
     config = tomllib.loads(path.read_text())["superlink"]
     assert config["default"] == "mine" and config["mine"] == {"address": "10.0.0.1:9093"}
-    assert config["fedpers"] == {"address": "127.0.0.1:8123", "root-certificates": str(tmp_path / "ca.crt")}
+    assert config["fedpers"] == {
+        "address": "127.0.0.1:8123",
+        "root-certificates": str(tmp_path / "ca.crt"),
+    }
 
-    settings = {"model": "tiny", "rounds": 2, "dp": True, "epsilon": 4.0, "run_dir": "/tmp/a b", "personas": "a,b"}
-    assert parse_config_args([run_config_arg(settings)]) == {k.replace("_", "-"): v for k, v in settings.items()}
+    settings = {
+        "model": "tiny",
+        "rounds": 2,
+        "dp": True,
+        "epsilon": 4.0,
+        "run_dir": "/tmp/a b",
+        "personas": "a,b",
+    }
+    assert parse_config_args([run_config_arg(settings)]) == {
+        k.replace("_", "-"): v for k, v in settings.items()
+    }
     with pytest.raises(FileNotFoundError, match="no pyproject.toml"):
         run_command(tmp_path, settings)
 
@@ -118,8 +135,9 @@ def test_run_command_takes_settings_from_file_and_flags(tmp_path, capsys):
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert f'rounds=2 model="tiny" min-nodes=3 run-dir="{tmp_path / "r"}" registry=' in out and out.strip().endswith(
-        "--stream"
+    assert (
+        f'rounds=2 model="tiny" min-nodes=3 run-dir="{tmp_path / "r"}" registry=' in out
+        and out.strip().endswith("--stream")
     )
     assert main(["run", "--run-config", "roundz=2", "--print-command"]) == 2
     assert "unknown setting 'roundz'" in capsys.readouterr().err

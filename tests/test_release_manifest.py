@@ -42,18 +42,28 @@ def _config(tmp_path, **changes) -> FederatedConfig:
 
 def _exchange(config: FederatedConfig, extra: dict | None = None, trained: str = ""):
     """A plain training message of round 1, and the client's reply carrying an update (plus ``extra`` records)."""
-    raw = config.to_record() | {"run-id": "run-1", "server-round": 1, "task": "train", "trained-personas": trained}
+    raw = config.to_record() | {
+        "run-id": "run-1",
+        "server-round": 1,
+        "task": "train",
+        "trained-personas": trained,
+    }
     msg = Message(
         compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters([]), raw), keep_input=True),
         dst_node_id=1,
         message_type="train",
         group_id="1",
     )
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    context = Context(
+        run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
+    )
 
     def call_next(message, ctx):
         content = compat.fitres_to_recorddict(
-            FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.zeros(3)]), 1, {"persona-index": 0}), keep_input=True
+            FitRes(
+                Status(Code.OK, ""), ndarrays_to_parameters([np.zeros(3)]), 1, {"persona-index": 0}
+            ),
+            keep_input=True,
         )
         for name, values in (extra or {}).items():
             content.config_records[name] = ConfigRecord(values)
@@ -65,7 +75,11 @@ def _exchange(config: FederatedConfig, extra: dict | None = None, trained: str =
 def _charge(config: FederatedConfig, purpose: str = "dp-sgd", **details) -> None:
     state = UserState(config.outputs.state_dir, user_ids(config)[0])
     user_level = purpose == "user-level-dp-fedavg"
-    ledger = state.user_level_ledger(config.privacy.delta) if user_level else state.ledger(config.privacy.delta)
+    ledger = (
+        state.user_level_ledger(config.privacy.delta)
+        if user_level
+        else state.ledger(config.privacy.delta)
+    )
     ledger.complete(ledger.record(LedgerEntry(purpose, [GaussianEvent(1.0, 0.1, 8)], details)))
 
 
@@ -76,7 +90,9 @@ def test_the_guard_reads_the_settings_it_checks(tmp_path):
     _charge(inferred, run_id="run-1", round=1)
     with pytest.raises(UnaccountedRelease, match="no ledger entry persona-choice"):
         release_guard(*_exchange(inferred, trained="leadership,field_worker"))
-    assert not release_guard(*_exchange(inferred)).has_error()  # cold start: the global slot, nothing was chosen
+    assert not release_guard(
+        *_exchange(inferred)
+    ).has_error()  # cold start: the global slot, nothing was chosen
     _charge(inferred, "persona-choice", run_id="run-1")
     assert not release_guard(*_exchange(inferred, trained="leadership,field_worker")).has_error()
 
@@ -102,7 +118,9 @@ def test_an_update_without_its_ledger_entry_never_leaves(tmp_path):
 
 def test_a_field_outside_the_manifest_never_leaves(tmp_path):
     config = _config(tmp_path, dp=False)
-    assert not release_guard(*_exchange(config)).has_error()  # no DP: nothing to account, every field declared
+    assert not release_guard(
+        *_exchange(config)
+    ).has_error()  # no DP: nothing to account, every field declared
     with pytest.raises(UnaccountedRelease, match="outside the release manifest: debug/last_prompt"):
         release_guard(*_exchange(config, {"debug": {"last_prompt": "my badge stopped working"}}))
 
@@ -117,12 +135,17 @@ def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
     assert len(manifest_table()) == len(RELEASES)
     upload = [("secaggplus_configs", "masked_params")]
     assert undeclared_fields("train", "collect_masked_vectors", upload) == []
-    assert undeclared_fields("train", "setup", upload) == ["secaggplus_configs/masked_params"]  # wrong stage
+    assert undeclared_fields("train", "setup", upload) == [
+        "secaggplus_configs/masked_params"
+    ]  # wrong stage
     assert required_ledger("train", "collect_masked_vectors", upload, dp=True, inferred=True) == {
         "dp-sgd",
         "persona-choice",
     }
-    assert required_ledger("train", "collect_masked_vectors", upload, dp=False, inferred=False) == set()
-    assert required_ledger("train", "collect_masked_vectors", upload, dp=False, inferred=False, user_dp=True) == {
-        "user-level-dp-fedavg"
-    }
+    assert (
+        required_ledger("train", "collect_masked_vectors", upload, dp=False, inferred=False)
+        == set()
+    )
+    assert required_ledger(
+        "train", "collect_masked_vectors", upload, dp=False, inferred=False, user_dp=True
+    ) == {"user-level-dp-fedavg"}

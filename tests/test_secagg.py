@@ -9,9 +9,21 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.common import Code, FitIns, FitRes, Status, bytes_to_ndarray, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    Code,
+    FitIns,
+    FitRes,
+    Status,
+    bytes_to_ndarray,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
-from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_combine, parameters_addition, parameters_mod
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_combine,
+    parameters_addition,
+    parameters_mod,
+)
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
@@ -41,7 +53,9 @@ def test_keystream_masks_are_uniform_keyed_by_the_whole_secret_and_shaped_like_f
     assert not np.array_equal(a[1], keystream_masks(flipped, 2**40, shapes)[1])
     values = keystream_masks(seed, 2**40, [(200_000,)])[0]
     assert values.min() >= 0 and values.max() < 2**40
-    assert abs(values.mean() / 2**40 - 0.5) < 0.005  # uniform: mean M/2 within 0.5 % (std of mean ~0.06 %)
+    assert (
+        abs(values.mean() / 2**40 - 0.5) < 0.005
+    )  # uniform: mean M/2 within 0.5 % (std of mean ~0.06 %)
     # Flower's shared keys are 44-byte base64 strings from HKDF: accepted like any byte string
     sk1, pk1 = generate_key_pairs()
     sk2, pk2 = generate_key_pairs()
@@ -65,9 +79,13 @@ def test_brute_force_recovers_flowers_masks_but_not_fedpers_masks():
     secret only, so searching seeds finds it (here a 2^16 window of the 2^32 space, for speed); the
     same search against ChaCha20 masks keyed by the whole secret finds nothing."""
     mod = 2**32
-    known = np.full(256, 2**21, dtype=np.int64)  # quantized zeros: what the other slots of an upload hold
+    known = np.full(
+        256, 2**21, dtype=np.int64
+    )  # quantized zeros: what the other slots of an upload hold
     secret = os.urandom(32)
-    window = _fold32(secret) & ~0xFFFF  # the attacker's search window: 2^16 candidates containing the true fold
+    window = (
+        _fold32(secret) & ~0xFFFF
+    )  # the attacker's search window: 2^16 candidates containing the true fold
 
     def search(masked: np.ndarray, generator) -> int | None:
         for candidate in range(window, window + 2**16):
@@ -91,14 +109,19 @@ def _secagg_sum(vectors: list[list[np.ndarray]], plan: QuantizationPlan) -> list
     total = None
     for vec in vectors:
         q = factor_combine(
-            plan.quantization_range, quantize_upload(vec, 1.0, plan.clipping_range, plan.quantization_range)
+            plan.quantization_range,
+            quantize_upload(vec, 1.0, plan.clipping_range, plan.quantization_range),
         )
         total = q if total is None else parameters_addition(total, q)
     total = parameters_mod(total, plan.modulus_range)
     q_total, rest = total[0][0], total[1:]
     out = dequantize(rest, plan.clipping_range, plan.quantization_range)
     return [
-        (v - (len(vectors) - 1) * plan.clipping_range) * plan.quantization_range / q_total * len(vectors) for v in out
+        (v - (len(vectors) - 1) * plan.clipping_range)
+        * plan.quantization_range
+        / q_total
+        * len(vectors)
+        for v in out
     ]
 
 
@@ -112,17 +135,26 @@ def test_quantization_never_truncates_a_clipped_update_and_errs_below_1e_5_relat
         if i == 0:  # the worst case: all of the norm in one coordinate
             v = np.zeros(dim)
             v[0] = -bound
-        vectors.append([(v / max(1.0, np.linalg.norm(v) / bound)).astype(np.float32)])  # adapters are float32
+        vectors.append(
+            [(v / max(1.0, np.linalg.norm(v) / bound)).astype(np.float32)]
+        )  # adapters are float32
     exact = np.sum([v[0].astype(np.float64) for v in vectors], axis=0)
     approx = _secagg_sum(vectors, plan)[0]
     rel = np.linalg.norm(approx - exact) / np.linalg.norm(exact)
     assert rel < 1e-5
     # stochastic rounding is unbiased with variance at most step**2 / 4 per coordinate: a 4-sigma bound
     assert np.linalg.norm(approx - exact) < 4.0 * np.sqrt(clients * dim) * plan.step / 2
-    assert abs(approx[0] - exact[0]) < 1e-5 * bound  # the coordinate at the bound came through whole
+    assert (
+        abs(approx[0] - exact[0]) < 1e-5 * bound
+    )  # the coordinate at the bound came through whole
     assert plan.modulus_range > clients * plan.quantization_range * 2
-    flower = [np.asarray(a, np.int64) for a in quantize(vectors[1], plan.clipping_range, plan.quantization_range)]
-    assert np.all(flower[0] % 32 == 0)  # Flower's own float32 arithmetic: every level a multiple of 32 or 64
+    flower = [
+        np.asarray(a, np.int64)
+        for a in quantize(vectors[1], plan.clipping_range, plan.quantization_range)
+    ]
+    assert np.all(
+        flower[0] % 32 == 0
+    )  # Flower's own float32 arithmetic: every level a multiple of 32 or 64
 
 
 # ------------------------------------------------------------------------------------------------ slots
@@ -141,7 +173,9 @@ def test_seeded_rounding_is_reproducible_and_follows_flowers_rule():
     exact = [(np.clip(a * 0.5, -32.0, 32.0) + 32.0) * 2**30 / 64.0 for a in arrays]
     for q, x in zip(first, exact, strict=True):
         assert q.dtype == np.int64 and np.all((q == np.floor(x)) | (q == np.ceil(x)))
-    assert abs(float(np.mean(first[0] - exact[0]))) < 0.1  # unbiased: the mean error of 320 roundings is near 0
+    assert (
+        abs(float(np.mean(first[0] - exact[0]))) < 0.1
+    )  # unbiased: the mean error of 320 roundings is near 0
 
 
 def test_slot_sum_gives_per_persona_sums_and_counts_and_nothing_per_client():
@@ -149,8 +183,13 @@ def test_slot_sum_gives_per_persona_sums_and_counts_and_nothing_per_client():
     adapter = {"x.lora_A": np.zeros((2, 3), np.float32), "x.lora_B": np.zeros((3, 2), np.float32)}
     layout = SlotLayout.for_adapter(adapter, slots)
     rng = np.random.default_rng(1)
-    clients = [("a", {k: rng.normal(size=v.shape).astype(np.float32) for k, v in adapter.items()}) for _ in range(2)]
-    clients.append(("b", {k: rng.normal(size=v.shape).astype(np.float32) for k, v in adapter.items()}))
+    clients = [
+        ("a", {k: rng.normal(size=v.shape).astype(np.float32) for k, v in adapter.items()})
+        for _ in range(2)
+    ]
+    clients.append(
+        ("b", {k: rng.normal(size=v.shape).astype(np.float32) for k, v in adapter.items()})
+    )
     uploads = [layout.pack(slot, delta, 4.0) for slot, delta in clients]
     assert all(len(u) == layout.num_arrays for u in uploads)
     assert layout.num_arrays == 3 * 2 + 1 and layout.adapter_size == 12
@@ -243,11 +282,15 @@ def _run(
     def main(grid: Grid, context: Context) -> None:
         legacy = LegacyContext(context, ServerConfig(num_rounds=1), strategy)
         try:
-            DefaultWorkflow(fit_workflow=workflow, evaluate_workflow=lambda g, c: None)(grid, legacy)
+            DefaultWorkflow(fit_workflow=workflow, evaluate_workflow=lambda g, c: None)(
+                grid, legacy
+            )
         except SecureAggregationError as err:
             outcome["error"] = err
 
-    client_app = ClientApp(mods=[_drop_mod(marks, stage, set(victims), times, sleep), secaggplus_mod])
+    client_app = ClientApp(
+        mods=[_drop_mod(marks, stage, set(victims), times, sleep), secaggplus_mod]
+    )
     client_app.train()(_upload)
     run_simulation(
         server_app=server_app,
@@ -268,9 +311,12 @@ def _expected(pids) -> np.ndarray:
 def _check_sum(strategy: _SumStrategy, pids) -> None:
     (results,) = strategy.results
     first = results[0]
-    assert all(all(np.array_equal(a, b) for a, b in zip(first, r)) for r in results)  # only the aggregate arrives
+    assert all(
+        all(np.array_equal(a, b) for a, b in zip(first, r)) for r in results
+    )  # only the aggregate arrives
     total = upload_sum(
-        [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(first), 1, {}))] * len(results), secure=True
+        [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(first), 1, {}))] * len(results),
+        secure=True,
     )
     expected = _expected(pids)
     assert len(results) == len(pids)
@@ -288,25 +334,40 @@ def test_secure_sum_equals_plaintext_sum_and_server_never_holds_an_unmasked_upda
     assert stages.count("collect masked vectors") == 4 and len(observed) == 16
     plain = [np.concatenate([v.ravel() for v in _vector(p)]) for p in range(4)]
     for stage_name, reply in observed:
-        assert not any(len(r) for r in reply.content.array_records.values())  # no float arrays at all
+        assert not any(
+            len(r) for r in reply.content.array_records.values()
+        )  # no float arrays at all
         if stage_name != "collect masked vectors":
             continue
-        masked = [bytes_to_ndarray(b) for b in reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+        masked = [
+            bytes_to_ndarray(b)
+            for b in reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+        ]
         ints = np.concatenate([m.ravel() for m in masked[1:]])
         assert ints.min() >= 0 and ints.max() < plan.modulus_range
-        assert abs(ints.mean() / plan.modulus_range - 0.5) < 0.05  # looks uniform, not like a quantized update
+        assert (
+            abs(ints.mean() / plan.modulus_range - 0.5) < 0.05
+        )  # looks uniform, not like a quantized update
         for vec in plain:
             q = (np.clip(vec, -BOUND, BOUND) + BOUND) * plan.quantization_range / (2 * BOUND)
-            assert np.mean(np.abs(ints - q) <= 1) < 0.01  # no coordinate sits at its quantized value
+            assert (
+                np.mean(np.abs(ints - q) <= 1) < 0.01
+            )  # no coordinate sits at its quantized value
 
 
 @pytest.mark.parametrize(
     "stage, survivors",
     [
         (Stage.SETUP, [0, 2, 3]),
-        (Stage.SHARE_KEYS, [0, 2, 3]),  # Flower's own workflow halts here with no update and no error
+        (
+            Stage.SHARE_KEYS,
+            [0, 2, 3],
+        ),  # Flower's own workflow halts here with no update and no error
         (Stage.COLLECT_MASKED_VECTORS, [0, 2, 3]),
-        (Stage.UNMASK, [0, 1, 2, 3]),  # its masked vector was in: its masks are rebuilt from the others' shares
+        (
+            Stage.UNMASK,
+            [0, 1, 2, 3],
+        ),  # its masked vector was in: its masks are rebuilt from the others' shares
     ],
 )
 @pytest.mark.slow  # Ray
@@ -320,15 +381,21 @@ def test_a_dropout_at_any_stage_gives_the_survivors_aggregate(tmp_path, stage, s
 @pytest.mark.slow  # Ray
 def test_too_many_dropouts_fail_loudly_then_retry(tmp_path, caplog):
     caplog.set_level(logging.ERROR)
-    strategy, history, _, outcome = _run(tmp_path, stage=Stage.SHARE_KEYS, victims={0, 1, 2}, times=1)
+    strategy, history, _, outcome = _run(
+        tmp_path, stage=Stage.SHARE_KEYS, victims={0, 1, 2}, times=1
+    )
     assert not outcome
-    assert [h["completed"] for h in history] == [False, True] and history[0]["failed_stage"] == "share keys"
+    assert [h["completed"] for h in history] == [False, True] and history[0][
+        "failed_stage"
+    ] == "share keys"
     _check_sum(strategy, range(4))  # the retry aggregates everyone
 
 
 @pytest.mark.slow  # Ray
 def test_a_round_that_keeps_failing_raises_instead_of_returning_nothing(tmp_path):
-    strategy, history, _, outcome = _run(tmp_path, stage=Stage.SETUP, victims={0, 1, 2}, times=99, retries=1)
+    strategy, history, _, outcome = _run(
+        tmp_path, stage=Stage.SETUP, victims={0, 1, 2}, times=99, retries=1
+    )
     assert isinstance(outcome.get("error"), SecureAggregationError)
     assert [h["completed"] for h in history] == [False, False] and strategy.results == []
 
@@ -336,7 +403,9 @@ def test_a_round_that_keeps_failing_raises_instead_of_returning_nothing(tmp_path
 @pytest.mark.slow  # Ray
 def test_a_client_that_hangs_past_the_timeout_counts_as_dropped(tmp_path):
     # the timeout leaves room for Ray to start four client actors on a loaded 2-core machine before the setup stage
-    strategy, history, _, outcome = _run(tmp_path, stage=Stage.SHARE_KEYS, victims={3}, sleep=75.0, timeout=35.0)
+    strategy, history, _, outcome = _run(
+        tmp_path, stage=Stage.SHARE_KEYS, victims={3}, sleep=75.0, timeout=35.0
+    )
     assert not outcome and history[0]["completed"] and history[0]["dropped"] == {"share keys": 1}
     _check_sum(strategy, [0, 1, 2])
 

@@ -85,7 +85,10 @@ def test_import_small_exact(small_play: Path) -> None:
             "user_id": "alice",
             "conversation_id": "alice-0000",
             "profile": {"speaker": "ALICE"},
-            "turns": [{"role": "user", "text": "Still me."}, {"role": "assistant", "text": "Fine."}],
+            "turns": [
+                {"role": "user", "text": "Still me."},
+                {"role": "assistant", "text": "Fine."},
+            ],
         },
         {
             "user_id": "bob",
@@ -134,7 +137,9 @@ def test_real_file_speaker_counts(real_conversations) -> None:
     # (speeches that follow a different speaker, empty speeches dropped) reproduces that number case-sensitively;
     # our users are slugs, which merge "Second Murderer" (29 answers) with "Second murderer" (1): 30, so 76.
     speeches = parse_speeches(Path(DEFAULT_SHAKESPEARE_PATH).read_text(encoding="utf-8"))
-    case_sensitive = Counter(a.speaker for p, a in zip(speeches, speeches[1:]) if p.speaker != a.speaker)
+    case_sensitive = Counter(
+        a.speaker for p, a in zip(speeches, speeches[1:]) if p.speaker != a.speaker
+    )
     assert sum(1 for n in case_sensitive.values() if n >= 30) == 75
     assert case_sensitive["Second Murderer"] == 29 and case_sensitive["Second murderer"] == 1
 
@@ -162,14 +167,18 @@ def test_real_file_roundtrip_through_schema(real_conversations, tmp_path: Path) 
     assert result.conversations == real_conversations
     for conv in result.conversations:
         assert [t.role for t in conv.turns] == ["user", "assistant"]
-        assert conv.profile["speaker"] and speaker_slug(str(conv.profile["speaker"])) == conv.user_id
+        assert (
+            conv.profile["speaker"] and speaker_slug(str(conv.profile["speaker"])) == conv.user_id
+        )
 
 
 def test_cli_import(small_play: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="fedpers")
     register(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "out.jsonl"
-    args = parser.parse_args(["import-shakespeare", "--src", str(small_play), "--min-speeches", "1", "--out", str(out)])
+    args = parser.parse_args(
+        ["import-shakespeare", "--src", str(small_play), "--min-speeches", "1", "--out", str(out)]
+    )
     assert args.func(args) == 0
     assert "3 conversations (3 speakers)" in capsys.readouterr().out
     assert len(read_jsonl(out).conversations) == 3

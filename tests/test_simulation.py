@@ -22,7 +22,10 @@ from simulations.simulate import SCENARIOS, simulate
 
 def tiny_config(run_dir, **changes) -> FederatedConfig:
     """The tiny scenario with seeded DP noise, so that runs differing only in aggregation are comparable."""
-    values = load_config_file(SCENARIOS / "tiny.toml") | {"noise_seed": 7, "state_dir": str(run_dir / "client-state")}
+    values = load_config_file(SCENARIOS / "tiny.toml") | {
+        "noise_seed": 7,
+        "state_dir": str(run_dir / "client-state"),
+    }
     return FederatedConfig.from_flat(values | changes).validated()
 
 
@@ -52,10 +55,14 @@ def test_three_rounds_produce_persona_adapters(run):
     adapters = load_adapters(run_dir)
     assert set(adapters) == {GLOBAL, *config.persona_names}
     initial = adapter_arrays(
-        __import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora())
+        __import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(
+            load_base_model("tiny")[0], config.lora()
+        )
     )
     for name, arrays in adapters.items():
-        assert any(not np.array_equal(arrays[k], initial[k]) for k in initial), f"{name} never updated"
+        assert any(not np.array_equal(arrays[k], initial[k]) for k in initial), (
+            f"{name} never updated"
+        )
     a, b = adapters["leadership"], adapters["field_worker"]
     assert any(not np.array_equal(a[k], b[k]) for k in a)
     base, _ = load_base_model("tiny")
@@ -104,10 +111,17 @@ def test_nothing_a_client_sends_contains_its_text_or_token_ids(run):
     for entry in manifest:
         # SecAgg+ clears the plain arrays; only masked integer vectors leave the device, inside its config record
         for tensor in entry["arrays"]:
-            assert tensor["record"] == RECORD_KEY_CONFIGS and tensor["name"].startswith("masked_params[")
-            assert tensor["dtype"] in ("int64", "uint64") and entry["secagg_stage"] == "collect_masked_vectors"
+            assert tensor["record"] == RECORD_KEY_CONFIGS and tensor["name"].startswith(
+                "masked_params["
+            )
+            assert (
+                tensor["dtype"] in ("int64", "uint64")
+                and entry["secagg_stage"] == "collect_masked_vectors"
+            )
         assert set(entry["config_keys"]) <= {RECORD_KEY_CONFIGS, "fitres.status", "fitres.metrics"}
-        assert entry["config_keys"].get("fitres.metrics", []) == []  # no persona index, loss or epsilon in clear
+        assert (
+            entry["config_keys"].get("fitres.metrics", []) == []
+        )  # no persona index, loss or epsilon in clear
         assert entry["metric_keys"] in ({}, {"fitres.num_examples": ["num_examples"]})
     stages = sorted({e["secagg_stage"] for e in manifest})
     assert stages == ["collect_masked_vectors", "setup", "share_keys", "unmask"]
@@ -121,16 +135,23 @@ def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run
 
     config, run_dir, metrics = run
     users = user_ids(config)
-    manifest = [json.loads(line) for line in (run_dir / "wire" / "manifest.jsonl").read_text().splitlines()]
+    manifest = [
+        json.loads(line) for line in (run_dir / "wire" / "manifest.jsonl").read_text().splitlines()
+    ]
     accounted = 0
     for entry in manifest:
         fields, stage = recorded_fields(entry), recorded_stage(entry)
         assert fields and undeclared_fields(entry["message_type"], stage, fields) == [], entry
         needed = required_ledger(
-            entry["message_type"], stage, fields, config.privacy.dp, config.dataset.persona_mode == "inferred"
+            entry["message_type"],
+            stage,
+            fields,
+            config.privacy.dp,
+            config.dataset.persona_mode == "inferred",
         )
         ledger = PrivacyLedger(
-            run_dir / "client-state" / users[entry["partition_id"]] / "ledger.json", users[entry["partition_id"]]
+            run_dir / "client-state" / users[entry["partition_id"]] / "ledger.json",
+            users[entry["partition_id"]],
         )
         for purpose in needed:
             matching = [
@@ -140,7 +161,10 @@ def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run
                 and e.details.get("run_id") == metrics["run_id"]
                 and e.details.get("round") == entry["round"]
             ]
-            assert len(matching) == 1 and matching[0].started_at < entry["sent_at"], (purpose, entry)
+            assert len(matching) == 1 and matching[0].started_at < entry["sent_at"], (
+                purpose,
+                entry,
+            )
             accounted += 1
     assert accounted == 10 * 3  # one DP-SGD upload per client and round
 
@@ -162,7 +186,11 @@ def test_scan_finds_text_and_token_ids_when_they_are_sent(task_identity):
     found = scan([payload_bytes(leaky)], [text], [ids])
     assert any("Vienna depot" in leak.what for leak in found)
     assert any(leak.what.startswith("ids") for leak in found)
-    clean = Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}), dst_node_id=1, message_type="train")
+    clean = Message(
+        RecordDict({"metrics": MetricRecord({"num-examples": 1})}),
+        dst_node_id=1,
+        message_type="train",
+    )
     assert scan([payload_bytes(clean)], [text], [ids]) == []
 
 
@@ -170,12 +198,18 @@ def test_fedadam_strategy_uses_its_own_learning_rate_by_default():
     from fedpers.aggregation import FedAdamOptimizer, FedAvgOptimizer
     from server.strategy import persona_adapters
 
-    adapters = {name: {"w.lora_A": np.zeros((2, 2), np.float32)} for name in [GLOBAL, *FederatedConfig().persona_names]}
+    adapters = {
+        name: {"w.lora_A": np.zeros((2, 2), np.float32)}
+        for name in [GLOBAL, *FederatedConfig().persona_names]
+    }
     adam = persona_adapters(FederatedConfig.from_flat({"server_optimizer": "fedadam"}), adapters)
     assert all(isinstance(o, FedAdamOptimizer) for o in adam.optimizers.values())
     assert adam.optimizers[GLOBAL].server_lr == FedAdamOptimizer().server_lr
     avg = persona_adapters(FederatedConfig.from_flat({"server_lr": 0.5}), adapters)
-    assert isinstance(avg.optimizers["leadership"], FedAvgOptimizer) and avg.optimizers["leadership"].server_lr == 0.5
+    assert (
+        isinstance(avg.optimizers["leadership"], FedAvgOptimizer)
+        and avg.optimizers["leadership"].server_lr == 0.5
+    )
 
 
 def test_flower_app_config_declares_every_setting_with_its_default():
@@ -183,9 +217,9 @@ def test_flower_app_config_declares_every_setting_with_its_default():
     import tomllib
     from pathlib import Path
 
-    declared = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
-        "config"
-    ]
+    declared = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"][
+        "flwr"
+    ]["app"]["config"]
     defaults = {s.name.replace("_", "-"): s.default for s in all_settings()}
     assert {k: v for k, v in declared.items() if k != "run-dir"} == defaults
     from server.app import config_from_context
@@ -209,8 +243,13 @@ def test_other_aggregation_modes_give_the_same_persona_adapters(run, tmp_path, s
     """Plain aggregation, and SecAgg+ per persona group with personas in clear, on the same seed: the same
     adapters as SecAgg+ with persona hiding, up to SecAgg+'s quantization error."""
     config, run_dir, metrics = run
-    other = simulate(tiny_config(tmp_path, secure_aggregation=secure, persona_hiding=hiding, audit=False), tmp_path)
-    assert other["aggregation"]["slots"] == ["update"] and metrics["aggregation"]["slots"][0] == GLOBAL
+    other = simulate(
+        tiny_config(tmp_path, secure_aggregation=secure, persona_hiding=hiding, audit=False),
+        tmp_path,
+    )
+    assert (
+        other["aggregation"]["slots"] == ["update"] and metrics["aggregation"]["slots"][0] == GLOBAL
+    )
     assert metrics["aggregation"]["upload_floats"] == 6 * other["aggregation"]["upload_floats"]
     reference, adapters = load_adapters(run_dir), load_adapters(tmp_path)
     assert set(adapters) == set(reference)
@@ -228,7 +267,13 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
     from dp_accounting import rdp
 
     config = tiny_config(
-        tmp_path, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, rounds=2, evaluate=False, audit=False
+        tmp_path,
+        user_dp=True,
+        user_noise_multiplier=2.0,
+        update_clip=0.5,
+        rounds=2,
+        evaluate=False,
+        audit=False,
     )
     metrics = simulate(config, tmp_path)
     user = metrics["user_level_dp"]
@@ -252,22 +297,33 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
             ("user-level-dp-fedavg", 1),
             ("user-level-dp-fedavg", 2),
         ]
-        assert per_client[user] == pytest.approx(ledger.spent().epsilon) and per_client[user] >= google * 0.99
+        assert (
+            per_client[user] == pytest.approx(ledger.spent().epsilon)
+            and per_client[user] >= google * 0.99
+        )
     from fedpers.audit.report import build_audit
 
     audit = build_audit(tmp_path, progress=False)
     jsonschema_validate(audit)
     devices = audit["spent"]["user_level"]
-    assert devices["ledgers"] == "run" and {c["user_id"] for c in devices["clients"]} == set(user_ids(config))
-    assert all(c["epsilon"] >= google * 0.99 and c["ledger_entries"] == 2 for c in devices["clients"])
+    assert devices["ledgers"] == "run" and {c["user_id"] for c in devices["clients"]} == set(
+        user_ids(config)
+    )
+    assert all(
+        c["epsilon"] >= google * 0.99 and c["ledger_entries"] == 2 for c in devices["clients"]
+    )
     assert devices["max_epsilon"] == max(c["epsilon"] for c in devices["clients"])
     # noise of std 2 * clip on every coordinate of the sum (and of the counts): the global adapter, a mean
     # over about 10 clients, moves much further than clipped updates alone could move it
     initial = adapter_arrays(
-        __import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(load_base_model("tiny")[0], config.lora())
+        __import__("fedpers.models", fromlist=["attach_lora"]).attach_lora(
+            load_base_model("tiny")[0], config.lora()
+        )
     )
     moved = load_adapters(tmp_path)[GLOBAL]
-    change = sum(float(np.sum((moved[k].astype(np.float64) - initial[k]) ** 2)) for k in initial) ** 0.5
+    change = (
+        sum(float(np.sum((moved[k].astype(np.float64) - initial[k]) ** 2)) for k in initial) ** 0.5
+    )
     assert change > 2 * config.aggregation.update_clip
 
 
@@ -298,12 +354,16 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
     spent = audit["spent"]
     assert len(spent["clients"]) == 10 and spent["budget"] == config.privacy.epsilon
     for client in spent["clients"]:
-        assert client["epsilon"] == max(client["accountants"].values())  # never below the most conservative
+        assert client["epsilon"] == max(
+            client["accountants"].values()
+        )  # never below the most conservative
         assert client["epsilon"] == pytest.approx(
             metrics["client_privacy"]["epsilon_per_client"][client["user_id"]], rel=0.02
         )
         assert [p["purpose"] for p in client["cumulative"]] == ["clip-quantile"] + ["dp-sgd"] * 3
-        assert [p["epsilon"] for p in client["cumulative"]] == sorted(p["epsilon"] for p in client["cumulative"])
+        assert [p["epsilon"] for p in client["cumulative"]] == sorted(
+            p["epsilon"] for p in client["cumulative"]
+        )
         assert client["dp_parameters"]["rounds"] == 3 and not client["over_budget"]
     wire = audit["wire"]
     assert (
@@ -312,10 +372,18 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
         and wire["min_clients_released"] >= config.server.min_clients
     )
     assert wire["summary"]["messages"] == len(wire["manifest"]) == 120
-    assert wire["scan"]["payloads_scanned"] == 120 and wire["scan"]["leaks"] == [] and wire["scan"]["patterns"] > 1000
+    assert (
+        wire["scan"]["payloads_scanned"] == 120
+        and wire["scan"]["leaks"] == []
+        and wire["scan"]["patterns"] > 1000
+    )
     # the run seeds DP randomness (benchmark switch): marked not private, and that is its only problem
     problems = [f["text"] for f in audit["findings"] if f["level"] == "problem"]
-    assert len(problems) == 1 and problems[0].startswith("NOT PRIVATE") and "noise_seed = 7" in problems[0]
+    assert (
+        len(problems) == 1
+        and problems[0].startswith("NOT PRIVATE")
+        and "noise_seed = 7" in problems[0]
+    )
     assert metrics["private_randomness"]["private"] is False
     assert "NOT PRIVATE" in (run_dir / "evaluation.txt").read_text()
     html = (run_dir / "audit.html").read_text()
@@ -324,7 +392,9 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
     assert verify(run_dir).ok
     # one changed byte anywhere in the report breaks the signature
     copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("wire", "client-state", "adapters"))
+    shutil.copytree(
+        run_dir, copy, ignore=shutil.ignore_patterns("wire", "client-state", "adapters")
+    )
     assert main(["audit", "verify", str(copy)]) == 0
     data = bytearray((copy / "audit.json").read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -336,7 +406,9 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
 def test_the_wire_scan_flags_a_deliberately_leaking_client(tmp_path):
     from flwr.app import ConfigRecord
 
-    config = tiny_config(tmp_path, rounds=1, evaluate=False, secure_aggregation=False, persona_hiding=False)
+    config = tiny_config(
+        tmp_path, rounds=1, evaluate=False, secure_aggregation=False, persona_hiding=False
+    )
     leaker = user_ids(config)[0]
     secret_text = [t.text for c in conversations(config) if c.user_id == leaker for t in c.turns][0]
 
@@ -352,6 +424,10 @@ def test_the_wire_scan_flags_a_deliberately_leaking_client(tmp_path):
     assert leaks and {x["user_id"] for x in leaks} == {leaker}
     assert any(x["what"] in secret_text for x in leaks)
     assert any(f["level"] == "problem" and "Leak scan" in f["text"] for f in audit["findings"])
-    assert any(f["level"] == "problem" and "debug/last_prompt" in f["text"] for f in audit["findings"])
-    assert not list((tmp_path / "wire").glob("*.bin"))  # payloads pruned after the scan; the scan result stays
+    assert any(
+        f["level"] == "problem" and "debug/last_prompt" in f["text"] for f in audit["findings"]
+    )
+    assert not list(
+        (tmp_path / "wire").glob("*.bin")
+    )  # payloads pruned after the scan; the scan result stays
     assert (tmp_path / "wire" / "scan.json").exists()

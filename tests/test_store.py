@@ -68,7 +68,9 @@ def test_no_file_on_disk_holds_the_plaintext(tmp_path):
 
 def test_wrong_passphrase_is_a_wrong_key_not_tampering(tmp_path):
     _store(tmp_path).put("ledger", b"{}")
-    with pytest.raises(WrongKeyError, match=re.escape(f"wrong passphrase or key file for store {tmp_path}")):
+    with pytest.raises(
+        WrongKeyError, match=re.escape(f"wrong passphrase or key file for store {tmp_path}")
+    ):
         EncryptedStore.open(tmp_path, passphrase="correct horse ")
     with pytest.raises(ValueError, match="passphrase is empty"):
         EncryptedStore.create(tmp_path / "empty", passphrase="")
@@ -92,7 +94,9 @@ def test_key_file_store(tmp_path):
     EncryptedStore.create(tmp_path / "s", key_file=key).put("embedding", b"e")
     assert EncryptedStore.open(tmp_path / "s", key_file=key).get("embedding") == b"e"
     with pytest.raises(WrongKeyError, match="wrong passphrase or key file"):
-        EncryptedStore.open(tmp_path / "s", key_file=create_key_file(tmp_path / "keys" / "other.key"))
+        EncryptedStore.open(
+            tmp_path / "s", key_file=create_key_file(tmp_path / "keys" / "other.key")
+        )
     with pytest.raises(WrongKeyError, match="unlocked with a key file, not a passphrase"):
         EncryptedStore.open(tmp_path / "s", passphrase="pw")
     with pytest.raises(ValueError, match="exactly one"):
@@ -105,7 +109,8 @@ def test_a_flipped_byte_in_an_item_is_detected(tmp_path, position):
     store.put("adapters/leadership", b"adapter weights" * 10)
     _flip(tmp_path / "adapters" / "leadership.enc", position)
     with pytest.raises(
-        TamperedError, match=r"adapters/leadership.enc \(item 'adapters/leadership'\) failed authentication"
+        TamperedError,
+        match=r"adapters/leadership.enc \(item 'adapters/leadership'\) failed authentication",
     ):
         store.get("adapters/leadership")
 
@@ -118,7 +123,8 @@ def test_a_flipped_byte_in_the_header_check_value_is_tampering(tmp_path):
     header["check"] = base64.b64encode(bytes(check)).decode()
     (tmp_path / HEADER).write_text(json.dumps(header))
     with pytest.raises(
-        TamperedError, match=re.escape(f"{tmp_path / HEADER} failed authentication: the file was modified")
+        TamperedError,
+        match=re.escape(f"{tmp_path / HEADER} failed authentication: the file was modified"),
     ):
         EncryptedStore.open(tmp_path, passphrase="correct horse")
 
@@ -128,7 +134,10 @@ def test_swapped_or_foreign_files_are_detected(tmp_path):
     store = EncryptedStore.create(tmp_path / "a", key_file=key)
     store.put("adapters/leadership", b"leadership")
     store.put("adapters/field_worker", b"field worker")
-    os.replace(tmp_path / "a" / "adapters" / "leadership.enc", tmp_path / "a" / "adapters" / "field_worker.enc")
+    os.replace(
+        tmp_path / "a" / "adapters" / "leadership.enc",
+        tmp_path / "a" / "adapters" / "field_worker.enc",
+    )
     with pytest.raises(TamperedError, match="item 'adapters/field_worker'"):
         store.get("adapters/field_worker")
 
@@ -179,7 +188,9 @@ def test_forget_keeps_the_ledger(tmp_path):
     store.delete("embedding")
     assert store.names() == ["adapters/admin_hr", "adapters/leadership", "conversations", "ledger"]
     assert store.forget() == ["adapters/admin_hr", "adapters/leadership", "conversations"]
-    assert store.names() == ["ledger"] and store.get_json("ledger") == {"entries": [{"purpose": "round 1"}]}
+    assert store.names() == ["ledger"] and store.get_json("ledger") == {
+        "entries": [{"purpose": "round 1"}]
+    }
     with pytest.raises(MissingItemError):
         store.get("conversations")
 

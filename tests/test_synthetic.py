@@ -78,7 +78,10 @@ def test_default_size_and_validity(dataset: list[Conversation]) -> None:
 PINNED_DIGESTS = {
     # SHA-256 of the JSONL serialization (as ``write_jsonl`` writes it) recorded from the generator before its
     # phrase banks moved into data files; any change to the banks, the grammar or the draw order changes them.
-    "default": (SyntheticConfig(), "f33588adc2826c649cb6f25954da485775ebc1b1a542b51fea6e511e1ef5ab80"),
+    "default": (
+        SyntheticConfig(),
+        "f33588adc2826c649cb6f25954da485775ebc1b1a542b51fea6e511e1ef5ab80",
+    ),
     "scenario": (  # the project's default scenario
         SyntheticConfig(users_per_persona=3, conversations_per_user=40, seed=0),
         "2e91f98e60d1aa36b57f9b2a2d263b4ebb56d5f529eea8419242ade526389fae",
@@ -99,7 +102,11 @@ PINNED_DIGESTS = {
     ),
     "long_threads": (
         SyntheticConfig(
-            users_per_persona=2, conversations_per_user=10, seed=11, exchange_weights=(0.0, 0.0, 1.0), feedback_rate=0.0
+            users_per_persona=2,
+            conversations_per_user=10,
+            seed=11,
+            exchange_weights=(0.0, 0.0, 1.0),
+            feedback_rate=0.0,
         ),
         "3c6614b4c755ee5a1f33cbab2cfbe350bb37ddbdd2c104bce9f5d6c3653a2562",
     ),
@@ -110,7 +117,9 @@ def jsonl_digest(conversations: list[Conversation]) -> str:
     """SHA-256 of the conversations serialized line by line exactly as ``write_jsonl`` writes them."""
     digest = hashlib.sha256()
     for conv in conversations:
-        digest.update((json.dumps(conv.to_dict(), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8"))
+        digest.update(
+            (json.dumps(conv.to_dict(), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        )
     return digest.hexdigest()
 
 
@@ -124,7 +133,10 @@ def test_same_seed_same_data_different_seed_different_data() -> None:
     config = SyntheticConfig(users_per_persona=2, conversations_per_user=6, seed=7)
     first = [c.to_dict() for c in generate(config)]
     assert first == [c.to_dict() for c in generate(config)]
-    other = [c.to_dict() for c in generate(SyntheticConfig(users_per_persona=2, conversations_per_user=6, seed=8))]
+    other = [
+        c.to_dict()
+        for c in generate(SyntheticConfig(users_per_persona=2, conversations_per_user=6, seed=8))
+    ]
     assert other != first
     assert sum(a["turns"] == b["turns"] for a, b in zip(first, other)) == 0
 
@@ -159,7 +171,9 @@ def test_config_validation() -> None:
 
 
 def test_persona_subset() -> None:
-    convs = generate(SyntheticConfig(users_per_persona=2, conversations_per_user=2, personas=("admin_hr",)))
+    convs = generate(
+        SyntheticConfig(users_per_persona=2, conversations_per_user=2, personas=("admin_hr",))
+    )
     assert {c.persona for c in convs} == {"admin_hr"} and len(convs) == 4
 
 
@@ -226,7 +240,9 @@ def first_answer_lengths(dataset: list[Conversation]) -> dict[str, float]:
 
 
 def test_answer_lengths_match_persona_styles(dataset: list[Conversation]) -> None:
-    mean = first_answer_lengths(dataset)  # measured words: lead 34, kw 104, field 61, admin 77, new 83
+    mean = first_answer_lengths(
+        dataset
+    )  # measured words: lead 34, kw 104, field 61, admin 77, new 83
     assert 20 <= mean["leadership"] <= 50
     assert 80 <= mean["knowledge_worker"] <= 160
     assert mean["knowledge_worker"] >= 2 * mean["leadership"]
@@ -238,14 +254,21 @@ def test_style_markers(dataset: list[Conversation]) -> None:
     firsts = defaultdict(list)
     for conv in dataset:
         firsts[conv.persona].append(conv.texts("assistant")[0])
-    numbered = {p: np.mean([bool(re.search(r"^1\. .*\n2\. ", t, re.M)) for t in ts]) for p, ts in firsts.items()}
+    numbered = {
+        p: np.mean([bool(re.search(r"^1\. .*\n2\. ", t, re.M)) for t in ts])
+        for p, ts in firsts.items()
+    }
     commands = {p: np.mean([t.count("`") >= 4 for t in ts]) for p, ts in firsts.items()}
     assert numbered["knowledge_worker"] == 1.0 and commands["knowledge_worker"] > 0.9
     assert max(numbered[p] for p in PERSONAS if p != "knowledge_worker") == 0.0
-    assert np.mean([":" in t.split("—", 1)[1][:30] for t in firsts["leadership"]]) == 1.0  # "Bottom line: ..." first
+    assert (
+        np.mean([":" in t.split("—", 1)[1][:30] for t in firsts["leadership"]]) == 1.0
+    )  # "Bottom line: ..." first
 
 
-def bigram_cross_entropy(train: list[Conversation], test: list[Conversation], vocab_size: int) -> float:
+def bigram_cross_entropy(
+    train: list[Conversation], test: list[Conversation], vocab_size: int
+) -> float:
     """Per-token cross-entropy (nats) of an interpolated bigram model of assistant text."""
     unigrams, bigrams, contexts = Counter(), Counter(), Counter()
     for conv in train:
@@ -272,8 +295,14 @@ def test_persona_model_beats_global_model(dataset: list[Conversation], split) ->
     for persona in PERSONAS:
         test = [c for c in heldout if c.persona == persona]
         global_loss = bigram_cross_entropy(train, test, vocab_size)
-        persona_loss = bigram_cross_entropy([c for c in train if c.persona == persona], test, vocab_size)
-        assert persona_loss < 0.9 * global_loss, (persona, global_loss, persona_loss)  # measured: 15-23% lower
+        persona_loss = bigram_cross_entropy(
+            [c for c in train if c.persona == persona], test, vocab_size
+        )
+        assert persona_loss < 0.9 * global_loss, (
+            persona,
+            global_loss,
+            persona_loss,
+        )  # measured: 15-23% lower
 
 
 # ------------------------------------------------------------------------ not memorizable
@@ -334,7 +363,9 @@ def test_user_quirks_are_consistent_and_individual(dataset: list[Conversation]) 
         for conv in convs:
             assert conv.texts("assistant")[0].startswith(f"{profile['greeting']} {name}")
             assert all(t.endswith("\n" + sign_off) for t in conv.texts("user"))
-            assert all(t.endswith(str(profile["assistant_closing"])) for t in conv.texts("assistant"))
+            assert all(
+                t.endswith(str(profile["assistant_closing"])) for t in conv.texts("assistant")
+            )
         assert any(str(profile["device"]) in assistant_text(c) for c in convs), user
         for other, text in texts.items():
             if other != user:
@@ -345,11 +376,15 @@ def test_user_quirks_are_consistent_and_individual(dataset: list[Conversation]) 
 def test_detail_preference_changes_answer_length(dataset: list[Conversation]) -> None:
     lengths = defaultdict(list)
     for conv in dataset:
-        lengths[(conv.persona, conv.profile["detail"])].append(len(conv.texts("assistant")[0].split()))
+        lengths[(conv.persona, conv.profile["detail"])].append(
+            len(conv.texts("assistant")[0].split())
+        )
     compared = [p for p in PERSONAS if (p, "brief") in lengths and (p, "detailed") in lengths]
     assert len(compared) >= 3
     for persona in compared:
-        assert np.mean(lengths[(persona, "detailed")]) > np.mean(lengths[(persona, "brief")]), persona
+        assert np.mean(lengths[(persona, "detailed")]) > np.mean(lengths[(persona, "brief")]), (
+            persona
+        )
 
 
 def test_helper_names_never_clash_with_user_names() -> None:
@@ -395,7 +430,10 @@ def test_phrase_bank_errors_name_the_file_and_the_key() -> None:
     common_data = read_phrase_file("common.json")
     common = build_common(common_data)
     common_data["rules"]["clock"] = {"fn": "clok"}
-    with pytest.raises(PhraseBankError, match=r"^phrases/common\.json: rules\.clock\.fn: unknown fn 'clok' \(known: "):
+    with pytest.raises(
+        PhraseBankError,
+        match=r"^phrases/common\.json: rules\.clock\.fn: unknown fn 'clok' \(known: ",
+    ):
         build_common(common_data)
 
     persona = read_phrase_file("leadership.json")
@@ -412,7 +450,10 @@ def test_phrase_bank_errors_name_the_file_and_the_key() -> None:
 
     persona = read_phrase_file("admin_hr.json")
     persona["topics"][0]["fixed"] = {"sheet": {"rule": "no_such_rule"}}
-    with pytest.raises(PhraseBankError, match=r"admin_hr\.json: topics\[0\] \(\w+\)\.fixed\.sheet\.rule: unknown rule"):
+    with pytest.raises(
+        PhraseBankError,
+        match=r"admin_hr\.json: topics\[0\] \(\w+\)\.fixed\.sheet\.rule: unknown rule",
+    ):
         build_persona("admin_hr", persona, common)
 
 
@@ -420,7 +461,17 @@ def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     parser = argparse.ArgumentParser(prog="fedpers")
     register(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "syn.jsonl"
-    argv = ["generate", "--users-per-persona", "2", "--conversations-per-user", "3", "--seed", "4", "--out", str(out)]
+    argv = [
+        "generate",
+        "--users-per-persona",
+        "2",
+        "--conversations-per-user",
+        "3",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+    ]
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     assert "wrote 30 conversations (10 users, 5 personas)" in capsys.readouterr().out

@@ -45,17 +45,25 @@ def user_dp_round(tmp_path, monkeypatch):
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
 
     def message(run_id: str, server_round: int) -> Message:
-        strategy = PersonaTraining(config, run_id, len(user_ids(config)), False, persona_adapters(config, adapters))
-        instructions = strategy.instructions(server_round).to_record() | {KEY_CLIPPING_NORM: user_clip_norm(config)}
+        strategy = PersonaTraining(
+            config, run_id, len(user_ids(config)), False, persona_adapters(config, adapters)
+        )
+        instructions = strategy.instructions(server_round).to_record() | {
+            KEY_CLIPPING_NORM: user_clip_norm(config)
+        }
         fit_ins = FitIns(ndarrays_to_parameters(strategy.reference()), instructions)
         return Message(
-            compat.fitins_to_recorddict(fit_ins, keep_input=True), dst_node_id=1, message_type=MessageType.TRAIN
+            compat.fitins_to_recorddict(fit_ins, keep_input=True),
+            dst_node_id=1,
+            message_type=MessageType.TRAIN,
         )
 
     return config, message
 
 
-def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_composes_runs(user_dp_round):
+def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_composes_runs(
+    user_dp_round,
+):
     import dp_accounting
     from dp_accounting import rdp
 
@@ -77,7 +85,9 @@ def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_c
         return reply
 
     app = make_client_app([at_upload])
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    context = Context(
+        run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
+    )
     for run_id, server_round in (("run-a", 1), ("run-a", 2), ("run-b", 1)):
         app(message(run_id, server_round), context)
     event = [GaussianEvent(SIGMA, 1.0, 1)]
@@ -91,11 +101,20 @@ def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_c
         ],
     ]
     ledger = PrivacyLedger(path, user, config.privacy.delta)
-    assert all(e.status == "completed" and e.details["clip"] == pytest.approx(0.5 * 2**0.5) for e in ledger.entries)
+    assert all(
+        e.status == "completed" and e.details["clip"] == pytest.approx(0.5 * 2**0.5)
+        for e in ledger.entries
+    )
     # the second run composes on top of the first: three Gaussian releases, never under-reported
-    google = rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(SIGMA), 3))
+    google = rdp.RdpAccountant().compose(
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(SIGMA), 3)
+    )
     assert ledger.spent().epsilon >= 0.99 * google.get_epsilon(config.privacy.delta)
-    assert ledger.spent().epsilon == pytest.approx(google.get_epsilon(config.privacy.delta), rel=0.10)
+    assert ledger.spent().epsilon == pytest.approx(
+        google.get_epsilon(config.privacy.delta), rel=0.10
+    )
     # the record-level ledger is a separate one: DP-SGD and the clipping quantile only
-    record = PrivacyLedger(f"{config.outputs.state_dir}/{user}/ledger.json", user, config.privacy.delta)
+    record = PrivacyLedger(
+        f"{config.outputs.state_dir}/{user}/ledger.json", user, config.privacy.delta
+    )
     assert {e.purpose for e in record.entries} == {"clip-quantile", "dp-sgd"}

@@ -19,7 +19,9 @@ from fedpers.aggregation.updates import Arrays, check_compatible
 class ServerOptimizer(Protocol):
     """Applies a round's mean delta to an adapter; never mutates its inputs."""
 
-    def step(self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]) -> Arrays: ...
+    def step(
+        self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]
+    ) -> Arrays: ...
 
 
 def _as_dtype_of(value: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -32,10 +34,15 @@ class FedAvgOptimizer:
     def __init__(self, server_lr: float = 1.0) -> None:
         self.server_lr = server_lr
 
-    def step(self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]) -> Arrays:
+    def step(
+        self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]
+    ) -> Arrays:
         check_compatible(params, mean_delta, what="mean delta")
         return {
-            k: _as_dtype_of(np.asarray(x, np.float64) + self.server_lr * np.asarray(mean_delta[k], np.float64), x)
+            k: _as_dtype_of(
+                np.asarray(x, np.float64) + self.server_lr * np.asarray(mean_delta[k], np.float64),
+                x,
+            )
             for k, x in params.items()
         }
 
@@ -55,7 +62,9 @@ class FedAdamOptimizer:
     ``tau`` damps coordinates whose deltas are far below it.
     """
 
-    def __init__(self, server_lr: float = 1e-2, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3) -> None:
+    def __init__(
+        self, server_lr: float = 1e-2, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3
+    ) -> None:
         if not (0 <= beta_1 < 1 and 0 <= beta_2 < 1):
             raise ValueError(f"betas must lie in [0, 1), got {beta_1}, {beta_2}")
         if tau <= 0:
@@ -65,7 +74,9 @@ class FedAdamOptimizer:
         self.m_t: Arrays = {}
         self.v_t: Arrays = {}
 
-    def step(self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]) -> Arrays:
+    def step(
+        self, params: Mapping[str, np.ndarray], mean_delta: Mapping[str, np.ndarray]
+    ) -> Arrays:
         check_compatible(params, mean_delta, what="mean delta")
         if self.m_t:
             check_compatible(self.m_t, params, what="params (against the optimizer state)")
@@ -75,9 +86,17 @@ class FedAdamOptimizer:
         self.t += 1
         self.m_t = {k: self.beta_1 * m_prev[k] + (1 - self.beta_1) * d for k, d in delta.items()}
         self.v_t = {k: self.beta_2 * v_prev[k] + (1 - self.beta_2) * d**2 for k, d in delta.items()}
-        eta_norm = self.server_lr * np.sqrt(1 - self.beta_2 ** (self.t + 1.0)) / (1 - self.beta_1 ** (self.t + 1.0))
+        eta_norm = (
+            self.server_lr
+            * np.sqrt(1 - self.beta_2 ** (self.t + 1.0))
+            / (1 - self.beta_1 ** (self.t + 1.0))
+        )
         return {
-            k: _as_dtype_of(np.asarray(x, np.float64) + eta_norm * self.m_t[k] / (np.sqrt(self.v_t[k]) + self.tau), x)
+            k: _as_dtype_of(
+                np.asarray(x, np.float64)
+                + eta_norm * self.m_t[k] / (np.sqrt(self.v_t[k]) + self.tau),
+                x,
+            )
             for k, x in params.items()
         }
 
@@ -90,5 +109,7 @@ def make_optimizer(name: str, **kwargs: float) -> ServerOptimizer:
     try:
         cls = OPTIMIZERS[name]
     except KeyError:
-        raise ValueError(f"unknown server optimizer {name!r}: expected one of {sorted(OPTIMIZERS)}") from None
+        raise ValueError(
+            f"unknown server optimizer {name!r}: expected one of {sorted(OPTIMIZERS)}"
+        ) from None
     return cls(**kwargs)

@@ -32,7 +32,10 @@ class PersonaAggregate:
 
 
 def means_from_sums(
-    sums: Mapping[str, Mapping[str, np.ndarray]], counts: Mapping[str, float], personas: Sequence[str], min_clients: int
+    sums: Mapping[str, Mapping[str, np.ndarray]],
+    counts: Mapping[str, float],
+    personas: Sequence[str],
+    min_clients: int,
 ) -> PersonaAggregate:
     """Means of per-slot delta sums over per-slot counts; nothing is released below ``min_clients``.
 
@@ -58,7 +61,9 @@ def means_from_sums(
     if sums and everyone >= min_clients:
         keys = next(iter(sums.values())).keys()
         global_delta = {
-            k: (np.asarray(sum(np.asarray(s[k], np.float64) for s in sums.values())) / everyone).astype(np.float32)
+            k: (
+                np.asarray(sum(np.asarray(s[k], np.float64) for s in sums.values())) / everyone
+            ).astype(np.float32)
             for k in keys
         }
     return PersonaAggregate(

@@ -60,7 +60,9 @@ class PersonaAdapters:
         return cls(adapters, tuple(personas), min_clients, optimizers, set(trained))
 
 
-def apply_round(state: PersonaAdapters, round_sums: RoundSums, exact_counts: bool) -> PersonaAggregate:
+def apply_round(
+    state: PersonaAdapters, round_sums: RoundSums, exact_counts: bool
+) -> PersonaAggregate:
     """Step every persona adapter that reached the gate, and the global adapter (see the module docstring).
 
     ``exact_counts``: the counts are whole clients (no user-level DP noise), so they are rounded."""
@@ -74,5 +76,7 @@ def apply_round(state: PersonaAdapters, round_sums: RoundSums, exact_counts: boo
         state.adapters[persona] = state.optimizers[persona].step(state.adapters[persona], delta)
         state.trained.add(persona)
     if agg.global_delta is not None:
-        state.adapters[GLOBAL] = state.optimizers[GLOBAL].step(state.adapters[GLOBAL], agg.global_delta)
+        state.adapters[GLOBAL] = state.optimizers[GLOBAL].step(
+            state.adapters[GLOBAL], agg.global_delta
+        )
     return agg

@@ -26,7 +26,9 @@ MASK_DOMAIN = b"fedpers/secagg+/mask/v1"
 QUANTIZATION_BITS = 30  # Flower's stochastic rounding casts to int32: at most 2**30 keeps headroom
 
 
-def keystream_masks(seed: bytes, mod_range: int, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+def keystream_masks(
+    seed: bytes, mod_range: int, shapes: Sequence[tuple[int, ...]]
+) -> list[np.ndarray]:
     """Arrays of ``shapes``, uniform on ``[0, mod_range)`` (int64), from ChaCha20 keyed by the whole ``seed``.
 
     A drop-in for Flower's ``pseudo_rand_gen(seed, num_range, dimensions_list)``; ``mod_range`` must be
@@ -66,7 +68,9 @@ class QuantizationPlan:
     @classmethod
     def for_bound(cls, bound: float, max_clients: int = 1000) -> QuantizationPlan:
         if not bound > 0 or not math.isfinite(bound):
-            raise ValueError(f"the bound on upload coordinates must be positive and finite, got {bound}")
+            raise ValueError(
+                f"the bound on upload coordinates must be positive and finite, got {bound}"
+            )
         quantization_range = 2**QUANTIZATION_BITS
         # sum of max_clients quantized uploads plus the weighting factors, with a factor 2 to spare
         modulus_bits = QUANTIZATION_BITS + max(1, math.ceil(math.log2(max_clients + 1))) + 1

@@ -42,7 +42,9 @@ class SlotLayout:
             np.zeros(len(self.slots), dtype=np.float32)
         ]
 
-    def pack(self, slot: str, delta: Mapping[str, np.ndarray], count_value: float) -> list[np.ndarray]:
+    def pack(
+        self, slot: str, delta: Mapping[str, np.ndarray], count_value: float
+    ) -> list[np.ndarray]:
         """The upload of a client whose ``delta`` belongs to ``slot``."""
         check_compatible(dict(self._zero_adapter()), delta)
         index = self.slots.index(slot)
@@ -50,16 +52,22 @@ class SlotLayout:
         for i, _ in enumerate(self.slots):
             for name, shape in self.shapes:
                 out.append(
-                    np.asarray(delta[name], dtype=np.float32) if i == index else np.zeros(shape, dtype=np.float32)
+                    np.asarray(delta[name], dtype=np.float32)
+                    if i == index
+                    else np.zeros(shape, dtype=np.float32)
                 )
         counts = np.zeros(len(self.slots), dtype=np.float32)
         counts[index] = count_value
         return out + [counts]
 
-    def unpack(self, arrays: Sequence[np.ndarray], count_value: float) -> tuple[dict[str, Arrays], dict[str, float]]:
+    def unpack(
+        self, arrays: Sequence[np.ndarray], count_value: float
+    ) -> tuple[dict[str, Arrays], dict[str, float]]:
         """Per-slot sums of deltas and per-slot counts (in clients) from a summed upload."""
         if len(arrays) != self.num_arrays:
-            raise ValueError(f"an upload has {self.num_arrays} arrays for slots {list(self.slots)}, got {len(arrays)}")
+            raise ValueError(
+                f"an upload has {self.num_arrays} arrays for slots {list(self.slots)}, got {len(arrays)}"
+            )
         sums: dict[str, Arrays] = {}
         it = iter(arrays[:-1])
         for slot in self.slots:
@@ -67,7 +75,9 @@ class SlotLayout:
             for name, shape in self.shapes:
                 array = np.asarray(next(it), dtype=np.float64)
                 if array.shape != shape:
-                    raise ValueError(f"slot {slot} tensor {name}: shape {array.shape}, expected {shape}")
+                    raise ValueError(
+                        f"slot {slot} tensor {name}: shape {array.shape}, expected {shape}"
+                    )
                 sums[slot][name] = array
         counts = np.asarray(arrays[-1], dtype=np.float64) / count_value
         return sums, {slot: float(c) for slot, c in zip(self.slots, counts)}

@@ -15,25 +15,32 @@ import numpy as np
 Arrays = dict[str, np.ndarray]
 
 
-def check_compatible(reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], what: str = "delta") -> None:
+def check_compatible(
+    reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], what: str = "delta"
+) -> None:
     """Raise ``ValueError`` unless ``other`` has exactly ``reference``'s keys and shapes."""
     if set(other) != set(reference):
         missing, extra = sorted(set(reference) - set(other)), sorted(set(other) - set(reference))
         raise ValueError(f"{what} keys do not match: missing {missing[:3]}, unexpected {extra[:3]}")
     for key, ref in reference.items():
         if np.shape(other[key]) != np.shape(ref):
-            raise ValueError(f"{what} '{key}' has shape {np.shape(other[key])}, expected {np.shape(ref)}")
+            raise ValueError(
+                f"{what} '{key}' has shape {np.shape(other[key])}, expected {np.shape(ref)}"
+            )
 
 
 def delta_norm(delta: Mapping[str, np.ndarray]) -> float:
     """L2 norm over all arrays of ``delta`` taken together (float64)."""
-    return math.sqrt(sum(float(np.sum(np.square(np.asarray(v, dtype=np.float64)))) for v in delta.values()))
+    return math.sqrt(
+        sum(float(np.sum(np.square(np.asarray(v, dtype=np.float64)))) for v in delta.values())
+    )
 
 
 def scale_delta(delta: Mapping[str, np.ndarray], factor: float) -> Arrays:
     """``factor * delta`` in float64, returned in each array's dtype."""
     return {
-        k: (np.asarray(v, dtype=np.float64) * factor).astype(np.asarray(v).dtype, copy=False) for k, v in delta.items()
+        k: (np.asarray(v, dtype=np.float64) * factor).astype(np.asarray(v).dtype, copy=False)
+        for k, v in delta.items()
     }
 
 

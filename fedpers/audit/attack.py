@@ -25,7 +25,14 @@ import numpy as np
 from peft import PeftModel
 from tqdm.auto import tqdm
 
-from fedpers.audit.canaries import Canary, auc, exposure, membership_score, one_run_bound, random_secret
+from fedpers.audit.canaries import (
+    Canary,
+    auc,
+    exposure,
+    membership_score,
+    one_run_bound,
+    random_secret,
+)
 from fedpers.audit.scoring import SecretSet, secret_losses, secret_set
 from fedpers.audit.spent import group_epsilon, ledger_events, spent_from_ledger
 from fedpers.federated import FederatedConfig
@@ -91,7 +98,10 @@ class CanaryScorer:
         self.sets = [
             secret_set(
                 self.tokenizer,
-                [c.conversation(), *(c.conversation(s) for s in _candidates(c, rng, self.attack.candidates))],
+                [
+                    c.conversation(),
+                    *(c.conversation(s) for s in _candidates(c, rng, self.attack.candidates)),
+                ],
                 self.config.dataset.max_length,
             )
             for c in self.canaries
@@ -160,7 +170,9 @@ def summarize(scored: Sequence[CanaryScore], delta: float, theory: dict | None) 
     }
 
 
-def theoretical_epsilon(config: FederatedConfig, canaries: Sequence[Canary], repeats: int) -> dict | None:
+def theoretical_epsilon(
+    config: FederatedConfig, canaries: Sequence[Canary], repeats: int
+) -> dict | None:
     """What the bound is compared to, over the users holding inserted canaries (None without DP).
 
     ``record_epsilon``: the largest quoted sample-level epsilon (most conservative of four accountants);
@@ -169,11 +181,14 @@ def theoretical_epsilon(config: FederatedConfig, canaries: Sequence[Canary], rep
     if not config.privacy.dp:
         return None
     paths = [
-        Path(config.outputs.state_dir) / u / "ledger.json" for u in sorted({c.user_id for c in canaries if c.inserted})
+        Path(config.outputs.state_dir) / u / "ledger.json"
+        for u in sorted({c.user_id for c in canaries if c.inserted})
     ]
     record = max(spent_from_ledger(p).epsilon for p in paths)
     group = (
-        record if repeats == 1 else max(group_epsilon(ledger_events(p), config.privacy.delta, repeats) for p in paths)
+        record
+        if repeats == 1
+        else max(group_epsilon(ledger_events(p), config.privacy.delta, repeats) for p in paths)
     )
     return {"record_epsilon": record, "group_epsilon": group}
 

@@ -83,7 +83,9 @@ class Canary:
         question = f"What is the {self.thing} for {self.place}?"
         answer = f"The {self.thing} for {self.place} is {secret or self.secret}."
         name = self.canary_id if copy == 0 else f"{self.canary_id}-copy{copy}"
-        return Conversation(self.user_id, name, (Turn("user", question), Turn("assistant", answer)), self.persona)
+        return Conversation(
+            self.user_id, name, (Turn("user", question), Turn("assistant", answer)), self.persona
+        )
 
     def copies(self, repeats: int) -> list[Conversation]:
         """What insertion adds to the user's training data: ``repeats`` copies, each its own example."""
@@ -147,7 +149,11 @@ def exposure(canary_score: float, candidate_scores: Sequence[float]) -> dict:
     sigma = max(float(scores.std(ddof=1)), 1e-12)
     tail = float(stats.norm.sf((canary_score - float(scores.mean())) / sigma))
     cap = math.log2(SECRET_SPACE)
-    return {"normal_fit": min(-math.log2(max(tail, 2.0**-cap)), cap), "rank": rank, "candidates": len(scores)}
+    return {
+        "normal_fit": min(-math.log2(max(tail, 2.0**-cap)), cap),
+        "rank": rank,
+        "candidates": len(scores),
+    }
 
 
 def auc(scores: Sequence[float], members: Sequence[bool]) -> float:

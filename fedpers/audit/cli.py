@@ -38,13 +38,20 @@ def register(sub: argparse._SubParsersAction, attack: AttackRunner | None = None
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("target", nargs="+", metavar="RUN_DIR", help="the run directory, or 'verify RUN_DIR'")
+    p.add_argument(
+        "target", nargs="+", metavar="RUN_DIR", help="the run directory, or 'verify RUN_DIR'"
+    )
     if attack is not None:
         p.add_argument(
-            "--attack", action="store_true", help="run the canary attack first (DP as the run had it, and DP off)"
+            "--attack",
+            action="store_true",
+            help="run the canary attack first (DP as the run had it, and DP off)",
         )
         p.add_argument(
-            "--canaries", type=int, default=75, help="canaries for the attack (each inserted with probability 1/2)"
+            "--canaries",
+            type=int,
+            default=75,
+            help="canaries for the attack (each inserted with probability 1/2)",
         )
         p.add_argument(
             "--repeats",
@@ -53,18 +60,30 @@ def register(sub: argparse._SubParsersAction, attack: AttackRunner | None = None
             help="copies of each inserted canary (the bound is then compared to the group epsilon of that many records)",
         )
         p.add_argument(
-            "--candidates", type=int, default=32, help="random secrets per canary for its score and exposure"
+            "--candidates",
+            type=int,
+            default=32,
+            help="random secrets per canary for its score and exposure",
         )
-        p.add_argument("--seed", type=int, help="canary seed (default: fresh randomness, recorded in the report)")
+        p.add_argument(
+            "--seed",
+            type=int,
+            help="canary seed (default: fresh randomness, recorded in the report)",
+        )
     p.set_defaults(attack_runner=attack)
     p.add_argument("--pdf", action="store_true", help="also print audit.pdf (needs Chromium)")
-    p.add_argument("--screenshot", type=Path, help="also save a PNG of the page as Chromium renders it")
+    p.add_argument(
+        "--screenshot", type=Path, help="also save a PNG of the page as Chromium renders it"
+    )
     p.add_argument(
         "--key",
         type=Path,
         help="Ed25519 signing key (default: $FEDPERS_AUDIT_KEY or ~/.config/fedpers/audit-signing-key.pem)",
     )
-    p.add_argument("--public-key", help="verify: the signer's public key (hex) to trust; default: report who signed")
+    p.add_argument(
+        "--public-key",
+        help="verify: the signer's public key (hex) to trust; default: report who signed",
+    )
     p.set_defaults(func=run)
 
 
@@ -73,7 +92,9 @@ def _verify(run_dir: Path, public_key: str | None) -> int:
 
     result = verify(run_dir, bytes.fromhex(public_key) if public_key else None)
     if result.ok:
-        print(f"{run_dir}: signature valid; signed by Ed25519 key {result.signer}; no covered file changed")
+        print(
+            f"{run_dir}: signature valid; signed by Ed25519 key {result.signer}; no covered file changed"
+        )
         return 0
     for problem in result.problems:
         print(f"fedpers audit verify: {problem}", file=sys.stderr)
@@ -96,7 +117,12 @@ def run(args: argparse.Namespace) -> int:
 
         args.attack_runner(
             run_dir,
-            AttackConfig(canaries=args.canaries, candidates=args.candidates, repeats=args.repeats, seed=args.seed),
+            AttackConfig(
+                canaries=args.canaries,
+                candidates=args.candidates,
+                repeats=args.repeats,
+                seed=args.seed,
+            ),
         )
     audit = write_audit(run_dir, pdf=args.pdf, key_path=args.key)
     if args.screenshot:

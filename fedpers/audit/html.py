@@ -48,13 +48,19 @@ def _png(fig) -> str:
 
 
 def _num(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else _e(value)
+    return (
+        "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else _e(value)
+    )
 
 
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
+    head = "".join(
+        f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header)
+    )
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
+        + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -80,7 +86,11 @@ def _epsilon_plots(spent: dict) -> str:
     values = [c["epsilon"] for c in spent["clients"]]
     right.hist(values, bins=min(20, max(5, len(values))), color="#3b6fb6")
     right.axvline(spent["budget"], color="#b00020", ls="--", label="budget")
-    right.set(xlabel="epsilon (most conservative accountant)", ylabel="clients", title="Distribution across clients")
+    right.set(
+        xlabel="epsilon (most conservative accountant)",
+        ylabel="clients",
+        title="Distribution across clients",
+    )
     right.legend()
     right.grid(alpha=0.3)
     return _png(fig)
@@ -96,20 +106,30 @@ def _user_level_html(user_level: dict | None) -> list[str]:
         "that ledger is the user's guarantee."
     ]
     if user_level["ledgers"] == "devices":
-        out.append(" The user-level ledgers stay on the devices (<code>fedpers-client status</code> shows them).</p>")
+        out.append(
+            " The user-level ledgers stay on the devices (<code>fedpers-client status</code> shows them).</p>"
+        )
     else:
         out.append(
             "</p>"
             + _table(
                 ["client", "persona", "user-level epsilon (quoted)", "rounds charged"],
                 [
-                    [_e(c["user_id"]), _e(c["persona"]), _num(c["epsilon"]), _e(c["ledger_entries"])]
+                    [
+                        _e(c["user_id"]),
+                        _e(c["persona"]),
+                        _num(c["epsilon"]),
+                        _e(c["ledger_entries"]),
+                    ]
                     for c in user_level["clients"]
                 ],
                 left=2,
             )
         )
-    rows = [[_e(name), _num(s["epsilon"]), _e(len(s["entries"]))] for name, s in user_level["adapters"].items()]
+    rows = [
+        [_e(name), _num(s["epsilon"]), _e(len(s["entries"]))]
+        for name, s in user_level["adapters"].items()
+    ]
     return [
         *out,
         "<p>The server's record of this run's releases, per adapter:</p>",
@@ -137,7 +157,8 @@ def _spent_html(spent: dict) -> str:
             )
         return "".join(
             [
-                text + " A device shows its own figures with <code>fedpers-client status</code>.</p>",
+                text
+                + " A device shows its own figures with <code>fedpers-client status</code>.</p>",
                 *_user_level_html(spent.get("user_level")),
             ]
         )
@@ -162,7 +183,9 @@ def _spent_html(spent: dict) -> str:
                 _e(p.get("rounds", "—")),
             ]
         )
-    persona_rows = [[_e(k), _e(v["clients"]), _num(v["max_epsilon"])] for k, v in spent["per_persona"].items()]
+    persona_rows = [
+        [_e(k), _e(v["clients"]), _num(v["max_epsilon"])] for k, v in spent["per_persona"].items()
+    ]
     out = [
         f"<p>Sample-level privacy of every client (one conversation is the unit protected), delta = {spent['delta']:g}, "
         f"budget epsilon = {spent['budget']:g}. The quoted epsilon is {_e(spent['quoted'])}; no figure in this report is "
@@ -195,7 +218,11 @@ def _spent_html(spent: dict) -> str:
 
 
 def _wire_html(wire: dict) -> str:
-    mode = "SecAgg+ (Flower, ChaCha20 masks)" if wire["secure_aggregation"] else "none (updates in clear)"
+    mode = (
+        "SecAgg+ (Flower, ChaCha20 masks)"
+        if wire["secure_aggregation"]
+        else "none (updates in clear)"
+    )
     hiding = (
         "on (one slot per persona: no client sends its persona, but every slot's sum and count are unmasked)"
         if wire["persona_hiding"]
@@ -209,7 +236,10 @@ def _wire_html(wire: dict) -> str:
                 ["persona hiding", _e(hiding)],
                 ["slots per upload", _e(", ".join(wire["slots"]) or "—")],
                 ["numbers per upload", _e(wire["upload_floats"])],
-                ["minimum clients per released aggregate (setting)", _e(wire["min_clients_setting"])],
+                [
+                    "minimum clients per released aggregate (setting)",
+                    _e(wire["min_clients_setting"]),
+                ],
                 ["smallest released aggregate (observed)", _num(wire["min_clients_released"], 1)],
             ],
         )
@@ -258,13 +288,19 @@ def _wire_html(wire: dict) -> str:
     out.append(
         _table(
             ["round", "messages", "MB"],
-            [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_round"].items()],
+            [
+                [_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
+                for k, v in s["per_round"].items()
+            ],
         )
     )
     out.append(
         _table(
             ["SecAgg+ stage", "messages", "MB"],
-            [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in s["per_stage"].items()],
+            [
+                [_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
+                for k, v in s["per_stage"].items()
+            ],
         )
     )
     if s["tensors"]:
@@ -272,7 +308,12 @@ def _wire_html(wire: dict) -> str:
             _table(
                 ["tensor that left a device (record/name)", "dtypes", "times sent", "MB"],
                 [
-                    [_e(k), _e(", ".join(v["dtypes"])), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
+                    [
+                        _e(k),
+                        _e(", ".join(v["dtypes"])),
+                        _e(v["messages"]),
+                        f"{v['bytes'] / 1e6:.3f}",
+                    ]
                     for k, v in s["tensors"].items()
                 ],
             )
@@ -283,7 +324,14 @@ def _wire_html(wire: dict) -> str:
     )
     out.append(
         _table(
-            ["reply", "SecAgg+ stage", "field (record/key)", "mechanism", "ledger entry", "content"],
+            [
+                "reply",
+                "SecAgg+ stage",
+                "field (record/key)",
+                "mechanism",
+                "ledger entry",
+                "content",
+            ],
             [
                 [
                     _e(r["message"]),
@@ -300,15 +348,25 @@ def _wire_html(wire: dict) -> str:
     out.append(
         _table(
             ["client", "messages", "MB"],
-            [[_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"] for k, v in sorted(s["per_client"].items())],
+            [
+                [_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
+                for k, v in sorted(s["per_client"].items())
+            ],
         )
     )
     rows = [
         [
-            _e(e.get("partition_id") if e.get("partition_id") is not None else f"node {e['node_id']}"),
+            _e(
+                e.get("partition_id")
+                if e.get("partition_id") is not None
+                else f"node {e['node_id']}"
+            ),
             _e(e.get("round")),
             _e(e.get("secagg_stage") or e.get("message_type")),
-            _e(", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in e.get("arrays", [])) or "—"),
+            _e(
+                ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in e.get("arrays", []))
+                or "—"
+            ),
             _e(e["payload_bytes"]),
             f"<code>{_e(e['payload_sha256'][:16])}…</code>",
         ]
@@ -332,7 +390,12 @@ def _attack_plot(attack: dict) -> str:
     for ax, run in zip(axes[0], runs.values()):
         inside = [c["score"] for c in run["canaries"] if c["inserted"]]
         outside = [c["score"] for c in run["canaries"] if not c["inserted"]]
-        ax.hist([inside, outside], bins=12, label=["inserted", "never inserted"], color=["#b00020", "#3b6fb6"])
+        ax.hist(
+            [inside, outside],
+            bins=12,
+            label=["inserted", "never inserted"],
+            color=["#b00020", "#3b6fb6"],
+        )
         ax.set(
             title=f"{_run_label(run)}: AUC {run['auc']:.2f}",
             xlabel="membership score (secret's loss drop vs candidates, in sd)",
@@ -353,7 +416,11 @@ def _attack_rows(attack: dict) -> list[list]:
     def check(run: dict) -> str:
         if run["theoretical_epsilon"] is None:
             return "—"
-        return "<span class='over'>ABOVE: privacy bug</span>" if run["bound_exceeds_theory"] else "below"
+        return (
+            "<span class='over'>ABOVE: privacy bug</span>"
+            if run["bound_exceeds_theory"]
+            else "below"
+        )
 
     def seconds(run: dict, key: str) -> str:
         return _num(run.get("seconds", {}).get(key), 0)
@@ -363,14 +430,23 @@ def _attack_rows(attack: dict) -> list[list]:
         row("epsilon lower bound (95 %)", lambda r: f"{r['lower_bound']['epsilon']:.3f}"),
         row(
             "correct guesses (best k)",
-            lambda r: f"{r['lower_bound']['best']['correct']} / {r['lower_bound']['best']['guesses']}",
+            lambda r: (
+                f"{r['lower_bound']['best']['correct']} / {r['lower_bound']['best']['guesses']}"
+            ),
         ),
         row("exposure inserted, mean (bits)", lambda r: _num(r["exposure"]["inserted_mean"], 2)),
         row("exposure inserted, max (bits)", lambda r: _num(r["exposure"]["inserted_max"], 2)),
-        row("exposure never inserted, mean (bits)", lambda r: _num(r["exposure"]["held_back_mean"], 2)),
+        row(
+            "exposure never inserted, mean (bits)",
+            lambda r: _num(r["exposure"]["held_back_mean"], 2),
+        ),
         row(
             "theoretical epsilon the bound is compared to",
-            lambda r: "∞ (no DP)" if r["theoretical_epsilon"] is None else f"{r['theoretical_epsilon']:.3f}",
+            lambda r: (
+                "∞ (no DP)"
+                if r["theoretical_epsilon"] is None
+                else f"{r['theoretical_epsilon']:.3f}"
+            ),
         ),
         row("sample-level epsilon (one conversation)", lambda r: _num(r.get("record_epsilon"))),
         row("bound vs theory", check),
@@ -413,7 +489,8 @@ def _attack_html(attack: dict | None) -> str:
 def render_html(audit: dict) -> str:
     run = audit["run"]
     findings = "".join(
-        f'<div class="finding {f["level"]}">{ICONS[f["level"]]} {_e(f["text"])}</div>' for f in audit["findings"]
+        f'<div class="finding {f["level"]}">{ICONS[f["level"]]} {_e(f["text"])}</div>'
+        for f in audit["findings"]
     )
     problems = sum(f["level"] == "problem" for f in audit["findings"])
     headline = "No problems found." if not problems else f"{problems} problem(s) need attention."
@@ -449,7 +526,15 @@ personas: {_e(", ".join(run["personas"]))} · generated {_e(audit["generated_at"
 
 def chromium() -> str | None:
     return next(
-        (p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p),
+        (
+            p
+            for p in (
+                shutil.which("chromium"),
+                shutil.which("chromium-browser"),
+                shutil.which("google-chrome"),
+            )
+            if p
+        ),
         None,
     )
 
@@ -457,7 +542,9 @@ def chromium() -> str | None:
 def _headless(extra: list[str], page: Path) -> None:
     browser = chromium()
     if browser is None:
-        raise FileNotFoundError("no Chromium found for rendering the report (install Debian's 'chromium' package)")
+        raise FileNotFoundError(
+            "no Chromium found for rendering the report (install Debian's 'chromium' package)"
+        )
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
             [

@@ -35,7 +35,9 @@ AUDIT_HTML = "audit.html"
 AUDIT_PDF = "audit.pdf"
 SCAN = "scan.json"
 POWER_AUC = 0.9  # the DP-off attack counts as strong from this AUC on (with a positive lower bound)
-ACCOUNTANT_TOLERANCE = 0.05  # PRV (Opacus) vs PLD (dp-accounting): relative difference shown as agreeing below this
+ACCOUNTANT_TOLERANCE = (
+    0.05  # PRV (Opacus) vs PLD (dp-accounting): relative difference shown as agreeing below this
+)
 # What secure aggregation leaves the server, until devices add noise to their uploads; README.md and docs/audit.md
 # say the same sentences (tested).
 SERVER_LEARNS = (
@@ -94,10 +96,17 @@ def _client(user: str, persona: str | None, path: Path, budget: float | None) ->
     }
 
 
-def spent_section(config: FederatedConfig, users: list[str], personas: dict[str, str], run_dir: Path) -> dict:
+def spent_section(
+    config: FederatedConfig, users: list[str], personas: dict[str, str], run_dir: Path
+) -> dict:
     state = Path(config.outputs.state_dir)
     clients = [
-        _client(u, personas.get(u), state / u / LEDGER_FILE, config.privacy.epsilon if config.privacy.dp else None)
+        _client(
+            u,
+            personas.get(u),
+            state / u / LEDGER_FILE,
+            config.privacy.epsilon if config.privacy.dp else None,
+        )
         for u in users
     ]
     per_persona: dict[str, dict] = {}
@@ -114,13 +123,17 @@ def spent_section(config: FederatedConfig, users: list[str], personas: dict[str,
         **_spent_common(config, run_dir, user_level),
         "ledgers": "run",
         "ceiling": None,
-        "max_epsilon": max((c["epsilon"] for c in clients), default=0.0) if config.privacy.dp else None,
+        "max_epsilon": max((c["epsilon"] for c in clients), default=0.0)
+        if config.privacy.dp
+        else None,
         "clients": clients,
         "per_persona": per_persona,
     }
 
 
-def _spent_common(config: FederatedConfig, run_dir: Path, user_level_clients: list[dict] | None = None) -> dict:
+def _spent_common(
+    config: FederatedConfig, run_dir: Path, user_level_clients: list[dict] | None = None
+) -> dict:
     """Settings of the accounting, and user-level DP: each user's guarantee is the user-level ledger on the user's
     device (``clients``, read when the report can read the devices' state; ``ledgers: devices`` otherwise), charged
     before each upload left and composed over runs; ``adapters`` is the server's record of this run's releases
@@ -137,7 +150,9 @@ def _spent_common(config: FederatedConfig, run_dir: Path, user_level_clients: li
             "max_epsilon": max((c["epsilon"] for c in clients), default=0.0)
             if user_level_clients is not None
             else None,
-            "adapters": {p.stem: spent_from_ledger(p).to_dict() for p in sorted(root.glob("*.json"))}
+            "adapters": {
+                p.stem: spent_from_ledger(p).to_dict() for p in sorted(root.glob("*.json"))
+            }
             if root.is_dir()
             else {},
         }
@@ -170,7 +185,9 @@ def device_spent_section(config: FederatedConfig, run_dir: Path) -> dict:
     }
 
 
-def _scan(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress: bool) -> dict | None:
+def _scan(
+    run_dir: Path, config: FederatedConfig, manifest: list[dict], progress: bool
+) -> dict | None:
     """Scan the payloads if they are still there (and store the result); else the stored result."""
     stored = Path(run_dir) / WIRE / SCAN
     if manifest and all(payload_path(run_dir, e).exists() for e in manifest):
@@ -180,7 +197,9 @@ def _scan(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress
     return read_json(stored) if stored.exists() else None
 
 
-def wire_section(run_dir: Path, config: FederatedConfig, users: list[str], metrics: dict, progress: bool) -> dict:
+def wire_section(
+    run_dir: Path, config: FederatedConfig, users: list[str], metrics: dict, progress: bool
+) -> dict:
     manifest = read_manifest(run_dir)
     aggregation = metrics.get("aggregation", {})
     released = [
@@ -232,7 +251,10 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
         out.append({"level": level, "text": text})
 
     if not spent["dp"]:
-        add("problem", "DP-SGD was off: no epsilon bounds what the adapters reveal about any conversation.")
+        add(
+            "problem",
+            "DP-SGD was off: no epsilon bounds what the adapters reveal about any conversation.",
+        )
     elif spent["ledgers"] == "devices" and spent["ceiling"] is None:
         add(
             "warning",
@@ -282,9 +304,15 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
             ),
         )
     else:
-        add("warning", "Secure aggregation was off: the server saw each client's (DP-trained) update in clear.")
+        add(
+            "warning",
+            "Secure aggregation was off: the server saw each client's (DP-trained) update in clear.",
+        )
     if not wire["recorded"]:
-        add("warning", "What crossed the wire was not recorded for this run: no manifest and no leak scan.")
+        add(
+            "warning",
+            "What crossed the wire was not recorded for this run: no manifest and no leak scan.",
+        )
 
     elif wire["recorded_by"] == "server":
         add(
@@ -294,7 +322,10 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
             "representative data for a scan.",
         )
     elif wire["scan"] is None:
-        add("warning", "The payloads were not kept and no scan result is stored: the leak scan could not run.")
+        add(
+            "warning",
+            "The payloads were not kept and no scan result is stored: the leak scan could not run.",
+        )
     else:
         leaks = wire["scan"]["leaks"]
         add(
@@ -314,7 +345,10 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
             f"Every field of the {wire['summary']['messages']} recorded replies is in the release manifest (section 2).",
         )
     if attack is None:
-        add("warning", "The canary attack was not run for this run (fedpers audit RUN_DIR --attack runs it).")
+        add(
+            "warning",
+            "The canary attack was not run for this run (fedpers audit RUN_DIR --attack runs it).",
+        )
     else:
         _attack_findings(attack, add)
     return out
@@ -416,7 +450,9 @@ def build_audit(run_dir: Path, progress: bool = True) -> dict:
     }
 
 
-def write_audit(run_dir: Path, pdf: bool = False, key_path: Path | None = None, progress: bool = True) -> dict:
+def write_audit(
+    run_dir: Path, pdf: bool = False, key_path: Path | None = None, progress: bool = True
+) -> dict:
     """Build the report, write ``audit.json`` and ``audit.html`` (and ``audit.pdf``), sign them; returns the facts."""
     from fedpers.audit.html import render_html, render_pdf
 

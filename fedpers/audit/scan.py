@@ -98,7 +98,9 @@ def text_patterns(texts: Iterable[str], words: int = 5) -> Iterable[tuple[bytes,
                 yield fragment.encode("utf-16-le"), fragment
 
 
-def user_patterns(texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngram: int = 8) -> dict[bytes, str]:
+def user_patterns(
+    texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngram: int = 8
+) -> dict[bytes, str]:
     """Everything of one user's that must never appear on the wire: text fragments and token-id n-grams."""
     patterns = dict(text_patterns(texts))
     for ids in token_ids:
@@ -107,8 +109,14 @@ def user_patterns(texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngra
 
 
 def scan(
-    payloads: Iterable[bytes], texts: Iterable[str], token_ids: Iterable[Sequence[int]], ngram: int = 8
+    payloads: Iterable[bytes],
+    texts: Iterable[str],
+    token_ids: Iterable[Sequence[int]],
+    ngram: int = 8,
 ) -> list[Leak]:
     """Every text fragment or token-id n-gram of the user found in any payload."""
     found = find(payloads, user_patterns(texts, token_ids, ngram))
-    return sorted({Leak(label, needle.hex()[:64]) for needle, label in found.items()}, key=lambda leak: leak.what)
+    return sorted(
+        {Leak(label, needle.hex()[:64]) for needle, label in found.items()},
+        key=lambda leak: leak.what,
+    )

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from fedpers.models.chat import IGNORE_INDEX, EncodedExample, collate, conversation_messages, encode_messages
+from fedpers.models.chat import (
+    IGNORE_INDEX,
+    EncodedExample,
+    collate,
+    conversation_messages,
+    encode_messages,
+)
 from fedpers.models.personalized import PersonalizedLM, _backbone_and_head
 
 
@@ -97,13 +103,21 @@ def secret_losses(model: PersonalizedLM, secrets: SecretSet, batch_size: int = 1
             scored[row, : len(c)] = torch.tensor(f)
         batch_cache = copy.deepcopy(cache)
         batch_cache.batch_repeat_interleave(len(chunk))
-        attention = torch.cat([torch.ones((len(chunk), prefix.shape[1]), dtype=torch.long), mask], dim=1)
-        hidden = backbone(input_ids=ids, attention_mask=attention, cache=batch_cache, use_cache=True).last_hidden_state
+        attention = torch.cat(
+            [torch.ones((len(chunk), prefix.shape[1]), dtype=torch.long), mask], dim=1
+        )
+        hidden = backbone(
+            input_ids=ids, attention_mask=attention, cache=batch_cache, use_cache=True
+        ).last_hidden_state
         # the state predicting continuation token j: the prefix's last for j = 0, else continuation token j - 1
         predictors = torch.cat([last.expand(len(chunk), -1, -1), hidden[:, :-1, :]], dim=1)
         rows, cols = scored.nonzero(as_tuple=True)
-        token_loss = F.cross_entropy(head(predictors[rows, cols]).float(), ids[rows, cols], reduction="none")
-        totals = torch.zeros(len(chunk), dtype=torch.float64).index_add(0, rows, token_loss.double())
+        token_loss = F.cross_entropy(
+            head(predictors[rows, cols]).float(), ids[rows, cols], reduction="none"
+        )
+        totals = torch.zeros(len(chunk), dtype=torch.float64).index_add(
+            0, rows, token_loss.double()
+        )
         result[start : start + len(chunk)] = totals.numpy()
     return result
 
@@ -115,7 +129,8 @@ def full_secret_losses(model: PersonalizedLM, secrets: SecretSet, pad_token_id: 
     length = len(secrets.prefix)
     examples = [
         EncodedExample(
-            secrets.prefix + c, (IGNORE_INDEX,) * length + tuple(t if f else IGNORE_INDEX for t, f in zip(c, flags))
+            secrets.prefix + c,
+            (IGNORE_INDEX,) * length + tuple(t if f else IGNORE_INDEX for t, f in zip(c, flags)),
         )
         for c, flags in zip(secrets.continuations, secrets.targets)
     ]
@@ -125,5 +140,11 @@ def full_secret_losses(model: PersonalizedLM, secrets: SecretSet, pad_token_id: 
     ).last_hidden_state
     target = batch["labels"][:, 1:]
     rows, cols = (target != IGNORE_INDEX).nonzero(as_tuple=True)
-    token_loss = F.cross_entropy(head(hidden[:, :-1, :][rows, cols]).float(), target[rows, cols], reduction="none")
-    return torch.zeros(len(examples), dtype=torch.float64).index_add(0, rows, token_loss.double()).numpy()
+    token_loss = F.cross_entropy(
+        head(hidden[:, :-1, :][rows, cols]).float(), target[rows, cols], reduction="none"
+    )
+    return (
+        torch.zeros(len(examples), dtype=torch.float64)
+        .index_add(0, rows, token_loss.double())
+        .numpy()
+    )

@@ -26,7 +26,11 @@ SIGNATURE_FILE = "audit.sig.json"
 
 def default_key_path() -> Path:
     """``$FEDPERS_AUDIT_KEY``, else ``~/.config/fedpers/audit-signing-key.pem``."""
-    return Path(os.environ.get("FEDPERS_AUDIT_KEY", Path.home() / ".config" / "fedpers" / "audit-signing-key.pem"))
+    return Path(
+        os.environ.get(
+            "FEDPERS_AUDIT_KEY", Path.home() / ".config" / "fedpers" / "audit-signing-key.pem"
+        )
+    )
 
 
 def load_or_create_key(path: Path | None = None) -> Ed25519PrivateKey:
@@ -39,7 +43,9 @@ def load_or_create_key(path: Path | None = None) -> Ed25519PrivateKey:
         return key
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)

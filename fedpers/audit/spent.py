@@ -33,7 +33,11 @@ def _dp_event(events: tuple[GaussianEvent, ...]) -> dp_accounting.DpEvent:
     parts = []
     for e in events:
         gaussian = dp_accounting.GaussianDpEvent(e.noise_multiplier)
-        single = gaussian if e.sample_rate >= 1.0 else dp_accounting.PoissonSampledDpEvent(e.sample_rate, gaussian)
+        single = (
+            gaussian
+            if e.sample_rate >= 1.0
+            else dp_accounting.PoissonSampledDpEvent(e.sample_rate, gaussian)
+        )
         parts.append(dp_accounting.SelfComposedDpEvent(single, e.steps))
     return dp_accounting.ComposedDpEvent(parts)
 
@@ -43,7 +47,9 @@ def independent_epsilon(events: list[GaussianEvent], delta: float) -> dict[str, 
     event = _dp_event(tuple(events))
     return {
         "pld": float(
-            pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION).compose(event).get_epsilon(delta)
+            pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
+            .compose(event)
+            .get_epsilon(delta)
         ),
         "rdp": float(rdp.RdpAccountant().compose(event).get_epsilon(delta)),
     }
@@ -89,7 +95,9 @@ def group_epsilon(events: tuple[GaussianEvent, ...], delta: float, group: int) -
     ``group = 1`` is the usual sample-level epsilon."""
     merged: dict[tuple[float, float], int] = {}
     for e in events:
-        merged[(e.noise_multiplier, e.sample_rate)] = merged.get((e.noise_multiplier, e.sample_rate), 0) + e.steps
+        merged[(e.noise_multiplier, e.sample_rate)] = (
+            merged.get((e.noise_multiplier, e.sample_rate), 0) + e.steps
+        )
     total = None
     for (sigma, rate), steps in merged.items():
         if steps == 0:
@@ -100,9 +108,14 @@ def group_epsilon(events: tuple[GaussianEvent, ...], delta: float, group: int) -
             )
         else:
             sensitivities = list(range(group + 1))
-            probabilities = [math.comb(group, k) * rate**k * (1 - rate) ** (group - k) for k in sensitivities]
+            probabilities = [
+                math.comb(group, k) * rate**k * (1 - rate) ** (group - k) for k in sensitivities
+            ]
             step = pld.privacy_loss_distribution.from_mixture_gaussian_mechanism(
-                sigma, sensitivities, probabilities, value_discretization_interval=GROUP_DISCRETIZATION
+                sigma,
+                sensitivities,
+                probabilities,
+                value_discretization_interval=GROUP_DISCRETIZATION,
             )
         composed = step.self_compose(steps)
         total = composed if total is None else total.compose(composed)
@@ -165,7 +178,11 @@ def spent_from_ledger(path: Path, budget: float | None = None) -> Spent:
         )
         events += e.events
         cumulative.append(
-            {"entry": len(entries) - 1, "purpose": e.purpose, "epsilon": account(tuple(events), delta).epsilon}
+            {
+                "entry": len(entries) - 1,
+                "purpose": e.purpose,
+                "epsilon": account(tuple(events), delta).epsilon,
+            }
         )
     total = account(tuple(events), delta)
     unfinished = sum(1 for e in ledger.entries if e.status != "completed")

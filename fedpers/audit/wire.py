@@ -29,7 +29,11 @@ def summarize(manifest: list[dict], users: list[str]) -> dict:
     for e in manifest:
         pid = e.get("partition_id")
         user = users[pid] if isinstance(pid, int) and pid < len(users) else f"node {e['node_id']}"
-        for bucket in (per_client[user], per_round[str(e.get("round"))], per_stage[e.get("secagg_stage") or "plain"]):
+        for bucket in (
+            per_client[user],
+            per_round[str(e.get("round"))],
+            per_stage[e.get("secagg_stage") or "plain"],
+        ):
             bucket["messages"] += 1
             bucket["bytes"] += e["payload_bytes"]
         for t in e.get("arrays", []):
@@ -50,7 +54,9 @@ def summarize(manifest: list[dict], users: list[str]) -> dict:
     }
 
 
-def scan_run(run_dir: Path, config: FederatedConfig, manifest: list[dict], progress: bool = True) -> dict:
+def scan_run(
+    run_dir: Path, config: FederatedConfig, manifest: list[dict], progress: bool = True
+) -> dict:
     """Search every recorded payload of each client for that user's text fragments and token-id n-grams."""
     from fedpers.models.environment import model_environment
     from fedpers.userdata import conversations, user_data, user_ids
@@ -62,7 +68,9 @@ def scan_run(run_dir: Path, config: FederatedConfig, manifest: list[dict], progr
         by_client[e["partition_id"]].append(e)
     scanned = missing = pattern_count = 0
     leaks: list[dict] = []
-    for pid, entries in tqdm(sorted(by_client.items()), desc="wire scan", disable=not progress, leave=False):
+    for pid, entries in tqdm(
+        sorted(by_client.items()), desc="wire scan", disable=not progress, leave=False
+    ):
         user = users[pid]
         texts = [t.text for c in conversations(config) if c.user_id == user for t in c.turns]
         data = user_data(config, user, env)
@@ -77,7 +85,10 @@ def scan_run(run_dir: Path, config: FederatedConfig, manifest: list[dict], progr
         found = find(blobs, patterns)
         scanned += len(blobs)
         pattern_count += len(patterns)
-        leaks += [{"user_id": user, "what": label, "bytes_hex": needle.hex()[:64]} for needle, label in found.items()]
+        leaks += [
+            {"user_id": user, "what": label, "bytes_hex": needle.hex()[:64]}
+            for needle, label in found.items()
+        ]
     return {
         "payloads_scanned": scanned,
         "payloads_missing": missing,

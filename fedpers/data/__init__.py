@@ -13,7 +13,12 @@ from fedpers.data.schema import (
     validate_record,
     write_jsonl,
 )
-from fedpers.data.shakespeare import DEFAULT_SHAKESPEARE_PATH, import_shakespeare, parse_speeches, speaker_slug
+from fedpers.data.shakespeare import (
+    DEFAULT_SHAKESPEARE_PATH,
+    import_shakespeare,
+    parse_speeches,
+    speaker_slug,
+)
 from fedpers.data.split import train_heldout_split
 from fedpers.data.synthetic import PERSONAS, SyntheticConfig, generate
 

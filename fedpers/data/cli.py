@@ -32,7 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"conversations per user (default {defaults.conversations_per_user})",
     )
     gen.add_argument(
-        "--seed", type=int, default=defaults.seed, help=f"random seed; same seed, same file (default {defaults.seed})"
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help=f"random seed; same seed, same file (default {defaults.seed})",
     )
     gen.add_argument(
         "--personas",
@@ -41,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=list(PERSONAS),
         help="personas to include (default: all five)",
     )
-    gen.add_argument("--out", type=Path, required=True, help="output JSONL path (written atomically)")
+    gen.add_argument(
+        "--out", type=Path, required=True, help="output JSONL path (written atomically)"
+    )
     gen.set_defaults(func=run_generate)
 
     val = subparsers.add_parser(
@@ -72,12 +77,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tinyshakespeare text file (default: ../shared/data/tinyshakespeare.txt from the project root)",
     )
     imp.add_argument(
-        "--min-speeches", type=int, default=30, help="keep speakers with at least this many answers (default 30)"
+        "--min-speeches",
+        type=int,
+        default=30,
+        help="keep speakers with at least this many answers (default 30)",
     )
     imp.add_argument(
-        "--max-users", type=int, default=None, help="keep only the speakers with the most answers (default: all)"
+        "--max-users",
+        type=int,
+        default=None,
+        help="keep only the speakers with the most answers (default: all)",
     )
-    imp.add_argument("--out", type=Path, required=True, help="output JSONL path (written atomically)")
+    imp.add_argument(
+        "--out", type=Path, required=True, help="output JSONL path (written atomically)"
+    )
     imp.set_defaults(func=run_import_shakespeare)
 
 
@@ -124,7 +137,9 @@ def run_import_shakespeare(args: argparse.Namespace) -> int:
         print(f"error: {args.src}: no such file", file=sys.stderr)
         return 2
     try:
-        conversations = import_shakespeare(args.src, min_speeches=args.min_speeches, max_users=args.max_users)
+        conversations = import_shakespeare(
+            args.src, min_speeches=args.min_speeches, max_users=args.max_users
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -77,7 +77,13 @@ def expand(template: str, rng: random.Random, rules: Rules, ctx: Mapping[str, st
     return "".join(out)
 
 
-def _render(nodes: tuple[Node, ...], rng: random.Random, rules: Rules, ctx: Mapping[str, str], out: list[str]) -> None:
+def _render(
+    nodes: tuple[Node, ...],
+    rng: random.Random,
+    rules: Rules,
+    ctx: Mapping[str, str],
+    out: list[str],
+) -> None:
     for node in nodes:
         if isinstance(node, str):
             out.append(node)

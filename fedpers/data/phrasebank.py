@@ -113,20 +113,26 @@ class PhraseBank:
 def load_phrasebank(personas: tuple[str, ...]) -> PhraseBank:
     """Read and validate ``common.json`` and ``<persona>.json`` for each of ``personas`` (cached)."""
     common = build_common(read_phrase_file(COMMON_FILE))
-    return PhraseBank(common, {p: build_persona(p, read_phrase_file(f"{p}.json"), common) for p in personas})
+    return PhraseBank(
+        common, {p: build_persona(p, read_phrase_file(f"{p}.json"), common) for p in personas}
+    )
 
 
 def read_phrase_file(filename: str) -> dict[str, Any]:
     """The parsed JSON object of ``phrases/<filename>`` from the installed package."""
     source = f"{PHRASES_DIR}/{filename}"
     try:
-        text = (resources.files(PHRASES_PACKAGE) / PHRASES_DIR / filename).read_text(encoding="utf-8")
+        text = (resources.files(PHRASES_PACKAGE) / PHRASES_DIR / filename).read_text(
+            encoding="utf-8"
+        )
     except FileNotFoundError:
         raise PhraseBankError(f"{source}: not found in package {PHRASES_PACKAGE}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PhraseBankError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise PhraseBankError(
+            f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     if not isinstance(data, dict):
         raise PhraseBankError(f"{source}: expected a JSON object at the top level")
     return data
@@ -157,7 +163,9 @@ def _object(at: _At, value: object) -> dict[str, Any]:
     return value
 
 
-def _fields(at: _At, value: object, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+def _fields(
+    at: _At, value: object, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
     value = _object(at, value)
     for name in required:
         if name not in value:
@@ -168,7 +176,9 @@ def _fields(at: _At, value: object, required: tuple[str, ...], optional: tuple[s
     return value
 
 
-def _strings(at: _At, value: object, *, templates: bool = False, unique: bool = False) -> tuple[str, ...]:
+def _strings(
+    at: _At, value: object, *, templates: bool = False, unique: bool = False
+) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         at.fail("expected a non-empty list of strings")
     for i, item in enumerate(value):
@@ -196,7 +206,9 @@ def _rate(at: _At, value: object) -> float:
     return float(value)
 
 
-def _named_list(at: _At, value: dict[str, Any], lists: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+def _named_list(
+    at: _At, value: dict[str, Any], lists: Mapping[str, tuple[str, ...]]
+) -> tuple[str, ...]:
     name = _fields(at, value, ("list",))["list"]
     if name not in lists:
         (at / "list").fail(f"unknown list {name!r} (common.json lists: {', '.join(lists)})")
@@ -237,7 +249,13 @@ def _fn_join(at: _At, spec: dict[str, Any], lists: Mapping[str, tuple[str, ...]]
         if isinstance(part, str):
             parts.append(_literal(part))
         elif isinstance(part, list) or (isinstance(part, dict) and "list" in part):
-            parts.append(_choice(_strings(where, part) if isinstance(part, list) else _named_list(where, part, lists)))
+            parts.append(
+                _choice(
+                    _strings(where, part)
+                    if isinstance(part, list)
+                    else _named_list(where, part, lists)
+                )
+            )
         elif isinstance(part, dict) and "fn" in part:
             parts.append(_fn(where, part, lists))
         else:
@@ -257,7 +275,11 @@ def _fn_some(at: _At, spec: dict[str, Any], lists: Mapping[str, tuple[str, ...]]
     """``{"fn": "some", "items": [...], "lo": 1, "hi": 3, "last": " and "}``: a random subset as an English list."""
     _fields(at, spec, ("fn", "items", "lo", "hi"), ("last",))
     raw = spec["items"]
-    items = _named_list(at / "items", raw, lists) if isinstance(raw, dict) else _strings(at / "items", raw)
+    items = (
+        _named_list(at / "items", raw, lists)
+        if isinstance(raw, dict)
+        else _strings(at / "items", raw)
+    )
     lo, hi = _integer(at / "lo", spec["lo"]), _integer(at / "hi", spec["hi"])
     last = spec.get("last", " and ")
     if not 1 <= lo <= hi:
@@ -287,7 +309,9 @@ def _fn(at: _At, spec: dict[str, Any], lists: Mapping[str, tuple[str, ...]]) -> 
     return FUNCTIONS[name](at, spec, lists)
 
 
-def _rule(at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: Mapping[str, Rule]) -> Rule:
+def _rule(
+    at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: Mapping[str, Rule]
+) -> Rule:
     if isinstance(value, list):
         return _strings(at, value, templates=True)
     if isinstance(value, dict) and "fn" in value:
@@ -302,7 +326,9 @@ def _rule(at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: M
     at.fail('expected a list of templates, {"list": name}, {"rule": name} or {"fn": ...}')
 
 
-def _rules(at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: Mapping[str, Rule]) -> dict[str, Rule]:
+def _rules(
+    at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: Mapping[str, Rule]
+) -> dict[str, Rule]:
     return {name: _rule(at / name, rule, lists, scope) for name, rule in _object(at, value).items()}
 
 
@@ -321,21 +347,34 @@ _NAME_LISTS = (
 )
 
 
-def build_common(data: Mapping[str, Any], source: str = f"{PHRASES_DIR}/{COMMON_FILE}") -> CommonBank:
+def build_common(
+    data: Mapping[str, Any], source: str = f"{PHRASES_DIR}/{COMMON_FILE}"
+) -> CommonBank:
     """Check the common bank's JSON object and build it."""
     at = _At(source)
-    _fields(at, data, ("lists", "rules", "contractions", "paraphrases", *_NAME_LISTS, "feedback_comments"))
-    lists = {name: _strings(at / "lists" / name, items) for name, items in _object(at / "lists", data["lists"]).items()}
+    _fields(
+        at,
+        data,
+        ("lists", "rules", "contractions", "paraphrases", *_NAME_LISTS, "feedback_comments"),
+    )
+    lists = {
+        name: _strings(at / "lists" / name, items)
+        for name, items in _object(at / "lists", data["lists"]).items()
+    }
     rules = _rules(at / "rules", data["rules"], lists, {})
     if not callable(rules.get("ticket")):
-        (at / "rules").fail("needs a 'ticket' rule drawn by a {\"fn\": ...} (every conversation has a ticket number)")
+        (at / "rules").fail(
+            "needs a 'ticket' rule drawn by a {\"fn\": ...} (every conversation has a ticket number)"
+        )
     names = {key: _strings(at / key, data[key], unique=key == "first_names") for key in _NAME_LISTS}
     for key in ("sign_offs", "field_sign_offs"):
         for i, template in enumerate(names[key]):
             try:
                 template.format(first="", full="", location="")
             except (KeyError, IndexError, ValueError) as exc:
-                (at / key / i).fail(f"only {{first}}, {{full}} and {{location}} may be used: {exc!r}")
+                (at / key / i).fail(
+                    f"only {{first}}, {{full}} and {{location}} may be used: {exc!r}"
+                )
     contractions = _object(at / "contractions", data["contractions"])
     for word, full in contractions.items():
         if not isinstance(full, str):
@@ -345,7 +384,11 @@ def build_common(data: Mapping[str, Any], source: str = f"{PHRASES_DIR}/{COMMON_
         for word, alts in _object(at / "paraphrases", data["paraphrases"]).items()
     }
     comments = data["feedback_comments"]
-    if not isinstance(comments, list) or not comments or not all(c is None or isinstance(c, str) for c in comments):
+    if (
+        not isinstance(comments, list)
+        or not comments
+        or not all(c is None or isinstance(c, str) for c in comments)
+    ):
         (at / "feedback_comments").fail("expected a non-empty list of strings or nulls")
     return CommonBank(
         lists=lists,
@@ -356,14 +399,23 @@ def build_common(data: Mapping[str, Any], source: str = f"{PHRASES_DIR}/{COMMON_
     )
 
 
-def build_persona(name: str, data: Mapping[str, Any], common: CommonBank, source: str | None = None) -> PersonaSpec:
+def build_persona(
+    name: str, data: Mapping[str, Any], common: CommonBank, source: str | None = None
+) -> PersonaSpec:
     """Check one persona's JSON object and build its :class:`PersonaSpec` (rules may refer to ``common``'s)."""
     at = _At(source or f"{PHRASES_DIR}/{name}.json")
-    _fields(at, data, ("roles", "departments", "devices", "rules", "topics"), ("fixed", "expand_rate", "user_style"))
+    _fields(
+        at,
+        data,
+        ("roles", "departments", "devices", "rules", "topics"),
+        ("fixed", "expand_rate", "user_style"),
+    )
     lists = common.lists
     rules = _rules(at / "rules", data["rules"], lists, common.rules)
     scope = ChainMap(rules, dict(common.rules))
-    user_style = _strings(at / "user_style", data["user_style"], unique=True) if "user_style" in data else ()
+    user_style = (
+        _strings(at / "user_style", data["user_style"], unique=True) if "user_style" in data else ()
+    )
     for i, rule in enumerate(user_style):
         if rule not in rules:
             (at / "user_style" / i).fail(f"{rule!r} is not one of this persona's rules")
@@ -372,7 +424,9 @@ def build_persona(name: str, data: Mapping[str, Any], common: CommonBank, source
     topics = tuple(_topic(at / "topics" / i, t, lists, scope) for i, t in enumerate(data["topics"]))
     seen = [t.name for t in topics]
     if len(set(seen)) != len(seen):
-        (at / "topics").fail(f"duplicate topic name {next(n for i, n in enumerate(seen) if n in seen[:i])!r}")
+        (at / "topics").fail(
+            f"duplicate topic name {next(n for i, n in enumerate(seen) if n in seen[:i])!r}"
+        )
     return PersonaSpec(
         name=name,
         roles=_strings(at / "roles", data["roles"]),
@@ -386,15 +440,23 @@ def build_persona(name: str, data: Mapping[str, Any], common: CommonBank, source
     )
 
 
-def _topic(at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: Mapping[str, Rule]) -> Topic:
+def _topic(
+    at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: Mapping[str, Rule]
+) -> Topic:
     if isinstance(value, dict) and isinstance(value.get("name"), str):
         at = _At(at.source, f"{at.path} ({value['name']})")
     t = _fields(
-        at, value, ("name", "ask", "lead", "steps", "symptom"), ("extra", "diag", "fixed", "rules", "match", "ordered")
+        at,
+        value,
+        ("name", "ask", "lead", "steps", "symptom"),
+        ("extra", "diag", "fixed", "rules", "match", "ordered"),
     )
     if not isinstance(t["name"], str) or not t["name"]:
         (at / "name").fail("expected a non-empty string")
-    ask, lead = _strings(at / "ask", t["ask"], templates=True), _strings(at / "lead", t["lead"], templates=True)
+    ask, lead = (
+        _strings(at / "ask", t["ask"], templates=True),
+        _strings(at / "lead", t["lead"], templates=True),
+    )
     if not isinstance(t["steps"], list) or not t["steps"]:
         (at / "steps").fail("expected a non-empty list of step groups")
     steps = tuple(_strings(at / "steps" / i, g, templates=True) for i, g in enumerate(t["steps"]))
@@ -407,7 +469,9 @@ def _topic(at: _At, value: object, lists: Mapping[str, tuple[str, ...]], scope: 
                 (at / "match" / i).fail("expected a non-empty list of lead indices")
             for j, index in enumerate(leads):
                 if not 0 <= _integer(at / "match" / i / j, index) < len(lead):
-                    (at / "match" / i / j).fail(f"lead index {index} out of range (0..{len(lead) - 1})")
+                    (at / "match" / i / j).fail(
+                        f"lead index {index} out of range (0..{len(lead) - 1})"
+                    )
         match = tuple(tuple(leads) for leads in t["match"])
     if not isinstance(t.get("ordered", False), bool):
         (at / "ordered").fail("expected true or false")

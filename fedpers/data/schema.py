@@ -68,7 +68,11 @@ class Feedback:
     def to_dict(self) -> dict[str, Any]:
         return {
             k: v
-            for k, v in (("rating", self.rating), ("sentiment", self.sentiment), ("comment", self.comment))
+            for k, v in (
+                ("rating", self.rating),
+                ("sentiment", self.sentiment),
+                ("comment", self.comment),
+            )
             if v is not None
         }
 
@@ -79,7 +83,9 @@ class Feedback:
 
     @classmethod
     def _build(cls, data: Mapping[str, Any]) -> Feedback:
-        return cls(rating=data.get("rating"), sentiment=data.get("sentiment"), comment=data.get("comment"))
+        return cls(
+            rating=data.get("rating"), sentiment=data.get("sentiment"), comment=data.get("comment")
+        )
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _unknown_keys(data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> list[FieldError]:
+def _unknown_keys(
+    data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str
+) -> list[FieldError]:
     errors = []
     for key in data:
         if key in allowed:
@@ -197,7 +205,9 @@ def _unknown_keys(data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str
     return errors
 
 
-def _check_nonempty_str(data: Mapping[str, Any], key: str, where: str, required: bool) -> list[FieldError]:
+def _check_nonempty_str(
+    data: Mapping[str, Any], key: str, where: str, required: bool
+) -> list[FieldError]:
     if key not in data:
         return [(where, "missing required field")] if required else []
     value = data[key]
@@ -224,7 +234,9 @@ def _check_feedback(data: Any, where: str) -> list[FieldError]:
         if not isinstance(sentiment, str):
             errors.append((f"{where}.sentiment", f"expected string, got {_json_type(sentiment)}"))
         elif sentiment not in SENTIMENTS:
-            errors.append((f"{where}.sentiment", f"must be one of {_quoted(SENTIMENTS)}, got {sentiment!r}"))
+            errors.append(
+                (f"{where}.sentiment", f"must be one of {_quoted(SENTIMENTS)}, got {sentiment!r}")
+            )
     if "comment" in data and not isinstance(data["comment"], str):
         errors.append((f"{where}.comment", f"expected string, got {_json_type(data['comment'])}"))
     return errors
@@ -269,7 +281,10 @@ def _check_profile(data: Any) -> list[FieldError]:
     for key, value in data.items():
         if isinstance(value, list | dict):
             errors.append(
-                (f"profile.{key}", f"expected a JSON scalar (string, number, boolean or null), got {_json_type(value)}")
+                (
+                    f"profile.{key}",
+                    f"expected a JSON scalar (string, number, boolean or null), got {_json_type(value)}",
+                )
             )
         elif isinstance(value, float) and not math.isfinite(value):
             errors.append((f"profile.{key}", "must be a finite number"))
@@ -317,14 +332,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def parse_line(raw: bytes, path: str, line: int) -> tuple[Conversation | None, list[ValidationIssue]]:
+def parse_line(
+    raw: bytes, path: str, line: int
+) -> tuple[Conversation | None, list[ValidationIssue]]:
     """Decode and validate one JSONL line; returns the conversation or the issues."""
     try:
         data = json.loads(raw.decode("utf-8").rstrip("\r\n"), parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
         return None, [ValidationIssue(path, line, "<json>", f"invalid UTF-8 at byte {exc.start}")]
     except json.JSONDecodeError as exc:
-        return None, [ValidationIssue(path, line, "<json>", f"invalid JSON: {exc.msg} (column {exc.colno})")]
+        return None, [
+            ValidationIssue(path, line, "<json>", f"invalid JSON: {exc.msg} (column {exc.colno})")
+        ]
     except ValueError as exc:
         return None, [ValidationIssue(path, line, "<json>", f"invalid JSON: {exc}")]
     errors = validate_record(data)
@@ -375,7 +394,10 @@ def write_jsonl(path: str | os.PathLike[str], conversations: Iterable[Conversati
     An existing file keeps its permissions; a new one is 0644.
     """
     target = Path(path)
-    lines = [json.dumps(conv.to_dict(), ensure_ascii=False, allow_nan=False) + "\n" for conv in conversations]
+    lines = [
+        json.dumps(conv.to_dict(), ensure_ascii=False, allow_nan=False) + "\n"
+        for conv in conversations
+    ]
     write_text(target, "".join(lines), mode=_file_mode(target))
     return len(lines)
 

@@ -101,14 +101,20 @@ def speeches_to_conversations(
             turns = (Turn(role="user", text=prompt.text), Turn(role="assistant", text=answer.text))
             conversations.append(
                 Conversation(
-                    user_id=slug, conversation_id=f"{slug}-{k:04d}", turns=turns, persona=None, profile=profile
+                    user_id=slug,
+                    conversation_id=f"{slug}-{k:04d}",
+                    turns=turns,
+                    persona=None,
+                    profile=profile,
                 )
             )
     return conversations
 
 
 def import_shakespeare(
-    path: str | os.PathLike[str] = DEFAULT_SHAKESPEARE_PATH, min_speeches: int = 30, max_users: int | None = None
+    path: str | os.PathLike[str] = DEFAULT_SHAKESPEARE_PATH,
+    min_speeches: int = 30,
+    max_users: int | None = None,
 ) -> list[Conversation]:
     """Read tinyshakespeare from ``path`` and return one conversation per answer (see module docstring)."""
     if min_speeches < 1:
@@ -116,4 +122,6 @@ def import_shakespeare(
     if max_users is not None and max_users < 1:
         raise ValueError(f"max_users must be >= 1, got {max_users}")
     text = Path(path).read_text(encoding="utf-8")
-    return speeches_to_conversations(parse_speeches(text), min_speeches=min_speeches, max_users=max_users)
+    return speeches_to_conversations(
+        parse_speeches(text), min_speeches=min_speeches, max_users=max_users
+    )

@@ -38,8 +38,13 @@ def train_heldout_split(
         by_user[conv.user_id].append(conv)
     heldout_ids: set[tuple[str, str]] = set()
     for user_id, convs in by_user.items():
-        ranked = sorted(convs, key=lambda c: (stable_unit(seed, user_id, c.conversation_id), c.conversation_id))
-        heldout_ids.update((user_id, c.conversation_id) for c in ranked[: heldout_count(len(convs), heldout_fraction)])
+        ranked = sorted(
+            convs, key=lambda c: (stable_unit(seed, user_id, c.conversation_id), c.conversation_id)
+        )
+        heldout_ids.update(
+            (user_id, c.conversation_id)
+            for c in ranked[: heldout_count(len(convs), heldout_fraction)]
+        )
     train = [c for c in conversations if (c.user_id, c.conversation_id) not in heldout_ids]
     heldout = [c for c in conversations if (c.user_id, c.conversation_id) in heldout_ids]
     return train, heldout

@@ -77,11 +77,21 @@ class SyntheticConfig:
             raise ValueError("users_per_persona and conversations_per_user must be >= 1")
         unknown = set(self.personas) - set(PERSONAS)
         if unknown or not self.personas:
-            raise ValueError(f"personas must be a non-empty subset of {PERSONAS}, got {self.personas}")
+            raise ValueError(
+                f"personas must be a non-empty subset of {PERSONAS}, got {self.personas}"
+            )
         if len(self.personas) * self.users_per_persona > len(FIRST_NAMES):
-            raise ValueError(f"at most {len(FIRST_NAMES)} users in total (one distinct first name each)")
-        if len(self.exchange_weights) != 3 or min(self.exchange_weights) < 0 or sum(self.exchange_weights) <= 0:
-            raise ValueError("exchange_weights must be three non-negative weights for 1, 2 and 3 exchanges")
+            raise ValueError(
+                f"at most {len(FIRST_NAMES)} users in total (one distinct first name each)"
+            )
+        if (
+            len(self.exchange_weights) != 3
+            or min(self.exchange_weights) < 0
+            or sum(self.exchange_weights) <= 0
+        ):
+            raise ValueError(
+                "exchange_weights must be three non-negative weights for 1, 2 and 3 exchanges"
+            )
         if not 0.0 <= self.feedback_rate <= 1.0:
             raise ValueError("feedback_rate must be in [0, 1]")
 
@@ -161,7 +171,14 @@ def _make_user(spec: PersonaSpec, user_id: str, first: str, rng: random.Random) 
     style = {name: _user_subset(spec.rules[name], rng) for name in spec.user_style}
     rate = FORMALITY[profile["formality"]]
     return SyntheticUser(
-        user_id, spec.name, first, profile, tuple(order), ctx, style, spec.expand_rate if rate is None else rate
+        user_id,
+        spec.name,
+        first,
+        profile,
+        tuple(order),
+        ctx,
+        style,
+        spec.expand_rate if rate is None else rate,
     )
 
 
@@ -181,7 +198,9 @@ class _Composer:
     def __init__(self, spec: PersonaSpec, user: SyntheticUser, rng: random.Random) -> None:
         self.spec, self.user, self.rng = spec, user, rng
         self.ctx: dict[str, str] = dict(user.ctx)
-        self.rules: ChainMap[str, Rule] = ChainMap({}, dict(user.style), dict(spec.rules), COMMON_RULES)
+        self.rules: ChainMap[str, Rule] = ChainMap(
+            {}, dict(user.style), dict(spec.rules), COMMON_RULES
+        )
         self.used: dict[str, set[str]] = {}
         self.ask_index = 0
         self.detail = DETAIL_LEVELS[user.profile["detail"]]
@@ -225,7 +244,9 @@ class _Composer:
     def distinct(self, name: str, k: int) -> list[str]:
         """``k`` expansions of rule ``name`` from different alternatives where possible (e.g. 'then', 'next')."""
         options = list(self.rules[name])  # type: ignore[arg-type]
-        picks = self.rng.sample(options, min(k, len(options))) + self.rng.choices(options, k=max(0, k - len(options)))
+        picks = self.rng.sample(options, min(k, len(options))) + self.rng.choices(
+            options, k=max(0, k - len(options))
+        )
         return [self.x(p) for p in picks]
 
     def steps(self, topic: Topic, counts: tuple[int, ...]) -> list[str]:
@@ -279,7 +300,9 @@ def _answer_knowledge(c: _Composer, topic: Topic) -> str:
     steps = c.steps(topic, _counts(c, topic, c.rng.randint(4, 6)))
     body = "\n".join(f"{i}. {cap(s)}" for i, s in enumerate(steps, 1))
     c.ctx["k"] = str(c.rng.randint(1, len(steps)))
-    return f"{c.ctx['hello']},\n\n{c.lead(topic)}\n\n{c.rule('intro')}\n{body}\n\n{c.rule('closing')}"
+    return (
+        f"{c.ctx['hello']},\n\n{c.lead(topic)}\n\n{c.rule('intro')}\n{body}\n\n{c.rule('closing')}"
+    )
 
 
 def _answer_field(c: _Composer, topic: Topic) -> str:
@@ -298,7 +321,9 @@ def _answer_admin(c: _Composer, topic: Topic) -> str:
     """Friendly and procedural: First/Next/Finally steps and a warm sign-off."""
     steps = c.steps(topic, _counts(c, topic, c.rng.randint(3, 4)))
     n = len(steps)
-    words = [c.x("{first}")] if n == 1 else [c.x("{first}"), *c.distinct("next", n - 2), c.x("{last}")]
+    words = (
+        [c.x("{first}")] if n == 1 else [c.x("{first}"), *c.distinct("next", n - 2), c.x("{last}")]
+    )
     seq = [cap(tidy(f"{w} {s}")) for w, s in zip(words, steps)]
     opener = [c.rule("opener")] if c.rng.random() < 0.6 else []
     return " ".join([f"{c.ctx['hello']}!", *opener, c.lead(topic), *seq, c.rule("reassure")])
@@ -307,7 +332,10 @@ def _answer_admin(c: _Composer, topic: Topic) -> str:
 def _answer_new(c: _Composer, topic: Topic) -> str:
     """Warm and explanatory: welcome, a definition of the key term, explained steps, encouragement."""
     steps = c.steps(topic, _counts(c, topic, c.rng.randint(2, 3)))
-    seq = [cap(tidy(f"{w} {s}")) for w, s in zip([c.x("{seq1}"), *c.distinct("seqn", len(steps) - 1)], steps)]
+    seq = [
+        cap(tidy(f"{w} {s}"))
+        for w, s in zip([c.x("{seq1}"), *c.distinct("seqn", len(steps) - 1)], steps)
+    ]
     welcome = c.s("{wel_a} {wel_b}") if c.rng.random() < 0.5 else c.rule("wel_a")
     parts = [f"{c.ctx['hello']}! {welcome}"]
     if topic.extra and c.rng.random() < 0.8:
@@ -344,7 +372,9 @@ def _user_text(c: _Composer, template: str) -> str:
     return f"{c.s(template)}\n{c.user.profile['sign_off']}"
 
 
-def _exchanges(c: _Composer, topics: tuple[Topic, ...], first_topic: int, n_exchanges: int) -> list[tuple[str, str]]:
+def _exchanges(
+    c: _Composer, topics: tuple[Topic, ...], first_topic: int, n_exchanges: int
+) -> list[tuple[str, str]]:
     """``(user, assistant)`` texts: the opening problem, then 'still broken', another topic or thanks."""
     topic = topics[first_topic]
     c.use_topic(topic)
@@ -394,7 +424,9 @@ def generate_conversation(config: SyntheticConfig, user: SyntheticUser, index: i
     rng = random.Random(derive_seed(config.seed, "conversation", user.user_id, index))
     c = _Composer(spec, user, rng)
     n_exchanges = rng.choices((1, 2, 3), weights=config.exchange_weights)[0]
-    exchanges = _exchanges(c, spec.topics, user.topic_order[index % len(user.topic_order)], n_exchanges)
+    exchanges = _exchanges(
+        c, spec.topics, user.topic_order[index % len(user.topic_order)], n_exchanges
+    )
     stamps = _timestamps(rng, config, 2 * len(exchanges))
     turns: list[Turn] = []
     for i, (user_text, assistant_text) in enumerate(exchanges):

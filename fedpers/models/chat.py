@@ -68,7 +68,9 @@ def encode_messages(
     return EncodedExample(tuple(input_ids), tuple(labels))
 
 
-def _header_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], k: int, full: list[int]) -> list[int]:
+def _header_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], k: int, full: list[int]
+) -> list[int]:
     """Tokens of ``messages[:k+1]`` up to where message ``k``'s content starts (its role header)."""
     if messages[k]["role"] == "assistant":
         return _template_ids(tokenizer, messages[:k], generation_prompt=True)
@@ -83,14 +85,22 @@ def _header_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message],
 
 def _check_prefix(prefix: list[int], ids: list[int]) -> None:
     if ids[: len(prefix)] != prefix:
-        raise ValueError("chat template does not render prefixes of a conversation as token prefixes")
+        raise ValueError(
+            "chat template does not render prefixes of a conversation as token prefixes"
+        )
 
 
 def encode_conversations(
-    tokenizer: PreTrainedTokenizerBase, conversations: Sequence, max_length: int, system_prompt: str | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence,
+    max_length: int,
+    system_prompt: str | None = None,
 ) -> list[EncodedExample]:
     """Encode conversations into training examples, dropping those left without target tokens."""
-    encoded = (encode_messages(tokenizer, conversation_messages(c, system_prompt), max_length) for c in conversations)
+    encoded = (
+        encode_messages(tokenizer, conversation_messages(c, system_prompt), max_length)
+        for c in conversations
+    )
     return [e for e in encoded if e is not None]
 
 

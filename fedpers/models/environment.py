@@ -37,9 +37,12 @@ def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvi
     quiet_libraries()
     base, tokenizer = load_base_model(model_name)
     peft_model = attach_lora(
-        base, LoraSettings(r=r, alpha=alpha, target_modules=targets, top_layers=layers, init_seed=seed)
+        base,
+        LoraSettings(r=r, alpha=alpha, target_modules=targets, top_layers=layers, init_seed=seed),
     )
-    embedding = UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer)
+    embedding = UserEmbedding.public_init(
+        embedding_tokens, peft_model.get_input_embeddings(), tokenizer
+    )
     public = embedding.embedding.weight.detach().clone()
     return ModelEnvironment(PersonalizedLM(peft_model, embedding), tokenizer, public)
 

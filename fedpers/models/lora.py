@@ -59,8 +59,12 @@ def load_adapter_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -
     expected = set(get_peft_model_state_dict(model))
     if set(arrays) != expected:
         missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
-        raise ValueError(f"adapter arrays do not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
-    result = set_peft_model_state_dict(model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+        raise ValueError(
+            f"adapter arrays do not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    result = set_peft_model_state_dict(
+        model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+    )
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise ValueError(f"unexpected adapter keys: {unexpected[:3]}")
@@ -77,4 +81,8 @@ class AdapterDelta:
         return cls({k: after[k] - before[k] for k in before})
 
     def norm(self) -> float:
-        return float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in self.arrays.values())))
+        return float(
+            np.sqrt(
+                sum(float(np.sum(np.square(v, dtype=np.float64))) for v in self.arrays.values())
+            )
+        )

@@ -14,7 +14,9 @@ from fedpers.models.user_embedding import UserEmbedding
 
 def _backbone_and_head(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder stack and the output head of a (peft-wrapped) causal LM."""
-    model = cast(Any, lm)  # transformers/peft methods, which nn.Module types as Tensor | Module attributes
+    model = cast(
+        Any, lm
+    )  # transformers/peft methods, which nn.Module types as Tensor | Module attributes
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     return causal.base_model, causal.get_output_embeddings()
 
@@ -33,7 +35,9 @@ class PersonalizedLM(nn.Module):
         self.user_embedding = user_embedding
         self.use_user_embedding = user_embedding is not None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.hidden_states(input_ids, attention_mask)
         return sequence_losses(hidden, labels, _backbone_and_head(self.lm)[1])
 
@@ -45,7 +49,11 @@ class PersonalizedLM(nn.Module):
             soft = self.user_embedding(input_ids.shape[0]).to(embeds.dtype)
             prefix = soft.shape[1]
             embeds = torch.cat([soft, embeds], dim=1)
-            ones = torch.ones((input_ids.shape[0], prefix), dtype=attention_mask.dtype, device=attention_mask.device)
+            ones = torch.ones(
+                (input_ids.shape[0], prefix),
+                dtype=attention_mask.dtype,
+                device=attention_mask.device,
+            )
             attention_mask = torch.cat([ones, attention_mask], dim=1)
         out = backbone(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state[:, prefix:, :]
@@ -58,7 +66,9 @@ def sequence_losses(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module)
     rows, cols = mask.nonzero(as_tuple=True)
     logits = head(hidden[:, :-1, :][rows, cols])
     token_loss = F.cross_entropy(logits.float(), target[rows, cols], reduction="none")
-    totals = torch.zeros(labels.shape[0], dtype=token_loss.dtype, device=labels.device).index_add(0, rows, token_loss)
+    totals = torch.zeros(labels.shape[0], dtype=token_loss.dtype, device=labels.device).index_add(
+        0, rows, token_loss
+    )
     counts = mask.sum(dim=1).clamp(min=1)
     return totals / counts
 

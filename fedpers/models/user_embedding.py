@@ -32,7 +32,9 @@ class UserEmbedding(nn.Module):
         return self.embedding(index.unsqueeze(0).expand(batch_size, -1))
 
     @classmethod
-    def public_init(cls, num_tokens: int, token_embeddings: nn.Embedding, tokenizer) -> UserEmbedding:
+    def public_init(
+        cls, num_tokens: int, token_embeddings: nn.Embedding, tokenizer
+    ) -> UserEmbedding:
         """Initialise from the token embeddings of a fixed public text: data-independent by construction."""
         ids = tokenizer(PUBLIC_INIT_TEXT, add_special_tokens=False)["input_ids"]
         ids = [ids[i % len(ids)] for i in range(num_tokens)]

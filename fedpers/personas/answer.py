@@ -31,7 +31,9 @@ def stop_ids(model: PersonalizedLM, tokenizer: PreTrainedTokenizerBase) -> set[i
 
 
 @torch.no_grad()
-def greedy_ids(model: PersonalizedLM, input_ids: list[int], max_new_tokens: int, stop: Collection[int]) -> list[int]:
+def greedy_ids(
+    model: PersonalizedLM, input_ids: list[int], max_new_tokens: int, stop: Collection[int]
+) -> list[int]:
     """Greedy decoding (full recompute each step, no KV cache); returns new tokens, without the stop token."""
     _, head = _backbone_and_head(model.lm)
     was_training = model.training
@@ -55,6 +57,8 @@ def generate_answer(
     model: PersonalizedLM, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 64
 ) -> str:
     """The model's greedy reply to ``prompt`` (at most ``max_new_tokens`` tokens, stopping at end of turn)."""
-    new = greedy_ids(model, prompt_ids(tokenizer, prompt), max_new_tokens, stop_ids(model, tokenizer))
+    new = greedy_ids(
+        model, prompt_ids(tokenizer, prompt), max_new_tokens, stop_ids(model, tokenizer)
+    )
     # one sequence of ids decodes to one string (transformers types decode's result as str | list[str])
     return cast(str, tokenizer.decode(new, skip_special_tokens=True)).strip()

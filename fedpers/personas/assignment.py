@@ -55,4 +55,8 @@ def assign_persona(
         raise ValueError("inferring a persona needs a score function")
     scores = {p: float(score(p)) for p in candidates}
     best = lowest(scores)
-    return Assignment(best, "inferred", scores) if best is not None else Assignment(GLOBAL, "global", scores)
+    return (
+        Assignment(best, "inferred", scores)
+        if best is not None
+        else Assignment(GLOBAL, "global", scores)
+    )

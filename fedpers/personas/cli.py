@@ -19,13 +19,23 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "lower is better), pick the lowest (or the declared --persona) and answer with that adapter. "
         "Falls back to the global adapter when no persona adapter exists.",
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory with run.json and adapters/")
+    p.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="run directory with run.json and adapters/"
+    )
     p.add_argument("prompt", metavar="PROMPT", help="the user's message")
     p.add_argument("--persona", help="declared persona: use its adapter instead of inferring one")
     p.add_argument("--model", help="base model option (default: the run's model from run.json)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer, in tokens (default: %(default)s)")
     p.add_argument(
-        "--max-length", type=int, default=256, help="prompt tokens scored, keeping the latest (default: %(default)s)"
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        help="longest answer, in tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=256,
+        help="prompt tokens scored, keeping the latest (default: %(default)s)",
     )
     p.add_argument("--no-answer", action="store_true", help="route only; do not generate an answer")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -50,13 +60,17 @@ def run_route(args: argparse.Namespace) -> int:
     adapters = load_adapters(args.run_dir)
     base, tokenizer = load_base_model(args.model or config["model"])
     model = PersonalizedLM(attach_lora(base, lora_settings(config)))
-    scorer = LossScorer(model, tokenizer, {p: adapters[p] for p in personas if p in adapters}, args.max_length)
+    scorer = LossScorer(
+        model, tokenizer, {p: adapters[p] for p in personas if p in adapters}, args.max_length
+    )
     router = Router(scorer, personas, fallback=GLOBAL, available=adapters, score_declared=True)
     decision = router.route(args.prompt, args.persona)
     answer = None
     if not args.no_answer:
         if decision.persona not in adapters:
-            raise FileNotFoundError(f"{args.run_dir}: no '{decision.persona}' adapter to answer with")
+            raise FileNotFoundError(
+                f"{args.run_dir}: no '{decision.persona}' adapter to answer with"
+            )
         load_adapter_arrays(model.lm, adapters[decision.persona])
         answer = generate_answer(model, tokenizer, args.prompt, args.max_new_tokens)
     if args.json:

@@ -41,7 +41,12 @@ class LossScorer:
         adapters: Mapping[str, Mapping[str, np.ndarray]],
         max_length: int = 256,
     ) -> None:
-        self.model, self.tokenizer, self.adapters, self.max_length = model, tokenizer, dict(adapters), max_length
+        self.model, self.tokenizer, self.adapters, self.max_length = (
+            model,
+            tokenizer,
+            dict(adapters),
+            max_length,
+        )
 
     @torch.no_grad()
     def score(self, prompt: str, candidates: Sequence[str]) -> dict[str, float]:
@@ -49,13 +54,20 @@ class LossScorer:
         if missing:
             raise ValueError(f"no adapter to score {missing}; adapters: {sorted(self.adapters)}")
         example = encode_messages(
-            self.tokenizer, [{"role": "user", "content": prompt}], self.max_length, target_roles=("user",)
+            self.tokenizer,
+            [{"role": "user", "content": prompt}],
+            self.max_length,
+            target_roles=("user",),
         )
         if example is None:
             raise ValueError("the prompt has no tokens to score")
         batch = collate([example], self.tokenizer.pad_token_id)
         model, lm = self.model, self.model.lm
-        saved, use_embedding, training = adapter_arrays(lm), model.use_user_embedding, model.training
+        saved, use_embedding, training = (
+            adapter_arrays(lm),
+            model.use_user_embedding,
+            model.training,
+        )
         model.use_user_embedding = False
         model.eval()
         try:
@@ -103,18 +115,27 @@ class Router:
     def route(self, prompt: str, declared: str | None = None) -> RouteDecision:
         if declared is not None:
             check_known(declared, self.personas)
-            scores = self.scorer.score(prompt, self.available) if self.score_declared and self.available else {}
+            scores = (
+                self.scorer.score(prompt, self.available)
+                if self.score_declared and self.available
+                else {}
+            )
             if declared in self.available:
                 return RouteDecision(declared, scores, f"declared persona '{declared}'", "declared")
             reason = f"declared persona '{declared}' has no adapter yet; using '{self.fallback}'"
             return RouteDecision(self.fallback, scores, reason, "global")
         if not self.available:
             return RouteDecision(
-                self.fallback, {}, f"no persona adapter yet (cold start); using '{self.fallback}'", "global"
+                self.fallback,
+                {},
+                f"no persona adapter yet (cold start); using '{self.fallback}'",
+                "global",
             )
         scores = self.scorer.score(prompt, self.available)
         assignment = assign_persona(None, self.available, scores.__getitem__, self.available)
         if assignment.source == "global":
-            return RouteDecision(self.fallback, scores, f"no finite score; using '{self.fallback}'", "global")
+            return RouteDecision(
+                self.fallback, scores, f"no finite score; using '{self.fallback}'", "global"
+            )
         reason = f"lowest {type(self.scorer).__name__} score among {len(self.available)} persona adapters"
         return RouteDecision(assignment.persona, scores, reason, "inferred")

@@ -62,7 +62,10 @@ def _history(events: Iterable[GaussianEvent]) -> list[tuple[float, float, int]]:
 
 def epsilon(events: Sequence[GaussianEvent], delta: float, accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` of the composition of ``events`` under one accountant (0 for no events)."""
-    from opacus.accountants import PRVAccountant, RDPAccountant  # torch: loaded only when epsilon is computed
+    from opacus.accountants import (
+        PRVAccountant,
+        RDPAccountant,
+    )  # torch: loaded only when epsilon is computed
 
     history = _history(events)
     if not history:
@@ -100,7 +103,9 @@ def calibrate_noise_multiplier(
     the target, or if staying within it would take more than ``max_noise_multiplier`` (training
     under that much noise learns nothing).
     """
-    return _calibrate(target_epsilon, delta, sample_rate, steps, tuple(prior), tolerance, max_noise_multiplier)
+    return _calibrate(
+        target_epsilon, delta, sample_rate, steps, tuple(prior), tolerance, max_noise_multiplier
+    )
 
 
 @lru_cache(maxsize=256)
@@ -117,10 +122,15 @@ def _calibrate(
         return epsilon([*prior, GaussianEvent(sigma, sample_rate, steps)], delta, "rdp") <= target
 
     def both_ok(sigma: float) -> bool:
-        return epsilon_report([*prior, GaussianEvent(sigma, sample_rate, steps)], delta).epsilon <= target
+        return (
+            epsilon_report([*prior, GaussianEvent(sigma, sample_rate, steps)], delta).epsilon
+            <= target
+        )
 
     if epsilon_report(prior, delta).epsilon >= target:
-        raise BudgetExceededError(f"the privacy budget epsilon={target} is already spent by earlier training")
+        raise BudgetExceededError(
+            f"the privacy budget epsilon={target} is already spent by earlier training"
+        )
     low, high = 0.1, 1.0
     while not rdp_ok(high):  # bracket and bisect with the cheap RDP bound ...
         low, high = high, high * 2
@@ -131,8 +141,12 @@ def _calibrate(
     while high - low > tolerance:
         mid = (low + high) / 2
         low, high = (low, mid) if rdp_ok(mid) else (mid, high)
-    while not both_ok(high):  # ... then make sure the conservative maximum of both accountants holds
+    while not both_ok(
+        high
+    ):  # ... then make sure the conservative maximum of both accountants holds
         high += tolerance
         if high > max_sigma:
-            raise BudgetExceededError(f"no noise multiplier up to {max_sigma} keeps epsilon within {target}")
+            raise BudgetExceededError(
+                f"no noise multiplier up to {max_sigma} keeps epsilon within {target}"
+            )
     return high

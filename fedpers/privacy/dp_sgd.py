@@ -60,7 +60,9 @@ class DPConfig:
     quantile_noise_multiplier: float = 5.0
     quantile_range: tuple[float, float] = (1e-4, 1.0)
     quantile_queries: int = 5
-    ledger_details: dict = field(default_factory=dict)  # added to the ledger entries (e.g. run id and round)
+    ledger_details: dict = field(
+        default_factory=dict
+    )  # added to the ledger entries (e.g. run id and round)
 
 
 @dataclass
@@ -122,11 +124,16 @@ def private_seeds(noise_seed: int | None) -> tuple[int, int]:
 def _set_empty_grad_samples(params: Sequence[torch.nn.Parameter]) -> None:
     """An empty Poisson sample contributes no gradient; the optimizer still adds noise."""
     for p in params:
-        cast(Any, p).grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # Opacus's attribute
+        cast(Any, p).grad_sample = torch.zeros(
+            (0, *p.shape), dtype=p.dtype, device=p.device
+        )  # Opacus's attribute
 
 
 def per_sample_grad_norms(
-    model: PersonalizedLM, examples: Sequence[EncodedExample], pad_token_id: int, batch_size: int = 8
+    model: PersonalizedLM,
+    examples: Sequence[EncodedExample],
+    pad_token_id: int,
+    batch_size: int = 8,
 ) -> np.ndarray:
     """Per-example gradient norms of the trainable parameters (never released; used privately)."""
     _fresh_for_opacus(model)
@@ -139,7 +146,9 @@ def per_sample_grad_norms(
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start : start + batch_size], pad_token_id)
             gsm(**batch).sum().backward()
-            squared = sum(p.grad_sample.reshape(p.grad_sample.shape[0], -1).pow(2).sum(1) for p in params)
+            squared = sum(
+                p.grad_sample.reshape(p.grad_sample.shape[0], -1).pow(2).sum(1) for p in params
+            )
             norms.append(squared.sqrt().detach().numpy())
             for p in params:
                 p.grad_sample = None
@@ -168,7 +177,9 @@ def private_quantile(
     lo, hi = math.log(low), math.log(high)
     for _ in range(queries):
         mid = (lo + hi) / 2
-        noisy = float(np.sum(values <= math.exp(mid)) - quantile * len(values)) + rng.normal(0.0, noise_multiplier)
+        noisy = float(np.sum(values <= math.exp(mid)) - quantile * len(values)) + rng.normal(
+            0.0, noise_multiplier
+        )
         if noisy >= 0:
             hi = mid
         else:
@@ -190,7 +201,12 @@ def estimate_clip_norm(
     norms = per_sample_grad_norms(model, examples, pad_token_id)
     rng = np.random.default_rng(_entropy_seed(seed))
     clip = private_quantile(
-        norms, dp.clip_quantile, *dp.quantile_range, dp.quantile_queries, dp.quantile_noise_multiplier, rng
+        norms,
+        dp.clip_quantile,
+        *dp.quantile_range,
+        dp.quantile_queries,
+        dp.quantile_noise_multiplier,
+        rng,
     )
     ledger.complete(entry, max_grad_norm=clip)
     return clip
@@ -221,7 +237,9 @@ def plan_dp(
     if sigma is None:
         if dp.target_epsilon is None:
             raise ValueError("DP needs either noise_multiplier or target_epsilon")
-        sigma = calibrate_noise_multiplier(dp.target_epsilon, dp.delta, sample_rate, steps, ledger.events())
+        sigma = calibrate_noise_multiplier(
+            dp.target_epsilon, dp.delta, sample_rate, steps, ledger.events()
+        )
     return DPPlan(sigma, clip, sample_rate, steps, run_id)
 
 
@@ -261,7 +279,16 @@ def train(
     if dp.enabled:
         if ledger is None:
             raise ValueError("DP training needs a privacy ledger to record its spending")
-        plan = plan_dp(model, examples, pad_token_id, dp, ledger, config.batch_size, config.steps, config.noise_seed)
+        plan = plan_dp(
+            model,
+            examples,
+            pad_token_id,
+            dp,
+            ledger,
+            config.batch_size,
+            config.steps,
+            config.noise_seed,
+        )
         sigma, clip = plan.noise_multiplier, plan.max_grad_norm
         result.noise_multiplier, result.max_grad_norm = sigma, clip
         entry = ledger.record(

@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedpers.atomic import write_json
-from fedpers.privacy.accounting import BudgetExceededError, EpsilonReport, GaussianEvent, epsilon_report
+from fedpers.privacy.accounting import (
+    BudgetExceededError,
+    EpsilonReport,
+    GaussianEvent,
+    epsilon_report,
+)
 
 LEDGER_VERSION = 1
 DEFAULT_DELTA = 1e-5
@@ -82,7 +87,9 @@ class PrivacyLedger:
     (``DEFAULT_DELTA`` for a new ledger).
     """
 
-    def __init__(self, path: Path | str, user_id: str, delta: float | None = None, cap: float | None = None) -> None:
+    def __init__(
+        self, path: Path | str, user_id: str, delta: float | None = None, cap: float | None = None
+    ) -> None:
         self.path = Path(path)
         self.user_id = user_id
         self.requested_delta = delta
@@ -114,7 +121,9 @@ class PrivacyLedger:
         try:
             return json.loads(self.path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{self.path}: privacy ledger is corrupt ({err}); refusing to continue") from err
+            raise ValueError(
+                f"{self.path}: privacy ledger is corrupt ({err}); refusing to continue"
+            ) from err
 
     def _save(self, document: dict) -> None:
         write_json(self.path, document)
@@ -125,9 +134,13 @@ class PrivacyLedger:
             self.entries = []
             return
         if data.get("user_id") != self.user_id:
-            raise ValueError(f"{self.path}: ledger belongs to user {data.get('user_id')!r}, not {self.user_id!r}")
+            raise ValueError(
+                f"{self.path}: ledger belongs to user {data.get('user_id')!r}, not {self.user_id!r}"
+            )
         stored = float(data.get("delta", DEFAULT_DELTA))
-        if self.requested_delta is not None and not math.isclose(stored, self.requested_delta, rel_tol=1e-12):
+        if self.requested_delta is not None and not math.isclose(
+            stored, self.requested_delta, rel_tol=1e-12
+        ):
             raise LedgerDeltaMismatch(
                 f"{self.path}: the ledger of user {self.user_id!r} accounts at delta {stored:g}, but delta "
                 f"{self.requested_delta:g} was asked for; refusing rather than composing at another delta "
