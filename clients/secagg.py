@@ -54,7 +54,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fedpers.aggregation.secure import keystream_masks
-from fedpers.instructions import RoundInstructions
+from fedpers.instructions import RoundInstructions, instructed_task
 
 
 def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
@@ -102,10 +102,12 @@ def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
 def _rounding(msg: Message, ctxt: Context) -> np.random.Generator | None:
     """The stochastic rounding's generator: ``None`` (Flower's, from OS entropy) unless the run sets the benchmark
     switch ``noise_seed >= 0``; then one derived from it, this device's user and the round, so that a seeded run
-    is reproducible end to end. The rounding protects nothing (the DP noise does); the run is marked not private."""
-    instructions = RoundInstructions.from_record(
-        compat.recorddict_to_fitins(msg.content, keep_input=True).config
-    )
+    is reproducible end to end. The rounding protects nothing (the DP noise does); the run is marked not private.
+    A message without fedpers instructions (the mod serving another app) keeps Flower's rounding."""
+    record = compat.recorddict_to_fitins(msg.content, keep_input=True).config
+    if instructed_task(record) is None:
+        return None
+    instructions = RoundInstructions.from_record(record)
     if instructions.config.privacy.noise_seed < 0:
         return None
     who = ctxt.node_config.get("user-id", ctxt.node_config.get("partition-id", ctxt.node_id))
