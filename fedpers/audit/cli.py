@@ -50,13 +50,13 @@ def register(sub: argparse._SubParsersAction, attack: AttackRunner | None = None
         p.add_argument(
             "--canaries",
             type=int,
-            default=75,
+            default=40,
             help="canaries for the attack (each inserted with probability 1/2)",
         )
         p.add_argument(
             "--repeats",
             type=int,
-            default=8,
+            default=24,
             help="copies of each inserted canary (the bound is then compared to the group epsilon of that many records)",
         )
         p.add_argument(
