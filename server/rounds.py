@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 
 from fedpers.aggregation.rounds import RoundSums
 from fedpers.instructions import PERSONA_INDEX, SINGLE_SLOT, persona_from_index
-from server.strategy import PersonaTraining
+from server.strategy import PersonaTraining, Received
 
 Session = Callable[[Grid, LegacyContext], None]
 
@@ -51,32 +51,35 @@ def aggregated(context: LegacyContext) -> Parameters:
     )
 
 
-class SlotRound:
-    """Persona hiding: one aggregation; every upload holds one slot per adapter."""
+class _OneSession:
+    """A round of one aggregation session over every sampled client."""
 
     def __init__(self, training: PersonaTraining, session: Session) -> None:
         self.training, self.session = training, session
 
-    def collect(self, grid: Grid, context: LegacyContext, server_round: int) -> RoundSums | None:
+    def _run(self, grid: Grid, context: LegacyContext) -> Received | None:
+        """Run the session; what its ``aggregate_fit`` received (``None``: nothing)."""
         self.training.received = None
         self.session(grid, context)
-        received = self.training.received
+        return self.training.received
+
+
+class SlotRound(_OneSession):
+    """Persona hiding: one aggregation; every upload holds one slot per adapter."""
+
+    def collect(self, grid: Grid, context: LegacyContext, server_round: int) -> RoundSums | None:
+        received = self._run(grid, context)
         if received is None:
             return None
         sums, counts = self.training.slot_sums(aggregated(context))
         return RoundSums(server_round, sums, counts, received.participants, received.failures)
 
 
-class PlainInClearRound:
+class PlainInClearRound(_OneSession):
     """Plain aggregation with personas in clear: the server sees each upload and groups them by persona."""
 
-    def __init__(self, training: PersonaTraining, session: Session) -> None:
-        self.training, self.session = training, session
-
     def collect(self, grid: Grid, context: LegacyContext, server_round: int) -> RoundSums | None:
-        self.training.received = None
-        self.session(grid, context)
-        received = self.training.received
+        received = self._run(grid, context)
         if received is None or received.by_persona is None:
             return None
         sums, counts = {}, {}
