@@ -79,7 +79,7 @@ def lines_for(config: FederatedConfig, attack: AttackConfig, result: dict, cost:
         f"default scenario's settings (SmolLM2-135M-Instruct, {config.dataset.users_per_persona * len(config.persona_names)} users, "
         f"{config.server.rounds} rounds), on this machine ({platform.machine()}, 2 cores shared with other jobs, so wall times are "
         f"upper figures). {attack.canaries} canaries with {result['secret_digits']}-digit secrets, {result['inserted']} inserted "
-        f"(fair coins, seed {attack.seed}), each inserted one {attack.repeats} times; {attack.candidates} random candidate "
+        f"(fair coins, seed {attack.seed}), each inserted canary added {attack.repeats} times to its user's data; {attack.candidates} random candidate "
         "secrets per canary. Score: the secret tokens' loss drop (base model minus released persona adapter) against the "
         "candidates', in standard deviations. Lower bound: Steinke, Nasr and Jagielski's one-run audit, 95 % confidence.",
         "",
