@@ -36,7 +36,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.default_workflows import default_fit_workflow
 from flwr.serverapp import Grid, ServerApp
 
-from fedpers.adapters import GLOBAL
+from fedpers.adapters import GLOBAL, Adapters
 from fedpers.aggregation import published_counts
 from fedpers.aggregation.rounds import PersonaAdapters, apply_round
 from fedpers.aggregation.secure import QuantizationPlan
@@ -59,7 +59,6 @@ from server.rounds import RoundMode, round_mode
 from server.secagg import SecAggPlusRound
 from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
 
-Adapters = dict[str, dict[str, np.ndarray]]
 Evaluator = Callable[[int, Adapters, set[str], str, bool], dict]
 """``evaluator(round, adapters, trained personas, run id, final)`` -> one evaluation history record."""
 NO_EVALUATION = (
@@ -68,9 +67,7 @@ NO_EVALUATION = (
 )
 
 
-def initial_adapters(
-    config: FederatedConfig, arrays: dict[str, np.ndarray]
-) -> dict[str, dict[str, np.ndarray]]:
+def initial_adapters(config: FederatedConfig, arrays: dict[str, np.ndarray]) -> Adapters:
     """Global and persona adapters at round 0. Declared personas start equal (LoRA B = 0, i.e. the base
     model); inferred personas need distinct starting points (IFCA), so their B gets small seeded noise."""
     adapters = {GLOBAL: {k: v.copy() for k, v in arrays.items()}}

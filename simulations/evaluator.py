@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load as load_tensors
 
 from clients.state import UserState
-from fedpers.adapters import GLOBAL
+from fedpers.adapters import GLOBAL, Adapters
 from fedpers.aggregation import published_count
 from fedpers.evaluation import evaluate
 from fedpers.federated import FederatedConfig
@@ -37,7 +37,6 @@ from fedpers.models.environment import ModelEnvironment, model_environment
 from fedpers.personas.assignment import assign_persona
 from fedpers.userdata import user_data
 
-Adapters = dict[str, dict[str, np.ndarray]]
 BASE = "base model"  # not an adapter name: the zero adapter
 SOURCE = "the experimenter's evaluator in the simulation driver, outside the federated protocol (no device sent these figures)"
 
