@@ -154,9 +154,8 @@ def _check_ledger(instructions: RoundInstructions, context: Context, needed: set
 def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Let a reply leave only if every field is in the release manifest (:mod:`fedpers.releases`) and every
     DP field's ledger entry is already on the device; otherwise log it and send an error instead."""
-    stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(
-        Key.STAGE
-    )  # secaggplus_mod pops it
+    # secaggplus_mod pops it
+    stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE)
     reply = call_next(msg, context)
     if reply.has_error():
         return reply

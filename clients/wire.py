@@ -19,9 +19,8 @@ from fedpers.wirelog import MANIFEST, append_manifest, payload_name
 
 
 def manifest_entry(msg: Message, reply: Message, context: Context, payload: bytes) -> dict:
-    fitins = msg.content.config_records.get(
-        "fitins.config"
-    )  # Flower's legacy layout of a TRAIN message
+    # Flower's legacy layout of a TRAIN message
+    fitins = msg.content.config_records.get("fitins.config")
     return {
         "node_id": context.node_id,
         "partition_id": context.node_config.get("partition-id"),
@@ -39,9 +38,8 @@ def record_replies(directory: Path | str) -> Callable:
     def mod(
         msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
-        stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(
-            Key.STAGE
-        )  # popped by secaggplus_mod
+        # popped by secaggplus_mod
+        stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE)
         reply = call_next(msg, context)
         if reply.has_error():
             return reply

@@ -290,9 +290,10 @@ class FederatedConfig:
         return [p for p in self.dataset.personas.split(",") if p]
 
     def lora(self) -> LoraSettings:
+        # peft and torch: not for the ClientApp's light stages
         from fedpers.models.lora import (
             LoraSettings,
-        )  # peft and torch: not for the ClientApp's light stages
+        )
 
         m = self.model
         return LoraSettings(

@@ -79,9 +79,8 @@ class RoundInstructions:
     task: str = "train"
     slots: tuple[str, ...] = ()  # empty: the run's (:func:`round_slots`)
     trained_personas: tuple[str, ...] = ()
-    adapters_blob: bytes = field(
-        default=b"", repr=False
-    )  # safetensors: the adapters the client starts from
+    # safetensors: the adapters the client starts from
+    adapters_blob: bytes = field(default=b"", repr=False)
     count_value: float = 0.0  # what a client adds to its slot's count (the SecAgg+ range sets it)
 
     def __post_init__(self) -> None:

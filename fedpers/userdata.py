@@ -116,9 +116,8 @@ def _user_data(
     env: ModelEnvironment,
 ) -> UserData:
     mine = [c for c in _conversations(*data_key) if c.user_id == user_id]
-    extra = [
-        c for c in _canaries(canaries) if c.user_id == user_id
-    ]  # privacy audit only: never held out
+    # privacy audit only: never held out
+    extra = [c for c in _canaries(canaries) if c.user_id == user_id]
     declared = mine[0].persona if mine else None
     return encode_user(
         user_id,

@@ -127,18 +127,16 @@ class ServerRun:
     peft_model: object  # the base model with LoRA, to save adapters in peft format
     state: PersonaAdapters
     training: PersonaTraining
-    strategy: (
-        Strategy  # ``training``, wrapped in Flower's client-side clipping DP under user-level DP
-    )
+    # ``training``, wrapped in Flower's client-side clipping DP under user-level DP
+    strategy: Strategy
     mode: RoundMode
     sessions: list[SecAggPlusRound]
-    ledgers: dict[
-        str, PrivacyLedger
-    ]  # the server's user-level DP record per adapter (empty without it)
-    history: list[dict] = field(default_factory=list)  # one record per round that applied an update
-    evaluations: list[dict] = field(
-        default_factory=list
-    )  # the evaluator's records (simulations only)
+    # the server's user-level DP record per adapter (empty without it)
+    ledgers: dict[str, PrivacyLedger]
+    # one record per round that applied an update
+    history: list[dict] = field(default_factory=list)
+    # the evaluator's records (simulations only)
+    evaluations: list[dict] = field(default_factory=list)
 
 
 def build_run(

@@ -147,9 +147,8 @@ def publish(run_dir: Path | str, registry: Path | str) -> Version:
             }
             write_json(staging / VERSION_FILE, record)
             try:
-                os.rename(
-                    staging, registry / version_name(number)
-                )  # fails if another publisher took the number
+                # fails if another publisher took the number
+                os.rename(staging, registry / version_name(number))
                 break
             except OSError:
                 number += 1

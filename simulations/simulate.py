@@ -123,10 +123,11 @@ def simulate(
     if config.outputs.record_wire:
         from clients.wire import record_replies
 
+        # outermost: sees what leaves the device
         client_mods = [
             record_replies(run_dir / "wire"),
             *(client_mods or []),
-        ]  # outermost: sees what leaves the device
+        ]
     if len(users) < config.server.min_clients:
         raise ValueError(
             f"the data holds {len(users)} users, fewer than min_clients={config.server.min_clients}"

@@ -69,9 +69,8 @@ def test_calibration_is_tight_and_accounts_prior_spending():
     prior = [GaussianEvent(sigma, 0.25, 30)]
     second = calibrate_noise_multiplier(12.0, DELTA, 0.25, 30, prior)
     assert epsilon_report([*prior, GaussianEvent(second, 0.25, 30)], DELTA).epsilon <= 12.0
-    assert second > calibrate_noise_multiplier(
-        12.0, DELTA, 0.25, 30
-    )  # less budget left, more noise
+    # less budget left, more noise
+    assert second > calibrate_noise_multiplier(12.0, DELTA, 0.25, 30)
     with pytest.raises(BudgetExceededError):
         calibrate_noise_multiplier(5.0, DELTA, 0.25, 30, prior)
 

@@ -22,16 +22,13 @@ from fedpers.audit.canaries import (
 def test_canaries_are_split_by_fair_coins_and_render_as_conversations():
     canaries = make_canaries({"u1": "leadership", "u2": "field_worker"}, 200, seed=3)
     assert 70 < sum(c.inserted for c in canaries) < 130
-    assert [c.inserted for c in canaries] == [
-        inserted_coin(3, i) for i in range(200)
-    ]  # recomputable from the seed
-    assert (
-        340 < sum(inserted_coin(s, i) for s in range(4) for i in range(200)) < 460
-    )  # fair: 400 expected, sd 14
+    # recomputable from the seed
+    assert [c.inserted for c in canaries] == [inserted_coin(3, i) for i in range(200)]
+    # fair: 400 expected, sd 14
+    assert 340 < sum(inserted_coin(s, i) for s in range(4) for i in range(200)) < 460
     assert len({c.secret for c in canaries}) == 200
-    assert (
-        sum(c.user_id == "u1" for c in canaries) == 100
-    )  # dealt in turn: no user swamped by copies
+    # dealt in turn: no user swamped by copies
+    assert sum(c.user_id == "u1" for c in canaries) == 100
     conv = canaries[0].conversation("1 2 3 4 5 6")
     assert conv.user_id == canaries[0].user_id and conv.turns[1].text.endswith("is 1 2 3 4 5 6.")
     copies = canaries[0].copies(3)
@@ -94,9 +91,8 @@ def test_prefix_reuse_scores_the_same_losses_as_full_forward_passes():
     torch.manual_seed(0)
     for name, p in peft.named_parameters():
         if "lora_B" in name:
-            p.data.normal_(
-                0, 0.5
-            )  # a non-zero adapter, so its keys and values differ from the base model's
+            # a non-zero adapter, so its keys and values differ from the base model's
+            p.data.normal_(0, 0.5)
     model = PersonalizedLM(peft).eval()
     rng = random.Random(0)
     for canary in make_canaries({"u1": "a", "u2": "b"}, 3, seed=5):
@@ -124,15 +120,12 @@ def test_auc_and_exposure():
     assert auc([1, 2, 3, 4], [True, True, False, False]) == 0.0
     assert auc([1, 1], [True, False]) == 0.5
     candidates = [0.1 * i for i in range(-50, 51)]
-    assert exposure(100.0, candidates)["normal_fit"] == pytest.approx(
-        math.log2(SECRET_SPACE)
-    )  # capped at the secret space
-    assert exposure(0.0, candidates)["normal_fit"] == pytest.approx(
-        1.0, abs=0.05
-    )  # the median: one bit
-    assert (
-        exposure(0.0, candidates)["rank"] == 52
-    )  # 51 candidates score at least as high (ties count against)
+    # capped at the secret space
+    assert exposure(100.0, candidates)["normal_fit"] == pytest.approx(math.log2(SECRET_SPACE))
+    # the median: one bit
+    assert exposure(0.0, candidates)["normal_fit"] == pytest.approx(1.0, abs=0.05)
+    # 51 candidates score at least as high (ties count against)
+    assert exposure(0.0, candidates)["rank"] == 52
 
 
 @pytest.mark.slow  # Ray

@@ -15,17 +15,14 @@ def test_a_ledger_is_accounted_four_ways_and_quoted_at_the_most_conservative(tmp
     ]
     for entry in entries:
         ledger.complete(ledger.record(entry))
-    ledger.record(
-        LedgerEntry("dp-sgd", [GaussianEvent(1.2, 0.25, 8)])
-    )  # planned, never completed: still counted
+    # planned, never completed: still counted
+    ledger.record(LedgerEntry("dp-sgd", [GaussianEvent(1.2, 0.25, 8)]))
     spent = spent_from_ledger(tmp_path / "user7.json", budget=12.0)
     assert spent.owner == "user7" and spent.unfinished_entries == 1 and len(spent.entries) == 3
-    assert spent.epsilon_prv == pytest.approx(
-        spent.independent_pld, rel=0.05
-    )  # stated tolerance: 5 %
-    assert spent.epsilon_rdp == pytest.approx(
-        spent.independent_rdp, rel=0.10
-    )  # stated tolerance: 10 %
+    # stated tolerance: 5 %
+    assert spent.epsilon_prv == pytest.approx(spent.independent_pld, rel=0.05)
+    # stated tolerance: 10 %
+    assert spent.epsilon_rdp == pytest.approx(spent.independent_rdp, rel=0.10)
     assert spent.epsilon == max(
         spent.epsilon_rdp, spent.epsilon_prv, spent.independent_pld, spent.independent_rdp
     )

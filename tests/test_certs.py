@@ -99,9 +99,8 @@ def test_tls_handshake_as_superlink_and_supernode_make_it(tmp_path):
     server_crt, server_key = generate_server_cert(tmp_path, ["127.0.0.1", "localhost"])
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # uvicorn's ssl_certfile / ssl_keyfile
     server.load_cert_chain(server_crt, server_key)
-    client = ssl.SSLContext(
-        ssl.PROTOCOL_TLS_CLIENT
-    )  # flwr's FleetHttpClient with root certificates
+    # flwr's FleetHttpClient with root certificates
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.load_verify_locations(cadata=ca_crt.read_text())
     for host in ("127.0.0.1", "localhost"):
         _handshake(server, client, host)
@@ -117,9 +116,8 @@ def test_node_keys_load_as_flower_loads_them(tmp_path):
     )
     key, derived = _try_setup_client_authentication(args)  # what flower-supernode does
     assert isinstance(key.curve, ec.SECP384R1)
-    assert try_load_public_key(public) == public_key_to_bytes(
-        derived
-    )  # what `flwr supernode register` sends
+    # what `flwr supernode register` sends
+    assert try_load_public_key(public) == public_key_to_bytes(derived)
     assert verify_signature(derived, b"request", sign_message(key, b"request"))
     with pytest.raises(ValueError, match="invalid node name"):
         generate_node_keys(tmp_path, "../node")

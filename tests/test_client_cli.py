@@ -172,23 +172,23 @@ def test_client_trains_from_the_store_and_refuses_past_the_consented_budget(
     )
     assert store.adapters_info()["settings"]["model"] == "tiny"
 
-    assert (
-        main([*args, "consent", "--budget", f"{spent * 1.01:.6f}"]) == 0
-    )  # the user lowers the cap
+    # the user lowers the cap
+    assert main([*args, "consent", "--budget", f"{spent * 1.01:.6f}"]) == 0
     with pytest.raises(ParticipationRefused) as refused:
         client_train(round_message(2), _context(store))
-    assert str(refused.value) == OVER_BUDGET and USER not in str(
-        refused.value
-    )  # what the server learns
+    # what the server learns
+    assert str(refused.value) == OVER_BUDGET and USER not in str(refused.value)
+    # the device's log
     assert re.search(
         rf"{USER}: refused to train: .*'dp-sgd' would bring user {USER}'s epsilon from {spent:.3f} to .*"
         r"over the consented budget of .*nothing was run",
         refused.value.detail,
-    )  # the device's log
+    )
+    # nothing recorded, nothing run
     assert [e.purpose for e in store.ledger().entries] == [
         "clip-quantile",
         "dp-sgd",
-    ]  # nothing recorded, nothing run
+    ]
 
     assert main([*args, "consent", "--budget", f"{spent:.6f}"]) == 0
     with pytest.raises(ParticipationRefused, match="privacy budget is spent"):

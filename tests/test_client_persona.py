@@ -74,9 +74,8 @@ def test_inferred_choice_does_not_depend_on_any_user_embedding(
     net = personalized(model, tok)
     same = adapter_arrays(net.lm)
     adapters = {"leadership": same, "field_worker": same}
-    monkeypatch.setattr(
-        persona_module.os, "urandom", lambda n: b"\x01" * n
-    )  # the same noise draws on both calls
+    # the same noise draws on both calls
+    monkeypatch.setattr(persona_module.os, "urandom", lambda n: b"\x01" * n)
     scores = []
     for fill in (0.0, 3.0):
         with torch.no_grad():

@@ -91,9 +91,8 @@ def _check_audit(run_dir, published) -> float:
     masked = [
         t for e in manifest if e["secagg_stage"] == "collect masked vectors" for t in e["arrays"]
     ]
-    assert len(masked) >= 6 and all(
-        t["dtype"].startswith(("int", "uint")) for t in masked
-    )  # masked integers, never floats
+    # masked integers, never floats
+    assert len(masked) >= 6 and all(t["dtype"].startswith(("int", "uint")) for t in masked)
     assert not [t for e in manifest for t in e["arrays"] if t["dtype"].startswith("float")]
     assert fedpers_main(["audit", "verify", str(run_dir)]) == 0
     assert (published / "audit.json").read_bytes() == (run_dir / "audit.json").read_bytes()
@@ -165,11 +164,12 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
             device.adapters_info()["run_id"] == metrics["run_id"] and device.embedding() is not None
         )
         spent = device.ledger().spent().epsilon
+        # what the server's report claims, on each device
         assert 0 < spent <= ceiling * (1 + 1e-9), (
             user,
             spent,
             ceiling,
-        )  # what the server's report claims, on each device
+        )
         charged = [e for e in device.ledger().entries if e.purpose == "dp-sgd"]
         assert [(e.details["run_id"], e.details["round"]) for e in charged] == [
             (metrics["run_id"], 1),

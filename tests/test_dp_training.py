@@ -65,9 +65,8 @@ def test_ledger_receives_spending_and_empty_batches_still_take_noisy_steps(
     net = personalized(model, tok)
     net.user_embedding.requires_grad_(False)
     ledger = PrivacyLedger(tmp_path / "l.json", "u")
-    sparse = TrainConfig(
-        steps=8, batch_size=1, learning_rate=1e-2, noise_seed=3
-    )  # many empty samples
+    # many empty samples
+    sparse = TrainConfig(steps=8, batch_size=1, learning_rate=1e-2, noise_seed=3)
     before = snapshot(net)
     result = train(net, examples[:20], tok.pad_token_id, sparse, DP, ledger)
     assert any(np.isnan(result.losses)), "expected some empty Poisson samples"
@@ -164,9 +163,8 @@ def test_calibrated_training_meets_target_epsilon(tiny, examples, tmp_path):
             ledger,
         )
     assert len(ledger.entries) == entries  # a refused training records nothing
-    again = train(
-        net, examples, tok.pad_token_id, FAST, dp, ledger
-    )  # what is left of 5.0 needs far more noise
+    # what is left of 5.0 needs far more noise
+    again = train(net, examples, tok.pad_token_id, FAST, dp, ledger)
     assert again.noise_multiplier > 2 * result.noise_multiplier and again.epsilon.epsilon <= 5.0
 
 

@@ -59,9 +59,8 @@ def test_ledger_write_is_atomic_and_composes_across_runs(tmp_path):
     assert two == pytest.approx(
         epsilon_report([GaussianEvent(1.0, 0.2, 60)], 1e-5).epsilon, rel=1e-6
     )
-    assert not [
-        p for p in tmp_path.iterdir() if p.name.startswith(".ledger.json-")
-    ]  # no temp files left
+    # no temp files left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ledger.json-")]
     assert json.loads(path.read_text())["user_id"] == "alice"
 
 
@@ -101,6 +100,5 @@ def test_a_capped_ledger_refuses_spending_past_the_cap_before_recording_it(tmp_p
     ):
         ledger.record(LedgerEntry("dp-sgd", [round_]))
     assert len(PrivacyLedger(path, "alice").entries) == 1  # the refused entry was never written
-    assert PrivacyLedger(path, "alice", cap=None).record(
-        LedgerEntry("dp-sgd", [round_])
-    )  # uncapped: as before
+    # uncapped: as before
+    assert PrivacyLedger(path, "alice", cap=None).record(LedgerEntry("dp-sgd", [round_]))

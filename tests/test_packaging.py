@@ -38,9 +38,8 @@ def test_client_code_never_imports_ray_and_the_clientapp_module_stays_light():
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
-    assert out.stdout.split() == ["True", "False", "[]"], (
-        out.stderr
-    )  # no server-only package on a device
+    # no server-only package on a device
+    assert out.stdout.split() == ["True", "False", "[]"], out.stderr
 
 
 def test_simulate_without_ray_says_how_to_get_it(monkeypatch, capsys):

@@ -84,11 +84,12 @@ def test_assignment_declared_inferred_and_cold_start():
     inferred = assign_persona(
         None, ["field", "exec", "intern"], scores.__getitem__, {"field", "exec", "intern"}
     )
+    # tie: earlier persona
     assert (inferred.persona, inferred.source, inferred.scores) == (
         "exec",
         "inferred",
         scores,
-    )  # tie: earlier persona
+    )
     only_field = assign_persona(None, ["field", "exec"], scores.__getitem__, {"field"})
     assert only_field.persona == "field" and set(only_field.scores) == {
         "field"
@@ -109,9 +110,8 @@ def test_loss_scorer_prefers_the_adapter_trained_on_the_prompt_style(trained):
             decision = router.route(prompt)
             assert decision.persona == style, (prompt, decision.scores)
             assert decision.source == "inferred" and set(decision.scores) == set(PERSONAS)
-    assert all(
-        (adapter_arrays(model.lm)[k] == v).all() for k, v in before.items()
-    )  # scoring restores the adapter
+    # scoring restores the adapter
+    assert all((adapter_arrays(model.lm)[k] == v).all() for k, v in before.items())
 
 
 def test_router_declared_override_and_fallbacks(trained):

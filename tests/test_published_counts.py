@@ -111,9 +111,8 @@ def test_a_count_below_the_gate_is_published_as_below_the_gate_an_empty_slot_ali
         "c": 2,
         "d": 7,
     }
-    assert (
-        published_count(2.4567, 2) == 2.457 and published_count(1.9, 2) == "<2"
-    )  # noisy counts (user-level DP)
+    # noisy counts (user-level DP)
+    assert published_count(2.4567, 2) == 2.457 and published_count(1.9, 2) == "<2"
     assert published_count(1.0, 1) == 1 and published_count(0.4, 1) == "<1"
 
 

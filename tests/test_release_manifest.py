@@ -135,9 +135,8 @@ def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
     assert len(manifest_table()) == len(RELEASES)
     upload = [("secaggplus_configs", "masked_params")]
     assert undeclared_fields("train", "collect_masked_vectors", upload) == []
-    assert undeclared_fields("train", "setup", upload) == [
-        "secaggplus_configs/masked_params"
-    ]  # wrong stage
+    # wrong stage
+    assert undeclared_fields("train", "setup", upload) == ["secaggplus_configs/masked_params"]
     assert required_ledger("train", "collect_masked_vectors", upload, dp=True, inferred=True) == {
         "dp-sgd",
         "persona-choice",

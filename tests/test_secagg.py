@@ -53,9 +53,8 @@ def test_keystream_masks_are_uniform_keyed_by_the_whole_secret_and_shaped_like_f
     assert not np.array_equal(a[1], keystream_masks(flipped, 2**40, shapes)[1])
     values = keystream_masks(seed, 2**40, [(200_000,)])[0]
     assert values.min() >= 0 and values.max() < 2**40
-    assert (
-        abs(values.mean() / 2**40 - 0.5) < 0.005
-    )  # uniform: mean M/2 within 0.5 % (std of mean ~0.06 %)
+    # uniform: mean M/2 within 0.5 % (std of mean ~0.06 %)
+    assert abs(values.mean() / 2**40 - 0.5) < 0.005
     # Flower's shared keys are 44-byte base64 strings from HKDF: accepted like any byte string
     sk1, pk1 = generate_key_pairs()
     sk2, pk2 = generate_key_pairs()
@@ -79,13 +78,11 @@ def test_brute_force_recovers_flowers_masks_but_not_fedpers_masks():
     secret only, so searching seeds finds it (here a 2^16 window of the 2^32 space, for speed); the
     same search against ChaCha20 masks keyed by the whole secret finds nothing."""
     mod = 2**32
-    known = np.full(
-        256, 2**21, dtype=np.int64
-    )  # quantized zeros: what the other slots of an upload hold
+    # quantized zeros: what the other slots of an upload hold
+    known = np.full(256, 2**21, dtype=np.int64)
     secret = os.urandom(32)
-    window = (
-        _fold32(secret) & ~0xFFFF
-    )  # the attacker's search window: 2^16 candidates containing the true fold
+    # the attacker's search window: 2^16 candidates containing the true fold
+    window = _fold32(secret) & ~0xFFFF
 
     def search(masked: np.ndarray, generator) -> int | None:
         for candidate in range(window, window + 2**16):
@@ -135,26 +132,23 @@ def test_quantization_never_truncates_a_clipped_update_and_errs_below_1e_5_relat
         if i == 0:  # the worst case: all of the norm in one coordinate
             v = np.zeros(dim)
             v[0] = -bound
-        vectors.append(
-            [(v / max(1.0, np.linalg.norm(v) / bound)).astype(np.float32)]
-        )  # adapters are float32
+        # adapters are float32
+        vectors.append([(v / max(1.0, np.linalg.norm(v) / bound)).astype(np.float32)])
     exact = np.sum([v[0].astype(np.float64) for v in vectors], axis=0)
     approx = _secagg_sum(vectors, plan)[0]
     rel = np.linalg.norm(approx - exact) / np.linalg.norm(exact)
     assert rel < 1e-5
     # stochastic rounding is unbiased with variance at most step**2 / 4 per coordinate: a 4-sigma bound
     assert np.linalg.norm(approx - exact) < 4.0 * np.sqrt(clients * dim) * plan.step / 2
-    assert (
-        abs(approx[0] - exact[0]) < 1e-5 * bound
-    )  # the coordinate at the bound came through whole
+    # the coordinate at the bound came through whole
+    assert abs(approx[0] - exact[0]) < 1e-5 * bound
     assert plan.modulus_range > clients * plan.quantization_range * 2
     flower = [
         np.asarray(a, np.int64)
         for a in quantize(vectors[1], plan.clipping_range, plan.quantization_range)
     ]
-    assert np.all(
-        flower[0] % 32 == 0
-    )  # Flower's own float32 arithmetic: every level a multiple of 32 or 64
+    # Flower's own float32 arithmetic: every level a multiple of 32 or 64
+    assert np.all(flower[0] % 32 == 0)
 
 
 # ------------------------------------------------------------------------------------------------ slots
@@ -173,9 +167,8 @@ def test_seeded_rounding_is_reproducible_and_follows_flowers_rule():
     exact = [(np.clip(a * 0.5, -32.0, 32.0) + 32.0) * 2**30 / 64.0 for a in arrays]
     for q, x in zip(first, exact, strict=True):
         assert q.dtype == np.int64 and np.all((q == np.floor(x)) | (q == np.ceil(x)))
-    assert (
-        abs(float(np.mean(first[0] - exact[0]))) < 0.1
-    )  # unbiased: the mean error of 320 roundings is near 0
+    # unbiased: the mean error of 320 roundings is near 0
+    assert abs(float(np.mean(first[0] - exact[0]))) < 0.1
 
 
 def test_slot_sum_gives_per_persona_sums_and_counts_and_nothing_per_client():
@@ -311,9 +304,8 @@ def _expected(pids) -> np.ndarray:
 def _check_sum(strategy: _SumStrategy, pids) -> None:
     (results,) = strategy.results
     first = results[0]
-    assert all(
-        all(np.array_equal(a, b) for a, b in zip(first, r)) for r in results
-    )  # only the aggregate arrives
+    # only the aggregate arrives
+    assert all(all(np.array_equal(a, b) for a, b in zip(first, r)) for r in results)
     total = upload_sum(
         [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(first), 1, {}))] * len(results),
         secure=True,
@@ -334,9 +326,8 @@ def test_secure_sum_equals_plaintext_sum_and_server_never_holds_an_unmasked_upda
     assert stages.count("collect masked vectors") == 4 and len(observed) == 16
     plain = [np.concatenate([v.ravel() for v in _vector(p)]) for p in range(4)]
     for stage_name, reply in observed:
-        assert not any(
-            len(r) for r in reply.content.array_records.values()
-        )  # no float arrays at all
+        # no float arrays at all
+        assert not any(len(r) for r in reply.content.array_records.values())
         if stage_name != "collect masked vectors":
             continue
         masked = [
@@ -345,29 +336,29 @@ def test_secure_sum_equals_plaintext_sum_and_server_never_holds_an_unmasked_upda
         ]
         ints = np.concatenate([m.ravel() for m in masked[1:]])
         assert ints.min() >= 0 and ints.max() < plan.modulus_range
-        assert (
-            abs(ints.mean() / plan.modulus_range - 0.5) < 0.05
-        )  # looks uniform, not like a quantized update
+        # looks uniform, not like a quantized update
+        assert abs(ints.mean() / plan.modulus_range - 0.5) < 0.05
         for vec in plain:
             q = (np.clip(vec, -BOUND, BOUND) + BOUND) * plan.quantization_range / (2 * BOUND)
-            assert (
-                np.mean(np.abs(ints - q) <= 1) < 0.01
-            )  # no coordinate sits at its quantized value
+            # no coordinate sits at its quantized value
+            assert np.mean(np.abs(ints - q) <= 1) < 0.01
 
 
 @pytest.mark.parametrize(
     "stage, survivors",
     [
         (Stage.SETUP, [0, 2, 3]),
+        # Flower's own workflow halts here with no update and no error
         (
             Stage.SHARE_KEYS,
             [0, 2, 3],
-        ),  # Flower's own workflow halts here with no update and no error
+        ),
         (Stage.COLLECT_MASKED_VECTORS, [0, 2, 3]),
+        # its masked vector was in: its masks are rebuilt from the others' shares
         (
             Stage.UNMASK,
             [0, 1, 2, 3],
-        ),  # its masked vector was in: its masks are rebuilt from the others' shares
+        ),
     ],
 )
 @pytest.mark.slow  # Ray

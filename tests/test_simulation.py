@@ -119,9 +119,8 @@ def test_nothing_a_client_sends_contains_its_text_or_token_ids(run):
                 and entry["secagg_stage"] == "collect_masked_vectors"
             )
         assert set(entry["config_keys"]) <= {RECORD_KEY_CONFIGS, "fitres.status", "fitres.metrics"}
-        assert (
-            entry["config_keys"].get("fitres.metrics", []) == []
-        )  # no persona index, loss or epsilon in clear
+        # no persona index, loss or epsilon in clear
+        assert entry["config_keys"].get("fitres.metrics", []) == []
         assert entry["metric_keys"] in ({}, {"fitres.num_examples": ["num_examples"]})
     stages = sorted({e["secagg_stage"] for e in manifest})
     assert stages == ["collect_masked_vectors", "setup", "share_keys", "unmask"]
@@ -354,9 +353,8 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
     spent = audit["spent"]
     assert len(spent["clients"]) == 10 and spent["budget"] == config.privacy.epsilon
     for client in spent["clients"]:
-        assert client["epsilon"] == max(
-            client["accountants"].values()
-        )  # never below the most conservative
+        # never below the most conservative
+        assert client["epsilon"] == max(client["accountants"].values())
         assert client["epsilon"] == pytest.approx(
             metrics["client_privacy"]["epsilon_per_client"][client["user_id"]], rel=0.02
         )
@@ -427,7 +425,6 @@ def test_the_wire_scan_flags_a_deliberately_leaking_client(tmp_path):
     assert any(
         f["level"] == "problem" and "debug/last_prompt" in f["text"] for f in audit["findings"]
     )
-    assert not list(
-        (tmp_path / "wire").glob("*.bin")
-    )  # payloads pruned after the scan; the scan result stays
+    # payloads pruned after the scan; the scan result stays
+    assert not list((tmp_path / "wire").glob("*.bin"))
     assert (tmp_path / "wire" / "scan.json").exists()

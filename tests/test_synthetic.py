@@ -240,9 +240,8 @@ def first_answer_lengths(dataset: list[Conversation]) -> dict[str, float]:
 
 
 def test_answer_lengths_match_persona_styles(dataset: list[Conversation]) -> None:
-    mean = first_answer_lengths(
-        dataset
-    )  # measured words: lead 34, kw 104, field 61, admin 77, new 83
+    # measured words: lead 34, kw 104, field 61, admin 77, new 83
+    mean = first_answer_lengths(dataset)
     assert 20 <= mean["leadership"] <= 50
     assert 80 <= mean["knowledge_worker"] <= 160
     assert mean["knowledge_worker"] >= 2 * mean["leadership"]
@@ -261,9 +260,8 @@ def test_style_markers(dataset: list[Conversation]) -> None:
     commands = {p: np.mean([t.count("`") >= 4 for t in ts]) for p, ts in firsts.items()}
     assert numbered["knowledge_worker"] == 1.0 and commands["knowledge_worker"] > 0.9
     assert max(numbered[p] for p in PERSONAS if p != "knowledge_worker") == 0.0
-    assert (
-        np.mean([":" in t.split("—", 1)[1][:30] for t in firsts["leadership"]]) == 1.0
-    )  # "Bottom line: ..." first
+    # "Bottom line: ..." first
+    assert np.mean([":" in t.split("—", 1)[1][:30] for t in firsts["leadership"]]) == 1.0
 
 
 def bigram_cross_entropy(
@@ -298,11 +296,12 @@ def test_persona_model_beats_global_model(dataset: list[Conversation], split) ->
         persona_loss = bigram_cross_entropy(
             [c for c in train if c.persona == persona], test, vocab_size
         )
+        # measured: 15-23% lower
         assert persona_loss < 0.9 * global_loss, (
             persona,
             global_loss,
             persona_loss,
-        )  # measured: 15-23% lower
+        )
 
 
 # ------------------------------------------------------------------------ not memorizable

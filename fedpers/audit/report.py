@@ -202,12 +202,13 @@ def wire_section(
 ) -> dict:
     manifest = read_manifest(run_dir)
     aggregation = metrics.get("aggregation", {})
+    # counts below the gate are written "<N"
     released = [
         n
         for r in metrics.get("rounds", [])
         for p, n in r.get("contributors", {}).items()
         if p in r.get("released", []) and not isinstance(n, str)
-    ]  # counts below the gate are written "<N"
+    ]
     by_server = any(e.get("recorded_by") == "server" for e in manifest)
     return {
         "recorded": bool(manifest),

@@ -14,9 +14,8 @@ from fedpers.models.user_embedding import UserEmbedding
 
 def _backbone_and_head(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder stack and the output head of a (peft-wrapped) causal LM."""
-    model = cast(
-        Any, lm
-    )  # transformers/peft methods, which nn.Module types as Tensor | Module attributes
+    # transformers/peft methods, which nn.Module types as Tensor | Module attributes
+    model = cast(Any, lm)
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     return causal.base_model, causal.get_output_embeddings()
 

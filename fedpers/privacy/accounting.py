@@ -62,10 +62,11 @@ def _history(events: Iterable[GaussianEvent]) -> list[tuple[float, float, int]]:
 
 def epsilon(events: Sequence[GaussianEvent], delta: float, accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` of the composition of ``events`` under one accountant (0 for no events)."""
+    # torch: loaded only when epsilon is computed
     from opacus.accountants import (
         PRVAccountant,
         RDPAccountant,
-    )  # torch: loaded only when epsilon is computed
+    )
 
     history = _history(events)
     if not history:

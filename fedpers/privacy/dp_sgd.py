@@ -60,9 +60,8 @@ class DPConfig:
     quantile_noise_multiplier: float = 5.0
     quantile_range: tuple[float, float] = (1e-4, 1.0)
     quantile_queries: int = 5
-    ledger_details: dict = field(
-        default_factory=dict
-    )  # added to the ledger entries (e.g. run id and round)
+    # added to the ledger entries (e.g. run id and round)
+    ledger_details: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -124,9 +123,8 @@ def private_seeds(noise_seed: int | None) -> tuple[int, int]:
 def _set_empty_grad_samples(params: Sequence[torch.nn.Parameter]) -> None:
     """An empty Poisson sample contributes no gradient; the optimizer still adds noise."""
     for p in params:
-        cast(Any, p).grad_sample = torch.zeros(
-            (0, *p.shape), dtype=p.dtype, device=p.device
-        )  # Opacus's attribute
+        # Opacus's attribute
+        cast(Any, p).grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
 
 
 def per_sample_grad_norms(
