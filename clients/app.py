@@ -167,10 +167,11 @@ def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) 
         )
         log(ERROR, "fedpers: %s", err)
         raise err
+    # the other SecAgg+ stages carry no instructions
     if stage not in (
         None,
         Stage.COLLECT_MASKED_VECTORS,
-    ):  # the other SecAgg+ stages carry no instructions
+    ):
         return reply
     instructions = _instructions(msg)
     config = instructions.config

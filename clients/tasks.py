@@ -193,9 +193,8 @@ def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
     plan = state.plan(run_id)
     if plan is not None:
         return plan
-    if (
-        config.privacy.clip <= 0
-    ):  # measured like DP-SGD's first phase: LoRA trainable, no user embedding
+    # measured like DP-SGD's first phase: LoRA trainable, no user embedding
+    if config.privacy.clip <= 0:
         set_trainable(env.model, lora=True, embedding=False)
         env.model.use_user_embedding = False
     target = (

@@ -160,9 +160,8 @@ class PersonaTraining(FitOnly):
             return None, {}
         total = upload_sum(results, self.secure)
         by_persona = None
-        if (
-            not self.secure and not self.config.aggregation.persona_hiding
-        ):  # plain, personas in clear: group here
+        # plain, personas in clear: group here
+        if not self.secure and not self.config.aggregation.persona_hiding:
             by_persona = {}
             for _, res in results:
                 persona = persona_from_index(

@@ -81,10 +81,11 @@ def run_attack(
     scorer = CanaryScorer(config, canaries, attack)  # the base model's losses: once, for both runs
     result["base_scoring_seconds"] = scorer.base_seconds
     order = ("dp", "no-dp")
+    # the power check first: its figures matter even alone
     for name, dp in (
         ("no-dp", False),
         ("dp", config.privacy.dp),
-    ):  # the power check first: its figures matter even alone
+    ):
         if name not in runs or (name == "dp" and not config.privacy.dp):
             continue
         run = root / name

@@ -40,9 +40,8 @@ def _simulate(args: argparse.Namespace) -> int:
     import importlib.util
 
     spec = importlib.util.find_spec("ray")
-    if (
-        spec is None or spec.origin is None
-    ):  # absent, or only a namespace (e.g. Ray's temp dir /tmp/ray)
+    # absent, or only a namespace (e.g. Ray's temp dir /tmp/ray)
+    if spec is None or spec.origin is None:
         print(f"fedpers: error: {SIMULATION_MISSING}", file=sys.stderr)
         return 2
     from simulations.simulate import config_from_args, simulate

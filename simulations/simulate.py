@@ -29,9 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="CPUs per simulated client (parallel clients = CPUs / this)",
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for (
-        s
-    ) in all_settings():  # one group per section of FederatedConfig, help from the field metadata
+    # one group per section of FederatedConfig, help from the field metadata
+    for s in all_settings():
         if s.section not in groups:
             doc = (SECTIONS[s.section].__doc__ or "").strip().splitlines()[0]
             groups[s.section] = p.add_argument_group(

@@ -153,9 +153,8 @@ def test_client_trains_from_the_store_and_refuses_past_the_consented_budget(
     device, round_message, capsys
 ):
     args, store = device
-    with pytest.raises(
-        ParticipationRefused, match="has not opted in"
-    ):  # consent not given yet: nothing runs
+    # consent not given yet: nothing runs
+    with pytest.raises(ParticipationRefused, match="has not opted in"):
         client_app(round_message(1), _context(store))
     assert store.ledger().entries == []
 

@@ -175,9 +175,8 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
             (metrics["run_id"], 1),
             (metrics["run_id"], 2),
         ]
-        for entry in (
-            charged
-        ):  # charged on the device before its upload left: before the round's unmasking began
+        # charged on the device before its upload left: before the round's unmasking began
+        for entry in charged:
             assert entry.started_at < unmasking[entry.details["round"]]
         clear = [
             p.name

@@ -142,9 +142,8 @@ def _calibrate(
     while high - low > tolerance:
         mid = (low + high) / 2
         low, high = (low, mid) if rdp_ok(mid) else (mid, high)
-    while not both_ok(
-        high
-    ):  # ... then make sure the conservative maximum of both accountants holds
+    # ... then make sure the conservative maximum of both accountants holds
+    while not both_ok(high):
         high += tolerance
         if high > max_sigma:
             raise BudgetExceededError(
