@@ -25,9 +25,8 @@ from fnmatch import fnmatchcase
 
 from fedpers.privacy.user_level import USER_LEVEL_PURPOSE
 
-SECAGG_RECORD = (
-    "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
-)
+# flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
+SECAGG_RECORD = "secaggplus_configs"
 TRAIN, QUERY = "train", "query"
 PLAIN = None  # a training reply outside SecAgg+ (secure aggregation off)
 

@@ -102,9 +102,8 @@ class PersonaTraining(FitOnly):
         )
         self.slots = round_slots(config)
         self.layout = SlotLayout.for_adapter(state.adapters[GLOBAL], self.slots)
-        self.group: set[int] | None = (
-            None  # the node ids of one persona group, when personas travel in clear
-        )
+        # the node ids of one persona group, when personas travel in clear
+        self.group: set[int] | None = None
         self.received: Received | None = None
 
     @property

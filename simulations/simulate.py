@@ -106,9 +106,8 @@ def simulate(
     ``inner_mods`` inside it (they see the plain upload); ``observer`` sees every reply of a SecAgg+ session.
     With ``record_wire`` every reply is recorded first; with ``audit_attack`` the canary simulations run
     next; with ``audit`` the signed report is written last (then the payloads are pruned unless kept)."""
-    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = (
-        "1"  # offline: never install at run time
-    )
+    # offline: never install at run time
+    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
