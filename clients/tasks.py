@@ -113,16 +113,15 @@ def prepare(instructions: RoundInstructions, node_config: dict) -> Task:
     """Load the model, the user's data and state (simulation or device store) for ``instructions``."""
     config = instructions.config
     env = model_environment(config)
-    if node_config.get("store"):
-        device = open_device(node_config)
+    state = client_state(config, node_config)
+    if isinstance(state, DeviceStore):
         check_participation(
-            device.user_id, device.consent(), device.ledger(config.privacy.delta).spent().epsilon
+            state.user_id, state.consent(), state.ledger(config.privacy.delta).spent().epsilon
         )
         if instructions.task == "train":
-            device.keep_adapters(_adapters_info(instructions), instructions.adapters)
-        return Task(instructions, env, device_user_data(config, device, env), device)
-    data = user_data(config, resolve_user(config, node_config), env)
-    return Task(instructions, env, data, UserState(config.outputs.state_dir, data.user_id))
+            state.keep_adapters(_adapters_info(instructions), instructions.adapters)
+        return Task(instructions, env, device_user_data(config, state, env), state)
+    return Task(instructions, env, user_data(config, state.user_id, env), state)
 
 
 def _adapters_info(instructions: RoundInstructions) -> dict:
