@@ -13,6 +13,9 @@ Items (each one AES-256-GCM encrypted file):
     adapters/<name>      the adapters last received from the server (safetensors); ``adapters-info``
                          says from which run and round, with the run's settings
     dp-plan, persona-choice, uploads/<key>   the ClientApp's per-run state (as in :mod:`clients.state`)
+    activations          the frozen trunk states of the user's conversations (safetensors after the
+                         32-character key they were computed for, :func:`fedpers.userdata.attach_trunk`);
+                         derived from the conversations, kept as encrypted as they are
 
 The key never reaches the run config: the ClientApp process unlocks the store with the passphrase
 or key file from its environment (:mod:`clients.unlock`).
@@ -40,6 +43,7 @@ USER_LEVEL_LEDGER = "user-level-ledger"
 LEDGERS = (LEDGER, USER_LEVEL_LEDGER)
 EMBEDDING, ADAPTERS_INFO, ADAPTER_PREFIX = "embedding", "adapters-info", "adapters/"
 DP_PLAN, PERSONA_CHOICE, UPLOAD_PREFIX = "dp-plan", "persona-choice", "uploads/"
+ACTIVATIONS = "activations"
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,15 @@ class DeviceStore:
                 self.store.delete(name)
         self.store.put(f"{UPLOAD_PREFIX}{key}", upload_to_bytes(upload[0]))
         self.store.put_json(f"{UPLOAD_PREFIX}{key}.json", upload[1])
+
+    def activations(self, key: str) -> bytes | None:
+        if not self.store.has(ACTIVATIONS):
+            return None
+        data = self.store.get(ACTIVATIONS)
+        return data[len(key) :] if data[: len(key)] == key.encode() else None
+
+    def save_activations(self, key: str, data: bytes) -> None:
+        self.store.put(ACTIVATIONS, key.encode() + data)
 
     # adapters received from the server
     def keep_adapters(self, info: dict, adapters: dict[str, dict[str, np.ndarray]]) -> None:

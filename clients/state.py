@@ -1,5 +1,5 @@
 """What a client keeps between rounds and runs, keyed by user: privacy ledgers, user embedding, DP plan,
-persona choice and cached uploads.
+persona choice, cached uploads and the cached trunk states of the user's examples.
 
 Two privacy ledgers, both composed over every round and run: the record-level one (the unit is one
 conversation: DP-SGD, the private clipping quantile, the private persona choice) and the user-level one
@@ -51,6 +51,10 @@ class ClientState(Protocol):
     def upload(self, key: str) -> Upload | None: ...
 
     def save_upload(self, key: str, run_id: str, task: str, upload: Upload) -> None: ...
+
+    def activations(self, key: str) -> bytes | None: ...
+
+    def save_activations(self, key: str, data: bytes) -> None: ...
 
 
 def upload_to_bytes(arrays: list[np.ndarray]) -> bytes:
@@ -124,3 +128,15 @@ class UserState:
             old.unlink()
         (folder / f"{key}.safetensors").write_bytes(upload_to_bytes(upload[0]))
         write_json(folder / f"{key}.json", upload[1])
+
+    def activations(self, key: str) -> bytes | None:
+        """The cached trunk states stored under ``key`` (:func:`fedpers.userdata.attach_trunk`)."""
+        path = self.root / f"trunk-{key}.safetensors"
+        return path.read_bytes() if path.exists() else None
+
+    def save_activations(self, key: str, data: bytes) -> None:
+        """Keep one set of trunk states: ``data`` under ``key``, replacing any other."""
+        for old in self.root.glob("trunk-*.safetensors"):
+            if old.name != f"trunk-{key}.safetensors":
+                old.unlink(missing_ok=True)
+        write_bytes(self.root / f"trunk-{key}.safetensors", data)

@@ -38,7 +38,7 @@ from fedpers.privacy.dp_sgd import plan_dp
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedpers.privacy.plan import DPPlan
 from fedpers.privacy.user_level import user_level_entry
-from fedpers.userdata import UserData, encode_user, user_data, user_ids
+from fedpers.userdata import UserData, attach_trunk, encode_user, user_data, user_ids
 
 
 @dataclass
@@ -110,7 +110,11 @@ def client_state(config: FederatedConfig, node_config: dict) -> ClientState:
 
 
 def prepare(instructions: RoundInstructions, node_config: dict) -> Task:
-    """Load the model, the user's data and state (simulation or device store) for ``instructions``."""
+    """Load the model, the user's data and state (simulation or device store) for ``instructions``.
+
+    The user's examples carry their frozen trunk states (:func:`fedpers.userdata.attach_trunk`),
+    computed at the user's first message and kept with the user's state: DP-SGD, the clipping
+    estimate and the persona choice run only the LoRA layers; the user-embedding phase runs the full model."""
     config = instructions.config
     env = model_environment(config)
     state = client_state(config, node_config)
@@ -120,8 +124,10 @@ def prepare(instructions: RoundInstructions, node_config: dict) -> Task:
         )
         if instructions.task == "train":
             state.keep_adapters(_adapters_info(instructions), instructions.adapters)
-        return Task(instructions, env, device_user_data(config, state, env), state)
-    return Task(instructions, env, user_data(config, state.user_id, env), state)
+        data = device_user_data(config, state, env)
+    else:
+        data = user_data(config, state.user_id, env)
+    return Task(instructions, env, attach_trunk(data, env, state), state)
 
 
 def _adapters_info(instructions: RoundInstructions) -> dict:

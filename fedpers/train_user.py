@@ -21,6 +21,7 @@ from fedpers.models import (
     encode_conversations,
     load_base_model,
 )
+from fedpers.models.trunk import trunk_states, with_trunk
 from fedpers.privacy.ledger import PrivacyLedger
 
 
@@ -101,6 +102,10 @@ def run_local(config: LocalRunConfig, log=print) -> LocalRunReport:
     )
     model = PersonalizedLM(peft_model, embedding)
     pad = tokenizer.pad_token_id
+    if model.trunk_layer is not None:  # LoRA phases run only the layers above the frozen trunk
+        states = trunk_states(peft_model, [*train_ex, *heldout_ex], pad, model.trunk_layer)
+        train_ex = with_trunk(train_ex, states[: len(train_ex)], model.trunk_layer)
+        heldout_ex = with_trunk(heldout_ex, states[len(train_ex) :], model.trunk_layer)
 
     model.use_user_embedding = False
     base = evaluate(model, heldout_ex, pad)  # LoRA B starts at zero: this is the base model

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 from fedpers.data import (
     Conversation,
@@ -22,6 +23,13 @@ from fedpers.data import (
 from fedpers.federated import FederatedConfig
 from fedpers.models.chat import EncodedExample, encode_conversations
 from fedpers.models.environment import ModelEnvironment
+from fedpers.models.trunk import (
+    states_from_bytes,
+    states_to_bytes,
+    trunk_key,
+    trunk_states,
+    with_trunk,
+)
 
 
 @dataclass
@@ -30,6 +38,46 @@ class UserData:
     declared_persona: str | None
     train: list[EncodedExample]
     heldout: list[EncodedExample]
+
+    @property
+    def has_trunk(self) -> bool:
+        return all(e.trunk is not None for e in (*self.train, *self.heldout))
+
+
+class ActivationCache(Protocol):
+    """Where a user's cached trunk states are kept between messages and runs (the simulated device's
+    files, or a device's encrypted store): bytes under a key that names what they depend on."""
+
+    def activations(self, key: str) -> bytes | None: ...
+
+    def save_activations(self, key: str, data: bytes) -> None: ...
+
+
+def attach_trunk(
+    data: UserData, env: ModelEnvironment, cache: ActivationCache | None = None
+) -> UserData:
+    """``data`` with every example carrying its frozen trunk state (:mod:`fedpers.models.trunk`).
+
+    Computed once per user, model and LoRA placement: kept on ``data`` itself (the process's cached
+    copy), and in ``cache`` when given, keyed by the base model, the layer and the token ids, so a
+    changed model or data set never reuses stale states. Without a cacheable trunk (an unsupported
+    architecture, LoRA on layer 0) ``data`` is returned unchanged and every pass takes the full path.
+    """
+    layer = env.trunk_layer
+    if layer is None or data.has_trunk:
+        return data
+    examples = [*data.train, *data.heldout]
+    key = trunk_key(env.model_id, layer, examples)
+    stored = cache.activations(key) if cache is not None else None
+    states = states_from_bytes(stored) if stored is not None else None
+    if states is None or len(states) != len(examples):
+        states = trunk_states(env.model.lm, examples, env.pad_token_id, layer)
+        if cache is not None:
+            cache.save_activations(key, states_to_bytes(states))
+    cut = len(data.train)
+    data.train = with_trunk(data.train, states[:cut], layer)
+    data.heldout = with_trunk(data.heldout, states[cut:], layer)
+    return data
 
 
 def _data_key(config: FederatedConfig) -> tuple:

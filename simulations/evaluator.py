@@ -35,7 +35,7 @@ from fedpers.federated import FederatedConfig
 from fedpers.models import load_adapter_arrays
 from fedpers.models.environment import ModelEnvironment, model_environment
 from fedpers.personas.assignment import assign_persona
-from fedpers.userdata import user_data
+from fedpers.userdata import attach_trunk, user_data
 
 BASE = "base model"  # not an adapter name: the zero adapter
 SOURCE = "the experimenter's evaluator in the simulation driver, outside the federated protocol (no device sent these figures)"
@@ -92,7 +92,8 @@ class SimulationEvaluator:
         }  # LoRA B = 0: the base model
         users: dict[str, int] = {}
         for user_id in self.users:
-            data = user_data(self.config, user_id, env)
+            state = UserState(self.config.outputs.state_dir, user_id)
+            data = attach_trunk(user_data(self.config, user_id, env), env, state)
             if not data.heldout:
                 continue
             persona = self.persona(user_id, data.declared_persona, trained, run_id)
@@ -103,7 +104,7 @@ class SimulationEvaluator:
             }
             if final:
                 variants["base"] = (BASE, None)
-                embedding = UserState(self.config.outputs.state_dir, user_id).embedding()
+                embedding = state.embedding()
                 if embedding is not None:
                     variants["persona-embedding"] = (persona, embedding)
             users[persona] = users.get(persona, 0) + 1

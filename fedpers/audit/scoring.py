@@ -37,7 +37,8 @@ from fedpers.models.chat import (
     conversation_messages,
     encode_messages,
 )
-from fedpers.models.personalized import PersonalizedLM, _backbone_and_head
+from fedpers.models.personalized import PersonalizedLM
+from fedpers.models.trunk import causal_lm_parts
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def secret_set(tokenizer, conversations: Sequence, max_length: int) -> SecretSet
 @torch.no_grad()
 def secret_losses(model: PersonalizedLM, secrets: SecretSet, batch_size: int = 128) -> np.ndarray:
     """Summed loss (nats) of the scored tokens of every continuation, with the prefix's cache computed once."""
-    backbone, head = _backbone_and_head(model.lm)
+    backbone, head = causal_lm_parts(model.lm)
     prefix = torch.tensor([secrets.prefix], dtype=torch.long)
     out = backbone(input_ids=prefix, use_cache=True)
     cache, last = out.cache, out.last_hidden_state[:, -1:, :]
@@ -125,7 +126,7 @@ def secret_losses(model: PersonalizedLM, secrets: SecretSet, batch_size: int = 1
 @torch.no_grad()
 def full_secret_losses(model: PersonalizedLM, secrets: SecretSet, pad_token_id: int) -> np.ndarray:
     """The same losses from a full forward pass of every sequence (the reference :func:`secret_losses` must match)."""
-    backbone, head = _backbone_and_head(model.lm)
+    backbone, head = causal_lm_parts(model.lm)
     length = len(secrets.prefix)
     examples = [
         EncodedExample(

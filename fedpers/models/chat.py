@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -14,10 +14,15 @@ Message = Mapping[str, str]
 
 @dataclass(frozen=True)
 class EncodedExample:
-    """One training sequence: token ids and labels (``IGNORE_INDEX`` outside assistant replies)."""
+    """One training sequence: token ids and labels (``IGNORE_INDEX`` outside assistant replies).
+
+    ``trunk``, when set, is the frozen hidden state entering decoder layer ``trunk_layer``
+    (``[len(input_ids), hidden]``, see :mod:`fedpers.models.trunk`); it lets the forward pass start there."""
 
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
+    trunk: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    trunk_layer: int | None = field(default=None, compare=False)
 
 
 def conversation_messages(conversation, system_prompt: str | None = None) -> list[dict[str, str]]:
@@ -104,8 +109,11 @@ def encode_conversations(
     return [e for e in encoded if e is not None]
 
 
-def collate(examples: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch; padded positions get attention 0 and label ``IGNORE_INDEX``."""
+def collate(examples: Sequence[EncodedExample], pad_token_id: int) -> dict:
+    """Right-pad a batch; padded positions get attention 0 and label ``IGNORE_INDEX``.
+
+    When every example carries its trunk state from the same layer, the batch also holds them
+    (``trunk``, zero-padded, and ``trunk_layer``)."""
     length = max((len(e.input_ids) for e in examples), default=1)
     batch = len(examples)
     input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
@@ -116,4 +124,14 @@ def collate(examples: Sequence[EncodedExample], pad_token_id: int) -> dict[str, 
         input_ids[row, :n] = torch.tensor(e.input_ids)
         labels[row, :n] = torch.tensor(e.labels)
         attention[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    batch_out: dict = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    states = [e.trunk for e in examples]
+    layers = {e.trunk_layer for e in examples}
+    if examples and len(layers) == 1 and None not in layers:
+        present = [t for t in states if t is not None]
+        if len(present) == len(examples):
+            trunk = torch.zeros((batch, length, present[0].shape[-1]), dtype=present[0].dtype)
+            for row, state in enumerate(present):
+                trunk[row, : state.shape[0]] = state
+            batch_out["trunk"], batch_out["trunk_layer"] = trunk, layers.pop()
+    return batch_out

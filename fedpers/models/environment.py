@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fedpers.federated import FederatedConfig
 from fedpers.logs import quiet_libraries
-from fedpers.models.base import load_base_model
+from fedpers.models.base import load_base_model, resolve_model_dir
 from fedpers.models.lora import LoraSettings, attach_lora
 from fedpers.models.personalized import PersonalizedLM
 from fedpers.models.user_embedding import UserEmbedding
@@ -25,10 +25,24 @@ class ModelEnvironment:
     model: PersonalizedLM
     tokenizer: PreTrainedTokenizerBase
     public_embedding: torch.Tensor  # data-independent initial user embedding
+    model_id: str = ""  # names the base model's weights (what cached trunk states depend on)
 
     @property
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
+
+    @property
+    def trunk_layer(self) -> int | None:
+        """The first LoRA layer, below which hidden states are cached (``None``: full path only)."""
+        return self.model.trunk_layer
+
+
+def model_id(model_name: str) -> str:
+    """A name for the base model's weights: the packaged model's digest-named cache folder, the
+    deterministic tiny model, or a local directory's absolute path."""
+    if model_name == "tiny":
+        return "tiny"
+    return str(resolve_model_dir(model_name).resolve())
 
 
 @lru_cache(maxsize=2)
@@ -44,7 +58,9 @@ def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvi
         embedding_tokens, peft_model.get_input_embeddings(), tokenizer
     )
     public = embedding.embedding.weight.detach().clone()
-    return ModelEnvironment(PersonalizedLM(peft_model, embedding), tokenizer, public)
+    return ModelEnvironment(
+        PersonalizedLM(peft_model, embedding), tokenizer, public, model_id(model_name)
+    )
 
 
 def model_environment(config: FederatedConfig) -> ModelEnvironment:

@@ -1,4 +1,12 @@
-"""A causal LM (with LoRA) plus an optional user embedding, and the per-sequence assistant-token loss."""
+"""A causal LM (with LoRA) plus an optional user embedding, and the per-sequence assistant-token loss.
+
+Two paths to the same loss. The *full* path runs every decoder layer from the token ids (with the
+user embedding prepended when it is in use). The *trunk* path starts from the cached hidden states
+entering the first LoRA layer (:mod:`fedpers.models.trunk`) and runs only the layers above; it is
+taken whenever the batch carries them and the user embedding is not in use, which is the case for
+DP-SGD on the LoRA adapter, the private clipping estimate, the private persona choice and LoRA-only
+evaluation. The user-embedding phase and evaluation with the embedding take the full path.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +17,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedpers.models.chat import IGNORE_INDEX
+from fedpers.models.trunk import causal_lm_parts, first_adapted_layer, run_layers
 from fedpers.models.user_embedding import UserEmbedding
 
-
-def _backbone_and_head(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The decoder stack and the output head of a (peft-wrapped) causal LM."""
-    # transformers/peft methods, which nn.Module types as Tensor | Module attributes
-    model = cast(Any, lm)
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return causal.base_model, causal.get_output_embeddings()
+FULL, TRUNK = "full", "trunk"
 
 
 class PersonalizedLM(nn.Module):
@@ -33,15 +36,34 @@ class PersonalizedLM(nn.Module):
         self.lm = lm
         self.user_embedding = user_embedding
         self.use_user_embedding = user_embedding is not None
+        # the LoRA placement is fixed once attached
+        self.trunk_layer = first_adapted_layer(lm)
+        self.last_path = ""
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        trunk: torch.Tensor | None = None,
+        trunk_layer: int | None = None,
     ) -> torch.Tensor:
-        hidden = self.hidden_states(input_ids, attention_mask)
-        return sequence_losses(hidden, labels, _backbone_and_head(self.lm)[1])
+        backbone, head = causal_lm_parts(self.lm)
+        if trunk is not None and not self.use_user_embedding:
+            if self.trunk_layer is None or trunk_layer is None or trunk_layer > self.trunk_layer:
+                raise ValueError(
+                    f"trunk states of layer {trunk_layer} do not fit this model "
+                    f"(first LoRA layer {self.trunk_layer})"
+                )
+            self.last_path = TRUNK
+            hidden = run_layers(backbone, trunk.to(labels.device), attention_mask, trunk_layer)
+        else:
+            self.last_path = FULL
+            hidden = self.hidden_states(input_ids, attention_mask)
+        return sequence_losses(hidden, labels, head)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        backbone, _ = _backbone_and_head(self.lm)
+        backbone, _ = causal_lm_parts(self.lm)
         embeds = cast(Any, self.lm).get_input_embeddings()(input_ids)
         prefix = 0
         if self.use_user_embedding and self.user_embedding is not None:

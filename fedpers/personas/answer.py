@@ -8,7 +8,8 @@ from typing import cast
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from fedpers.models.personalized import PersonalizedLM, _backbone_and_head
+from fedpers.models.personalized import PersonalizedLM
+from fedpers.models.trunk import causal_lm_parts
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
@@ -35,7 +36,7 @@ def greedy_ids(
     model: PersonalizedLM, input_ids: list[int], max_new_tokens: int, stop: Collection[int]
 ) -> list[int]:
     """Greedy decoding (full recompute each step, no KV cache); returns new tokens, without the stop token."""
-    _, head = _backbone_and_head(model.lm)
+    _, head = causal_lm_parts(model.lm)
     was_training = model.training
     model.eval()
     ids = torch.tensor([input_ids], dtype=torch.long)
