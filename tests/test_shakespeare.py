@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from fedpers.data import (
-    DEFAULT_SHAKESPEARE_PATH,
     import_shakespeare,
     parse_speeches,
     read_jsonl,
@@ -17,7 +16,7 @@ from fedpers.data import (
     write_jsonl,
 )
 from fedpers.data.cli import register
-from fedpers.data.shakespeare import answer_pairs
+from fedpers.data.shakespeare import answer_pairs, shakespeare_path
 
 SMALL_PLAY = """\
 ALICE:
@@ -45,8 +44,8 @@ Bye.
 """
 
 real_file = pytest.mark.skipif(
-    not Path(DEFAULT_SHAKESPEARE_PATH).is_file(),
-    reason=f"shared tinyshakespeare not found at {DEFAULT_SHAKESPEARE_PATH} (expected ../shared/data/ next to the project)",
+    not shakespeare_path().is_file(),
+    reason=f"tinyshakespeare not found at {shakespeare_path()} (../shared/data/ beside the project, or $FEDPERS_SHAKESPEARE)",
 )
 
 
@@ -128,7 +127,7 @@ def test_argument_checks(small_play: Path) -> None:
 
 @pytest.fixture(scope="module")
 def real_conversations():
-    return import_shakespeare(DEFAULT_SHAKESPEARE_PATH, min_speeches=30)
+    return import_shakespeare(shakespeare_path(), min_speeches=30)
 
 
 @real_file
@@ -136,7 +135,7 @@ def test_real_file_speaker_counts(real_conversations) -> None:
     # The data README counts 75 speakers with >= 30 speeches, treating names case-sensitively. Counting answers
     # (speeches that follow a different speaker, empty speeches dropped) reproduces that number case-sensitively;
     # our users are slugs, which merge "Second Murderer" (29 answers) with "Second murderer" (1): 30, so 76.
-    speeches = parse_speeches(Path(DEFAULT_SHAKESPEARE_PATH).read_text(encoding="utf-8"))
+    speeches = parse_speeches(shakespeare_path().read_text(encoding="utf-8"))
     case_sensitive = Counter(
         a.speaker for p, a in zip(speeches, speeches[1:]) if p.speaker != a.speaker
     )
@@ -155,7 +154,7 @@ def test_real_file_ordering_and_limits(real_conversations) -> None:
     users = list(dict.fromkeys(c.user_id for c in real_conversations))
     counts = Counter(c.user_id for c in real_conversations)
     assert users == sorted(users, key=lambda u: (-counts[u], u))
-    top = import_shakespeare(DEFAULT_SHAKESPEARE_PATH, min_speeches=30, max_users=5)
+    top = import_shakespeare(shakespeare_path(), min_speeches=30, max_users=5)
     assert list(dict.fromkeys(c.user_id for c in top)) == users[:5]
 
 
@@ -182,3 +181,14 @@ def test_cli_import(small_play: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert args.func(args) == 0
     assert "3 conversations (3 speakers)" in capsys.readouterr().out
     assert len(read_jsonl(out).conversations) == 3
+
+
+def test_a_missing_text_names_where_it_was_looked_for_and_where_to_get_it(
+    tmp_path, monkeypatch, small_play
+):
+    monkeypatch.setenv("FEDPERS_SHAKESPEARE", str(tmp_path / "nowhere.txt"))
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.txt.*FEDPERS_SHAKESPEARE.*char-rnn"):
+        import_shakespeare()
+    monkeypatch.setenv("FEDPERS_SHAKESPEARE", str(small_play))
+    assert shakespeare_path() == small_play
+    assert import_shakespeare(min_speeches=1) == import_shakespeare(small_play, min_speeches=1)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fedpers.data.schema import DataValidationError, read_jsonl, write_jsonl
-from fedpers.data.shakespeare import DEFAULT_SHAKESPEARE_PATH, import_shakespeare
+from fedpers.data.shakespeare import import_shakespeare
 from fedpers.data.synthetic import PERSONAS, SyntheticConfig, generate
 
 
@@ -73,8 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument(
         "--src",
         type=Path,
-        default=DEFAULT_SHAKESPEARE_PATH,
-        help="tinyshakespeare text file (default: ../shared/data/tinyshakespeare.txt from the project root)",
+        default=None,
+        help="tinyshakespeare text file (default: $FEDPERS_SHAKESPEARE, else "
+        "../shared/data/tinyshakespeare.txt beside the project)",
     )
     imp.add_argument(
         "--min-speeches",
@@ -133,14 +134,11 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_import_shakespeare(args: argparse.Namespace) -> int:
-    if not Path(args.src).is_file():
-        print(f"error: {args.src}: no such file", file=sys.stderr)
-        return 2
     try:
         conversations = import_shakespeare(
             args.src, min_speeches=args.min_speeches, max_users=args.max_users
         )
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n = write_jsonl(args.out, conversations)

@@ -20,6 +20,18 @@ from fedpers.data.schema import Conversation, Turn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SHAKESPEARE_PATH = REPO_ROOT / "../shared/data/tinyshakespeare.txt"
+SHAKESPEARE_ENV = "FEDPERS_SHAKESPEARE"
+SHAKESPEARE_SOURCE = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+
+
+def shakespeare_path() -> Path:
+    """Where the tinyshakespeare text is read from: ``$FEDPERS_SHAKESPEARE``, else
+    ``../shared/data/tinyshakespeare.txt`` beside the project."""
+    env = os.environ.get(SHAKESPEARE_ENV)
+    return Path(env).expanduser() if env else DEFAULT_SHAKESPEARE_PATH.resolve()
+
 
 _SPEAKER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9 ,.&'-]{0,40}):\s*$")
 
@@ -112,16 +124,24 @@ def speeches_to_conversations(
 
 
 def import_shakespeare(
-    path: str | os.PathLike[str] = DEFAULT_SHAKESPEARE_PATH,
+    path: str | os.PathLike[str] | None = None,
     min_speeches: int = 30,
     max_users: int | None = None,
 ) -> list[Conversation]:
-    """Read tinyshakespeare from ``path`` and return one conversation per answer (see module docstring)."""
+    """Read tinyshakespeare from ``path`` (default :func:`shakespeare_path`) and return one conversation
+    per answer (see module docstring)."""
     if min_speeches < 1:
         raise ValueError(f"min_speeches must be >= 1, got {min_speeches}")
     if max_users is not None and max_users < 1:
         raise ValueError(f"max_users must be >= 1, got {max_users}")
-    text = Path(path).read_text(encoding="utf-8")
+    source = Path(path) if path is not None else shakespeare_path()
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"{source}: tinyshakespeare text not found. It is not part of the project: put it at "
+            f"../shared/data/tinyshakespeare.txt beside the project, or point ${SHAKESPEARE_ENV} (or "
+            f"`fedpers data import-shakespeare --src`) at a copy of {SHAKESPEARE_SOURCE} (public domain)"
+        )
+    text = source.read_text(encoding="utf-8")
     return speeches_to_conversations(
         parse_speeches(text), min_speeches=min_speeches, max_users=max_users
     )
