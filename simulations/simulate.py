@@ -125,6 +125,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from clients.app import make_client_app
+    from fedpers.modelcard import write_model_cards
     from fedpers.userdata import user_ids
     from server.app import make_server_app
     from simulations.evaluator import SimulationEvaluator
@@ -166,6 +167,7 @@ def simulate(
         if config.privacy.dp:
             metrics["max_epsilon"] = metrics["client_privacy"]["max_epsilon"]
         write_json(metrics_path, metrics)
+        write_model_cards(run_dir)  # with the epsilon the simulated devices spent
     if config.outputs.audit_attack:
         from simulations.attack import run_attack
 
