@@ -58,7 +58,7 @@ class DataSettings:
     )
     canaries: str = setting(
         "",
-        "conversation JSONL added to its users' training data (the canary attack sets it; empty: none)",
+        "conversation JSONL added to its users' training data (the canary attack sets it)",
     )
 
 
@@ -95,7 +95,7 @@ class RoundSettings:
     )
     min_nodes: int = setting(
         0,
-        "deployment engine: SuperNodes to wait for before the first round (0: min_clients); "
+        "deployment engine: SuperNodes to wait for before the first round (0: --min-clients); "
         "a simulation starts one per user",
     )
     server_optimizer: str = setting("fedavg", "'fedavg' or 'fedadam'")
