@@ -4,6 +4,9 @@ A device keeps one user's conversations, consent, privacy ledger, user embedding
 it received in an encrypted store (``--store``, default ``$FEDPERS_STORE`` or ``~/.fedpers/store``),
 unlocked with a key file (``--key-file`` or ``$FEDPERS_STORE_KEY_FILE``) or a passphrase
 (``$FEDPERS_STORE_PASSPHRASE``, else asked for).
+
+Building the parser imports neither the device's state nor any training library: each command imports
+what it runs, so that ``fedpers-client ... --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from clients.consent import DEFAULT_BUDGET, Consent, ParticipationRefused
-from clients.device import DeviceStore
 from clients.store import StoreError, create_key_file
 from clients.unlock import KEY_FILE_ENV, PASSPHRASE_ENV
 from fedpers.data.schema import DataValidationError
+
+if TYPE_CHECKING:
+    from clients.device import DeviceStore
 
 STORE_ENV = "FEDPERS_STORE"
 DEFAULT_STORE = Path("~/.fedpers/store")
@@ -53,11 +59,16 @@ def _key(args: argparse.Namespace, new: bool = False) -> dict:
     return {"passphrase": passphrase}
 
 
-def _open(args: argparse.Namespace) -> DeviceStore:
-    return DeviceStore.open(_store_dir(args), **_key(args))
+def _open(args: argparse.Namespace, key: dict | None = None) -> DeviceStore:
+    """The store of ``args``, unlocked with ``key`` (default: :func:`_key`'s)."""
+    from clients.device import DeviceStore
+
+    return DeviceStore.open(_store_dir(args), **(key if key is not None else _key(args)))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from clients.device import DeviceStore
+
     directory = _store_dir(args)
     device = DeviceStore.create(directory, args.user_id, args.persona, **_key(args, new=True))
     print(
@@ -181,7 +192,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         args.max_wait_time,
     )
     key = _key(args)
-    device = DeviceStore.open(_store_dir(args), **key)
+    device = _open(args, key)
     check_participation(device.user_id, device.consent(), _spent(device.ledger()))
     if not device.conversations():
         raise ValueError(
@@ -296,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         "its conversations to the store. Any problem (printed as FILE:LINE: FIELD: MESSAGE), a "
         "conversation of another user or one already held: nothing is stored.",
     )
-    p.add_argument("file", type=Path, metavar="FILE.jsonl")
+    p.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="conversations of this store's user, one JSON object a line",
+    )
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(
@@ -395,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else the adapter with the lowest loss on the prompt), answer with it and the user embedding "
         "trained on this device, and keep your rating (1-5) as feedback in the store.",
     )
-    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("prompt", metavar="PROMPT", help="the message to answer")
     p.add_argument(
         "--rating",
         type=int,

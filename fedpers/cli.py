@@ -22,13 +22,24 @@ os.environ.setdefault(
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` to an option's help unless the help already says it, the default is
+    None (the help says what happens then) or the option is an on/off flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action) or text
+
+
 def _add_train_local(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-local",
         help="train one user's LoRA adapter (DP-SGD) and user embedding on their conversations",
         description="Private local training of one user, as one device does it: held-out perplexity "
         "before and after, and the epsilon spent (Opacus RDP and PRV accountants).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument(
         "--model",
@@ -46,7 +57,12 @@ def _add_train_local(sub: argparse._SubParsersAction) -> None:
         "--conversations", type=int, default=60, help="synthetic conversations of the user"
     )
     p.add_argument("--seed", type=int, default=0, help="data, split and initialisation seed")
-    p.add_argument("--heldout-fraction", type=float, default=0.25)
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.25,
+        help="share of the user's conversations held out for evaluation",
+    )
     p.add_argument(
         "--max-length", type=int, default=128, help="tokens per example (keeps the latest context)"
     )
@@ -56,20 +72,22 @@ def _add_train_local(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--epsilon", type=float, default=8.0, help="target epsilon of the user's whole ledger"
     )
-    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--delta", type=float, default=1e-5, help="delta of every epsilon reported")
     p.add_argument(
         "--noise-multiplier",
         type=float,
         help="use this noise multiplier instead of calibrating to --epsilon",
     )
     p.add_argument(
-        "--clip", type=float, help="per-sample clipping norm (default: private quantile estimate)"
+        "--clip",
+        type=float,
+        help="per-sample clipping norm (default: private estimate at --clip-quantile)",
     )
     p.add_argument(
         "--clip-quantile",
         type=float,
         default=0.5,
-        help="target quantile of per-sample gradient norms",
+        help="the quantile of per-sample gradient norms the private clip estimate targets (without --clip)",
     )
     p.add_argument(
         "--no-dp",
@@ -82,13 +100,25 @@ def _add_train_local(sub: argparse._SubParsersAction) -> None:
         default="two_phase",
         help="how the user embedding is trained (see fedpers.local)",
     )
-    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=8,
+        help="LoRA rank r (with alpha = 2 r)",
+    )
     p.add_argument("--lora-layers", type=int, default=6, help="adapt the top N layers (0 = all)")
     p.add_argument(
         "--embedding-tokens", type=int, default=8, help="soft-prompt vectors in the user embedding"
     )
-    p.add_argument("--embedding-steps", type=int, default=30)
-    p.add_argument("--embedding-lr", type=float, default=3e-2)
+    p.add_argument(
+        "--embedding-steps",
+        type=int,
+        default=30,
+        help="user-embedding training steps (see --scheme)",
+    )
+    p.add_argument(
+        "--embedding-lr", type=float, default=3e-2, help="Adam learning rate of the user embedding"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/local"), help="output directory")
     p.add_argument(
         "--ledger", type=Path, help="privacy ledger to compose with (default: OUT/USER/ledger.json)"

@@ -57,7 +57,8 @@ class DataSettings:
         "'declared' (persona field of the data) or 'inferred' (IFCA on the client, chosen privately)",
     )
     canaries: str = setting(
-        "", "conversation JSONL added to its users' training data (the canary attack sets it)"
+        "",
+        "conversation JSONL added to its users' training data (the canary attack sets it)",
     )
 
 
@@ -69,7 +70,9 @@ class ModelSettings:
         "smollm2",
         "'smollm2' (packaged SmolLM2-135M-Instruct), 'tiny' (test model) or a local HF model directory",
     )
-    lora_r: int = setting(4, "LoRA rank")
+    lora_r: int = setting(
+        4, "LoRA rank r: each adapted weight matrix W gets a trained update B @ A of rank r"
+    )
     lora_alpha: int = setting(8, "LoRA scaling numerator (the update is scaled by alpha / r)")
     lora_targets: str = setting("q_proj,v_proj", "comma-separated module names that get LoRA")
     lora_layers: int = setting(4, "LoRA on the top N layers (0 = all)")
@@ -91,7 +94,9 @@ class RoundSettings:
         2, "minimum contributors before a persona (or the global) adapter is updated"
     )
     min_nodes: int = setting(
-        0, "deployment: SuperNodes to wait for before the first round (0: min_clients)"
+        0,
+        "deployment engine: SuperNodes to wait for before the first round (0: --min-clients); "
+        "a simulation starts one per user",
     )
     server_optimizer: str = setting("fedavg", "'fedavg' or 'fedadam'")
     server_lr: float = setting(
@@ -120,11 +125,10 @@ class PrivacySettings:
     )
     delta: float = setting(1e-5, "delta of every epsilon the run reports")
     noise_multiplier: float = setting(0.0, "0 = calibrate to --epsilon over all planned rounds")
-    clip: float = setting(
-        0.0, "per-sample clipping norm; 0 = private quantile of per-sample gradient norms"
-    )
+    clip: float = setting(0.0, "per-sample clipping norm; 0 = private estimate at --clip-quantile")
     clip_quantile: float = setting(
-        0.25, "the quantile of per-sample gradient norms the private clip estimate targets"
+        0.25,
+        "the quantile of per-sample gradient norms the private clip estimate targets (with --clip 0)",
     )
     user_dp: bool = setting(
         False,
@@ -180,7 +184,7 @@ class OutputSettings:
     )
     state_dir: str = setting(
         "runs/client-state",
-        "where simulated clients keep ledgers, user embeddings and plans (fedpers simulate: RUN_DIR/client-state)",
+        "where simulated clients keep ledgers, user embeddings and plans",
     )
     record_wire: bool = setting(
         True,
@@ -199,7 +203,8 @@ class OutputSettings:
     )
     registry: str = setting(
         "",
-        "the server's persona registry: each finished run's adapters become its next version (empty: none)",
+        "persona registry directory: each finished run's adapters are published as its next version "
+        "(empty: not published)",
     )
 
 

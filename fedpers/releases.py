@@ -31,6 +31,18 @@ TRAIN, QUERY = "train", "query"
 PLAIN = None  # a training reply outside SecAgg+ (secure aggregation off)
 
 
+# What secure aggregation leaves the server, until devices add noise to their uploads; README.md, docs/audit.md,
+# the audit report and the adapters' model cards say the same sentences (tested).
+SERVER_LEARNS = (
+    "SecAgg+ hides each client's upload, not the sums it unmasks: every round the server learns, for each slot "
+    "(persona), the sum of the updates of the clients in that slot and their count.",
+    "A slot with one contributor is that client's update, in clear.",
+    "Counts compared across rounds, as sampling and dropouts change who takes part, can reveal a client's persona.",
+    "The minimum-clients gate protects only what is published (no adapter is updated, and no output shows a count, "
+    "below it), not what the server sees.",
+)
+
+
 @dataclass(frozen=True)
 class Release:
     """One kind of field a device sends."""

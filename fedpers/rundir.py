@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import numpy as np
-from peft import PeftModel
-from safetensors.numpy import load_file
+from typing import TYPE_CHECKING
 
 from fedpers.atomic import write_json
-from fedpers.models.lora import LoraSettings, load_adapter_arrays
+
+if TYPE_CHECKING:  # the layout and the JSON readers serve light commands (registry, help)
+    import numpy as np
+    from peft import PeftModel
+
+    from fedpers.models.lora import LoraSettings
 
 __all__ = [
     "ADAPTERS",
@@ -47,6 +49,8 @@ def adapter_dir(run_dir: Path, name: str) -> Path:
 
 def save_adapter(run_dir: Path, name: str, model: PeftModel, arrays: dict[str, np.ndarray]) -> Path:
     """Save ``arrays`` in peft format (loadable with ``PeftModel.from_pretrained``)."""
+    from fedpers.models.lora import load_adapter_arrays
+
     load_adapter_arrays(model, arrays)
     target = adapter_dir(run_dir, name)
     model.save_pretrained(str(target))
@@ -55,6 +59,8 @@ def save_adapter(run_dir: Path, name: str, model: PeftModel, arrays: dict[str, n
 
 def load_adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     """Every adapter of a run as NumPy arrays keyed like :func:`fedpers.models.adapter_arrays`."""
+    from safetensors.numpy import load_file
+
     root = Path(run_dir) / ADAPTERS
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no adapters in this run directory")
@@ -66,6 +72,8 @@ def load_adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def lora_settings(run_config: dict) -> LoraSettings:
+    from fedpers.models.lora import LoraSettings
+
     lora = dict(run_config["lora"])
     lora["target_modules"] = tuple(lora["target_modules"])
     return LoraSettings(**lora)

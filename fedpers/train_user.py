@@ -10,9 +10,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fedpers.atomic import write_text
+from fedpers.basemodel import base_reference
 from fedpers.data import SyntheticConfig, generate, read_jsonl, train_heldout_split
 from fedpers.evaluation import EvalResult, evaluate
 from fedpers.local import LocalTrainConfig, train_local
+from fedpers.modelcard import CARD, local_adapter_card, set_base_reference
 from fedpers.models import (
     LoraSettings,
     PersonalizedLM,
@@ -124,6 +127,7 @@ def run_local(config: LocalRunConfig, log=print) -> LocalRunReport:
 
     out.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out / "adapter"))
+    set_base_reference(out / "adapter", base_reference(config.model))
     embedding.save(out / "user_embedding.safetensors")
     report = LocalRunReport(
         user_id=str(config.user_id),
@@ -140,4 +144,8 @@ def run_local(config: LocalRunConfig, log=print) -> LocalRunReport:
         out=str(out),
     )
     (out / "metrics.json").write_text(json.dumps(report.to_dict(), indent=1))
+    write_text(
+        out / "adapter" / CARD,
+        local_adapter_card(report.persona, config.model, report.epsilon, config.train.lora.steps),
+    )
     return report

@@ -227,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Register each NODE.pub (OpenSSH ECDSA public key, e.g. from `fedpers certs`) through "
         "the Control API (`flwr supernode register`). Only registered nodes may connect.",
     )
-    p.add_argument("public_keys", nargs="+", type=Path, metavar="NODE.pub")
+    p.add_argument(
+        "public_keys",
+        nargs="+",
+        type=Path,
+        metavar="NODE.pub",
+        help="public key of a device's node (OpenSSH ECDSA)",
+    )
     _add_connection_args(p)
     p.set_defaults(func=cmd_register)
 
@@ -248,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         metavar="FILE.toml",
-        help="settings file (as for `fedpers simulate --config`)",
+        help="settings file, as for `fedpers simulate --config` (examples in simulations/scenarios/)",
     )
     p.add_argument(
         "--run-config",
@@ -284,8 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Copy RUN_DIR's adapters, run.json, metrics.json and audit report (if present) into "
         "REGISTRY/vNNNN and point REGISTRY/latest at it (e.g. again after `fedpers audit`).",
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--registry", type=Path, required=True, metavar="DIR")
+    p.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory (with run.json)"
+    )
+    p.add_argument(
+        "--registry",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="persona registry directory (created if missing)",
+    )
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser(
@@ -293,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the registry's versions",
         description="List REGISTRY's versions, oldest first.",
     )
-    p.add_argument("--registry", type=Path, required=True, metavar="DIR")
+    p.add_argument(
+        "--registry", type=Path, required=True, metavar="DIR", help="persona registry directory"
+    )
     p.add_argument("--json", action="store_true", help="the version records as JSON")
     p.set_defaults(func=cmd_versions)
     return parser

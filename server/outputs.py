@@ -1,4 +1,5 @@
-"""What a run leaves in its run directory: adapters (peft), run.json, metrics.json, a plot and the headline table."""
+"""What a run leaves in its run directory: adapters (peft, with model cards), run.json, metrics.json, a plot and the
+headline table."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from matplotlib.ticker import MaxNLocator
 from peft import PeftModel
 
 from fedpers.adapters import GLOBAL
+from fedpers.basemodel import base_model_record
 from fedpers.federated import FederatedConfig
+from fedpers.modelcard import write_model_cards
 from fedpers.rundir import METRICS, RUN_CONFIG, save_adapter, write_json
 
 COLUMNS = (
@@ -34,6 +37,8 @@ def write_run_config(run_dir: Path, config: FederatedConfig, run_id: str) -> Non
         {
             "run_id": run_id,
             "model": config.model.model,
+            # the portable name, and the file and its SHA-256 for the packaged model
+            "base_model": base_model_record(config.model.model),
             "personas": config.persona_names,
             "lora": lora,
             "settings": config.to_record(),
@@ -132,4 +137,6 @@ def plot_heldout(eval_history: list[dict], path: Path) -> None:
 
 
 def write_metrics(run_dir: Path, payload: dict) -> None:
+    """``metrics.json``, and the adapters' model cards, which read it."""
     write_json(run_dir / METRICS, payload)
+    write_model_cards(run_dir)

@@ -1,6 +1,7 @@
 """The persona registry: each published run's adapters as a numbered, immutable version on disk.
 
-    REGISTRY/v0001/adapters/<name>/   every adapter in peft format, as in the run directory
+    REGISTRY/v0001/adapters/<name>/   every adapter in peft format, with its model card (README.md) and a
+                                      portable base-model reference (:mod:`fedpers.modelcard`)
     REGISTRY/v0001/run.json ...       the run's settings, metrics.json, evaluation.txt, heldout_loss.png and
                                       the audit report (audit.html, audit.json, audit.sig.json) where present
     REGISTRY/v0001/version.json       version number, run id, source, time, personas, SHA-256 of every file
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedpers.atomic import write_json
+from fedpers.modelcard import write_model_cards
 from fedpers.rundir import ADAPTERS, METRICS, RUN_CONFIG, read_json
 
 LATEST = "latest"
@@ -106,12 +108,15 @@ def _check_run_dir(run_dir: Path) -> list[str]:
 
 
 def _assemble(run_dir: Path, into: Path, names: list[str]) -> dict[str, str]:
-    """Copy the adapters and the published files of ``run_dir`` into ``into``; SHA-256 per relative path."""
+    """Copy the adapters and the published files of ``run_dir`` into ``into``, with the adapters' model cards
+    written from the copied run.json and metrics.json (a run directory written before the cards gets them
+    too); SHA-256 per relative path."""
     for name in names:
         shutil.copytree(run_dir / ADAPTERS / name, into / ADAPTERS / name)
     for name in PUBLISHED:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, into / name)
+    write_model_cards(into)
     return {
         p.relative_to(into).as_posix(): _sha256(p) for p in sorted(into.rglob("*")) if p.is_file()
     }

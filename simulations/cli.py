@@ -3,6 +3,9 @@
 ``fedpers simulate`` runs the ServerApp and ClientApp on Flower's simulation engine;
 ``fedpers audit RUN_DIR --attack`` trains the canary attack's simulations first
 (:mod:`simulations.attack`).
+
+Building the parser imports no model, training or Flower library: each command imports what it runs,
+so that ``fedpers ... --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedpers.cli import build_parser as library_parser
 from fedpers.cli import main as run_command
-from simulations.attack import attack_run_dir
+
+if TYPE_CHECKING:
+    from fedpers.audit.attack import AttackConfig
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -72,8 +79,15 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack(run_dir: Path, settings: AttackConfig) -> dict:
+    """``fedpers audit --attack``: :func:`simulations.attack.attack_run_dir`, imported when it runs."""
+    from simulations.attack import attack_run_dir
+
+    return attack_run_dir(run_dir, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    return library_parser(commands=[_add_simulate], attack=attack_run_dir)
+    return library_parser(commands=[_add_simulate], attack=_attack)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,11 +15,22 @@ from fedpers.federated import SECTIONS, FederatedConfig, all_settings, load_conf
 from fedpers.rundir import METRICS, read_json, write_json
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+SHOWN_DEFAULTS = {"state_dir": "RUN_DIR/client-state"}
+"""Defaults ``fedpers simulate`` chooses itself, as its help shows them (see :func:`config_from_args`)."""
+
+
+def _shown_default(name: str, default: object) -> str:
+    if name in SHOWN_DEFAULTS:
+        return SHOWN_DEFAULTS[name]
+    return "none" if default == "" else str(default)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", type=Path, help=f"TOML settings file (see {SCENARIOS.name}/ for examples)"
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help=f"TOML settings file (examples in {SCENARIOS.parent.name}/{SCENARIOS.name}/)",
     )
     p.add_argument("--run-dir", type=Path, help="output directory (default: runs/<timestamp>)")
     p.add_argument(
@@ -36,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             groups[s.section] = p.add_argument_group(
                 f"{s.section} settings (override the config file)", doc
             )
-        flag, helptext = "--" + s.name.replace("_", "-"), f"{s.help} (default: {s.default})"
+        flag = "--" + s.name.replace("_", "-")
+        helptext = f"{s.help} (default: {_shown_default(s.name, s.default)})"
         if s.kind is bool:
             groups[s.section].add_argument(
                 flag,
@@ -113,6 +125,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from clients.app import make_client_app
+    from fedpers.modelcard import write_model_cards
     from fedpers.userdata import user_ids
     from server.app import make_server_app
     from simulations.evaluator import SimulationEvaluator
@@ -154,6 +167,7 @@ def simulate(
         if config.privacy.dp:
             metrics["max_epsilon"] = metrics["client_privacy"]["max_epsilon"]
         write_json(metrics_path, metrics)
+        write_model_cards(run_dir)  # with the epsilon the simulated devices spent
     if config.outputs.audit_attack:
         from simulations.attack import run_attack
 

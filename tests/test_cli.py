@@ -43,6 +43,11 @@ def test_train_local_reports_perplexity_and_epsilon(tmp_path, capsys):
     base, _ = load_base_model("tiny")
     assert PeftModel.from_pretrained(base, user_dir / "adapter") is not None
     assert (user_dir / "user_embedding.safetensors").is_file()
+    adapter_config = json.loads((user_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "fedpers:tiny"
+    card = (user_dir / "adapter" / "README.md").read_text()
+    assert "`fedpers train-local`" in card and "(persona field_worker)" in card
+    assert f"epsilon {metrics['epsilon']['epsilon']:.3g} at delta 1e-05" in card
 
 
 def test_second_run_composes_with_the_ledger_and_refuses_past_budget(tmp_path, capsys):

@@ -67,6 +67,15 @@ def test_three_rounds_produce_persona_adapters(run):
     assert any(not np.array_equal(a[k], b[k]) for k in a)
     base, _ = load_base_model("tiny")
     assert PeftModel.from_pretrained(base, run_dir / "adapters" / "leadership") is not None
+    # the model card and the portable base reference (tests/test_model_cards.py has the details)
+    adapter_config = json.loads(
+        (run_dir / "adapters" / "leadership" / "adapter_config.json").read_text()
+    )
+    assert adapter_config["base_model_name_or_path"] == "fedpers:tiny"
+    card = (run_dir / "adapters" / "leadership" / "README.md").read_text()
+    assert "the **leadership** persona" in card and "| rounds | 3 recorded of 3 planned |" in card
+    assert f"spent, from the devices' ledgers: {metrics['max_epsilon']:.3g}." in card
+    assert "| 3 | 10 | 2 | yes |" in card
     assert (run_dir / "heldout_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = metrics["evaluation"]
     assert set(table["rows"]) == set(config.persona_names)

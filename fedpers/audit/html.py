@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from fedpers.audit.report import SERVER_LEARNS
+from fedpers.releases import SERVER_LEARNS
 
 ICONS = {"ok": "&#10004;", "warning": "&#9888;", "problem": "&#10008;"}
 STYLE = """

@@ -25,7 +25,13 @@ from fedpers.audit.spent import PLD_DISCRETIZATION, spent_from_ledger
 from fedpers.audit.wire import scan_run, summarize
 from fedpers.federated import FederatedConfig
 from fedpers.privacy.ledger import LEDGER_FILE, USER_LEVEL_LEDGER_FILE
-from fedpers.releases import manifest_table, recorded_fields, recorded_stage, undeclared_fields
+from fedpers.releases import (
+    SERVER_LEARNS,
+    manifest_table,
+    recorded_fields,
+    recorded_stage,
+    undeclared_fields,
+)
 from fedpers.rundir import METRICS, RUN_CONFIG, read_json, write_json
 from fedpers.wirelog import WIRE, payload_path, read_manifest
 
@@ -37,16 +43,6 @@ SCAN = "scan.json"
 POWER_AUC = 0.9  # the DP-off attack counts as strong from this AUC on (with a positive lower bound)
 ACCOUNTANT_TOLERANCE = (
     0.05  # PRV (Opacus) vs PLD (dp-accounting): relative difference shown as agreeing below this
-)
-# What secure aggregation leaves the server, until devices add noise to their uploads; README.md and docs/audit.md
-# say the same sentences (tested).
-SERVER_LEARNS = (
-    "SecAgg+ hides each client's upload, not the sums it unmasks: every round the server learns, for each slot "
-    "(persona), the sum of the updates of the clients in that slot and their count.",
-    "A slot with one contributor is that client's update, in clear.",
-    "Counts compared across rounds, as sampling and dropouts change who takes part, can reveal a client's persona.",
-    "The minimum-clients gate protects only what is published (no adapter is updated, and no output shows a count, "
-    "below it), not what the server sees.",
 )
 
 

