@@ -284,3 +284,28 @@ def test_join_runs_flower_supernode_with_tls_auth_and_the_store_but_never_the_ke
     assert "store.key" not in command
     assert main([*args, "join", "--superlink", "192.0.2.10", "--insecure"]) == 2
     assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_trunk_states_are_computed_once_and_kept_encrypted_in_the_store(
+    device, round_message, monkeypatch
+):
+    import fedpers.userdata as userdata
+    from clients.device import ACTIVATIONS
+    from fedpers.models.trunk import states_from_bytes
+
+    args, store = device
+    assert main([*args, "consent", "--opt-in"]) == 0
+    assert not client_train(round_message(1), _context(store)).has_error()
+    item = store.store.get(ACTIVATIONS)
+    key, data = item[:32].decode(), item[32:]
+    states = states_from_bytes(data)
+    assert len(states) == len(store.conversations())  # every conversation: train and held out
+    on_disk = (store.directory / f"{ACTIVATIONS}.enc").read_bytes()
+    assert states[0].numpy().tobytes()[:64] not in on_disk  # encrypted like the conversations
+
+    def recomputed(*a, **k):
+        raise AssertionError("trunk states recomputed although the store holds them")
+
+    monkeypatch.setattr(userdata, "trunk_states", recomputed)
+    assert not client_train(round_message(2), _context(store)).has_error()
+    assert store.activations(key) == data
