@@ -64,9 +64,7 @@ def test_a_run_log_takes_flowers_log_and_the_terminal_gets_warnings_once(tmp_pat
     assert "after the run" in console.getvalue()
 
 
-def test_a_simulated_client_logs_to_the_run_log_and_only_errors_to_its_console(
-    tmp_path, console
-):
+def test_a_simulated_client_logs_to_the_run_log_and_only_errors_to_its_console(tmp_path, console):
     path = tmp_path / "run.log"
     for _ in range(2):  # every message of the client calls it: one file handler
         log_to_file(path, "client pid 1")
