@@ -109,15 +109,18 @@ class Progress:
         self.lock = threading.RLock()
         self.current: Stage | None = None
         self.pending: list[tuple[str, float]] = []
+        self.plan_name = "run"
         self.history: dict[str, list[float]] = {}  # kind -> seconds per unit of weight
         self._bar: tqdm | None = None
 
     # -- estimates --
 
-    def plan(self, stages: Iterable[tuple[str, float]]) -> None:
-        """The stages still to come, as ``(kind, weight)``, in order: they make the run's estimate."""
+    def plan(self, stages: Iterable[tuple[str, float]], name: str = "run") -> None:
+        """The stages still to come, as ``(kind, weight)``, in order: they make the estimate of the time
+        left, shown as ``name ~0:00 left`` (e.g. ``rounds`` when stages outside the plan follow)."""
         with self.lock:
             self.pending = list(stages)
+            self.plan_name = name
 
     def estimate(self, kind: str, weight: float = 1.0) -> float | None:
         """Seconds a stage of ``kind`` and ``weight`` should take, from the last one done (``None``: none)."""
@@ -182,7 +185,7 @@ class Progress:
         if left is not None:
             parts.append(f"~{duration(left)} left")
         if run is not None and self.pending:
-            parts.append(f"run ~{duration(run)} left")
+            parts.append(f"{self.plan_name} ~{duration(run)} left")
         return " · ".join(parts)
 
     def refresh(self) -> None:
@@ -253,5 +256,5 @@ class Progress:
                 ending = [stage.summary] if ok and stage.summary else []
                 ending.append(f"{'' if ok else 'stopped after '}{duration(seconds)}")
                 if run is not None:
-                    ending.append(f"run ~{duration(run)} left")
+                    ending.append(f"{self.plan_name} ~{duration(run)} left")
                 self.note(f"{self.prefix}{label}: {' · '.join(ending)}")

@@ -474,7 +474,8 @@ def run_server(
             for r in range(1, rounds + 1)
             for stage in [("training", 1.0)]
             + ([("evaluation", _final_weight(r >= rounds))] if evaluating else [])
-        ]
+        ],
+        name="rounds",
     )
     wanted = expected_nodes or config.server.min_nodes or config.server.min_clients
     with progress.stage(f"setup · {config.model.model} model and {wanted} nodes", "setup") as stage:
