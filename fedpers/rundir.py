@@ -3,6 +3,8 @@
 RUN_DIR/run.json                  settings of the run (model, LoRA, personas, privacy)
 RUN_DIR/adapters/<name>/          each adapter in peft format (``global`` and one per persona)
 RUN_DIR/metrics.json              per-round metrics and the final evaluation
+RUN_DIR/run.log                   a simulation's log: the server's and every simulated client's Flower log
+                                  (DEBUG included), and the progress lines the terminal showed
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:  # the layout and the JSON readers serve light commands (regis
 
 __all__ = [
     "ADAPTERS",
+    "LOG_FILE",
     "METRICS",
     "RUN_CONFIG",
     "adapter_dir",
@@ -34,6 +37,7 @@ __all__ = [
 RUN_CONFIG = "run.json"
 ADAPTERS = "adapters"
 METRICS = "metrics.json"
+LOG_FILE = "run.log"
 
 
 def read_json(path: Path) -> dict:

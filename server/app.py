@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from flwr.app import Context
@@ -43,6 +44,7 @@ from fedpers.aggregation.secure import QuantizationPlan
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.progress import Progress, Stage
 from fedpers.wirelog import MANIFEST, WIRE
 from server.outputs import (
     dp_note,
@@ -53,14 +55,29 @@ from server.outputs import (
     write_metrics,
     write_run_config,
 )
+from server.progress import CountingGrid
 from server.received import ReceivedManifest, both
 from server.registry import publish
 from server.rounds import RoundMode, round_mode
 from server.secagg import SecAggPlusRound
 from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
 
-Evaluator = Callable[[int, Adapters, set[str], str, bool], dict]
-"""``evaluator(round, adapters, trained personas, run id, final)`` -> one evaluation history record."""
+
+class Evaluator(Protocol):
+    """``evaluator(round, adapters, trained personas, run id, final, progress)`` -> one evaluation history
+    record; ``progress`` (optional) is the stage to count the evaluated users in."""
+
+    def __call__(
+        self,
+        server_round: int,
+        adapters: Adapters,
+        trained: set[str],
+        run_id: str,
+        final: bool,
+        progress: Stage | None = None,
+    ) -> dict: ...
+
+
 NO_EVALUATION = (
     "none: devices send no held-out evaluation in a deployment (it would be a release of the users' "
     "data that no ledger covers)"
@@ -82,10 +99,16 @@ def initial_adapters(config: FederatedConfig, arrays: dict[str, np.ndarray]) -> 
     return adapters
 
 
-def _wait_for_nodes(grid: Grid, wanted: int, timeout: float = 600.0) -> int:
+def _wait_for_nodes(
+    grid: Grid, wanted: int, timeout: float = 600.0, stage: Stage | None = None
+) -> int:
     deadline = time.monotonic() + timeout
+    if stage is not None:
+        stage.step("nodes connecting", wanted, "nodes")
     while True:
         count = len(list(grid.get_node_ids()))
+        if stage is not None and count > stage.done:
+            stage.advance(count - stage.done)
         if count >= wanted or time.monotonic() > deadline:
             return count
         time.sleep(1.0)
@@ -137,6 +160,8 @@ class ServerRun:
     history: list[dict] = field(default_factory=list)
     # the evaluator's records (simulations only)
     evaluations: list[dict] = field(default_factory=list)
+    # what the last round changed, for its progress line
+    round_summary: str = ""
 
 
 def build_run(
@@ -146,14 +171,17 @@ def build_run(
     expected_nodes: int | None,
     observer: Callable | None,
     engine: str,
+    stage: Stage | None = None,
 ) -> ServerRun:
     """Load the model, wait for the nodes, and wire strategy, sessions and round mode for these settings."""
     run_id = uuid.uuid4().hex
+    if stage is not None:
+        stage.step(f"loading {config.model.model}")
     base, _ = load_base_model(config.model.model)
     peft_model = attach_lora(base, config.lora())
     write_run_config(run_dir, config, run_id)
     nodes = _wait_for_nodes(
-        grid, expected_nodes or config.server.min_nodes or config.server.min_clients
+        grid, expected_nodes or config.server.min_nodes or config.server.min_clients, stage=stage
     )
     trained = config.persona_names if config.dataset.persona_mode == "inferred" else ()
     state = persona_adapters(config, initial_adapters(config, adapter_arrays(peft_model)), trained)
@@ -209,12 +237,60 @@ def play_round(
     context: LegacyContext,
     server_round: int,
     evaluator: Evaluator | None,
+    progress: Progress | None = None,
 ) -> None:
-    """Collect the round's sums (whatever the mode), apply them, record the round, and evaluate if asked."""
+    """Collect the round's sums (whatever the mode), apply them, record the round, and evaluate if asked.
+
+    Each is a stage of ``progress``: training (its exchanges counted reply by reply on a terminal), then
+    the evaluation."""
+    progress = progress or logged_progress()
+    config = run.config
+    of = f"round {server_round}/{config.server.rounds}"
+    with progress.stage(f"{of} · training ({_aggregation(config)})", "training") as stage:
+        _train(run, CountingGrid(grid, stage) if progress.live else grid, context, server_round)
+        stage.summary = run.round_summary
+    if evaluator is not None and config.outputs.evaluate:
+        final = server_round >= config.server.rounds
+        with progress.stage(
+            f"{of} · evaluation" + (" (final)" if final else ""),
+            "evaluation",
+            _final_weight(final),
+        ) as stage:
+            record = evaluator(
+                server_round,
+                run.state.adapters,
+                set(run.state.trained),
+                run.run_id,
+                final,
+                progress=stage,
+            )
+            run.evaluations.append(record)
+            stage.summary = f"held-out loss of {sum(_users(record).values())} users"
+
+
+def _users(record: dict) -> dict[str, int]:
+    """The users of an evaluation record, per persona: only the counts at or above the gate."""
+    return {p: n for p, n in record.get("users", {}).items() if isinstance(n, int)}
+
+
+def _final_weight(final: bool) -> float:
+    """The final evaluation scores two more adapter variants (base model, user embedding): twice the work."""
+    return 2.0 if final else 1.0
+
+
+def _aggregation(config: FederatedConfig) -> str:
+    if not config.aggregation.secure_aggregation:
+        return "plain"
+    return "SecAgg+" if config.aggregation.persona_hiding else "SecAgg+ per persona group"
+
+
+def _train(run: ServerRun, grid: Grid, context: LegacyContext, server_round: int) -> None:
+    """Collect the round's sums, apply them and record the round (``run.round_summary`` says what changed)."""
     config, started = run.config, time.perf_counter()
     round_sums = run.mode.collect(grid, context, server_round)
     if round_sums is None:
         log(WARNING, "round %s: no update was applied (see the failures above)", server_round)
+        run.round_summary = "no update applied"
     else:
         agg = apply_round(run.state, round_sums, exact_counts=not config.privacy.user_dp)
         record = {
@@ -228,23 +304,10 @@ def play_round(
         if config.privacy.user_dp:
             record["user_dp"] = run.training.account(run.ledgers, server_round)
         run.history.append(record)
-        log(
-            INFO,
-            "round %d: %d clients aggregated%s; updated %s",
-            server_round,
-            round_sums.participants,
-            " securely" if config.aggregation.secure_aggregation else "",
-            ", ".join(record["released"]) or "no persona",
-        )
-    if evaluator is not None and config.outputs.evaluate:
-        run.evaluations.append(
-            evaluator(
-                server_round,
-                run.state.adapters,
-                set(run.state.trained),
-                run.run_id,
-                server_round >= config.server.rounds,
-            )
+        securely = " securely" if config.aggregation.secure_aggregation else ""
+        updated = ", ".join(record["released"]) or "no persona"
+        run.round_summary = (
+            f"{round_sums.participants} clients aggregated{securely}; updated {updated}"
         )
 
 
@@ -300,7 +363,12 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
 
 
 def write_outputs(
-    run: ServerRun, run_dir: Path, payload: dict, engine: str, evaluator: Evaluator | None
+    run: ServerRun,
+    run_dir: Path,
+    payload: dict,
+    engine: str,
+    evaluator: Evaluator | None,
+    progress: Progress | None = None,
 ) -> None:
     """Adapters (peft format), ``metrics.json``, the plot and table, the audit (deployment) and the registry."""
     config = run.config
@@ -321,34 +389,57 @@ def write_outputs(
         _write_audit(run_dir)
     if config.outputs.registry:
         version = publish(run_dir, config.outputs.registry)
-        log(INFO, "fedpers: adapters published to the registry as %s (now latest)", version.path)
+        (progress or logged_progress()).note(
+            f"fedpers: adapters published to the registry as {version.path} (now latest)"
+        )
 
 
-def _log_start(config: FederatedConfig, nodes: int, evaluator: Evaluator | None) -> None:
+def _info(text: str) -> None:
+    log(INFO, "%s", text)
+
+
+class _NoStream:
+    """Where a deployment's progress writes besides its log: nowhere (the log is the record)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def logged_progress() -> Progress:
+    """A deployment's progress: each stage ends with one line in the server's log, as do the notes."""
+    return Progress(_NoStream(), live=False, echo=_info)
+
+
+def _log_start(
+    config: FederatedConfig, nodes: int, evaluator: Evaluator | None, progress: Progress
+) -> None:
     mode = (
         "SecAgg+ "
         + ("with persona hiding" if config.aggregation.persona_hiding else "per persona group")
         if config.aggregation.secure_aggregation
         else "plain (the server sees each update)"
     )
-    log(
-        INFO,
-        "fedpers: %d nodes, %d rounds, personas: %s; aggregation: %s; DP-SGD %s%s",
-        nodes,
-        config.server.rounds,
-        ", ".join(config.persona_names),
-        mode,
+    dp = (
         f"on (epsilon {config.privacy.epsilon}, delta {config.privacy.delta})"
         if config.privacy.dp
-        else "off",
+        else "off"
+    )
+    user_dp = (
         f"; user-level DP noise multiplier {config.privacy.user_noise_multiplier}"
         if config.privacy.user_dp
-        else "",
+        else ""
+    )
+    progress.note(
+        f"fedpers: {nodes} nodes, {config.server.rounds} rounds, personas: "
+        f"{', '.join(config.persona_names)}; aggregation: {mode}; DP-SGD {dp}{user_dp}"
     )
     if config.privacy.noise_seed >= 0:
         log(WARNING, "fedpers: %s", private_randomness(config)["source"])
     if config.outputs.evaluate and evaluator is None:
-        log(INFO, "fedpers: held-out evaluation: %s", NO_EVALUATION)
+        progress.note(f"fedpers: held-out evaluation: {NO_EVALUATION}")
 
 
 def run_server(
@@ -360,16 +451,36 @@ def run_server(
     observer: Callable | None = None,
     engine: str = "deployment",
     evaluator: Evaluator | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Run all rounds, then write adapters, metrics, the plot and the headline table into ``run_dir``.
 
     ``engine`` is ``"simulation"`` when ``fedpers simulate`` runs the app (it records the clients' side of the
     wire and writes the audit itself); otherwise the server records what it received and, with ``audit`` on,
     writes the audit report of what it holds before the adapters are published. ``evaluator`` (simulations
-    only) evaluates the adapters after every round, outside the federated protocol."""
+    only) evaluates the adapters after every round, outside the federated protocol.
+
+    ``progress`` shows the run's stages (setup, then each round's training and evaluation); by default
+    each stage ends with one line in the server's log."""
     started = time.perf_counter()
+    progress = progress or logged_progress()
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = build_run(grid, config, run_dir, expected_nodes, observer, engine)
+    evaluating = evaluator is not None and config.outputs.evaluate
+    rounds = config.server.rounds
+    progress.plan(
+        [("setup", 1.0)]
+        + [
+            stage
+            for r in range(1, rounds + 1)
+            for stage in [("training", 1.0)]
+            + ([("evaluation", _final_weight(r >= rounds))] if evaluating else [])
+        ],
+        name="rounds",
+    )
+    wanted = expected_nodes or config.server.min_nodes or config.server.min_clients
+    with progress.stage(f"setup · {config.model.model} model and {wanted} nodes", "setup") as stage:
+        run = build_run(grid, config, run_dir, expected_nodes, observer, engine, stage)
+        stage.summary = f"{run.nodes} nodes connected"
 
     def fit_workflow(grid: Grid, ctx: LegacyContext) -> None:
         play_round(
@@ -378,16 +489,17 @@ def run_server(
             ctx,
             int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]),
             evaluator,
+            progress,
         )
 
     def evaluate_workflow(grid: Grid, ctx: LegacyContext) -> None:
         """Devices are never asked for an evaluation (see the module docstring)."""
 
-    _log_start(config, run.nodes, evaluator)
+    _log_start(config, run.nodes, evaluator, progress)
     context_ = LegacyContext(context, ServerConfig(num_rounds=config.server.rounds), run.strategy)
     DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=evaluate_workflow)(grid, context_)
     payload = run_metrics(run, engine, evaluator, started)
-    write_outputs(run, run_dir, payload, engine, evaluator)
+    write_outputs(run, run_dir, payload, engine, evaluator, progress)
     return payload
 
 
@@ -433,6 +545,7 @@ def make_server_app(
     expected_nodes: int | None = None,
     observer: Callable | None = None,
     evaluator: Evaluator | None = None,
+    progress: Progress | None = None,
 ) -> ServerApp:
     """A ServerApp for the given settings (``fedpers simulate``), or one that reads them from the run config.
 
@@ -451,6 +564,7 @@ def make_server_app(
             observer,
             engine="deployment" if config is None else "simulation",
             evaluator=evaluator,
+            progress=progress,
         )
 
     return server_app

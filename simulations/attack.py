@@ -91,7 +91,7 @@ def run_attack(
         run = root / name
         variant = attack_settings(config, dp, path, run)
         start = time.perf_counter()
-        simulate(variant, run)
+        simulate(variant, run, label=f"canary attack ({name} run) · ")
         trained = time.perf_counter()
         scored = scorer.score(load_adapters(run))
         seconds = {"training": trained - start, "scoring": time.perf_counter() - trained}

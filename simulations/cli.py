@@ -51,10 +51,14 @@ def _simulate(args: argparse.Namespace) -> int:
     if spec is None or spec.origin is None:
         print(f"fedpers: error: {SIMULATION_MISSING}", file=sys.stderr)
         return 2
+    from fedpers.rundir import LOG_FILE
     from simulations.simulate import config_from_args, simulate
 
     config, run_dir = config_from_args(args)
-    print(f"fedpers simulate: run directory {run_dir}", flush=True)
+    print(
+        f"fedpers simulate: run directory {run_dir} (Flower's log: {run_dir / LOG_FILE})",
+        flush=True,
+    )
     metrics = simulate(config, run_dir, client_cpus=args.client_cpus)
     text = (
         (run_dir / "evaluation.txt").read_text()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ from fedpers.federated import FederatedConfig
 from fedpers.models import load_adapter_arrays
 from fedpers.models.environment import ModelEnvironment, model_environment
 from fedpers.personas.assignment import assign_persona
+from fedpers.progress import Stage
 from fedpers.userdata import attach_trunk, user_data
 
 BASE = "base model"  # not an adapter name: the zero adapter
@@ -43,7 +45,8 @@ SOURCE = "the experimenter's evaluator in the simulation driver, outside the fed
 
 @dataclass
 class SimulationEvaluator:
-    """``evaluator(round, adapters, trained, run_id, final)`` for :func:`server.app.run_server` in a simulation."""
+    """``evaluator(round, adapters, trained, run_id, final, progress)`` for :func:`server.app.run_server` in a
+    simulation."""
 
     config: FederatedConfig
     users: list[str]
@@ -82,16 +85,25 @@ class SimulationEvaluator:
         return result.loss * result.tokens, float(result.tokens)
 
     def __call__(
-        self, server_round: int, adapters: Adapters, trained: set[str], run_id: str, final: bool
+        self,
+        server_round: int,
+        adapters: Adapters,
+        trained: set[str],
+        run_id: str,
+        final: bool,
+        progress: Stage | None = None,
     ) -> dict:
+        """``progress``, when given, counts the users evaluated."""
         started = time.perf_counter()
+        if progress is not None:
+            progress.step("scoring held-out conversations", len(self.users), "users", whole=True)
         env = model_environment(self.config)
         rows: dict[str, dict[str, list[float]]] = {}  # persona -> variant -> [loss sum, tokens]
         base = {
             k: np.zeros_like(v) for k, v in adapters[GLOBAL].items()
         }  # LoRA B = 0: the base model
         users: dict[str, int] = {}
-        for user_id in self.users:
+        for user_id in _counted(self.users, progress):
             state = UserState(self.config.outputs.state_dir, user_id)
             data = attach_trunk(user_data(self.config, user_id, env), env, state)
             if not data.heldout:
@@ -132,3 +144,11 @@ class SimulationEvaluator:
             "tokens": {p: int(row["global"][1]) for p, row in shown.items()},
             "evaluate_seconds": time.perf_counter() - started,
         }
+
+
+def _counted(users: list[str], progress: Stage | None) -> Iterator[str]:
+    """``users``, each counted done when the loop moves past it."""
+    for user in users:
+        yield user
+        if progress is not None:
+            progress.advance()

@@ -2,17 +2,24 @@
 
 One simulated SuperNode per user of the data set. Settings come from the defaults, then a TOML
 config file, then flags; the run directory receives adapters, metrics, the plot and the table.
+
+The terminal shows the run's stages (:mod:`fedpers.progress`), warnings and errors; Flower's own log
+(every message of the server and of each simulated client, SecAgg+ DEBUG lines included) goes to
+``RUN_DIR/run.log`` (:mod:`simulations.logs`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from datetime import datetime
+from logging import INFO
 from pathlib import Path
 
 from fedpers.federated import SECTIONS, FederatedConfig, all_settings, load_config_file
-from fedpers.rundir import METRICS, read_json, write_json
+from fedpers.progress import Progress, Stage
+from fedpers.rundir import LOG_FILE, METRICS, read_json, write_json
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SHOWN_DEFAULTS = {"state_dir": "RUN_DIR/client-state"}
@@ -78,30 +85,62 @@ def config_from_args(args: argparse.Namespace) -> tuple[FederatedConfig, Path]:
     return config, run_dir
 
 
-def _epsilons(ledgers: dict) -> dict:
-    spent = {
-        user: ledger.spent().epsilon if ledger.events() else 0.0 for user, ledger in ledgers.items()
-    }
+def _epsilons(ledgers: dict, progress: Stage | None = None, step: str = "") -> dict:
+    if progress is not None:
+        progress.step(step, len(ledgers), "users")
+    spent = {}
+    for user, ledger in ledgers.items():
+        spent[user] = ledger.spent().epsilon if ledger.events() else 0.0
+        if progress is not None:
+            progress.advance()
     return {"epsilon_per_client": spent, "max_epsilon": max(spent.values(), default=0.0)}
 
 
-def client_privacy(config: FederatedConfig, users: list[str]) -> dict:
+def client_privacy(
+    config: FederatedConfig, users: list[str], progress: Stage | None = None
+) -> dict:
     """Each simulated user's epsilon, read from the ledgers on its (simulated) device: sample-level (the unit is one
     conversation) and, with user-level DP, user-level (``user_level``: the unit is the whole user, one Gaussian
-    release per round the user uploaded in, composed over every run of the same state directory)."""
+    release per round the user uploaded in, composed over every run of the same state directory).
+    ``progress`` counts the ledgers accounted."""
     from clients.state import UserState
 
     states = {user: UserState(config.outputs.state_dir, user) for user in users}
     privacy = {
         "delta": config.privacy.delta,
-        **_epsilons({u: s.ledger(config.privacy.delta) for u, s in states.items()}),
+        **_epsilons(
+            {u: s.ledger(config.privacy.delta) for u, s in states.items()}, progress, "ledgers"
+        ),
     }
     if config.privacy.user_dp:
         privacy["user_level"] = {
             "noise_multiplier": config.privacy.user_noise_multiplier,
-            **_epsilons({u: s.user_level_ledger(config.privacy.delta) for u, s in states.items()}),
+            **_epsilons(
+                {u: s.user_level_ledger(config.privacy.delta) for u, s in states.items()},
+                progress,
+                "user-level ledgers",
+            ),
         }
     return privacy
+
+
+def client_log(path: str) -> Callable:
+    """A client mod: the simulated client's process writes its log to the run's log file (``path``), and only
+    its errors to the terminal (Ray forwards the actors' output there)."""
+
+    def mod(msg, context, call_next):
+        from simulations.logs import log_to_file
+
+        log_to_file(path, f"client pid {os.getpid()}")
+        return call_next(msg, context)
+
+    return mod
+
+
+def _echo(text: str) -> None:
+    from flwr.common.logger import log
+
+    log(INFO, "%s", text)
 
 
 def simulate(
@@ -111,24 +150,22 @@ def simulate(
     client_mods: list | None = None,
     inner_mods: list | None = None,
     observer=None,
+    label: str = "",
 ) -> dict:
     """Run the federated simulation and return the metrics it wrote.
 
     ``client_mods`` wrap every client outside secure aggregation (they see what leaves the device),
     ``inner_mods`` inside it (they see the plain upload); ``observer`` sees every reply of a SecAgg+ session.
     With ``record_wire`` every reply is recorded first; with ``audit_attack`` the canary simulations run
-    next; with ``audit`` the signed report is written last (then the payloads are pruned unless kept)."""
+    next; with ``audit`` the signed report is written last (then the payloads are pruned unless kept).
+
+    Standard error shows the stages (each ``label`` first); Flower's log goes to ``RUN_DIR/run.log``."""
     # offline: never install at run time
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from flwr.simulation import run_simulation
-
-    from clients.app import make_client_app
-    from fedpers.modelcard import write_model_cards
     from fedpers.userdata import user_ids
-    from server.app import make_server_app
-    from simulations.evaluator import SimulationEvaluator
+    from simulations.logs import run_log
 
     users = user_ids(config)
     if config.outputs.record_wire:
@@ -144,6 +181,38 @@ def simulate(
             f"the data holds {len(users)} users, fewer than min_clients={config.server.min_clients}"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(echo=_echo, prefix=label)
+    log_file = run_dir / LOG_FILE
+    with run_log(log_file, write=progress.write, colored=progress.live):
+        return _simulate(
+            config,
+            run_dir,
+            users,
+            client_cpus,
+            [client_log(str(log_file)), *(client_mods or [])],
+            inner_mods,
+            observer,
+            progress,
+        )
+
+
+def _simulate(
+    config: FederatedConfig,
+    run_dir: Path,
+    users: list[str],
+    client_cpus: float,
+    client_mods: list,
+    inner_mods: list | None,
+    observer,
+    progress: Progress,
+) -> dict:
+    from flwr.simulation import run_simulation
+
+    from clients.app import make_client_app
+    from fedpers.modelcard import write_model_cards
+    from server.app import make_server_app
+    from simulations.evaluator import SimulationEvaluator
+
     cpus = os.cpu_count() or 1
     backend = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
@@ -151,7 +220,7 @@ def simulate(
     }
     evaluator = SimulationEvaluator(config, users) if config.outputs.evaluate else None
     run_simulation(
-        server_app=make_server_app(config, run_dir, len(users), observer, evaluator),
+        server_app=make_server_app(config, run_dir, len(users), observer, evaluator, progress),
         client_app=make_client_app(inner_mods, client_mods),
         num_supernodes=len(users),
         backend_config=backend,
@@ -159,11 +228,15 @@ def simulate(
     metrics_path = run_dir / METRICS
     if not metrics_path.exists():
         raise RuntimeError(
-            f"the simulation ended without writing {metrics_path}: see the log above"
+            f"the simulation ended without writing {metrics_path}: see the errors above and "
+            f"{run_dir / LOG_FILE}"
         )
     metrics = read_json(metrics_path)
     if config.privacy.dp or config.privacy.user_dp:
-        metrics["client_privacy"] = client_privacy(config, users)
+        with progress.stage("privacy accounting · each client's epsilon", "accounting") as stage:
+            metrics["client_privacy"] = client_privacy(config, users, stage)
+            if config.privacy.dp:
+                stage.summary = f"largest epsilon {metrics['client_privacy']['max_epsilon']:.2f}"
         if config.privacy.dp:
             metrics["max_epsilon"] = metrics["client_privacy"]["max_epsilon"]
         write_json(metrics_path, metrics)
@@ -176,7 +249,10 @@ def simulate(
         from fedpers.audit.report import write_audit
         from fedpers.audit.wire import prune_payloads
 
-        write_audit(run_dir)
+        with progress.stage("privacy audit report", "audit") as stage:
+            audit = write_audit(run_dir, progress=False)
+            problems = sum(f["level"] == "problem" for f in audit["findings"])
+            stage.summary = f"{problems} problem(s)"
         if not config.outputs.keep_payloads:
             prune_payloads(run_dir)
     return metrics

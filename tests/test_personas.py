@@ -201,3 +201,30 @@ def test_route_cli_text_output_and_errors(run_dir, capsys, tmp_path):
         route([str(run_dir), "hi", "--persona", "ceo", "--no-answer"])
     with pytest.raises(FileNotFoundError, match="run.json"):
         route([str(tmp_path), "hi"])
+
+
+def test_route_cli_shows_its_stages_on_standard_error(run_dir, capsys):
+    """Loading, scoring and answering each end with a line on standard error (a live line with the
+    adapters scored on a terminal); standard output holds the result alone."""
+    assert route([str(run_dir), prompts("exec", 1, 200)[0], "--json", "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["persona"] == "exec"
+    lines = captured.err.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("route · loading tiny and the run's adapters: 3 adapters · ")
+    assert lines[1].startswith(
+        "route · scoring the prompt under 2 persona adapters: exec (inferred) · "
+    )
+    assert lines[2].startswith("route · answering with the exec adapter: ")
+
+
+def test_the_loss_scorer_counts_the_adapters_it_scored(trained):
+    import io
+
+    from fedpers.progress import Progress
+
+    model, tokenizer, adapters = trained
+    progress = Progress(io.StringIO(), live=False, tick=None)
+    with progress.stage("scoring") as stage:
+        LossScorer(model, tokenizer, adapters, progress=stage).score("hello", PERSONAS)
+        assert (stage.done, stage.total, stage.unit) == (2, 2, "adapters")

@@ -27,11 +27,13 @@ ICONS = {"ok": "&#10004;", "warning": "&#9888;", "problem": "&#10008;"}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1d2330;line-height:1.45}
 h1{margin-bottom:.2em} h2{border-bottom:2px solid #d8dde6;padding-bottom:.2em;margin-top:2em}
-.meta{color:#5a6475} table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #d8dde6;padding:.3em .6em;text-align:right}
-th{background:#f2f4f8} td{white-space:nowrap} td.l,th.l{text-align:left} .finding{padding:.5em .8em;margin:.35em 0;border-radius:6px}
+.meta{color:#5a6475} table{border-collapse:collapse;margin:.8em 0;font-size:.92em;max-width:100%} th,td{border:1px solid #d8dde6;padding:.3em .6em;text-align:right}
+th{background:#f2f4f8;vertical-align:bottom} td{white-space:nowrap} td.l,th.l{text-align:left} td.l{white-space:normal;overflow-wrap:anywhere}
+.finding{padding:.5em .8em;margin:.35em 0;border-radius:6px}
 .ok{background:#e7f6ec} .warning{background:#fff4dc} .problem{background:#fde4e4} .over{color:#b00020;font-weight:600}
 img{max-width:100%;border:1px solid #e3e7ee;border-radius:6px} details{margin:.6em 0} summary{cursor:pointer;font-weight:600}
 .note{color:#5a6475;font-size:.92em} code{background:#f2f4f8;padding:0 .25em;border-radius:3px}
+@page{size:A4;margin:12mm} @media print{body{max-width:none;margin:0;padding:0;font-size:10pt} table{font-size:.85em}}
 """
 
 
@@ -53,9 +55,26 @@ def _num(value, digits: int = 3) -> str:
     )
 
 
-def _table(header: list[str], rows: list[list], left: int = 1) -> str:
-    head = "".join(
-        f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header)
+def _count(value) -> str:
+    """A count of clients, messages, rounds or steps: always a whole number (a count noised under
+    user-level DP is rounded); ``"<N"`` (below the gate) as written."""
+    if value is None:
+        return "—"
+    if isinstance(value, int | float):
+        return str(round(value))
+    return _e(value)
+
+
+def _table(header: list[str] | None, rows: list[list], left: int = 1) -> str:
+    """A table; with no ``header``, a table of labelled rows (the first ``left`` cells are the labels)."""
+    head = (
+        "<tr>"
+        + "".join(
+            f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header)
+        )
+        + "</tr>"
+        if header
+        else ""
     )
     body = "".join(
         "<tr>"
@@ -63,7 +82,7 @@ def _table(header: list[str], rows: list[list], left: int = 1) -> str:
         + "</tr>"
         for row in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
 
 
 def _epsilon_plots(spent: dict) -> str:
@@ -119,7 +138,7 @@ def _user_level_html(user_level: dict | None) -> list[str]:
                         _e(c["user_id"]),
                         _e(c["persona"]),
                         _num(c["epsilon"]),
-                        _e(c["ledger_entries"]),
+                        _count(c["ledger_entries"]),
                     ]
                     for c in user_level["clients"]
                 ],
@@ -127,7 +146,7 @@ def _user_level_html(user_level: dict | None) -> list[str]:
             )
         )
     rows = [
-        [_e(name), _num(s["epsilon"]), _e(len(s["entries"]))]
+        [_e(name), _num(s["epsilon"]), _count(len(s["entries"]))]
         for name, s in user_level["adapters"].items()
     ]
     return [
@@ -162,29 +181,36 @@ def _spent_html(spent: dict) -> str:
                 *_user_level_html(spent.get("user_level")),
             ]
         )
-    rows = []
+    # two tables of the same rows, so that each fits the page: the epsilons, then the DP-SGD settings behind them
+    epsilons, settings = [], []
     for c in spent["clients"]:
         a, p = c["accountants"], c["dp_parameters"]
         cls = ' class="over"' if c["over_budget"] else ""
-        rows.append(
+        who = [_e(c["user_id"]), _e(c["persona"])]
+        epsilons.append(
             [
-                _e(c["user_id"]),
-                _e(c["persona"]),
+                *who,
                 f"<span{cls}>{c['epsilon']:.3f}</span>",
                 _num(a["opacus_rdp"]),
                 _num(a["opacus_prv"]),
                 _num(a["dp_accounting_pld"]),
                 _num(a["dp_accounting_rdp"]),
                 f"{100 * c['prv_vs_pld_relative_difference']:.2f} %",
+            ]
+        )
+        settings.append(
+            [
+                *who,
                 _num(p.get("noise_multiplier")),
                 _num(p.get("clipping_norm"), 4),
                 _num(p.get("sample_rate")),
-                _e(p.get("steps", "—")),
-                _e(p.get("rounds", "—")),
+                _count(p.get("steps")),
+                _count(p.get("rounds")),
             ]
         )
     persona_rows = [
-        [_e(k), _e(v["clients"]), _num(v["max_epsilon"])] for k, v in spent["per_persona"].items()
+        [_e(k), _count(v["clients"]), _num(v["max_epsilon"])]
+        for k, v in spent["per_persona"].items()
     ]
     out = [
         f"<p>Sample-level privacy of every client (one conversation is the unit protected), delta = {spent['delta']:g}, "
@@ -201,13 +227,22 @@ def _spent_html(spent: dict) -> str:
                 "dp-accounting PLD",
                 "dp-accounting RDP",
                 "PRV vs PLD",
+            ],
+            epsilons,
+            left=2,
+        ),
+        "<p>The DP-SGD settings each client trained with:</p>",
+        _table(
+            [
+                "client",
+                "persona",
                 "noise multiplier",
                 "clipping norm",
                 "sampling rate",
                 "steps",
                 "rounds",
             ],
-            rows,
+            settings,
             left=2,
         ),
         "<h3>Per persona</h3>",
@@ -230,18 +265,19 @@ def _wire_html(wire: dict) -> str:
     )
     out = [
         _table(
-            ["", ""],
+            None,
             [
                 ["secure aggregation", _e(mode)],
                 ["persona hiding", _e(hiding)],
                 ["slots per upload", _e(", ".join(wire["slots"]) or "—")],
-                ["numbers per upload", _e(wire["upload_floats"])],
+                ["numbers per upload", _count(wire["upload_floats"])],
                 [
                     "minimum clients per released aggregate (setting)",
-                    _e(wire["min_clients_setting"]),
+                    _count(wire["min_clients_setting"]),
                 ],
-                ["smallest released aggregate (observed)", _num(wire["min_clients_released"], 1)],
+                ["smallest released aggregate (observed)", _count(wire["min_clients_released"])],
             ],
+            left=2,  # the values are text too: they wrap
         )
     ]
     if wire["secure_aggregation"]:
@@ -289,7 +325,7 @@ def _wire_html(wire: dict) -> str:
         _table(
             ["round", "messages", "MB"],
             [
-                [_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
+                [_e(k), _count(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
                 for k, v in s["per_round"].items()
             ],
         )
@@ -298,7 +334,7 @@ def _wire_html(wire: dict) -> str:
         _table(
             ["SecAgg+ stage", "messages", "MB"],
             [
-                [_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
+                [_e(k), _count(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
                 for k, v in s["per_stage"].items()
             ],
         )
@@ -311,7 +347,7 @@ def _wire_html(wire: dict) -> str:
                     [
                         _e(k),
                         _e(", ".join(v["dtypes"])),
-                        _e(v["messages"]),
+                        _count(v["messages"]),
                         f"{v['bytes'] / 1e6:.3f}",
                     ]
                     for k, v in s["tensors"].items()
@@ -335,21 +371,23 @@ def _wire_html(wire: dict) -> str:
             [
                 [
                     _e(r["message"]),
-                    _e(r["stage"] or "—"),
-                    f"<code>{_e(r['record'])}/{_e(r['key'])}</code>",
+                    _e((r["stage"] or "—").replace("_", " ")),
+                    # a line may break after the slash
+                    f"<code>{_e(r['record'])}/<wbr>{_e(r['key'])}</code>",
                     _e(r["mechanism"]),
                     _e(", ".join(r["ledger"]) or "—"),
                     _e(r["content"]),
                 ]
                 for r in wire.get("releases", [])
             ],
+            left=6,  # text throughout: every column wraps
         )
     )
     out.append(
         _table(
             ["client", "messages", "MB"],
             [
-                [_e(k), _e(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
+                [_e(k), _count(v["messages"]), f"{v['bytes'] / 1e6:.3f}"]
                 for k, v in sorted(s["per_client"].items())
             ],
         )

@@ -48,6 +48,7 @@ def run_route(args: argparse.Namespace) -> int:
     from fedpers.models import PersonalizedLM, attach_lora, load_adapter_arrays, load_base_model
     from fedpers.personas.answer import generate_answer
     from fedpers.personas.routing import LossScorer, Router
+    from fedpers.progress import Progress
     from fedpers.rundir import RUN_CONFIG, load_adapters, lora_settings, read_json
 
     if args.max_new_tokens < 1:
@@ -57,22 +58,29 @@ def run_route(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"{args.run_dir / RUN_CONFIG}: missing {missing}")
     personas = list(config["personas"])
-    adapters = load_adapters(args.run_dir)
-    base, tokenizer = load_base_model(args.model or config["model"])
-    model = PersonalizedLM(attach_lora(base, lora_settings(config)))
-    scorer = LossScorer(
-        model, tokenizer, {p: adapters[p] for p in personas if p in adapters}, args.max_length
-    )
-    router = Router(scorer, personas, fallback=GLOBAL, available=adapters, score_declared=True)
-    decision = router.route(args.prompt, args.persona)
+    # on standard error: standard output keeps the result alone (one JSON object with --json)
+    progress = Progress(prefix="route · ")
+    name = args.model or config["model"]
+    with progress.stage(f"loading {name} and the run's adapters") as stage:
+        adapters = load_adapters(args.run_dir)
+        base, tokenizer = load_base_model(name)
+        model = PersonalizedLM(attach_lora(base, lora_settings(config)))
+        stage.summary = f"{len(adapters)} adapters"
+    scored = {p: adapters[p] for p in personas if p in adapters}
+    with progress.stage(f"scoring the prompt under {len(scored)} persona adapters") as stage:
+        scorer = LossScorer(model, tokenizer, scored, args.max_length, progress=stage)
+        router = Router(scorer, personas, fallback=GLOBAL, available=adapters, score_declared=True)
+        decision = router.route(args.prompt, args.persona)
+        stage.summary = f"{decision.persona} ({decision.source})"
     answer = None
     if not args.no_answer:
         if decision.persona not in adapters:
             raise FileNotFoundError(
                 f"{args.run_dir}: no '{decision.persona}' adapter to answer with"
             )
-        load_adapter_arrays(model.lm, adapters[decision.persona])
-        answer = generate_answer(model, tokenizer, args.prompt, args.max_new_tokens)
+        with progress.stage(f"answering with the {decision.persona} adapter"):
+            load_adapter_arrays(model.lm, adapters[decision.persona])
+            answer = generate_answer(model, tokenizer, args.prompt, args.max_new_tokens)
     if args.json:
         scores = {k: v if math.isfinite(v) else None for k, v in decision.scores.items()}
         print(

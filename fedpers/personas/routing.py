@@ -19,6 +19,7 @@ from fedpers.models.chat import collate, encode_messages
 from fedpers.models.lora import adapter_arrays, load_adapter_arrays
 from fedpers.models.personalized import PersonalizedLM
 from fedpers.personas.assignment import Source, assign_persona, check_known
+from fedpers.progress import Stage
 
 
 @runtime_checkable
@@ -31,7 +32,8 @@ class Scorer(Protocol):
 class LossScorer:
     """Mean next-token loss of the prompt's own tokens under each candidate's adapter (user embedding off).
 
-    Scoring swaps adapters in ``model.lm`` and restores the one that was loaded before.
+    Scoring swaps adapters in ``model.lm`` and restores the one that was loaded before. ``progress``
+    (optional) counts the adapters scored.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class LossScorer:
         tokenizer: PreTrainedTokenizerBase,
         adapters: Mapping[str, Mapping[str, np.ndarray]],
         max_length: int = 256,
+        progress: Stage | None = None,
     ) -> None:
         self.model, self.tokenizer, self.adapters, self.max_length = (
             model,
@@ -47,6 +50,7 @@ class LossScorer:
             dict(adapters),
             max_length,
         )
+        self.progress = progress
 
     @torch.no_grad()
     def score(self, prompt: str, candidates: Sequence[str]) -> dict[str, float]:
@@ -70,11 +74,15 @@ class LossScorer:
         )
         model.use_user_embedding = False
         model.eval()
+        if self.progress is not None:
+            self.progress.step("", len(candidates), "adapters", whole=True)
         try:
             scores = {}
             for name in candidates:
                 load_adapter_arrays(lm, dict(self.adapters[name]))
                 scores[name] = float(model(**batch)[0])
+                if self.progress is not None:
+                    self.progress.advance()
             return scores
         finally:
             load_adapter_arrays(lm, saved)
