@@ -4,7 +4,8 @@ The default scenario's settings (``simulations/scenarios/default.toml``: SmolLM2
 r=4 on q/v of the top 4 layers, expected batch 4, sequences up to 64 tokens, 8 DP-SGD steps a round)
 and users (one per persona of the synthetic desk). For each user the same DP-SGD training (same
 Poisson samples and noise, benchmark seed) runs on both paths, the paths alternating user by user so
-machine noise hits both alike; throughput is DP-SGD user-steps per second. The same loop also times
+machine noise hits both alike; throughput is DP-SGD user-steps per second, from the median time of a
+user's DP-SGD phase (medians, so a burst of other work on the machine does not decide the ratio). The same loop also times
 the rest of a device's round (user-embedding phase, held-out evaluation) and the one-off cost of
 computing the trunk states. Peak memory of each path is measured in its own child process (VmHWM).
 
@@ -147,16 +148,14 @@ def measure(users: int, repeats: int) -> dict:
                 ).items():
                     times[label].setdefault(phase, []).append(seconds)
     steps = config.local.local_steps * users * repeats
-    total = {k: {ph: sum(v) for ph, v in t.items()} for k, t in times.items()}
+    median = {k: {ph: statistics.median(v) for ph, v in t.items()} for k, t in times.items()}
     return {
         "config": config,
         "users": users,
         "repeats": repeats,
         "steps": steps,
-        "throughput": {k: steps / total[k]["dp_sgd"] for k in total},
-        "phase_mean": {
-            k: {ph: statistics.mean(v) for ph, v in t.items()} for k, t in times.items()
-        },
+        "throughput": {k: config.local.local_steps / median[k]["dp_sgd"] for k in median},
+        "phase_median": median,
         "trunk_seconds": trunk_seconds,
         "trunk_examples": examples,
         "threads": torch.get_num_threads(),
@@ -168,7 +167,7 @@ def measure(users: int, repeats: int) -> dict:
 def report(r: dict) -> list[str]:
     c = r["config"]
     full, cached = r["throughput"]["full"], r["throughput"]["cached"]
-    ph_f, ph_c = r["phase_mean"]["full"], r["phase_mean"]["cached"]
+    ph_f, ph_c = r["phase_median"]["full"], r["phase_median"]["cached"]
     round_f = sum(ph_f.values())
     round_c = sum(ph_c.values())
     lines = [
@@ -178,7 +177,7 @@ def report(r: dict) -> list[str]:
         f"on the top {c.model.lora_layers} layers, expected batch {c.local.batch_size}, sequences up to {c.dataset.max_length} tokens, "
         f"{c.local.local_steps} DP-SGD steps and {c.local.embedding_steps} user-embedding steps a round), {r['users']} users "
         f"(one per persona), {r['repeats']} rounds each, both paths on the same Poisson samples and noise, alternating user by user "
-        f"in one process. Machine: {platform.machine()}, {r['threads']} torch threads, torch {r['torch']}. Peak memory: "
+        f"in one process; per-user medians. Machine: {platform.machine()}, {r['threads']} torch threads, torch {r['torch']}. Peak memory: "
         "VmHWM of a child process that loads the model and runs one user's DP-SGD phase on that path.",
         "",
         f"Private training throughput (DP-SGD user-steps per second), cached vs full-model path: **{cached / full:.2f}×** "
