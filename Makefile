@@ -32,6 +32,7 @@ format: setup
 
 bench: setup
 	$(VENV)/bin/python -m simulations.bench_dp_step --write
+	$(VENV)/bin/python -m simulations.bench_trunk --write
 	$(VENV)/bin/python -m simulations.bench_scenarios --write
 	$(VENV)/bin/python -m simulations.bench_secagg --write
 	$(VENV)/bin/python -m simulations.bench_deploy --write
