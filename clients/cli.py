@@ -168,8 +168,8 @@ def cmd_consent(args: argparse.Namespace) -> int:
 
 def cmd_join(args: argparse.Namespace) -> int:
     from clients.consent import check_participation
-    from clients.join import JoinConfig, supernode_command
-    from fedpers.processes import child_env, run_foreground
+    from clients.join import JoinConfig, run_supernode, supernode_command
+    from fedpers.processes import child_env
 
     join = JoinConfig(
         args.superlink,
@@ -200,7 +200,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         f"user {device.user_id} joins the federation at {args.superlink} (Ctrl+C to leave)",
         flush=True,
     )
-    return run_foreground(command, env)
+    return run_supernode(command, env, None if args.no_worker else device.directory, os.getpid())
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -385,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-command",
         action="store_true",
         help="print the flower-supernode command instead of running it",
+    )
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="no worker process keeping the model loaded: each training message loads it again",
     )
     p.set_defaults(func=cmd_join)
 
