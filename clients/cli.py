@@ -168,7 +168,7 @@ def cmd_consent(args: argparse.Namespace) -> int:
 
 def cmd_join(args: argparse.Namespace) -> int:
     from clients.consent import check_participation
-    from clients.join import JoinConfig, run_supernode, supernode_command
+    from clients.join import SUPEREXEC_POLL_SECONDS, JoinConfig, run_supernode, supernode_command
     from fedpers.processes import child_env
 
     join = JoinConfig(
@@ -196,6 +196,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     else:
         env = child_env({PASSPHRASE_ENV: key["passphrase"]}, drop=[KEY_FILE_ENV])
     env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_SECONDS)
     print(
         f"user {device.user_id} joins the federation at {args.superlink} (Ctrl+C to leave)",
         flush=True,

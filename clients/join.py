@@ -1,5 +1,8 @@
 """How a device joins a federation: the ``flower-supernode`` command for its store.
 
+The SuperNode is Flower's, started through :mod:`clients.supernode`, which only shortens its waits
+between messages while a run is active.
+
 The SuperNode dials the SuperLink over TLS (``--root-certificates``) and authenticates with the
 device's node key (``--auth-supernode-private-key``; its public key must be registered with the
 SuperLink first). Its node config names the store and user, which the ClientApp reads; the store's
@@ -19,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedpers.network import check_address, free_port
-from fedpers.processes import executable, run_foreground
+from fedpers.processes import run_foreground
 
 WORKER_STOP_SECONDS = 10.0
+SUPEREXEC_POLL_SECONDS = "0.25"
+"""How often the SuperNode's SuperExec asks it (locally) for a message to start a ClientApp for
+(``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``; Flower's default is 1 s)."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,9 @@ def node_config(store: Path, user_id: str) -> str:
 
 
 def supernode_command(join: JoinConfig, store: Path, user_id: str) -> list[str]:
-    """``flower-supernode`` with TLS, node authentication and the node config for ``store``."""
-    command = [executable("flower-supernode"), "--superlink", join.superlink]
+    """``flower-supernode`` (through :mod:`clients.supernode`) with TLS, node authentication and the
+    node config for ``store``."""
+    command = [sys.executable, "-m", "clients.supernode", "--superlink", join.superlink]
     if join.insecure:
         command.append("--insecure")
     else:

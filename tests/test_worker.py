@@ -381,3 +381,28 @@ def test_no_clientapp_process_imports_torch_when_a_worker_serves_the_device(
         worker.wait(timeout=30)
     device = DeviceStore.open(store, key_file=key)
     assert [e.purpose for e in device.ledger().entries] == ["clip-quantile", "dp-sgd"]
+
+
+def test_the_supernode_asks_sooner_only_while_a_run_is_active(monkeypatch):
+    import inspect
+
+    import flwr.supernode.start_client_internal as loop
+
+    from clients.supernode import FollowUpClock, install
+
+    # the waits this entry point shortens are Flower's, where it expects them
+    source = inspect.getsource(loop)
+    assert "time.sleep(3)" in source and "time.sleep(0.5)" in source
+    pulled = iter([None, 7])
+    monkeypatch.setattr(loop, "time", loop.time)
+    monkeypatch.setattr(loop, "_pull_and_store_message", lambda **kwargs: next(pulled))
+    clock = FollowUpClock(follow_up=60.0)
+    assert install(loop, clock) and loop.time is clock
+    assert loop._pull_and_store_message() is None and not clock.active()
+    assert clock.wait_for(3) == 3 and clock.wait_for(0.5) == 0.5  # idle: Flower's waits
+    assert loop._pull_and_store_message() == 7 and clock.active()
+    assert clock.wait_for(3) == 0.25 and clock.wait_for(0.5) == 0.1 and clock.wait_for(1) == 1
+    assert loop.time.monotonic() > 0  # everything else is the time module
+    clock.last_message -= 61
+    assert clock.wait_for(3) == 3
+    assert not install(type(loop)("not_flower"), FollowUpClock())
