@@ -119,8 +119,10 @@ def local_federation(
     spare_keys: int = 1,
     budget: float = 20.0,
     client_python: str = sys.executable,
+    worker: bool = True,
 ) -> Iterator[Federation]:
-    """A SuperLink on 127.0.0.1 and one joined device per user of ``conversations`` (plus unregistered spare keys)."""
+    """A SuperLink on 127.0.0.1 and one joined device per user of ``conversations`` (plus unregistered spare keys);
+    ``worker=False`` joins them without the device worker (``join --no-worker``)."""
     users = sorted({c.user_id for c in conversations})
     certs = root / "certs"
     generate_ca(certs)
@@ -194,9 +196,15 @@ def local_federation(
                     str(certs / "ca.crt"),
                     "--auth-key",
                     str(certs / f"node-{i}.key"),
+                    *([] if worker else ["--no-worker"]),
                     python=client_python,
                 ),
-                flower_env(root / f"flwr-node-{i}"),
+                # one thread per device, as the simulation engine gives each client one CPU (Ray sets
+                # OMP_NUM_THREADS for its actors): the devices share this machine's cores
+                flower_env(
+                    root / f"flwr-node-{i}",
+                    OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                ),
             )
             federation.stores[user] = (store, key)
         yield federation
