@@ -17,6 +17,10 @@ Who may ask: the socket is created with mode 0600 in the store directory, a conn
 user id is closed unanswered (``SO_PEERCRED``), and only requests for this worker's own store are served.
 The worker stops when its parent (``join``) exits, on SIGTERM or SIGINT, and removes its socket.
 
+Between rounds it also computes ahead what the next round's budget check will compose (the user's
+spending so far plus the round's DP-SGD release once more; :func:`anticipate_budget_checks`): each
+composition takes seconds, and the accountant remembers it per process.
+
     python -m clients.worker --store DIR [--parent-pid PID]
 """
 
@@ -99,6 +103,47 @@ def peer_uid(conn: socket.socket) -> int | None:
 def _same_store(node_config: dict, store: Path) -> bool:
     named = node_config.get("store")
     return bool(named) and Path(str(named)).resolve() == store
+
+
+def anticipate_budget_checks(instructions, node_config: dict) -> int:
+    """Compute now the compositions the next round's budget checks will ask for: each ledger's events
+    plus the release this run recorded last on it (DP-SGD; the user-level release under user-level
+    DP), which the next round records again unless its plan changed. Only warms the accountant's
+    per-process memory (:func:`fedpers.privacy.accounting.epsilon`); nothing is recorded. How many."""
+    from clients.device import node_store
+    from fedpers.privacy.accounting import epsilon_report
+    from fedpers.privacy.user_level import USER_LEVEL_PURPOSE
+
+    config = instructions.config
+    if instructions.final or not config.privacy.dp:
+        return 0
+    device = node_store(node_config)
+    ledgers = [(device.ledger(config.privacy.delta), "dp-sgd")]
+    if config.privacy.user_dp:
+        ledgers.append((device.user_level_ledger(config.privacy.delta), USER_LEVEL_PURPOSE))
+    done = 0
+    for ledger, purpose in ledgers:
+        events = ledger.events()
+        last = next(
+            (
+                e
+                for e in reversed(ledger.entries)
+                if e.purpose == purpose and e.details.get("run_id") == instructions.run_id
+            ),
+            None,
+        )
+        if last is not None and last.events:
+            epsilon_report([*events, *last.events], ledger.delta)
+            done += 1
+    return done
+
+
+def _lower_priority() -> None:
+    """Let this thread yield the CPU to anything else (Linux: a thread has its own nice value)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
 
 def handle(request: Request, store: Path) -> Response:

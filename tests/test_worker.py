@@ -218,6 +218,17 @@ def test_a_request_through_the_worker_gives_the_in_process_upload(served, task_i
     assert entries == [(e.purpose, e.details.get("round")) for e in device_b.ledger().entries]
     assert entries == [("clip-quantile", None), ("dp-sgd", 1)]
 
+    # what the worker computes between rounds is what the next round's budget check asks for
+    from clients.worker import anticipate_budget_checks
+    from fedpers.privacy.accounting import _epsilon
+
+    os.environ[KEY_FILE_ENV] = str(key_b)
+    _epsilon.cache_clear()
+    first = clientapp._instructions(message(1))
+    assert anticipate_budget_checks(first, {"store": str(store_b)}) == 1
+    clientapp.train(message(2), _context(store_b))
+    assert _epsilon.cache_info().hits >= 2  # the cap check's composition, by both accountants
+
     # a retried round: the same upload from the store's cache, nothing charged again
     os.environ[KEY_FILE_ENV] = str(key_a)
     again = _upload(clientapp.train(message(1), _context(store_a)))
