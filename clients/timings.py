@@ -20,6 +20,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 TIMINGS_ENV = "FEDPERS_CLIENT_TIMINGS"
 HEAVY_MODULES = ("torch", "transformers", "peft", "opacus")
+LOADED_AT = time.time()
+"""When the ClientApp's modules were being imported (this one among the first of them)."""
 TIMINGS: dict[str, dict[str, float]] = {}
 """Filled while a message is handled (``handler``: the split above); :func:`timing_mod` writes and clears it."""
 
@@ -54,6 +56,7 @@ def timing_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             "stage": stage,
             "created_at": msg.metadata.created_at,
             "process_started": process_started(),
+            "app_loaded": LOADED_AT,
             "handler_started": started,
             "handler_ended": time.time(),
             "handler": TIMINGS.get("handler", {}),

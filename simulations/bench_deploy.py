@@ -167,7 +167,9 @@ def breakdown(timings: list[dict], manifest: list[dict], rounds: int) -> dict[st
         load = handler.get("prepare", handler.get("worker_prepare", 0.0))
         train = handler.get("answer", handler.get("worker_answer", 0.0))
         totals["message to ClientApp process"] += last["process_started"] - last["created_at"]
-        totals["process start"] += last["handler_started"] - last["process_started"]
+        loaded = last.get("app_loaded", last["handler_started"])
+        totals["process start"] += loaded - last["process_started"]
+        totals["app import"] += last["handler_started"] - loaded
         totals["model and data load"] += load
         totals["training"] += train
         totals["rest of the handler"] += (
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         help="devices join without their worker: every training message loads the model again",
     )
     p.add_argument("--write", action="store_true", help="write the result into BENCHMARKS.md")
+    p.add_argument(
+        "--keep", type=Path, metavar="DIR", help="copy the processes' logs and timings into DIR"
+    )
     args = p.parse_args(argv)
     rounds = args.rounds or DEFAULT_ROUNDS[args.model]
     settings = SETTINGS | {"model": args.model, "rounds": rounds}
@@ -227,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedpers-bench-deploy-") as tmp:
         root = Path(tmp)
         deployed, replies, timings = deploy(settings, conversations, root, not args.no_worker)
+        if args.keep:
+            shutil.copytree(root / "federation" / "logs", args.keep / "logs", dirs_exist_ok=True)
+            for path in root.glob("clientapp-timings.jsonl"):
+                shutil.copy(path, args.keep)
         config = FederatedConfig.from_flat(
             settings | {"audit": False, "record_wire": False, "state_dir": str(root / "sim-state")}
         ).validated()
@@ -288,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             f"SuperExec's poll, transfer) | {split['message to ClientApp process']:.1f} |",
             "| poll waits: reply sent to the server holding all replies (SuperNode, ServerApp polls) | "
             f"{split['reply to server']:.1f} |",
-            "| process start: interpreter, Flower, bundle (FAB) install, ClientApp import | "
+            "| process start: interpreter, Flower's imports, task pull, bundle (FAB) install | "
             f"{split['process start']:.1f} |",
+            f"| ClientApp import and set-up | {split['app import']:.1f} |",
             f"| model and data load (`clients.tasks.prepare`) | {split['model and data load']:.1f} |",
             f"| local training (`clients.tasks.answer`) | {split['training']:.1f} |",
             "| rest of the ClientApp (SecAgg+ keys and masking, consent, ledger check; worker round trip) | "

@@ -18,7 +18,7 @@ from pathlib import Path
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import FitIns, ndarrays_to_parameters
 
@@ -119,8 +119,9 @@ def served(tmp_path_factory):
     worker.wait(timeout=30)
 
 
-def _messages(**changes):
-    """``message(server_round)``: a training message as the ServerApp sends it (plain aggregation)."""
+def _messages(task: str = "train", **changes):
+    """``message(server_round)``: a training message as the ServerApp sends it (plain aggregation); with
+    ``task="persona"``, the query for the persona in clear."""
     from fedpers.models import adapter_arrays, attach_lora, load_base_model
     from server.app import initial_adapters
     from server.strategy import PersonaTraining, persona_adapters
@@ -131,6 +132,11 @@ def _messages(**changes):
     strategy = PersonaTraining(config, "run-w", 2, False, persona_adapters(config, adapters))
 
     def message(server_round: int) -> Message:
+        if task == "persona":
+            record = ConfigRecord(strategy.instructions(server_round, task).to_record())
+            return Message(
+                RecordDict({"config": record}), dst_node_id=1, message_type=MessageType.QUERY
+            )
         fit_ins = FitIns(
             ndarrays_to_parameters(strategy.reference()),
             strategy.instructions(server_round).to_record(),
@@ -228,6 +234,18 @@ def test_a_request_through_the_worker_gives_the_in_process_upload(served, task_i
     assert anticipate_budget_checks(first, {"store": str(store_b)}) == 1
     clientapp.train(message(2), _context(store_b))
     assert _epsilon.cache_info().hits >= 2  # the cap check's composition, by both accountants
+
+    # the persona in clear (no persona hiding) comes through the worker too, and is refused as
+    # in-process when the run hides personas
+    query = _messages("persona", persona_hiding=False)(2)
+    os.environ[KEY_FILE_ENV] = str(key_a)
+    index = clientapp.persona(query, _context(store_a)).content["metrics"]["persona-index"]
+    assert "worker" in clientapp.TIMINGS["handler"]
+    os.environ[KEY_FILE_ENV] = str(key_b)
+    assert clientapp.persona(query, _context(store_b)).content["metrics"]["persona-index"] == index
+    os.environ[KEY_FILE_ENV] = str(key_a)
+    with pytest.raises(PermissionError, match="hides personas"):
+        clientapp.persona(_messages("persona")(2), _context(store_a))
 
     # a retried round: the same upload from the store's cache, nothing charged again
     os.environ[KEY_FILE_ENV] = str(key_a)
