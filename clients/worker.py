@@ -138,14 +138,6 @@ def anticipate_budget_checks(instructions, node_config: dict) -> int:
     return done
 
 
-def _lower_priority() -> None:
-    """Let this thread yield the CPU to anything else (Linux: a thread has its own nice value)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
-
-
 def handle(request: Request, store: Path) -> Response:
     """The response to ``request`` for the store in ``store`` (computed in this process)."""
     if request.op == "ping":
@@ -219,6 +211,31 @@ class Worker:
                 conn.sendall(response.encode())
             except OSError as err:  # the ClientApp is gone (its SuperNode stopped it)
                 log.warning("could not send the %s response: %s", request.op, err)
+        if request.op == "train" and response.status == OK:
+            threading.Thread(
+                target=self._anticipate, args=(request,), name="fedpers-worker-ahead", daemon=True
+            ).start()
+
+    def _anticipate(self, request: Request) -> None:
+        """:func:`anticipate_budget_checks`, right after answering; a request arriving meanwhile waits
+        for it (it would compute the same). Not at a lower priority: a thread niced down could hold the
+        lock for long on a busy machine while the next round's request waits behind it."""
+        from fedpers.instructions import RoundInstructions
+
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                done = anticipate_budget_checks(
+                    RoundInstructions.from_record(request.record), request.node_config
+                )
+            except Exception as err:  # only a head start: the round computes it anyway
+                log.warning("could not compute the next budget check ahead: %s", err)
+                return
+            if done:
+                log.info(
+                    "next round's budget check computed ahead in %.1f s",
+                    time.perf_counter() - started,
+                )
 
     def serve(self) -> None:
         while not self._stopped:

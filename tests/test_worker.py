@@ -96,15 +96,27 @@ def _wait_for_worker(path: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.2)
 
 
+def _worker_log(store: Path) -> Path:
+    return store.parent / "worker.log"
+
+
 def _start_worker(store: Path, key: Path, parent_pid: int | None = None) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        worker_command(store, parent_pid or os.getpid()),
-        env=_env(key),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    with open(_worker_log(store), "wb") as log:
+        proc = subprocess.Popen(
+            worker_command(store, parent_pid or os.getpid()),
+            env=_env(key),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     _wait_for_worker(socket_path(store), proc)
     return proc
+
+
+def _wait_for_log(store: Path, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in _worker_log(store).read_text():
+        assert time.monotonic() < deadline, f"the worker never logged {text!r}"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +220,7 @@ def test_a_request_through_the_worker_gives_the_in_process_upload(served, task_i
     os.environ[KEY_FILE_ENV] = str(key_a)
     remote = _upload(clientapp.train(message(1), _context(store_a)))
     assert "worker" in clientapp.TIMINGS["handler"]
+    _wait_for_log(store_a, "next round's budget check computed ahead")
     os.environ[KEY_FILE_ENV] = str(key_b)
     local = _upload(clientapp.train(message(1), _context(store_b)))
     assert "worker" not in clientapp.TIMINGS["handler"]
