@@ -163,7 +163,10 @@ def handle(request: Request, store: Path) -> Response:
         log.info("refused a %s request: %s", request.op, err)
         return Response(REFUSED, reason=str(err), detail=err.detail, timings=timings)
     except Exception as err:  # the ClientApp raises it again, as if computed there
-        log.exception("a %s request failed", request.op)
+        if isinstance(err, ValueError | PermissionError):
+            log.warning("a %s request failed: %s", request.op, err)
+        else:
+            log.exception("a %s request failed", request.op)
         return Response(ERROR, error_type=type(err).__name__, detail=str(err), timings=timings)
 
 
@@ -191,30 +194,60 @@ class Worker:
         log.info("ready in %.1f s (imports)", time.perf_counter() - started)
 
     def serve_one(self) -> None:
+        """Accept one connection and answer it; a connection that goes away is logged, not fatal."""
         conn, _ = self.listener.accept()
         with conn:
-            uid = peer_uid(conn)
-            if uid is not None and uid != os.getuid():
-                log.warning("closed a connection from user id %d", uid)
-                return
             try:
-                request = Request.decode(*read_frame(conn))
-            except (ProtocolError, KeyError, TypeError, ValueError) as err:
-                log.warning("unreadable request: %s", err)
-                conn.sendall(Response(ERROR, error_type="ProtocolError", detail=str(err)).encode())
-                return
-            with self._lock:
-                started = time.perf_counter()
-                response = handle(request, self.store)
-            log.info("%s: %s in %.1f s", request.op, response.status, time.perf_counter() - started)
-            try:
-                conn.sendall(response.encode())
+                answered = self._answer(conn)
             except OSError as err:  # the ClientApp is gone (its SuperNode stopped it)
-                log.warning("could not send the %s response: %s", request.op, err)
-        if request.op == "train" and response.status == OK:
+                log.warning("connection dropped: %s", err)
+                return
+        if answered is not None and answered[0].op == "train" and answered[1].status == OK:
             threading.Thread(
-                target=self._anticipate, args=(request,), name="fedpers-worker-ahead", daemon=True
+                target=self._anticipate,
+                args=(answered[0],),
+                name="fedpers-worker-ahead",
+                daemon=True,
             ).start()
+
+    def _answer(self, conn: socket.socket) -> tuple[Request, Response] | None:
+        uid = peer_uid(conn)
+        if uid is not None and uid != os.getuid():
+            log.warning("closed a connection from user id %d", uid)
+            return None
+        if not conn.recv(1, socket.MSG_PEEK):
+            return None  # connected and left without a word: a check whether a worker listens
+        try:
+            request = Request.decode(*read_frame(conn))
+        except (ProtocolError, KeyError, TypeError, ValueError) as err:
+            log.warning("unreadable request: %s", err)
+            conn.sendall(Response(ERROR, error_type="ProtocolError", detail=str(err)).encode())
+            return None
+        with self._lock:
+            started = time.perf_counter()
+            response = handle(request, self.store)
+        log.info("%s: %s in %.1f s", request.op, response.status, time.perf_counter() - started)
+        conn.sendall(response.encode())
+        return request, response
+
+    def serve(self) -> None:
+        while not self._stopped:
+            try:
+                self.serve_one()
+            except OSError:
+                if self._stopped:
+                    return
+                raise
+
+    def stop(self) -> None:
+        """Stop listening and remove the socket (only if it is still this worker's)."""
+        self._stopped = True
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        self.listener.close()
 
     def _anticipate(self, request: Request) -> None:
         """:func:`anticipate_budget_checks`, right after answering; a request arriving meanwhile waits
@@ -236,25 +269,6 @@ class Worker:
                     "next round's budget check computed ahead in %.1f s",
                     time.perf_counter() - started,
                 )
-
-    def serve(self) -> None:
-        while not self._stopped:
-            try:
-                self.serve_one()
-            except OSError:
-                if self._stopped:
-                    return
-                raise
-
-    def stop(self) -> None:
-        """Stop listening and remove the socket (only if it is still this worker's)."""
-        self._stopped = True
-        try:
-            if os.stat(self.path).st_ino == self._inode:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
-        self.listener.close()
 
 
 def _parent_alive(parent_pid: int, initial_ppid: int) -> bool:

@@ -201,7 +201,15 @@ def test_the_protocol_carries_json_and_raw_bytes_and_checks_its_version():
 
 
 def test_the_socket_is_the_users_alone_and_serves_only_its_store(served):
-    (store_a, _), (store_b, _), _ = served
+    (store_a, _), (store_b, _), worker = served
+    # a check whether a worker listens (as a second join's worker makes), a garbled request, and a
+    # client that leaves before the answer: the worker carries on
+    for data in (b"", b"FPW\x01\x00\x00\x00\xffnot json", Request("ping").encode()):
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(socket_path(store_a)))
+        client.sendall(data)
+        client.close()
+    assert exchange(socket_path(store_a), Request("ping")).status == OK and worker.poll() is None
     mode = os.stat(socket_path(store_a)).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
     other = exchange(socket_path(store_a), Request("train", {}, {"store": str(store_b)}))
