@@ -115,10 +115,12 @@ def anticipate_budget_checks(instructions, node_config: dict) -> int:
     from fedpers.privacy.user_level import USER_LEVEL_PURPOSE
 
     config = instructions.config
-    if instructions.final or not config.privacy.dp:
+    if instructions.final or not (config.privacy.dp or config.privacy.user_dp):
         return 0
     device = node_store(node_config)
-    ledgers = [(device.ledger(config.privacy.delta), "dp-sgd")]
+    ledgers = []
+    if config.privacy.dp:
+        ledgers.append((device.ledger(config.privacy.delta), "dp-sgd"))
     if config.privacy.user_dp:
         ledgers.append((device.user_level_ledger(config.privacy.delta), USER_LEVEL_PURPOSE))
     done = 0

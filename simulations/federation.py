@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.cli import main as client_main
+from clients.worker_protocol import OK, ProtocolError, Request, exchange, socket_path
 from fedpers.certs import generate_ca, generate_node_keys, generate_server_cert
 from fedpers.data import Conversation, write_jsonl
 from fedpers.network import free_port
@@ -81,6 +82,18 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}\n{logs()}")
         time.sleep(0.5)
+
+
+def workers_ready(stores) -> bool:
+    """Whether the worker of every ``(store, key file)`` answers (it does once its imports are done)."""
+    for store, _ in stores:
+        try:
+            response = exchange(socket_path(store), Request("ping"), timeout=2)
+        except (OSError, ProtocolError):  # still importing, or gone
+            return False
+        if response is None or response.status != OK:
+            return False
+    return True
 
 
 def module_command(module: str, *args: str, python: str = sys.executable) -> list[str]:
@@ -207,6 +220,13 @@ def local_federation(
                 ),
             )
             federation.stores[user] = (store, key)
+        if worker:  # joined devices wait for runs with their model libraries loaded
+            wait_for(
+                lambda: workers_ready(federation.stores.values()),
+                300,
+                "the devices' workers",
+                lambda: "\n".join(procs.log(f"node-{i}")[-2000:] for i in range(1, len(users) + 1)),
+            )
         yield federation
     finally:
         procs.stop()
