@@ -179,8 +179,8 @@ def cmd_consent(args: argparse.Namespace) -> int:
 
 def cmd_join(args: argparse.Namespace) -> int:
     from clients.consent import check_participation
-    from clients.join import JoinConfig, supernode_command
-    from fedpers.processes import child_env, run_foreground
+    from clients.join import SUPEREXEC_POLL_SECONDS, JoinConfig, run_supernode, supernode_command
+    from fedpers.processes import child_env
 
     join = JoinConfig(
         args.superlink,
@@ -207,11 +207,12 @@ def cmd_join(args: argparse.Namespace) -> int:
     else:
         env = child_env({PASSPHRASE_ENV: key["passphrase"]}, drop=[KEY_FILE_ENV])
     env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_SECONDS)
     print(
         f"user {device.user_id} joins the federation at {args.superlink} (Ctrl+C to leave)",
         flush=True,
     )
-    return run_foreground(command, env)
+    return run_supernode(command, env, None if args.no_worker else device.directory, os.getpid())
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -401,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-command",
         action="store_true",
         help="print the flower-supernode command instead of running it",
+    )
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="no worker process keeping the model loaded: each training message loads it again",
     )
     p.set_defaults(func=cmd_join)
 

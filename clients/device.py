@@ -24,7 +24,7 @@ or key file from its environment (:mod:`clients.unlock`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -305,3 +305,15 @@ class DeviceStore:
     def forget(self, keep: Iterable[str] = LEDGERS) -> list[str]:
         """Delete everything but the ledgers (data, embedding, adapters, profile, consent); the names deleted."""
         return self.store.forget(keep)
+
+
+def node_store(node_config: Mapping) -> DeviceStore:
+    """The store a SuperNode's node config names (``store``), unlocked with the key from the environment
+    and checked against the config's ``user-id`` if it has one."""
+    device = DeviceStore.from_env(str(node_config["store"]))
+    expected = node_config.get("user-id")
+    if expected is not None and str(expected) != device.user_id:
+        raise ValueError(
+            f"node config user-id {expected!r}, but store {device.directory} holds user {device.user_id!r}"
+        )
+    return device

@@ -1,18 +1,33 @@
 """How a device joins a federation: the ``flower-supernode`` command for its store.
 
+The SuperNode is Flower's, started through :mod:`clients.supernode`, which only shortens its waits
+between messages while a run is active.
+
 The SuperNode dials the SuperLink over TLS (``--root-certificates``) and authenticates with the
 device's node key (``--auth-supernode-private-key``; its public key must be registered with the
 SuperLink first). Its node config names the store and user, which the ClientApp reads; the store's
 key reaches the ClientApp through the environment only (:mod:`clients.unlock`).
+
+Beside the SuperNode runs the device's worker (:mod:`clients.worker`), which keeps the model loaded
+between messages; it inherits the same environment, and stops when the SuperNode has exited (or when
+``join`` itself dies).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedpers.network import check_address, free_port
-from fedpers.processes import executable
+from fedpers.processes import run_foreground
+
+WORKER_STOP_SECONDS = 10.0
+SUPEREXEC_POLL_SECONDS = "0.25"
+"""How often the SuperNode's SuperExec asks it (locally) for a message to start a ClientApp for
+(``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``; Flower's default is 1 s)."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +76,9 @@ def node_config(store: Path, user_id: str) -> str:
 
 
 def supernode_command(join: JoinConfig, store: Path, user_id: str) -> list[str]:
-    """``flower-supernode`` with TLS, node authentication and the node config for ``store``."""
-    command = [executable("flower-supernode"), "--superlink", join.superlink]
+    """``flower-supernode`` (through :mod:`clients.supernode`) with TLS, node authentication and the
+    node config for ``store``."""
+    command = [sys.executable, "-m", "clients.supernode", "--superlink", join.superlink]
     if join.insecure:
         command.append("--insecure")
     else:
@@ -83,3 +99,44 @@ def supernode_command(join: JoinConfig, store: Path, user_id: str) -> list[str]:
     if join.max_wait_time is not None:
         command += ["--max-wait-time", str(join.max_wait_time)]
     return command
+
+
+def worker_command(store: Path, parent_pid: int) -> list[str]:
+    """The device worker for ``store``, stopping when process ``parent_pid`` exits."""
+    return [
+        sys.executable,
+        "-m",
+        "clients.worker",
+        "--store",
+        str(Path(store).resolve()),
+        "--parent-pid",
+        str(parent_pid),
+    ]
+
+
+def stop(proc: subprocess.Popen, timeout: float = WORKER_STOP_SECONDS) -> None:
+    """Terminate ``proc`` and wait for it; kill it if it does not leave within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_supernode(
+    command: list[str], env: Mapping[str, str], store: Path | None, parent_pid: int
+) -> int:
+    """Run the SuperNode ``command`` in the foreground, with the worker for ``store`` beside it (none
+    when ``store`` is ``None``); the worker is stopped once the SuperNode has exited. Its exit status."""
+    worker = (
+        None
+        if store is None
+        else subprocess.Popen(worker_command(store, parent_pid), env=dict(env))
+    )
+    try:
+        return run_foreground(command, env)
+    finally:
+        if worker is not None:
+            stop(worker)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedpers.data.synthetic import PERSONAS
+from fedpers.data.personas import PERSONAS
 
 if TYPE_CHECKING:
     from fedpers.models.lora import LoraSettings

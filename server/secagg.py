@@ -52,6 +52,9 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_
 from fedpers.aggregation.secure import QuantizationPlan, keystream_masks
 
 STAGES = ("setup", "share keys", "collect masked vectors", "unmask")
+REPLY_POLL_SECONDS = 0.2
+"""How often a stage asks for its replies. Flower's deployment grid asks every 3 s, and a SecAgg+ round
+waits on four stages one after another."""
 
 
 class SecureAggregationError(RuntimeError):
@@ -59,18 +62,41 @@ class SecureAggregationError(RuntimeError):
 
 
 class ObservedGrid:
-    """A grid that times the waits for replies and shows every reply to ``observer(stage, message)``."""
+    """A grid that asks for replies every ``poll`` seconds (at most), times the waits for them and shows
+    every reply to ``observer(stage, message)``."""
 
-    def __init__(self, grid, observer: Callable | None, stage: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        grid,
+        observer: Callable | None,
+        stage: Callable[[], str],
+        poll: float = REPLY_POLL_SECONDS,
+    ) -> None:
         self._grid, self._observer, self._stage = grid, observer, stage
+        self.poll = min(poll, getattr(grid, "pull_interval", poll))
         self.waited = 0.0
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
 
+    def _send_and_receive(self, messages, timeout: float | None) -> list[Message]:
+        """Flower's ``Grid.send_and_receive`` (push, then pull until every reply is in or ``timeout``
+        seconds have passed), asking every :attr:`poll` seconds."""
+        pending = set(self._grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            received = list(self._grid.pull_messages(pending))
+            replies += received
+            pending -= {m.metadata.reply_to_message_id for m in received}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll)
+        return replies
+
     def send_and_receive(self, messages, *, timeout=None):
         started = time.perf_counter()
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        replies = self._send_and_receive(messages, timeout)
         self.waited += time.perf_counter() - started
         if self._observer is not None:
             for reply in replies:

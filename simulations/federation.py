@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.cli import main as client_main
+from clients.worker_protocol import OK, ProtocolError, Request, exchange, socket_path
 from fedpers.certs import generate_ca, generate_node_keys, generate_server_cert
 from fedpers.data import Conversation, write_jsonl
 from fedpers.network import free_port
@@ -83,6 +84,18 @@ def wait_for(
         time.sleep(0.5)
 
 
+def workers_ready(stores) -> bool:
+    """Whether the worker of every ``(store, key file)`` answers (it does once its imports are done)."""
+    for store, _ in stores:
+        try:
+            response = exchange(socket_path(store), Request("ping"), timeout=2)
+        except (OSError, ProtocolError):  # still importing, or gone
+            return False
+        if response is None or response.status != OK:
+            return False
+    return True
+
+
 def module_command(module: str, *args: str, python: str = sys.executable) -> list[str]:
     return [python, "-m", module, *args]
 
@@ -119,8 +132,10 @@ def local_federation(
     spare_keys: int = 1,
     budget: float = 20.0,
     client_python: str = sys.executable,
+    worker: bool = True,
 ) -> Iterator[Federation]:
-    """A SuperLink on 127.0.0.1 and one joined device per user of ``conversations`` (plus unregistered spare keys)."""
+    """A SuperLink on 127.0.0.1 and one joined device per user of ``conversations`` (plus unregistered spare keys);
+    ``worker=False`` joins them without the device worker (``join --no-worker``)."""
     users = sorted({c.user_id for c in conversations})
     certs = root / "certs"
     generate_ca(certs)
@@ -194,11 +209,24 @@ def local_federation(
                     str(certs / "ca.crt"),
                     "--auth-key",
                     str(certs / f"node-{i}.key"),
+                    *([] if worker else ["--no-worker"]),
                     python=client_python,
                 ),
-                flower_env(root / f"flwr-node-{i}"),
+                # one thread per device, as the simulation engine gives each client one CPU (Ray sets
+                # OMP_NUM_THREADS for its actors): the devices share this machine's cores
+                flower_env(
+                    root / f"flwr-node-{i}",
+                    OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                ),
             )
             federation.stores[user] = (store, key)
+        if worker:  # joined devices wait for runs with their model libraries loaded
+            wait_for(
+                lambda: workers_ready(federation.stores.values()),
+                300,
+                "the devices' workers",
+                lambda: "\n".join(procs.log(f"node-{i}")[-2000:] for i in range(1, len(users) + 1)),
+            )
         yield federation
     finally:
         procs.stop()

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from fedpers.data.grammar import Rule, cap, expand, parse_template, tidy
+from fedpers.data.personas import PERSONAS
 from fedpers.data.phrasebank import PersonaSpec, Topic, load_phrasebank
 from fedpers.data.schema import Conversation, Feedback, Turn
-
-PERSONAS = ("leadership", "knowledge_worker", "field_worker", "admin_hr", "new_employee")
 
 _BANK = load_phrasebank(PERSONAS)
 PERSONA_SPECS: Mapping[str, PersonaSpec] = _BANK.personas

@@ -62,22 +62,26 @@ def _history(events: Iterable[GaussianEvent]) -> list[tuple[float, float, int]]:
 
 def epsilon(events: Sequence[GaussianEvent], delta: float, accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` of the composition of ``events`` under one accountant (0 for no events)."""
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {accountant!r}; choose from {ACCOUNTANTS}")
+    history = _history(events)
+    if not history:
+        return 0.0
+    return _epsilon(tuple(history), delta, accountant)
+
+
+@lru_cache(maxsize=1024)
+def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    """:func:`epsilon`, remembered per process: a device's budget check before a round composes the same
+    events as the cap check of the round before, and each composition takes seconds."""
     # torch: loaded only when epsilon is computed
     from opacus.accountants import (
         PRVAccountant,
         RDPAccountant,
     )
 
-    history = _history(events)
-    if not history:
-        return 0.0
-    if accountant == "rdp":
-        acc = RDPAccountant()
-    elif accountant == "prv":
-        acc = PRVAccountant()
-    else:
-        raise ValueError(f"unknown accountant {accountant!r}; choose from {ACCOUNTANTS}")
-    acc.history = history
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.history = list(history)
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(acc.get_epsilon(delta))
