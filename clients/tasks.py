@@ -22,7 +22,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from clients.consent import check_participation
-from clients.device import DeviceStore
+from clients.device import DeviceStore, node_store
 from clients.persona import choose_persona, private_persona_choice
 from clients.state import ClientState, Upload, UserState
 from fedpers.adapters import Adapters
@@ -70,17 +70,6 @@ def resolve_user(config: FederatedConfig, node_config: dict) -> str:
     return users[pid]
 
 
-def open_device(node_config: dict) -> DeviceStore:
-    """The device store named by the node config (``store``), checked against ``user-id`` if given."""
-    device = DeviceStore.from_env(str(node_config["store"]))
-    expected = node_config.get("user-id")
-    if expected is not None and str(expected) != device.user_id:
-        raise ValueError(
-            f"node config user-id {expected!r}, but store {device.directory} holds user {device.user_id!r}"
-        )
-    return device
-
-
 def device_user_data(
     config: FederatedConfig, device: DeviceStore, env: ModelEnvironment
 ) -> UserData:
@@ -105,7 +94,7 @@ def device_user_data(
 def client_state(config: FederatedConfig, node_config: dict) -> ClientState:
     """Where this node's user keeps ledgers, plan and embedding: the device store, or the simulation's files."""
     if node_config.get("store"):
-        return open_device(node_config)
+        return node_store(node_config)
     return UserState(config.outputs.state_dir, resolve_user(config, node_config))
 
 
