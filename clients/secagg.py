@@ -1,4 +1,4 @@
-"""Client mods for secure aggregation: Flower's SecAgg+ with cryptographic masks, and Flower's fixed clipping.
+"""The client mod for secure aggregation: Flower's SecAgg+ with cryptographic masks and on-device noise.
 
 :func:`secaggplus_mod` is Flower's ``secaggplus_mod`` (same stages, same records, Flower's own key
 agreement, Shamir sharing and share encryption) with one change: masks come from
@@ -6,14 +6,15 @@ agreement, Shamir sharing and share encryption) with one change: masks come from
 instead of ``pseudo_rand_gen`` (``RandomState`` seeded with a 32-bit fold of it). The server side
 is :class:`server.secagg.SecAggPlusRound`; both must use the same mask generator.
 
-Messages without a SecAgg+ record (plain aggregation) pass straight through, so one ClientApp
-serves both modes. Order the mods ``[secaggplus_mod, fixedclipping_mod]``: the clipping must
-happen before masking.
+Under user-level DP the device adds its share of Skellam noise to the quantized upload before masking
+(:func:`_user_level_noise`; the upload is already clipped by the training task). Messages without a SecAgg+
+record (plain aggregation) pass straight through, so one ClientApp serves both modes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from logging import DEBUG, WARNING
 from typing import cast
 
@@ -21,7 +22,6 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.app.typing import ConfigRecordValues
-from flwr.client.mod import fixedclipping_mod as flower_fixedclipping_mod
 from flwr.client.mod.secure_aggregation.secaggplus_mod import (
     SecAggPlusState,
     _setup,
@@ -50,7 +50,6 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_separate
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore import log
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fedpers.aggregation.secure import keystream_masks
@@ -84,8 +83,14 @@ def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
             return out_msg
         out_content = out_msg.content
         fitres = compat.recorddict_to_fitres(out_content, keep_input=True)
+        rng = _rounding(msg, ctxt)
         res = _collect_masked_vectors(
-            state, configs, fitres.num_examples, fitres.parameters, _rounding(msg, ctxt)
+            state,
+            configs,
+            fitres.num_examples,
+            fitres.parameters,
+            rng,
+            _user_level_noise(msg, state, fitres.parameters, rng),
         )
         for arr_record in out_content.array_records.values():
             arr_record.clear()
@@ -115,14 +120,57 @@ def _rounding(msg: Message, ctxt: Context) -> np.random.Generator | None:
     return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
 
+def _user_level_noise(
+    msg: Message, state: SecAggPlusState, upload: Parameters, rounding: np.random.Generator | None
+) -> tuple[float, np.random.Generator] | None:
+    """User-level DP: the variance of this device's Skellam share and the generator it is drawn from;
+    ``None`` for a run without user-level DP (or a message without fedpers instructions).
+
+    The share is ``v / t`` (:class:`fedpers.privacy.user_level.DistributedNoise`), with ``v`` computed from
+    the run's settings and the grid the device's user-level ledger was charged for. A server whose SecAgg+
+    grid differs from that grid is refused: the ledger would not describe the noise. The generator is seeded
+    from OS entropy; only the benchmark switch ``noise_seed >= 0`` (a run marked not private) derives it
+    from the seeded rounding generator."""
+    from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS, DistributedNoise
+
+    record = compat.recorddict_to_fitins(msg.content, keep_input=True).config
+    if instructed_task(record) is None:
+        return None
+    config = RoundInstructions.from_record(record).config
+    if not config.privacy.user_dp:
+        return None
+    dimension = sum(int(a.size) for a in parameters_to_ndarrays(upload))
+    expected = DistributedNoise.for_settings(
+        config.privacy.user_noise_multiplier, config.aggregation.update_clip, dimension
+    )
+    offered = DistributedNoise.for_round(
+        config.privacy.user_noise_multiplier,
+        config.aggregation.update_clip,
+        state.clipping_range,
+        state.target_range,
+        dimension,
+    )
+    if offered != expected:
+        raise ValueError(
+            f"SecAgg+ grid (clipping_range {state.clipping_range}, quantization_range "
+            f"{state.target_range}) is not the one this device's user-level ledger was charged for "
+            f"({config.aggregation.update_clip}, {2**NOISED_QUANTIZATION_BITS}); nothing was sent"
+        )
+    rng = rounding or np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
+    return expected.share_variance(int(state.threshold)), rng
+
+
 def _collect_masked_vectors(
     state: SecAggPlusState,
     configs: ConfigRecord,
     num_examples: int,
     updated_parameters: Parameters,
     rng: np.random.Generator | None = None,
+    noise: tuple[float, np.random.Generator] | None = None,
 ) -> dict[str, ConfigRecordValues]:
-    """Flower's stage 2 (decrypt shares, quantize, add private and pairwise masks) with keystream masks."""
+    """Flower's stage 2 (decrypt shares, quantize, add private and pairwise masks) with keystream masks;
+    with ``noise = (variance, generator)``, a share of Skellam noise of that variance is added to every
+    quantized coordinate before masking (user-level DP, :mod:`fedpers.privacy.user_level`)."""
     ciphertexts = cast(list[bytes], configs[Key.CIPHERTEXT_LIST])
     srcs = cast(list[int], configs[Key.SOURCE_LIST])
     if len(ciphertexts) + 1 < state.threshold:
@@ -149,16 +197,19 @@ def _collect_masked_vectors(
             state.max_weight,
         )
     q_ratio = round(ratio * state.target_range)
-    vector = factor_combine(
-        q_ratio,
-        quantize_upload(
-            parameters_to_ndarrays(updated_parameters),
-            q_ratio / state.target_range,
-            state.clipping_range,
-            state.target_range,
-            rng,
-        ),
+    quantized = quantize_upload(
+        parameters_to_ndarrays(updated_parameters),
+        q_ratio / state.target_range,
+        state.clipping_range,
+        state.target_range,
+        rng,
     )
+    if noise is not None:
+        from fedpers.privacy.skellam import sample_skellam
+
+        variance, noise_rng = noise
+        quantized = [q + sample_skellam(q.shape, variance, noise_rng) for q in quantized]
+    vector = factor_combine(q_ratio, quantized)
     shapes = [a.shape for a in vector]
     vector = parameters_addition(vector, keystream_masks(state.rd_seed, state.mod_range, shapes))
     for node_id in available:
@@ -204,16 +255,4 @@ def quantize_upload(
     return out
 
 
-def fixedclipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-    """Flower's ``fixedclipping_mod`` for training messages that carry a clipping norm (user-level DP);
-    other messages (evaluation statistics, runs without user-level DP) pass through unclipped."""
-    if (
-        msg.metadata.message_type == MessageType.TRAIN
-        and "fitins.config" in msg.content.config_records
-    ):
-        if KEY_CLIPPING_NORM in msg.content.config_records["fitins.config"]:
-            return flower_fixedclipping_mod(msg, ctxt, call_next)
-    return call_next(msg, ctxt)
-
-
-CLIENT_MODS = [secaggplus_mod, fixedclipping_mod]
+CLIENT_MODS = [secaggplus_mod]

@@ -3,7 +3,7 @@ persona choice, cached uploads and the cached trunk states of the user's example
 
 Two privacy ledgers, both composed over every round and run: the record-level one (the unit is one
 conversation: DP-SGD, the private clipping quantile, the private persona choice) and the user-level one
-(the unit is the whole user: one Gaussian release per round uploaded under user-level DP,
+(the unit is the whole user: one Skellam release per round uploaded under user-level DP,
 :mod:`fedpers.privacy.user_level`).
 
 :class:`ClientState` is what the ClientApp needs; :class:`UserState` keeps it in plain files (the

@@ -25,7 +25,7 @@ from clients.consent import check_participation
 from clients.device import DeviceStore, node_store
 from clients.persona import choose_persona, private_persona_choice
 from clients.state import ClientState, Upload, UserState
-from fedpers.adapters import Adapters
+from fedpers.adapters import GLOBAL, Adapters
 from fedpers.aggregation import clip_delta
 from fedpers.aggregation.slots import SlotLayout
 from fedpers.federated import FederatedConfig
@@ -37,7 +37,7 @@ from fedpers.privacy import DPConfig, TrainConfig
 from fedpers.privacy.dp_sgd import plan_dp
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedpers.privacy.plan import DPPlan
-from fedpers.privacy.user_level import user_level_entry
+from fedpers.privacy.user_level import DistributedNoise, user_level_entry
 from fedpers.userdata import UserData, attach_trunk, encode_user, user_data, user_ids
 
 
@@ -222,13 +222,19 @@ def _charge_user_level(task: Task) -> tuple[PrivacyLedger, LedgerEntry] | None:
     config, instructions = task.config, task.instructions
     if not config.privacy.user_dp:
         return None
+    if instructions.count_value > config.aggregation.update_clip:
+        raise ValueError(
+            f"count value {instructions.count_value} exceeds update_clip {config.aggregation.update_clip}: "
+            "the upload's L2 bound the user-level ledger is charged for would not hold"
+        )
     ledger = task.state.user_level_ledger(config.privacy.delta)
-    entry = user_level_entry(
+    layout = SlotLayout.for_adapter(task.adapters[GLOBAL], instructions.slots)
+    noise = DistributedNoise.for_settings(
         config.privacy.user_noise_multiplier,
         config.aggregation.update_clip,
-        run_id=instructions.run_id,
-        round=instructions.server_round,
+        sum(int(a.size) for a in layout.zeros()),
     )
+    entry = user_level_entry(noise, run_id=instructions.run_id, round=instructions.server_round)
     return ledger, ledger.record(entry)
 
 

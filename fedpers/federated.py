@@ -132,10 +132,13 @@ class PrivacySettings:
     )
     user_dp: bool = setting(
         False,
-        "user-level DP (DP-FedAvg): clip each whole upload, add Gaussian noise to the sum; needs persona hiding",
+        "user-level DP: each device adds its share of Skellam noise to its clipped upload inside SecAgg+, so "
+        "every sum the server unmasks is noised; needs secure aggregation and persona hiding",
     )
     user_noise_multiplier: float = setting(
-        1.0, "user-level noise std as a multiple of the upload's clipping norm"
+        1.0,
+        "user-level noise std of every unmasked sum, as a multiple of the upload's clipping norm "
+        "(at the worst dropout SecAgg+ tolerates)",
     )
     noise_seed: int = setting(
         -1,
@@ -334,6 +337,14 @@ class FederatedConfig:
         if p.user_dp and not a.persona_hiding:
             raise ValueError(
                 "setting user_dp needs persona_hiding: the noise is calibrated to one upload holding every slot"
+            )
+        if p.user_dp and not a.secure_aggregation:
+            raise ValueError(
+                "setting user_dp needs secure_aggregation: the devices add the noise inside SecAgg+'s integer domain"
+            )
+        if p.user_dp and not p.user_noise_multiplier > 0:
+            raise ValueError(
+                f"setting user_noise_multiplier: must be > 0 under user_dp, got {p.user_noise_multiplier}"
             )
         return self
 

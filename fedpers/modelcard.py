@@ -147,9 +147,10 @@ def _user_level(name: str, config: FederatedConfig, metrics: Mapping[str, Any]) 
         )
     record = metrics.get("user_level_dp") or {}
     text = (
-        "**User-level DP (DP-FedAvg; the unit: one user):** every upload clipped as a whole"
+        "**User-level DP (distributed Skellam noise; the unit: one user):** every upload clipped as a whole"
         + (f" to L2 norm {_num(record['clip'])}" if "clip" in record else "")
-        + f", Gaussian noise of {_num(p.user_noise_multiplier)} times that norm added to each sum"
+        + f", Skellam noise of {_num(p.user_noise_multiplier)} times that norm in every sum the server unmasked, "
+        "added by the devices inside SecAgg+ before masking"
     )
     spent = (record.get("epsilon") or {}).get(name)
     if isinstance(spent, int | float):

@@ -5,7 +5,7 @@ a field is one ``(record, key)`` of it. A field is allowed only if a :class:`Rel
 for that kind of reply (message type and SecAgg+ stage). A row says how the field is protected:
 
 - ``DP-SGD``: a function of the user's conversations only through DP-SGD (Opacus), record-level (and,
-  with user-level DP on, clipped as a whole for the server's Gaussian noise); the ledger entries listed
+  with user-level DP on, clipped as a whole and noised on the device inside SecAgg+); the ledger entries listed
   in ``ledger`` are written on the device before the reply leaves.
 - ``private choice``: the persona the client trains, chosen privately (Gaussian noise on clipped
   loss sums) when inferred; declared personas are the user's own setting.

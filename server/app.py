@@ -3,8 +3,8 @@
 SecAgg+ in Flower runs through the legacy workflow API, so the app's ``main`` builds a
 ``LegacyContext`` and runs ``DefaultWorkflow(fit_workflow=...)``: :class:`server.secagg.SecAggPlusRound`
 (or Flower's plain fit workflow when ``secure_aggregation`` is off) driving
-:class:`server.strategy.PersonaTraining`, wrapped in Flower's
-``DifferentialPrivacyClientSideFixedClipping`` under user-level DP.
+:class:`server.strategy.PersonaTraining`. Under user-level DP the devices add the noise, inside SecAgg+
+(:mod:`fedpers.privacy.user_level`); the server adds none and unmasks only noised sums.
 
 Devices send no held-out evaluation (it would be a release no ledger covers). A simulation passes an
 ``evaluator``: the experimenter's own held-out evaluation after every round, run outside the
@@ -30,7 +30,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.server import ServerConfig
 from flwr.server.compat.legacy_context import LegacyContext
-from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
+from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
@@ -40,10 +40,11 @@ from flwr.serverapp import Grid, ServerApp
 from fedpers.adapters import GLOBAL, Adapters
 from fedpers.aggregation import published_counts
 from fedpers.aggregation.rounds import PersonaAdapters, apply_round
-from fedpers.aggregation.secure import QuantizationPlan
+from fedpers.aggregation.secure import QUANTIZATION_BITS, QuantizationPlan
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
 from fedpers.progress import Progress, Stage
 from fedpers.wirelog import MANIFEST, WIRE
 from server.outputs import (
@@ -117,8 +118,14 @@ def _wait_for_nodes(
 def _secure_round(
     config: FederatedConfig, bound: float, label: str, observer: Callable | None, nodes: int
 ) -> SecAggPlusRound:
+    noised = config.privacy.user_dp  # the devices add Skellam noise on a coarser grid
     return SecAggPlusRound(
-        QuantizationPlan.for_bound(bound, max(1000, nodes)),
+        QuantizationPlan.for_bound(
+            bound,
+            max(1000, nodes),
+            NOISED_QUANTIZATION_BITS if noised else QUANTIZATION_BITS,
+            noised,
+        ),
         num_shares=config.aggregation.secagg_shares,
         reconstruction_threshold=config.aggregation.secagg_threshold,
         timeout=config.aggregation.secagg_timeout,
@@ -196,13 +203,6 @@ def build_run(
         }
     training = PersonaTraining(config, run_id, nodes, config.aggregation.secure_aggregation, state)
     strategy: Strategy = training
-    if config.privacy.user_dp:
-        strategy = DifferentialPrivacyClientSideFixedClipping(
-            training,
-            config.privacy.user_noise_multiplier,
-            user_clip_norm(config),
-            training.num_sampled,
-        )
     sessions: list[SecAggPlusRound] = []
     session: Callable = default_fit_workflow
     if config.aggregation.secure_aggregation:
@@ -351,8 +351,8 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
     }
     if config.privacy.user_dp:
         payload["user_level_dp"] = {
-            "noise_multiplier": config.privacy.user_noise_multiplier,
-            "clip": user_clip_norm(config),
+            **run.training.user_level_noise().details(),
+            "noise_std": config.privacy.user_noise_multiplier * user_clip_norm(config),
             "delta": config.privacy.delta,
             "epsilon": {
                 n: ledger.spent().epsilon if ledger.events() else 0.0

@@ -49,7 +49,7 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-from fedpers.aggregation.secure import QuantizationPlan, keystream_masks
+from fedpers.aggregation.secure import QuantizationPlan, centered_sum, keystream_masks
 
 STAGES = ("setup", "share keys", "collect masked vectors", "unmask")
 REPLY_POLL_SECONDS = 0.2
@@ -300,6 +300,9 @@ class SecAggPlusRound(SecAggPlusWorkflow):
                     )
         total = parameters_mod(masked, state.mod_range)
         q_total, total = factor_extract(total)
+        # devices' noise (user-level DP) may take a sum outside [0, n * range]: the centred representative
+        contributions = round(int(q_total) / state.quantization_range)
+        total = [centered_sum(t, contributions, self.plan) for t in total]
         aggregated = dequantize(total, state.clipping_range, state.quantization_range)
         offset = -(len(active_nids) - 1) * state.clipping_range
         for vec in aggregated:

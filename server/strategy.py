@@ -10,14 +10,9 @@ counts depends on the aggregation mode (:mod:`server.rounds`); how they become a
 
 Under secure aggregation every ``FitRes`` the strategy receives carries the same unmasked mean of
 the uploads (Flower's SecAgg+ design); in plain mode each carries one client's upload. Either way
-:func:`upload_sum` gives the sum. With user-level DP, :class:`PersonaTraining` is wrapped in Flower's
-``DifferentialPrivacyClientSideFixedClipping``, which adds Gaussian noise to what ``aggregate_fit``
-returns; the strategy therefore returns the round's sum (scaled by ``1 / num_sampled``, the
-wrapper's convention) and the round mode reads it back from the workflow's context
-(:meth:`PersonaTraining.slot_sums`).
-
-``FitIns.parameters`` is the all-zero upload, the reference Flower's ``fixedclipping_mod`` subtracts
-(empty when user-level DP is off).
+:func:`upload_sum` gives the sum. With user-level DP the devices add Skellam noise inside SecAgg+
+(:mod:`fedpers.privacy.user_level`): the sum the strategy receives is already noised, and the server adds
+nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +34,7 @@ from fedpers.aggregation.slots import SlotLayout
 from fedpers.federated import FederatedConfig
 from fedpers.instructions import PERSONA_INDEX, RoundInstructions, persona_from_index, round_slots
 from fedpers.privacy.ledger import PrivacyLedger
-from fedpers.privacy.user_level import upload_clip_norm, user_level_entry
+from fedpers.privacy.user_level import DistributedNoise, upload_clip_norm, user_level_entry
 
 
 def upload_sum(results: Sequence[tuple[ClientProxy, FitRes]], secure: bool) -> list[np.ndarray]:
@@ -119,7 +114,16 @@ class PersonaTraining(FitOnly):
         return self.config.aggregation.update_clip
 
     def reference(self) -> list[np.ndarray]:
-        return self.layout.zeros() if self.config.privacy.user_dp else []
+        """``FitIns.parameters``: nothing (the adapters travel in the instructions)."""
+        return []
+
+    def user_level_noise(self) -> DistributedNoise:
+        """What every round of a user-level DP run adds on the devices (same computation as theirs)."""
+        return DistributedNoise.for_settings(
+            self.config.privacy.user_noise_multiplier,
+            self.config.aggregation.update_clip,
+            sum(int(a.size) for a in self.layout.zeros()),
+        )
 
     def instructions(self, server_round: int, task: str = "train") -> RoundInstructions:
         return RoundInstructions.for_round(
@@ -152,7 +156,7 @@ class PersonaTraining(FitOnly):
     def aggregate_fit(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list
     ) -> tuple[Parameters | None, dict]:
-        """The sum of the uploads (scaled by ``1 / num_sampled`` under user-level DP); what arrived goes to ``received``."""
+        """The sum of the uploads (noised on the devices under user-level DP); what arrived goes to ``received``."""
         if not results:
             log(INFO, "round %d: no uploads to aggregate", server_round)
             self.received = None
@@ -174,8 +178,7 @@ class PersonaTraining(FitOnly):
                     arrays if old is None else [o + a for o, a in zip(old, arrays, strict=True)]
                 )
         self.received = Received(len(results), len(failures), by_persona)
-        scale = 1.0 / self.num_sampled if self.config.privacy.user_dp else 1.0
-        return ndarrays_to_parameters([(a * scale).astype(np.float64) for a in total]), {
+        return ndarrays_to_parameters([a.astype(np.float64) for a in total]), {
             "participants": len(results)
         }
 
@@ -183,26 +186,19 @@ class PersonaTraining(FitOnly):
         self, parameters: Parameters | list[np.ndarray]
     ) -> tuple[dict[str, dict], dict[str, float]]:
         """Per-slot sums and counts of a summed upload (what ``aggregate_fit`` returned, noised under user-level DP)."""
-        scale = self.num_sampled if self.config.privacy.user_dp else 1.0
         arrays = parameters if isinstance(parameters, list) else parameters_to_ndarrays(parameters)
         return self.layout.unpack(
-            [np.asarray(a, dtype=np.float64) * scale for a in arrays], self.count_value
+            [np.asarray(a, dtype=np.float64) for a in arrays], self.count_value
         )
 
     def account(self, ledgers: dict[str, PrivacyLedger], server_round: int) -> dict[str, float]:
         """The server's record of user-level DP per adapter: each round releases the summed uploads once
-        through the Gaussian mechanism (:mod:`fedpers.privacy.user_level`); every adapter is computed from
+        with the devices' Skellam noise (:mod:`fedpers.privacy.user_level`); every adapter is computed from
         that release, gated or not, so every adapter's record is charged. A user's guarantee is the
         user-level ledger on the user's device, charged before the upload left and composed across runs."""
         spent = {}
         for name, ledger in ledgers.items():
-            entry = ledger.record(
-                user_level_entry(
-                    self.config.privacy.user_noise_multiplier,
-                    self.config.aggregation.update_clip,
-                    round=server_round,
-                )
-            )
+            entry = ledger.record(user_level_entry(self.user_level_noise(), round=server_round))
             ledger.complete(entry)
             spent[name] = ledger.spent().epsilon
         return spent

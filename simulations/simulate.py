@@ -100,7 +100,7 @@ def client_privacy(
     config: FederatedConfig, users: list[str], progress: Stage | None = None
 ) -> dict:
     """Each simulated user's epsilon, read from the ledgers on its (simulated) device: sample-level (the unit is one
-    conversation) and, with user-level DP, user-level (``user_level``: the unit is the whole user, one Gaussian
+    conversation) and, with user-level DP, user-level (``user_level``: the unit is the whole user, one Skellam
     release per round the user uploaded in, composed over every run of the same state directory).
     ``progress`` counts the ledgers accounted."""
     from clients.state import UserState

@@ -64,3 +64,42 @@ def personalized(
         peft_model,
         UserEmbedding.public_init(embedding_tokens, peft_model.get_input_embeddings(), tokenizer),
     )
+
+
+def run_secure_round(workflow, strategy, client_app, nodes: int) -> dict:
+    """One round of ``workflow`` (a :class:`server.secagg.SecAggPlusRound`) driving ``strategy`` against
+    ``client_app`` on ``nodes`` simulated SuperNodes (Flower's simulation engine). Returns ``{"error": e}`` if the
+    round raised :class:`server.secagg.SecureAggregationError`, else ``{}``."""
+    from flwr.app import Context
+    from flwr.server import ServerConfig
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.workflow import DefaultWorkflow
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from server.secagg import SecureAggregationError
+
+    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    outcome: dict = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        legacy = LegacyContext(context, ServerConfig(num_rounds=1), strategy)
+        try:
+            DefaultWorkflow(fit_workflow=workflow, evaluate_workflow=lambda g, c: None)(
+                grid, legacy
+            )
+        except SecureAggregationError as err:
+            outcome["error"] = err
+
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=nodes,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False},
+        },
+    )
+    return outcome

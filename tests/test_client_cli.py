@@ -10,7 +10,6 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import FitIns, ndarrays_to_parameters
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.app import app as client_app
@@ -23,7 +22,7 @@ from fedpers.data import SyntheticConfig, generate, write_jsonl
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from server.app import initial_adapters
-from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
+from server.strategy import PersonaTraining, persona_adapters
 
 USER = "user000"
 SETTINGS = dict(
@@ -109,8 +108,8 @@ def test_status_reports_data_persona_consent_and_budget(device, capsys):
 
 
 def _round_messages(monkeypatch, **changes):
-    """``message(server_round)``: a training message as the ServerApp sends it (plain aggregation); with
-    ``user_dp``, as Flower's ``DifferentialPrivacyClientSideFixedClipping`` sends it (a clipping norm, a reference)."""
+    """``message(server_round)``: a training message as the ServerApp sends it (the training message itself,
+    without SecAgg+'s stage records)."""
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
@@ -118,12 +117,11 @@ def _round_messages(monkeypatch, **changes):
     base, _ = load_base_model("tiny")
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
     strategy = PersonaTraining(config, "run-a", 2, False, persona_adapters(config, adapters))
-    clipping = {KEY_CLIPPING_NORM: user_clip_norm(config)} if config.privacy.user_dp else {}
 
     def message(server_round: int) -> Message:
         fit_ins = FitIns(
             ndarrays_to_parameters(strategy.reference()),
-            strategy.instructions(server_round).to_record() | clipping,
+            strategy.instructions(server_round).to_record(),
         )
         return Message(
             compat.fitins_to_recorddict(fit_ins, keep_input=True),
@@ -220,13 +218,18 @@ def test_user_level_dp_is_charged_on_the_device_within_the_consented_cap(
 ):
     args, store = device
     message = _round_messages(
-        monkeypatch, user_dp=True, user_noise_multiplier=2.0, update_clip=0.5, noise_multiplier=3.0
+        monkeypatch,
+        user_dp=True,
+        secure_aggregation=True,
+        user_noise_multiplier=2.0,
+        update_clip=0.5,
+        noise_multiplier=3.0,
     )
     assert main([*args, "consent", "--opt-in", "--budget", "6"]) == 0
     assert not client_train(message(1), _context(store)).has_error()
     user_level = store.user_level_ledger()
     assert [(e.purpose, e.status, e.details["round"]) for e in user_level.entries] == [
-        ("user-level-dp-fedavg", "completed", 1)
+        ("user-level-dp-skellam", "completed", 1)
     ]
     spent, record_level = user_level.spent().epsilon, store.ledger().spent().epsilon
     assert user_level.cap == 6 and user_level.delta == store.ledger().delta
@@ -243,7 +246,7 @@ def test_user_level_dp_is_charged_on_the_device_within_the_consented_cap(
     with pytest.raises(ParticipationRefused) as refused:
         client_train(message(2), _context(store))
     assert str(refused.value) == OVER_BUDGET
-    assert "'user-level-dp-fedavg' would bring user" in refused.value.detail
+    assert "'user-level-dp-skellam' would bring user" in refused.value.detail
     assert [
         e.purpose for e in store.ledger().entries
     ] == entries  # no DP-SGD ran for the refused round

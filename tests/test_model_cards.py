@@ -180,7 +180,7 @@ def test_the_card_states_user_level_dp_and_its_absence_of_protection(tmp_path):
     }
     card = adapter_card("leadership", {"model": "tiny", "settings": settings.to_record()}, metrics)
     assert "Record-level DP: off" in card
-    assert "User-level DP (DP-FedAvg; the unit: one user)" in card
+    assert "User-level DP (distributed Skellam noise; the unit: one user)" in card
     assert "epsilon = 1.5 at delta = 1e-05" in card
     seeded = FederatedConfig.from_flat({"model": "tiny", "noise_seed": 3}).validated()
     card = adapter_card("leadership", {"model": "tiny", "settings": seeded.to_record()}, {})

@@ -74,7 +74,7 @@ def _exchange(config: FederatedConfig, extra: dict | None = None, trained: str =
 
 def _charge(config: FederatedConfig, purpose: str = "dp-sgd", **details) -> None:
     state = UserState(config.outputs.state_dir, user_ids(config)[0])
-    user_level = purpose == "user-level-dp-fedavg"
+    user_level = purpose == "user-level-dp-skellam"
     ledger = (
         state.user_level_ledger(config.privacy.delta)
         if user_level
@@ -96,11 +96,17 @@ def test_the_guard_reads_the_settings_it_checks(tmp_path):
     _charge(inferred, "persona-choice", run_id="run-1")
     assert not release_guard(*_exchange(inferred, trained="leadership,field_worker")).has_error()
 
-    user_dp = _config(tmp_path / "u", user_dp=True, persona_hiding=True, persona_mode="declared")
+    user_dp = _config(
+        tmp_path / "u",
+        user_dp=True,
+        secure_aggregation=True,
+        persona_hiding=True,
+        persona_mode="declared",
+    )
     _charge(user_dp, run_id="run-1", round=1)
-    with pytest.raises(UnaccountedRelease, match="no ledger entry user-level-dp-fedavg"):
+    with pytest.raises(UnaccountedRelease, match="no ledger entry user-level-dp-skellam"):
         release_guard(*_exchange(user_dp))
-    _charge(user_dp, "user-level-dp-fedavg", run_id="run-1", round=1)
+    _charge(user_dp, "user-level-dp-skellam", run_id="run-1", round=1)
     assert not release_guard(*_exchange(user_dp)).has_error()
 
 
@@ -130,7 +136,7 @@ def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
     assert {r.mechanism for r in RELEASES} <= mechanisms
     for release in RELEASES:
         assert (release.mechanism == "DP-SGD") == ("dp-sgd" in release.ledger), release
-        assert ("dp-sgd" in release.ledger) == ("user-level-dp-fedavg" in release.ledger), release
+        assert ("dp-sgd" in release.ledger) == ("user-level-dp-skellam" in release.ledger), release
         assert release.content
     assert len(manifest_table()) == len(RELEASES)
     upload = [("secaggplus_configs", "masked_params")]
@@ -147,4 +153,4 @@ def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
     )
     assert required_ledger(
         "train", "collect_masked_vectors", upload, dp=False, inferred=False, user_dp=True
-    ) == {"user-level-dp-fedavg"}
+    ) == {"user-level-dp-skellam"}

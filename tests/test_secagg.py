@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_secure_round
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.common import (
@@ -28,10 +29,6 @@ from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.compat.common import recorddict_compat as compat
-from flwr.server import ServerConfig
-from flwr.server.compat.legacy_context import LegacyContext
-from flwr.server.workflow import DefaultWorkflow
-from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.primitives.asymmetric import generate_key_pairs
 
 from clients.secagg import quantize_upload, secaggplus_mod
@@ -255,9 +252,6 @@ def _run(
     retries: int = 2,
     timeout: float = 60.0,
 ):
-    from flwr.simulation import run_simulation
-
-    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
     strategy = _SumStrategy(nodes)
@@ -268,32 +262,11 @@ def _run(
         retries=retries,
         observer=lambda stage_name, reply: observed.append((stage_name, reply)),
     )
-    outcome: dict = {}
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        legacy = LegacyContext(context, ServerConfig(num_rounds=1), strategy)
-        try:
-            DefaultWorkflow(fit_workflow=workflow, evaluate_workflow=lambda g, c: None)(
-                grid, legacy
-            )
-        except SecureAggregationError as err:
-            outcome["error"] = err
-
     client_app = ClientApp(
         mods=[_drop_mod(marks, stage, set(victims), times, sleep), secaggplus_mod]
     )
     client_app.train()(_upload)
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=nodes,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False},
-        },
-    )
+    outcome = run_secure_round(workflow, strategy, client_app, nodes)
     return strategy, workflow.history, observed, outcome
 
 

@@ -295,15 +295,15 @@ def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_person
         assert user["epsilon"][name] == pytest.approx(google, rel=0.10)
         assert user["epsilon"][name] >= google * 0.99
         ledger = PrivacyLedger(tmp_path / "user-level-dp" / f"{name}.json", f"adapter:{name}")
-        assert [e.purpose for e in ledger.entries] == ["user-level-dp-fedavg"] * 2
+        assert [e.purpose for e in ledger.entries] == ["user-level-dp-skellam"] * 2
     # the user's guarantee: each device's own user-level ledger, charged before its uploads left
     per_client = metrics["client_privacy"]["user_level"]["epsilon_per_client"]
     assert set(per_client) == set(user_ids(config))
     for user in user_ids(config):
         ledger = PrivacyLedger(tmp_path / "client-state" / user / "user-level-ledger.json", user)
         assert [(e.purpose, e.details["round"]) for e in ledger.entries] == [
-            ("user-level-dp-fedavg", 1),
-            ("user-level-dp-fedavg", 2),
+            ("user-level-dp-skellam", 1),
+            ("user-level-dp-skellam", 2),
         ]
         assert (
             per_client[user] == pytest.approx(ledger.spent().epsilon)

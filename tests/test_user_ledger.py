@@ -7,20 +7,21 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import FitIns, ndarrays_to_parameters
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.app import make_client_app
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
-from fedpers.privacy import GaussianEvent, PrivacyLedger
+from fedpers.privacy import PrivacyLedger
+from fedpers.privacy.skellam import SkellamEvent
 from fedpers.userdata import user_ids
 from server.app import initial_adapters
-from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
+from server.strategy import PersonaTraining, persona_adapters
 from simulations.simulate import SCENARIOS
 
 SIGMA = 2.0
-USER_LEVEL_PURPOSE = "user-level-dp-fedavg"
+USER_LEVEL_PURPOSE = "user-level-dp-skellam"
+UPDATE_CLIP = 0.5
 
 
 @pytest.fixture
@@ -34,7 +35,8 @@ def user_dp_round(tmp_path, monkeypatch):
         "noise_seed": 3,
         "user_dp": True,
         "user_noise_multiplier": SIGMA,
-        "update_clip": 0.5,
+        "update_clip": UPDATE_CLIP,
+        "secure_aggregation": True,
         "rounds": 2,
         "local_steps": 2,
         "embedding_steps": 1,
@@ -48,9 +50,7 @@ def user_dp_round(tmp_path, monkeypatch):
         strategy = PersonaTraining(
             config, run_id, len(user_ids(config)), False, persona_adapters(config, adapters)
         )
-        instructions = strategy.instructions(server_round).to_record() | {
-            KEY_CLIPPING_NORM: user_clip_norm(config)
-        }
+        instructions = strategy.instructions(server_round).to_record()
         fit_ins = FitIns(ndarrays_to_parameters(strategy.reference()), instructions)
         return Message(
             compat.fitins_to_recorddict(fit_ins, keep_input=True),
@@ -58,6 +58,9 @@ def user_dp_round(tmp_path, monkeypatch):
             message_type=MessageType.TRAIN,
         )
 
+    message.noise = PersonaTraining(  # type: ignore[attr-defined]
+        config, "run", len(user_ids(config)), False, persona_adapters(config, adapters)
+    ).user_level_noise()
     return config, message
 
 
@@ -90,7 +93,11 @@ def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_c
     )
     for run_id, server_round in (("run-a", 1), ("run-a", 2), ("run-b", 1)):
         app(message(run_id, server_round), context)
-    event = [GaussianEvent(SIGMA, 1.0, 1)]
+    # one Skellam release of the whole upload per round, on the grid SecAgg+ noises in
+    event = [message.noise.event()]
+    assert isinstance(event[0], SkellamEvent) and event[0].variance == pytest.approx(
+        (SIGMA * 2**0.5 * UPDATE_CLIP * 2**17 / (2 * UPDATE_CLIP)) ** 2
+    )
     assert seen == [
         [(USER_LEVEL_PURPOSE, event, "run-a", 1)],
         [(USER_LEVEL_PURPOSE, event, "run-a", 1), (USER_LEVEL_PURPOSE, event, "run-a", 2)],
@@ -105,7 +112,8 @@ def test_the_device_charges_its_user_level_ledger_before_the_upload_leaves_and_c
         e.status == "completed" and e.details["clip"] == pytest.approx(0.5 * 2**0.5)
         for e in ledger.entries
     )
-    # the second run composes on top of the first: three Gaussian releases, never under-reported
+    # the second run composes on top of the first: three releases, never reported below the Gaussian of the
+    # same noise std (the Skellam bound adds the rounding to the sensitivity and a discreteness term)
     google = rdp.RdpAccountant().compose(
         dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(SIGMA), 3)
     )

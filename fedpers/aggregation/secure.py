@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 MASK_DOMAIN = b"fedpers/secagg+/mask/v1"
 QUANTIZATION_BITS = 30  # Flower's stochastic rounding casts to int32: at most 2**30 keeps headroom
+NOISE_HEADROOM_BITS = 16
 
 
 def keystream_masks(
@@ -66,17 +67,45 @@ class QuantizationPlan:
     max_weight: float = 1.0
 
     @classmethod
-    def for_bound(cls, bound: float, max_clients: int = 1000) -> QuantizationPlan:
+    def for_bound(
+        cls,
+        bound: float,
+        max_clients: int = 1000,
+        bits: int = QUANTIZATION_BITS,
+        noised: bool = False,
+    ) -> QuantizationPlan:
+        """The plan for uploads bounded by ``bound`` per coordinate, on ``2**bits`` levels.
+
+        The modulus holds the sum of ``max_clients`` quantized uploads and the weighting factors with a
+        factor 2 to spare; ``noised`` adds ``NOISE_HEADROOM_BITS`` for noise the devices add in the integer
+        domain (user-level DP): summed noise of up to ``2**NOISE_HEADROOM_BITS / 40`` times the range ``2**bits``
+        in standard deviation stays 20 standard deviations clear of wrapping around."""
         if not bound > 0 or not math.isfinite(bound):
             raise ValueError(
                 f"the bound on upload coordinates must be positive and finite, got {bound}"
             )
-        quantization_range = 2**QUANTIZATION_BITS
-        # sum of max_clients quantized uploads plus the weighting factors, with a factor 2 to spare
-        modulus_bits = QUANTIZATION_BITS + max(1, math.ceil(math.log2(max_clients + 1))) + 1
-        return cls(float(bound), quantization_range, 2**modulus_bits, 1.0)
+        if not 2 <= bits <= QUANTIZATION_BITS:
+            raise ValueError(f"quantization bits must be in [2, {QUANTIZATION_BITS}], got {bits}")
+        clients_bits = max(1, math.ceil(math.log2(max_clients + 1)))
+        modulus_bits = bits + clients_bits + 1 + (NOISE_HEADROOM_BITS if noised else 0)
+        return cls(float(bound), 2**bits, 2**modulus_bits, 1.0)
 
     @property
     def step(self) -> float:
         """Width of one quantization level; stochastic rounding errs by less than this per coordinate."""
         return 2 * self.clipping_range / self.quantization_range
+
+
+def centered_sum(total: int | np.ndarray, count: int, plan: QuantizationPlan) -> np.ndarray:
+    """The integer sum of ``count`` quantized uploads from its residue ``total`` modulo ``modulus_range``.
+
+    Each upload lies in ``[0, quantization_range]`` per coordinate, so the plain sum lies in
+    ``[0, count * quantization_range]``; noise the devices add may take it below zero or above that. The
+    representative nearest to the middle ``count * quantization_range / 2`` is the sum as long as the
+    noise stays within half the modulus's headroom, which :meth:`QuantizationPlan.for_bound` sizes for.
+    Without noise it is the plain residue (the modulus is more than twice the largest sum).
+    """
+    middle = count * plan.quantization_range // 2
+    half = plan.modulus_range // 2
+    shifted = (np.asarray(total, dtype=np.int64) - middle + half) % plan.modulus_range
+    return shifted - half + middle

@@ -119,8 +119,10 @@ def _user_level_html(user_level: dict | None) -> list[str]:
     if not user_level:
         return []
     out = [
-        f"<h3>User-level DP (DP-FedAvg)</h3><p>Whole-update clipping on the devices and Gaussian noise (multiplier "
-        f"{user_level['noise_multiplier']:g}), added by the server to each round's sums, protect a whole user. Each device "
+        f"<h3>User-level DP (distributed Skellam noise)</h3><p>Whole-update clipping on the devices, and Skellam noise "
+        f"that the devices add inside SecAgg+ before masking (noise multiplier {user_level['noise_multiplier']:g} on "
+        "every sum the server unmasks, counts included), protect a whole user: the server never unmasks an un-noised "
+        f"sum. Dropout assumption: {_e(user_level.get('dropout_assumption', ''))}. Each device "
         "charges every round it uploads in to its own user-level ledger before the upload leaves, composed over runs: "
         "that ledger is the user's guarantee."
     ]

@@ -25,6 +25,7 @@ from fedpers.audit.spent import PLD_DISCRETIZATION, spent_from_ledger
 from fedpers.audit.wire import scan_run, summarize
 from fedpers.federated import FederatedConfig
 from fedpers.privacy.ledger import LEDGER_FILE, USER_LEVEL_LEDGER_FILE
+from fedpers.privacy.user_level import DROPOUT_ASSUMPTION
 from fedpers.releases import (
     SERVER_LEARNS,
     manifest_table,
@@ -139,7 +140,9 @@ def _spent_common(
         root = Path(run_dir) / "user-level-dp"
         clients = user_level_clients or []
         user_level = {
+            "mechanism": "Skellam noise added on the devices inside SecAgg+ (Agarwal, Kairouz & Liu, 2021)",
             "noise_multiplier": config.privacy.user_noise_multiplier,
+            "dropout_assumption": DROPOUT_ASSUMPTION,
             "delta": config.privacy.delta,
             "ledgers": "devices" if user_level_clients is None else "run",
             "clients": clients,

@@ -19,8 +19,9 @@ from pathlib import Path
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from fedpers.privacy.accounting import GaussianEvent, epsilon_report
+from fedpers.privacy.accounting import GaussianEvent, PrivacyEvent, epsilon_report
 from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.privacy.skellam import SkellamEvent
 
 PLD_DISCRETIZATION = 1e-3
 GROUP_DISCRETIZATION = 1e-2  # group epsilon of the canary audit (see group_epsilon)
@@ -29,9 +30,16 @@ GROUP_DISCRETIZATION = 1e-2  # group epsilon of the canary audit (see group_epsi
 logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _dp_event(events: tuple[GaussianEvent, ...]) -> dp_accounting.DpEvent:
-    parts = []
+def _dp_event(events: tuple[PrivacyEvent, ...]) -> dp_accounting.DpEvent:
+    """``events`` as a dp-accounting event. dp-accounting has no Skellam mechanism: a Skellam release (user-level
+    DP) is cross-checked as the Gaussian of the same variance and L2 sensitivity, which its RDP bound never
+    undercuts (:mod:`fedpers.privacy.skellam`); the quoted figure, the largest of the four, is then ours."""
+    parts: list[dp_accounting.DpEvent] = []
     for e in events:
+        if isinstance(e, SkellamEvent):
+            same = dp_accounting.GaussianDpEvent(math.sqrt(e.variance) / e.l2_sensitivity)
+            parts.append(dp_accounting.SelfComposedDpEvent(same, e.steps))
+            continue
         gaussian = dp_accounting.GaussianDpEvent(e.noise_multiplier)
         single = (
             gaussian
@@ -42,7 +50,7 @@ def _dp_event(events: tuple[GaussianEvent, ...]) -> dp_accounting.DpEvent:
     return dp_accounting.ComposedDpEvent(parts)
 
 
-def independent_epsilon(events: list[GaussianEvent], delta: float) -> dict[str, float]:
+def independent_epsilon(events: list[PrivacyEvent], delta: float) -> dict[str, float]:
     """Epsilon of the composition of ``events`` by dp-accounting's PLD and RDP accountants."""
     event = _dp_event(tuple(events))
     return {
@@ -70,7 +78,7 @@ class Accounted:
 
 
 @lru_cache(maxsize=256)  # simulated clients often share a ledger's shape: account each shape once
-def account(events: tuple[GaussianEvent, ...], delta: float) -> Accounted:
+def account(events: tuple[PrivacyEvent, ...], delta: float) -> Accounted:
     """The composition of ``events`` at ``delta`` by all four accountants (zero when nothing was spent)."""
     if not events:
         return Accounted(0.0, 0.0, 0.0, 0.0)
@@ -80,7 +88,7 @@ def account(events: tuple[GaussianEvent, ...], delta: float) -> Accounted:
 
 
 @lru_cache(maxsize=256)
-def group_epsilon(events: tuple[GaussianEvent, ...], delta: float, group: int) -> float:
+def group_epsilon(events: tuple[PrivacyEvent, ...], delta: float, group: int) -> float:
     """Epsilon at ``delta`` of the composition of ``events`` for a group of ``group`` identical records (dp-accounting PLD).
 
     Each event is ``steps`` Poisson-sampled Gaussian mechanisms whose records each move the clipped sum by at
@@ -95,6 +103,10 @@ def group_epsilon(events: tuple[GaussianEvent, ...], delta: float, group: int) -
     ``group = 1`` is the usual sample-level epsilon."""
     merged: dict[tuple[float, float], int] = {}
     for e in events:
+        if not isinstance(e, GaussianEvent):
+            raise ValueError(
+                "group epsilon covers record-level ledgers (Gaussian mechanisms); got a Skellam release"
+            )
         merged[(e.noise_multiplier, e.sample_rate)] = (
             merged.get((e.noise_multiplier, e.sample_rate), 0) + e.steps
         )
@@ -122,7 +134,7 @@ def group_epsilon(events: tuple[GaussianEvent, ...], delta: float, group: int) -
     return 0.0 if total is None else float(total.get_epsilon_for_delta(delta))
 
 
-def ledger_events(path: Path) -> tuple[GaussianEvent, ...]:
+def ledger_events(path: Path) -> tuple[PrivacyEvent, ...]:
     """Every mechanism of a ledger file, finished or not, in order."""
     return tuple(ev for e in read_ledger(path).entries for ev in e.events)
 

@@ -20,6 +20,8 @@ _EXPORTS = {
     "train": "dp_sgd",
     "LedgerEntry": "ledger",
     "PrivacyLedger": "ledger",
+    "SkellamEvent": "skellam",
+    "sample_skellam": "skellam",
 }
 
 __all__ = sorted(_EXPORTS)

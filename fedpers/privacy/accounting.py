@@ -1,4 +1,16 @@
-"""Privacy accounting over a history of (sub)sampled Gaussian mechanisms, with Opacus's RDP and PRV accountants."""
+"""Privacy accounting over a history of (sub)sampled Gaussian and Skellam mechanisms.
+
+A history of Gaussian mechanisms only (:class:`GaussianEvent`) is composed by Opacus's RDP and PRV
+accountants. A history with any Skellam mechanism (:class:`~fedpers.privacy.skellam.SkellamEvent`,
+the integer noise of distributed DP under secure aggregation) is composed in RDP on the integer
+orders :data:`fedpers.privacy.skellam.ORDERS`, where the Skellam bound holds: RDP adds under
+composition, so::
+
+    rdp(alpha) = sum_gaussian compute_rdp(q, sigma, steps, alpha) + sum_skellam steps * skellam_rdp(alpha)
+
+converted to ``(epsilon, delta)`` with Opacus's ``get_privacy_spent`` (Balle et al. 2020). Opacus's PRV
+accountant has no Skellam mechanism, so for such a history the "prv" figure is this RDP figure.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +18,11 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import TypeAlias, cast
 
 import numpy as np
+
+from fedpers.privacy.skellam import ORDERS, SkellamEvent, epsilon_from_rdp
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -36,9 +51,17 @@ class GaussianEvent:
         return asdict(self)
 
 
+# Every mechanism a ledger records.
+PrivacyEvent: TypeAlias = GaussianEvent | SkellamEvent
+
+
 @dataclass(frozen=True)
 class EpsilonReport:
-    """Epsilon at ``delta`` from each accountant; ``epsilon`` is the most conservative of them."""
+    """Epsilon at ``delta`` from each accountant; ``epsilon`` is the most conservative of them.
+
+    For a history with a Skellam mechanism Opacus's PRV accountant does not apply: ``prv`` then holds
+    the RDP figure (the same number as ``rdp``).
+    """
 
     delta: float
     rdp: float
@@ -60,14 +83,66 @@ def _history(events: Iterable[GaussianEvent]) -> list[tuple[float, float, int]]:
     return [(e.noise_multiplier, e.sample_rate, e.steps) for e in events if e.steps > 0]
 
 
-def epsilon(events: Sequence[GaussianEvent], delta: float, accountant: str = "rdp") -> float:
-    """Epsilon at ``delta`` of the composition of ``events`` under one accountant (0 for no events)."""
+def _mixed_history(events: Iterable[PrivacyEvent]) -> tuple[tuple, ...]:
+    """A hashable history: ``("gaussian", sigma, q, steps)`` and ``("skellam", v, l2, l1, steps)``."""
+    history: list[tuple] = []
+    for e in events:
+        if e.steps <= 0:
+            continue
+        if isinstance(e, SkellamEvent):
+            history.append(("skellam", e.variance, e.l2_sensitivity, e.l1_sensitivity, e.steps))
+        elif isinstance(e, GaussianEvent):
+            history.append(("gaussian", e.noise_multiplier, e.sample_rate, e.steps))
+        else:
+            raise TypeError(f"not a privacy event: {e!r}")
+    return tuple(history)
+
+
+def epsilon(events: Sequence[PrivacyEvent], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of the composition of ``events`` under one accountant (0 for no events).
+
+    Gaussian-only histories go to Opacus's ``accountant`` ("rdp" or "prv"). A history with any
+    :class:`SkellamEvent` is composed in RDP on the integer orders ``skellam.ORDERS`` (Gaussian events
+    by Opacus's ``compute_rdp``, Skellam events by their bound), for "rdp" and "prv" alike: Opacus's
+    PRV accountant does not cover the Skellam mechanism, so both return the RDP figure. That figure is
+    never below the RDP figure of the Gaussian events alone (the larger of two valid bounds is a valid
+    bound), so recording a Skellam event never lowers a reported epsilon even where Opacus's orders
+    (up to 63, with fractional ones) and :data:`~fedpers.privacy.skellam.ORDERS` (integers up to 512)
+    pick different optima.
+    """
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {accountant!r}; choose from {ACCOUNTANTS}")
-    history = _history(events)
+    events = list(events)
+    if any(isinstance(e, SkellamEvent) for e in events):
+        mixed = _epsilon_mixed_rdp(_mixed_history(events), delta)
+        gaussian = _history(e for e in events if isinstance(e, GaussianEvent))
+        return max(mixed, _epsilon(tuple(gaussian), delta, "rdp")) if gaussian else mixed
+    history = _history(cast(list[GaussianEvent], events))
     if not history:
         return 0.0
     return _epsilon(tuple(history), delta, accountant)
+
+
+@lru_cache(maxsize=1024)
+def _epsilon_mixed_rdp(history: tuple[tuple, ...], delta: float) -> float:
+    """RDP composition of a Gaussian and Skellam history on ``skellam.ORDERS`` (see :func:`epsilon`)."""
+    if not history:
+        return 0.0
+    # torch: loaded only when epsilon is computed
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    orders = list(ORDERS)
+    total = np.zeros(len(orders))
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for kind, *params in history:
+            if kind == "gaussian":
+                sigma, q, steps = params
+                total = total + compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
+            else:
+                variance, l2, l1, steps = params
+                total = total + SkellamEvent(variance, l2, l1, steps).rdp(orders)
+        return epsilon_from_rdp(total, delta, orders)
 
 
 @lru_cache(maxsize=1024)
@@ -87,7 +162,8 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
         return float(acc.get_epsilon(delta))
 
 
-def epsilon_report(events: Sequence[GaussianEvent], delta: float) -> EpsilonReport:
+def epsilon_report(events: Sequence[PrivacyEvent], delta: float) -> EpsilonReport:
+    """Epsilon at ``delta`` from both accountants (equal, the RDP figure, for a history with Skellam events)."""
     return EpsilonReport(delta, epsilon(events, delta, "rdp"), epsilon(events, delta, "prv"))
 
 
@@ -96,13 +172,14 @@ def calibrate_noise_multiplier(
     delta: float,
     sample_rate: float,
     steps: int,
-    prior: Sequence[GaussianEvent] = (),
+    prior: Sequence[PrivacyEvent] = (),
     *,
     tolerance: float = 0.01,
     max_noise_multiplier: float = 50.0,
 ) -> float:
     """Smallest noise multiplier (within ``tolerance``) keeping ``prior`` plus this training at ``target_epsilon``.
 
+    ``prior`` may hold Skellam events (the composition is then accounted as in :func:`epsilon`).
     Both accountants must stay within the target, so the result is valid for the more
     conservative one. Raises :class:`BudgetExceededError` if the prior spending already exceeds
     the target, or if staying within it would take more than ``max_noise_multiplier`` (training
@@ -119,7 +196,7 @@ def _calibrate(
     delta: float,
     sample_rate: float,
     steps: int,
-    prior: tuple[GaussianEvent, ...],
+    prior: tuple[PrivacyEvent, ...],
     tolerance: float,
     max_sigma: float,
 ) -> float:

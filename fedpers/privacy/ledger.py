@@ -28,8 +28,10 @@ from fedpers.privacy.accounting import (
     BudgetExceededError,
     EpsilonReport,
     GaussianEvent,
+    PrivacyEvent,
     epsilon_report,
 )
+from fedpers.privacy.skellam import SkellamEvent
 
 LEDGER_VERSION = 1
 DEFAULT_DELTA = 1e-5
@@ -42,12 +44,25 @@ class LedgerDeltaMismatch(ValueError):
     """The stored ledger accounts at another delta than the one asked for."""
 
 
+def _event_from_dict(data: dict) -> PrivacyEvent:
+    mechanism = data.get("mechanism")
+    if mechanism is None:
+        return GaussianEvent(**data)
+    if mechanism == "skellam":
+        return SkellamEvent.from_dict(data)
+    raise ValueError(f"unknown privacy mechanism {mechanism!r} in the ledger; refusing to continue")
+
+
 @dataclass
 class LedgerEntry:
-    """One private computation over the user's data (e.g. a round of DP-SGD, a private quantile)."""
+    """One private computation over the user's data (e.g. a round of DP-SGD, a private quantile).
+
+    A Skellam event is stored with ``"mechanism": "skellam"``; an event without a ``"mechanism"`` is a
+    :class:`GaussianEvent`, as in every ledger written before the Skellam mechanism existed.
+    """
 
     purpose: str
-    events: list[GaussianEvent]
+    events: list[PrivacyEvent]
     details: dict = field(default_factory=dict)
     entry_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: float = field(default_factory=time.time)
@@ -67,7 +82,7 @@ class LedgerEntry:
     def from_dict(cls, data: dict) -> LedgerEntry:
         return cls(
             purpose=data["purpose"],
-            events=[GaussianEvent(**e) for e in data["events"]],
+            events=[_event_from_dict(e) for e in data["events"]],
             details=data.get("details", {}),
             entry_id=data["entry_id"],
             started_at=data["started_at"],
@@ -204,7 +219,7 @@ class PrivacyLedger:
         with self._locked():
             self._load()
 
-    def events(self) -> list[GaussianEvent]:
+    def events(self) -> list[PrivacyEvent]:
         """Every recorded event, as on disk now."""
         self.reload()
         return [e for entry in self.entries for e in entry.events]
