@@ -60,6 +60,13 @@ class DataSettings:
         "",
         "conversation JSONL added to its users' training data (the canary attack sets it)",
     )
+    public_data: str = setting(
+        "",
+        "public warm start: '' (none), 'synthetic' (the desk's public split, its own seed) or a JSONL of "
+        "conversations that are public by construction; the server trains the global adapter on it, "
+        "without DP, before the first round",
+    )
+    public_steps: int = setting(0, "steps of the public warm start (0 = none)")
 
 
 @dataclass
@@ -76,6 +83,11 @@ class ModelSettings:
     lora_alpha: int = setting(8, "LoRA scaling numerator (the update is scaled by alpha / r)")
     lora_targets: str = setting("q_proj,v_proj", "comma-separated module names that get LoRA")
     lora_layers: int = setting(4, "LoRA on the top N layers (0 = all)")
+    lora_train_a: bool = setting(
+        True,
+        "train LoRA's A matrices too; false: FFA-LoRA (A frozen at its seeded random initialisation, only B "
+        "trained, so DP noise falls on half the dimensions)",
+    )
     embedding_tokens: int = setting(
         8, "soft-prompt vectors in each user's embedding (stays on the device)"
     )
@@ -310,6 +322,7 @@ class FederatedConfig:
             target_modules=tuple(m.lora_targets.split(",")),
             top_layers=m.lora_layers or None,
             init_seed=m.seed,
+            train_a=m.lora_train_a,
         )
 
     def validated(self) -> FederatedConfig:
@@ -338,6 +351,12 @@ class FederatedConfig:
             raise ValueError(
                 "setting user_dp needs persona_hiding: the noise is calibrated to one upload holding every slot"
             )
+        if (self.dataset.public_steps > 0) != bool(self.dataset.public_data):
+            raise ValueError(
+                "settings public_data and public_steps: set both for a public warm start, or neither"
+            )
+        if self.dataset.public_steps < 0:
+            raise ValueError(f"setting public_steps: must be >= 0, got {self.dataset.public_steps}")
         if p.user_dp and not a.secure_aggregation:
             raise ValueError(
                 "setting user_dp needs secure_aggregation: the devices add the noise inside SecAgg+'s integer domain"

@@ -54,9 +54,10 @@ class LocalTrainResult:
 
 
 def set_trainable(model: PersonalizedLM, lora: bool, embedding: bool) -> None:
-    """Make exactly the LoRA parameters and/or the user embedding trainable."""
+    """Make exactly the LoRA parameters and/or the user embedding trainable (LoRA's A matrices only when
+    ``model.train_lora_a``: FFA-LoRA freezes them)."""
     for name, p in model.lm.named_parameters():
-        p.requires_grad_(lora and "lora_" in name)
+        p.requires_grad_(lora and "lora_" in name and (model.train_lora_a or "lora_A" not in name))
     if model.user_embedding is not None:
         model.user_embedding.requires_grad_(embedding)
 

@@ -46,6 +46,7 @@ from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
 from fedpers.progress import Progress, Stage
+from fedpers.warmstart import public_warm_start
 from fedpers.wirelog import MANIFEST, WIRE
 from server.outputs import (
     dp_note,
@@ -86,8 +87,9 @@ NO_EVALUATION = (
 
 
 def initial_adapters(config: FederatedConfig, arrays: dict[str, np.ndarray]) -> Adapters:
-    """Global and persona adapters at round 0. Declared personas start equal (LoRA B = 0, i.e. the base
-    model); inferred personas need distinct starting points (IFCA), so their B gets small seeded noise."""
+    """Global and persona adapters at round 0, all from ``arrays`` (the fresh adapter, LoRA B = 0, or the public
+    warm start). Declared personas start equal; inferred personas need distinct starting points (IFCA), so
+    small seeded noise is added to their B."""
     adapters = {GLOBAL: {k: v.copy() for k, v in arrays.items()}}
     for i, persona in enumerate(config.persona_names):
         start = {k: v.copy() for k, v in arrays.items()}
@@ -95,7 +97,8 @@ def initial_adapters(config: FederatedConfig, arrays: dict[str, np.ndarray]) -> 
             rng = np.random.default_rng([config.model.seed, i])
             for k in start:
                 if "lora_B" in k:
-                    start[k] = rng.normal(0.0, 1e-2, size=start[k].shape).astype(start[k].dtype)
+                    noise = rng.normal(0.0, 1e-2, size=start[k].shape)
+                    start[k] = (start[k] + noise).astype(start[k].dtype)
         adapters[persona] = start
     return adapters
 
@@ -157,7 +160,7 @@ class ServerRun:
     peft_model: object  # the base model with LoRA, to save adapters in peft format
     state: PersonaAdapters
     training: PersonaTraining
-    # ``training``, wrapped in Flower's client-side clipping DP under user-level DP
+    # the strategy the workflow drives (``training``)
     strategy: Strategy
     mode: RoundMode
     sessions: list[SecAggPlusRound]
@@ -191,7 +194,12 @@ def build_run(
         grid, expected_nodes or config.server.min_nodes or config.server.min_clients, stage=stage
     )
     trained = config.persona_names if config.dataset.persona_mode == "inferred" else ()
-    state = persona_adapters(config, initial_adapters(config, adapter_arrays(peft_model)), trained)
+    start = adapter_arrays(peft_model)
+    if config.dataset.public_steps > 0:
+        if stage is not None:
+            stage.step(f"public warm start ({config.dataset.public_steps} steps)")
+        start = public_warm_start(config, start)
+    state = persona_adapters(config, initial_adapters(config, start), trained)
     ledgers = {}
     if config.privacy.user_dp:
         ledger_dir = run_dir / "user-level-dp"

@@ -215,6 +215,7 @@ def persona_adapters(
         config.server.server_optimizer,
         config.server.server_lr,
         trained,
+        frozen=() if config.model.lora_train_a else [k for k in adapters[GLOBAL] if "lora_A" in k],
     )
 
 

@@ -43,6 +43,8 @@ class PersonaAdapters:
     min_clients: int
     optimizers: dict[str, ServerOptimizer]
     trained: set[str] = field(default_factory=set)
+    # tensors no round may change (FFA-LoRA's A): their sums hold only noise (user-level DP) or zeros
+    frozen: frozenset[str] = frozenset()
 
     @classmethod
     def start(
@@ -53,11 +55,19 @@ class PersonaAdapters:
         optimizer: str,
         server_lr: float = 0.0,
         trained: Iterable[str] = (),
+        frozen: Iterable[str] = (),
     ) -> PersonaAdapters:
-        """Round 0: ``adapters`` as given, one optimizer per adapter (``server_lr`` 0: the optimizer's default)."""
+        """Round 0: ``adapters`` as given, one optimizer per adapter (``server_lr`` 0: the optimizer's default);
+        the tensors named in ``frozen`` are never updated."""
         kwargs = {"server_lr": server_lr} if server_lr > 0 else {}
         optimizers = {name: make_optimizer(optimizer, **kwargs) for name in [*personas, GLOBAL]}
-        return cls(adapters, tuple(personas), min_clients, optimizers, set(trained))
+        return cls(
+            adapters, tuple(personas), min_clients, optimizers, set(trained), frozenset(frozen)
+        )
+
+    def without_frozen(self, delta: Arrays) -> Arrays:
+        """``delta`` with the frozen tensors' entries set to zero."""
+        return {k: v * 0 if k in self.frozen else v for k, v in delta.items()}
 
 
 def apply_round(
@@ -73,10 +83,12 @@ def apply_round(
     for persona, delta in agg.persona_deltas.items():
         if delta is None:  # gated: fewer than min_clients contributors
             continue
-        state.adapters[persona] = state.optimizers[persona].step(state.adapters[persona], delta)
+        state.adapters[persona] = state.optimizers[persona].step(
+            state.adapters[persona], state.without_frozen(delta)
+        )
         state.trained.add(persona)
     if agg.global_delta is not None:
         state.adapters[GLOBAL] = state.optimizers[GLOBAL].step(
-            state.adapters[GLOBAL], agg.global_delta
+            state.adapters[GLOBAL], state.without_frozen(agg.global_delta)
         )
     return agg

@@ -47,7 +47,7 @@ def model_id(model_name: str) -> str:
 
 @lru_cache(maxsize=2)
 def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvironment:
-    r, alpha, targets, layers, seed = lora_key
+    r, alpha, targets, layers, seed, train_a = lora_key
     quiet_libraries()
     base, tokenizer = load_base_model(model_name)
     peft_model = attach_lora(
@@ -58,12 +58,12 @@ def _model(model_name: str, lora_key: tuple, embedding_tokens: int) -> ModelEnvi
         embedding_tokens, peft_model.get_input_embeddings(), tokenizer
     )
     public = embedding.embedding.weight.detach().clone()
-    return ModelEnvironment(
-        PersonalizedLM(peft_model, embedding), tokenizer, public, model_id(model_name)
-    )
+    model = PersonalizedLM(peft_model, embedding)
+    model.train_lora_a = train_a
+    return ModelEnvironment(model, tokenizer, public, model_id(model_name))
 
 
 def model_environment(config: FederatedConfig) -> ModelEnvironment:
     lora = config.lora()
-    key = (lora.r, lora.alpha, lora.target_modules, lora.top_layers, lora.init_seed)
+    key = (lora.r, lora.alpha, lora.target_modules, lora.top_layers, lora.init_seed, lora.train_a)
     return _model(config.model.model, key, config.model.embedding_tokens)

@@ -20,6 +20,8 @@ class LoraSettings:
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     top_layers: int | None = 6
     init_seed: int = 0
+    # False: FFA-LoRA (Sun et al., ICLR 2024): A stays at its random initialisation, only B is trained
+    train_a: bool = True
 
     def to_peft(self, num_layers: int) -> LoraConfig:
         layers = None

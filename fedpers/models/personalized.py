@@ -39,6 +39,8 @@ class PersonalizedLM(nn.Module):
         # the LoRA placement is fixed once attached
         self.trunk_layer = first_adapted_layer(lm)
         self.last_path = ""
+        # False: FFA-LoRA, only the B matrices are ever trained (fedpers.local.set_trainable)
+        self.train_lora_a = True
 
     def forward(
         self,

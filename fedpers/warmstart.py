@@ -1,0 +1,101 @@
+"""Public warm start: the global adapter first trained, without DP, on conversations that are public by construction.
+
+Before the first private round the server trains the shared LoRA adapter for ``public_steps`` Adam steps
+(expected batch ``batch_size``, the devices' learning rate) on public conversations, and every adapter —
+global and persona — starts from the result. Nothing a device holds is involved, so the warm start spends
+no privacy budget and no ledger records it; the private rounds then only have to learn what the public data
+does not already teach.
+
+Public data, ``public_data``:
+
+- ``synthetic``: the *public split* of the synthetic service desk — the same generator (phrase bank, grammar,
+  persona styles) with its own seed, ``derive_seed(data_seed, "public-split")``, and its own invented users
+  (ids ``public-…``). No device holds these conversations; anyone with the package can regenerate them.
+  ``PUBLIC_USERS_PER_PERSONA`` users per persona, ``conversations_per_user`` conversations each.
+- a path: a conversation JSONL (the import format) whose conversations the operator declares public.
+
+The warm start is deterministic (public data, fixed seed ``derive_seed(seed, "public-warm-start")``): it
+protects nothing and needs no OS randomness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from fedpers.federated import FederatedConfig
+
+PUBLIC_USERS_PER_PERSONA = 2
+
+
+def public_conversations(config: FederatedConfig) -> list:
+    """The public conversations ``public_data`` names (see the module docstring)."""
+    from fedpers.data.schema import read_jsonl
+    from fedpers.data.synthetic import SyntheticConfig, derive_seed, generate
+
+    d = config.dataset
+    if d.public_data == "synthetic":
+        convs = generate(
+            SyntheticConfig(
+                users_per_persona=PUBLIC_USERS_PER_PERSONA,
+                conversations_per_user=d.conversations_per_user,
+                seed=derive_seed(d.data_seed, "public-split"),
+                personas=tuple(config.persona_names),
+            )
+        )
+        return [
+            replace(
+                c,
+                user_id=f"public-{c.user_id}",
+                conversation_id=f"public-{c.conversation_id}",
+            )
+            for c in convs
+        ]
+    if not d.public_data:
+        return []
+    return list(read_jsonl(d.public_data, mode="strict").conversations)
+
+
+def public_warm_start(
+    config: FederatedConfig, arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``arrays`` (the initial adapter) after ``public_steps`` steps on the public conversations; ``arrays``
+    unchanged when no warm start is set."""
+    if config.dataset.public_steps <= 0:
+        return arrays
+    from fedpers.data.synthetic import derive_seed
+    from fedpers.local import set_trainable
+    from fedpers.models import adapter_arrays, load_adapter_arrays
+    from fedpers.models.chat import encode_conversations
+    from fedpers.models.environment import model_environment
+    from fedpers.privacy import DPConfig, TrainConfig, train
+
+    convs = public_conversations(config)
+    if not convs:
+        raise ValueError(f"public_data {config.dataset.public_data!r} holds no conversations")
+    env = model_environment(config)
+    examples = encode_conversations(env.tokenizer, convs, config.dataset.max_length)
+    model = env.model
+    before = adapter_arrays(model.lm)
+    load_adapter_arrays(model.lm, arrays)
+    try:
+        set_trainable(model, lora=True, embedding=False)
+        model.use_user_embedding = False
+        train(
+            model,
+            examples,
+            env.pad_token_id,
+            TrainConfig(
+                steps=config.dataset.public_steps,
+                batch_size=config.local.batch_size,
+                learning_rate=config.local.learning_rate,
+                noise_seed=derive_seed(config.model.seed, "public-warm-start") % 2**63,
+            ),
+            DPConfig(enabled=False),
+        )
+        return adapter_arrays(model.lm)
+    finally:
+        set_trainable(model, lora=False, embedding=False)
+        model.use_user_embedding = model.user_embedding is not None
+        load_adapter_arrays(model.lm, before)
