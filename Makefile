@@ -36,3 +36,4 @@ bench: setup
 	$(VENV)/bin/python -m simulations.bench_scenarios --write
 	$(VENV)/bin/python -m simulations.bench_secagg --write
 	$(VENV)/bin/python -m simulations.bench_deploy --write
+	$(VENV)/bin/python -m simulations.bench_levers --write
