@@ -1,7 +1,7 @@
 """The fedpers ClientApp: private local training, in Flower's legacy record layout.
 
 Every aggregation is a ``TRAIN`` message (SecAgg+ handles only those), in the ``fitins``/``fitres``
-layout that ``secaggplus_mod`` and ``fixedclipping_mod`` read. The config's ``task`` says what to
+layout that ``secaggplus_mod`` reads. The config's ``task`` says what to
 upload: ``train`` (the clipped adapter delta in the slot of the client's persona) is the only one;
 a ``QUERY`` with task ``persona`` asks for the persona in clear (only when persona hiding is off).
 Devices answer no evaluation request: held-out figures never leave them. The computation is in :mod:`clients.tasks`.
@@ -279,11 +279,10 @@ def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) 
 
 
 def make_client_app(mods: list | None = None, outer_mods: list | None = None) -> ClientApp:
-    """The fedpers ClientApp: ``[timing_mod, *outer_mods, release_guard, consent_mod, secaggplus_mod,
-    fixedclipping_mod, *mods]``.
+    """The fedpers ClientApp: ``[timing_mod, *outer_mods, release_guard, consent_mod, secaggplus_mod, *mods]``.
 
     ``outer_mods`` see what leaves the device (e.g. :func:`clients.wire.record_replies`); ``mods``
-    see the plain upload before it is clipped and masked. :func:`release_guard` stops any reply that
+    see the plain (already clipped) upload before it is noised and masked. :func:`release_guard` stops any reply that
     the release manifest does not cover."""
     client_app = ClientApp(
         mods=[

@@ -37,7 +37,7 @@ class SlotLayout:
         return len(self.slots) * len(self.shapes) + 1
 
     def zeros(self) -> list[np.ndarray]:
-        """An all-zero upload (the reference that Flower's ``fixedclipping_mod`` subtracts)."""
+        """An all-zero upload (what every slot but one of a client's upload holds; its size is the upload's)."""
         return [np.zeros(s, dtype=np.float32) for _ in self.slots for _, s in self.shapes] + [
             np.zeros(len(self.slots), dtype=np.float32)
         ]
