@@ -232,7 +232,7 @@ def _charge_user_level(task: Task) -> tuple[PrivacyLedger, LedgerEntry] | None:
     noise = DistributedNoise.for_settings(
         config.privacy.user_noise_multiplier,
         config.aggregation.update_clip,
-        sum(int(a.size) for a in layout.zeros()),
+        layout.upload_size,
     )
     entry = user_level_entry(noise, run_id=instructions.run_id, round=instructions.server_round)
     return ledger, ledger.record(entry)

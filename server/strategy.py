@@ -122,7 +122,7 @@ class PersonaTraining(FitOnly):
         return DistributedNoise.for_settings(
             self.config.privacy.user_noise_multiplier,
             self.config.aggregation.update_clip,
-            sum(int(a.size) for a in self.layout.zeros()),
+            self.layout.upload_size,
         )
 
     def instructions(self, server_round: int, task: str = "train") -> RoundInstructions:

@@ -183,6 +183,7 @@ def test_slot_sum_gives_per_persona_sums_and_counts_and_nothing_per_client():
     uploads = [layout.pack(slot, delta, 4.0) for slot, delta in clients]
     assert all(len(u) == layout.num_arrays for u in uploads)
     assert layout.num_arrays == 3 * 2 + 1 and layout.adapter_size == 12
+    assert layout.upload_size == sum(a.size for a in layout.zeros()) == 3 * 12 + 3
     total = [np.sum([u[i] for u in uploads], axis=0) for i in range(layout.num_arrays)]
     sums, counts = layout.unpack(total, 4.0)
     assert counts == {"global": 0.0, "a": 2.0, "b": 1.0}

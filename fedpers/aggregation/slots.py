@@ -33,6 +33,11 @@ class SlotLayout:
         return sum(int(np.prod(s)) for _, s in self.shapes)
 
     @property
+    def upload_size(self) -> int:
+        """Coordinates of one upload: every slot shaped like the adapter, plus the count vector."""
+        return len(self.slots) * (self.adapter_size + 1)
+
+    @property
     def num_arrays(self) -> int:
         return len(self.slots) * len(self.shapes) + 1
 
