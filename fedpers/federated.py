@@ -62,11 +62,17 @@ class DataSettings:
     )
     public_data: str = setting(
         "",
-        "public warm start: '' (none), 'synthetic' (the desk's public split, its own seed) or a JSONL of "
+        "public warm start: '' (none), 'synthetic' (the desk's public split, its own seed), 'shakespeare' "
+        "(tinyshakespeare speakers no device holds) or a JSONL of "
         "conversations that are public by construction; the server trains the global adapter on it, "
         "without DP, before the first round",
     )
     public_steps: int = setting(0, "steps of the public warm start (0 = none)")
+    persona_mix: str = setting(
+        "auto",
+        "layered personas: each persona adapter is published as global + w (persona - global); 'auto' chooses "
+        "w per persona on the public data's held-out part (no public data: w = 1), or a fixed w in [0, 1]",
+    )
 
 
 @dataclass
@@ -355,6 +361,9 @@ class FederatedConfig:
             raise ValueError(
                 "settings public_data and public_steps: set both for a public warm start, or neither"
             )
+        from fedpers.personas.layered import mix_weight_setting
+
+        mix_weight_setting(self.dataset.persona_mix)
         if self.dataset.public_steps < 0:
             raise ValueError(f"setting public_steps: must be >= 0, got {self.dataset.public_steps}")
         if p.user_dp and not a.secure_aggregation:

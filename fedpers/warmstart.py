@@ -12,7 +12,15 @@ Public data, ``public_data``:
   persona styles) with its own seed, ``derive_seed(data_seed, "public-split")``, and its own invented users
   (ids ``public-…``). No device holds these conversations; anyone with the package can regenerate them.
   ``PUBLIC_USERS_PER_PERSONA`` users per persona, ``conversations_per_user`` conversations each.
+- ``shakespeare``: tinyshakespeare's speakers that no device holds — the first ``PUBLIC_SPEAKERS`` speakers, in
+  data order, that are not among the run's users, at most
+  ``conversations_per_user`` answers each (ids ``public-…``). The play text is public domain; only a run on the
+  ``shakespeare`` data may use it (it needs the devices' speakers to leave out).
 - a path: a conversation JSONL (the import format) whose conversations the operator declares public.
+
+Each public user's conversations are split into train and held-out like a device's (the data seed, the
+held-out fraction; :func:`public_split`): the warm start trains on the train part, and the held-out part is what
+the server scores layered persona adapters on (:mod:`fedpers.personas.layered`).
 
 The warm start is deterministic (public data, fixed seed ``derive_seed(seed, "public-warm-start")``): it
 protects nothing and needs no OS randomness.
@@ -27,6 +35,7 @@ import numpy as np
 from fedpers.federated import FederatedConfig
 
 PUBLIC_USERS_PER_PERSONA = 2
+PUBLIC_SPEAKERS = 10
 
 
 def public_conversations(config: FederatedConfig) -> list:
@@ -52,16 +61,69 @@ def public_conversations(config: FederatedConfig) -> list:
             )
             for c in convs
         ]
+    if d.public_data == "shakespeare":
+        return _public_speakers(config)
     if not d.public_data:
         return []
     return list(read_jsonl(d.public_data, mode="strict").conversations)
 
 
+def _public_speakers(config: FederatedConfig) -> list:
+    from fedpers.data import import_shakespeare
+    from fedpers.userdata import user_ids
+
+    d = config.dataset
+    if d.data != "shakespeare":
+        raise ValueError(
+            f"setting public_data 'shakespeare': only for data 'shakespeare' (got data {d.data!r})"
+        )
+    convs = import_shakespeare()
+    order = list(dict.fromkeys(c.user_id for c in convs))
+    devices = set(user_ids(config))
+    public = set([u for u in order if u not in devices][:PUBLIC_SPEAKERS])
+    taken: dict[str, int] = {}
+    out = []
+    for c in convs:
+        if c.user_id in public and taken.get(c.user_id, 0) < d.conversations_per_user:
+            taken[c.user_id] = taken.get(c.user_id, 0) + 1
+            out.append(
+                replace(
+                    c, user_id=f"public-{c.user_id}", conversation_id=f"public-{c.conversation_id}"
+                )
+            )
+    return out
+
+
+def public_split(config: FederatedConfig) -> tuple[list, list]:
+    """The public conversations as (train, held-out), split per user with the data seed."""
+    from fedpers.data.split import train_heldout_split
+
+    convs = public_conversations(config)
+    if not convs:
+        return [], []
+    d = config.dataset
+    return train_heldout_split(convs, d.heldout_fraction, seed=d.data_seed)
+
+
+def public_heldout_examples(config: FederatedConfig, env) -> dict[str | None, list]:
+    """The encoded public held-out examples per declared persona (``None``: no persona declared)."""
+    from fedpers.models.chat import encode_conversations
+
+    _, heldout = public_split(config)
+    groups: dict[str | None, list] = {}
+    for c in heldout:
+        groups.setdefault(c.persona, []).append(c)
+    return {
+        persona: encode_conversations(env.tokenizer, convs, config.dataset.max_length)
+        for persona, convs in groups.items()
+    }
+
+
 def public_warm_start(
     config: FederatedConfig, arrays: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """``arrays`` (the initial adapter) after ``public_steps`` steps on the public conversations; ``arrays``
-    unchanged when no warm start is set."""
+    """``arrays`` (the initial adapter) after ``public_steps`` steps on the train part of the public
+    conversations; ``arrays`` unchanged when no warm start is set."""
     if config.dataset.public_steps <= 0:
         return arrays
     from fedpers.data.synthetic import derive_seed
@@ -71,7 +133,7 @@ def public_warm_start(
     from fedpers.models.environment import model_environment
     from fedpers.privacy import DPConfig, TrainConfig, train
 
-    convs = public_conversations(config)
+    convs, _ = public_split(config)
     if not convs:
         raise ValueError(f"public_data {config.dataset.public_data!r} holds no conversations")
     env = model_environment(config)

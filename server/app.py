@@ -43,10 +43,11 @@ from fedpers.aggregation.rounds import PersonaAdapters, apply_round
 from fedpers.aggregation.secure import QUANTIZATION_BITS, QuantizationPlan
 from fedpers.federated import FederatedConfig
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
+from fedpers.personas.layered import MixChoice, choose_weights, layered, mix_weight_setting
 from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
 from fedpers.progress import Progress, Stage
-from fedpers.warmstart import public_warm_start
+from fedpers.warmstart import public_heldout_examples, public_warm_start
 from fedpers.wirelog import MANIFEST, WIRE
 from server.outputs import (
     dp_note,
@@ -172,6 +173,14 @@ class ServerRun:
     evaluations: list[dict] = field(default_factory=list)
     # what the last round changed, for its progress line
     round_summary: str = ""
+    # each trained persona's layered weight (fedpers.personas.layered), chosen after every applied round
+    mixing: dict[str, MixChoice] = field(default_factory=dict)
+    # the public held-out examples the weights are scored on (encoded once)
+    public_heldout: dict | None = None
+
+    def published(self) -> Adapters:
+        """The adapters the run evaluates and publishes: each trained persona layered on the global adapter."""
+        return layered(self.state.adapters, self.mixing)
 
 
 def build_run(
@@ -266,7 +275,7 @@ def play_round(
         ) as stage:
             record = evaluator(
                 server_round,
-                run.state.adapters,
+                run.published(),
                 set(run.state.trained),
                 run.run_id,
                 final,
@@ -311,12 +320,40 @@ def _train(run: ServerRun, grid: Grid, context: LegacyContext, server_round: int
         }
         if config.privacy.user_dp:
             record["user_dp"] = run.training.account(run.ledgers, server_round)
+        choose_layers(run)
+        if run.mixing:
+            record["persona_mix"] = {p: c.to_dict() for p, c in run.mixing.items()}
         run.history.append(record)
         securely = " securely" if config.aggregation.secure_aggregation else ""
         updated = ", ".join(record["released"]) or "no persona"
         run.round_summary = (
             f"{round_sums.participants} clients aggregated{securely}; updated {updated}"
         )
+
+
+def choose_layers(run: ServerRun) -> None:
+    """Each trained persona's layered weight (:mod:`fedpers.personas.layered`): scored on the public held-out
+    conversations under ``persona_mix = "auto"`` with public data, else fixed."""
+    config = run.config
+    trained = [p for p in config.persona_names if p in run.state.trained]
+    env = None
+    if mix_weight_setting(config.dataset.persona_mix) is None and config.dataset.public_data:
+        from fedpers.models.environment import model_environment
+
+        env = model_environment(config)
+        if run.public_heldout is None:
+            run.public_heldout = public_heldout_examples(config, env)
+    run.mixing = choose_weights(
+        env, run.state.adapters, trained, config.dataset.persona_mix, run.public_heldout
+    )
+
+
+def mix_note(mixing: dict[str, MixChoice]) -> str:
+    """One line: each persona adapter's layered weight w (published = global + w (persona - global))."""
+    if not mixing:
+        return ""
+    weights = ", ".join(f"{p} {c.weight:g}" for p, c in mixing.items())
+    return f"\npersona adapters layered on the global one, global + w (persona - global): w = {weights}"
 
 
 def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, started: float) -> dict:
@@ -355,6 +392,7 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
         if evaluator is not None
         else NO_EVALUATION,
         "private_randomness": private_randomness(config),
+        "persona_mix": {p: c.to_dict() for p, c in run.mixing.items()},
         "wall_seconds": time.perf_counter() - started,
     }
     if config.privacy.user_dp:
@@ -380,13 +418,14 @@ def write_outputs(
 ) -> None:
     """Adapters (peft format), ``metrics.json``, the plot and table, the audit (deployment) and the registry."""
     config = run.config
-    save_adapters(run_dir, run.peft_model, run.state.adapters)
+    save_adapters(run_dir, run.peft_model, run.published())
     write_metrics(run_dir, payload)
     if run.evaluations:
         plot_heldout(run.evaluations, run_dir / "heldout_loss.png")
     if payload["evaluation"] is not None:
         text = (
             format_table(payload["evaluation"], dp_note(config))
+            + mix_note(run.mixing)
             + f"\nevaluated by {payload['evaluation_source']}"
         )
         (run_dir / "evaluation.txt").write_text(text + "\n")

@@ -22,7 +22,9 @@ import contextlib
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,8 +82,21 @@ def heldout_loss(env, datas, arrays: dict | None) -> float:
     return total / tokens
 
 
-def federate(config, users: dict[str, list[str]], cache: _Cache, state_dir: Path) -> dict:
-    """Persona adapters after ``rounds`` rounds of in-process FedAvg over ``users`` (persona -> user ids)."""
+def federate(
+    config,
+    users: dict[str, list[str]],
+    cache: _Cache,
+    state_dir: Path,
+    *,
+    warm_start: Callable[[Any, dict], dict] | None = None,
+    aggregate: Callable[[str, int, list[dict]], dict | None] | None = None,
+) -> dict:
+    """Persona adapters after ``rounds`` rounds of in-process FedAvg over ``users`` (persona -> user ids).
+
+    ``warm_start(config, fresh)`` replaces :func:`fedpers.warmstart.public_warm_start` (e.g. a memoized one);
+    ``aggregate(persona, round, clipped deltas)`` replaces the plain mean of the deltas (``None``: the persona
+    gets no update that round).
+    """
     from fedpers.aggregation import clip_delta
     from fedpers.data.synthetic import derive_seed
     from fedpers.local import LocalTrainConfig, set_trainable, train_local
@@ -97,7 +112,7 @@ def federate(config, users: dict[str, list[str]], cache: _Cache, state_dir: Path
     if fresh is None:
         fresh = adapter_arrays(env.model.lm)
         env._fresh_arrays = fresh  # type: ignore[attr-defined]
-    start = public_warm_start(config, fresh)
+    start = (warm_start or public_warm_start)(config, fresh)
     frozen = set() if config.model.lora_train_a else {k for k in start if "lora_A" in k}
     adapters = {p: {k: v.copy() for k, v in start.items()} for p in users}
     plans: dict[str, DPConfig] = {}
@@ -152,14 +167,22 @@ def federate(config, users: dict[str, list[str]], cache: _Cache, state_dir: Path
                 )
                 delta, _ = clip_delta(result.delta.arrays, config.aggregation.update_clip)
                 deltas.append(delta)
-            adapters[persona] = {
-                k: (
-                    v
-                    if k in frozen
-                    else (v + np.mean([d[k] for d in deltas], axis=0)).astype(v.dtype)
-                )
-                for k, v in adapters[persona].items()
-            }
+            if aggregate is None:
+                adapters[persona] = {
+                    k: (
+                        v
+                        if k in frozen
+                        else (v + np.mean([d[k] for d in deltas], axis=0)).astype(v.dtype)
+                    )
+                    for k, v in adapters[persona].items()
+                }
+                continue
+            mean = aggregate(persona, server_round, deltas)
+            if mean is not None:
+                adapters[persona] = {
+                    k: v if k in frozen else (v + mean[k]).astype(v.dtype)
+                    for k, v in adapters[persona].items()
+                }
     return {"adapters": adapters, "env": env}
 
 

@@ -131,3 +131,24 @@ def test_a_simulation_starts_from_the_public_warm_start_and_ffa_keeps_a_fixed(tm
     b = [k for k in warm if "lora_B" in k]
     assert all(warm[k].any() for k in b)
     assert any(not np.array_equal(adapters[GLOBAL][k], warm[k]) for k in b)
+
+
+def test_the_shakespeare_public_speakers_are_speakers_no_device_holds():
+    from fedpers.data.shakespeare import shakespeare_path
+    from fedpers.userdata import user_ids
+    from fedpers.warmstart import PUBLIC_SPEAKERS
+
+    if not shakespeare_path().is_file():
+        pytest.skip("tinyshakespeare text not present")
+    config = _config(
+        data="shakespeare", public_data="shakespeare", max_users=5, persona_mode="inferred"
+    )
+    public = public_conversations(config)
+    devices = set(user_ids(config))
+    speakers = {c.user_id.removeprefix("public-") for c in public}
+    assert len(speakers) == PUBLIC_SPEAKERS and not speakers & devices
+    assert all(c.user_id.startswith("public-") for c in public)
+    private = {t.text for c in conversations(config) for t in c.turns if t.role == "assistant"}
+    assert not {t.text for c in public for t in c.turns if t.role == "assistant"} & private
+    with pytest.raises(ValueError, match="public_data 'shakespeare'"):
+        public_conversations(_config(public_data="shakespeare"))
