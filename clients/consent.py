@@ -20,7 +20,7 @@ NOT_OPTED_IN = (
     "refused: the user of this device has not opted in to federated training; nothing was used"
 )
 BUDGET_SPENT = "refused: the user's consented privacy budget is spent; nothing was run"
-OVER_BUDGET = "refused: this round would take the user's privacy spending past the consented budget; nothing was run"
+OVER_BUDGET = "refused: this round would take the user's privacy spending past a limit (the run's epsilon or the consented budget, as the reason names); nothing was run"
 
 
 class ParticipationRefused(PermissionError):

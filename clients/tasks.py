@@ -34,6 +34,7 @@ from fedpers.local import LocalTrainConfig, set_trainable, train_local
 from fedpers.models import load_adapter_arrays
 from fedpers.models.environment import ModelEnvironment, model_environment
 from fedpers.privacy import DPConfig, TrainConfig
+from fedpers.privacy.accounting import BudgetExceededError
 from fedpers.privacy.dp_sgd import plan_dp
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedpers.privacy.plan import DPPlan
@@ -191,8 +192,12 @@ def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
     if config.privacy.clip <= 0:
         set_trainable(env.model, lora=True, embedding=False)
         env.model.use_user_embedding = False
-    target = (
-        config.privacy.epsilon if ledger.cap is None else min(config.privacy.epsilon, ledger.cap)
+    run_limit = ledger.cap is None or config.privacy.epsilon <= ledger.cap
+    target = config.privacy.epsilon if run_limit else ledger.cap
+    limit = (
+        f"the run's epsilon {config.privacy.epsilon:g}"
+        if run_limit
+        else f"the consented budget {ledger.cap:g}"
     )
     dp = DPConfig(
         target_epsilon=target,
@@ -201,17 +206,22 @@ def _dp_plan(task: Task, ledger: PrivacyLedger) -> DPPlan:
         max_grad_norm=config.privacy.clip if config.privacy.clip > 0 else None,
         clip_quantile=config.privacy.clip_quantile,
     )
-    plan = plan_dp(
-        env.model,
-        data.train,
-        env.pad_token_id,
-        dp,
-        ledger,
-        config.local.batch_size,
-        config.server.rounds * config.local.local_steps,
-        _noise_seed(config, data.user_id, 0, "clip"),
-        run_id,
-    )
+    try:  # the whole plan is checked before anything is spent (plan_dp)
+        plan = plan_dp(
+            env.model,
+            data.train,
+            env.pad_token_id,
+            dp,
+            ledger,
+            config.local.batch_size,
+            config.server.rounds * config.local.local_steps,
+            _noise_seed(config, data.user_id, 0, "clip"),
+            run_id,
+        )
+    except BudgetExceededError as err:
+        raise BudgetExceededError(
+            f"limit {limit} (spent so far {ledger.spent().epsilon:.3f}): {err}"
+        ) from err
     state.save_plan(plan)
     return plan
 

@@ -107,7 +107,7 @@ def test_status_reports_data_persona_consent_and_budget(device, capsys):
     assert report["persona"] is None and report["user_embedding"] is False
 
 
-def _round_messages(monkeypatch, **changes):
+def _round_messages(monkeypatch, run_id: str = "run-a", **changes):
     """``message(server_round)``: a training message as the ServerApp sends it (the training message itself,
     without SecAgg+'s stage records)."""
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
@@ -116,7 +116,7 @@ def _round_messages(monkeypatch, **changes):
     config = FederatedConfig.from_flat(SETTINGS | changes).validated()
     base, _ = load_base_model("tiny")
     adapters = initial_adapters(config, adapter_arrays(attach_lora(base, config.lora())))
-    strategy = PersonaTraining(config, "run-a", 2, False, persona_adapters(config, adapters))
+    strategy = PersonaTraining(config, run_id, 2, False, persona_adapters(config, adapters))
 
     def message(server_round: int) -> Message:
         fit_ins = FitIns(
@@ -145,6 +145,27 @@ def _context(store: DeviceStore) -> Context:
         state=RecordDict(),
         run_config={},
     )
+
+
+def test_a_run_the_budget_cannot_hold_is_refused_before_anything_is_spent_and_names_its_limit(
+    device, monkeypatch
+):
+    args, store = device
+    assert main([*args, "consent", "--opt-in", "--budget", "20"]) == 0
+    first = _round_messages(monkeypatch, "run-a", epsilon=4.0)
+    assert not client_train(first(1), _context(store)).has_error()
+    entries = [e.purpose for e in store.ledger().entries]
+    spent = store.ledger().spent().epsilon
+    # a second run whose own epsilon leaves almost nothing: the consented 20 is not the limit
+    second = _round_messages(monkeypatch, "run-b", epsilon=round(spent + 0.05, 3))
+    for _attempt in range(3):  # SecAgg+ retries: every attempt plans again
+        with pytest.raises(ParticipationRefused) as refused:
+            client_train(second(1), _context(store))
+        assert str(refused.value) == OVER_BUDGET
+        assert "limit the run's epsilon" in refused.value.detail
+        assert "consented budget" not in refused.value.detail
+    assert [e.purpose for e in store.ledger().entries] == entries
+    assert store.ledger().spent().epsilon == pytest.approx(spent)
 
 
 def test_client_trains_from_the_store_and_refuses_past_the_consented_budget(

@@ -202,3 +202,41 @@ def test_one_model_serves_users_one_after_another_even_after_a_failure(tiny, exa
     )
     assert len(result.losses) == FAST.steps
     assert not any(hasattr(p, "grad_sample") or hasattr(p, "summed_grad") for p in net.parameters())
+
+
+def test_a_plan_the_budget_cannot_hold_is_refused_before_the_clip_estimate_spends(
+    tiny, examples, tmp_path
+):
+    from fedpers.privacy import GaussianEvent
+    from fedpers.privacy.dp_sgd import plan_dp
+    from fedpers.privacy.ledger import LedgerEntry
+
+    model, tok = tiny
+    net = personalized(model, tok)
+    net.user_embedding.requires_grad_(False)
+    ledger = PrivacyLedger(tmp_path / "l.json", "u", 1e-5)
+    ledger.record(LedgerEntry("dp-sgd", [GaussianEvent(1.0, 0.1, 100)], {}))
+    spent = ledger.spent().epsilon
+    assert 7.0 < spent < 8.0  # most of a run epsilon of 8 already spent
+    dp = DPConfig(target_epsilon=8.0, max_grad_norm=None, clip_quantile=0.25)
+    for _attempt in range(3):  # SecAgg+ retries the round: each attempt plans again
+        with pytest.raises(BudgetExceededError):
+            plan_dp(net, examples, tok.pad_token_id, dp, ledger, 4, 24, seed=1)
+    assert len(ledger.entries) == 1 and ledger.spent().epsilon == pytest.approx(spent)
+
+
+def test_a_calibrated_plan_counts_its_clip_estimate_within_the_target(tiny, examples, tmp_path):
+    from fedpers.privacy import GaussianEvent
+    from fedpers.privacy.accounting import epsilon_report
+    from fedpers.privacy.dp_sgd import plan_dp
+
+    model, tok = tiny
+    net = personalized(model, tok)
+    net.user_embedding.requires_grad_(False)
+    ledger = PrivacyLedger(tmp_path / "l.json", "u", 1e-5)
+    dp = DPConfig(target_epsilon=3.0, max_grad_norm=None, clip_quantile=0.25)
+    plan = plan_dp(net, examples, tok.pad_token_id, dp, ledger, 4, 24, seed=1)
+    assert [e.purpose for e in ledger.entries] == ["clip-quantile"]
+    training = GaussianEvent(plan.noise_multiplier, plan.sample_rate, plan.planned_steps)
+    total = epsilon_report([*ledger.events(), training], 1e-5).epsilon
+    assert 2.8 < total <= 3.0

@@ -185,6 +185,11 @@ def private_quantile(
     return math.exp((lo + hi) / 2)
 
 
+def clip_estimate_event(dp: DPConfig) -> GaussianEvent:
+    """What the private clip estimate spends: ``quantile_queries`` Gaussian queries on the whole data set."""
+    return GaussianEvent(dp.quantile_noise_multiplier, 1.0, dp.quantile_queries)
+
+
 def estimate_clip_norm(
     model: PersonalizedLM,
     examples: Sequence[EncodedExample],
@@ -194,8 +199,9 @@ def estimate_clip_norm(
     seed: int | None = None,
 ) -> float:
     """Privately estimate a clipping norm; the query's spending is in the ledger before it runs."""
-    event = GaussianEvent(dp.quantile_noise_multiplier, 1.0, dp.quantile_queries)
-    entry = ledger.record(LedgerEntry("clip-quantile", [event], {"quantile": dp.clip_quantile}))
+    entry = ledger.record(
+        LedgerEntry("clip-quantile", [clip_estimate_event(dp)], {"quantile": dp.clip_quantile})
+    )
     norms = per_sample_grad_norms(model, examples, pad_token_id)
     rng = np.random.default_rng(_entropy_seed(seed))
     clip = private_quantile(
@@ -223,21 +229,27 @@ def plan_dp(
 ) -> DPPlan:
     """The clipping norm C and noise multiplier sigma of ``steps`` DP-SGD steps at sample rate q = min(1, B / n).
 
-    C is ``dp.max_grad_norm``, else the private ``dp.clip_quantile`` estimate (:func:`estimate_clip_norm`,
-    its spending recorded first). sigma is ``dp.noise_multiplier``, else the smallest one with which the
-    ledger's events plus ``steps`` subsampled Gaussian steps (sigma, q) stay within ``dp.target_epsilon``
-    at ``dp.delta`` (:func:`fedpers.privacy.accounting.calibrate_noise_multiplier`)."""
+    C is ``dp.max_grad_norm``, else the private ``dp.clip_quantile`` estimate (:func:`estimate_clip_norm`).
+    sigma is ``dp.noise_multiplier``, else the smallest one with which the ledger's events, the clip estimate's
+    query (when it runs) and ``steps`` subsampled Gaussian steps (sigma, q) stay within ``dp.target_epsilon``
+    at ``dp.delta`` (:func:`fedpers.privacy.accounting.calibrate_noise_multiplier`).
+
+    The whole plan is checked against the budget before anything is spent: sigma is calibrated first, with the
+    clip estimate's event counted in, so a budget too small for the run raises
+    :class:`~fedpers.privacy.accounting.BudgetExceededError` with the ledger unchanged (a retried round spends
+    nothing more); only then does the clip estimate run, its spending recorded before it does."""
     sample_rate = min(1.0, batch_size / len(examples))
     clip = dp.max_grad_norm
-    if clip is None:
-        clip = estimate_clip_norm(model, examples, pad_token_id, dp, ledger, seed)
     sigma = dp.noise_multiplier
     if sigma is None:
         if dp.target_epsilon is None:
             raise ValueError("DP needs either noise_multiplier or target_epsilon")
+        estimate = [clip_estimate_event(dp)] if clip is None else []
         sigma = calibrate_noise_multiplier(
-            dp.target_epsilon, dp.delta, sample_rate, steps, ledger.events()
+            dp.target_epsilon, dp.delta, sample_rate, steps, [*ledger.events(), *estimate]
         )
+    if clip is None:
+        clip = estimate_clip_norm(model, examples, pad_token_id, dp, ledger, seed)
     return DPPlan(sigma, clip, sample_rate, steps, run_id)
 
 
