@@ -1,7 +1,9 @@
 """Benchmark: the default scenario with DP on and off, and the Shakespeare scenario, in one run.
 
 Each scenario is a full ``fedpers simulate`` run on its own run directory; the evaluation tables
-and per-round wall times go into BENCHMARKS.md (``--write``).
+and per-round wall times go into BENCHMARKS.md (``--write``). ``--reuse`` takes a scenario's finished run from
+its run directory instead of running it again, only when the run's recorded settings are the scenario's
+(``metrics.json`` ``settings``; where it wrote aside), and says so in the section.
 
     python -m simulations.bench_scenarios --write
 """
@@ -28,6 +30,23 @@ def scenario(name: str, run_root: Path, **overrides) -> tuple[FederatedConfig, P
         values | overrides | {"state_dir": str(run_dir / "client-state")}
     ).validated()
     return config, run_dir
+
+
+def reusable(config: FederatedConfig, run_dir: Path) -> dict | None:
+    """The finished run's metrics in ``run_dir`` when they were made with exactly ``config``'s settings."""
+    import json
+
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    wanted, recorded = config.to_record(), dict(metrics.get("settings", {}))
+    for key in ("run_dir", "state_dir"):  # where the run wrote, not what it ran
+        wanted.pop(key, None)
+        recorded.pop(key, None)
+    if recorded != wanted or metrics.get("evaluation") is None:
+        return None
+    return metrics
 
 
 def round_seconds(record: dict) -> float:
@@ -60,12 +79,33 @@ def kept_share(dp: dict, nodp: dict, column: str = "persona") -> float:
     return (base - private) / (base - public)
 
 
-def kept_lines(config: FederatedConfig, dp: dict, nodp: dict) -> list[str]:
+def kept_lines(
+    config: FederatedConfig, dp: dict, nodp: dict, label: str = "Default scenario"
+) -> list[str]:
     """The headline: how much of the non-private gain the persona (and global) adapter keeps with DP on."""
     return [
-        f"Default scenario: the persona adapter keeps **{100 * kept_share(dp, nodp):.0f} %** of the non-private "
+        f"{label}: the persona adapter keeps **{100 * kept_share(dp, nodp):.0f} %** of the non-private "
         f"gain at epsilon {config.privacy.epsilon:g} (global adapter: {100 * kept_share(dp, nodp, 'global'):.0f} %); "
         "gain = base-model minus adapter held-out loss, DP and non-DP runs above, same users, seeds and settings.",
+        "",
+    ]
+
+
+def persona_vs_global(metrics: dict) -> dict[str, float]:
+    """Per persona row: persona adapter minus global adapter held-out loss (negative: the persona adapter is better)."""
+    rows = metrics["evaluation"]["rows"]
+    return {
+        p: r["persona"] - r["global"] for p, r in rows.items() if "persona" in r and "global" in r
+    }
+
+
+def persona_vs_global_lines(name: str, metrics: dict) -> list[str]:
+    gaps = persona_vs_global(metrics)
+    better = sum(g < 0 for g in gaps.values())
+    worst = max(gaps.values()) if gaps else float("nan")
+    return [
+        f"{name}: the persona adapter beats the global adapter on {better} of {len(gaps)} personas; "
+        f"largest excess over global {max(worst, 0.0):.3f} nats.",
         "",
     ]
 
@@ -76,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", type=Path, default=Path("runs/bench"), help="where the run directories go"
     )
     p.add_argument(
-        "--only", help="comma-separated subset of: default-dp, default-nodp, shakespeare"
+        "--only",
+        help="comma-separated subset of: default-dp, default-nodp, shakespeare, shakespeare-nodp",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take a scenario's finished run from its run directory when its settings match",
     )
     p.add_argument("--write", action="store_true", help="write the tables into BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -87,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             {"dp": False},
         ),
         "shakespeare": ("tinyshakespeare, speakers as users, 3 inferred personas, DP on", {}),
+        "shakespeare-nodp": (
+            "tinyshakespeare, DP off (same settings otherwise)",
+            {"dp": False},
+        ),
     }
     chosen = args.only.split(",") if args.only else list(plan)
     lines = [
@@ -101,12 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         label, overrides = plan[name]
         config, run_dir = scenario(name, args.runs, **overrides)
-        metrics = simulate(config, run_dir)
+        metrics = reusable(config, run_dir) if args.reuse else None
+        reused = metrics is not None
+        if metrics is None:
+            metrics = simulate(config, run_dir)
         results[name] = (config, metrics)
         lines += section(label, config, metrics)
+        if reused:
+            lines[-1:-1] = [f"(the finished run in `{run_dir.name}/`, reused: same settings)", ""]
         print("\n".join(lines[-8:]), flush=True)
     if "default-dp" in results and "default-nodp" in results:
         lines += kept_lines(*results["default-dp"], results["default-nodp"][1])
+    if "shakespeare" in results and "shakespeare-nodp" in results:
+        lines += kept_lines(
+            *results["shakespeare"], results["shakespeare-nodp"][1], "tinyshakespeare"
+        )
+    for name in ("default", "shakespeare"):
+        for suffix in ("-dp", "-nodp") if name == "default" else ("", "-nodp"):
+            if name + suffix in results:
+                lines += persona_vs_global_lines(name + suffix, results[name + suffix][1])
     print_section(lines, args.write, MARK)
     return 0
 

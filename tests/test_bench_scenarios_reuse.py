@@ -1,0 +1,41 @@
+"""bench_scenarios: a finished run is reused only when its settings are the scenario's; persona-vs-global lines."""
+
+from __future__ import annotations
+
+import json
+
+from simulations.bench_scenarios import persona_vs_global_lines, reusable, scenario
+
+
+def _write(run_dir, settings: dict, evaluation: dict | None) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(
+        json.dumps({"settings": settings, "evaluation": evaluation})
+    )
+
+
+def test_a_run_is_reused_only_with_the_scenarios_settings(tmp_path):
+    config, run_dir = scenario("tiny", tmp_path)
+    evaluation = {"rows": {"a": {"global": 2.0, "persona": 1.9}}, "mean": {}}
+    assert reusable(config, run_dir) is None  # nothing there
+    record = config.to_record()
+    _write(run_dir, record | {"state_dir": "/elsewhere/client-state"}, evaluation)
+    assert reusable(config, run_dir)["evaluation"] == evaluation
+    _write(run_dir, record | {"epsilon": record["epsilon"] + 1}, evaluation)
+    assert reusable(config, run_dir) is None
+    _write(run_dir, record, None)  # no evaluation recorded
+    assert reusable(config, run_dir) is None
+
+
+def test_persona_vs_global_counts_the_better_personas_and_the_largest_excess():
+    metrics = {
+        "evaluation": {
+            "rows": {
+                "a": {"global": 2.0, "persona": 1.9},
+                "b": {"global": 2.0, "persona": 2.004},
+                "c": {"users": "<2"},
+            }
+        }
+    }
+    line = persona_vs_global_lines("default-dp", metrics)[0]
+    assert "1 of 2 personas" in line and "0.004 nats" in line
