@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from logging import INFO
+from logging import ERROR, INFO
 
 import torch
 from flwr.common.logger import log
@@ -28,6 +28,7 @@ from clients.state import ClientState, Upload, UserState
 from fedpers.adapters import GLOBAL, Adapters
 from fedpers.aggregation import clip_delta
 from fedpers.aggregation.slots import SlotLayout
+from fedpers.aggregation.updates import NonFiniteUpdate
 from fedpers.federated import FederatedConfig
 from fedpers.instructions import PERSONA_INDEX, RoundInstructions
 from fedpers.local import LocalTrainConfig, set_trainable, train_local
@@ -289,7 +290,11 @@ def train_upload(task: Task) -> Upload:
     )
     result = train_local(env.model, data.train, env.pad_token_id, local, ledger)
     _save_embedding(env, state)
-    delta, factor = clip_delta(result.delta.arrays, config.aggregation.update_clip)
+    try:
+        delta, factor = clip_delta(result.delta.arrays, config.aggregation.update_clip)
+    except NonFiniteUpdate as err:  # training diverged: nothing leaves, the round counts it as a dropout
+        log(ERROR, "user %s, round %s: %s", data.user_id, server_round, err)
+        raise
     if factor < 1.0:
         log(
             INFO,

@@ -16,6 +16,7 @@ persona group is aggregated in its own SecAgg+ session.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedpers.adapters import GLOBAL, Adapters
 from fedpers.aggregation import published_counts
+from fedpers.aggregation.guards import SumBounds, check_round_sums
 from fedpers.aggregation.rounds import PersonaAdapters, apply_round
 from fedpers.aggregation.secure import QUANTIZATION_BITS, QuantizationPlan
 from fedpers.federated import FederatedConfig
@@ -308,6 +310,32 @@ def _train(run: ServerRun, grid: Grid, context: LegacyContext, server_round: int
     if round_sums is None:
         log(WARNING, "round %s: no update was applied (see the failures above)", server_round)
         run.round_summary = "no update applied"
+    elif problems := check_round_sums(
+        round_sums.sums,
+        round_sums.counts,
+        round_sums.participants,
+        sum_bounds(run, round_sums.participants),
+    ):
+        log(
+            ERROR,
+            "round %s REJECTED, nothing applied: the unmasked sums are not what %s clipped uploads can "
+            "give: %s",
+            server_round,
+            round_sums.participants,
+            "; ".join(problems),
+        )
+        run.history.append(
+            {
+                "round": server_round,
+                "participants": round_sums.participants,
+                "failures": round_sums.failures,
+                "released": [],
+                "contributors": {},
+                "rejected": problems,
+                "train_seconds": time.perf_counter() - started,
+            }
+        )
+        run.round_summary = "REJECTED: the sums fail the aggregate checks; nothing applied"
     else:
         agg = apply_round(run.state, round_sums, exact_counts=not config.privacy.user_dp)
         record = {
@@ -329,6 +357,26 @@ def _train(run: ServerRun, grid: Grid, context: LegacyContext, server_round: int
         run.round_summary = (
             f"{round_sums.participants} clients aggregated{securely}; updated {updated}"
         )
+
+
+def sum_bounds(run: ServerRun, participants: int) -> SumBounds:
+    """What bounds a round's sums (:mod:`fedpers.aggregation.guards`): the clip, the SecAgg+ grid's step, and
+    under user-level DP the devices' noise — each of the ``participants`` adds a share ``v / t`` with
+    ``t >= 2``, so per coordinate of a sum at most ``participants v / 2`` levels^2."""
+    config = run.config
+    step = run.sessions[0].plan.step if run.sessions else 0.0
+    noise_std = 0.0
+    if config.privacy.user_dp:
+        noise = run.training.user_level_noise()
+        noise_std = math.sqrt(participants * noise.variance / 2.0) / noise.levels_per_unit
+    return SumBounds(config.aggregation.update_clip, run.training.count_value, step, noise_std)
+
+
+def rejected_rounds(run: ServerRun) -> list[dict]:
+    """The rounds whose sums failed the aggregate checks (nothing of them was applied)."""
+    return [
+        {"round": h["round"], "problems": h["rejected"]} for h in run.history if h.get("rejected")
+    ]
 
 
 def choose_layers(run: ServerRun) -> None:
@@ -393,6 +441,7 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
         else NO_EVALUATION,
         "private_randomness": private_randomness(config),
         "persona_mix": {p: c.to_dict() for p, c in run.mixing.items()},
+        "rejected_rounds": rejected_rounds(run),
         "wall_seconds": time.perf_counter() - started,
     }
     if config.privacy.user_dp:
@@ -434,7 +483,14 @@ def write_outputs(
         log(WARNING, "no evaluation was recorded")
     if config.outputs.audit and engine != "simulation":
         _write_audit(run_dir)
-    if config.outputs.registry:
+    if config.outputs.registry and payload.get("rejected_rounds"):
+        log(
+            ERROR,
+            "adapters NOT published to the registry: rounds %s were rejected by the aggregate checks "
+            "(see metrics.json rejected_rounds and the audit report)",
+            ", ".join(str(r["round"]) for r in payload["rejected_rounds"]),
+        )
+    elif config.outputs.registry:
         version = publish(run_dir, config.outputs.registry)
         (progress or logged_progress()).note(
             f"fedpers: adapters published to the registry as {version.path} (now latest)"

@@ -44,13 +44,26 @@ def scale_delta(delta: Mapping[str, np.ndarray], factor: float) -> Arrays:
     }
 
 
+class NonFiniteUpdate(ValueError):
+    """An update holding NaN or infinity: never clipped, quantized or sent."""
+
+
 def clip_delta(delta: Mapping[str, np.ndarray], max_norm: float) -> tuple[Arrays, float]:
     """Scale ``delta`` so that its L2 norm is at most ``max_norm``; returns the clipped copy and the factor (<= 1).
 
-    The bound holds after rounding to the arrays' dtype, so it can serve as a sensitivity bound.
+    The bound holds after rounding to the arrays' dtype, so it can serve as a sensitivity bound. A delta with
+    a non-finite coordinate (training that diverged) has no norm to clip to: :class:`NonFiniteUpdate`, and the
+    device sends nothing (SecAgg+ would quantize NaN to an extreme level and corrupt the round's sum).
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    bad = [k for k, v in delta.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise NonFiniteUpdate(
+            f"the update has non-finite values in {', '.join(sorted(bad)[:3])}"
+            + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+            + "; it is not sent"
+        )
     norm = delta_norm(delta)
     if norm <= max_norm:
         return scale_delta(delta, 1.0), 1.0

@@ -354,6 +354,31 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
     return out
 
 
+def aggregate_check_findings(metrics: dict) -> list[dict]:
+    """What the server's aggregate checks (``fedpers.aggregation.guards``) found, from ``metrics.json``."""
+    if "rejected_rounds" not in metrics:  # a run from before the checks
+        return []
+    rejected = metrics["rejected_rounds"]
+    if not rejected:
+        return [
+            {
+                "level": "ok",
+                "text": "Every round's unmasked sums passed the aggregate checks: finite, counts consistent "
+                "with the uploads summed, and every sum's norm within what clipped updates (and the planned "
+                "noise) allow. A device staying within those bounds can still shift a sum by up to them.",
+            }
+        ]
+    return [
+        {
+            "level": "problem",
+            "text": f"Round {r['round']} was REJECTED by the aggregate checks and nothing of it was applied: "
+            + "; ".join(r["problems"])
+            + ". A run with a rejected round is not published to the registry.",
+        }
+        for r in rejected
+    ]
+
+
 def randomness_findings(config: FederatedConfig) -> list[dict]:
     """A run that seeded its DP randomness with the benchmark switch is not private, whatever its epsilon."""
     if config.privacy.noise_seed < 0:
@@ -443,7 +468,9 @@ def build_audit(run_dir: Path, progress: bool = True) -> dict:
             "wall_seconds": metrics.get("wall_seconds"),
             "settings": run_config["settings"],
         },
-        "findings": randomness_findings(config) + _findings(spent, wire, attack),
+        "findings": randomness_findings(config)
+        + aggregate_check_findings(metrics)
+        + _findings(spent, wire, attack),
         "spent": spent,
         "wire": wire,
         "attack": attack,
