@@ -437,3 +437,50 @@ def test_the_wire_scan_flags_a_deliberately_leaking_client(tmp_path):
     # payloads pruned after the scan; the scan result stays
     assert not list((tmp_path / "wire").glob("*.bin"))
     assert (tmp_path / "wire" / "scan.json").exists()
+
+
+@pytest.mark.slow  # Ray
+def test_a_device_shifting_its_masked_upload_gets_the_round_rejected_and_nothing_published(
+    tmp_path,
+):
+    """The modified device of the report: after the honest clip it adds 2**36 levels to every quantized
+    coordinate of its SecAgg+ upload (a shift of the masked vector is a shift of what the server unmasks)."""
+    from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+        parameters_mod,
+    )
+    from flwr.common.secure_aggregation.secaggplus_constants import Key
+    from flwr.common import bytes_to_ndarray as from_bytes
+    from flwr.common import ndarray_to_bytes as to_bytes
+
+    from fedpers.aggregation.secure import QuantizationPlan
+
+    registry = tmp_path / "registry"
+    config = tiny_config(tmp_path, rounds=1, evaluate=False, registry=str(registry))
+    modulus = QuantizationPlan.for_bound(
+        config.aggregation.update_clip, max(1000, len(user_ids(config)))
+    ).modulus_range
+
+    def shift(msg, context, call_next):
+        reply = call_next(msg, context)
+        record = (
+            reply.content.config_records.get(RECORD_KEY_CONFIGS) if not reply.has_error() else None
+        )
+        if (
+            int(context.node_config["partition-id"]) == 0
+            and record
+            and Key.MASKED_PARAMETERS in record
+        ):
+            arrays = [from_bytes(b) for b in record[Key.MASKED_PARAMETERS]]
+            shifted = parameters_mod([a + 2**36 for a in arrays], modulus)
+            record[Key.MASKED_PARAMETERS] = [to_bytes(a) for a in shifted]
+        return reply
+
+    metrics = simulate(config, tmp_path, client_mods=[shift])
+    assert [r["round"] for r in metrics["rejected_rounds"]] == [1]
+    problems = metrics["rejected_rounds"][0]["problems"]
+    assert any("add up to" in p for p in problems)  # the shift reached the count vector too
+    assert metrics["rounds"][0]["released"] == []
+    assert not registry.exists() or not any(registry.iterdir())
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    assert any(f["level"] == "problem" and "REJECTED" in f["text"] for f in audit["findings"])
+    assert "REJECTED" in (tmp_path / "run.log").read_text()
