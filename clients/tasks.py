@@ -292,7 +292,7 @@ def train_upload(task: Task) -> Upload:
     _save_embedding(env, state)
     try:
         delta, factor = clip_delta(result.delta.arrays, config.aggregation.update_clip)
-    except NonFiniteUpdate as err:  # training diverged: nothing leaves, the round counts it as a dropout
+    except NonFiniteUpdate as err:  # diverged training: nothing leaves (counted as a dropout)
         log(ERROR, "user %s, round %s: %s", data.user_id, server_round, err)
         raise
     if factor < 1.0:

@@ -445,12 +445,12 @@ def test_a_device_shifting_its_masked_upload_gets_the_round_rejected_and_nothing
 ):
     """The modified device of the report: after the honest clip it adds 2**36 levels to every quantized
     coordinate of its SecAgg+ upload (a shift of the masked vector is a shift of what the server unmasks)."""
+    from flwr.common import bytes_to_ndarray as from_bytes
+    from flwr.common import ndarray_to_bytes as to_bytes
     from flwr.common.secure_aggregation.ndarrays_arithmetic import (
         parameters_mod,
     )
     from flwr.common.secure_aggregation.secaggplus_constants import Key
-    from flwr.common import bytes_to_ndarray as from_bytes
-    from flwr.common import ndarray_to_bytes as to_bytes
 
     from fedpers.aggregation.secure import QuantizationPlan
 
