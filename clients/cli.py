@@ -25,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 from clients.consent import DEFAULT_BUDGET, Consent, ParticipationRefused
 from clients.store import StoreError, create_key_file
 from clients.unlock import KEY_FILE_ENV, PASSPHRASE_ENV
-from fedpers.data.schema import DataValidationError
+from fedpers.data.schema import DataValidationError, read_jsonl
 
 if TYPE_CHECKING:
     from clients.device import DeviceStore
@@ -82,6 +82,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    # The file's own problems (not a file, a bad line) are reported before the store's key is asked for;
+    # main prints them (DataValidationError) as one error, never a traceback.
+    read_jsonl(args.file, mode="strict")
     device = _open(args)
     added = device.import_jsonl(args.file)
     print(

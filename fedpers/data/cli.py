@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedpers.data.schema import DataValidationError, read_jsonl, write_jsonl
+from fedpers.data.schema import DataFileError, DataValidationError, read_jsonl, write_jsonl
 from fedpers.data.shakespeare import import_shakespeare
 from fedpers.data.synthetic import PERSONAS, SyntheticConfig, generate
 
@@ -113,11 +113,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    if not args.file.is_file():
-        print(f"error: {args.file}: no such file", file=sys.stderr)
-        return 2
     try:
         result = read_jsonl(args.file, mode=args.mode)
+    except DataFileError as exc:  # missing, a directory, unreadable: exit 2, as for a bad argument
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except DataValidationError as exc:
         issues, valid = exc.issues, None
     else:
