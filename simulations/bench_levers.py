@@ -135,6 +135,7 @@ def federate(
                             DPConfig(
                                 target_epsilon=config.privacy.epsilon,
                                 delta=config.privacy.delta,
+                                max_grad_norm=config.privacy.clip or None,
                                 clip_quantile=config.privacy.clip_quantile,
                             ),
                             ledger,

@@ -14,7 +14,11 @@ and gives the share of the non-private gain kept::
     kept(eps) = (base - DP(eps)) / (base - non-DP)
 
 **Record-level DP** (the unit is one conversation): Opacus DP-SGD on the device, calibrated to ``eps`` over
-``rounds * local_steps`` steps, each user's delta clipped to ``update_clip``, FedAvg.
+``rounds * local_steps`` steps, each user's delta clipped to ``update_clip``, FedAvg. The per-sample clipping
+norm is fixed (``--clip``, default :data:`RECORD_CLIP`) at every epsilon: the scenario's private clip estimate
+(five Gaussian count queries at noise multiplier 5) costs epsilon 1.91 at delta 1e-5 by itself, more than the
+smallest target, and a fixed norm keeps the rows comparable. With Adam on the privatised gradients the norm
+matters only through how many per-sample gradients it clips (the update scales with it, and so does the noise).
 
 **User-level DP** (the unit is the whole user): no DP-SGD on the device; each delta ``D_u`` is clipped to
 ``||D_u|| <= U`` (``update_clip``), and an upload also carries its count entry ``U``, so its L2 norm is at most
@@ -68,6 +72,9 @@ from simulations.bench_levers import _Cache, _config, _persona, federate, heldou
 MARK = "privacy-utility"
 MODES: tuple[str, ...] = ("record-level", "user-level")
 NOISE_SEED = 11
+# record-level DP-SGD's per-sample clipping norm: about the private 0.25-quantile estimate most users of the
+# default scenario get (0.87, at the estimate's upper end of 1.0), without the estimate's epsilon
+RECORD_CLIP = 1.0
 PLOT_NAME = Path("docs") / "privacy-utility.png"
 # the plot's floor (kept, in %): figures below are drawn on it and labelled with their value
 PLOT_FLOOR = -100.0
@@ -89,6 +96,15 @@ def warm_start(config, fresh: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if key not in _WARM:
         _WARM[key] = public_warm_start(config, fresh)
     return _WARM[key]
+
+
+def clip_estimate_epsilon(config) -> float:
+    """Epsilon (at the run's delta) that a device's private clip estimate spends by itself."""
+    from fedpers.privacy.accounting import epsilon
+    from fedpers.privacy.dp_sgd import DPConfig, clip_estimate_event
+
+    dp = DPConfig(delta=config.privacy.delta, clip_quantile=config.privacy.clip_quantile)
+    return epsilon([clip_estimate_event(dp)], config.privacy.delta)
 
 
 def kept_share(base: float, nodp: float, dp: float) -> float:
@@ -351,6 +367,12 @@ def measure(
     return result
 
 
+def _clip(value) -> str:
+    if value is None:
+        return "?"
+    return "a private estimate" if value == 0 else f"{value:g} (fixed)"
+
+
 def _percent(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.0f} %"
 
@@ -405,7 +427,7 @@ def report(
         "",
         f"`{command}` — scenario {settings.get('scenario', '?')!r}, rounds {some['rounds']}, "
         f"local steps {settings.get('local_steps', '?')}, delta {some['delta']:g}, update clip "
-        f"{settings.get('update_clip', '?')}, {warm}; personas {', '.join(result['personas'])}; in-process "
+        f"{settings.get('update_clip', '?')}, DP-SGD clip {_clip(settings.get('clip'))}, {warm}; personas {', '.join(result['personas'])}; in-process "
         "FedAvg as a round does it, every run from the same start with the same seeds. Kept = (base - DP) / "
         "(base - non-DP), losses token-weighted over the users' held-out conversations. Record-level: "
         "DP-SGD on the device at target epsilon. User-level: no DP-SGD; the devices' Skellam shares "
@@ -545,6 +567,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[1.0, 2.0, 4.0, 8.0],
         help="comma-separated target epsilons (each mode, each cohort size)",
     )
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=RECORD_CLIP,
+        help="record-level DP-SGD's per-sample clipping norm at every epsilon (0: the scenario's private "
+        f"estimate, which alone costs epsilon 1.9 at delta 1e-5; default {RECORD_CLIP:g})",
+    )
     p.add_argument("--rounds", type=int, help="override the scenario's rounds")
     p.add_argument("--local-steps", type=int, help="override the scenario's local steps")
     p.add_argument(
@@ -566,7 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("epsilons must be positive and finite (the non-DP run is always measured)")
     if any(n < 1 for n in args.cohorts):
         p.error("cohort sizes must be at least 1")
+    if args.clip < 0:
+        p.error("--clip must be 0 (private estimate) or a positive norm")
     base = load_config_file(SCENARIOS / f"{args.scenario}.toml")
+    base["clip"] = args.clip
     for key, value in (
         ("rounds", args.rounds),
         ("local_steps", args.local_steps),
@@ -580,12 +612,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.public_steps == 0 and args.public_data is None:
         base["public_data"] = ""  # --public-steps 0: no warm start, whatever the scenario sets
     personas = [x.strip() for x in args.personas.split(",") if x.strip()]
+    if args.clip == 0:
+        cost = clip_estimate_epsilon(_config(base, {}, True))
+        if min(args.epsilons) <= cost:
+            p.error(
+                f"--clip 0: the private clip estimate alone costs epsilon {cost:.2f}, at or above the smallest "
+                f"target {min(args.epsilons):g}; give a fixed --clip or larger --epsilons"
+            )
     result = measure(base, personas, args.cohorts, args.epsilons)
     resolved = _config(base, {}, False)
     result["settings"] = {
         "scenario": args.scenario,
         "local_steps": resolved.local.local_steps,
         "update_clip": resolved.aggregation.update_clip,
+        "clip": resolved.privacy.clip,
         "public_steps": resolved.dataset.public_steps,
         "public_data": resolved.dataset.public_data,
     }

@@ -216,14 +216,14 @@ def test_a_tiny_run_writes_the_section_and_the_png(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(bench, "measure", keep)
     plot = tmp_path / "figures" / "pu.png"
     argv = ["--scenario", "tiny", "--rounds", "1", "--local-steps", "1", "--cohorts", "2"]
-    argv += ["--epsilons", "8,2", "--plot", str(plot), "--write"]
+    argv += ["--epsilons", "8,1", "--plot", str(plot), "--write"]
     assert bench.main(argv) == 0
 
     result = captured["result"]
-    assert result["epsilons"] == [2.0, 8.0]
+    assert result["epsilons"] == [1.0, 8.0]
     cohort = result["cohorts"][2]
     for mode in bench.MODES:
-        assert [r["epsilon"] for r in cohort["rows"][mode]] == [2.0, 8.0]
+        assert [r["epsilon"] for r in cohort["rows"][mode]] == [1.0, 8.0]
         for r in cohort["rows"][mode]:
             assert r["kept"] == (cohort["base"] - r["dp"]) / (cohort["base"] - cohort["nodp"])
     out = capsys.readouterr().out
@@ -238,7 +238,8 @@ def test_a_tiny_run_writes_the_section_and_the_png(tmp_path, monkeypatch, capsys
     lines = section.splitlines()
     record = _table(lines, "Record-level DP")
     user = _table(lines, "User-level DP")
-    assert [row[0] for row in record] == ["2", "8"] and [row[0] for row in user] == ["2", "8"]
+    assert [row[0] for row in record] == ["1", "8"] and [row[0] for row in user] == ["1", "8"]
+    assert f"DP-SGD clip {bench.RECORD_CLIP:g} (fixed)" in section
     for table, rows, loss_col, kept_col in (
         (record, cohort["rows"]["record-level"], 1, 2),
         (user, cohort["rows"]["user-level"], 5, 6),
@@ -250,3 +251,11 @@ def test_a_tiny_run_writes_the_section_and_the_png(tmp_path, monkeypatch, capsys
     assert "x86_64" in section or "torch threads" in section
     assert plot.read_bytes()[:8] == PNG_MAGIC
     assert not (tmp_path / "docs").exists()  # --plot chose the path
+
+
+def test_a_private_clip_estimate_dearer_than_the_smallest_epsilon_is_refused_up_front(capsys):
+    cost = bench.clip_estimate_epsilon(_config(dp=True))
+    assert 1.0 < cost < 2.0  # five Gaussian queries at noise multiplier 5, delta 1e-5
+    with pytest.raises(SystemExit):
+        bench.main(["--scenario", "tiny", "--clip", "0", "--epsilons", "1,8"])
+    assert "the private clip estimate alone costs epsilon" in capsys.readouterr().err
