@@ -37,7 +37,7 @@ class DataSettings:
 
     data: str = setting(
         "synthetic",
-        "'synthetic' (IT service desk), 'shakespeare' ($FEDPERS_SHAKESPEARE or ../shared/data) or a conversation JSONL path",
+        "'synthetic' (IT service desk), 'shakespeare' (the tinyshakespeare text shipped with fedpers) or a conversation JSONL path",
     )
     users_per_persona: int = setting(3, "synthetic users per persona")
     conversations_per_user: int = setting(

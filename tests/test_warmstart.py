@@ -134,12 +134,8 @@ def test_a_simulation_starts_from_the_public_warm_start_and_ffa_keeps_a_fixed(tm
 
 
 def test_the_shakespeare_public_speakers_are_speakers_no_device_holds():
-    from fedpers.data.shakespeare import shakespeare_path
     from fedpers.userdata import user_ids
     from fedpers.warmstart import PUBLIC_SPEAKERS
-
-    if not shakespeare_path().is_file():
-        pytest.skip("tinyshakespeare text not present")
     config = _config(
         data="shakespeare", public_data="shakespeare", max_users=5, persona_mode="inferred"
     )

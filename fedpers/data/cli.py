@@ -74,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--src",
         type=Path,
         default=None,
-        help="tinyshakespeare text file (default: $FEDPERS_SHAKESPEARE, else "
-        "../shared/data/tinyshakespeare.txt beside the project)",
+        help="tinyshakespeare text file, plain or .gz (default: $FEDPERS_SHAKESPEARE, else the copy "
+        "shipped with fedpers)",
     )
     imp.add_argument(
         "--min-speeches",

@@ -10,6 +10,7 @@ are dropped before pairing.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from collections import Counter, defaultdict
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from fedpers.data.schema import Conversation, Turn
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SHAKESPEARE_PATH = REPO_ROOT / "../shared/data/tinyshakespeare.txt"
+DEFAULT_SHAKESPEARE_PATH = Path(__file__).resolve().parent / "texts" / "tinyshakespeare.txt.gz"
+"""The text shipped with the package (gzip; public domain, see ``texts/NOTICE.md`` beside it)."""
 SHAKESPEARE_ENV = "FEDPERS_SHAKESPEARE"
 SHAKESPEARE_SOURCE = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -27,10 +28,19 @@ SHAKESPEARE_SOURCE = (
 
 
 def shakespeare_path() -> Path:
-    """Where the tinyshakespeare text is read from: ``$FEDPERS_SHAKESPEARE``, else
-    ``../shared/data/tinyshakespeare.txt`` beside the project."""
+    """Where the tinyshakespeare text is read from: ``$FEDPERS_SHAKESPEARE``, else the copy shipped with
+    the package (:data:`DEFAULT_SHAKESPEARE_PATH`)."""
     env = os.environ.get(SHAKESPEARE_ENV)
-    return Path(env).expanduser() if env else DEFAULT_SHAKESPEARE_PATH.resolve()
+    return Path(env).expanduser() if env else DEFAULT_SHAKESPEARE_PATH
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The text of ``path``, UTF-8, gunzipped when the name ends in ``.gz``."""
+    source = Path(path)
+    if source.suffix == ".gz":
+        with gzip.open(source, "rt", encoding="utf-8") as fh:
+            return fh.read()
+    return source.read_text(encoding="utf-8")
 
 
 _SPEAKER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9 ,.&'-]{0,40}):\s*$")
@@ -137,11 +147,11 @@ def import_shakespeare(
     source = Path(path) if path is not None else shakespeare_path()
     if not source.is_file():
         raise FileNotFoundError(
-            f"{source}: tinyshakespeare text not found. It is not part of the project: put it at "
-            f"../shared/data/tinyshakespeare.txt beside the project, or point ${SHAKESPEARE_ENV} (or "
-            f"`fedpers data import-shakespeare --src`) at a copy of {SHAKESPEARE_SOURCE} (public domain)"
+            f"{source}: tinyshakespeare text not found. Unset ${SHAKESPEARE_ENV} to use the copy shipped "
+            f"with fedpers, or point it (or `fedpers data import-shakespeare --src`) at a copy of "
+            f"{SHAKESPEARE_SOURCE} (public domain; plain text or .gz)"
         )
-    text = source.read_text(encoding="utf-8")
+    text = read_text(source)
     return speeches_to_conversations(
         parse_speeches(text), min_speeches=min_speeches, max_users=max_users
     )
