@@ -136,6 +136,7 @@ def test_a_simulation_starts_from_the_public_warm_start_and_ffa_keeps_a_fixed(tm
 def test_the_shakespeare_public_speakers_are_speakers_no_device_holds():
     from fedpers.userdata import user_ids
     from fedpers.warmstart import PUBLIC_SPEAKERS
+
     config = _config(
         data="shakespeare", public_data="shakespeare", max_users=5, persona_mode="inferred"
     )
