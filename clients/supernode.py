@@ -9,6 +9,9 @@ other devices) and goes to sleep, so each stage can wait up to 3 s on it. This e
 :data:`ACTIVE_POLL_SECONDS` and checks for the reply every :data:`REPLY_POLL_SECONDS`. An idle device
 keeps Flower's 3 s, so the SuperLink sees no more requests from devices that are not in a round.
 
+It also has the SuperNode start :mod:`clients.superexec` where it starts Flower's ``flower-superexec``:
+Flower's SuperExec with the next ClientApp process started before its message arrives.
+
 Where the installed Flower does not have those waits where this module expects them, it warns and runs
 ``flower-supernode`` unchanged.
 
@@ -86,10 +89,18 @@ def main() -> None:
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
+    from clients import superexec
+
     if not install(start_client_internal, FollowUpClock()):
         warnings.warn(
             "this Flower's SuperNode loop is not the one clients.supernode knows: "
             "it keeps Flower's 3 s poll",
+            stacklevel=1,
+        )
+    if not superexec.install_on_supernode(start_client_internal):
+        warnings.warn(
+            "this Flower's SuperNode does not start its SuperExec the way clients.supernode "
+            "knows: every ClientApp process starts cold",
             stacklevel=1,
         )
     sys.argv[0] = "flower-supernode"

@@ -18,6 +18,8 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
+from clients.warm_clientapp import TASK_ARRIVED_ENV
+
 TIMINGS_ENV = "FEDPERS_CLIENT_TIMINGS"
 HEAVY_MODULES = ("torch", "transformers", "peft", "opacus")
 LOADED_AT = time.time()
@@ -27,7 +29,11 @@ TIMINGS: dict[str, dict[str, float]] = {}
 
 
 def process_started() -> float | None:
-    """When this process started (Unix time, to the kernel's clock tick); ``None`` off Linux."""
+    """When this process started (Unix time, to the kernel's clock tick); ``None`` off Linux. A process
+    started ahead of its task (:mod:`clients.warm_clientapp`) counts from when its task arrived."""
+    arrived = os.environ.get(TASK_ARRIVED_ENV)
+    if arrived:
+        return float(arrived)
     try:
         with open("/proc/self/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()
