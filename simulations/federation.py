@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,9 +133,11 @@ def local_federation(
     budget: float = 20.0,
     client_python: str = sys.executable,
     worker: bool = True,
+    device_env: Mapping[int, Mapping[str, str]] | None = None,
 ) -> Iterator[Federation]:
     """A SuperLink on 127.0.0.1 and one joined device per user of ``conversations`` (plus unregistered spare keys);
-    ``worker=False`` joins them without the device worker (``join --no-worker``)."""
+    ``worker=False`` joins them without the device worker (``join --no-worker``); ``device_env`` adds
+    environment variables to the processes of device ``i`` (1-based, in user order)."""
     users = sorted({c.user_id for c in conversations})
     certs = root / "certs"
     generate_ca(certs)
@@ -217,6 +219,7 @@ def local_federation(
                 flower_env(
                     root / f"flwr-node-{i}",
                     OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                    **dict((device_env or {}).get(i, {})),
                 ),
             )
             federation.stores[user] = (store, key)
