@@ -169,7 +169,9 @@ def memory_peaks(lines: list[tuple[str, bytes]]) -> list[int]:
 
 
 def run(n: int, seed: int, oversize: int) -> dict:
+    t0 = time.perf_counter()
     lines = fuzz_lines(n, seed, oversize)
+    generate_seconds = time.perf_counter() - t0
     seconds: list[float] = []
     accepted: list[tuple[str, str]] = []
     reasons: Counter[str] = Counter()
@@ -198,7 +200,9 @@ def run(n: int, seed: int, oversize: int) -> dict:
         else:
             reasons.update({reason(i) for i in issues})
     parse_seconds = time.perf_counter() - started
+    t0 = time.perf_counter()
     peaks = memory_peaks(lines)
+    memory_seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fuzz.jsonl"
         path.write_bytes(b"".join(raw + b"\n" for _, raw in lines))
@@ -223,6 +227,8 @@ def run(n: int, seed: int, oversize: int) -> dict:
         "unexpected": unexpected,
         "examples": examples,
         "parse_seconds": parse_seconds,
+        "generate_seconds": generate_seconds,
+        "memory_seconds": memory_seconds,
         "read_seconds": read_seconds,
         "reader_agrees": kept == first_of_each,
         "seconds": seconds,
@@ -254,7 +260,8 @@ def report(r: dict) -> list[str]:
         + ("" if not r["unexpected"] else f" ({dict(r['unexpected'])}; e.g. {r['examples']})"),
         f"- time per line: mean {statistics.mean(ms):.3f} ms, 99th percentile {_q(ms, 0.99):.3f} ms, largest "
         f"{max(ms):.1f} ms ({r['slowest'][1]}); all lines {r['parse_seconds']:.1f} s one by one, "
-        f"{r['read_seconds']:.1f} s as one file",
+        f"{r['read_seconds']:.1f} s as one file (making the lines took {r['generate_seconds']:.1f} s, the "
+        f"memory pass {r['memory_seconds']:.1f} s)",
         f"- Python memory per line (tracemalloc peak above the line's start, a second pass): mean {statistics.mean(kib):.1f} KiB, "
         f"99th percentile {_q(kib, 0.99):.1f} KiB, largest {max(kib):.1f} KiB",
         f"- the file reader keeps exactly the lines accepted one by one (less repeated ids): "

@@ -339,3 +339,15 @@ def test_a_corrupted_adapter_file_in_a_run_directory_names_the_file(data):
         (folder / "adapter_model.safetensors").write_bytes(bytes(blob))
         with pytest.raises(AdapterFormatError, match="leadership/adapter_model.safetensors"):
             load_adapters(run_dir)
+
+
+def test_the_fuzz_benchmark_runs_clean_on_a_few_lines():
+    from simulations.bench_fuzz_jsonl import report, run
+
+    result = run(400, seed=1, oversize=1)
+    assert not result["unexpected"] and result["reader_agrees"]
+    assert result["accepted"] + result["rejected"] == 400
+    assert result["by_kind"]["valid"]["rejected"] == 0
+    assert result["by_kind"]["over the size limit"]["rejected"] == 1
+    text = "\n".join(report(result))
+    assert "unexpected exceptions: 0" in text and "| valid |" in text
