@@ -52,8 +52,8 @@ class DataSettings:
     max_users: int = setting(
         20,
         "at most this many users in all (not synthetic; 0: no cap); JSONL: taken round-robin over the personas "
-        "from the per-persona choice, so their counts differ by at most one; shakespeare: the speakers with the "
-        "most answers",
+        "from the per-persona choice, as evenly as their users allow; shakespeare: the speakers with the most "
+        "answers",
     )
     data_seed: int = setting(
         0,
