@@ -39,13 +39,26 @@ class DataSettings:
         "synthetic",
         "'synthetic' (IT service desk), 'shakespeare' (the tinyshakespeare text shipped with fedpers) or a conversation JSONL path",
     )
-    users_per_persona: int = setting(3, "synthetic users per persona")
-    conversations_per_user: int = setting(
-        40, "conversations per user (synthetic: generated; other data: at most this many)"
+    users_per_persona: int = setting(
+        3,
+        "users per persona; synthetic: generated; JSONL: chosen at random (data_seed) among the users declaring "
+        "each persona of --personas, users of other or no personas left out (0: all; shakespeare: not used)",
     )
-    max_users: int = setting(20, "at most this many users (non-synthetic data)")
+    conversations_per_user: int = setting(
+        40,
+        "conversations per user; synthetic: generated; JSONL: at most this many, chosen at random (data_seed); "
+        "shakespeare: the first this many",
+    )
+    max_users: int = setting(
+        20,
+        "at most this many users in all (not synthetic; 0: no cap); JSONL: taken round-robin over the personas "
+        "from the per-persona choice, as evenly as their users allow; shakespeare: the speakers with the most "
+        "answers",
+    )
     data_seed: int = setting(
-        0, "seed of the synthetic data and of each user's train / held-out split"
+        0,
+        "seed of the synthetic data, of the users and conversations chosen from a JSONL file, and of each "
+        "user's train / held-out split",
     )
     heldout_fraction: float = setting(
         0.25, "share of each user's conversations held out for evaluation"

@@ -27,6 +27,7 @@ __all__ = [
     "METRICS",
     "RUN_CONFIG",
     "adapter_dir",
+    "load_adapter_file",
     "load_adapters",
     "lora_settings",
     "read_json",
@@ -62,17 +63,36 @@ def save_adapter(run_dir: Path, name: str, model: PeftModel, arrays: dict[str, n
 
 
 def load_adapters(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Every adapter of a run as NumPy arrays keyed like :func:`fedpers.models.adapter_arrays`."""
-    from safetensors.numpy import load_file
+    """Every adapter of a run as NumPy arrays keyed like :func:`fedpers.models.adapter_arrays`.
 
+    A file that is missing, cut short or garbled, or holds non-finite values raises
+    :class:`fedpers.adapters.AdapterFormatError` naming it (peft writes no digest: a flipped bit in the
+    tensor data of a finite value is not detected here; a registry version's SHA-256 list is the check)."""
     root = Path(run_dir) / ADAPTERS
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no adapters in this run directory")
     return {
-        d.name: load_file(str(d / "adapter_model.safetensors"))
+        d.name: load_adapter_file(d / "adapter_model.safetensors")
         for d in sorted(root.iterdir())
         if d.is_dir()
     }
+
+
+def load_adapter_file(path: Path) -> dict[str, np.ndarray]:
+    """One adapter file's tensors; :class:`fedpers.adapters.AdapterFormatError` naming ``path`` if it cannot be."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    from fedpers.adapters import AdapterFormatError, check_tensors
+
+    try:
+        flat = load(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise AdapterFormatError(f"{path}: missing") from None
+    except SafetensorError as err:
+        raise AdapterFormatError(f"{path}: not a safetensors file ({err})") from None
+    check_tensors(flat, str(path))
+    return flat
 
 
 def lora_settings(run_config: dict) -> LoraSettings:

@@ -1,8 +1,10 @@
 """Which conversations a run's data set holds, and one user's encoded train / held-out examples.
 
 The same selection serves the simulated devices, the experimenter's evaluator and the audit's leak
-scan: the data set named by the settings (synthetic, tinyshakespeare or a JSONL file), at most
-``conversations_per_user`` per user in data order, split per user with the data seed.
+scan: the data set named by the settings, split per user with the data seed. Synthetic data is generated
+to size; tinyshakespeare keeps the ``max_users`` speakers with the most answers and the first
+``conversations_per_user`` answers of each; a JSONL file's users are chosen per declared persona and its
+conversations sampled, both seeded with the data seed (:mod:`fedpers.data.select`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fedpers.data import (
     read_jsonl,
     train_heldout_split,
 )
+from fedpers.data.select import Selection, select_conversations
 from fedpers.federated import FederatedConfig
 from fedpers.models.chat import EncodedExample, encode_conversations
 from fedpers.models.environment import ModelEnvironment
@@ -114,7 +117,11 @@ def _conversations(
     elif data == "shakespeare":
         convs = import_shakespeare(max_users=max_users or None)
     else:
-        convs = read_jsonl(data, mode="strict").conversations
+        return _selection(
+            *_selection_key(
+                data, personas, users_per_persona, conversations_per_user, max_users, seed
+            )
+        ).conversations
     order = list(dict.fromkeys(c.user_id for c in convs))
     keep = set(order[:max_users]) if max_users and data != "synthetic" else set(order)
     taken: dict[str, int] = {}
@@ -124,6 +131,60 @@ def _conversations(
             taken[c.user_id] = taken.get(c.user_id, 0) + 1
             kept.append(c)
     return tuple(kept)
+
+
+def _selection_key(
+    data: str,
+    personas: str,
+    users_per_persona: int,
+    conversations_per_user: int,
+    max_users: int,
+    seed: int,
+) -> tuple:
+    return (
+        data,
+        tuple(p for p in personas.split(",") if p),
+        users_per_persona,
+        conversations_per_user,
+        max_users,
+        seed,
+    )
+
+
+@lru_cache(maxsize=2)
+def _selection(
+    data: str,
+    personas: tuple[str, ...],
+    users_per_persona: int,
+    conversations_per_user: int,
+    max_users: int,
+    seed: int,
+) -> Selection:
+    return select_conversations(
+        read_jsonl(data, mode="strict").conversations,
+        personas,
+        users_per_persona,
+        conversations_per_user,
+        max_users,
+        seed,
+    )
+
+
+def data_selection(config: FederatedConfig) -> Selection | None:
+    """What the run takes from its JSONL file and what it leaves out; ``None`` for the built-in sources."""
+    d = config.dataset
+    if d.data in ("synthetic", "shakespeare"):
+        return None
+    return _selection(
+        *_selection_key(
+            d.data,
+            d.personas,
+            d.users_per_persona,
+            d.conversations_per_user,
+            d.max_users,
+            d.data_seed,
+        )
+    )
 
 
 def conversations(config: FederatedConfig) -> tuple:

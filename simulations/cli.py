@@ -51,6 +51,8 @@ def _simulate(args: argparse.Namespace) -> int:
     if spec is None or spec.origin is None:
         print(f"fedpers: error: {SIMULATION_MISSING}", file=sys.stderr)
         return 2
+    from fedpers.data import DataValidationError
+    from fedpers.data.schema import DataFileError
     from fedpers.rundir import LOG_FILE
     from simulations.simulate import config_from_args, simulate
 
@@ -59,12 +61,27 @@ def _simulate(args: argparse.Namespace) -> int:
         f"fedpers simulate: run directory {run_dir} (Flower's log: {run_dir / LOG_FILE})",
         flush=True,
     )
-    metrics = simulate(config, run_dir, client_cpus=args.client_cpus)
-    text = (
-        (run_dir / "evaluation.txt").read_text()
-        if (run_dir / "evaluation.txt").exists()
-        else "no evaluation"
-    )
+    try:
+        metrics = simulate(config, run_dir, client_cpus=args.client_cpus, on_error=args.on_error)
+    except DataFileError:
+        raise
+    except DataValidationError as err:
+        lines = len({(i.path, i.line) for i in err.issues})
+        print(f"fedpers: error: {err}", file=sys.stderr)
+        print(
+            f"fedpers: {lines} line(s) of {config.dataset.data} have problems; nothing was run. Run with "
+            "--on-error skip to leave them out (reported per reason), or write the valid conversations "
+            f"with: fedpers data validate --on-error skip --write-valid OUT.jsonl {config.dataset.data}",
+            file=sys.stderr,
+        )
+        return 2
+    table = run_dir / "evaluation.txt"
+    coverage = metrics.get("persona_coverage", {})
+    if table.exists():
+        text = table.read_text().rstrip("\n")
+    else:  # the notes are in the table when there is one
+        notes = coverage.get("notes", [])
+        text = "\n".join(["no evaluation", *(f"  - {note}" for note in notes)])
     print()
     print(text)
     privacy = (

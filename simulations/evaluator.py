@@ -20,6 +20,7 @@ and it has no loss row.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,13 +32,14 @@ from safetensors.torch import load as load_tensors
 from clients.state import UserState
 from fedpers.adapters import GLOBAL, Adapters
 from fedpers.aggregation import published_count
+from fedpers.data.select import Selection
 from fedpers.evaluation import evaluate
 from fedpers.federated import FederatedConfig
 from fedpers.models import load_adapter_arrays
 from fedpers.models.environment import ModelEnvironment, model_environment
 from fedpers.personas.assignment import assign_persona
 from fedpers.progress import Stage
-from fedpers.userdata import attach_trunk, user_data
+from fedpers.userdata import attach_trunk, conversations, user_data
 
 BASE = "base model"  # not an adapter name: the zero adapter
 SOURCE = "the experimenter's evaluator in the simulation driver, outside the federated protocol (no device sent these figures)"
@@ -152,3 +154,146 @@ def _counted(users: list[str], progress: Stage | None) -> Iterator[str]:
         yield user
         if progress is not None:
             progress.advance()
+
+
+COVERAGE_REASONS = {
+    "missing": "no user of the data declares it: no persona adapter was trained",
+    "below_gate": "fewer than min_clients={gate} users (none, or too few, in the data chosen): no persona "
+    "adapter was trained, the published one is where it started",
+    "not_released": "no round had min_clients={gate} of its users contributing: its adapter was never updated",
+    "not_scored": "fewer than min_clients={gate} of its users hold held-out conversations: not scored",
+    "trained": "",
+}
+"""Why a declared persona has no (or no trained) row in the table, by status."""
+
+SHORT_REASONS = {
+    "missing": "no users: no persona adapter",
+    "below_gate": "fewer than min_clients={gate} users: no persona adapter",
+    "not_released": "never reached min_clients={gate} contributors in a round",
+    "not_scored": "fewer than min_clients={gate} users with held-out data: not scored",
+    "trained": "",
+}
+"""The same, as the table's row says it."""
+
+
+def _declared_counts(config: FederatedConfig, selection: Selection | None) -> dict[str, int] | None:
+    """Users per declared persona that the run's devices train under (``None`` for inferred personas)."""
+    if config.dataset.persona_mode != "declared":
+        return None
+    if selection is not None and selection.personas:
+        return selection.counts()
+    first: dict[str, str | None] = {}
+    for conv in conversations(config):
+        first.setdefault(conv.user_id, conv.persona)
+    counts = dict.fromkeys(config.persona_names, 0)
+    for persona in first.values():
+        if persona in counts:
+            counts[persona] += 1
+    return counts
+
+
+def persona_coverage(config: FederatedConfig, metrics: dict, selection: Selection | None) -> dict:
+    """Every declared persona's fate in a finished run, and what the data choice left out.
+
+    A persona's status: ``below_gate`` (fewer than ``min_clients`` users chosen, so no round can update
+    its adapter; ``missing`` instead when the gate is 1 and it has none), ``not_released`` (enough users, but no
+    round released its aggregate), ``not_scored`` (trained, but too few users with held-out conversations
+    for the evaluator's table), else ``trained``. User counts are published as the gate allows
+    (:func:`fedpers.aggregation.published_count`): a persona with no user and one with a single user read
+    alike, and ``imbalanced`` compares the published counts, so that it tells them apart neither."""
+    gate = config.server.min_clients
+    declared = config.persona_names
+    counts = _declared_counts(config, selection)
+    released = {p for r in metrics.get("rounds", []) for p in r.get("released", [])}
+    evaluation = metrics.get("evaluation")
+    scored = set((evaluation or {}).get("rows", {})) - {GLOBAL}
+    rows: dict[str, dict] = {}
+    for p in declared:
+        n = None if counts is None else counts.get(p, 0)
+        if n is not None and n < gate:
+            status = "missing" if n == 0 and gate <= 1 else "below_gate"
+        elif p not in released:
+            status = "not_released"
+        elif evaluation is not None and p not in scored:
+            status = "not_scored"
+        else:
+            status = "trained"
+        row: dict = {"status": status, "reason": COVERAGE_REASONS[status].format(gate=gate)}
+        if n is not None:
+            row["users"] = published_count(n, gate)
+        rows[p] = row
+    shown = {p: str(r["users"]) for p, r in rows.items() if "users" in r}
+    imbalanced = len(set(shown.values())) > 1
+    notes = []
+    if imbalanced:
+        wanted = (
+            f" (users_per_persona {selection.users_per_persona})"
+            if selection is not None and selection.personas and selection.users_per_persona
+            else ""
+        )
+        notes.append(
+            "users per persona differ: " + ", ".join(f"{p} {n}" for p, n in shown.items()) + wanted
+        )
+    notes += [f"{p}: {r['reason']}" for p, r in rows.items() if r["status"] != "trained"]
+    if selection is not None:
+        notes += selection_notes(selection)
+    return {
+        "declared": len(declared),
+        "scored": len(scored & set(declared)),
+        "min_clients": gate,
+        "personas": rows,
+        "imbalanced": imbalanced,
+        "notes": notes,
+    }
+
+
+def selection_notes(selection: Selection) -> list[str]:
+    """What the choice of users and conversations left out of the file (:mod:`fedpers.data.select`)."""
+    notes = []
+    if selection.unlisted:
+        listed = ", ".join(f"{p} {n}" for p, n in selection.unlisted.items())
+        notes.append(f"users of personas not among the run's personas, left out: {listed}")
+    if selection.unlabelled:
+        notes.append(f"{selection.unlabelled} user(s) declaring no persona left out")
+    if selection.conflicting:
+        notes.append(
+            f"{selection.conflicting} conversation(s) left out: they declare another persona than their "
+            "user's first conversation"
+        )
+    if selection.capped:
+        notes.append(
+            f"max_users {selection.max_users} capped the users chosen (taken round-robin over the personas)"
+        )
+    return notes
+
+
+_WINS = re.compile(r"^(persona adapter below global adapter for \d+ of \d+) personas$")
+
+
+def amend_table(text: str, coverage: dict) -> str:
+    """The server's table (:func:`server.outputs.format_table`) with a row for every declared persona it lacks,
+    saying why, the count of declared personas, and the coverage notes; unchanged when there is nothing to
+    say."""
+    if not coverage["notes"] and coverage["scored"] == coverage["declared"]:
+        return text
+    lines = text.splitlines()
+    shown = {line.split(" ", 1)[0] for line in lines}
+    extra = [
+        f"{p:<18}{str(row.get('users', '—')):>6}  — "
+        + SHORT_REASONS[row["status"]].format(gate=coverage["min_clients"])
+        for p, row in coverage["personas"].items()
+        if p not in shown
+    ]
+    mean = next((i for i, line in enumerate(lines) if line.startswith("mean ")), len(lines))
+    lines[mean:mean] = extra
+    missing = [p for p in coverage["personas"] if p not in shown]
+    for i, line in enumerate(lines):
+        match = _WINS.match(line)
+        if match and coverage["scored"] != coverage["declared"]:
+            lines[i] = (
+                f"{match.group(1)} scored personas ({coverage['declared']} declared; "
+                f"not scored: {', '.join(missing)})"
+            )
+    if coverage["notes"]:
+        lines += ["data and personas:", *(f"  - {note}" for note in coverage["notes"])]
+    return "\n".join(lines)

@@ -16,10 +16,16 @@ from collections.abc import Callable
 from datetime import datetime
 from logging import INFO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from fedpers.data.issues import dropped_lines
+from fedpers.data.schema import DataValidationError, ReadMode, read_jsonl, write_jsonl
 from fedpers.federated import SECTIONS, FederatedConfig, all_settings, load_config_file
 from fedpers.progress import Progress, Stage
 from fedpers.rundir import LOG_FILE, METRICS, read_json, write_json
+
+if TYPE_CHECKING:
+    from fedpers.data.select import Selection
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SHOWN_DEFAULTS = {"state_dir": "RUN_DIR/client-state"}
@@ -40,6 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"TOML settings file (examples in {SCENARIOS.parent.name}/{SCENARIOS.name}/)",
     )
     p.add_argument("--run-dir", type=Path, help="output directory (default: runs/<timestamp>)")
+    p.add_argument(
+        "--on-error",
+        choices=("strict", "skip"),
+        default="strict",
+        help="a JSONL file's bad lines: strict: any problem stops the run before it starts, every one "
+        "listed; skip: they are left out and reported (lines per reason, the first few as file:line, "
+        "in metrics.json too), and the run reads a copy of the valid lines, RUN_DIR/data/valid.jsonl",
+    )
     p.add_argument(
         "--client-cpus",
         type=float,
@@ -137,6 +151,87 @@ def client_log(path: str) -> Callable:
     return mod
 
 
+VALID_COPY = Path("data") / "valid.jsonl"
+"""Where a run that skipped bad lines keeps the valid ones it reads (relative to the run directory)."""
+
+
+def prepare_data(
+    config: FederatedConfig, run_dir: Path, on_error: ReadMode = "strict"
+) -> tuple[FederatedConfig, dict | None]:
+    """Read a JSONL data file once, every line validated: the settings the run uses, and what was read.
+
+    ``strict``: any bad line raises :class:`fedpers.data.DataValidationError` listing every issue.
+    ``skip``: the bad lines are left out; if there are any, the valid conversations are written to
+    ``RUN_DIR/data/valid.jsonl`` and the returned settings name that copy, so that the simulated devices,
+    the evaluator and the audit all read the same valid lines. The record (``metrics.json``'s ``data``)
+    holds the lines dropped per reason and the first few as ``file:line``, without the issues' text.
+    The built-in sources return ``(config, None)``."""
+    data = config.dataset.data
+    if data in ("synthetic", "shakespeare"):
+        return config, None
+    result = read_jsonl(data, mode="skip")
+    if result.issues and on_error == "strict":
+        raise DataValidationError(result.issues)
+    dropped = dropped_lines(result.issues)
+    record: dict = {
+        "source": data,
+        "on_error": on_error,
+        "lines_read": result.lines_read,
+        "conversations": len(result.conversations),
+        "dropped_lines": dropped.lines,
+        "dropped_by_reason": dropped.by_reason,
+        "first_dropped": list(dropped.first),
+    }
+    if result.issues:
+        copy = run_dir / VALID_COPY
+        write_jsonl(copy, result.conversations)
+        record["valid_copy"] = str(copy)
+        config = config.replace(data=str(copy))
+    return config, record
+
+
+def data_lines(record: dict | None, config: FederatedConfig) -> list[str]:
+    """What the terminal shows of the data read and chosen, before the run starts."""
+    if record is None:
+        return []
+    lines = [
+        f"data: {record['source']}: {record['conversations']:,} valid conversations of "
+        f"{record['lines_read']:,} lines"
+    ]
+    lines += [f"  {line}" for line in dropped_lines_text(record)]
+    if "valid_copy" in record:
+        lines.append(f"  the run reads the valid ones, copied to {record['valid_copy']}")
+    from fedpers.userdata import data_selection
+
+    selection = data_selection(config)
+    if selection is not None:
+        from fedpers.aggregation import published_count
+
+        gate = config.server.min_clients
+        chosen = (  # as every output of the run: no count below the gate
+            ", ".join(f"{p} {published_count(n, gate)}" for p, n in selection.counts().items())
+            if selection.personas
+            else f"{len(selection.users)} (the file declares no persona)"
+        )
+        lines.append(
+            f"  users chosen (data_seed {selection.seed}): {chosen}; at most "
+            f"{selection.conversations_per_user} conversations each"
+        )
+    return lines
+
+
+def dropped_lines_text(record: dict) -> list[str]:
+    if not record["dropped_lines"]:
+        return []
+    out = [f"{record['dropped_lines']:,} line(s) dropped (--on-error {record['on_error']}):"]
+    out += [f"  {n:,} × {r}" for r, n in record["dropped_by_reason"].items()]
+    more = record["dropped_lines"] - len(record["first_dropped"])
+    out.append(
+        f"  first: {', '.join(record['first_dropped'])}" + (f" (and {more:,} more)" if more else "")
+    )
+    return out
+
+
 def _echo(text: str) -> None:
     from flwr.common.logger import log
 
@@ -151,6 +246,7 @@ def simulate(
     inner_mods: list | None = None,
     observer=None,
     label: str = "",
+    on_error: ReadMode = "strict",
 ) -> dict:
     """Run the federated simulation and return the metrics it wrote.
 
@@ -158,6 +254,11 @@ def simulate(
     ``inner_mods`` inside it (they see the plain upload); ``observer`` sees every reply of a SecAgg+ session.
     With ``record_wire`` every reply is recorded first; with ``audit_attack`` the canary simulations run
     next; with ``audit`` the signed report is written last (then the payloads are pruned unless kept).
+
+    A JSONL data file is read first (:func:`prepare_data`, ``on_error`` for its bad lines); after the run,
+    ``metrics.json`` gets ``data`` (what was read and dropped) and ``persona_coverage``
+    (:func:`simulations.evaluator.persona_coverage`), and ``evaluation.txt`` a row for every declared
+    persona the table lacks.
 
     Standard error shows the stages (each ``label`` first); Flower's log goes to ``RUN_DIR/run.log``."""
     # offline: never install at run time
@@ -167,6 +268,10 @@ def simulate(
     from fedpers.userdata import user_ids
     from simulations.logs import run_log
 
+    progress = Progress(echo=_echo, prefix=label)
+    config, data_record = prepare_data(config, run_dir, on_error)
+    for line in data_lines(data_record, config):
+        progress.write(line)
     users = user_ids(config)
     if config.outputs.record_wire:
         from clients.wire import record_replies
@@ -181,7 +286,6 @@ def simulate(
             f"the data holds {len(users)} users, fewer than min_clients={config.server.min_clients}"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(echo=_echo, prefix=label)
     log_file = run_dir / LOG_FILE
     with run_log(log_file, write=progress.write, colored=progress.live):
         return _simulate(
@@ -193,7 +297,45 @@ def simulate(
             inner_mods,
             observer,
             progress,
+            data_record,
         )
+
+
+def record_coverage(
+    config: FederatedConfig, run_dir: Path, metrics: dict, data_record: dict | None
+) -> None:
+    """Add ``data`` and ``persona_coverage`` to ``metrics`` (and ``metrics.json``), and the rows and notes
+    of :func:`simulations.evaluator.amend_table` to ``evaluation.txt``."""
+    from fedpers.userdata import data_selection
+    from simulations.evaluator import amend_table, persona_coverage
+
+    selection = data_selection(config)
+    if data_record is not None:
+        metrics["data"] = data_record | ({} if selection is None else selection_record(selection))
+    coverage = persona_coverage(config, metrics, selection)
+    metrics["persona_coverage"] = coverage
+    write_json(run_dir / METRICS, metrics)
+    table = run_dir / "evaluation.txt"
+    if table.exists():
+        table.write_text(amend_table(table.read_text().rstrip("\n"), coverage) + "\n")
+
+
+def selection_record(selection: Selection) -> dict:
+    """The choice of users and conversations as ``metrics.json`` keeps it; per-persona counts are in
+    ``persona_coverage``, as the minimum-clients gate allows them."""
+    return {
+        "users_available": selection.available_users,
+        "users_chosen": len(selection.users),
+        "conversations_chosen": len(selection.conversations),
+        "users_per_persona": selection.users_per_persona,
+        "conversations_per_user": selection.conversations_per_user,
+        "max_users": selection.max_users,
+        "max_users_capped": selection.capped,
+        "data_seed": selection.seed,
+        "unlisted_personas": dict(selection.unlisted),
+        "users_without_persona": selection.unlabelled,
+        "conversations_of_another_persona": selection.conflicting,
+    }
 
 
 def _simulate(
@@ -205,6 +347,7 @@ def _simulate(
     inner_mods: list | None,
     observer,
     progress: Progress,
+    data_record: dict | None = None,
 ) -> dict:
     from flwr.simulation import run_simulation
 
@@ -232,6 +375,7 @@ def _simulate(
             f"{run_dir / LOG_FILE}"
         )
     metrics = read_json(metrics_path)
+    record_coverage(config, run_dir, metrics, data_record)
     if config.privacy.dp or config.privacy.user_dp:
         with progress.stage("privacy accounting · each client's epsilon", "accounting") as stage:
             metrics["client_privacy"] = client_privacy(config, users, stage)

@@ -92,11 +92,14 @@ def test_no_output_holds_a_count_below_the_gate(tmp_path, hiding):
             if isinstance(d, dict)
         ), name
     assert audit["wire"]["min_clients_released"] >= config.server.min_clients
-    assert not [
+    # the table's row for SOLO says why it has no figures, with its count as the gate shows it
+    solo_rows = [
         line
         for line in (run_dir / "evaluation.txt").read_text().splitlines()
         if line.startswith(SOLO)
     ]
+    assert len(solo_rows) == 1 and gate in solo_rows[0], solo_rows
+    assert not re.search(r"\d\.\d|(?<![\w.<=])1(?![\w.])", solo_rows[0]), solo_rows
     solo_lines = [line for line in log_path.read_text().splitlines() if SOLO in line]
     assert not [line for line in solo_lines if _mentions_a_count_of_one(line)], solo_lines
     assert not re.search(r"has \d+ client\(s\)", log_path.read_text())

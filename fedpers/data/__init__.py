@@ -1,4 +1,5 @@
-"""Conversation data: the JSONL format, per-user splits, the synthetic service desk and the tinyshakespeare importer."""
+"""Conversation data: the JSONL format, per-user splits, the choice of users and conversations from a file, the
+synthetic service desk and the tinyshakespeare importer."""
 
 from __future__ import annotations
 
@@ -24,12 +25,17 @@ _EXPORTS = {
     "parse_speeches": "shakespeare",
     "speaker_slug": "shakespeare",
     "train_heldout_split": "split",
+    "Selection": "select",
+    "select_conversations": "select",
+    "DroppedLines": "issues",
+    "dropped_lines": "issues",
     "PERSONAS": "personas",
     "SyntheticConfig": "synthetic",
     "generate": "synthetic",
 }
 
 if TYPE_CHECKING:
+    from fedpers.data.issues import DroppedLines, dropped_lines
     from fedpers.data.personas import PERSONAS
     from fedpers.data.schema import (
         ROLES,
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
         validate_record,
         write_jsonl,
     )
+    from fedpers.data.select import Selection, select_conversations
     from fedpers.data.shakespeare import (
         DEFAULT_SHAKESPEARE_PATH,
         import_shakespeare,
@@ -69,15 +76,19 @@ __all__ = [
     "SENTIMENTS",
     "Conversation",
     "DataValidationError",
+    "DroppedLines",
     "Feedback",
     "ImportResult",
+    "Selection",
     "SyntheticConfig",
     "Turn",
     "ValidationIssue",
+    "dropped_lines",
     "generate",
     "import_shakespeare",
     "parse_speeches",
     "read_jsonl",
+    "select_conversations",
     "speaker_slug",
     "train_heldout_split",
     "validate_record",

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
-from fedpers.data.schema import DataFileError, DataValidationError, read_jsonl, write_jsonl
+from fedpers.data.issues import dropped_lines
+from fedpers.data.schema import (
+    Conversation,
+    DataFileError,
+    DataValidationError,
+    printable,
+    read_jsonl,
+    write_jsonl,
+)
 from fedpers.data.shakespeare import import_shakespeare
 from fedpers.data.synthetic import PERSONAS, SyntheticConfig, generate
 
@@ -52,15 +62,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val = subparsers.add_parser(
         "validate",
         help="check a conversation JSONL file against the schema",
-        description="Validate every line of a conversation JSONL file; prints each problem as 'file:line: field: message'.",
+        description="Validate every line of a conversation JSONL file; prints each problem as "
+        "'file:line: field: message' on standard output, and on standard error the lines dropped per "
+        "reason and the users declaring each persona.",
     )
     val.add_argument("file", type=Path, help="JSONL file to check")
     val.add_argument(
         "--mode",
+        "--on-error",
+        dest="mode",
         choices=("strict", "skip"),
         default="strict",
         help="strict: any problem fails the file; skip: report problems and count the valid lines "
         "(exit code is 1 in both modes if any problem is found)",
+    )
+    val.add_argument(
+        "--write-valid",
+        type=Path,
+        metavar="OUT.jsonl",
+        help="write the valid conversations to OUT.jsonl (atomically): with --mode skip those of the "
+        "valid lines; with strict only a file without problems is written",
     )
     val.set_defaults(func=run_validate)
 
@@ -112,6 +133,19 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def persona_counts(conversations: Iterable[Conversation]) -> str:
+    """``users per persona: a 8, b 3; no persona 2``, most users first (a user counts under its first
+    conversation's persona)."""
+    persona: dict[str, str | None] = {}
+    for conv in conversations:
+        persona.setdefault(conv.user_id, conv.persona)
+    counts = Counter(p for p in persona.values() if p is not None)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    text = ", ".join(f"{printable(p)} {n}" for p, n in ranked) or "none"
+    unlabelled = sum(1 for p in persona.values() if p is None)
+    return f"users per persona: {text}" + (f"; no persona {unlabelled}" if unlabelled else "")
+
+
 def run_validate(args: argparse.Namespace) -> int:
     try:
         result = read_jsonl(args.file, mode=args.mode)
@@ -121,15 +155,30 @@ def run_validate(args: argparse.Namespace) -> int:
     except DataValidationError as exc:
         issues, valid = exc.issues, None
     else:
-        issues, valid = result.issues, len(result.conversations)
+        issues, valid = result.issues, result.conversations
     for issue in issues:
         print(issue)
+    if valid is not None:
+        print(persona_counts(valid), file=sys.stderr)
+    if args.write_valid is not None:
+        if valid is None:
+            print(
+                f"{args.write_valid}: nothing written (strict: the file has problems; "
+                "--mode skip writes the valid lines)",
+                file=sys.stderr,
+            )
+        else:
+            n = write_jsonl(args.write_valid, valid)
+            print(f"wrote {n} valid conversations to {args.write_valid}", file=sys.stderr)
     if issues:
         lines = len({issue.line for issue in issues})
-        kept = "" if valid is None else f"; {valid} valid conversations kept"
+        kept = "" if valid is None else f"; {len(valid)} valid conversations kept"
         print(f"{args.file}: {len(issues)} issue(s) on {lines} line(s){kept}", file=sys.stderr)
+        what = "dropped" if valid is not None else "with problems"
+        for line in dropped_lines(issues).describe(what):
+            print(line, file=sys.stderr)
         return 1
-    print(f"{args.file}: OK, {valid} conversations")
+    print(f"{args.file}: OK, {len(valid or [])} conversations")
     return 0
 
 
