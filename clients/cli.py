@@ -110,11 +110,19 @@ def _ledger_status(device: DeviceStore, item: str) -> dict:
     """Spend of ledger ``item``, or, when it cannot be read, the error and the spend the store records."""
     from fedpers.privacy.ledger import LedgerIntegrityError
 
+    recorded = _readable(lambda: device.recorded_spend(item))
     try:
         ledger = device.ledger() if item == "ledger" else device.user_level_ledger()
+        if recorded is not None and (recorded.count, recorded.head) != (
+            len(ledger.entries),
+            ledger.head,
+        ):  # e.g. the whole store rolled back: its anchor records a longer chain
+            raise StoreError(
+                f"the ledger {item!r} ends at entry {len(ledger.entries)}, the store records "
+                f"{recorded.count} entries"
+            )
         return {"epsilon": _spent(ledger), "delta": ledger.delta, "entries": len(ledger.entries)}
     except (StoreError, LedgerIntegrityError) as err:
-        recorded = _readable(lambda: device.recorded_spend(item))
         return {
             "epsilon": None,
             "delta": None if recorded is None else recorded.delta,

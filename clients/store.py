@@ -37,12 +37,14 @@ file, and either digest is accepted until the next open settles the pending entr
 reads the manifest from disk under a lock on ``store.lock`` (shared for reads, exclusive for
 writes), so the ClientApp, the device worker and ``fedpers-client`` may use one store at once.
 
-What is detected, and what is not. Within the store directory: deleting, truncating, editing or
-restoring an older copy of any item, the manifest or the header; restoring older copies of any set
-of item files while the manifest stays current. Not detected: restoring an older copy of the *whole*
-directory (header, manifest and items together), or deleting the manifest together with putting back
-the header of a store made before manifests existed (that store is then migrated as found); an older
-directory is a consistent store of its own and the device has no other memory. Against those, the
+What is detected, and what is not. Within the store directory: deleting, truncating or editing any
+item, the manifest or the header; putting back older copies of any set of item files while the
+manifest stays current, or an older manifest while the items it lists changed since. Not detected:
+an older copy of the *whole* directory (header, manifest and items together), or deleting the
+manifest together with putting back the header of a store made before manifests existed (that store
+is then migrated as found): an older directory is a consistent store of its own and the device has
+no other memory. (An older copy of a current store's header alone changes nothing: the header only
+changes when a store is migrated.) Against those, the
 store can keep an *anchor*: a copy of the encrypted manifest written after every manifest write to a
 file outside the directory (e.g. in the user's configuration directory, :meth:`EncryptedStore.set_anchor`).
 Every open then compares generations: a manifest older than its anchor is a rollback of the whole
@@ -304,7 +306,13 @@ class _Manifest:
     recovered: dict[str, list[dict]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            "generation": self.generation,
+            "items": self.items,
+            "pending": self.pending,
+            "anchor": self.anchor,
+            "recovered": self.recovered,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> _Manifest:

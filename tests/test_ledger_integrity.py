@@ -191,6 +191,18 @@ def test_an_older_copy_of_the_ledger_is_a_rollback(tmp_path):
         again.ledger().record(LedgerEntry("dp-sgd", [EVENT]))
 
 
+def test_an_older_manifest_with_the_current_items_is_detected(tmp_path):
+    device = _device(tmp_path / "s")
+    _spend(device)
+    older = (tmp_path / "s" / MANIFEST).read_bytes()
+    _spend(device)
+    (tmp_path / "s" / MANIFEST).write_bytes(older)
+    again = _reopen(tmp_path / "s")
+    assert [(p.item, p.kind) for p in again.integrity()] == [(LEDGER, "rolled-back")]
+    with pytest.raises(RollbackError):
+        again.ledger()
+
+
 def test_rolling_back_items_one_by_one_is_detected_for_each(tmp_path):
     device = _device(tmp_path / "s")
     device.save_embedding(b"embedding 1")
@@ -407,7 +419,10 @@ def test_a_whole_store_rollback_is_not_detected_without_an_anchor(tmp_path):
     assert len(_reopen(tmp_path / "s").ledger().entries) == 1
 
 
-def test_a_whole_store_rollback_is_detected_against_an_anchor_outside_the_store(tmp_path):
+def test_a_whole_store_rollback_is_detected_against_an_anchor_outside_the_store(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE)
     anchor = tmp_path / "config" / "store.anchor"
     device = _device(tmp_path / "s", anchor=anchor)
     _spend(device)
@@ -418,6 +433,12 @@ def test_a_whole_store_rollback_is_detected_against_an_anchor_outside_the_store(
     shutil.copytree(tmp_path / "backup", tmp_path / "s")
     with pytest.raises(RollbackError, match=r"older than its anchor .*store\.anchor"):
         _reopen(tmp_path / "s")  # the anchor's path is in the manifest: every open checks it
+    capsys.readouterr()
+    assert main(["--store", str(tmp_path / "s"), "status"]) == 2
+    out = capsys.readouterr().out
+    assert "the whole store was rolled back" in out
+    (privacy,) = [line for line in out.splitlines() if line.startswith("privacy ")]
+    assert f"records epsilon {before:.3f} spent in 3 entries" in privacy
     recovering = _reopen(tmp_path / "s", recover=True)
     assert [p.kind for p in recovering.integrity()] == ["rolled-back"]
     actions = recovering.repair()

@@ -112,17 +112,19 @@ class LedgerEntry:
         )
 
 
-def entry_hash(prev: str, entry: LedgerEntry) -> str:
-    """The chain hash of ``entry`` after the entry (or base) whose hash is ``prev`` (module docstring)."""
-    body = {
-        "prev": prev,
-        "entry_id": entry.entry_id,
-        "purpose": entry.purpose,
-        "started_at": entry.started_at,
-        "events": [e.to_dict() for e in entry.events],
-    }
+HASHED_FIELDS = ("entry_id", "purpose", "started_at", "events")
+
+
+def _hash_fields(prev: str, stored: dict) -> str:
+    """The chain hash of an entry in its stored form (:meth:`LedgerEntry.to_dict`) after hash ``prev``."""
+    body = {"prev": prev, **{k: stored[k] for k in HASHED_FIELDS}}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def entry_hash(prev: str, entry: LedgerEntry) -> str:
+    """The chain hash of ``entry`` after the entry (or base) whose hash is ``prev`` (module docstring)."""
+    return _hash_fields(prev, entry.to_dict())
 
 
 def chain_hashes(base: str, entries: list[LedgerEntry]) -> list[str]:
@@ -248,7 +250,10 @@ class PrivacyLedger:
                     f"{where} does not follow the previous entry of the chain (an entry was dropped, "
                     "reordered or inserted); refusing to continue"
                 )
-            prev = entry_hash(prev, entry)
+            try:  # hashed as stored: any edit of a hashed field changes the hash
+                prev = _hash_fields(prev, raw)
+            except (KeyError, TypeError, ValueError) as err:
+                raise LedgerIntegrityError(f"{where}: malformed entry ({err!r})") from err
             if raw.get("hash") != prev:
                 raise LedgerIntegrityError(
                     f"{where}: its content does not match its hash (the entry was edited); "
@@ -270,10 +275,11 @@ class PrivacyLedger:
 
     def document(self) -> dict:
         """The JSON document stored for the ledger as it is in memory (version :data:`LEDGER_VERSION`)."""
-        hashes = chain_hashes(self.base, self.entries)
         entries, prev = [], self.base
-        for entry, digest in zip(self.entries, hashes, strict=True):
-            entries.append({**entry.to_dict(), "prev": prev, "hash": digest})
+        for entry in self.entries:
+            stored = entry.to_dict()
+            digest = _hash_fields(prev, stored)
+            entries.append({**stored, "prev": prev, "hash": digest})
             prev = digest
         return {
             "version": LEDGER_VERSION,
