@@ -48,8 +48,10 @@ changes when a store is migrated.) Against those, the
 store can keep an *anchor*: a copy of the encrypted manifest written after every manifest write to a
 file outside the directory (e.g. in the user's configuration directory, :meth:`EncryptedStore.set_anchor`).
 Every open then compares generations: a manifest older than its anchor is a rollback of the whole
-store (:class:`RollbackError`), a missing or unreadable anchor is tampering. The anchor does not
-help when it is rolled back together with the directory, or kept on the same medium a backup restores.
+store (:class:`RollbackError`), a missing or unreadable anchor is tampering. The anchor's path is kept
+in the manifest, so it guards only copies of the directory made after it was set; it does not help
+when it is rolled back together with the directory (or kept on the medium a backup restores), nor
+against a deleted manifest with a first-format header put back (that store migrates with no anchor).
 
 Stores written before manifests existed (header version 1) are migrated when first opened: each item
 file is checked to decrypt, its digest listed in a new manifest, and the header rewritten as version
