@@ -98,27 +98,76 @@ def _spent(ledger) -> float:
     return ledger.spent().epsilon if ledger.events() else 0.0
 
 
+def _readable(read, default=None):
+    """``read()``, or ``default`` when the store refuses it (a damaged item: ``integrity`` says which)."""
+    try:
+        return read()
+    except StoreError:
+        return default
+
+
+def _ledger_status(device: DeviceStore, item: str) -> dict:
+    """Spend of ledger ``item``, or, when it cannot be read, the error and the spend the store records."""
+    from fedpers.privacy.ledger import LedgerIntegrityError
+
+    recorded = _readable(lambda: device.recorded_spend(item))
+    try:
+        ledger = device.ledger() if item == "ledger" else device.user_level_ledger()
+        if recorded is not None and (recorded.count, recorded.head) != (
+            len(ledger.entries),
+            ledger.head,
+        ):  # e.g. the whole store rolled back: its anchor records a longer chain
+            raise StoreError(
+                f"the ledger {item!r} ends at entry {len(ledger.entries)}, the store records "
+                f"{recorded.count} entries"
+            )
+        return {"epsilon": _spent(ledger), "delta": ledger.delta, "entries": len(ledger.entries)}
+    except (StoreError, LedgerIntegrityError) as err:
+        return {
+            "epsilon": None,
+            "delta": None if recorded is None else recorded.delta,
+            "entries": None,
+            "error": str(err),
+            "recorded_epsilon": None if recorded is None else recorded.epsilon,
+            "recorded_entries": None if recorded is None else recorded.count,
+        }
+
+
 def status(device: DeviceStore) -> dict:
-    """What the store holds, for ``status``."""
-    consent = device.consent()
-    ledger, user_level = device.ledger(), device.user_level_ledger()
-    spent, user_level_spent = (_spent(ledger), _spent(user_level))
-    info = device.adapters_info()
+    """What the store holds, for ``status``; ``integrity`` lists what was found damaged (then the ledgers'
+    spend is the one the store's manifest records, never 0)."""
+    problems = device.integrity()
+    consent = _readable(device.consent)
+    record, user_level = (
+        _ledger_status(device, "ledger"),
+        _ledger_status(device, "user-level-ledger"),
+    )
+    info = _readable(device.adapters_info)
+    conversations, feedback = _readable(device.conversations), _readable(device.feedback)
     return {
         "store": str(device.directory),
-        "user_id": device.user_id,
-        "persona": device.declared_persona(),
-        "conversations": len(device.conversations()),
-        "rated_answers": len(device.feedback()),
-        "consent": consent.to_dict(),
+        "user_id": _readable(lambda: device.user_id),
+        "persona": _readable(device.declared_persona),
+        "conversations": None if conversations is None else len(conversations),
+        "rated_answers": None if feedback is None else len(feedback),
+        "consent": None if consent is None else consent.to_dict(),
+        "integrity": {
+            "ok": not problems,
+            "problems": [p.to_dict() for p in problems],
+            "generation": device.store.generation,
+        },
         "privacy": {
-            "epsilon_spent": spent,
-            "budget": consent.budget,
-            "delta": ledger.delta,
-            "ledger_entries": len(ledger.entries),
-            "user_level_epsilon_spent": user_level_spent,
-            "user_level_delta": user_level.delta,
-            "user_level_ledger_entries": len(user_level.entries),
+            "epsilon_spent": record["epsilon"],
+            "budget": None if consent is None else consent.budget,
+            "delta": record["delta"],
+            "ledger_entries": record["entries"],
+            "recorded_epsilon": record.get("recorded_epsilon"),
+            "recorded_entries": record.get("recorded_entries"),
+            "user_level_epsilon_spent": user_level["epsilon"],
+            "user_level_delta": user_level["delta"],
+            "user_level_ledger_entries": user_level["entries"],
+            "user_level_recorded_epsilon": user_level.get("recorded_epsilon"),
+            "user_level_recorded_entries": user_level.get("recorded_entries"),
         },
         "adapters": None
         if info is None
@@ -127,29 +176,80 @@ def status(device: DeviceStore) -> dict:
             "server_round": info["server_round"],
             "names": info["adapters"],
         },
-        "user_embedding": device.embedding() is not None,
+        "user_embedding": _readable(device.embedding) is not None,
     }
 
 
+def _spend_line(spent, delta, entries, recorded, recorded_entries, budget, unit: str) -> str:
+    of = "?" if budget is None else f"{budget:g}"
+    if spent is not None:
+        return f"epsilon {spent:.3f} spent of {of} (delta {delta:g}, {entries} {unit})"
+    if recorded is None:
+        return "TAMPERED: the ledger cannot be read and the store records no spend for it"
+    return (
+        f"TAMPERED: the ledger cannot be read; the store's manifest records epsilon {recorded:.3f} "
+        f"spent in {recorded_entries} entries (delta {delta:g}) of {of}"
+    )
+
+
+def _open_for_repair(args: argparse.Namespace) -> DeviceStore:
+    """The store, opened even if it is older than its anchor (the rollback is then one of its problems)."""
+    from clients.device import DeviceStore
+
+    return DeviceStore.open(_store_dir(args), recover=True, **_key(args))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status(_open(args))
+    report = status(_open_for_repair(args))
+    tampered = not report["integrity"]["ok"]
     if args.json:
         print(json.dumps(report, indent=1))
-        return 0
+        return 2 if tampered else 0
     privacy, adapters = report["privacy"], report["adapters"]
     print(f"store          {report['store']}")
-    print(f"user           {report['user_id']}")
+    if tampered:
+        problems = report["integrity"]["problems"]
+        print(
+            f"integrity      TAMPERED: {len(problems)} problem(s); this device refuses to train or upload "
+            "until `fedpers-client repair` (which never lowers the recorded spend)"
+        )
+        for problem in problems:
+            print(f"               - {problem['message']}")
+    else:
+        print(f"integrity      intact (generation {report['integrity']['generation']})")
+    print(f"user           {report['user_id'] or 'unreadable'}")
     print(f"persona        {report['persona'] or 'none declared'}")
-    print(f"conversations  {report['conversations']} ({report['rated_answers']} rated answers)")
-    print(f"consent        {Consent.from_dict(report['consent']).describe()}")
+    if report["conversations"] is None:
+        print("conversations  unreadable")
+    else:
+        print(f"conversations  {report['conversations']} ({report['rated_answers']} rated answers)")
+    consent = report["consent"]
     print(
-        f"privacy        epsilon {privacy['epsilon_spent']:.3f} spent of {privacy['budget']:g} "
-        f"(delta {privacy['delta']:g}, {privacy['ledger_entries']} ledger entries; the unit: one conversation)"
+        f"consent        {'unreadable' if consent is None else Consent.from_dict(consent).describe()}"
     )
     print(
-        f"user-level     epsilon {privacy['user_level_epsilon_spent']:.3f} spent of {privacy['budget']:g} "
-        f"(delta {privacy['user_level_delta']:g}, {privacy['user_level_ledger_entries']} rounds under user-level DP; "
-        "the unit: the whole user)"
+        "privacy        "
+        + _spend_line(
+            privacy["epsilon_spent"],
+            privacy["delta"],
+            privacy["ledger_entries"],
+            privacy["recorded_epsilon"],
+            privacy["recorded_entries"],
+            privacy["budget"],
+            "ledger entries; the unit: one conversation",
+        )
+    )
+    print(
+        "user-level     "
+        + _spend_line(
+            privacy["user_level_epsilon_spent"],
+            privacy["user_level_delta"],
+            privacy["user_level_ledger_entries"],
+            privacy["user_level_recorded_epsilon"],
+            privacy["user_level_recorded_entries"],
+            privacy["budget"],
+            "rounds under user-level DP; the unit: the whole user",
+        )
     )
     print(
         "adapters       "
@@ -160,7 +260,58 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     )
     print(f"user embedding {'trained' if report['user_embedding'] else 'none'}")
-    return 0
+    return 2 if tampered else 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from clients.device import LEDGERS
+
+    device = _open_for_repair(args)
+    problems = device.integrity()
+    if not problems and args.anchor is None:
+        print(
+            f"store {device.directory} is intact (generation {device.store.generation}); nothing to repair"
+        )
+        return 0
+    for problem in problems:
+        print(f"found: {problem.message}")
+        if problem.item in LEDGERS:
+            recorded = device.recorded_spend(problem.item)
+            print(
+                f"  will restore item {problem.item!r} "
+                + (
+                    "(impossible: the store records no spend for it)"
+                    if recorded is None
+                    else f"at the highest spend the store records: epsilon {recorded.epsilon:.3f} of "
+                    f"{recorded.count} entries"
+                )
+            )
+        elif problem.item is None and problem.kind == "rolled-back":
+            print("  will take the ledgers' newer record from the anchor and withdraw consent")
+        elif problem.item is None:
+            print(f"  will write the anchor again at {args.anchor or problem.path}")
+        else:
+            print(f"  will drop item {problem.item!r}")
+    if args.anchor is not None:
+        print(f"will keep the store's anchor at {args.anchor}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError("repair changes the store: confirm with --yes")
+        if input("repair the store? [y/N] ").strip().lower() != "y":
+            print("nothing changed")
+            return 1
+    for action in device.repair():
+        print(action)
+    anchor = args.anchor if args.anchor is not None else device.store.anchor
+    if anchor is not None and (
+        args.anchor is not None or any(p.kind == "anchor" for p in problems)
+    ):
+        device.store.set_anchor(anchor)
+        print(f"the store's anchor is kept at {Path(anchor).expanduser().resolve()}")
+    remaining = device.integrity()
+    for problem in remaining:
+        print(f"still: {problem.message}")
+    return 2 if remaining else 0
 
 
 def cmd_consent(args: argparse.Namespace) -> int:
@@ -324,10 +475,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the store holds: conversations, persona, epsilon spent, consent",
         description="Conversations held, declared persona, consent, epsilon spent against the consented "
         "budget (record-level: from the privacy ledger; user-level: from the user-level ledger of the "
-        "rounds under user-level DP), and the adapters received.",
+        "rounds under user-level DP), and the adapters received. A damaged or rolled-back store is "
+        "reported as tampered (exit status 2), with the spend its manifest records.",
     )
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "repair",
+        help="after tampering (a ledger deleted or rolled back): restore the recorded spend",
+        description="Check every file of the store against its authenticated manifest and say what is "
+        "damaged. With --yes: rebuild a damaged privacy ledger at the highest spend the store records "
+        "(never lower, never zero), drop other damaged items, and after a rollback of the whole store "
+        "(detected against its anchor) take the ledgers' newer record from the anchor and withdraw consent. "
+        "The device refuses to train or upload until the store is repaired.",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--anchor",
+        type=Path,
+        metavar="FILE",
+        help="keep a copy of the store's manifest at FILE, outside the store directory (e.g. in "
+        "~/.config/fedpers/): every later open detects a rollback of the whole store against it",
+    )
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser(
         "consent",

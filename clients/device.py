@@ -19,10 +19,22 @@ Items (each one AES-256-GCM encrypted file):
 
 The key never reaches the run config: the ClientApp process unlocks the store with the passphrase
 or key file from its environment (:mod:`clients.unlock`).
+
+The ledgers cannot silently shrink. Each is a hash chain (:mod:`fedpers.privacy.ledger`) whose head,
+length and events the store's authenticated manifest binds at every write (:class:`StoreLedger`), and
+the manifest lists the digest of every item file (:mod:`clients.store`). Deleting a ledger, putting an
+older copy back or editing it is therefore tampering, raised on every read of it: the device then
+refuses to train or upload (the budget check reads the ledger first) and ``fedpers-client status``
+reports it instead of an epsilon. :meth:`DeviceStore.repair` never lowers the spend: a damaged
+ledger is rebuilt from the highest spend the store records for it (the manifest's binding, or the
+anchor's after a rollback of the whole store) as one ``restored-spend`` entry that continues the
+chain; other damaged items are dropped. A ledger written before the chain existed is chained and
+bound when its store is first opened.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,10 +44,19 @@ import numpy as np
 
 from clients.consent import Consent, read_consent, write_consent
 from clients.state import Upload, upload_from_bytes, upload_to_bytes
-from clients.store import ITEM_SUFFIX, EncryptedStore, ScryptParams, StoreError
+from clients.store import (
+    ITEM_SUFFIX,
+    REPAIR_HINT,
+    EncryptedStore,
+    ScryptParams,
+    StoreError,
+    StoreProblem,
+    TamperedError,
+)
 from clients.unlock import open_from_env
 from fedpers.data.schema import Conversation, DataValidationError, ValidationIssue, read_jsonl
-from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.privacy.accounting import epsilon_report
+from fedpers.privacy.ledger import LedgerIntegrityError, PrivacyLedger, events_from_dicts
 from fedpers.privacy.plan import DPPlan
 
 PROFILE, CONVERSATIONS, FEEDBACK, LEDGER = "profile", "conversations", "feedback", "ledger"
@@ -57,7 +78,11 @@ class Profile:
 
 class StoreLedger(PrivacyLedger):
     """A :class:`PrivacyLedger` kept as the store's ``item`` (``ledger`` or ``user-level-ledger``), locked by a
-    file beside it."""
+    file beside it.
+
+    Every write binds the ledger in the store's manifest: ``{user_id, delta, count, head, events}`` (the
+    chain's length and head hash, and every event it composes). A read refuses a document whose chain
+    differs from its binding; the store refuses a file whose digest differs from the manifest's."""
 
     def __init__(
         self,
@@ -66,15 +91,47 @@ class StoreLedger(PrivacyLedger):
         delta: float | None = None,
         cap: float | None = None,
         item: str = LEDGER,
+        load: bool = True,
     ) -> None:
         self.store, self.item = store, item
-        super().__init__(store.directory / f"{item}{ITEM_SUFFIX}", user_id, delta, cap)
+        super().__init__(store.directory / f"{item}{ITEM_SUFFIX}", user_id, delta, cap, load=load)
 
     def _read(self) -> dict | None:
-        return self.store.get_json(self.item) if self.store.has(self.item) else None
+        if not self.store.has(self.item):
+            return None
+        data, binding = self.store.get_bound(self.item)
+        document = json.loads(data)
+        if binding is not None:
+            chain = document.get("chain") or {}
+            if (chain.get("count"), chain.get("head")) != (binding["count"], binding["head"]):
+                raise TamperedError(
+                    f"{self.path} (item {self.item!r}): the ledger's chain (count {chain.get('count')}, head "
+                    f"{str(chain.get('head'))[:12]}) is not the one the store's manifest binds (count "
+                    f"{binding['count']}, head {binding['head'][:12]}); {REPAIR_HINT}"
+                )
+        return document
 
     def _save(self, document: dict) -> None:
-        self.store.put_json(self.item, document)
+        binding = {
+            "user_id": document["user_id"],
+            "delta": document["delta"],
+            "count": document["chain"]["count"],
+            "head": document["chain"]["head"],
+            "events": [e for entry in document["entries"] for e in entry["events"]],
+        }
+        self.store.put_json(self.item, document, binding=binding)
+
+
+@dataclass(frozen=True)
+class RecordedSpend:
+    """The highest spend the store records for a ledger item, from a binding (:class:`StoreLedger`)."""
+
+    item: str
+    epsilon: float
+    delta: float
+    count: int
+    head: str
+    binding: dict
 
 
 def _lines_of_records(path: Path) -> list[int]:
@@ -88,6 +145,20 @@ class DeviceStore:
 
     def __init__(self, store: EncryptedStore) -> None:
         self.store = store
+        self._bind_ledgers()
+
+    def _bind_ledgers(self) -> None:
+        """Chain and bind a ledger written before ledgers were chained (its first open since); a ledger
+        that cannot be read is left for :meth:`integrity` to report."""
+        for item in LEDGERS:
+            try:
+                if not self.store.has(item) or self.store.binding(item) is not None:
+                    continue
+                document = self.store.get_json(item)
+            except StoreError:
+                continue
+            owner = str(document["user_id"]) if isinstance(document, dict) else ""
+            StoreLedger(self.store, owner, item=item).touch()
 
     @classmethod
     def create(
@@ -99,13 +170,15 @@ class DeviceStore:
         passphrase: str | None = None,
         key_file: Path | str | None = None,
         params: ScryptParams = ScryptParams(),  # noqa: B008 - frozen, so one shared default is safe
+        anchor: Path | str | None = None,
     ) -> DeviceStore:
-        """A new store for ``user_id``: profile, consent not given, and an empty ledger."""
+        """A new store for ``user_id``: profile, consent not given, and an empty ledger; with ``anchor``, the
+        store keeps a copy of its manifest there (outside the store) to detect a rollback of the whole store."""
         if not user_id or not user_id.strip():
             raise ValueError("the user id is empty")
         device = cls(
             EncryptedStore.create(
-                directory, passphrase=passphrase, key_file=key_file, params=params
+                directory, passphrase=passphrase, key_file=key_file, params=params, anchor=anchor
             )
         )
         device.store.put_json(PROFILE, asdict(Profile(user_id, persona)))
@@ -120,8 +193,14 @@ class DeviceStore:
         *,
         passphrase: str | None = None,
         key_file: Path | str | None = None,
+        recover: bool = False,
     ) -> DeviceStore:
-        return cls(EncryptedStore.open(directory, passphrase=passphrase, key_file=key_file))
+        """The store in ``directory``; ``recover``: open a store older than its anchor, for a repair."""
+        return cls(
+            EncryptedStore.open(
+                directory, passphrase=passphrase, key_file=key_file, recover=recover
+            )
+        )
 
     @classmethod
     def from_env(cls, directory: Path | str) -> DeviceStore:
@@ -305,6 +384,102 @@ class DeviceStore:
     def forget(self, keep: Iterable[str] = LEDGERS) -> list[str]:
         """Delete everything but the ledgers (data, embedding, adapters, profile, consent); the names deleted."""
         return self.store.forget(keep)
+
+    # integrity
+    def integrity(self) -> list[StoreProblem]:
+        """Every problem of the store (:meth:`EncryptedStore.verify`), and of each ledger's chain against its
+        binding; empty for an intact store."""
+        problems = self.store.verify()
+        found = {p.item for p in problems}
+        for item in LEDGERS:
+            if item in found or not self.store.has(item):
+                continue
+            try:
+                document = self.store.get_json(item)
+                owner = str(document["user_id"]) if isinstance(document, dict) else ""
+                StoreLedger(self.store, owner, item=item)
+            except (StoreError, LedgerIntegrityError, KeyError, TypeError, ValueError) as err:
+                path = str(self.directory / f"{item}{ITEM_SUFFIX}")
+                problems.append(StoreProblem(item, path, "modified", str(err)))
+        return problems
+
+    def recorded_spend(self, item: str = LEDGER) -> RecordedSpend | None:
+        """The highest spend the store records for ledger ``item`` (None if it records none), read from the
+        bindings alone: what ``status`` shows and a repair restores when the ledger itself is damaged."""
+        best: RecordedSpend | None = None
+        for binding in self.store.bindings(item):
+            events = events_from_dicts(binding["events"])
+            delta = float(binding["delta"])
+            spent = epsilon_report(events, delta).epsilon if events else 0.0
+            count = int(binding["count"])
+            if best is None or (spent, count) > (best.epsilon, best.count):
+                best = RecordedSpend(item, spent, delta, count, str(binding["head"]), binding)
+        return best
+
+    def repair(self) -> list[str]:
+        """Make the store usable again without lowering any recorded spend; what was done, one line each.
+
+        After a rollback of the whole store (opened with ``recover``) the anchor's bindings are adopted
+        first and consent is withdrawn (the consent on disk is an older one). A damaged ledger (deleted,
+        rolled back, modified) is rebuilt at its highest recorded spend (:meth:`recorded_spend`): one
+        ``restored-spend`` entry with every recorded event, continuing the chain from the recorded head;
+        a ledger with no recorded spend is refused (:class:`StoreError`), never restarted at zero. Any
+        other damaged item is dropped, a file the manifest does not list removed. A missing or unreadable
+        anchor is left to :meth:`EncryptedStore.set_anchor`."""
+        actions = []
+        whole_store = self.store.anchored_manifest is not None
+        adopted = self.store.adopt_anchor()
+        if whole_store:
+            actions.append(
+                "the whole store was rolled back: recorded the newer state of "
+                f"{', '.join(adopted) or 'no ledger'} from the anchor"
+            )
+        for problem in self.integrity():
+            item = problem.item
+            if item is None:
+                continue
+            if item in LEDGERS:
+                spend = self.recorded_spend(item)
+                if spend is None:
+                    raise StoreError(
+                        f"{problem.path}: {problem.message}; the store records no spend for this ledger, so it "
+                        "cannot be rebuilt and is not restarted at zero: refusing to repair"
+                    )
+                ledger = StoreLedger(
+                    self.store, str(spend.binding["user_id"]), item=item, load=False
+                )
+                ledger.delta = spend.delta
+                ledger.restore(
+                    events_from_dicts(spend.binding["events"]),
+                    spend.head,
+                    {
+                        "reason": f"{problem.kind}: {problem.message}",
+                        "entries_lost": spend.count,
+                        "head_lost": spend.head,
+                        "epsilon": spend.epsilon,
+                        "restored_at": time.time(),
+                    },
+                )
+                actions.append(
+                    f"restored item {item!r} ({problem.kind}) at the highest spend the store records: epsilon "
+                    f"{spend.epsilon:.3f} (delta {spend.delta:g}) of {spend.count} entries, as one entry"
+                )
+            elif problem.kind == "unlisted":
+                self.store.remove_unlisted(item)
+                actions.append(f"removed {problem.path}: no item of this store")
+            else:
+                self.store.delete(item)
+                actions.append(f"dropped item {item!r} ({problem.kind}): it is gone from the store")
+        if whole_store:
+            try:
+                budget = self.consent().budget
+            except StoreError:
+                budget = Consent().budget
+            self.set_consent(Consent(opted_in=False, budget=budget))
+            actions.append(
+                "consent withdrawn: the store's consent was an older copy (`fedpers-client consent --opt-in`)"
+            )
+        return actions
 
 
 def node_store(node_config: Mapping) -> DeviceStore:

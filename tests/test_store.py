@@ -12,6 +12,8 @@ import pytest
 
 from clients.store import (
     HEADER,
+    LOCK,
+    MANIFEST,
     EncryptedStore,
     MissingItemError,
     ScryptParams,
@@ -60,7 +62,9 @@ def test_no_file_on_disk_holds_the_plaintext(tmp_path):
     store.put_json("conversations", [{"role": "user", "content": SECRET}])
     store.put("adapters/leadership", SECRET.encode())
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 3
+    assert sorted(p.name for p in files) == sorted(
+        [HEADER, MANIFEST, LOCK, "conversations.enc", "leadership.enc"]
+    )
     for path in files:
         data = path.read_bytes()
         assert b"badge 4471" not in data and b"Lisbon" not in data, path
@@ -161,7 +165,9 @@ def test_a_failed_rename_leaves_the_old_item(tmp_path, monkeypatch):
         store.put("conversations", b"new")
     monkeypatch.undo()
     assert store.get("conversations") == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["conversations.enc", HEADER]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["conversations.enc", HEADER, LOCK, MANIFEST]
+    )
 
 
 def test_a_crash_before_the_rename_leaves_the_old_item(tmp_path):
@@ -218,4 +224,4 @@ def test_invalid_names_are_rejected(tmp_path, name):
         store.put(name, b"x")
     with pytest.raises(ValueError, match="invalid item name"):
         store.get(name)
-    assert [p.name for p in tmp_path.iterdir()] == [HEADER]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([HEADER, LOCK, MANIFEST])

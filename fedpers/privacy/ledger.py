@@ -9,11 +9,26 @@ A ledger may carry a ``cap`` (the epsilon the user consented to): recording an e
 take the composition past it raises :class:`BudgetExceededError` instead, so the computation
 never starts. Subclasses keep the document elsewhere (e.g. an encrypted store) by overriding
 :meth:`PrivacyLedger._read` and :meth:`PrivacyLedger._save`.
+
+The entries form a hash chain. Entry ``i`` stores ``prev`` (the hash of entry ``i-1``; for the first
+entry the chain's ``base``, 64 zeros for a new ledger) and ``hash``::
+
+    hash_i = SHA-256(canonical JSON {prev: hash_{i-1}, entry_id, purpose, started_at, events})
+
+covering everything that determines the spend (``status`` and ``details`` change when an entry is
+completed and are not covered). The document's ``chain`` record holds ``base``, ``head`` (the last
+hash, or ``base``) and ``count``; loading recomputes the chain and refuses a document whose entries
+were edited, dropped, reordered or truncated (:class:`LedgerIntegrityError`). A plain file has no
+key, so whoever can write it can also recompute the chain: there the chain catches accidents and
+naive edits. Against deliberate ones the head and count must be bound by something authenticated,
+as the device's encrypted store does (``clients.device.StoreLedger``). A document of version 1 (no
+chain) is read as it is and chained at its next write.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import time
@@ -33,7 +48,10 @@ from fedpers.privacy.accounting import (
 )
 from fedpers.privacy.skellam import SkellamEvent
 
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+GENESIS = "0" * 64  # the base of a new ledger's chain
+RESTORED_PURPOSE = "restored-spend"
 DEFAULT_DELTA = 1e-5
 # a simulated device keeps its ledgers as STATE_DIR/<user>/<file> (a real one in its encrypted store)
 LEDGER_FILE = "ledger.json"
@@ -42,6 +60,10 @@ USER_LEVEL_LEDGER_FILE = "user-level-ledger.json"
 
 class LedgerDeltaMismatch(ValueError):
     """The stored ledger accounts at another delta than the one asked for."""
+
+
+class LedgerIntegrityError(ValueError):
+    """The ledger's entries do not match its hash chain: edited, dropped, reordered or truncated."""
 
 
 def _event_from_dict(data: dict) -> PrivacyEvent:
@@ -90,6 +112,35 @@ class LedgerEntry:
         )
 
 
+HASHED_FIELDS = ("entry_id", "purpose", "started_at", "events")
+
+
+def _hash_fields(prev: str, stored: dict) -> str:
+    """The chain hash of an entry in its stored form (:meth:`LedgerEntry.to_dict`) after hash ``prev``."""
+    body = {"prev": prev, **{k: stored[k] for k in HASHED_FIELDS}}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def entry_hash(prev: str, entry: LedgerEntry) -> str:
+    """The chain hash of ``entry`` after the entry (or base) whose hash is ``prev`` (module docstring)."""
+    return _hash_fields(prev, entry.to_dict())
+
+
+def chain_hashes(base: str, entries: list[LedgerEntry]) -> list[str]:
+    """The hash of every entry of a chain starting at ``base``."""
+    hashes, prev = [], base
+    for entry in entries:
+        prev = entry_hash(prev, entry)
+        hashes.append(prev)
+    return hashes
+
+
+def events_from_dicts(data: list[dict]) -> list[PrivacyEvent]:
+    """Privacy events from their ``to_dict`` form (as a ledger or the store's binding keeps them)."""
+    return [_event_from_dict(e) for e in data]
+
+
 class PrivacyLedger:
     """A JSON file of :class:`LedgerEntry` records for one user.
 
@@ -103,7 +154,12 @@ class PrivacyLedger:
     """
 
     def __init__(
-        self, path: Path | str, user_id: str, delta: float | None = None, cap: float | None = None
+        self,
+        path: Path | str,
+        user_id: str,
+        delta: float | None = None,
+        cap: float | None = None,
+        load: bool = True,
     ) -> None:
         self.path = Path(path)
         self.user_id = user_id
@@ -111,7 +167,11 @@ class PrivacyLedger:
         self.delta = DEFAULT_DELTA if delta is None else delta
         self.cap = cap
         self.entries: list[LedgerEntry] = []
-        self._load()
+        self.base = GENESIS
+        if (
+            load
+        ):  # not for a ledger about to be restored (:meth:`restore`), whose document is damaged
+            self._load()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -146,8 +206,13 @@ class PrivacyLedger:
     def _load(self) -> None:
         data = self._read()
         if data is None:
-            self.entries = []
+            self.entries, self.base = [], GENESIS
             return
+        if data.get("version", 1) not in READABLE_VERSIONS:
+            raise ValueError(
+                f"{self.path}: privacy ledger version {data.get('version')!r}, this code reads "
+                f"{READABLE_VERSIONS}; refusing to continue"
+            )
         if data.get("user_id") != self.user_id:
             raise ValueError(
                 f"{self.path}: ledger belongs to user {data.get('user_id')!r}, not {self.user_id!r}"
@@ -163,16 +228,69 @@ class PrivacyLedger:
             )
         self.delta = stored
         self.entries = [LedgerEntry.from_dict(e) for e in data["entries"]]
+        self.base = GENESIS
+        if data.get("version", 1) >= 2:  # version 1 has no chain: chained at the next write
+            self._verify_chain(data)
+
+    def _verify_chain(self, data: dict) -> None:
+        """Refuse a document whose entries do not hash to its chain record (module docstring)."""
+        try:
+            chain = data["chain"]
+            base, head, count = str(chain["base"]), str(chain["head"]), int(chain["count"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise LedgerIntegrityError(
+                f"{self.path}: the ledger's chain record is missing or malformed ({err!r}); "
+                "refusing to continue"
+            ) from err
+        prev = base
+        for i, (raw, entry) in enumerate(zip(data["entries"], self.entries, strict=True)):
+            where = f"{self.path}: entry {i} ({entry.entry_id})"
+            if raw.get("prev") != prev:
+                raise LedgerIntegrityError(
+                    f"{where} does not follow the previous entry of the chain (an entry was dropped, "
+                    "reordered or inserted); refusing to continue"
+                )
+            try:  # hashed as stored: any edit of a hashed field changes the hash
+                prev = _hash_fields(prev, raw)
+            except (KeyError, TypeError, ValueError) as err:
+                raise LedgerIntegrityError(f"{where}: malformed entry ({err!r})") from err
+            if raw.get("hash") != prev:
+                raise LedgerIntegrityError(
+                    f"{where}: its content does not match its hash (the entry was edited); "
+                    "refusing to continue"
+                )
+        if len(self.entries) != count or prev != head:
+            raise LedgerIntegrityError(
+                f"{self.path}: the ledger holds {len(self.entries)} entries, its chain records {count} "
+                f"(head {head[:12]}, entries end at {prev[:12]}): entries were dropped or added; "
+                "refusing to continue"
+            )
+        self.base = base
+
+    @property
+    def head(self) -> str:
+        """The hash of the last entry (the chain's base for an empty ledger)."""
+        hashes = chain_hashes(self.base, self.entries)
+        return hashes[-1] if hashes else self.base
+
+    def document(self) -> dict:
+        """The JSON document stored for the ledger as it is in memory (version :data:`LEDGER_VERSION`)."""
+        entries, prev = [], self.base
+        for entry in self.entries:
+            stored = entry.to_dict()
+            digest = _hash_fields(prev, stored)
+            entries.append({**stored, "prev": prev, "hash": digest})
+            prev = digest
+        return {
+            "version": LEDGER_VERSION,
+            "user_id": self.user_id,
+            "delta": self.delta,
+            "chain": {"base": self.base, "head": prev, "count": len(self.entries)},
+            "entries": entries,
+        }
 
     def _write(self) -> None:
-        self._save(
-            {
-                "version": LEDGER_VERSION,
-                "user_id": self.user_id,
-                "delta": self.delta,
-                "entries": [e.to_dict() for e in self.entries],
-            }
-        )
+        self._save(self.document())
 
     def _check_cap(self, entry: LedgerEntry) -> None:
         if self.cap is None:
@@ -213,6 +331,19 @@ class PrivacyLedger:
     def touch(self) -> None:
         """Store the ledger as it is (an empty one if none is stored yet)."""
         self._mutate(lambda: None)
+
+    def restore(self, events: list[PrivacyEvent], base: str, details: dict) -> LedgerEntry:
+        """Replace the stored document, without reading it, by one completed entry holding ``events``.
+
+        For a ledger whose document was lost or rolled back when a record of its spend survived
+        elsewhere (the events of every entry, and the chain head ``base`` they ended at): the
+        composition of ``events`` is the spend recorded, never less, and the new chain continues the
+        old one from ``base``."""
+        entry = LedgerEntry(RESTORED_PURPOSE, list(events), dict(details), status="completed")
+        with self._locked():
+            self.entries, self.base = [entry], base
+            self._write()
+        return entry
 
     def reload(self) -> None:
         """Read what is on disk now (other objects or processes may have recorded since)."""
