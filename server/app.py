@@ -17,6 +17,7 @@ persona group is aggregated in its own SecAgg+ session.
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -56,6 +57,7 @@ from server.checkpoint import (
     CheckpointError,
     checkpoint_dir,
     clear,
+    hold_run_dir,
     manifest_state,
     mix_choices,
     optimizer_state,
@@ -687,6 +689,40 @@ def run_server(
     progress = progress or logged_progress()
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpointing = engine != "simulation"
+    lock = hold_run_dir(run_dir) if checkpointing else None
+    try:
+        return _run_rounds(
+            grid,
+            context,
+            config,
+            run_dir,
+            expected_nodes,
+            observer,
+            engine,
+            evaluator,
+            progress,
+            started,
+            checkpointing,
+        )
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _run_rounds(
+    grid: Grid,
+    context: Context,
+    config: FederatedConfig,
+    run_dir: Path,
+    expected_nodes: int | None,
+    observer: Callable | None,
+    engine: str,
+    evaluator: Evaluator | None,
+    progress: Progress,
+    started: float,
+    checkpointing: bool,
+) -> dict:
+    """:func:`run_server` once the run directory is held."""
     checkpoint = starting_checkpoint(run_dir, config) if checkpointing else None
     done = checkpoint.round if checkpoint is not None else 0
     evaluating = evaluator is not None and config.outputs.evaluate

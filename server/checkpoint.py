@@ -50,6 +50,7 @@ from fedpers.personas.layered import MixChoice
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.json"
 RESUME_REQUEST = "resume.json"
+LOCK_FILE = "server.lock"
 FORMAT = 1
 # settings a resumed run may change: where it publishes, and how long a SecAgg+ stage waits
 OPERATIONAL_SETTINGS = frozenset({"registry", "secagg_timeout"})
@@ -368,6 +369,26 @@ def unfinished(run_dir: Path | str) -> dict | None:
     except CheckpointError as err:
         return {"damaged": str(err)}
     return None if document.get("finished") else document
+
+
+def hold_run_dir(run_dir: Path | str) -> int:
+    """Lock ``run_dir`` for this server run (an exclusive ``flock`` on ``checkpoint/server.lock``, released
+    when the process ends, however it ends); a descriptor to keep open. :class:`CheckpointError` if another
+    live server run holds it (a resume while the interrupted run's ServerApp still runs)."""
+    import fcntl
+
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CheckpointError(
+            f"{folder / LOCK_FILE}: another server run is still using {run_dir}; stop it first "
+            "(`flwr stop RUN_ID`) or wait for it to end"
+        ) from None
+    return fd
 
 
 def request_resume(run_dir: Path | str) -> Path:

@@ -409,3 +409,15 @@ def test_a_resume_with_other_settings_is_refused_by_the_server_too(tmp_path, mon
     ):
         _run(run_dir, monkeypatch)
     assert read_checkpoint(run_dir).round == 1
+
+
+def test_a_run_directory_in_use_by_a_live_server_run_is_refused(tmp_path):
+    from server.checkpoint import hold_run_dir
+
+    held = hold_run_dir(tmp_path)
+    try:
+        with pytest.raises(CheckpointError, match="another server run is still using"):
+            hold_run_dir(tmp_path)
+    finally:
+        os.close(held)
+    os.close(hold_run_dir(tmp_path))  # released with its holder
