@@ -344,6 +344,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         args.runtime_port,
         args.max_retries,
         args.max_wait_time,
+        args.max_retry_delay,
     )
     key = _key(args)
     device = _open(args, key)
@@ -565,12 +566,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-retries",
         type=int,
-        help="give up after this many failed connection attempts (default: never)",
+        help="give up after this many failed connection attempts (default: no limit; see --max-wait-time)",
     )
     p.add_argument(
         "--max-wait-time",
         type=float,
-        help="give up after this many seconds without a connection (default: never)",
+        metavar="SECONDS",
+        help="give up once the SuperLink has been unreachable this long; the SuperNode, its app processes "
+        "and the worker then stop (default: 900)",
+    )
+    p.add_argument(
+        "--max-retry-delay",
+        type=float,
+        metavar="SECONDS",
+        help="longest wait between two tries to reach the SuperLink (exponential backoff; default: 20)",
     )
     p.add_argument(
         "--print-command",

@@ -11,20 +11,39 @@ key reaches the ClientApp through the environment only (:mod:`clients.unlock`).
 Beside the SuperNode runs the device's worker (:mod:`clients.worker`), which keeps the model loaded
 between messages; it inherits the same environment, and stops when the SuperNode has exited (or when
 ``join`` itself dies).
+
+When the SuperLink is gone (crashed, restarted, unreachable), Flower's SuperNode retries each request
+with exponential backoff, each wait at most :data:`MAX_RETRY_DELAY_SECONDS` (Flower's own bound), and
+gives up once a request has failed for ``max_wait_time`` seconds (``flower-supernode --max-wait-time``;
+``join`` sets :data:`DEFAULT_MAX_WAIT_SECONDS` unless told otherwise) or after ``max_retries`` tries.
+A SuperNode that gave up exits with :data:`EXIT_SUPERLINK_LOST` (:mod:`clients.supernode`). Whenever
+the SuperNode exits, ``join`` stops everything it started: the SuperNode runs in its own process group,
+so Flower's SuperExec and any ClientApp process still computing for a run are terminated with it, and
+the worker is stopped (a training it was running for the lost run ends with it). A SuperLink that
+comes back within ``max_wait_time`` finds the device still there.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedpers.network import check_address, free_port
-from fedpers.processes import run_foreground
 
 WORKER_STOP_SECONDS = 10.0
+DEFAULT_MAX_WAIT_SECONDS = 900.0
+"""How long a SuperNode keeps trying to reach a SuperLink that is gone before it gives up (15 minutes:
+long enough for a SuperLink to be restarted and a run resumed)."""
+MAX_RETRY_DELAY_SECONDS = 20.0
+"""The longest wait between two tries (Flower's ``MAX_RETRY_DELAY``, exponential backoff up to it)."""
+EXIT_SUPERLINK_LOST = 75
+"""Exit status of a SuperNode (and ``join``) that gave up on a SuperLink that was gone (EX_TEMPFAIL)."""
 SUPEREXEC_POLL_SECONDS = "0.25"
 """How often the SuperNode's SuperExec asks it (locally) for a message to start a ClientApp for
 (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``; Flower's default is 1 s)."""
@@ -39,11 +58,18 @@ class JoinConfig:
     auth_key: Path | None = None
     insecure: bool = False  # local tests only: no TLS, no node authentication
     runtime_port: int = 0  # the SuperNode's local Runtime API port; 0: a free one
-    max_retries: int | None = None
-    max_wait_time: float | None = None
+    max_retries: int | None = None  # None: no limit on the number of tries
+    max_wait_time: float | None = None  # None: DEFAULT_MAX_WAIT_SECONDS
+    max_retry_delay: float | None = None  # None: Flower's MAX_RETRY_DELAY_SECONDS
 
     def __post_init__(self) -> None:
         check_address(self.superlink)
+        if self.max_retries is not None and self.max_retries < 0:
+            raise ValueError(f"--max-retries must be >= 0, got {self.max_retries}")
+        if self.max_wait_time is not None and not self.max_wait_time > 0:
+            raise ValueError(f"--max-wait-time must be > 0 seconds, got {self.max_wait_time}")
+        if self.max_retry_delay is not None and not self.max_retry_delay > 0:
+            raise ValueError(f"--max-retry-delay must be > 0 seconds, got {self.max_retry_delay}")
         if not 0 <= self.runtime_port <= 65535:
             raise ValueError(f"--runtime-port must be in 0..65535, got {self.runtime_port}")
         if self.insecure:
@@ -96,9 +122,10 @@ def supernode_command(join: JoinConfig, store: Path, user_id: str) -> list[str]:
     ]
     if join.max_retries is not None:
         command += ["--max-retries", str(join.max_retries)]
-    if join.max_wait_time is not None:
-        command += ["--max-wait-time", str(join.max_wait_time)]
-    return command
+    if join.max_retry_delay is not None:
+        command += ["--max-retry-delay", f"{join.max_retry_delay:g}"]
+    wait = DEFAULT_MAX_WAIT_SECONDS if join.max_wait_time is None else join.max_wait_time
+    return command + ["--max-wait-time", f"{wait:g}"]
 
 
 def worker_command(store: Path, parent_pid: int) -> list[str]:
@@ -125,18 +152,71 @@ def stop(proc: subprocess.Popen, timeout: float = WORKER_STOP_SECONDS) -> None:
         proc.wait()
 
 
+def stop_group(leader: subprocess.Popen, timeout: float = WORKER_STOP_SECONDS) -> None:
+    """Terminate what is left of ``leader``'s process group (SuperExec, ClientApp processes); kill it if
+    it has not left within ``timeout`` seconds."""
+    try:
+        os.killpg(leader.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(leader.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(leader.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_in_group(command: list[str], env: Mapping[str, str]) -> int:
+    """Run ``command`` in its own process group until it exits (SIGINT and SIGTERM passed on to it), then
+    stop whatever it left running in its group. Its exit status."""
+    proc = subprocess.Popen(list(command), env=dict(env), start_new_session=True)
+
+    def forward(signum, _frame) -> None:
+        proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        stop_group(proc)
+
+
 def run_supernode(
     command: list[str], env: Mapping[str, str], store: Path | None, parent_pid: int
 ) -> int:
     """Run the SuperNode ``command`` in the foreground, with the worker for ``store`` beside it (none
-    when ``store`` is ``None``); the worker is stopped once the SuperNode has exited. Its exit status."""
+    when ``store`` is ``None``); once the SuperNode has exited, what it started and the worker are
+    stopped. Its exit status (:data:`EXIT_SUPERLINK_LOST`: it gave up on a SuperLink that was gone)."""
     worker = (
         None
         if store is None
         else subprocess.Popen(worker_command(store, parent_pid), env=dict(env))
     )
-    try:
-        return run_foreground(command, env)
+    try:  # the SuperNode stops itself should this process die without stopping it
+        status = run_in_group([*command, "--parent-pid", str(parent_pid)], env)
     finally:
         if worker is not None:
             stop(worker)
+    if status == EXIT_SUPERLINK_LOST:
+        print(
+            "fedpers-client: the SuperLink could not be reached for --max-wait-time seconds; the "
+            "SuperNode, its app processes and the worker were stopped (join again once it is back)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return status

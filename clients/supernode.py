@@ -15,11 +15,20 @@ Flower's SuperExec with the next ClientApp process started before its message ar
 Where the installed Flower does not have those waits where this module expects them, it warns and runs
 ``flower-supernode`` unchanged.
 
+Two options are this module's, not Flower's (they are taken out before Flower reads the rest):
+``--parent-pid PID`` stops the SuperNode (as Ctrl+C does) once process ``PID`` (``join``) is gone, and
+``--max-retry-delay SECONDS`` bounds each wait between two tries to reach the SuperLink (Flower's
+exponential backoff, ``MAX_RETRY_DELAY`` = 20 s by default). When the SuperNode gives up on a SuperLink
+that is gone (``--max-wait-time`` or ``--max-retries`` reached), Flower's loop returns; this module then
+exits with :data:`clients.join.EXIT_SUPERLINK_LOST` at once (Flower would keep the process alive on
+its Runtime API thread).
+
     python -m clients.supernode --superlink HOST:PORT ...   (flower-supernode's arguments)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -85,12 +94,45 @@ def install(loop: ModuleType, clock: FollowUpClock) -> bool:
     return True
 
 
+def take_option(argv: list[str], name: str) -> str | None:
+    """Remove ``name VALUE`` (or ``name=VALUE``) from ``argv``; the value, or None if absent."""
+    for i, arg in enumerate(argv):
+        if arg == name:
+            if i + 1 >= len(argv):
+                raise SystemExit(f"{name} needs a value")
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def bound_retry_delay(seconds: float) -> None:
+    """Make every wait of Flower's retries (SuperLink connection) at most ``seconds``."""
+    from flwr.supercore.retry import http_retry
+
+    if not seconds > 0:
+        raise SystemExit(f"--max-retry-delay must be > 0 seconds, got {seconds}")
+    http_retry.MAX_RETRY_DELAY = seconds  # read by each new retry invoker's backoff
+
+
 def main() -> None:
+    from flwr.supercore.app_utils import start_parent_process_monitor
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     from clients import superexec
+    from clients.join import EXIT_SUPERLINK_LOST
 
+    argv = sys.argv[1:]
+    parent = take_option(argv, "--parent-pid")
+    delay = take_option(argv, "--max-retry-delay")
+    if delay is not None:
+        bound_retry_delay(float(delay))
+    if parent is not None:
+        start_parent_process_monitor(int(parent))
     if not install(start_client_internal, FollowUpClock()):
         warnings.warn(
             "this Flower's SuperNode loop is not the one clients.supernode knows: "
@@ -103,8 +145,16 @@ def main() -> None:
             "knows: every ClientApp process starts cold",
             stacklevel=1,
         )
-    sys.argv[0] = "flower-supernode"
+    sys.argv = ["flower-supernode", *argv]
     flower_supernode()
+    # Flower's loop only returns once it gave up reaching the SuperLink
+    print(
+        "SuperNode: gave up reaching the SuperLink (--max-wait-time / --max-retries); exiting",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.stdout.flush()
+    os._exit(EXIT_SUPERLINK_LOST)
 
 
 if __name__ == "__main__":

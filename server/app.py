@@ -17,6 +17,7 @@ persona group is aggregated in its own SecAgg+ session.
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,22 @@ from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
 from fedpers.progress import Progress, Stage
 from fedpers.warmstart import public_heldout_examples, public_warm_start
 from fedpers.wirelog import MANIFEST, WIRE
+from server.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    checkpoint_dir,
+    clear,
+    hold_run_dir,
+    manifest_state,
+    mix_choices,
+    optimizer_state,
+    restore_manifest,
+    restore_optimizer,
+    resumable,
+    take_resume_request,
+    unfinished,
+    write_checkpoint,
+)
 from server.outputs import (
     dp_note,
     evaluation_table,
@@ -179,6 +196,12 @@ class ServerRun:
     mixing: dict[str, MixChoice] = field(default_factory=dict)
     # the public held-out examples the weights are scored on (encoded once)
     public_heldout: dict | None = None
+    # the rounds completed by earlier server runs (a resumed run starts after them)
+    resumed_round: int = 0
+    # the rounds after which a server run stopped and a later one resumed
+    resumed_after: list[int] = field(default_factory=list)
+    # wall time of the earlier server runs of a resumed run
+    earlier_seconds: float = 0.0
 
     def published(self) -> Adapters:
         """The adapters the run evaluates and publishes: each trained persona layered on the global adapter."""
@@ -193,9 +216,13 @@ def build_run(
     observer: Callable | None,
     engine: str,
     stage: Stage | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> ServerRun:
-    """Load the model, wait for the nodes, and wire strategy, sessions and round mode for these settings."""
-    run_id = uuid.uuid4().hex
+    """Load the model, wait for the nodes, and wire strategy, sessions and round mode for these settings.
+
+    With ``checkpoint`` the run continues from it (:func:`restore_run`): same run id, adapters, optimizer
+    state, records, ledgers and received-wire manifest as after its last completed round."""
+    run_id = checkpoint.run_id if checkpoint is not None else uuid.uuid4().hex
     if stage is not None:
         stage.step(f"loading {config.model.model}")
     base, _ = load_base_model(config.model.model)
@@ -204,16 +231,24 @@ def build_run(
     nodes = _wait_for_nodes(
         grid, expected_nodes or config.server.min_nodes or config.server.min_clients, stage=stage
     )
-    trained = config.persona_names if config.dataset.persona_mode == "inferred" else ()
-    start = adapter_arrays(peft_model)
-    if config.dataset.public_steps > 0:
-        if stage is not None:
-            stage.step(f"public warm start ({config.dataset.public_steps} steps)")
-        start = public_warm_start(config, start)
-    state = persona_adapters(config, initial_adapters(config, start), trained)
+    if checkpoint is not None:
+        state = persona_adapters(config, checkpoint.adapters, checkpoint.trained)
+        for name, saved in checkpoint.optimizers.items():
+            if name not in state.optimizers:
+                raise CheckpointError(f"optimizers.{name}: no such adapter in these settings")
+            restore_optimizer(state.optimizers[name], saved, name)
+        restore_ledgers(run_dir, checkpoint)
+    else:
+        trained = config.persona_names if config.dataset.persona_mode == "inferred" else ()
+        start = adapter_arrays(peft_model)
+        if config.dataset.public_steps > 0:
+            if stage is not None:
+                stage.step(f"public warm start ({config.dataset.public_steps} steps)")
+            start = public_warm_start(config, start)
+        state = persona_adapters(config, initial_adapters(config, start), trained)
     ledgers = {}
     if config.privacy.user_dp:
-        ledger_dir = run_dir / "user-level-dp"
+        ledger_dir = run_dir / LEDGER_DIR
         ledgers = {
             name: PrivacyLedger(
                 ledger_dir / f"{name}.json", f"adapter:{name}", config.privacy.delta
@@ -226,7 +261,21 @@ def build_run(
     session: Callable = default_fit_workflow
     if config.aggregation.secure_aggregation:
         record = engine != "simulation" and config.outputs.record_wire
-        if record:  # this run's replies only, should the run directory be reused
+        if record and checkpoint is not None:  # the replies of the completed rounds only
+            set_aside = restore_manifest(
+                run_dir / WIRE / MANIFEST,
+                checkpoint.manifest,
+                checkpoint_dir(run_dir) / f"interrupted-round-{checkpoint.round + 1}-{MANIFEST}",
+            )
+            if set_aside:
+                log(
+                    WARNING,
+                    "fedpers: %d reply record(s) of round %d, which did not complete, set aside in %s",
+                    set_aside,
+                    checkpoint.round + 1,
+                    checkpoint_dir(run_dir),
+                )
+        elif record:  # this run's replies only, should the run directory be reused
             (run_dir / WIRE / MANIFEST).unlink(missing_ok=True)
         session = _secure_round(
             config,
@@ -236,7 +285,7 @@ def build_run(
             nodes,
         )
         sessions = [session]
-    return ServerRun(
+    run = ServerRun(
         config,
         run_id,
         nodes,
@@ -247,6 +296,71 @@ def build_run(
         round_mode(training, session),
         sessions,
         ledgers,
+    )
+    if checkpoint is not None:
+        restore_run(run, checkpoint)
+    return run
+
+
+LEDGER_DIR = "user-level-dp"
+
+
+def restore_ledgers(run_dir: Path, checkpoint: Checkpoint) -> None:
+    """The server's user-level DP ledgers as they were at the checkpoint: a round that did not complete
+    may have recorded a release the checkpoint does not hold; its adapters were never published."""
+    from fedpers.atomic import write_text
+
+    folder = run_dir / LEDGER_DIR
+    if folder.is_dir():
+        for path in folder.glob("*.json"):
+            if path.name not in checkpoint.ledgers:
+                path.unlink()
+    for name, text in checkpoint.ledgers.items():
+        if "/" in name or not name.endswith(".json"):
+            raise CheckpointError(f"ledgers: {name!r} is not a ledger file name")
+        write_text(folder / name, text)
+
+
+def restore_run(run: ServerRun, checkpoint: Checkpoint) -> None:
+    """The records of the completed rounds, as an uninterrupted run holds them after that round."""
+    run.history = list(checkpoint.history)
+    run.evaluations = list(checkpoint.evaluations)
+    run.mixing = mix_choices(checkpoint.mixing)
+    if len(checkpoint.sessions) != len(run.sessions):
+        raise CheckpointError(
+            f"sessions: the checkpoint holds {len(checkpoint.sessions)} secure-aggregation session "
+            f"record(s), these settings run {len(run.sessions)}"
+        )
+    for session, records in zip(run.sessions, checkpoint.sessions, strict=True):
+        session.history = list(records)
+    run.resumed_round = checkpoint.round
+    run.resumed_after = [*checkpoint.resumed_after, checkpoint.round]
+    run.earlier_seconds = checkpoint.wall_seconds
+
+
+def run_checkpoint(run: ServerRun, run_dir: Path, server_round: int, wall: float) -> Checkpoint:
+    """The server's state after ``server_round`` (see :mod:`server.checkpoint`)."""
+    ledger_dir = run_dir / LEDGER_DIR
+    return Checkpoint(
+        round=server_round,
+        run_id=run.run_id,
+        settings=run.config.to_record(),
+        adapters=run.state.adapters,
+        trained=sorted(run.state.trained),
+        optimizers={n: optimizer_state(o) for n, o in run.state.optimizers.items()},
+        history=run.history,
+        evaluations=run.evaluations,
+        sessions=[s.history for s in run.sessions],
+        mixing={p: c.to_dict() for p, c in run.mixing.items()},
+        ledgers={p.name: p.read_text() for p in sorted(ledger_dir.glob("*.json"))}
+        if run.ledgers
+        else {},
+        manifest=manifest_state(run_dir / WIRE / MANIFEST)
+        if run.sessions and run.config.outputs.record_wire
+        else None,
+        nodes=run.nodes,
+        wall_seconds=wall,
+        resumed_after=run.resumed_after,
     )
 
 
@@ -442,8 +556,10 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
         "private_randomness": private_randomness(config),
         "persona_mix": {p: c.to_dict() for p, c in run.mixing.items()},
         "rejected_rounds": rejected_rounds(run),
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": run.earlier_seconds + time.perf_counter() - started,
     }
+    if run.resumed_after:
+        payload["resumed_after_rounds"] = list(run.resumed_after)
     if config.privacy.user_dp:
         payload["user_level_dp"] = {
             **run.training.user_level_noise().details(),
@@ -564,17 +680,58 @@ def run_server(
     only) evaluates the adapters after every round, outside the federated protocol.
 
     ``progress`` shows the run's stages (setup, then each round's training and evaluation); by default
-    each stage ends with one line in the server's log."""
+    each stage ends with one line in the server's log.
+
+    On the deployment engine the server checkpoints every completed round (:mod:`server.checkpoint`);
+    a run asked to resume (``fedpers-server run --resume RUN_DIR``) continues after the checkpoint's
+    round, and a new run never overwrites the checkpoint of an unfinished one."""
     started = time.perf_counter()
     progress = progress or logged_progress()
     run_dir.mkdir(parents=True, exist_ok=True)
+    checkpointing = engine != "simulation"
+    lock = hold_run_dir(run_dir) if checkpointing else None
+    try:
+        return _run_rounds(
+            grid,
+            context,
+            config,
+            run_dir,
+            expected_nodes,
+            observer,
+            engine,
+            evaluator,
+            progress,
+            started,
+            checkpointing,
+        )
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _run_rounds(
+    grid: Grid,
+    context: Context,
+    config: FederatedConfig,
+    run_dir: Path,
+    expected_nodes: int | None,
+    observer: Callable | None,
+    engine: str,
+    evaluator: Evaluator | None,
+    progress: Progress,
+    started: float,
+    checkpointing: bool,
+) -> dict:
+    """:func:`run_server` once the run directory is held."""
+    checkpoint = starting_checkpoint(run_dir, config) if checkpointing else None
+    done = checkpoint.round if checkpoint is not None else 0
     evaluating = evaluator is not None and config.outputs.evaluate
     rounds = config.server.rounds
     progress.plan(
         [("setup", 1.0)]
         + [
             stage
-            for r in range(1, rounds + 1)
+            for r in range(done + 1, rounds + 1)
             for stage in [("training", 1.0)]
             + ([("evaluation", _final_weight(r >= rounds))] if evaluating else [])
         ],
@@ -582,18 +739,30 @@ def run_server(
     )
     wanted = expected_nodes or config.server.min_nodes or config.server.min_clients
     with progress.stage(f"setup · {config.model.model} model and {wanted} nodes", "setup") as stage:
-        run = build_run(grid, config, run_dir, expected_nodes, observer, engine, stage)
+        run = build_run(grid, config, run_dir, expected_nodes, observer, engine, stage, checkpoint)
         stage.summary = f"{run.nodes} nodes connected"
+    if checkpoint is not None:
+        progress.note(
+            f"fedpers: run {run.run_id[:8]} resumed after round {done} of {rounds} "
+            f"(checkpoint in {checkpoint_dir(run_dir)})"
+        )
 
     def fit_workflow(grid: Grid, ctx: LegacyContext) -> None:
-        play_round(
-            run,
-            grid,
-            ctx,
-            int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]),
-            evaluator,
-            progress,
-        )
+        server_round = int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
+        if server_round <= done:  # completed before the resume: its result is in the checkpoint
+            return
+        play_round(run, grid, ctx, server_round, evaluator, progress)
+        if checkpointing:
+            if not run.history or run.history[-1]["round"] != server_round:
+                # no update applied: record the round as done only if the SuperLink still answers
+                # (a round cut short by a lost SuperLink must run again after a resume)
+                list(grid.get_node_ids())
+            write_checkpoint(
+                run_dir,
+                run_checkpoint(
+                    run, run_dir, server_round, run.earlier_seconds + time.perf_counter() - started
+                ),
+            )
 
     def evaluate_workflow(grid: Grid, ctx: LegacyContext) -> None:
         """Devices are never asked for an evaluation (see the module docstring)."""
@@ -603,7 +772,32 @@ def run_server(
     DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=evaluate_workflow)(grid, context_)
     payload = run_metrics(run, engine, evaluator, started)
     write_outputs(run, run_dir, payload, engine, evaluator, progress)
+    if checkpointing:  # the outputs are written: nothing is left to resume
+        final = run_checkpoint(run, run_dir, rounds, payload["wall_seconds"])
+        final.finished = True
+        write_checkpoint(run_dir, final)
     return payload
+
+
+def starting_checkpoint(run_dir: Path, config: FederatedConfig) -> Checkpoint | None:
+    """The checkpoint a deployment run starts from: the one of ``run_dir`` when a resume was requested
+    (refused if damaged, finished or made with other settings), else none. A new run refuses a run
+    directory holding an unfinished run's checkpoint, and clears a finished one's."""
+    if take_resume_request(run_dir):
+        return resumable(run_dir, config.to_record())
+    pending = unfinished(run_dir)
+    if pending is not None:
+        what = (
+            pending["damaged"]
+            if "damaged" in pending
+            else f"run {str(pending.get('run_id'))[:8]} stopped after round {pending.get('round')}"
+        )
+        raise CheckpointError(
+            f"{run_dir} holds the checkpoint of an unfinished run ({what}); resume it with "
+            f"`fedpers-server run --resume {run_dir}` or choose another run directory"
+        )
+    clear(run_dir)
+    return None
 
 
 def private_randomness(config: FederatedConfig) -> dict:

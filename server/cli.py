@@ -99,17 +99,59 @@ def _settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def _resume_settings(args: argparse.Namespace) -> dict:
+    """The settings of a resumed run: the checkpoint's, and any given ones must equal them."""
+    from fedpers.federated import FederatedConfig
+    from server.checkpoint import check_settings, resumable
+
+    run_dir = Path(args.resume).resolve()
+    if args.run_dir is not None and Path(args.run_dir).resolve() != run_dir:
+        raise ValueError(f"--resume {run_dir} and --run-dir {args.run_dir}: name one run directory")
+    checkpoint = resumable(run_dir)
+    if args.config or args.run_config:
+        given = _settings(args)
+        given.pop("run_dir")
+        current = {**checkpoint.settings, **given}
+        check_settings(
+            checkpoint, FederatedConfig.from_flat(current).validated().to_record(), run_dir
+        )
+    settings = dict(checkpoint.settings)
+    if args.registry:
+        settings["registry"] = str(Path(args.registry).resolve())
+    settings["run_dir"] = str(run_dir)
+    print(
+        f"resuming run {checkpoint.run_id[:8]} in {run_dir} after round {checkpoint.round} of "
+        f"{settings['rounds']}",
+        flush=True,
+    )
+    return settings
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fedpers.processes import run_foreground
     from fedpers.rundir import METRICS, read_json
+    from server.checkpoint import CHECKPOINT_DIR, request_resume, unfinished
     from server.registry import latest
     from server.superlink import flwr_env, run_command
 
-    settings = _settings(args)
+    settings = _resume_settings(args) if args.resume else _settings(args)
+    run_dir = Path(settings["run_dir"])
+    if not args.resume and (pending := unfinished(run_dir)) is not None:
+        raise ValueError(
+            f"{run_dir / CHECKPOINT_DIR}: the checkpoint of an unfinished run"
+            + (
+                f" ({pending['damaged']})"
+                if "damaged" in pending
+                else f" (after round {pending.get('round')})"
+            )
+            + f"; resume it with --resume {run_dir}, or choose another --run-dir"
+        )
     command = run_command(args.app, settings, _connection(args), stream=not args.no_stream)
     if args.print_command:
         print(" ".join(command))
         return 0
+    if args.resume:
+        request_resume(run_dir)
     status = run_foreground(command, flwr_env())
     if status != 0 or args.no_stream:
         return status
@@ -270,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry",
         type=Path,
         help="persona registry directory (default: runs/registry, absolute)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run of RUN_DIR after its last completed round (its checkpoint), as a new "
+        "Flower run with the checkpoint's settings; refused if the checkpoint is damaged or finished, or "
+        "if --config/--run-config change a setting",
     )
     p.add_argument(
         "--no-stream",
