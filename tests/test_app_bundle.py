@@ -50,6 +50,11 @@ PLANTED = (
 """Files a working copy of the app folder can hold that must never travel in the bundle."""
 
 
+NOT_SENT = ("fedpers/data/texts/",)
+"""Package data that no device needs and Flower cannot bundle (a gzip file): the tinyshakespeare text, read
+by simulations and by a ServerApp through ``$FEDPERS_SHAKESPEARE``."""
+
+
 def _is_code(path: Path) -> bool:
     """Python source that Flower's built-in rules keep (they drop ``test_*.py`` and ``*_test.py``)."""
     return path.suffix == ".py" and not (
@@ -123,6 +128,10 @@ def test_every_file_the_project_keeps_in_the_app_packages_is_bundled(app: Path) 
         ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
-    tracked = {rel for rel in listed if _is_code(Path(rel)) or Path(rel).suffix != ".py"}
+    tracked = {
+        rel
+        for rel in listed
+        if (_is_code(Path(rel)) or Path(rel).suffix != ".py") and not rel.startswith(NOT_SENT)
+    }
     missing = tracked - _names(build_fab_from_disk(app))
     assert not missing, f"tracked but not bundled (add them to fab-include): {sorted(missing)}"

@@ -148,7 +148,8 @@ def import_shakespeare(
     if not source.is_file():
         raise FileNotFoundError(
             f"{source}: tinyshakespeare text not found. Unset ${SHAKESPEARE_ENV} to use the copy shipped "
-            f"with fedpers, or point it (or `fedpers data import-shakespeare --src`) at a copy of "
+            f"with fedpers (not in Flower's app bundle: a ServerApp on the deployment engine needs "
+            f"${SHAKESPEARE_ENV}), or point it (or `fedpers data import-shakespeare --src`) at a copy of "
             f"{SHAKESPEARE_SOURCE} (public domain; plain text or .gz)"
         )
     text = read_text(source)
