@@ -403,3 +403,26 @@ def test_the_centroid_silhouette_chooses_the_true_k_and_kmeans_recovers_the_clus
     assert adjusted_rand_index(labels, best.labels) > 0.9
     sums = np.stack([points[labels == j].sum(0) for j in range(4)])
     assert centroid_silhouette(sums, np.bincount(labels).astype(float)) > 0.3
+
+
+def test_learn_router_runs_the_private_path_with_one_ledger_entry_per_device(tmp_path):
+    from fedpers.personas.router_data import EncodedUser
+
+    rng = np.random.default_rng(11)
+    personas = ("a", "b", "c")
+    points, labels = _clusters(rng, 3, 60, 24)
+    users = [
+        EncodedUser(f"u{i}", personas[y], x[None], np.zeros((1, 8), np.float32))
+        for i, (x, y) in enumerate(zip(points, labels))
+    ]
+    layout = StatsLayout(personas, 24, 0)
+    noise = noise_for_epsilon(8.0, DELTA, layout)
+    model = learn_router(users, personas, noise=noise, ledger_dir=tmp_path, use_context=False)
+    assert model.context_weight == 0.0 and model.context.shape == (3, 0)
+    assert np.mean(np.argmax(points @ model.text.T, axis=1) == labels) >= 0.9
+    for i in (0, 59, 179):
+        ledger = PrivacyLedger(tmp_path / f"u{i}" / "router-ledger.json", f"u{i}")
+        assert [e.purpose for e in ledger.entries] == [ROUTER_STATS_PURPOSE]
+        assert ledger.spent().epsilon == pytest.approx(8.0, rel=2e-3)
+    with pytest.raises(ValueError, match="ledger directory"):
+        learn_router(users, personas, noise=noise)

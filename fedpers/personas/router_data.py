@@ -117,6 +117,7 @@ def private_statistics(
     user_ids: Sequence[str],
     threshold: int | None = None,
     rng: np.random.Generator | None = None,
+    pairwise_masks: bool = True,
     **details,
 ) -> RouterStatistics:
     """The whole private path, simulated: every device's noised quantized upload (recorded in its ledger under
@@ -129,7 +130,7 @@ def private_statistics(
     for user_id, contribution in zip(user_ids, contributions, strict=True):
         ledger = PrivacyLedger(Path(ledger_dir) / user_id / "router-ledger.json", user_id)
         uploads.append(private_upload(contribution, layout, noise, t, ledger, rng, **details))
-    return statistics_from_sum(secure_sum(uploads, grid), n, layout)
+    return statistics_from_sum(secure_sum(uploads, grid, pairwise_masks), n, layout)
 
 
 def learn_router(
