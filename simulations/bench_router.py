@@ -12,7 +12,8 @@ Every table is measured here, on the CPUs this process is given (torch limited t
   milliseconds per prompt, one prompt at a time;
 - the private router against the number of users (the synthetic desk at 37 users per persona);
 - tinyshakespeare with the personas the devices of an inferred-persona run chose (client-state);
-- any JSONL with declared personas: ``--jsonl PATH`` (same table, without loss scoring);
+- any JSONL with declared personas: ``--jsonl PATH`` (same table, without loss scoring; add
+  ``--jsonl-only`` for that table alone);
 - cold start: a new user (left out of the router's statistics) routed from its context, then its first
   1 and 3 messages; held-out loss of its answers under the chosen adapter, the global one and its true
   persona's;
@@ -483,6 +484,33 @@ def report(args: argparse.Namespace) -> list[str]:
         "and count, L2 norm at most √2 without context), each device's noised quantized upload summed as "
         "SecAgg+ would, δ = 1e-5. Loss scoring: one forward pass of the LLM per persona adapter.",
     ]
+    # --- any JSONL with declared personas
+    if args.jsonl:
+        convs = read_jsonl(args.jsonl, mode="strict").conversations
+        personas = tuple(dict.fromkeys(c.persona for c in convs if c.persona))
+        if not personas:
+            raise ValueError(f"{args.jsonl}: no conversation declares a persona")
+        from fedpers.personas.router_data import encode_users, user_prompts
+
+        train, heldout = _split_users([c for c in convs if c.persona], 0.25, 0)
+        data = Split(
+            Path(args.jsonl).name,
+            personas,
+            encode_users(user_prompts(train), encoder),
+            encode_users(user_prompts(heldout), encoder),
+            train,
+            heldout,
+        )
+        out += [
+            "",
+            f"**{data.name}** ({len(data.train)} users, {len(personas)} declared personas)",
+            "",
+            "| router | prompts | accuracy |",
+            "| --- | --- | --- |",
+            *routing_rows(data, encoder, ledgers, None),
+        ]
+    if args.jsonl_only:
+        return out
     # --- the default scenario's run
     split = run_split(args.run, encoder)
     sample = sample_prompts(split, args.loss_sample // len(split.personas))
@@ -541,31 +569,6 @@ def report(args: argparse.Namespace) -> list[str]:
             "| --- | --- | --- |",
             *routing_rows(shakes, encoder, ledgers, None),
         ]
-    # --- any JSONL with declared personas
-    if args.jsonl:
-        convs = read_jsonl(args.jsonl, mode="strict").conversations
-        personas = tuple(dict.fromkeys(c.persona for c in convs if c.persona))
-        if not personas:
-            raise ValueError(f"{args.jsonl}: no conversation declares a persona")
-        from fedpers.personas.router_data import encode_users, user_prompts
-
-        train, heldout = _split_users([c for c in convs if c.persona], 0.25, 0)
-        data = Split(
-            Path(args.jsonl).name,
-            personas,
-            encode_users(user_prompts(train), encoder),
-            encode_users(user_prompts(heldout), encoder),
-            train,
-            heldout,
-        )
-        out += [
-            "",
-            f"**{data.name}** ({len(data.train)} users, {len(personas)} declared personas)",
-            "",
-            "| router | prompts | accuracy |",
-            "| --- | --- | --- |",
-            *routing_rows(data, encoder, ledgers, None),
-        ]
     # --- cold start
     if args.cold_start:
         public = synthetic_split("public synthetic desk", 3, 40, 1, encoder)
@@ -599,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
         "--shakespeare-run", type=Path, help="a finished tinyshakespeare run with inferred personas"
     )
     p.add_argument("--jsonl", type=Path, help="a JSONL file with declared personas")
+    p.add_argument(
+        "--jsonl-only", action="store_true", help="with --jsonl: only the JSONL file's table"
+    )
     p.add_argument(
         "--ifca-run", type=Path, help="a finished synthetic run with --persona-mode inferred"
     )
