@@ -426,3 +426,16 @@ def test_learn_router_runs_the_private_path_with_one_ledger_entry_per_device(tmp
         assert ledger.spent().epsilon == pytest.approx(8.0, rel=2e-3)
     with pytest.raises(ValueError, match="ledger directory"):
         learn_router(users, personas, noise=noise)
+
+
+def test_the_silhouette_of_noised_sums_is_debiased():
+    """Noise inflates the norm of a sum: uncorrected, every cluster looks perfectly tight (silhouette 1)."""
+    rng = np.random.default_rng(2)
+    points, labels = _clusters(rng, 3, 10, 64, spread=0.8)
+    sums = np.stack([points[labels == j].sum(0) for j in range(3)])
+    counts = np.bincount(labels).astype(float)
+    clean = centroid_silhouette(sums, counts)
+    sigma = 1.5
+    noised = sums + sigma * rng.normal(size=sums.shape)
+    assert centroid_silhouette(noised, counts) > clean + 0.1  # biased up
+    assert centroid_silhouette(noised, counts, sigma**2) == pytest.approx(clean, abs=0.15)

@@ -18,7 +18,10 @@ its ``n_k`` members (unit vectors) and centroid ``c_j = S_j / ||S_j||``::
 
 (the simplified silhouette of Hruschka et al., 2004, aggregated per cluster because only sums are
 released). The K with the largest ``s(K)`` is chosen: tight clusters far from each other. It needs no
-labels and no data beyond the private sums.
+labels and no data beyond the private sums. Noise of per-coordinate variance ``sigma^2`` inflates
+``||S_k||^2`` by ``d sigma^2`` on average, so with noise ``||S_k||`` is estimated as
+``sqrt(max(||S_k||^2 - d sigma^2, 0))`` (``<S_k, c_j>`` needs no correction: the noises of two slots are
+independent).
 """
 
 from __future__ import annotations
@@ -57,15 +60,17 @@ def adjusted_rand_index(truth: Sequence[object], found: Sequence[object]) -> flo
     return (index - expected) / (maximum - expected)
 
 
-def centroid_silhouette(sums: np.ndarray, counts: np.ndarray) -> float:
-    """``s(K)`` of the module docstring from per-cluster sums (K, d) and counts (K,); clusters with a count
-    below one are ignored; fewer than two clusters left give ``-1``."""
+def centroid_silhouette(sums: np.ndarray, counts: np.ndarray, noise_variance: float = 0.0) -> float:
+    """``s(K)`` of the module docstring from per-cluster sums (K, d) and counts (K,), noised with
+    per-coordinate variance ``noise_variance`` (0: clean); clusters with a count below one are ignored;
+    fewer than two clusters left give ``-1``."""
     keep = counts >= 1
     sums, counts = np.asarray(sums, np.float64)[keep], np.asarray(counts, np.float64)[keep]
     if len(sums) < 2:
         return -1.0
     centroids = unit_rows(sums).astype(np.float64)
-    a = 1.0 - np.clip(np.linalg.norm(sums, axis=1) / counts, 0.0, 1.0)
+    squared = (sums**2).sum(1) - sums.shape[1] * noise_variance
+    a = 1.0 - np.clip(np.sqrt(np.maximum(squared, 0.0)) / counts, 0.0, 1.0)
     cross = (sums @ centroids.T) / counts[:, None]
     np.fill_diagonal(cross, -np.inf)
     b = 1.0 - np.clip(cross.max(1), -1.0, 1.0)
@@ -109,11 +114,12 @@ def spherical_kmeans(
     rng: np.random.Generator,
     rounds: int = 6,
     spread: float = 1.0,
+    noise_variance: float = 0.0,
 ) -> Clustering:
     """Private k-means (module docstring). ``vectors`` are the devices' unit means: they are used only
     *on the devices' side* (each device's nearest centroid); ``sum_round(labels)`` stands for one private
-    round and returns what the server unmasks (noised per-slot sums and counts). ``rng`` draws the public
-    starting directions."""
+    round and returns what the server unmasks (noised per-slot sums and counts, per-coordinate noise
+    variance ``noise_variance`` in the sums' units). ``rng`` draws the public starting directions."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     d = vectors.shape[1]
@@ -133,7 +139,7 @@ def spherical_kmeans(
         np.asarray(centroids),
         sums,
         counts,
-        centroid_silhouette(sums, counts),
+        centroid_silhouette(sums, counts, noise_variance),
         rounds,
     )
 
