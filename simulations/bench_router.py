@@ -160,15 +160,23 @@ def private_router(split: Split, epsilon: float, use_context: bool, ledgers: Pat
 
 
 def time_centroid(model, encoder, prompts: Sequence[str]) -> tuple[float, float]:
-    """Median wall-clock and CPU milliseconds to embed one prompt and score it (one prompt at a time).
-    CPU time (all of the process's threads) does not grow when other processes share the cores."""
+    """Median milliseconds to embed one prompt and score it (one prompt at a time): wall-clock with torch
+    on 2 threads, and CPU time of torch on 1 thread. The single-thread CPU time hardly grows when other
+    processes share the cores (2 threads' CPU time does: OpenMP threads spin while they wait)."""
+    import torch
+
     encoder.encode(list(prompts[:3]))  # warm up
     wall, cpu = [], []
+    torch.set_num_threads(1)
     for p in prompts:
-        start, start_cpu = time.perf_counter(), time.process_time()
+        start = time.thread_time()
+        model.logits(encoder.encode([p])[0], None)
+        cpu.append(time.thread_time() - start)
+    torch.set_num_threads(2)
+    for p in prompts:
+        start = time.perf_counter()
         model.logits(encoder.encode([p])[0], None)
         wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
     return 1000 * statistics.median(wall), 1000 * statistics.median(cpu)
 
 
@@ -531,11 +539,10 @@ def report(args: argparse.Namespace) -> list[str]:
         "| --- | --- | --- |",
         *routing_rows(split, encoder, ledgers, loss),
         "",
-        f"Time per prompt, one at a time, torch on 2 threads (median of "
-        f"{min(args.timing_prompts, len(heldout_prompts))} prompts, embedding + scoring): centroid router "
-        f"**{cpu_ms:.1f} ms of CPU time** ({ms:.1f} ms wall-clock with a load average of {load:.1f} on "
-        f"{os.cpu_count()} cores; on 2 idle cores the wall-clock time lies between half the CPU time and the "
-        "CPU time)"
+        f"Time per prompt, one at a time (median of {min(args.timing_prompts, len(heldout_prompts))} "
+        f"prompts, embedding + scoring): centroid router **{cpu_ms:.1f} ms of CPU time on 1 thread**, "
+        f"{ms:.1f} ms wall-clock on 2 threads with a load average of {load:.1f} on {os.cpu_count()} cores "
+        "(on 2 idle cores the wall-clock time is at most the 1-thread CPU time)"
         + (
             f"; loss scoring {loss[1]:.0f} ms of CPU time per prompt ({len(split.personas)} adapters)."
             if loss
