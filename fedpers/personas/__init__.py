@@ -12,12 +12,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fedpers.personas.answer import generate_answer
     from fedpers.personas.assignment import Assignment, assign_persona
-    from fedpers.personas.routing import LossScorer, RouteDecision, Router, Scorer
+    from fedpers.personas.centroid import (
+        CentroidRouterModel,
+        CentroidScorer,
+        load_router,
+        save_router,
+    )
+    from fedpers.personas.routing import ConfidentScorer, LossScorer, RouteDecision, Router, Scorer
 
 _EXPORTS = {
     "generate_answer": "answer",
     "Assignment": "assignment",
     "assign_persona": "assignment",
+    "CentroidRouterModel": "centroid",
+    "CentroidScorer": "centroid",
+    "load_router": "centroid",
+    "save_router": "centroid",
+    "ConfidentScorer": "routing",
     "LossScorer": "routing",
     "RouteDecision": "routing",
     "Router": "routing",
@@ -26,12 +37,17 @@ _EXPORTS = {
 
 __all__ = [
     "Assignment",
+    "CentroidRouterModel",
+    "CentroidScorer",
+    "ConfidentScorer",
     "LossScorer",
     "RouteDecision",
     "Router",
     "Scorer",
     "assign_persona",
     "generate_answer",
+    "load_router",
+    "save_router",
 ]
 
 

@@ -1,7 +1,9 @@
 """Routing a prompt to a persona adapter: one ``Scorer`` protocol, several scorers, one ``Router``.
 
-``LossScorer`` runs the model once per candidate adapter; a cheaper learned scorer (e.g. a
-classifier on prompt embeddings) can be added behind the same protocol.
+``LossScorer`` runs the model once per candidate adapter (K forward passes of the LLM per prompt);
+:class:`fedpers.personas.centroid.CentroidScorer` embeds the prompt once and compares it with per-persona
+centroids learned from private statistics. A scorer that also reports a ``confidence`` (a
+:class:`ConfidentScorer`) lets the router answer with the global adapter when it is unsure.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ class Scorer(Protocol):
     """Scores a prompt against candidate personas; lower is better."""
 
     def score(self, prompt: str, candidates: Sequence[str]) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class ConfidentScorer(Scorer, Protocol):
+    """A scorer whose scores say how sure it is: ``confidence(scores)`` in [0, 1], and the ``threshold``
+    below which its choice is not trusted."""
+
+    @property
+    def threshold(self) -> float: ...
+
+    def confidence(self, scores: dict[str, float]) -> float: ...
 
 
 class LossScorer:
@@ -92,12 +105,14 @@ class LossScorer:
 
 @dataclass(frozen=True)
 class RouteDecision:
-    """The adapter that answers, the scores behind the choice (lower is better) and why."""
+    """The adapter that answers, the scores behind the choice (lower is better), why, and (for a scorer
+    that reports one) the confidence of the scorer's top choice."""
 
     persona: str
     scores: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     source: Source = "inferred"
+    confidence: float | None = None
 
 
 class Router:
@@ -105,7 +120,8 @@ class Router:
 
     ``available`` lists the personas that have an adapter (default: all); a declared persona without
     one, or a cold start with none, goes to ``fallback``. ``score_declared`` also scores declared
-    prompts, for display.
+    prompts, for display. With a :class:`ConfidentScorer`, an inferred choice whose confidence is below
+    the scorer's threshold also goes to ``fallback``, and the decision says so.
     """
 
     def __init__(
@@ -139,11 +155,40 @@ class Router:
                 f"no persona adapter yet (cold start); using '{self.fallback}'",
                 "global",
             )
-        scores = self.scorer.score(prompt, self.available)
+        return self._decide(self.scorer.score(prompt, self.available))
+
+    def route_user(
+        self, messages: Sequence[str], context=None, declared: str | None = None
+    ) -> RouteDecision:
+        """Route a user from what it has so far: its context and first ``messages`` (none at a cold start).
+        Needs a scorer with ``score_user`` (the centroid scorer); a declared persona wins as in :meth:`route`."""
+        score_user = getattr(self.scorer, "score_user", None)
+        if score_user is None:
+            raise TypeError(f"{type(self.scorer).__name__} cannot route from a user's history")
+        if declared is not None or not self.available:
+            return self.route(messages[-1] if messages else "", declared)
+        return self._decide(score_user(messages, self.available, context))
+
+    def _decide(self, scores: dict[str, float]) -> RouteDecision:
         assignment = assign_persona(None, self.available, scores.__getitem__, self.available)
         if assignment.source == "global":
             return RouteDecision(
                 self.fallback, scores, f"no finite score; using '{self.fallback}'", "global"
             )
-        reason = f"lowest {type(self.scorer).__name__} score among {len(self.available)} persona adapters"
+        name = type(self.scorer).__name__
+        if isinstance(self.scorer, ConfidentScorer):
+            confidence = float(self.scorer.confidence(scores))
+            threshold = float(self.scorer.threshold)
+            if confidence < threshold:
+                reason = (
+                    f"{name} confidence {confidence:.2f} for '{assignment.persona}' is below the "
+                    f"threshold {threshold:.2f}; using '{self.fallback}'"
+                )
+                return RouteDecision(self.fallback, scores, reason, "global", confidence)
+            reason = (
+                f"lowest {name} score among {len(self.available)} persona adapters "
+                f"(confidence {confidence:.2f} >= {threshold:.2f})"
+            )
+            return RouteDecision(assignment.persona, scores, reason, "inferred", confidence)
+        reason = f"lowest {name} score among {len(self.available)} persona adapters"
         return RouteDecision(assignment.persona, scores, reason, "inferred")
