@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Deployment / simulation, mean round time{suffix}: {ratio:.2f}x; fixed per-round overhead (deployment "
         f"minus simulation mean round time): {overhead:.1f} s. Each device answered {per_round:.1f} messages per "
         f"round (the SecAgg+ stages; {replies} replies in the SuperNodes' logs from {devices} devices), each in a "
-        "new `flwr-clientapp` process.",
+        "`flwr-clientapp` process of its own, started ahead of its message (`clients/superexec.py`).",
     ]
     split = breakdown(timings, deployed["manifest"], rounds)
     if split is not None:
@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             f"SuperExec's poll, transfer) | {split['message to ClientApp process']:.1f} |",
             "| poll waits: reply sent to the server holding all replies (SuperNode, ServerApp polls) | "
             f"{split['reply to server']:.1f} |",
-            "| process start: interpreter, Flower's imports, task pull, bundle (FAB) install | "
+            "| ClientApp process, from its task to the app loaded: task pull, bundle (FAB) install (the "
+            "interpreter and Flower's imports came before the task, in the process started ahead) | "
             f"{split['process start']:.1f} |",
             f"| ClientApp import and set-up | {split['app import']:.1f} |",
             f"| model and data load (`clients.tasks.prepare`) | {split['model and data load']:.1f} |",
