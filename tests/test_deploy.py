@@ -178,12 +178,13 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
         # charged on the device before its upload left: before the round's unmasking began
         for entry in charged:
             assert entry.started_at < unmasking[entry.details["round"]]
-        clear = [
+        clear = sorted(
             p.name
             for p in store.rglob("*")
             if p.is_file() and not p.name.endswith((".enc", ".lock"))
-        ]
-        assert clear == ["store.json"]  # the header; every item is encrypted
+        )
+        # the header and the manifest (encrypted and authenticated, see clients/store.py); every item is encrypted
+        assert clear == ["store.json", "store.manifest"]
 
     store, key = next(iter(stores.values()))
     assert (
