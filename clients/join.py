@@ -186,13 +186,7 @@ def run_in_group(command: list[str], env: Mapping[str, str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=WORKER_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         stop_group(proc)
 
 
