@@ -146,17 +146,46 @@ def accuracy(model, users, use_context: bool) -> float:
     return float(np.mean([a == b for a, b in zip(chosen, labels)]))
 
 
-def private_router(split: Split, epsilon: float, use_context: bool, ledgers: Path):
+def private_router(split: Split, epsilon: float, use_context: bool, ledgers: Path, features=None):
+    from fedpers.personas.features import IDENTITY
     from fedpers.personas.router_data import learn_router
     from fedpers.personas.router_stats import StatsLayout, noise_for_epsilon
 
+    features = features or IDENTITY
     d_c = split.train[0].context.shape[1] if use_context else 0
-    layout = StatsLayout(split.personas, split.train[0].text.shape[1], d_c)
+    layout = StatsLayout(split.personas, features.dimension(split.train[0].text.shape[1]), d_c)
     noise = noise_for_epsilon(epsilon, DELTA, layout)
     model = learn_router(
-        split.train, split.personas, noise=noise, ledger_dir=ledgers, use_context=use_context
+        split.train,
+        split.personas,
+        noise=noise,
+        ledger_dir=ledgers,
+        use_context=use_context,
+        features=features,
     )
     return model, noise
+
+
+def public_features(encoder, personas: Sequence[str], config=None):
+    """The router's public feature map (the default scenario's public split unless ``config`` is given), and
+    the router learned from the public data alone (its clean centroids under that map)."""
+    from fedpers.federated import FederatedConfig, load_config_file
+    from fedpers.personas.router_data import (
+        encode_users,
+        learn_router,
+        public_router_features,
+        user_prompts,
+    )
+    from fedpers.warmstart import public_split
+    from simulations.simulate import SCENARIOS
+
+    if config is None or not config.dataset.public_data:
+        config = FederatedConfig.from_flat(load_config_file(SCENARIOS / "default.toml"))
+    features = public_router_features(config, encoder, personas)
+    public = encode_users(user_prompts(public_split(config)[0]), encoder)
+    public = [u for u in public if u.persona in set(personas)]
+    alone = learn_router(public, personas, use_context=False, features=features) if public else None
+    return features, alone
 
 
 def time_centroid(model, encoder, prompts: Sequence[str]) -> tuple[float, float]:
@@ -225,8 +254,14 @@ def centroid_on_sample(model, encoder, sample: list[tuple[str, str]]) -> float:
 
 
 def routing_rows(
-    split: Split, encoder, ledgers: Path, loss: tuple[float, float, int, float] | None
+    split: Split,
+    encoder,
+    ledgers: Path,
+    loss: tuple[float, float, int, float] | None,
+    public: tuple | None = None,
 ) -> list[str]:
+    """The routing table's rows; ``public``: the public feature map and the public-only router (or
+    ``None``), whose private rows are measured beside the unmapped ones."""
     from fedpers.personas.router_data import learn_router
 
     prompts = [p for u in split.heldout for p in range(len(u.text))]
@@ -248,6 +283,30 @@ def routing_rows(
             f"| centroid, text, private statistics of {users} devices, ε = {eps:g} "
             f"(z = {noise.noise_multiplier:.2f}) | {n} | {100 * accuracy(model, split.heldout, False):.1f} % |"
         )
+    if public is not None and public[0].kind != "identity":
+        features, alone = public
+        label = (
+            f"{features.kind.upper()} map of the public data ({features.dimension(0)} dimensions)"
+        )
+        if alone is not None:
+            rows.append(
+                f"| public data alone: {label}, public centroids (no device data) | {n} | "
+                f"{100 * accuracy(alone, split.heldout, False):.1f} % |"
+            )
+        mapped = learn_router(split.train, split.personas, use_context=False, features=features)
+        rows.append(
+            f"| centroid, text, {label}, clean statistics | {n} | "
+            f"{100 * accuracy(mapped, split.heldout, False):.1f} % |"
+        )
+        for eps in EPSILONS:
+            model, noise = private_router(
+                split, eps, False, ledgers / f"{split.name}-mapped-{eps:g}", features
+            )
+            rows.append(
+                f"| **centroid, text, {label}, private statistics of {users} devices, ε = {eps:g}** "
+                f"(z = {noise.noise_multiplier:.2f}) | {n} | "
+                f"**{100 * accuracy(model, split.heldout, False):.1f} %** |"
+            )
     if loss is not None:
         acc, _, sample, centroid_acc = loss
         rows.append(
@@ -490,7 +549,11 @@ def report(args: argparse.Namespace) -> list[str]:
         "settings). Centroid router: all-MiniLM-L6-v2 (offline) + nearest centroid (cosine); its private "
         "statistics are one Skellam release per device (user-level: a device's upload is its mean embedding "
         "and count, L2 norm at most √2 without context), each device's noised quantized upload summed as "
-        "SecAgg+ would, δ = 1e-5. Loss scoring: one forward pass of the LLM per persona adapter.",
+        "SecAgg+ would, δ = 1e-5. With a public feature map, each device first maps its embeddings with a "
+        "linear map learned from the scenario's public split only (Fisher's discriminant when the public "
+        "data declares the run's personas, else principal components; `fedpers.personas.features`), so the "
+        "same noise spreads over a few dimensions instead of 384; the public data alone (map and centroids, "
+        "no device data) is measured beside it. Loss scoring: one forward pass of the LLM per persona adapter.",
     ]
     # --- any JSONL with declared personas
     if args.jsonl:
@@ -515,7 +578,7 @@ def report(args: argparse.Namespace) -> list[str]:
             "",
             "| router | prompts | accuracy |",
             "| --- | --- | --- |",
-            *routing_rows(data, encoder, ledgers, None),
+            *routing_rows(data, encoder, ledgers, None, public_features(encoder, personas)),
         ]
     if args.jsonl_only:
         return out
@@ -537,7 +600,13 @@ def report(args: argparse.Namespace) -> list[str]:
         "",
         "| router | prompts | accuracy |",
         "| --- | --- | --- |",
-        *routing_rows(split, encoder, ledgers, loss),
+        *routing_rows(
+            split,
+            encoder,
+            ledgers,
+            loss,
+            public_features(encoder, split.personas, run_settings(args.run)[1]),
+        ),
         "",
         f"Time per prompt, one at a time (median of {min(args.timing_prompts, len(heldout_prompts))} "
         f"prompts, embedding + scoring): centroid router **{cpu_ms:.1f} ms of CPU time on 1 thread**, "
@@ -560,7 +629,7 @@ def report(args: argparse.Namespace) -> list[str]:
         "",
         "| router | prompts | accuracy |",
         "| --- | --- | --- |",
-        *routing_rows(big, encoder, ledgers, None),
+        *routing_rows(big, encoder, ledgers, None, public_features(encoder, big.personas)),
     ]
     # --- tinyshakespeare with the personas its devices inferred
     if args.shakespeare_run:
@@ -574,7 +643,13 @@ def report(args: argparse.Namespace) -> list[str]:
             "",
             "| router | prompts | accuracy |",
             "| --- | --- | --- |",
-            *routing_rows(shakes, encoder, ledgers, None),
+            *routing_rows(
+                shakes,
+                encoder,
+                ledgers,
+                None,
+                public_features(encoder, shakes.personas, run_settings(args.shakespeare_run)[1]),
+            ),
         ]
     # --- cold start
     if args.cold_start:

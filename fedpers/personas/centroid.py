@@ -4,7 +4,10 @@
 sum of embeddings) and a context centroid ``k_p``. A user's state is the unit mean ``e`` of the embeddings
 of the messages seen so far (none at a cold start) and its context vector ``x``; the logit of ``p`` is
 
-    l_p = (<e, m_p> + w <x, k_p>) / T
+    l_p = (<f(e), m_p> + w <x, k_p>) / T
+
+with ``f`` the router's public feature map (:mod:`fedpers.personas.features`; the identity by default), in
+whose space the text centroids live.
 
 and the probabilities are ``softmax(l)`` over the candidate personas. The confidence is the top
 probability; below ``threshold`` the router answers with the global adapter. ``T`` (temperature) and
@@ -34,6 +37,7 @@ from safetensors.numpy import load_file, save_file
 from fedpers.atomic import write_json
 from fedpers.personas.context import CONTEXT_DIMENSION, Context
 from fedpers.personas.encoder import ENCODER_MODEL, TextEncoder, unit_rows
+from fedpers.personas.features import IDENTITY, FeatureMap
 from fedpers.personas.router_stats import RouterStatistics
 
 ROUTER_DIR = "router"
@@ -58,9 +62,19 @@ class CentroidRouterModel:
     context_weight: float = DEFAULT_CONTEXT_WEIGHT
     encoder: str = ENCODER_MODEL
     info: dict = field(default_factory=dict)
+    features: FeatureMap = (
+        IDENTITY  # the public map applied to an embedding before the text centroids
+    )
 
     def __post_init__(self) -> None:
         k = len(self.personas)
+        if self.features.kind != "identity" and self.text.shape[1:] != (
+            self.features.components.shape[0],
+        ):
+            raise ValueError(
+                f"text centroids of shape {self.text.shape} do not match the {self.features.kind} "
+                f"feature map's {self.features.components.shape[0]} dimensions"
+            )
         if k == 0 or len(set(self.personas)) != k:
             raise ValueError(f"a router needs distinct personas, got {self.personas}")
         for name, array, ndim in (("text", self.text, 2), ("context", self.context, 2)):
@@ -84,10 +98,13 @@ class CentroidRouterModel:
         return tuple(p for p, h in zip(self.personas, has) if h)
 
     def logits(self, text: np.ndarray | None, context: np.ndarray | None) -> np.ndarray:
-        """``l_p`` for every persona; ``text``: a unit embedding (or None), ``context``: a context vector."""
+        """``l_p`` for every persona; ``text``: an encoder embedding (or None; mapped by :attr:`features`
+        here), ``context``: a context vector."""
         score = np.zeros(len(self.personas))
         if text is not None:
-            score += self.text @ np.asarray(text, dtype=np.float64)
+            score += self.text @ self.features(np.asarray(text, dtype=np.float64)).astype(
+                np.float64
+            )
         if context is not None and self.context_weight > 0 and self.context.shape[1]:
             score += self.context_weight * (self.context @ np.asarray(context, dtype=np.float64))
         return score / self.temperature
@@ -116,7 +133,8 @@ def model_from_statistics(
     min_count: float = 1.0,
     **settings,
 ) -> CentroidRouterModel:
-    """Centroids from (noised) per-persona sums: each sum's direction; none below ``min_count`` devices."""
+    """Centroids from (noised) per-persona sums: each sum's direction; none below ``min_count`` devices.
+    The sums are of mapped embeddings when ``settings`` has the ``features`` map they were computed with."""
     keep = stats.counts >= min_count
     text = np.where(keep[:, None], unit_rows(stats.text_sums), 0.0).astype(np.float32)
     context = np.where(keep[:, None], unit_rows(stats.context_sums), 0.0).astype(np.float32)
@@ -269,6 +287,7 @@ def save_router(run_dir: Path | str, model: CentroidRouterModel) -> Path:
             "text": np.ascontiguousarray(model.text, dtype=np.float32),
             "context": np.ascontiguousarray(model.context, dtype=np.float32),
             "counts": np.ascontiguousarray(model.counts, dtype=np.float64),
+            **model.features.tensors(),
         },
         str(tmp),
     )
@@ -283,6 +302,7 @@ def save_router(run_dir: Path | str, model: CentroidRouterModel) -> Path:
             "context_weight": model.context_weight,
             "encoder": model.encoder,
             "context_dimension": int(model.context.shape[1]),
+            "features": {"kind": model.features.kind, "source": model.features.source},
             "info": model.info,
         },
     )
@@ -318,6 +338,15 @@ def load_router(run_dir: Path | str) -> CentroidRouterModel:
     missing = sorted({"text", "context", "counts"} - set(tensors))
     if missing:
         raise ValueError(f"{tensors_path}: missing tensors {missing}")
+    features_meta = meta.get("features") or {"kind": "identity"}
+    if not isinstance(features_meta, dict) or not isinstance(features_meta.get("kind"), str):
+        raise ValueError(f"{meta_path}: field 'features' must be an object with a 'kind'")
+    try:
+        features = FeatureMap.from_tensors(
+            features_meta["kind"], tensors, str(features_meta.get("source", ""))
+        )
+    except ValueError as err:
+        raise ValueError(f"{tensors_path}: {err}") from err
     try:
         return CentroidRouterModel(
             tuple(str(p) for p in meta["personas"]),
@@ -329,6 +358,7 @@ def load_router(run_dir: Path | str) -> CentroidRouterModel:
             float(meta["context_weight"]),
             meta["encoder"],
             dict(meta.get("info") or {}),
+            features,
         )
     except ValueError as err:
         raise ValueError(f"{root}: {err}") from err

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from fedpers.data.schema import Conversation
 from fedpers.personas.centroid import CentroidRouterModel, model_from_statistics
 from fedpers.personas.context import CONTEXT_DIMENSION, Context
 from fedpers.personas.encoder import TextEncoder
+from fedpers.personas.features import IDENTITY, FeatureMap
 from fedpers.personas.router_stats import (
     RouterStatistics,
     StatsLayout,
@@ -30,6 +32,9 @@ from fedpers.personas.router_stats import (
 )
 from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.user_level import DistributedNoise
+
+if TYPE_CHECKING:
+    from fedpers.federated import FederatedConfig
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,18 @@ def encode_users(
     return out
 
 
+def mapped(user: EncodedUser, features: FeatureMap) -> EncodedUser:
+    """``user`` with its prompt embeddings mapped by the public ``features`` map (unit rows)."""
+    if not len(user.text):
+        return EncodedUser(
+            user.user_id,
+            user.persona,
+            np.zeros((0, features.dimension(user.text.shape[1])), np.float32),
+            user.context,
+        )
+    return EncodedUser(user.user_id, user.persona, features(user.text), user.context)
+
+
 def contributions(
     users: Sequence[EncodedUser],
     layout: StatsLayout,
@@ -141,11 +158,15 @@ def learn_router(
     min_count: float = 1.0,
     use_context: bool = True,
     rng: np.random.Generator | None = None,
+    features: FeatureMap = IDENTITY,
     **settings,
 ) -> CentroidRouterModel:
-    """A router from devices' data: private (``noise`` and ``ledger_dir`` given) or clean (neither)."""
+    """A router from devices' data: private (``noise`` and ``ledger_dir`` given) or clean (neither). Each
+    device maps its embeddings with the public ``features`` map before its contribution."""
     if not users:
         raise ValueError("no users to learn the router from")
+    if features.kind != "identity":
+        users = [mapped(u, features) for u in users]
     layout = StatsLayout(
         tuple(personas), users[0].text.shape[1], users[0].context.shape[1] if use_context else 0
     )
@@ -160,4 +181,27 @@ def learn_router(
         )
     if not use_context:
         settings = {"context_weight": 0.0, **settings}
-    return model_from_statistics(stats, min_count=min_count, **settings)
+    return model_from_statistics(stats, min_count=min_count, features=features, **settings)
+
+
+def public_router_features(
+    config: FederatedConfig, encoder: TextEncoder, personas: Sequence[str]
+) -> FeatureMap:
+    """The router's feature map from the run's public data (``public_data``; see :mod:`fedpers.warmstart`):
+    the opening prompts of the public split's training conversations, embedded; LDA when they declare every
+    one of ``personas``, PCA otherwise, the identity when the run has no public data
+    (:func:`fedpers.personas.features.public_feature_map`)."""
+    from fedpers.personas.features import public_feature_map
+    from fedpers.warmstart import public_split
+
+    train, _ = public_split(config)
+    users = user_prompts(train)
+    rows = encode_users(users, encoder)
+    text = (
+        np.concatenate([u.text for u in rows])
+        if rows
+        else np.zeros((0, encoder.dimension), np.float32)
+    )
+    labels = [u.persona for u in rows for _ in u.text]
+    source = f"public_data {config.dataset.public_data!r}, {len(text)} prompts"
+    return public_feature_map(text, labels, tuple(personas), source=source)
