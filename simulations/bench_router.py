@@ -146,7 +146,9 @@ def accuracy(model, users, use_context: bool) -> float:
     return float(np.mean([a == b for a, b in zip(chosen, labels)]))
 
 
-def private_router(split: Split, epsilon: float, use_context: bool, ledgers: Path, features=None):
+def private_router(
+    split: Split, epsilon: float, use_context: bool, ledgers: Path, features=None, prior=None
+):
     from fedpers.personas.features import IDENTITY
     from fedpers.personas.router_data import learn_router
     from fedpers.personas.router_stats import StatsLayout, noise_for_epsilon
@@ -162,6 +164,7 @@ def private_router(split: Split, epsilon: float, use_context: bool, ledgers: Pat
         ledger_dir=ledgers,
         use_context=use_context,
         features=features,
+        prior=prior,
     )
     return model, noise
 
@@ -185,7 +188,7 @@ def public_features(encoder, personas: Sequence[str], config=None):
     public = encode_users(user_prompts(public_split(config)[0]), encoder)
     public = [u for u in public if u.persona in set(personas)]
     alone = learn_router(public, personas, use_context=False, features=features) if public else None
-    return features, alone
+    return features, alone, public
 
 
 def time_centroid(model, encoder, prompts: Sequence[str]) -> tuple[float, float]:
@@ -253,6 +256,23 @@ def centroid_on_sample(model, encoder, sample: list[tuple[str, str]]) -> float:
     return float(np.mean([c == p for c, (_, p) in zip(chosen, sample)]))
 
 
+DRAWS = 5  # private rows: mean (and range) of the accuracy over this many independent noise draws
+
+
+def _private_accuracy(
+    split: Split, eps: float, use_context: bool, ledgers: Path, features, prior=None
+) -> str:
+    accs, noise = [], None
+    for draw in range(DRAWS):
+        model, noise = private_router(split, eps, use_context, ledgers / str(draw), features, prior)
+        accs.append(100 * accuracy(model, split.heldout, use_context))
+    assert noise is not None
+    return (
+        f"(z = {noise.noise_multiplier:.2f}) | {len(_flat(split.heldout)[2])} | "
+        f"{statistics.mean(accs):.1f} % ({min(accs):.0f}–{max(accs):.0f}) |"
+    )
+
+
 def routing_rows(
     split: Split,
     encoder,
@@ -261,30 +281,30 @@ def routing_rows(
     public: tuple | None = None,
 ) -> list[str]:
     """The routing table's rows; ``public``: the public feature map and the public-only router (or
-    ``None``), whose private rows are measured beside the unmapped ones."""
+    ``None``), whose private rows are measured beside the unmapped ones. Private rows: the mean accuracy
+    over :data:`DRAWS` noise draws and its range."""
     from fedpers.personas.router_data import learn_router
 
-    prompts = [p for u in split.heldout for p in range(len(u.text))]
-    n = len(prompts)
+    n = len(_flat(split.heldout)[2])
     users = len(split.train)
+    has_context = any(u.context.any() for u in split.train)
     rows = []
     clean_text = learn_router(split.train, split.personas, use_context=False)
-    clean_both = learn_router(split.train, split.personas, use_context=True)
     rows.append(
         f"| centroid, text, clean statistics | {n} | {100 * accuracy(clean_text, split.heldout, False):.1f} % |"
     )
-    if any(u.context.any() for u in split.train):
+    if has_context:
+        clean_both = learn_router(split.train, split.personas, use_context=True)
         rows.append(
             f"| centroid, text + context, clean statistics | {n} | {100 * accuracy(clean_both, split.heldout, True):.1f} % |"
         )
     for eps in EPSILONS:
-        model, noise = private_router(split, eps, False, ledgers / f"{split.name}-{eps:g}")
         rows.append(
             f"| centroid, text, private statistics of {users} devices, ε = {eps:g} "
-            f"(z = {noise.noise_multiplier:.2f}) | {n} | {100 * accuracy(model, split.heldout, False):.1f} % |"
+            + _private_accuracy(split, eps, False, ledgers / f"{split.name}-{eps:g}", None)
         )
     if public is not None and public[0].kind != "identity":
-        features, alone = public
+        features, alone, public_users = public
         label = (
             f"{features.kind.upper()} map of the public data ({features.dimension(0)} dimensions)"
         )
@@ -298,15 +318,39 @@ def routing_rows(
             f"| centroid, text, {label}, clean statistics | {n} | "
             f"{100 * accuracy(mapped, split.heldout, False):.1f} % |"
         )
-        for eps in EPSILONS:
-            model, noise = private_router(
-                split, eps, False, ledgers / f"{split.name}-mapped-{eps:g}", features
-            )
-            rows.append(
-                f"| **centroid, text, {label}, private statistics of {users} devices, ε = {eps:g}** "
-                f"(z = {noise.noise_multiplier:.2f}) | {n} | "
-                f"**{100 * accuracy(model, split.heldout, False):.1f} %** |"
-            )
+        for use_context in (False, True) if has_context else (False,):
+            what = "text + context" if use_context else "text"
+            for eps in EPSILONS:
+                rows.append(
+                    f"| **centroid, {what}, {label}, private statistics of {users} devices, "
+                    f"ε = {eps:g}** "
+                    + _private_accuracy(
+                        split,
+                        eps,
+                        use_context,
+                        ledgers / f"{split.name}-mapped-{what}-{eps:g}",
+                        features,
+                    )
+                )
+        if public_users:
+            from fedpers.personas.router_data import public_statistics
+
+            for use_context in (False, True) if has_context else (False,):
+                what = "text + context" if use_context else "text"
+                prior = public_statistics(public_users, split.personas, features, use_context)
+                for eps in EPSILONS:
+                    rows.append(
+                        f"| **public warm start ({len(public_users)} public users) + private statistics "
+                        f"of {users} devices, {what}, {label}, ε = {eps:g}** "
+                        + _private_accuracy(
+                            split,
+                            eps,
+                            use_context,
+                            ledgers / f"{split.name}-warm-{what}-{eps:g}",
+                            features,
+                            prior,
+                        )
+                    )
     if loss is not None:
         acc, _, sample, centroid_acc = loss
         rows.append(
@@ -321,8 +365,20 @@ def routing_rows(
 # ------------------------------------------- cold start -------------------------------------------
 
 
-def cold_start(run_dir: Path, split: Split, calibration_split: Split, out: list[str]) -> None:
-    """Leave-one-user-out: each user is new to a router learned from the others."""
+COLD_START_EPSILON = 8.0
+
+
+def cold_start(
+    run_dir: Path,
+    split: Split,
+    calibration_split: Split,
+    out: list[str],
+    features=None,
+    ledgers: Path | None = None,
+    public_users=None,
+) -> None:
+    """Leave-one-user-out: each user is new to a router learned from the others (private statistics at
+    :data:`COLD_START_EPSILON` under the public feature map ``features``)."""
     from fedpers.evaluation import evaluate
     from fedpers.models import PersonalizedLM, attach_lora, load_adapter_arrays, load_base_model
     from fedpers.models.chat import encode_conversations
@@ -345,7 +401,23 @@ def cold_start(run_dir: Path, split: Split, calibration_split: Split, out: list[
             load_adapter_arrays(model.lm, adapters[name])
             losses[user.user_id][name] = evaluate(model, examples, tokenizer.pad_token_id).loss
     # temperature and threshold from public data (the synthetic desk with another seed), never users' data
-    public = learn_router(calibration_split.train, split.personas, use_context=True)
+    from fedpers.personas.features import IDENTITY
+    from fedpers.personas.router_stats import StatsLayout, noise_for_epsilon
+
+    features = features or IDENTITY
+    ledgers = ledgers or Path(tempfile.mkdtemp(prefix="bench-router-cold-"))
+    layout = StatsLayout(
+        split.personas,
+        features.dimension(split.train[0].text.shape[1]),
+        split.train[0].context.shape[1],
+    )
+    noise = noise_for_epsilon(COLD_START_EPSILON, DELTA, layout)
+    public = learn_router(
+        calibration_split.train, split.personas, use_context=True, features=features
+    )
+    from fedpers.personas.router_data import public_statistics
+
+    prior = public_statistics(public_users or [], split.personas, features, True)
     text, context, labels = _flat(calibration_split.heldout)
     cal = calibrate(public, text, context, labels, target_accuracy=0.9)
     results: dict[int, dict[str, list[float]]] = {}
@@ -359,9 +431,14 @@ def cold_start(run_dir: Path, split: Split, calibration_split: Split, out: list[
             router = learn_router(
                 others,
                 split.personas,
+                noise=noise,
+                ledger_dir=ledgers / f"cold-{n}-{user.user_id}",
                 use_context=True,
+                rng=np.random.default_rng(len(results) * 1000 + len(rec["right"])),
                 temperature=cal.temperature,
                 threshold=cal.threshold,
+                features=features,
+                prior=prior,
             )
             mine = train_by_user[user.user_id]
             text_state = (
@@ -381,7 +458,10 @@ def cold_start(run_dir: Path, split: Split, calibration_split: Split, out: list[
     out += [
         "",
         f"**Cold start** ({run_dir.name}: {users} users, each new to a router learned from the other "
-        f"{users - 1} users' training prompts with context, clean statistics; held-out loss of the new user's "
+        f"{users - 1} users' training prompts with context, private statistics at ε = {COLD_START_EPSILON:g} "
+        f"under the public {features.kind.upper()} feature map"
+        + (", with the public warm start" if prior is not None else "")
+        + "; held-out loss of the new user's "
         "answers, nats per assistant token, lower is better; temperature "
         f"{cal.temperature:g} and confidence threshold {cal.threshold:.2f} calibrated on public data — the synthetic "
         f"desk with seed 1 — for 90 % accuracy of the confident choices; coverage there {100 * cal.coverage:.0f} %)",
@@ -548,7 +628,7 @@ def report(args: argparse.Namespace) -> list[str]:
         "Prompts: the opening user message of each held-out conversation (per-user split of the run's "
         "settings). Centroid router: all-MiniLM-L6-v2 (offline) + nearest centroid (cosine); its private "
         "statistics are one Skellam release per device (user-level: a device's upload is its mean embedding "
-        "and count, L2 norm at most √2 without context), each device's noised quantized upload summed as "
+        "and count, L2 norm at most √2; with context, its mean context vector too, √3), each device's noised quantized upload summed as "
         "SecAgg+ would, δ = 1e-5. With a public feature map, each device first maps its embeddings with a "
         "linear map learned from the scenario's public split only (Fisher's discriminant when the public "
         "data declares the run's personas, else principal components; `fedpers.personas.features`), so the "
@@ -576,7 +656,7 @@ def report(args: argparse.Namespace) -> list[str]:
             "",
             f"**{data.name}** ({len(data.train)} users, {len(personas)} declared personas)",
             "",
-            "| router | prompts | accuracy |",
+            "| router | prompts | accuracy (private: mean of 5 noise draws, range) |",
             "| --- | --- | --- |",
             *routing_rows(data, encoder, ledgers, None, public_features(encoder, personas)),
         ]
@@ -584,6 +664,7 @@ def report(args: argparse.Namespace) -> list[str]:
         return out
     # --- the default scenario's run
     split = run_split(args.run, encoder)
+    run_public = public_features(encoder, split.personas, run_settings(args.run)[1])
     sample = sample_prompts(split, args.loss_sample // len(split.personas))
     clean = learn_router(split.train, split.personas, use_context=False)
     heldout_prompts = [p for c in split.heldout_convs for p in c.texts("user")[:1]]
@@ -598,14 +679,14 @@ def report(args: argparse.Namespace) -> list[str]:
         f"**Routing accuracy on held-out synthetic prompts** ({args.run.name}: {len(split.train)} users, "
         f"{len(split.personas)} personas, chance {100 / len(split.personas):.0f} %)",
         "",
-        "| router | prompts | accuracy |",
+        "| router | prompts | accuracy (private: mean of 5 noise draws, range) |",
         "| --- | --- | --- |",
         *routing_rows(
             split,
             encoder,
             ledgers,
             loss,
-            public_features(encoder, split.personas, run_settings(args.run)[1]),
+            run_public,
         ),
         "",
         f"Time per prompt, one at a time (median of {min(args.timing_prompts, len(heldout_prompts))} "
@@ -627,7 +708,7 @@ def report(args: argparse.Namespace) -> list[str]:
         f"**Private statistics against the number of devices** (synthetic desk, {len(big.train)} users, "
         "12 conversations each, seed 0; text only; one release per device)",
         "",
-        "| router | prompts | accuracy |",
+        "| router | prompts | accuracy (private: mean of 5 noise draws, range) |",
         "| --- | --- | --- |",
         *routing_rows(big, encoder, ledgers, None, public_features(encoder, big.personas)),
     ]
@@ -641,7 +722,7 @@ def report(args: argparse.Namespace) -> list[str]:
             f"each device chose privately in that run, {len(set(labels.values()))} voices; chance "
             f"{100 / len(shakes.personas):.0f} %)",
             "",
-            "| router | prompts | accuracy |",
+            "| router | prompts | accuracy (private: mean of 5 noise draws, range) |",
             "| --- | --- | --- |",
             *routing_rows(
                 shakes,
@@ -654,7 +735,15 @@ def report(args: argparse.Namespace) -> list[str]:
     # --- cold start
     if args.cold_start:
         public = synthetic_split("public synthetic desk", 3, 40, 1, encoder)
-        cold_start(args.run, split, public, out)
+        cold_start(
+            args.run,
+            split,
+            public,
+            out,
+            run_public[0],
+            ledgers,
+            run_public[2],
+        )
     # --- persona discovery
     ifca = None
     if args.ifca_run:

@@ -161,3 +161,30 @@ def test_a_map_of_the_wrong_shape_is_refused():
         FeatureMap("tsne", np.zeros(4), np.zeros((2, 4)))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="24-dimensional"):
         pca_map(unit_rows(np.random.default_rng(0).normal(size=(10, 24))), 3)(np.zeros(7))
+
+
+def test_the_public_warm_start_gives_a_persona_without_devices_a_centroid_and_moves_with_the_devices(
+    tmp_path,
+):
+    from fedpers.personas.router_data import public_statistics
+
+    rng = np.random.default_rng(5)
+    draw = _world(rng)
+    public = _users(draw, 2, 40, "public")
+    features = lda_map(
+        np.concatenate([u.text for u in public]), [u.persona for u in public for _ in u.text]
+    )
+    train = [u for u in _users(draw, 3, 30, "dev") if u.persona != "d"]
+    heldout = _users(draw, 2, 30, "held")
+    prior = public_statistics(public, PERSONAS, features, use_context=False)
+    assert prior is not None and prior.counts.tolist() == [2.0, 2.0, 2.0, 2.0]
+    alone = learn_router(train, PERSONAS, use_context=False, features=features)
+    warm = learn_router(train, PERSONAS, use_context=False, features=features, prior=prior)
+    assert "d" not in alone.trained and "d" in warm.trained
+    of_d = [u for u in heldout if u.persona == "d"]
+    assert _accuracy(warm, of_d) >= 0.8 and _accuracy(warm, heldout) > _accuracy(alone, heldout)
+    # the devices' sums count: the warm router's centroids differ from the public data's alone
+    public_only = learn_router(public, PERSONAS, use_context=False, features=features)
+    assert not np.allclose(warm.text, public_only.text, atol=1e-3)
+    # public users of personas the run does not have are left out; none left: no warm start
+    assert public_statistics(public, ("x", "y"), features, use_context=False) is None

@@ -159,10 +159,12 @@ def learn_router(
     use_context: bool = True,
     rng: np.random.Generator | None = None,
     features: FeatureMap = IDENTITY,
+    prior: RouterStatistics | None = None,
     **settings,
 ) -> CentroidRouterModel:
     """A router from devices' data: private (``noise`` and ``ledger_dir`` given) or clean (neither). Each
-    device maps its embeddings with the public ``features`` map before its contribution."""
+    device maps its embeddings with the public ``features`` map before its contribution. ``prior``: clean
+    statistics of public users (:func:`public_statistics`) added to the devices' before the centroids."""
     if not users:
         raise ValueError("no users to learn the router from")
     if features.kind != "identity":
@@ -179,6 +181,8 @@ def learn_router(
         stats = private_statistics(
             parts, layout, noise, ledger_dir, [u.user_id for u in users], rng=rng
         )
+    if prior is not None:
+        stats = stats + prior
     if not use_context:
         settings = {"context_weight": 0.0, **settings}
     return model_from_statistics(stats, min_count=min_count, features=features, **settings)
@@ -205,3 +209,25 @@ def public_router_features(
     labels = [u.persona for u in rows for _ in u.text]
     source = f"public_data {config.dataset.public_data!r}, {len(text)} prompts"
     return public_feature_map(text, labels, tuple(personas), source=source)
+
+
+def public_statistics(
+    users: Sequence[EncodedUser],
+    personas: Sequence[str],
+    features: FeatureMap = IDENTITY,
+    use_context: bool = True,
+) -> RouterStatistics | None:
+    """The router's public warm start: the statistics public users (documented as public; never a device's
+    data) would send, clean, under the same ``features`` map and layout as the devices'. Added to the
+    devices' noised sums, each public user counts as one more device whose contribution needs no noise:
+    a persona with few (or no) devices keeps a centroid, and the devices' data moves it. Users of personas
+    outside ``personas`` are left out; ``None`` when none is left."""
+    keep = [u for u in users if u.persona in set(personas)]
+    if not keep:
+        return None
+    if features.kind != "identity":
+        keep = [mapped(u, features) for u in keep]
+    layout = StatsLayout(
+        tuple(personas), keep[0].text.shape[1], keep[0].context.shape[1] if use_context else 0
+    )
+    return clean_statistics(contributions(keep, layout, use_context=use_context), layout)
