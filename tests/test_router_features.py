@@ -188,3 +188,18 @@ def test_the_public_warm_start_gives_a_persona_without_devices_a_centroid_and_mo
     assert not np.allclose(warm.text, public_only.text, atol=1e-3)
     # public users of personas the run does not have are left out; none left: no warm start
     assert public_statistics(public, ("x", "y"), features, use_context=False) is None
+
+
+def test_the_map_travels_as_safetensors_and_a_damaged_blob_is_refused():
+    rng = np.random.default_rng(6)
+    features = pca_map(unit_rows(rng.normal(size=(30, 12))), 3, source="public")
+    back = FeatureMap.from_bytes(features.to_bytes())
+    assert (back.kind, back.source) == ("pca", "public")
+    np.testing.assert_array_equal(back.components, features.components)
+    np.testing.assert_array_equal(back.mean, features.mean)
+    assert FeatureMap.from_bytes(b"") is IDENTITY
+    assert FeatureMap.from_bytes(IDENTITY.to_bytes()) is IDENTITY
+    blob = features.to_bytes()
+    for bad in (blob[:5], b"x" * 40, blob[:-8]):
+        with pytest.raises(ValueError, match="router feature map"):
+            FeatureMap.from_bytes(bad)

@@ -105,6 +105,31 @@ class FeatureMap:
         )
 
 
+    def to_bytes(self) -> bytes:
+        """The map as safetensors (its kind and source in the header's metadata): how it travels to devices."""
+        from safetensors.numpy import save
+
+        return save(self.tensors(), metadata={"kind": self.kind, "source": self.source})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> FeatureMap:
+        """The inverse of :meth:`to_bytes`; an empty blob is the identity. Errors say what is wrong."""
+        if not blob:
+            return IDENTITY
+        import json
+        import struct
+
+        from safetensors.numpy import load
+
+        try:
+            (size,) = struct.unpack("<Q", bytes(blob[:8]))
+            meta = json.loads(bytes(blob[8 : 8 + size])).get("__metadata__") or {}
+            tensors = load(bytes(blob))
+        except Exception as err:  # struct, JSON and safetensors each raise their own error types
+            raise ValueError(f"router feature map: not a safetensors blob ({err})") from err
+        return cls.from_tensors(str(meta.get("kind", "")), tensors, str(meta.get("source", "")))
+
+
 IDENTITY = FeatureMap("identity", np.zeros(0), np.zeros((0, 0)))
 
 
