@@ -104,7 +104,6 @@ class FeatureMap:
             source,
         )
 
-
     def to_bytes(self) -> bytes:
         """The map as safetensors (its kind and source in the header's metadata): how it travels to devices."""
         from safetensors.numpy import save
