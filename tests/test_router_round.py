@@ -1,0 +1,221 @@
+"""The router's round of a federated run, piece by piece (no Ray): the device's upload, the SecAgg+ mod's handling
+of it, and the server's inversion of what SecAgg+ unmasks. The end-to-end run is in ``test_simulation.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
+from flwr.common import ndarrays_to_parameters
+from flwr.common.secure_aggregation.quantization import dequantize
+
+from clients.secagg import _router_levels
+from clients.state import UserState
+from clients.tasks import answer, router_task
+from fedpers.data.schema import Conversation, Turn
+from fedpers.federated import FederatedConfig, all_settings, load_config_file
+from fedpers.instructions import SECAGG_THRESHOLD, RoundInstructions
+from fedpers.personas.encoder import unit_rows
+from fedpers.personas.router_round import (
+    device_router_upload,
+    router_from_round,
+    router_layout,
+    router_round_off,
+    statistics_from_mean,
+)
+from fedpers.personas.router_stats import (
+    StatsLayout,
+    clean_statistics,
+    noise_for_epsilon,
+    statistics_from_sum,
+)
+from fedpers.privacy.accounting import BudgetExceededError
+from fedpers.privacy.ledger import PrivacyLedger
+from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
+from fedpers.releases import ROUTER_STATS_PURPOSE
+from simulations.simulate import SCENARIOS
+
+
+class HashEncoder:
+    """A stand-in for all-MiniLM-L6-v2: a unit row per text, seeded by the text (tests only)."""
+
+    dimension, name = 384, "sentence-transformers/all-MiniLM-L6-v2"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=384) for t in texts]
+        return unit_rows(np.array(rows))
+
+
+def _conversations(user: str, persona: str | None, n: int = 3) -> list[Conversation]:
+    return [
+        Conversation(
+            user,
+            f"{user}-{i}",
+            (Turn("user", f"my badge {i} stopped working"), Turn("assistant", "try again")),
+            persona,
+            {"device": "iPad Pro", "location": "Leeds"},
+        )
+        for i in range(n)
+    ]
+
+
+def _config(tmp_path, **changes) -> FederatedConfig:
+    values = load_config_file(SCENARIOS / "tiny.toml") | {"state_dir": str(tmp_path / "state")}
+    return FederatedConfig.from_flat(values | changes).validated()
+
+
+def test_the_threshold_key_is_no_setting_and_travels_in_the_instructions(tmp_path):
+    """The key once was ``secagg-threshold``, which is the flat name of the setting ``secagg_threshold``: the
+    device's integer threshold then failed the setting's check and every router upload was refused."""
+    names = {s.name for s in all_settings()}
+    assert SECAGG_THRESHOLD.replace("-", "_") not in names
+    config = _config(tmp_path)
+    record = RoundInstructions(config, "run-1", 3, "router").to_record()
+    assert SECAGG_THRESHOLD not in record  # the server sends none
+    record[SECAGG_THRESHOLD] = 5  # the device's SecAgg+ mod adds its own
+    back = RoundInstructions.from_record(record)
+    assert back.secagg_threshold == 5 and back.config == config and back.task == "router"
+
+
+def test_the_router_round_runs_only_under_secagg_on_data_with_personas(tmp_path):
+    assert router_round_off(_config(tmp_path)) is None
+    assert "router_epsilon" in router_round_off(_config(tmp_path, router_epsilon=0.0))
+    assert "secure aggregation" in router_round_off(_config(tmp_path, secure_aggregation=False))
+    assert "personas" in router_round_off(_config(tmp_path, data="shakespeare"))
+    assert router_layout(_config(tmp_path, data="shakespeare")).context_dimension == 0
+    with pytest.raises(ValueError, match="router_epsilon"):
+        _config(tmp_path, router_epsilon=-1.0)
+
+
+def test_the_device_records_its_release_first_and_a_cap_refuses_before_anything_is_spent(tmp_path):
+    layout = StatsLayout(("leadership", "field_worker"), 384, 64)
+    encoder = HashEncoder()
+    ledger = PrivacyLedger(tmp_path / "u.json", "u", 1e-5)
+    levels = device_router_upload(
+        _conversations("u", "field_worker"), "field_worker", layout, 4.0, 1e-5, 3, ledger, encoder
+    )
+    assert levels.dtype == np.int64 and levels.shape == (layout.dimension,)
+    (entry,) = ledger.entries
+    assert (entry.purpose, entry.status) == (ROUTER_STATS_PURPOSE, "completed")
+    assert entry.details["threshold"] == 3 and entry.details["epsilon"] == 4.0
+    assert ledger.spent().epsilon == pytest.approx(4.0, rel=0.02)
+    # a second release past a cap of 4.5: refused, nothing recorded, no noise drawn
+    capped = PrivacyLedger(tmp_path / "u.json", "u", 1e-5, cap=4.5)
+    calls = encoder.calls
+    with pytest.raises(BudgetExceededError):
+        device_router_upload(
+            _conversations("u", "field_worker"),
+            "field_worker",
+            layout,
+            4.0,
+            1e-5,
+            3,
+            capped,
+            encoder,
+        )
+    assert len(PrivacyLedger(tmp_path / "u.json", "u").entries) == 1
+    assert encoder.calls == calls + 1  # embeddings are computed, no noise drawn, nothing returned
+    # a threshold below SecAgg+'s minimum is refused before the ledger is touched
+    with pytest.raises(ValueError, match="threshold"):
+        device_router_upload([], None, layout, 4.0, 1e-5, 1, ledger, encoder)
+    assert len(ledger.entries) == 1
+
+
+def test_a_device_without_a_slot_sends_a_noised_zero_and_still_pays(tmp_path):
+    layout = StatsLayout(("leadership", "field_worker"), 384, 64)
+    ledger = PrivacyLedger(tmp_path / "u.json", "u")
+    encoder = HashEncoder()
+    levels = device_router_upload(
+        _conversations("u", None), None, layout, 8.0, 1e-5, 2, ledger, encoder
+    )
+    assert encoder.calls == 0 and len(ledger.entries) == 1
+    centre = layout.levels_per_unit
+    noise = noise_for_epsilon(8.0, 1e-5, layout)
+    assert abs(levels.mean() - centre) < 6 * np.sqrt(noise.share_variance(2) / layout.dimension)
+
+
+def test_what_secagg_unmasks_gives_back_the_integer_sum_exactly():
+    """Flower's unmask stage hands the strategy ``dequantize(total) - (n - 1) c`` scaled by ``R / q_total``: the
+    mean. ``statistics_from_mean`` recovers the same statistics as the integer sum itself."""
+    layout = StatsLayout(("a", "b", "c"), 384, 64)
+    rng = np.random.default_rng(3)
+    n = 7
+    uploads = [
+        rng.integers(-50, 2**NOISED_QUANTIZATION_BITS + 50, layout.dimension) for _ in range(n)
+    ]
+    total = np.sum(uploads, axis=0)
+    R = 2**NOISED_QUANTIZATION_BITS
+    (mean,) = dequantize([total], 1.0, R)
+    mean = (mean - (n - 1) * 1.0) * R / (n * R)
+    got = statistics_from_mean([mean], n, layout)
+    want = statistics_from_sum(total, n, layout)
+    for a, b in zip(
+        (got.text_sums, got.context_sums, got.counts),
+        (want.text_sums, want.context_sums, want.counts),
+    ):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="coordinates"):
+        statistics_from_mean([mean[:-1]], n, layout)
+
+
+def test_the_learned_router_records_what_it_cost(tmp_path):
+    config = _config(tmp_path, personas="leadership,field_worker", min_clients=2)
+    layout = router_layout(config)
+    parts = []
+    for persona in ("leadership", "leadership", "field_worker"):
+        x = np.zeros((2, layout.row))
+        k = layout.personas.index(persona)
+        x[k, 0], x[k, -1] = 1.0, 1.0
+        parts.append(x.ravel())
+    model = router_from_round(clean_statistics(parts, layout), layout, config, 3, run_id="r")
+    assert model.trained == ("leadership",)  # one field worker: below the gate of 2
+    assert model.info["run_id"] == "r" and model.info["devices"] == 3
+    assert model.info["epsilon"] <= config.privacy.router_epsilon
+    assert model.info["noise_multiplier"] > 0 and "dropout_assumption" in model.info
+
+
+def test_the_router_task_reads_training_conversations_and_a_retry_resends_the_cached_upload(
+    tmp_path, monkeypatch
+):
+    import fedpers.personas.encoder as encoder_module
+
+    encoder = HashEncoder()
+    monkeypatch.setattr(encoder_module, "default_encoder", lambda: encoder)
+    config = _config(tmp_path, noise_seed=-1)
+    from fedpers.userdata import conversations, user_ids
+
+    user = user_ids(config)[0]
+    state = UserState(config.outputs.state_dir, user)
+    record = RoundInstructions(config, "run-1", config.server.rounds, "router").to_record()
+    record[SECAGG_THRESHOLD] = 4
+    task = router_task(RoundInstructions.from_record(record), state)
+    mine = [c for c in conversations(config) if c.user_id == user]
+    assert task.persona == mine[0].persona
+    assert 0 < len(task.conversations) < len(mine)  # the held-out ones stay out
+    first = answer(task)
+    again = answer(task)  # a SecAgg+ retry: the same levels, no second release
+    np.testing.assert_array_equal(first[0][0], again[0][0])
+    (entry,) = state.user_level_ledger().entries
+    assert entry.purpose == ROUTER_STATS_PURPOSE and entry.details["round"] == config.server.rounds
+    assert entry.details["run_id"] == "run-1" and entry.details["threshold"] == 4
+    assert encoder.calls == 1
+
+
+def test_the_mod_masks_only_integer_levels_on_the_routers_grid():
+    state = SecAggPlusState(
+        clipping_range=1.0, target_range=2**NOISED_QUANTIZATION_BITS, max_weight=1.0
+    )
+    levels = ndarrays_to_parameters([np.arange(5, dtype=np.int64)])
+    (out,) = _router_levels(state, 1, levels)
+    np.testing.assert_array_equal(out, np.arange(5))
+    with pytest.raises(ValueError, match="integer levels"):
+        _router_levels(state, 1, ndarrays_to_parameters([np.ones(5)]))
+    with pytest.raises(ValueError, match="weight"):
+        _router_levels(state, 2, levels)
+    other = SecAggPlusState(clipping_range=32.0, target_range=2**20, max_weight=1.0)
+    with pytest.raises(ValueError, match="not the router's"):
+        _router_levels(other, 1, levels)
