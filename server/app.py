@@ -430,6 +430,7 @@ def router_round(
         router_from_round,
         router_layout,
         router_round_off,
+        router_sum_problems,
         statistics_from_mean,
     )
     from fedpers.personas.router_stats import noise_for_epsilon, privacy_summary
@@ -502,6 +503,15 @@ def router_round(
     mean, devices, failures = collection.received
     try:
         stats = statistics_from_mean(mean, devices, layout)
+        problems = router_sum_problems(
+            stats, devices, layout, config.privacy.router_epsilon, config.privacy.delta
+        )
+        if problems:
+            return failed(
+                "the router round was REJECTED: the unmasked sum is not what "
+                f"{devices} honest uploads can give: {'; '.join(problems)}",
+                "rejected",
+            )
         model = router_from_round(
             stats, layout, config, devices, run_id=run.run_id, failures=failures
         )

@@ -21,6 +21,7 @@ from fedpers.personas.router_round import (
     router_from_round,
     router_layout,
     router_round_off,
+    router_sum_problems,
     statistics_from_mean,
 )
 from fedpers.personas.router_stats import (
@@ -64,7 +65,10 @@ def _conversations(user: str, persona: str | None, n: int = 3) -> list[Conversat
 
 
 def _config(tmp_path, **changes) -> FederatedConfig:
-    values = load_config_file(SCENARIOS / "tiny.toml") | {"state_dir": str(tmp_path / "state")}
+    values = load_config_file(SCENARIOS / "tiny.toml") | {
+        "state_dir": str(tmp_path / "state"),
+        "router_epsilon": 8.0,  # the tiny scenario has no router round
+    }
     return FederatedConfig.from_flat(values | changes).validated()
 
 
@@ -219,3 +223,58 @@ def test_the_mod_masks_only_integer_levels_on_the_routers_grid():
     other = SecAggPlusState(clipping_range=32.0, target_range=2**20, max_weight=1.0)
     with pytest.raises(ValueError, match="not the router's"):
         _router_levels(other, 1, levels)
+
+
+def test_a_router_sum_that_honest_uploads_cannot_give_is_rejected():
+    layout = StatsLayout(("a", "b"), 384, 64)
+    n, rng = 10, np.random.default_rng(5)
+    parts = []
+    for i in range(n):
+        x = np.zeros((2, layout.row))
+        x[i % 2, : layout.text_dimension] = unit_rows(rng.normal(size=(1, 384)))[0]
+        x[i % 2, -1] = 1.0
+        parts.append(x.ravel())
+    honest = clean_statistics(parts, layout)
+    assert router_sum_problems(honest, n, layout, 8.0, 1e-5) == []
+    # one device adding 2**36 levels to its masked upload: 2**36 / s in every coordinate of the sum
+    shift = 2**36 / layout.levels_per_unit
+    shifted = statistics_from_sum(
+        layout.levels_per_unit * (np.sum(parts, axis=0) + n) + 2**36, n, layout
+    )
+    assert np.allclose(shifted.counts, honest.counts + shift)
+    problems = router_sum_problems(shifted, n, layout, 8.0, 1e-5)
+    assert any(p.startswith("text sums") for p in problems) and any(
+        p.startswith("counts") for p in problems
+    )
+
+
+def test_a_resumed_run_keeps_its_router_and_a_stale_one_never_survives(tmp_path):
+    """``router_round`` of the server: a router this run saved (a resume after the router round) is kept and the
+    round not run again; one of another run in the same directory is removed, whatever happens next."""
+    from types import SimpleNamespace
+
+    from fedpers.personas.centroid import CentroidRouterModel, has_router, save_router
+    from fedpers.progress import Progress
+    from server.app import router_round
+
+    class NoGrid:
+        def __getattr__(self, name):
+            raise AssertionError(f"the grid was used ({name})")
+
+    config = _config(tmp_path)
+    model = CentroidRouterModel(
+        ("leadership",),
+        np.ones((1, 4), np.float32) / 2,
+        np.zeros((1, 2), np.float32),
+        np.array([3.0]),
+        info={"run_id": "this-run"},
+    )
+    save_router(tmp_path / "run", model)
+    progress = Progress(live=False)
+    run = SimpleNamespace(config=config, run_id="this-run")
+    done = router_round(run, NoGrid(), None, tmp_path / "run", None, False, progress)
+    assert done == {"status": "saved", "resumed": True} and has_router(tmp_path / "run")
+    # another run's router: removed; with the round off, nothing replaces it
+    other = SimpleNamespace(config=_config(tmp_path, router_epsilon=0.0), run_id="next-run")
+    done = router_round(other, NoGrid(), None, tmp_path / "run", None, False, progress)
+    assert done["status"] == "off" and not (tmp_path / "run" / "router").exists()

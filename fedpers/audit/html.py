@@ -165,6 +165,7 @@ def _router_html(router: dict | None) -> list[str]:
     status = {
         "saved": "the router was learned and saved beside the adapters",
         "failed": "the router round FAILED: the run has no router",
+        "rejected": "the router round was REJECTED by the aggregate checks: the run has no router",
         "off": "the run had no router round",
     }.get(router["status"], f"status {_e(str(router['status']))}")
     epsilon = (

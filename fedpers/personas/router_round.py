@@ -21,12 +21,19 @@ the ``n`` uploads, dequantized (``mean = total / (n s) - c``); ``s n (mean + c)`
 again, exactly (it is an integer; the float error is far below one half), which
 :func:`~fedpers.personas.router_stats.statistics_from_sum` turns into noised per-persona sums and counts. The
 router's centroids are their directions (:func:`~fedpers.personas.centroid.model_from_statistics`), none for a
-persona whose noised count is below the run's minimum-clients gate.
+persona whose noised count is below the run's minimum-clients gate (its count is not published either).
+
+**Checks** (:func:`router_sum_problems`). SecAgg+ hides who sent what, so a device could shift its masked upload;
+the sum must be one that ``n`` honest uploads can give: each block of an upload has L2 norm at most one, so every
+coordinate of the text and context sums lies in ``[-n, n]`` and every count in ``[0, n]``, plus the devices' noise
+(std at most ``sqrt(n v / 2) / s`` per coordinate, each device adding ``v / t`` with ``t >= 2``) with
+:data:`NOISE_MARGIN` standard deviations to spare. A sum outside is rejected: no router.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,6 +55,8 @@ from fedpers.personas.router_stats import (
 )
 from fedpers.privacy.ledger import PrivacyLedger
 
+NOISE_MARGIN = 8.0
+"""Standard deviations of the devices' noise a router sum may stray outside what honest uploads give."""
 NO_PERSONAS_DATA = "shakespeare"
 """The built-in data that declares no personas (its profile is the speaker, not a persona or context)."""
 
@@ -142,6 +151,28 @@ def statistics_from_mean(
     return statistics_from_sum(total, devices, layout)
 
 
+def router_sum_problems(
+    stats: RouterStatistics, devices: int, layout: StatsLayout, epsilon: float, delta: float
+) -> list[str]:
+    """What makes ``stats`` a sum that ``devices`` honest uploads with noise for ``(epsilon, delta)`` cannot give
+    (see the module docstring); empty when it is plausible."""
+    noise = noise_for_epsilon(epsilon, delta, layout)
+    slack = NOISE_MARGIN * math.sqrt(devices * noise.variance / 2.0) / layout.levels_per_unit
+    problems = []
+    for name, values in (("text sums", stats.text_sums), ("context sums", stats.context_sums)):
+        if values.size and not np.all(np.abs(values) <= devices + slack):
+            problems.append(
+                f"{name}: a coordinate of {float(np.max(np.abs(values))):.4g} where {devices} uploads give "
+                f"at most {devices} (+ {slack:.3g} of noise)"
+            )
+    counts = np.asarray(stats.counts, dtype=np.float64)
+    if not np.all((counts >= -slack) & (counts <= devices + slack)):
+        problems.append(f"counts: outside [0, {devices}] by more than the noise ({slack:.3g})")
+    if not np.all(np.isfinite(counts)):
+        problems.append("counts: not finite")
+    return problems
+
+
 def router_from_round(
     stats: RouterStatistics,
     layout: StatsLayout,
@@ -153,9 +184,12 @@ def router_from_round(
     noise = noise_for_epsilon(config.privacy.router_epsilon, config.privacy.delta, layout)
     summary = privacy_summary(noise, config.privacy.delta)
     settings = {} if layout.context_dimension else {"context_weight": 0.0}
+    gate = float(config.server.min_clients)
+    # no count below the minimum-clients gate is published (those personas get no centroid either)
+    stats = dataclasses.replace(stats, counts=np.where(stats.counts >= gate, stats.counts, 0.0))
     return model_from_statistics(
         stats,
-        min_count=float(config.server.min_clients),
+        min_count=gate if gate > 0 else 1e-12,
         info={
             **info,
             "source": "federated router round: private statistics under SecAgg+",
@@ -175,5 +209,6 @@ __all__ = [
     "router_from_round",
     "router_layout",
     "router_round_off",
+    "router_sum_problems",
     "statistics_from_mean",
 ]
