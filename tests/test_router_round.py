@@ -278,3 +278,17 @@ def test_a_resumed_run_keeps_its_router_and_a_stale_one_never_survives(tmp_path)
     other = SimpleNamespace(config=_config(tmp_path, router_epsilon=0.0), run_id="next-run")
     done = router_round(other, NoGrid(), None, tmp_path / "run", None, False, progress)
     assert done["status"] == "off" and not (tmp_path / "run" / "router").exists()
+
+
+def test_the_clientapp_and_the_router_round_load_no_encoder_until_a_router_upload_is_computed():
+    """Every SecAgg+ stage starts a ClientApp process on the deployment engine: neither the ClientApp nor the
+    router round's module may import sentence-transformers (or torch) before a router upload is computed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, clients.app, clients.secagg, fedpers.personas.router_round, server.registry; "
+        "print(sorted({'torch', 'transformers', 'sentence_transformers'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
