@@ -81,7 +81,9 @@ def chat(
     model = PersonalizedLM(lm, embedding)
     trained = set(info.get("trained_personas", []))
     available = [p for p in config.persona_names if p in adapters and p in trained]
-    centroid = _centroid_scorer(version, config.persona_names)
+    declared = _declared(device, config.persona_names)
+    # a declared persona with an adapter answers without scoring: no encoder to load
+    centroid = None if declared in available else _centroid_scorer(version, config.persona_names)
     if centroid is not None:
         router = Router(
             centroid,
@@ -92,7 +94,7 @@ def chat(
     else:
         scorer = LossScorer(model, tokenizer, {p: adapters[p] for p in available})
         router = Router(scorer, config.persona_names, fallback=GLOBAL, available=available)
-    decision = router.route(prompt, _declared(device, config.persona_names))
+    decision = router.route(prompt, declared)
     load_adapter_arrays(model.lm, adapters[decision.persona])
     model.use_user_embedding = embedding is not None
     text = generate_answer(model, tokenizer, prompt, max_new_tokens)

@@ -292,3 +292,48 @@ def test_the_clientapp_and_the_router_round_load_no_encoder_until_a_router_uploa
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_inferred_personas_send_the_persona_the_device_chose_for_this_run(tmp_path):
+    config = _config(tmp_path, persona_mode="inferred")
+    from fedpers.userdata import user_ids
+
+    user = user_ids(config)[0]
+    state = UserState(config.outputs.state_dir, user)
+    instructions = RoundInstructions(config, "run-1", config.server.rounds, "router")
+    assert router_task(instructions, state).persona is None  # never chose: an all-zero contribution
+    state.save_persona_choice("run-0", "admin_hr")  # another run's choice does not count
+    assert router_task(instructions, state).persona is None
+    state.save_persona_choice("run-1", "admin_hr")
+    assert router_task(instructions, state).persona == "admin_hr"
+
+
+def test_chat_takes_the_versions_learned_router_when_it_has_one(tmp_path, monkeypatch):
+    import fedpers.personas.encoder as encoder_module
+    from clients.chat import _centroid_scorer
+    from fedpers.personas.centroid import CentroidRouterModel, CentroidScorer, save_router
+
+    monkeypatch.setattr(encoder_module, "default_encoder", HashEncoder)
+    version = tmp_path / "v0001"
+    version.mkdir()
+    assert _centroid_scorer(None, ["leadership"]) is None
+    assert (
+        _centroid_scorer(version, ["leadership"]) is None
+    )  # no router/: the loss router, as before
+    with pytest.raises(FileNotFoundError, match="no such registry version"):
+        _centroid_scorer(tmp_path / "v0002", ["leadership"])
+    text = np.zeros((2, 384), np.float32)
+    text[:, 0] = 1.0
+    save_router(
+        version,
+        CentroidRouterModel(
+            ("leadership", "field_worker"),
+            text,
+            np.zeros((2, 64), np.float32),
+            np.array([3.0, 3.0]),
+        ),
+    )
+    scorer = _centroid_scorer(version, ["leadership", "field_worker"])
+    assert isinstance(scorer, CentroidScorer) and scorer.context.hour is not None
+    with pytest.raises(ValueError, match="not those of the adapters on this device"):
+        _centroid_scorer(version, ["leadership"])
