@@ -458,7 +458,7 @@ def router_round(
         if k in ("epsilon", "delta", "noise_multiplier", "dropout_assumption")
     }
 
-    def failed(reason: str) -> dict:
+    def failed(reason: str, status: str = "failed") -> dict:
         log(
             ERROR,
             "fedpers: NO ROUTER for this run: %s; the adapters are published without router/",
@@ -466,7 +466,7 @@ def router_round(
         )
         progress.note(f"fedpers: NO ROUTER: {reason}")
         return {
-            "status": "failed",
+            "status": status,
             "reason": reason,
             "router_epsilon": config.privacy.router_epsilon,
         }
@@ -501,6 +501,14 @@ def router_round(
     if collection.received is None:
         return failed("the router round received no uploads")
     mean, devices, failures = collection.received
+    expected = devices * session.plan.quantization_range
+    if session.unmasked_weight != expected:
+        return failed(
+            "the router round was REJECTED: the uploads' weights add up to "
+            f"{session.unmasked_weight}, not {expected} ({devices} uploads of weight one): a device changed "
+            "its masked upload",
+            "rejected",
+        )
     try:
         stats = statistics_from_mean(mean, devices, layout)
         problems = router_sum_problems(

@@ -337,3 +337,73 @@ def test_chat_takes_the_versions_learned_router_when_it_has_one(tmp_path, monkey
     assert isinstance(scorer, CentroidScorer) and scorer.context.hour is not None
     with pytest.raises(ValueError, match="not those of the adapters on this device"):
         _centroid_scorer(version, ["leadership"])
+
+
+class _Grid:
+    def get_node_ids(self):
+        return [1, 2, 3, 4]
+
+
+def _session_giving(mean: np.ndarray, devices: int, weight_shift: int = 0):
+    """A stand-in for the SecAgg+ session: hands the strategy ``mean`` from ``devices`` uploads, as Flower's
+    unmask stage does, with the unmasked weights off by ``weight_shift``."""
+    from flwr.common import Code, FitRes, Status
+
+    class Session:
+        def __init__(self, plan, **_):
+            self.plan = plan
+            self.unmasked_weight = None
+
+        def __call__(self, grid, context):
+            self.unmasked_weight = devices * self.plan.quantization_range + weight_shift
+            res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([mean]), 1, {})
+            context.strategy.aggregate_fit(3, [(None, res)] * devices, [])
+
+    return Session
+
+
+@pytest.mark.parametrize("case", ["honest", "weights", "shifted"])
+def test_the_server_saves_the_router_of_an_honest_sum_and_rejects_a_changed_one(
+    tmp_path, monkeypatch, case
+):
+    from types import SimpleNamespace
+
+    import server.app as server_app
+    from fedpers.personas.centroid import has_router, load_router
+    from fedpers.progress import Progress
+
+    config = _config(tmp_path, personas="leadership,field_worker", min_clients=1)
+    layout = router_layout(config)
+    devices, rng = 4, np.random.default_rng(2)
+    parts = []
+    for i in range(devices):
+        x = np.zeros((2, layout.row))
+        x[i % 2, : layout.text_dimension] = unit_rows(rng.normal(size=(1, 384)))[0]
+        x[i % 2, -1] = 1.0
+        parts.append(x.ravel())
+    mean = np.mean(parts, axis=0)
+    if case == "shifted":
+        mean = mean + 2**36 / layout.levels_per_unit / devices
+    monkeypatch.setattr(
+        server_app,
+        "SecAggPlusRound",
+        _session_giving(mean, devices, 7 if case == "weights" else 0),
+    )
+    run = SimpleNamespace(config=config, run_id="run-9")
+    context = SimpleNamespace(strategy="training")
+    done = server_app.router_round(
+        run, _Grid(), context, tmp_path / "run", None, False, Progress(live=False)
+    )
+    assert context.strategy == "training"  # the training strategy is back in place
+    if case == "honest":
+        assert done["status"] == "saved" and done["devices"] == devices, done
+        saved = load_router(tmp_path / "run")
+        assert saved.info["run_id"] == "run-9" and set(saved.trained) == {
+            "leadership",
+            "field_worker",
+        }
+        np.testing.assert_allclose(saved.counts, [2.0, 2.0], atol=1e-9)
+    else:
+        assert done["status"] == "rejected" and "REJECTED" in done["reason"], done
+        assert ("weights add up" in done["reason"]) == (case == "weights")
+        assert not has_router(tmp_path / "run")
