@@ -2,7 +2,8 @@
 
 Every aggregation is a ``TRAIN`` message (SecAgg+ handles only those), in the ``fitins``/``fitres``
 layout that ``secaggplus_mod`` reads. The config's ``task`` says what to
-upload: ``train`` (the clipped adapter delta in the slot of the client's persona) is the only one;
+upload: ``train`` (the clipped adapter delta in the slot of the client's persona), or, once per run after
+the last round, ``router`` (the router's private statistics, :mod:`fedpers.personas.router_round`);
 a ``QUERY`` with task ``persona`` asks for the persona in clear (only when persona hiding is off).
 Devices answer no evaluation request: held-out figures never leave them. The computation is in :mod:`clients.tasks`.
 
@@ -42,9 +43,14 @@ from clients.state import Upload
 from clients.timings import TIMINGS, timing_mod
 from clients.unlock import open_from_env
 from clients.worker_protocol import Request, Response, VersionMismatch, exchange, socket_path
-from fedpers.instructions import PERSONA_INDEX, RoundInstructions
+from fedpers.instructions import PERSONA_INDEX, RoundInstructions, instructed_task
 from fedpers.privacy.user_level import USER_LEVEL_PURPOSE
-from fedpers.releases import fields_of, required_ledger, undeclared_fields
+from fedpers.releases import (
+    ROUTER_STATS_PURPOSE,
+    fields_of,
+    required_ledger,
+    undeclared_fields,
+)
 
 
 class UnaccountedRelease(RuntimeError):
@@ -72,7 +78,7 @@ def _refusing(fn):
             return fn(task)
         except BudgetExceededError as err:
             raise ParticipationRefused(
-                OVER_BUDGET, f"user {task.data.user_id}: refused to train: {err}"
+                OVER_BUDGET, f"user {task.state.user_id}: refused to train: {err}"
             ) from err
 
     return run
@@ -199,7 +205,8 @@ def consent_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
 
 
 def _ledger_has(state, purpose: str, run_id: str, server_round: int) -> bool:
-    ledger = state.user_level_ledger() if purpose == USER_LEVEL_PURPOSE else state.ledger()
+    user_level = purpose in (USER_LEVEL_PURPOSE, ROUTER_STATS_PURPOSE)
+    ledger = state.user_level_ledger() if user_level else state.ledger()
     return any(
         e.purpose == purpose
         and e.details.get("run_id") == run_id
@@ -237,16 +244,24 @@ def _check_ledger(instructions: RoundInstructions, context: Context, needed: set
         )
 
 
+def _task_of(msg: Message) -> str | None:
+    """The task a message's instructions name (``None``: a SecAgg+ stage without instructions)."""
+    if msg.metadata.message_type == MessageType.QUERY:
+        return instructed_task(msg.content.config_records.get("config"))
+    return instructed_task(msg.content.config_records.get("fitins.config"))
+
+
 def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Let a reply leave only if every field is in the release manifest (:mod:`fedpers.releases`) and every
     DP field's ledger entry is already on the device; otherwise log it and send an error instead."""
     # secaggplus_mod pops it
     stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE)
+    task = _task_of(msg)
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
     message_type, fields = reply.metadata.message_type, fields_of(reply.content)
-    undeclared = undeclared_fields(message_type, stage, fields)
+    undeclared = undeclared_fields(message_type, stage, fields, task)
     if undeclared:
         err = UnaccountedRelease(
             f"reply not sent: fields outside the release manifest: {', '.join(undeclared)}"
@@ -268,6 +283,7 @@ def release_guard(msg: Message, context: Context, call_next: ClientAppCallable) 
         config.privacy.dp,
         config.dataset.persona_mode == "inferred",
         config.privacy.user_dp,
+        instructions.task,
     )
     if needed:
         try:

@@ -2,7 +2,9 @@
 
 The adapters and the run settings (model, LoRA shape, personas) are the ones the ClientApp kept in
 the store; the user embedding is the one it trained. A declared persona is used when the run has
-an adapter for it, otherwise the router scores the prompt under each trained persona adapter
+an adapter for it, otherwise the router picks one: the learned centroid router of a persona registry version
+(``version``: its ``router/``, learned from the devices' private statistics, :mod:`fedpers.personas.router_round`)
+when that version has one, else the prompt is scored under each trained persona adapter
 (:mod:`fedpers.personas.routing`). A rating of the answer is kept in the store as feedback.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from clients.device import DeviceStore
 from fedpers.data.schema import Conversation, Feedback, Turn
@@ -34,9 +37,14 @@ def _declared(device: DeviceStore, personas: list[str]) -> str | None:
 
 
 def chat(
-    device: DeviceStore, prompt: str, max_new_tokens: int = 64, use_embedding: bool = True
+    device: DeviceStore,
+    prompt: str,
+    max_new_tokens: int = 64,
+    use_embedding: bool = True,
+    version: Path | str | None = None,
 ) -> ChatAnswer:
-    """Route ``prompt`` to a persona adapter received from the server and answer it greedily."""
+    """Route ``prompt`` to a persona adapter received from the server and answer it greedily; with ``version``
+    (a registry version or run directory) holding a learned router, that router picks the adapter."""
     import torch
     from safetensors.torch import load as load_tensors
 
@@ -73,10 +81,20 @@ def chat(
     model = PersonalizedLM(lm, embedding)
     trained = set(info.get("trained_personas", []))
     available = [p for p in config.persona_names if p in adapters and p in trained]
-    scorer = LossScorer(model, tokenizer, {p: adapters[p] for p in available})
-    decision = Router(scorer, config.persona_names, fallback=GLOBAL, available=available).route(
-        prompt, _declared(device, config.persona_names)
-    )
+    declared = _declared(device, config.persona_names)
+    # a declared persona with an adapter answers without scoring: no encoder to load
+    centroid = None if declared in available else _centroid_scorer(version, config.persona_names)
+    if centroid is not None:
+        router = Router(
+            centroid,
+            config.persona_names,
+            fallback=GLOBAL,
+            available=[p for p in available if p in centroid.model.trained],
+        )
+    else:
+        scorer = LossScorer(model, tokenizer, {p: adapters[p] for p in available})
+        router = Router(scorer, config.persona_names, fallback=GLOBAL, available=available)
+    decision = router.route(prompt, declared)
     load_adapter_arrays(model.lm, adapters[decision.persona])
     model.use_user_embedding = embedding is not None
     text = generate_answer(model, tokenizer, prompt, max_new_tokens)
@@ -88,6 +106,28 @@ def chat(
         embedding is not None,
         dict(decision.scores),
     )
+
+
+def _centroid_scorer(version: Path | str | None, personas: list[str]):
+    """The learned router of ``version`` (its ``router/``) as a scorer, with the hour as context; ``None`` when
+    no version is given or it has no router."""
+    if version is None:
+        return None
+    from fedpers.personas.centroid import CentroidScorer, has_router, load_router
+    from fedpers.personas.context import Context
+    from fedpers.personas.encoder import default_encoder
+
+    if not Path(version).is_dir():
+        raise FileNotFoundError(f"{version}: no such registry version or run directory")
+    if not has_router(version):
+        return None
+    saved = load_router(version)
+    unknown = sorted(set(saved.personas) - set(personas))
+    if unknown:
+        raise ValueError(
+            f"{version}/router: personas {unknown} are not those of the adapters on this device {personas}"
+        )
+    return CentroidScorer(saved, default_encoder(), Context(hour=datetime.now().hour))
 
 
 def record_rating(device: DeviceStore, reply: ChatAnswer, rating: int) -> Conversation:

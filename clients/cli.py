@@ -374,7 +374,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from clients.chat import chat, record_rating
 
     device = _open(args)
-    reply = chat(device, args.prompt, args.max_new_tokens, use_embedding=not args.no_embedding)
+    reply = chat(
+        device,
+        args.prompt,
+        args.max_new_tokens,
+        use_embedding=not args.no_embedding,
+        version=args.version,
+    )
     print(
         f"adapter: {reply.persona} ({reply.reason}){' + your user embedding' if reply.with_embedding else ''}"
     )
@@ -597,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chat",
         help="answer a prompt with the routed persona adapter and your user embedding",
         description="Route PROMPT to the persona adapter received from the server (the declared persona, "
-        "else the adapter with the lowest loss on the prompt), answer with it and the user embedding "
+        "else the one the learned router of --version picks, or the adapter with the lowest loss on the prompt), answer with it and the user embedding "
         "trained on this device, and keep your rating (1-5) as feedback in the store.",
     )
     p.add_argument("prompt", metavar="PROMPT", help="the message to answer")
@@ -615,6 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest answer in tokens (default: %(default)s)",
     )
     p.add_argument("--no-embedding", action="store_true", help="answer without the user embedding")
+    p.add_argument(
+        "--version",
+        type=Path,
+        metavar="DIR",
+        help="a persona registry version (or run directory): when it holds a learned router (router/), that "
+        "router picks the adapter (default: the adapter with the lowest loss on the prompt)",
+    )
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser(

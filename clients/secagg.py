@@ -7,7 +7,12 @@ instead of ``pseudo_rand_gen`` (``RandomState`` seeded with a 32-bit fold of it)
 is :class:`server.secagg.SecAggPlusRound`; both must use the same mask generator.
 
 Under user-level DP the device adds its share of Skellam noise to the quantized upload before masking
-(:func:`_user_level_noise`; the upload is already clipped by the training task). Messages without a SecAgg+
+(:func:`_user_level_noise`; the upload is already clipped by the training task).
+
+The router's upload (task ``router``) arrives already quantized on the router's grid and noised, by the task
+(:mod:`fedpers.personas.router_round`): the mod first hands the task its reconstruction threshold ``t``
+(:func:`_tell_threshold`; the noise share is ``1/t`` of the noise), then checks that the server's SecAgg+ grid
+is the router's and masks the integer levels as they are (:func:`_router_levels`). Messages without a SecAgg+
 record (plain aggregation) pass straight through, so one ClientApp serves both modes.
 """
 
@@ -53,7 +58,8 @@ from flwr.supercore import log
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fedpers.aggregation.secure import keystream_masks
-from fedpers.instructions import RoundInstructions, instructed_task
+from fedpers.instructions import SECAGG_THRESHOLD, RoundInstructions, instructed_task
+from fedpers.releases import ROUTER_TASK
 
 
 def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
@@ -78,20 +84,32 @@ def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     elif state.current_stage == Stage.SHARE_KEYS:
         res = _share_keys(state, configs)
     elif state.current_stage == Stage.COLLECT_MASKED_VECTORS:
+        router = _is_router(msg)
+        if router:
+            _tell_threshold(msg, state)
         out_msg = call_next(msg, ctxt)
         if out_msg.has_error():
             return out_msg
         out_content = out_msg.content
         fitres = compat.recorddict_to_fitres(out_content, keep_input=True)
-        rng = _rounding(msg, ctxt)
-        res = _collect_masked_vectors(
-            state,
-            configs,
-            fitres.num_examples,
-            fitres.parameters,
-            rng,
-            _user_level_noise(msg, state, fitres.parameters, rng),
-        )
+        if router:
+            res = _collect_masked_vectors(
+                state,
+                configs,
+                fitres.num_examples,
+                fitres.parameters,
+                levels=_router_levels(state, fitres.num_examples, fitres.parameters),
+            )
+        else:
+            rng = _rounding(msg, ctxt)
+            res = _collect_masked_vectors(
+                state,
+                configs,
+                fitres.num_examples,
+                fitres.parameters,
+                rng,
+                _user_level_noise(msg, state, fitres.parameters, rng),
+            )
         for arr_record in out_content.array_records.values():
             arr_record.clear()
     elif state.current_stage == Stage.UNMASK:
@@ -102,6 +120,45 @@ def secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     ctxt.state.config_records[RECORD_KEY_STATE] = ConfigRecord(state.to_dict())
     out_content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(res, False)
     return Message(out_content, reply_to=msg)
+
+
+_FITINS_CONFIG = "fitins.config"  # Flower's legacy layout of a TRAIN message's config
+
+
+def _is_router(msg: Message) -> bool:
+    return instructed_task(msg.content.config_records.get(_FITINS_CONFIG)) == ROUTER_TASK
+
+
+def _tell_threshold(msg: Message, state: SecAggPlusState) -> None:
+    """Hand the task SecAgg+'s reconstruction threshold ``t`` of this device's own state (set at the setup
+    stage): the router's noise share is ``v / t``, and any sum the server can unmask holds ``t`` uploads."""
+    msg.content.config_records[_FITINS_CONFIG][SECAGG_THRESHOLD] = int(state.threshold)
+
+
+def _router_levels(
+    state: SecAggPlusState, num_examples: int, upload: Parameters
+) -> list[np.ndarray]:
+    """The router task's integer levels, checked against the server's SecAgg+ settings: the grid must be the
+    router's (``2**NOISED_QUANTIZATION_BITS`` levels over ``[-1, 1]``, the one the device's ledger was charged
+    for) and the weight one, so that the levels are summed as they are. Otherwise nothing is sent."""
+    from fedpers.personas.router_stats import CLIPPING_RANGE
+    from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
+
+    expected = (CLIPPING_RANGE, 2**NOISED_QUANTIZATION_BITS)
+    if (float(state.clipping_range), int(state.target_range)) != expected:
+        raise ValueError(
+            f"SecAgg+ grid (clipping_range {state.clipping_range}, quantization_range {state.target_range}) "
+            f"is not the router's {expected}; nothing was sent"
+        )
+    if num_examples != state.max_weight:
+        raise ValueError(
+            f"the router's upload is summed unweighted: weight {num_examples} must equal SecAgg+'s max_weight "
+            f"{state.max_weight}; nothing was sent"
+        )
+    levels = parameters_to_ndarrays(upload)
+    if not levels or any(a.dtype.kind not in "iu" for a in levels):
+        raise ValueError("the router's upload must be integer levels; nothing was sent")
+    return [np.asarray(a, dtype=np.int64) for a in levels]
 
 
 def _rounding(msg: Message, ctxt: Context) -> np.random.Generator | None:
@@ -167,10 +224,12 @@ def _collect_masked_vectors(
     updated_parameters: Parameters,
     rng: np.random.Generator | None = None,
     noise: tuple[float, np.random.Generator] | None = None,
+    levels: list[np.ndarray] | None = None,
 ) -> dict[str, ConfigRecordValues]:
     """Flower's stage 2 (decrypt shares, quantize, add private and pairwise masks) with keystream masks;
     with ``noise = (variance, generator)``, a share of Skellam noise of that variance is added to every
-    quantized coordinate before masking (user-level DP, :mod:`fedpers.privacy.user_level`)."""
+    quantized coordinate before masking (user-level DP, :mod:`fedpers.privacy.user_level`). ``levels``: an
+    upload already quantized on this session's grid (and noised), masked as it is (the router's)."""
     ciphertexts = cast(list[bytes], configs[Key.CIPHERTEXT_LIST])
     srcs = cast(list[int], configs[Key.SOURCE_LIST])
     if len(ciphertexts) + 1 < state.threshold:
@@ -197,12 +256,16 @@ def _collect_masked_vectors(
             state.max_weight,
         )
     q_ratio = round(ratio * state.target_range)
-    quantized = quantize_upload(
-        parameters_to_ndarrays(updated_parameters),
-        q_ratio / state.target_range,
-        state.clipping_range,
-        state.target_range,
-        rng,
+    quantized = (
+        levels
+        if levels is not None
+        else quantize_upload(
+            parameters_to_ndarrays(updated_parameters),
+            q_ratio / state.target_range,
+            state.clipping_range,
+            state.target_range,
+            rng,
+        )
     )
     if noise is not None:
         from fedpers.privacy.skellam import sample_skellam

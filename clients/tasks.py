@@ -5,7 +5,11 @@ or on a real device from its encrypted store (node config ``store``, see :mod:`c
 then the client also checks the user's consent first, trains within the consented epsilon budget
 (its ledger refuses any spending past it) and keeps the adapters it received in the store.
 
-What an upload carries: float arrays, zero outside the client's slot, and a count. Never the user's
+The ``router`` task (once per run, after the last round) needs no model: the device embeds the opening user
+message of each of its training conversations and uploads the router's private statistics, noised on the
+device and charged to its user-level ledger first (:func:`fedpers.personas.router_round.device_router_upload`).
+
+What a training upload carries: float arrays, zero outside the client's slot, and a count. Never the user's
 text, token ids, user embedding, ledger or any held-out evaluation. Uploads are cached per round, so a secure-aggregation
 retry re-sends the same vector without training again.
 """
@@ -16,6 +20,7 @@ import hashlib
 from dataclasses import dataclass
 from logging import ERROR, INFO
 
+import numpy as np
 import torch
 from flwr.common.logger import log
 from safetensors.torch import load as load_tensors
@@ -29,6 +34,8 @@ from fedpers.adapters import GLOBAL, Adapters
 from fedpers.aggregation import clip_delta
 from fedpers.aggregation.slots import SlotLayout
 from fedpers.aggregation.updates import NonFiniteUpdate
+from fedpers.data.schema import Conversation
+from fedpers.data.split import train_heldout_split
 from fedpers.federated import FederatedConfig
 from fedpers.instructions import PERSONA_INDEX, RoundInstructions
 from fedpers.local import LocalTrainConfig, set_trainable, train_local
@@ -40,7 +47,14 @@ from fedpers.privacy.dp_sgd import plan_dp
 from fedpers.privacy.ledger import LedgerEntry, PrivacyLedger
 from fedpers.privacy.plan import DPPlan
 from fedpers.privacy.user_level import DistributedNoise, user_level_entry
-from fedpers.userdata import UserData, attach_trunk, encode_user, user_data, user_ids
+from fedpers.userdata import (
+    UserData,
+    attach_trunk,
+    conversations,
+    encode_user,
+    user_data,
+    user_ids,
+)
 
 
 @dataclass
@@ -59,6 +73,17 @@ class Task:
     @property
     def adapters(self) -> Adapters:
         return self.instructions.adapters
+
+
+@dataclass
+class RouterTask:
+    """What the ``router`` task needs: the instructions, the user's state, its training conversations and the
+    slot they go to (its declared persona, or the one it chose for this run; ``None``: no slot). No model."""
+
+    instructions: RoundInstructions
+    state: ClientState
+    conversations: list[Conversation]
+    persona: str | None
 
 
 def resolve_user(config: FederatedConfig, node_config: dict) -> str:
@@ -100,25 +125,51 @@ def client_state(config: FederatedConfig, node_config: dict) -> ClientState:
     return UserState(config.outputs.state_dir, resolve_user(config, node_config))
 
 
-def prepare(instructions: RoundInstructions, node_config: dict) -> Task:
+def prepare(instructions: RoundInstructions, node_config: dict) -> Task | RouterTask:
     """Load the model, the user's data and state (simulation or device store) for ``instructions``.
 
     The user's examples carry their frozen trunk states (:func:`fedpers.userdata.attach_trunk`),
     computed at the user's first message and kept with the user's state: DP-SGD, the clipping
     estimate and the persona choice run only the LoRA layers; the user-embedding phase runs the full model."""
     config = instructions.config
-    env = model_environment(config)
     state = client_state(config, node_config)
     if isinstance(state, DeviceStore):
         check_participation(
             state.user_id, state.consent(), state.ledger(config.privacy.delta).spent().epsilon
         )
+    if instructions.task == "router":
+        return router_task(instructions, state)
+    env = model_environment(config)
+    if isinstance(state, DeviceStore):
         if instructions.task == "train":
             state.keep_adapters(_adapters_info(instructions), instructions.adapters)
         data = device_user_data(config, state, env)
     else:
         data = user_data(config, state.user_id, env)
     return Task(instructions, env, attach_trunk(data, env, state), state)
+
+
+def router_task(instructions: RoundInstructions, state: ClientState) -> RouterTask:
+    """The user's training conversations (the split training uses) and persona slot, from the device store or
+    the simulation's data set; the model is not loaded."""
+    config = instructions.config
+    if isinstance(state, DeviceStore):
+        mine = state.conversations()
+        declared = state.declared_persona() or next((c.persona for c in mine if c.persona), None)
+    else:
+        mine = [c for c in conversations(config) if c.user_id == state.user_id]
+        declared = mine[0].persona if mine else None
+    train = (
+        train_heldout_split(mine, config.dataset.heldout_fraction, seed=config.dataset.data_seed)[0]
+        if mine
+        else []
+    )
+    persona = (
+        declared
+        if config.dataset.persona_mode == "declared"
+        else state.persona_choice(instructions.run_id)
+    )
+    return RouterTask(instructions, state, train, persona)
 
 
 def _adapters_info(instructions: RoundInstructions) -> dict:
@@ -315,10 +366,40 @@ def train_upload(task: Task) -> Upload:
     return upload, metrics
 
 
-TASKS = {"train": train_upload}
+def router_upload(task: RouterTask) -> Upload:
+    """The router's private statistics (:func:`fedpers.personas.router_round.device_router_upload`): int64 levels
+    on the router's grid, with this device's share of Skellam noise for SecAgg+'s threshold ``t`` in its own
+    SecAgg+ state, recorded in the user-level ledger before they are computed (a cap refuses them)."""
+    from fedpers.personas.router_round import (
+        device_router_upload,
+        router_layout,
+        router_round_off,
+    )
+
+    config, instructions = task.instructions.config, task.instructions
+    off = router_round_off(config)
+    if off is not None:
+        raise ValueError(f"this run has no router round ({off}); nothing was sent")
+    seed = _noise_seed(config, task.state.user_id, instructions.server_round, "router")
+    levels = device_router_upload(
+        task.conversations,
+        task.persona,
+        router_layout(config),
+        config.privacy.router_epsilon,
+        config.privacy.delta,
+        instructions.secagg_threshold,
+        task.state.user_level_ledger(config.privacy.delta),
+        rng=None if seed is None else np.random.default_rng(seed),
+        run_id=instructions.run_id,
+        round=instructions.server_round,
+    )
+    return [levels], {}
 
 
-def answer(task: Task) -> Upload:
+TASKS = {"train": train_upload, "router": router_upload}
+
+
+def answer(task: Task | RouterTask) -> Upload:
     """The upload of this run, round and task: computed once, re-sent as is if the round is retried."""
     instructions = task.instructions
     if instructions.task not in TASKS:
@@ -329,6 +410,6 @@ def answer(task: Task) -> Upload:
     cached = task.state.upload(key)
     if cached is not None:
         return cached
-    upload = TASKS[instructions.task](task)
+    upload = TASKS[instructions.task](task)  # type: ignore[operator]
     task.state.save_upload(key, instructions.run_id, instructions.task, upload)
     return upload

@@ -171,6 +171,13 @@ class PrivacySettings:
         "user-level noise std of every unmasked sum, as a multiple of the upload's clipping norm "
         "(at the worst dropout SecAgg+ tolerates)",
     )
+    router_epsilon: float = setting(
+        8.0,
+        "epsilon of the learned router's private statistics (user-level, charged to each device's user-level "
+        "ledger): after the last round every device sends its per-persona mean prompt embedding, context and "
+        "count share, with its share of Skellam noise, inside SecAgg+; the run saves the router in RUN_DIR/router "
+        "(0: no router round; needs secure aggregation and data that declares personas)",
+    )
     noise_seed: int = setting(
         -1,
         "benchmark switch: seeds DP-SGD's sampling and noise (and the SecAgg+ rounding) on "
@@ -382,6 +389,10 @@ class FederatedConfig:
         if p.user_dp and not a.secure_aggregation:
             raise ValueError(
                 "setting user_dp needs secure_aggregation: the devices add the noise inside SecAgg+'s integer domain"
+            )
+        if not 0 <= p.router_epsilon < float("inf"):
+            raise ValueError(
+                f"setting router_epsilon: a finite epsilon >= 0 (0: no router round), got {p.router_epsilon}"
             )
         if p.user_dp and not p.user_noise_multiplier > 0:
             raise ValueError(

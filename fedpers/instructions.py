@@ -22,8 +22,14 @@ from fedpers.federated import FederatedConfig
 
 SINGLE_SLOT = "update"
 """The one slot of an upload without persona hiding."""
-TASKS = ("train", "persona")
-"""``train``: upload the clipped adapter delta; ``persona``: tell the persona in clear (no persona hiding)."""
+TASKS = ("train", "persona", "router")
+"""``train``: upload the clipped adapter delta; ``persona``: tell the persona in clear (no persona hiding);
+``router``: upload the router's private statistics once, after the last round
+(:mod:`fedpers.personas.router_round`)."""
+SECAGG_THRESHOLD = "reconstruction-threshold"
+"""The key under which a device's SecAgg+ mod hands the task its reconstruction threshold ``t`` (the router's noise
+share is ``1/t`` of the noise): the device's own SecAgg+ state, not a server setting (nor a setting's name:
+``secagg_threshold`` is the fraction the server computes ``t`` from)."""
 PERSONA_INDEX = "persona-index"
 """The metric that carries a persona in clear (:func:`persona_index`)."""
 
@@ -82,6 +88,7 @@ class RoundInstructions:
     # safetensors: the adapters the client starts from
     adapters_blob: bytes = field(default=b"", repr=False)
     count_value: float = 0.0  # what a client adds to its slot's count (the SecAgg+ range sets it)
+    secagg_threshold: int = 0  # set on the device by its SecAgg+ mod (router task); 0: none
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -135,16 +142,20 @@ class RoundInstructions:
 
     def to_record(self) -> dict[str, Any]:
         """The ConfigRecord's content: every setting, then the round's own keys."""
-        return dict(self.config.to_record()) | {
-            _RUN_ID: self.run_id,
-            _ROUND: self.server_round,
-            _TASK: self.task,
-            _TRAINED: ",".join(self.trained_personas),
-            _FINAL: self.final,
-            _SLOTS: ",".join(self.slots),
-            _ADAPTERS: self.adapters_blob,
-            _COUNT: self.count_value,
-        }
+        return (
+            dict(self.config.to_record())
+            | {
+                _RUN_ID: self.run_id,
+                _ROUND: self.server_round,
+                _TASK: self.task,
+                _TRAINED: ",".join(self.trained_personas),
+                _FINAL: self.final,
+                _SLOTS: ",".join(self.slots),
+                _ADAPTERS: self.adapters_blob,
+                _COUNT: self.count_value,
+            }
+            | ({SECAGG_THRESHOLD: self.secagg_threshold} if self.secagg_threshold else {})
+        )
 
     @classmethod
     def from_record(cls, record: Any) -> RoundInstructions:
@@ -162,4 +173,5 @@ class RoundInstructions:
             _names(raw.get(_TRAINED, "")),
             bytes(raw.get(_ADAPTERS, b"")),
             float(raw.get(_COUNT, 0.0)),
+            int(raw.get(SECAGG_THRESHOLD, 0)),
         )

@@ -9,6 +9,9 @@ for that kind of reply (message type and SecAgg+ stage). A row says how the fiel
   in ``ledger`` are written on the device before the reply leaves.
 - ``private choice``: the persona the client trains, chosen privately (Gaussian noise on clipped
   loss sums) when inferred; declared personas are the user's own setting.
+- ``distributed DP (Skellam)``: the router's private statistics (:mod:`fedpers.personas.router_stats`),
+  sent once per run after the last round (task ``router``): clipped as a whole, noised on the device with its
+  share of Skellam noise inside SecAgg+, and charged to the user-level ledger before the reply leaves.
 - ``SecAgg+ masking``: protocol data of Flower's SecAgg+ (keys, encrypted shares, shares of masks);
   a function of fresh randomness only, never of the user's data.
 - ``public``: constants and status codes.
@@ -24,6 +27,11 @@ from dataclasses import asdict, dataclass
 from fnmatch import fnmatchcase
 
 from fedpers.privacy.user_level import USER_LEVEL_PURPOSE
+
+ROUTER_STATS_PURPOSE = "router-statistics-skellam"
+"""The ledger purpose of the router's upload (:mod:`fedpers.personas.router_stats`), in the user-level ledger."""
+ROUTER_TASK = "router"
+"""The task of the session that collects the router's statistics (:mod:`fedpers.personas.router_round`)."""
 
 # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
 SECAGG_RECORD = "secaggplus_configs"
@@ -55,13 +63,18 @@ class Release:
     mechanism: str
     ledger: tuple[str, ...]  # ledger purposes recorded on the device before the reply leaves
     content: str
+    task: str | None = None  # the task whose reply this is (``train``, ``router``); None: any task
 
-    def matches(self, message_type: str, stage: str | None, record: str, key: str) -> bool:
+    def matches(
+        self, message_type: str, stage: str | None, record: str, key: str, task: str | None = None
+    ) -> bool:
+        """Whether this row covers the field; ``task`` None matches a row of any task."""
         return (
             self.message_type == message_type
             and self.stage == stage
             and self.record == record
             and fnmatchcase(key, self.key)
+            and (task is None or self.task is None or self.task == task)
         )
 
     def to_dict(self) -> dict:
@@ -70,21 +83,36 @@ class Release:
 
 # the update (and, under user-level DP, the whole upload), and (inferred personas) the slot it sits in
 UPLOAD_LEDGER = ("dp-sgd", USER_LEVEL_PURPOSE, "persona-choice")
-_STATUS = ("fitres.status", "*", "public", (), "the reply's status code and message")
-_EXAMPLES = (
+_Row = tuple[str, str, str, tuple[str, ...], str]  # record, key, mechanism, ledger, content
+_STATUS: _Row = ("fitres.status", "*", "public", (), "the reply's status code and message")
+_EXAMPLES: _Row = (
     "fitres.num_examples",
     "num_examples",
     "public",
     (),
     "the constant 1 (uploads are not weighted)",
 )
-_PERSONA = (
+_PERSONA: _Row = (
     "fitres.metrics",
     "persona-index",
     "private choice",
     ("persona-choice",),
     "the client's persona, only with persona hiding off: declared by the user, or chosen privately",
 )
+
+ROUTER_RELEASE = Release(
+    "router statistics upload",
+    TRAIN,
+    "collect_masked_vectors",
+    SECAGG_RECORD,
+    "masked_params",
+    "distributed DP (Skellam)",
+    (ROUTER_STATS_PURPOSE,),
+    "the device's per-persona mean prompt embedding, mean context vector and count share (L2 norm at most "
+    "sqrt(3)), quantized, with a share of Skellam noise added on the device, and masked",
+    ROUTER_TASK,
+)
+"""The router's upload: one SecAgg+ session after the last round (:mod:`fedpers.personas.router_round`)."""
 
 RELEASES: tuple[Release, ...] = (
     Release(
@@ -126,10 +154,16 @@ RELEASES: tuple[Release, ...] = (
         "DP-SGD",
         UPLOAD_LEDGER,
         "the clipped LoRA delta in the slot of the client's persona and the count vector, quantized and masked",
+        "train",
     ),
     *(
-        Release("training upload", TRAIN, "collect_masked_vectors", *row)
+        Release("training upload", TRAIN, "collect_masked_vectors", *row, task="train")
         for row in (_STATUS, _EXAMPLES, _PERSONA)
+    ),
+    ROUTER_RELEASE,
+    *(
+        Release("router statistics upload", TRAIN, "collect_masked_vectors", *row, task=ROUTER_TASK)
+        for row in (_STATUS, _EXAMPLES)
     ),
     Release(
         "SecAgg+ unmasking",
@@ -160,9 +194,10 @@ RELEASES: tuple[Release, ...] = (
         "DP-SGD",
         UPLOAD_LEDGER,
         "secure aggregation off: the clipped LoRA delta and count vector in clear",
+        "train",
     ),
     *(
-        Release("training upload in clear", TRAIN, PLAIN, *row)
+        Release("training upload in clear", TRAIN, PLAIN, *row, task="train")
         for row in (_STATUS, _EXAMPLES, _PERSONA)
     ),
     Release(
@@ -187,18 +222,25 @@ def fields_of(content) -> set[tuple[str, str]]:
     return out
 
 
-def release_of(message_type: str, stage: str | None, record: str, key: str) -> Release | None:
-    return next((r for r in RELEASES if r.matches(message_type, stage, record, key)), None)
+def release_of(
+    message_type: str, stage: str | None, record: str, key: str, task: str | None = None
+) -> Release | None:
+    """The row covering a field of a reply to ``task`` (None: the first row of any task)."""
+    return next((r for r in RELEASES if r.matches(message_type, stage, record, key, task)), None)
 
 
 def undeclared_fields(
-    message_type: str, stage: str | None, fields: Iterable[tuple[str, str]]
+    message_type: str,
+    stage: str | None,
+    fields: Iterable[tuple[str, str]],
+    task: str | None = None,
 ) -> list[str]:
-    """The fields of a reply that no row of :data:`RELEASES` allows (``record/key``)."""
+    """The fields of a reply (to ``task``; None: to any task) that no row of :data:`RELEASES` allows
+    (``record/key``)."""
     return sorted(
         f"{record}/{key}"
         for record, key in fields
-        if release_of(message_type, stage, record, key) is None
+        if release_of(message_type, stage, record, key, task) is None
     )
 
 
@@ -209,13 +251,20 @@ def required_ledger(
     dp: bool,
     inferred: bool,
     user_dp: bool = False,
+    task: str = "train",
 ) -> set[str]:
     """Ledger purposes that must be on the device before this reply leaves (``dp``: DP-SGD on;
-    ``inferred``: personas chosen privately rather than declared; ``user_dp``: user-level DP on)."""
-    wanted = {"dp-sgd": dp, "persona-choice": inferred, USER_LEVEL_PURPOSE: user_dp}
+    ``inferred``: personas chosen privately rather than declared; ``user_dp``: user-level DP on;
+    ``task``: what the reply answers, ``train`` or ``router``, whose upload always needs its entry)."""
+    wanted = {
+        "dp-sgd": dp,
+        "persona-choice": inferred,
+        USER_LEVEL_PURPOSE: user_dp,
+        ROUTER_STATS_PURPOSE: True,
+    }
     needed: set[str] = set()
     for record, key in fields:
-        release = release_of(message_type, stage, record, key)
+        release = release_of(message_type, stage, record, key, task)
         if release is None:
             continue
         needed |= {purpose for purpose in release.ledger if wanted[purpose]}
@@ -237,6 +286,14 @@ def recorded_stage(entry: dict) -> str | None:
     """A manifest line's SecAgg+ stage in Flower's spelling (the server labels it with spaces)."""
     stage = entry.get("secagg_stage")
     return stage.replace(" ", "_") if stage else None
+
+
+def recorded_task(entry: dict) -> str:
+    """The task a manifest line's reply answers: the device records it; the server names the session
+    (``router`` for the router's, else training)."""
+    if entry.get("task"):
+        return str(entry["task"])
+    return ROUTER_TASK if entry.get("session") == ROUTER_TASK else "train"
 
 
 def manifest_table() -> list[dict]:

@@ -12,12 +12,18 @@ federated protocol (see :mod:`simulations.evaluator`); a deployment has none.
 
 Without persona hiding and with SecAgg+, clients first tell their persona (in clear) and each
 persona group is aggregated in its own SecAgg+ session.
+
+After the last round, one more SecAgg+ session (task ``router``, every connected device) collects the learned
+router's private statistics (:mod:`fedpers.personas.router_round`, :func:`router_round`); the router is saved in
+``RUN_DIR/router`` beside the adapters. A run whose router round cannot happen or fails still finishes, says so
+in its log and ``metrics.json`` (``router``), and has no ``router/``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -45,11 +51,14 @@ from fedpers.aggregation.guards import SumBounds, check_round_sums
 from fedpers.aggregation.rounds import PersonaAdapters, apply_round
 from fedpers.aggregation.secure import QUANTIZATION_BITS, QuantizationPlan
 from fedpers.federated import FederatedConfig
+from fedpers.instructions import RoundInstructions
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
+from fedpers.personas.centroid import has_router, load_router, router_dir, save_router
 from fedpers.personas.layered import MixChoice, choose_weights, layered, mix_weight_setting
 from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
 from fedpers.progress import Progress, Stage
+from fedpers.releases import ROUTER_TASK
 from fedpers.warmstart import public_heldout_examples, public_warm_start
 from fedpers.wirelog import MANIFEST, WIRE
 from server.checkpoint import (
@@ -82,7 +91,7 @@ from server.received import ReceivedManifest, both
 from server.registry import publish
 from server.rounds import RoundMode, round_mode
 from server.secagg import SecAggPlusRound
-from server.strategy import PersonaTraining, persona_adapters, user_clip_norm
+from server.strategy import PersonaTraining, RouterCollection, persona_adapters, user_clip_norm
 
 
 class Evaluator(Protocol):
@@ -202,6 +211,8 @@ class ServerRun:
     resumed_after: list[int] = field(default_factory=list)
     # wall time of the earlier server runs of a resumed run
     earlier_seconds: float = 0.0
+    # what the router round did (metrics.json ``router``); None until it ran
+    router: dict | None = None
 
     def published(self) -> Adapters:
         """The adapters the run evaluates and publishes: each trained persona layered on the global adapter."""
@@ -401,6 +412,135 @@ def play_round(
             stage.summary = f"held-out loss of {sum(_users(record).values())} users"
 
 
+def router_round(
+    run: ServerRun,
+    grid: Grid,
+    context: LegacyContext,
+    run_dir: Path,
+    observer: Callable | None,
+    record: bool,
+    progress: Progress,
+) -> dict:
+    """The router's SecAgg+ session over every connected device, and the router it gives, saved in
+    ``run_dir/router`` (:mod:`fedpers.personas.router_round`); what happened, for ``metrics.json``.
+
+    A router saved by an earlier server run of this run (a resume) is kept; one of another run is removed. A run
+    without a router round, or whose router round fails, has no ``router/`` and says so loudly."""
+    from fedpers.personas.router_round import (
+        router_from_round,
+        router_layout,
+        router_round_off,
+        router_sum_problems,
+        statistics_from_mean,
+    )
+    from fedpers.personas.router_stats import noise_for_epsilon, privacy_summary
+
+    config = run.config
+    if has_router(run_dir):
+        try:
+            mine = load_router(run_dir).info.get("run_id") == run.run_id
+        except (OSError, ValueError):
+            mine = False
+        if mine:
+            progress.note("fedpers: router of this run already saved (resumed run); kept")
+            return {"status": "saved", "resumed": True}
+    if router_dir(run_dir).exists():
+        shutil.rmtree(router_dir(run_dir))
+    off = router_round_off(config)
+    if off is not None:
+        progress.note(f"fedpers: no router round: {off}")
+        return {"status": "off", "reason": off}
+    layout = router_layout(config)
+    noise = noise_for_epsilon(config.privacy.router_epsilon, config.privacy.delta, layout)
+    summary = {
+        k: v
+        for k, v in privacy_summary(noise, config.privacy.delta).items()
+        if k in ("epsilon", "delta", "noise_multiplier", "dropout_assumption")
+    }
+
+    def failed(reason: str, status: str = "failed") -> dict:
+        log(
+            ERROR,
+            "fedpers: NO ROUTER for this run: %s; the adapters are published without router/",
+            reason,
+        )
+        progress.note(f"fedpers: NO ROUTER: {reason}")
+        return {
+            "status": status,
+            "reason": reason,
+            "router_epsilon": config.privacy.router_epsilon,
+        }
+
+    nodes = len(list(grid.get_node_ids()))
+    if nodes < 2:
+        return failed(f"SecAgg+ needs at least 2 devices, {nodes} connected")
+    session = SecAggPlusRound(
+        layout.grid(max(1000, nodes)),
+        num_shares=config.aggregation.secagg_shares,
+        reconstruction_threshold=config.aggregation.secagg_threshold,
+        timeout=config.aggregation.secagg_timeout,
+        retries=config.aggregation.secagg_retries,
+        observer=both(observer, ReceivedManifest(run_dir, ROUTER_TASK) if record else None),
+        label=ROUTER_TASK,
+    )
+    collection = RouterCollection(
+        RoundInstructions(config, run.run_id, config.server.rounds, ROUTER_TASK)
+    )
+    progress.note(
+        f"fedpers: router round: private statistics of {nodes} devices under SecAgg+ "
+        f"(epsilon {summary['epsilon']:.3g}, delta {config.privacy.delta:g} per user)"
+    )
+    saved_strategy = context.strategy
+    context.strategy = collection
+    try:
+        session(grid, context)
+    except Exception as err:  # the run's adapters are still written and published
+        return failed(f"the router round failed: {err}")
+    finally:
+        context.strategy = saved_strategy
+    if collection.received is None:
+        return failed("the router round received no uploads")
+    mean, devices, failures = collection.received
+    expected = devices * session.plan.quantization_range
+    if session.unmasked_weight != expected:
+        return failed(
+            "the router round was REJECTED: the uploads' weights add up to "
+            f"{session.unmasked_weight}, not {expected} ({devices} uploads of weight one): a device changed "
+            "its masked upload",
+            "rejected",
+        )
+    try:
+        stats = statistics_from_mean(mean, devices, layout)
+        problems = router_sum_problems(
+            stats, devices, layout, config.privacy.router_epsilon, config.privacy.delta
+        )
+        if problems:
+            return failed(
+                "the router round was REJECTED: the unmasked sum is not what "
+                f"{devices} honest uploads can give: {'; '.join(problems)}",
+                "rejected",
+            )
+        model = router_from_round(
+            stats, layout, config, devices, run_id=run.run_id, failures=failures
+        )
+        save_router(run_dir, model)
+    except Exception as err:
+        if router_dir(run_dir).exists():
+            shutil.rmtree(router_dir(run_dir))
+        return failed(f"the router could not be learned from the round's sum: {err}")
+    progress.note(
+        f"fedpers: router saved in {router_dir(run_dir)} ({devices} devices; "
+        f"{len(model.trained)} of {len(model.personas)} personas with a centroid)"
+    )
+    return {
+        "status": "saved",
+        "devices": devices,
+        "failures": failures,
+        "router_epsilon": config.privacy.router_epsilon,
+        **summary,
+    }
+
+
 def _users(record: dict) -> dict[str, int]:
     """The users of an evaluation record, per persona: only the counts at or above the gate."""
     return {p: n for p, n in record.get("users", {}).items() if isinstance(n, int)}
@@ -560,6 +700,8 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
     }
     if run.resumed_after:
         payload["resumed_after_rounds"] = list(run.resumed_after)
+    if run.router is not None:
+        payload["router"] = run.router
     if config.privacy.user_dp:
         payload["user_level_dp"] = {
             **run.training.user_level_noise().details(),
@@ -749,8 +891,13 @@ def _run_rounds(
 
     def fit_workflow(grid: Grid, ctx: LegacyContext) -> None:
         server_round = int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
-        if server_round <= done:  # completed before the resume: its result is in the checkpoint
-            return
+        if server_round > done:  # else completed before the resume: its result is in the checkpoint
+            train_round(grid, ctx, server_round)
+        if server_round == rounds:  # after the last round (again, should the run resume after it)
+            record = engine != "simulation" and config.outputs.record_wire
+            run.router = router_round(run, grid, ctx, run_dir, observer, record, progress)
+
+    def train_round(grid: Grid, ctx: LegacyContext, server_round: int) -> None:
         play_round(run, grid, ctx, server_round, evaluator, progress)
         if checkpointing:
             if not run.history or run.history[-1]["round"] != server_round:

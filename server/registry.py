@@ -2,6 +2,8 @@
 
     REGISTRY/v0001/adapters/<name>/   every adapter in peft format, with its model card (README.md) and a
                                       portable base-model reference (:mod:`fedpers.modelcard`)
+    REGISTRY/v0001/router/            the learned router (centroids.safetensors, router.json), when the run saved
+                                      one (:mod:`fedpers.personas.router_round`)
     REGISTRY/v0001/run.json ...       the run's settings, metrics.json, evaluation.txt, heldout_loss.png and
                                       the audit report (audit.html, audit.json, audit.sig.json) where present
     REGISTRY/v0001/version.json       version number, run id, source, time, personas, SHA-256 of every file
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from fedpers.atomic import write_json
 from fedpers.modelcard import write_model_cards
+from fedpers.personas.centroid import ROUTER_DIR, has_router
 from fedpers.rundir import ADAPTERS, METRICS, RUN_CONFIG, read_json
 
 LATEST = "latest"
@@ -108,11 +111,13 @@ def _check_run_dir(run_dir: Path) -> list[str]:
 
 
 def _assemble(run_dir: Path, into: Path, names: list[str]) -> dict[str, str]:
-    """Copy the adapters and the published files of ``run_dir`` into ``into``, with the adapters' model cards
-    written from the copied run.json and metrics.json (a run directory written before the cards gets them
-    too); SHA-256 per relative path."""
+    """Copy the adapters, the router (when the run saved one) and the published files of ``run_dir`` into
+    ``into``, with the adapters' model cards written from the copied run.json and metrics.json (a run directory
+    written before the cards gets them too); SHA-256 per relative path."""
     for name in names:
         shutil.copytree(run_dir / ADAPTERS / name, into / ADAPTERS / name)
+    if has_router(run_dir):
+        shutil.copytree(run_dir / ROUTER_DIR, into / ROUTER_DIR)
     for name in PUBLISHED:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, into / name)
@@ -148,6 +153,7 @@ def publish(run_dir: Path | str, registry: Path | str) -> Version:
                 "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "personas": run.get("personas", []),
                 "adapters": names,
+                "router": has_router(staging),
                 "files": files,
             }
             write_json(staging / VERSION_FILE, record)

@@ -140,6 +140,7 @@ class SecAggPlusRound(SecAggPlusWorkflow):
         self.label = label
         self.history: list[dict] = []
         self._stage = STAGES[0]
+        self.unmasked_weight: int | None = None
 
     def __call__(self, grid: Grid, context: LegacyContext) -> None:
         if not isinstance(context, LegacyContext):
@@ -300,6 +301,9 @@ class SecAggPlusRound(SecAggPlusWorkflow):
                     )
         total = parameters_mod(masked, state.mod_range)
         q_total, total = factor_extract(total)
+        # the unmasked sum of the weighting factors: ``n * quantization_range`` for n honest uploads of weight
+        # one; a device that changed its masked vector changed this too (the router round checks it)
+        self.unmasked_weight = int(q_total)
         # devices' noise (user-level DP) may take a sum outside [0, n * range]: the centred representative
         contributions = round(int(q_total) / state.quantization_range)
         total = [centered_sum(t, contributions, self.plan) for t in total]

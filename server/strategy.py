@@ -204,6 +204,33 @@ class PersonaTraining(FitOnly):
         return spent
 
 
+class RouterCollection(FitOnly):
+    """The router's session (task ``router``, once after the last round): every connected device is sent
+    ``instructions``; what SecAgg+ unmasks (the dequantized mean of the noised uploads) and how many uploads are
+    behind it go to ``received`` (:mod:`fedpers.personas.router_round`). Nothing becomes the workflow's
+    parameters."""
+
+    def __init__(self, instructions: RoundInstructions) -> None:
+        super().__init__()
+        self.instructions = instructions
+        self.received: tuple[list[np.ndarray], int, int] | None = None
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        fit_ins = FitIns(ndarrays_to_parameters([]), self.instructions.to_record())
+        return [(client, fit_ins) for client in client_manager.all().values()]
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list
+    ) -> tuple[Parameters | None, dict]:
+        self.received = None
+        if results:
+            mean = parameters_to_ndarrays(results[0][1].parameters)
+            self.received = (mean, len(results), len(failures))
+        return None, {}
+
+
 def persona_adapters(
     config: FederatedConfig, adapters: dict, trained: Sequence[str] = ()
 ) -> PersonaAdapters:

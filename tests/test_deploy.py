@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 from clients.cli import main as client_main
 from clients.device import DeviceStore
 from fedpers.data import SyntheticConfig, generate
+from fedpers.wirelog import read_manifest
 from server.registry import LATEST, VERSION_FILE, latest
 from simulations.federation import flower_env, local_federation, module_command
 
@@ -147,6 +148,20 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
         record["adapters"] == sorted(["global", *PERSONAS])
         and record["run_id"] == metrics["run_id"]
     )
+    # the router round after the last round: learned through the private path, published with the adapters
+    from fedpers.personas.centroid import has_router, load_router
+
+    assert metrics["router"]["status"] == "saved" and metrics["router"]["devices"] == 3, metrics
+    assert has_router(run_dir) and has_router(version.path) and record["router"] is True
+    assert load_router(version.path).info["run_id"] == metrics["run_id"]
+    received = [e for e in read_manifest(run_dir) if e.get("session") == "router"]
+    assert {e["secagg_stage"] for e in received} == {
+        "setup",
+        "share keys",
+        "collect masked vectors",
+        "unmask",
+    }
+    router_unmasking = min(e["received_at"] for e in received if e["secagg_stage"] == "unmask")
     initial = load_file(str(version.path / "adapters" / "global" / "adapter_model.safetensors"))
     for persona in PERSONAS:
         arrays = load_file(str(version.path / "adapters" / persona / "adapter_model.safetensors"))
@@ -178,6 +193,11 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
         # charged on the device before its upload left: before the round's unmasking began
         for entry in charged:
             assert entry.started_at < unmasking[entry.details["round"]]
+        # the router's release: once, in the user-level ledger, before the router's unmasking began
+        (released,) = device.user_level_ledger().entries
+        assert released.purpose == "router-statistics-skellam" and released.status == "completed"
+        assert released.details["run_id"] == metrics["run_id"]
+        assert released.started_at < router_unmasking
         clear = sorted(
             p.name
             for p in store.rglob("*")
@@ -200,6 +220,8 @@ def test_two_rounds_across_processes_produce_persona_adapters(federation):
                 "4",
                 "--max-new-tokens",
                 "8",
+                "--version",
+                str(version.path),
             ]
         )
         == 0

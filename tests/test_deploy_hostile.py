@@ -78,6 +78,7 @@ def test_a_device_shifting_its_masked_upload_gets_the_deployment_round_rejected(
     output = f"{run.stdout}\n{run.stderr}"
     assert mark.is_file() and mark.read_text().count("shifted") >= 1, "the device never shifted"
 
+    assert (run_dir / "metrics.json").is_file(), output[-6000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rejected_rounds"]] == [1], output[-4000:]
     assert metrics["rounds"][0]["released"] == []
@@ -87,3 +88,9 @@ def test_a_device_shifting_its_masked_upload_gets_the_deployment_round_rejected(
     )
     audit = json.loads((run_dir / "audit.json").read_text())
     assert any(f["level"] == "problem" and "REJECTED" in f["text"] for f in audit["findings"])
+    # the router's session after the round: the same device shifted its masked upload there too (the shift
+    # reaches the weighting factor, which would otherwise scale it away); rejected, no router saved
+    assert metrics["router"]["status"] == "rejected", metrics["router"]
+    assert "weights add up to" in metrics["router"]["reason"]
+    assert not (run_dir / "router").exists()
+    assert audit["spent"]["router"]["status"] == "rejected"

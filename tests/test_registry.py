@@ -62,6 +62,33 @@ def test_versions_are_numbered_immutable_and_latest_follows(tmp_path, capsys):
     assert "v0001" in out and "v0002" in out and out.strip().endswith("<- latest")
 
 
+def test_a_version_carries_the_runs_router(tmp_path):
+    from fedpers.personas.centroid import CentroidRouterModel, has_router, load_router, save_router
+
+    registry = tmp_path / "registry"
+    without = publish(_run_dir(tmp_path / "run1"), registry)
+    assert not has_router(without.path)
+    assert json.loads((without.path / VERSION_FILE).read_text())["router"] is False
+    run_dir = _run_dir(tmp_path / "run2")
+    model = CentroidRouterModel(
+        ("leadership",),
+        np.ones((1, 4), np.float32) / 2,
+        np.zeros((1, 2), np.float32),
+        np.array([3.0]),
+        info={"run_id": "abc123"},
+    )
+    save_router(run_dir, model)
+    version = publish(run_dir, registry)
+    record = json.loads((version.path / VERSION_FILE).read_text())
+    assert record["router"] is True
+    assert {"router/centroids.safetensors", "router/router.json"} <= set(record["files"])
+    copied = load_router(version.path)
+    assert copied.personas == model.personas and copied.info == {"run_id": "abc123"}
+    np.testing.assert_array_equal(copied.text, model.text)
+    for rel in ("router/centroids.safetensors", "router/router.json"):
+        assert (version.path / rel).read_bytes() == (run_dir / rel).read_bytes()
+
+
 def test_a_run_without_adapters_is_not_published(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

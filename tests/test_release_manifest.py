@@ -17,7 +17,16 @@ from clients.state import UserState
 from fedpers.federated import FederatedConfig, load_config_file
 from fedpers.privacy.accounting import GaussianEvent
 from fedpers.privacy.ledger import LedgerEntry
-from fedpers.releases import RELEASES, manifest_table, required_ledger, undeclared_fields
+from fedpers.releases import (
+    RELEASES,
+    ROUTER_RELEASE,
+    ROUTER_STATS_PURPOSE,
+    manifest_table,
+    recorded_task,
+    release_of,
+    required_ledger,
+    undeclared_fields,
+)
 from fedpers.userdata import user_ids
 from simulations.simulate import SCENARIOS
 
@@ -132,11 +141,20 @@ def test_a_field_outside_the_manifest_never_leaves(tmp_path):
 
 
 def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
-    mechanisms = {"DP-SGD", "private choice", "SecAgg+ masking", "public"}
+    mechanisms = {
+        "DP-SGD",
+        "private choice",
+        "SecAgg+ masking",
+        "public",
+        "distributed DP (Skellam)",
+    }
     assert {r.mechanism for r in RELEASES} <= mechanisms
     for release in RELEASES:
         assert (release.mechanism == "DP-SGD") == ("dp-sgd" in release.ledger), release
         assert ("dp-sgd" in release.ledger) == ("user-level-dp-skellam" in release.ledger), release
+        assert (release.mechanism == "distributed DP (Skellam)") == (
+            release.ledger == (ROUTER_STATS_PURPOSE,)
+        ), release
         assert release.content
     assert len(manifest_table()) == len(RELEASES)
     upload = [("secaggplus_configs", "masked_params")]
@@ -154,3 +172,19 @@ def test_every_row_names_its_mechanism_and_dp_rows_their_ledger_event():
     assert required_ledger(
         "train", "collect_masked_vectors", upload, dp=False, inferred=False, user_dp=True
     ) == {"user-level-dp-skellam"}
+    # the router's upload: its own row, its own ledger event, whatever the training settings
+    assert ROUTER_RELEASE in RELEASES
+    assert (
+        release_of("train", "collect_masked_vectors", *upload[0], task="router") == ROUTER_RELEASE
+    )
+    for dp, inferred, user_dp in [(True, True, True), (False, False, False)]:
+        assert required_ledger(
+            "train", "collect_masked_vectors", upload, dp, inferred, user_dp, task="router"
+        ) == {ROUTER_STATS_PURPOSE}
+    # a router upload in clear (no SecAgg+) is declared by no row
+    assert undeclared_fields("train", None, [("fitres.parameters", "0")], task="router") == [
+        "fitres.parameters/0"
+    ]
+    assert recorded_task({"task": "router"}) == "router"
+    assert recorded_task({"task": None, "session": "router"}) == "router"
+    assert recorded_task({"task": None, "session": "training"}) == "train"

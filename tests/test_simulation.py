@@ -31,14 +31,16 @@ def tiny_config(run_dir, **changes) -> FederatedConfig:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """The default aggregation (SecAgg+ with persona hiding) and audit: every reply leaving a device recorded."""
+    """The default aggregation (SecAgg+ with persona hiding), the router round and the audit: every reply leaving
+    a device recorded."""
     run_dir = tmp_path_factory.mktemp("sim")
-    config = tiny_config(run_dir, keep_payloads=True)
+    config = tiny_config(run_dir, keep_payloads=True, router_epsilon=8.0)
     assert (
         config.aggregation.secure_aggregation
         and config.aggregation.persona_hiding
         and config.outputs.record_wire
         and config.outputs.audit
+        and config.privacy.router_epsilon == FederatedConfig().privacy.router_epsilon
     )
     metrics = simulate(config, run_dir)
     return config, run_dir, metrics
@@ -88,6 +90,42 @@ def test_three_rounds_produce_persona_adapters(run):
 
 
 @pytest.mark.slow  # Ray
+def test_the_run_learns_the_router_through_the_private_path_and_saves_it(run):
+    """After the last round one SecAgg+ session (task ``router``) over every device: the router is saved beside
+    the adapters, its centroids learned from the noised statistics, what it cost recorded."""
+    from fedpers.personas.centroid import has_router, load_router
+    from fedpers.personas.router_stats import noise_for_epsilon, privacy_summary
+
+    config, run_dir, metrics = run
+    assert has_router(run_dir)
+    router = load_router(run_dir)
+    assert router.personas == tuple(config.persona_names) and router.context.shape[1] == 64
+    assert router.trained  # 2 users per persona, gate 2: noised counts put some at or above it
+    assert all(
+        c == 0 or c >= config.server.min_clients for c in router.counts
+    )  # none below the gate
+    info = router.info
+    assert info["run_id"] == metrics["run_id"] and info["devices"] == 10 and info["failures"] == 0
+    assert (
+        info["epsilon"] <= config.privacy.router_epsilon and info["delta"] == config.privacy.delta
+    )
+    assert "1/t" in info["dropout_assumption"] and info["noise_multiplier"] > 0
+    assert metrics["router"]["status"] == "saved" and metrics["router"]["devices"] == 10
+    # a centroid is the direction of its persona's noised sum: its own users' prompts are closer to it
+    layout_noise = noise_for_epsilon(8.0, config.privacy.delta, _router_layout(config))
+    assert info["noise_multiplier"] == pytest.approx(layout_noise.noise_multiplier)
+    assert info["epsilon"] == pytest.approx(
+        privacy_summary(layout_noise, config.privacy.delta)["epsilon"]
+    )
+
+
+def _router_layout(config):
+    from fedpers.personas.router_round import router_layout
+
+    return router_layout(config)
+
+
+@pytest.mark.slow  # Ray
 def test_privacy_is_accounted_per_client_and_within_budget(run):
     config, run_dir, metrics = run
     spent = metrics["client_privacy"]["epsilon_per_client"]
@@ -97,7 +135,23 @@ def test_privacy_is_accounted_per_client_and_within_budget(run):
         purposes = [e.purpose for e in ledger.entries]
         assert purposes.count("dp-sgd") == 3 and purposes.count("clip-quantile") == 1
         assert ledger.spent().epsilon <= config.privacy.epsilon
+        # the router's release: once, in the user-level ledger, recorded (and completed) before it left
+        user_level = PrivacyLedger(run_dir / "client-state" / user / "user-level-ledger.json", user)
+        (entry,) = user_level.entries
+        assert entry.purpose == "router-statistics-skellam" and entry.status == "completed"
+        assert entry.details["run_id"] == metrics["run_id"] and entry.details["threshold"] >= 2
+        assert 0 < user_level.spent().epsilon <= config.privacy.router_epsilon * 1.001
     assert metrics["max_epsilon"] <= config.privacy.epsilon
+    # the audit's totals: each user's user-level ledger, the router's release in it
+    audit = json.loads((run_dir / "audit.json").read_text())
+    router = audit["spent"]["router"]
+    assert router["status"] == "saved" and router["ledgers"] == "run"
+    assert {c["user_id"] for c in router["clients"]} == set(user_ids(config))
+    for client in router["clients"]:
+        assert client["router_releases"] == 1 and client["ledger_entries"] == 1
+        assert client["epsilon"] == pytest.approx(router["epsilon"], rel=0.02)
+    assert router["max_epsilon"] == max(c["epsilon"] for c in router["clients"])
+    assert "Learned router (private statistics)" in (run_dir / "audit.html").read_text()
 
 
 @pytest.mark.slow  # Ray
@@ -105,18 +159,35 @@ def test_nothing_a_client_sends_contains_its_text_or_token_ids(run):
     config, run_dir, _ = run
     wire = run_dir / "wire"
     manifest = [json.loads(line) for line in (wire / "manifest.jsonl").read_text().splitlines()]
-    # every reply of every client: the 4 SecAgg+ stages of training, 3 rounds, 10 clients; no evaluation upload
-    assert len(manifest) == 10 * 3 * 4
+    # every reply of every client: the 4 SecAgg+ stages of training, 3 rounds and the router's session, 10
+    # clients; no evaluation upload
+    assert len(manifest) == 10 * (3 + 1) * 4
+    router = [e for e in manifest if e["task"] == "router"]
+    assert len(router) == 10 and {e["secagg_stage"] for e in router} == {"collect_masked_vectors"}
+    from fedpers.audit.scan import find
+    from fedpers.personas.encoder import default_encoder
+    from fedpers.personas.router_data import user_prompts
+
     env = model_environment(config)
     users = user_ids(config)
+    encoder = default_encoder()
     for pid, user in enumerate(users):
         payloads = [p.read_bytes() for p in wire.glob(f"{pid}-*.bin")]
-        assert len(payloads) == 12
+        assert len(payloads) == 16
         mine = [c for c in conversations(config) if c.user_id == user]
         texts = [t.text for c in mine for t in c.turns]
         data = user_data(config, user, env)
         ids = [e.input_ids for e in data.train + data.heldout]
         assert scan(payloads, texts, ids) == [], f"user {user} leaked"
+        # nor the embeddings the router was learned from (any row's leading coordinates, float32 or float64),
+        # nor the user's mean embedding
+        (prompts,) = user_prompts(mine)
+        rows = encoder.encode(list(prompts.prompts))
+        rows = np.vstack([rows, rows.mean(0, keepdims=True)])
+        patterns = {
+            r[:4].astype(dtype).tobytes(): "embedding" for r in rows for dtype in ("<f4", "<f8")
+        }
+        assert find(payloads, patterns) == {}, f"user {user}: an embedding on the wire"
     for entry in manifest:
         # SecAgg+ clears the plain arrays; only masked integer vectors leave the device, inside its config record
         for tensor in entry["arrays"]:
@@ -146,20 +217,34 @@ def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run
     manifest = [
         json.loads(line) for line in (run_dir / "wire" / "manifest.jsonl").read_text().splitlines()
     ]
+    from fedpers.releases import ROUTER_RELEASE, recorded_task, release_of
+
     accounted = 0
     for entry in manifest:
-        fields, stage = recorded_fields(entry), recorded_stage(entry)
-        assert fields and undeclared_fields(entry["message_type"], stage, fields) == [], entry
+        fields, stage, task = recorded_fields(entry), recorded_stage(entry), recorded_task(entry)
+        assert fields and undeclared_fields(entry["message_type"], stage, fields, task) == [], entry
         needed = required_ledger(
             entry["message_type"],
             stage,
             fields,
             config.privacy.dp,
             config.dataset.persona_mode == "inferred",
+            config.privacy.user_dp,
+            task,
         )
+        if (
+            task == "router"
+        ):  # the router's upload: its own row of the manifest, its own ledger event
+            assert release_of(entry["message_type"], stage, *RECORD_MASKED, task) == ROUTER_RELEASE
+            assert ROUTER_RELEASE.mechanism == "distributed DP (Skellam)"
+            assert needed == {"router-statistics-skellam"}
+        user = users[entry["partition_id"]]
         ledger = PrivacyLedger(
-            run_dir / "client-state" / users[entry["partition_id"]] / "ledger.json",
-            users[entry["partition_id"]],
+            run_dir
+            / "client-state"
+            / user
+            / ("user-level-ledger.json" if task == "router" else "ledger.json"),
+            user,
         )
         for purpose in needed:
             matching = [
@@ -174,7 +259,12 @@ def test_every_reply_is_in_the_release_manifest_and_accounted_before_it_left(run
                 entry,
             )
             accounted += 1
-    assert accounted == 10 * 3  # one DP-SGD upload per client and round
+    assert (
+        accounted == 10 * 3 + 10
+    )  # one DP-SGD upload per client and round, one router upload per client
+
+
+RECORD_MASKED = (RECORD_KEY_CONFIGS, "masked_params")
 
 
 def test_scan_finds_text_and_token_ids_when_they_are_sent(task_identity):
@@ -378,9 +468,9 @@ def test_the_run_writes_a_signed_audit_report_that_validates_against_its_schema(
         and wire["persona_hiding"]
         and wire["min_clients_released"] >= config.server.min_clients
     )
-    assert wire["summary"]["messages"] == len(wire["manifest"]) == 120
+    assert wire["summary"]["messages"] == len(wire["manifest"]) == 160
     assert (
-        wire["scan"]["payloads_scanned"] == 120
+        wire["scan"]["payloads_scanned"] == 160
         and wire["scan"]["leaks"] == []
         and wire["scan"]["patterns"] > 1000
     )

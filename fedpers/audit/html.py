@@ -158,6 +158,55 @@ def _user_level_html(user_level: dict | None) -> list[str]:
     ]
 
 
+def _router_html(router: dict | None) -> list[str]:
+    """The learned router's private statistics: what each user spent on them, like the user-level spend."""
+    if not router:
+        return []
+    status = {
+        "saved": "the router was learned and saved beside the adapters",
+        "failed": "the router round FAILED: the run has no router",
+        "rejected": "the router round was REJECTED by the aggregate checks: the run has no router",
+        "off": "the run had no router round",
+    }.get(router["status"], f"status {_e(str(router['status']))}")
+    epsilon = (
+        "" if router.get("epsilon") is None else f" (epsilon {_num(router['epsilon'])} per release)"
+    )
+    out = [
+        "<h3>Learned router (private statistics)</h3><p>After the last round every device sent its per-persona "
+        "mean prompt embedding, context and count share once, with its share of Skellam noise added inside "
+        f"SecAgg+ for epsilon = {router['router_epsilon']:g}, delta = {router['delta']:g}{epsilon}: {status}. "
+        f"Dropout assumption: {_e(router.get('dropout_assumption', ''))}. Each device charged the release to its "
+        "user-level ledger before it left."
+    ]
+    if router["ledgers"] == "devices":
+        out.append(
+            " The user-level ledgers stay on the devices (<code>fedpers-client status</code> shows them).</p>"
+        )
+        return out
+    out.append(
+        "</p>"
+        + _table(
+            [
+                "client",
+                "persona",
+                "user-level epsilon (quoted, router included)",
+                "router releases",
+            ],
+            [
+                [
+                    _e(c["user_id"]),
+                    _e(c["persona"]),
+                    _num(c["epsilon"]),
+                    _count(c["router_releases"]),
+                ]
+                for c in router["clients"]
+            ],
+            left=2,
+        )
+    )
+    return out
+
+
 def _spent_html(spent: dict) -> str:
     if not spent["dp"]:
         return "<p class='over'>DP-SGD was off for this run: no epsilon bounds it.</p>"
@@ -181,6 +230,7 @@ def _spent_html(spent: dict) -> str:
                 text
                 + " A device shows its own figures with <code>fedpers-client status</code>.</p>",
                 *_user_level_html(spent.get("user_level")),
+                *_router_html(spent.get("router")),
             ]
         )
     # two tables of the same rows, so that each fits the page: the epsilons, then the DP-SGD settings behind them
@@ -251,6 +301,7 @@ def _spent_html(spent: dict) -> str:
         _table(["persona", "clients", "largest client epsilon"], persona_rows),
     ]
     out += _user_level_html(spent.get("user_level"))
+    out += _router_html(spent.get("router"))
     return "".join(out)
 
 

@@ -27,6 +27,7 @@ from fedpers.federated import FederatedConfig
 from fedpers.privacy.ledger import LEDGER_FILE, USER_LEVEL_LEDGER_FILE
 from fedpers.privacy.user_level import DROPOUT_ASSUMPTION
 from fedpers.releases import (
+    ROUTER_STATS_PURPOSE,
     SERVER_LEARNS,
     manifest_table,
     recorded_fields,
@@ -166,6 +167,46 @@ def _spent_common(
     }
 
 
+def router_spent(
+    config: FederatedConfig,
+    users: list[str],
+    personas: dict[str, str],
+    metrics: dict,
+    devices: bool,
+) -> dict | None:
+    """The learned router's private statistics (one Skellam release per user and run, charged to the user's
+    user-level ledger before it left; ``fedpers.personas.router_round``): per user, the user-level ledger with
+    the router's releases in it, read when the report can read the devices' state (``ledgers: run``). ``None``
+    for a run without a router round."""
+    from fedpers.personas.router_round import router_round_off
+
+    if router_round_off(config) is not None:
+        return None
+    clients = []
+    if not devices:
+        state = Path(config.outputs.state_dir)
+        for u in users:
+            c = _client(u, personas.get(u), state / u / USER_LEVEL_LEDGER_FILE, None)
+            c["router_releases"] = sum(
+                e["purpose"] == ROUTER_STATS_PURPOSE for e in c["cumulative"]
+            )
+            clients.append(c)
+    done = metrics.get("router") or {}
+    return {
+        "mechanism": "Skellam noise added on the devices inside SecAgg+, one release per user and run",
+        "purpose": ROUTER_STATS_PURPOSE,
+        "router_epsilon": config.privacy.router_epsilon,
+        "epsilon": done.get("epsilon"),
+        "delta": config.privacy.delta,
+        "dropout_assumption": DROPOUT_ASSUMPTION,
+        "status": done.get("status", "unknown"),
+        "devices": done.get("devices"),
+        "ledgers": "devices" if devices else "run",
+        "clients": clients,
+        "max_epsilon": None if devices else max((c["epsilon"] for c in clients), default=0.0),
+    }
+
+
 def device_spent_section(config: FederatedConfig, run_dir: Path) -> dict:
     """Spending of a run whose clients keep their ledgers on their devices: the ceiling every device enforces.
 
@@ -254,6 +295,19 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
         add(
             "problem",
             "DP-SGD was off: no epsilon bounds what the adapters reveal about any conversation.",
+        )
+    router = spent.get("router") or {}
+    if router.get("status") == "rejected":
+        add(
+            "problem",
+            "The router round was REJECTED: its unmasked sum is not what honest uploads can give (a device "
+            "shifted its upload?); no router was saved. Each device's router release is still in its ledger.",
+        )
+    elif router.get("status") == "failed":
+        add(
+            "warning",
+            "The router round failed: the run has no router (see metrics.json router). Devices that sent "
+            "their upload have the release in their ledger.",
         )
     elif spent["ledgers"] == "devices" and spent["ceiling"] is None:
         add(
@@ -448,9 +502,11 @@ def build_audit(run_dir: Path, progress: bool = True) -> dict:
         spent = spent_section(config, users, personas, run_dir)
         clients = len(users)
     else:  # the clients' data and ledgers are on their devices: the server audits what it holds
-        users = []
+        users, personas = [], {}
         spent = device_spent_section(config, run_dir)
         clients = max((r.get("participants", 0) for r in metrics.get("rounds", [])), default=0)
+    engine = metrics.get("engine", "simulation")
+    spent["router"] = router_spent(config, users, personas, metrics, engine != "simulation")
     wire = wire_section(run_dir, config, users, metrics, progress)
     attack = read_attack(run_dir)
     return {

@@ -46,24 +46,12 @@ from fedpers.privacy.user_level import (
     NOISED_QUANTIZATION_BITS,
     DistributedNoise,
 )
-from fedpers.releases import SECAGG_RECORD, TRAIN, Release
 
-ROUTER_STATS_PURPOSE = "router-statistics-skellam"
+# the ledger purpose and the release-manifest row live with the other releases
+from fedpers.releases import ROUTER_RELEASE, ROUTER_STATS_PURPOSE  # noqa: F401
+
 CLIPPING_RANGE = 1.0  # every coordinate of the upload lies in [-1, 1]
 _NORM_SLACK = 1e-6
-
-ROUTER_RELEASE = Release(
-    "router statistics upload",
-    TRAIN,
-    "collect_masked_vectors",
-    SECAGG_RECORD,
-    "masked_params",
-    "distributed DP (Skellam)",
-    (ROUTER_STATS_PURPOSE,),
-    "the device's per-persona mean prompt embedding, mean context vector and count share (L2 norm at most "
-    "sqrt(3)), quantized, with a share of Skellam noise added on the device, and masked",
-)
-"""The release-manifest row of the router's upload, for when a federated round carries it (not wired yet)."""
 
 
 @dataclass(frozen=True)
