@@ -370,6 +370,7 @@ def router_upload(task: RouterTask) -> Upload:
     """The router's private statistics (:func:`fedpers.personas.router_round.device_router_upload`): int64 levels
     on the router's grid, with this device's share of Skellam noise for SecAgg+'s threshold ``t`` in its own
     SecAgg+ state, recorded in the user-level ledger before they are computed (a cap refuses them)."""
+    from fedpers.personas.features import FeatureMap
     from fedpers.personas.router_round import (
         device_router_upload,
         router_layout,
@@ -380,16 +381,18 @@ def router_upload(task: RouterTask) -> Upload:
     off = router_round_off(config)
     if off is not None:
         raise ValueError(f"this run has no router round ({off}); nothing was sent")
+    features = FeatureMap.from_bytes(instructions.features_blob)
     seed = _noise_seed(config, task.state.user_id, instructions.server_round, "router")
     levels = device_router_upload(
         task.conversations,
         task.persona,
-        router_layout(config),
+        router_layout(config, features),
         config.privacy.router_epsilon,
         config.privacy.delta,
         instructions.secagg_threshold,
         task.state.user_level_ledger(config.privacy.delta),
         rng=None if seed is None else np.random.default_rng(seed),
+        features=features,
         run_id=instructions.run_id,
         round=instructions.server_round,
     )

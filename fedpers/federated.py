@@ -172,11 +172,12 @@ class PrivacySettings:
         "(at the worst dropout SecAgg+ tolerates)",
     )
     router_epsilon: float = setting(
-        8.0,
+        4.0,
         "epsilon of the learned router's private statistics (user-level, charged to each device's user-level "
-        "ledger): after the last round every device sends its per-persona mean prompt embedding, context and "
-        "count share, with its share of Skellam noise, inside SecAgg+; the run saves the router in RUN_DIR/router "
-        "(0: no router round; needs secure aggregation and data that declares personas)",
+        "ledger; 4 leaves room for a second run under a consented budget of 8): after the last round every "
+        "device sends its per-persona mean prompt embedding (mapped by the server's public feature map), context "
+        "and count share, with its share of Skellam noise, inside SecAgg+; the run saves the router in "
+        "RUN_DIR/router (0: no router round; needs secure aggregation and data that declares personas)",
     )
     noise_seed: int = setting(
         -1,

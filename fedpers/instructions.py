@@ -30,6 +30,10 @@ SECAGG_THRESHOLD = "reconstruction-threshold"
 """The key under which a device's SecAgg+ mod hands the task its reconstruction threshold ``t`` (the router's noise
 share is ``1/t`` of the noise): the device's own SecAgg+ state, not a server setting (nor a setting's name:
 ``secagg_threshold`` is the fraction the server computes ``t`` from)."""
+ROUTER_FEATURES = "router-features"
+"""The key of the router task's public feature map (safetensors, :meth:`fedpers.personas.features.FeatureMap.to_bytes`):
+learned by the server from public data only; a device maps its embeddings with it before clipping, so whatever map
+a server sends, the upload keeps its bound and its noise (a bad map costs accuracy, not privacy)."""
 PERSONA_INDEX = "persona-index"
 """The metric that carries a persona in clear (:func:`persona_index`)."""
 
@@ -89,6 +93,8 @@ class RoundInstructions:
     adapters_blob: bytes = field(default=b"", repr=False)
     count_value: float = 0.0  # what a client adds to its slot's count (the SecAgg+ range sets it)
     secagg_threshold: int = 0  # set on the device by its SecAgg+ mod (router task); 0: none
+    # router task: the public feature map (safetensors; empty: none)
+    features_blob: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -155,6 +161,7 @@ class RoundInstructions:
                 _COUNT: self.count_value,
             }
             | ({SECAGG_THRESHOLD: self.secagg_threshold} if self.secagg_threshold else {})
+            | ({ROUTER_FEATURES: self.features_blob} if self.features_blob else {})
         )
 
     @classmethod
@@ -174,4 +181,5 @@ class RoundInstructions:
             bytes(raw.get(_ADAPTERS, b"")),
             float(raw.get(_COUNT, 0.0)),
             int(raw.get(SECAGG_THRESHOLD, 0)),
+            bytes(raw.get(ROUTER_FEATURES, b"")),
         )

@@ -427,6 +427,8 @@ def router_round(
     A router saved by an earlier server run of this run (a resume) is kept; one of another run is removed. A run
     without a router round, or whose router round fails, has no ``router/`` and says so loudly."""
     from fedpers.personas.router_round import (
+        NO_PUBLIC_START,
+        public_router_start,
         router_from_round,
         router_layout,
         router_round_off,
@@ -450,7 +452,19 @@ def router_round(
     if off is not None:
         progress.note(f"fedpers: no router round: {off}")
         return {"status": "off", "reason": off}
-    layout = router_layout(config)
+    try:
+        public = public_router_start(config)
+    except (
+        ImportError
+    ) as err:  # the server has no sentence encoder: no public map, prior or calibration
+        log(WARNING, "fedpers: router without its public start (%s)", err)
+        public = NO_PUBLIC_START
+    if public.features.kind != "identity":
+        progress.note(
+            f"fedpers: router: public {public.features.kind} feature map "
+            f"({public.features.dimension(0)} dimensions; {public.features.source})"
+        )
+    layout = router_layout(config, public.features)
     noise = noise_for_epsilon(config.privacy.router_epsilon, config.privacy.delta, layout)
     summary = {
         k: v
@@ -484,7 +498,13 @@ def router_round(
         label=ROUTER_TASK,
     )
     collection = RouterCollection(
-        RoundInstructions(config, run.run_id, config.server.rounds, ROUTER_TASK)
+        RoundInstructions(
+            config,
+            run.run_id,
+            config.server.rounds,
+            ROUTER_TASK,
+            features_blob=b"" if public.features.kind == "identity" else public.features.to_bytes(),
+        )
     )
     progress.note(
         f"fedpers: router round: private statistics of {nodes} devices under SecAgg+ "
@@ -521,7 +541,7 @@ def router_round(
                 "rejected",
             )
         model = router_from_round(
-            stats, layout, config, devices, run_id=run.run_id, failures=failures
+            stats, layout, config, devices, public, run_id=run.run_id, failures=failures
         )
         save_router(run_dir, model)
     except Exception as err:

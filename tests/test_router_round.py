@@ -407,3 +407,51 @@ def test_the_server_saves_the_router_of_an_honest_sum_and_rejects_a_changed_one(
         assert done["status"] == "rejected" and "REJECTED" in done["reason"], done
         assert ("weights add up" in done["reason"]) == (case == "weights")
         assert not has_router(tmp_path / "run")
+
+
+def test_the_public_start_maps_the_uploads_gives_every_persona_a_centroid_and_calibrates(tmp_path):
+    """With public data the server learns a feature map, the public users' statistics and a calibration from
+    it alone; the map travels in the router task's instructions; devices sum mapped rows (still within the
+    bound); a persona no device speaks for keeps the public centroid."""
+    from fedpers.personas.features import FeatureMap
+    from fedpers.personas.router_round import public_router_start
+    from fedpers.personas.router_stats import secure_sum
+
+    config = _config(tmp_path, public_data="synthetic", public_steps=1, min_clients=2)
+    encoder = HashEncoder()
+    public = public_router_start(config, encoder)
+    personas = tuple(config.persona_names)
+    assert public.features.kind == "lda"
+    assert public.features.components.shape == (len(personas) - 1, 384)
+    assert public.prior is not None and np.all(public.prior.counts >= 1)
+    assert public.heldout and {u.persona for u in public.heldout} == set(personas)
+    record = RoundInstructions(
+        config, "run-1", 3, "router", features_blob=public.features.to_bytes()
+    ).to_record()
+    features = FeatureMap.from_bytes(RoundInstructions.from_record(record).features_blob)
+    np.testing.assert_array_equal(features.components, public.features.components)
+    layout = router_layout(config, features)
+    assert layout.text_dimension == len(personas) - 1
+    # three devices of the first persona, none of the others
+    uploads = [
+        device_router_upload(
+            _conversations(f"u{i}", personas[0]),
+            personas[0],
+            layout,
+            8.0,
+            1e-5,
+            3,
+            PrivacyLedger(tmp_path / f"l{i}.json", f"u{i}"),
+            encoder,
+            features=features,
+        )
+        for i in range(3)
+    ]
+    stats = statistics_from_sum(secure_sum(uploads, layout.grid()), 3, layout)
+    model = router_from_round(stats, layout, config, 3, public, run_id="run-1")
+    assert model.features.kind == "lda" and set(model.trained) == set(personas)
+    assert model.info["calibrated"] is True and model.info["public_users"] >= len(personas)
+    assert model.threshold == model.info["calibration"]["threshold"]
+    # without public data: the identity map, no prior, not calibrated (the earlier behaviour)
+    plain = public_router_start(_config(tmp_path, public_data="", public_steps=0), encoder)
+    assert plain.features.kind == "identity" and plain.prior is None and not plain.heldout

@@ -34,7 +34,11 @@ def run(tmp_path_factory):
     """The default aggregation (SecAgg+ with persona hiding), the router round and the audit: every reply leaving
     a device recorded."""
     run_dir = tmp_path_factory.mktemp("sim")
-    config = tiny_config(run_dir, keep_payloads=True, router_epsilon=8.0)
+    # with a public split: the server's public warm start, and the router's public feature map, prior and
+    # calibration (the map travels to the devices in the router task's instructions)
+    config = tiny_config(
+        run_dir, keep_payloads=True, router_epsilon=4.0, public_data="synthetic", public_steps=2
+    )
     assert (
         config.aggregation.secure_aggregation
         and config.aggregation.persona_hiding
@@ -110,19 +114,28 @@ def test_the_run_learns_the_router_through_the_private_path_and_saves_it(run):
         info["epsilon"] <= config.privacy.router_epsilon and info["delta"] == config.privacy.delta
     )
     assert "1/t" in info["dropout_assumption"] and info["noise_multiplier"] > 0
+    # the public start: the devices summed rows mapped by the public LDA map; calibrated on public prompts
+    assert router.features.kind == "lda" and router.text.shape[1] == len(config.persona_names) - 1
+    assert info["features"] == "lda" and info["calibrated"] is True and info["public_users"] > 0
+    assert set(router.trained) == set(
+        config.persona_names
+    )  # the public users speak for every persona
     assert metrics["router"]["status"] == "saved" and metrics["router"]["devices"] == 10
     # a centroid is the direction of its persona's noised sum: its own users' prompts are closer to it
-    layout_noise = noise_for_epsilon(8.0, config.privacy.delta, _router_layout(config))
+    layout_noise = noise_for_epsilon(
+        config.privacy.router_epsilon, config.privacy.delta, _router_layout(config, router.features)
+    )
     assert info["noise_multiplier"] == pytest.approx(layout_noise.noise_multiplier)
     assert info["epsilon"] == pytest.approx(
         privacy_summary(layout_noise, config.privacy.delta)["epsilon"]
     )
 
 
-def _router_layout(config):
+def _router_layout(config, features=None):
+    from fedpers.personas.features import IDENTITY
     from fedpers.personas.router_round import router_layout
 
-    return router_layout(config)
+    return router_layout(config, features or IDENTITY)
 
 
 @pytest.mark.slow  # Ray
@@ -342,7 +355,15 @@ def test_other_aggregation_modes_give_the_same_persona_adapters(run, tmp_path, s
     adapters as SecAgg+ with persona hiding, up to SecAgg+'s quantization error."""
     config, run_dir, metrics = run
     other = simulate(
-        tiny_config(tmp_path, secure_aggregation=secure, persona_hiding=hiding, audit=False),
+        tiny_config(
+            tmp_path,
+            secure_aggregation=secure,
+            persona_hiding=hiding,
+            audit=False,
+            public_data=config.dataset.public_data,  # the reference's public warm start
+            public_steps=config.dataset.public_steps,
+            router_epsilon=0.0,
+        ),
         tmp_path,
     )
     assert (

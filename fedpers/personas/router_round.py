@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,7 +44,16 @@ from fedpers.federated import FederatedConfig
 from fedpers.personas.centroid import CentroidRouterModel, model_from_statistics
 from fedpers.personas.context import CONTEXT_DIMENSION
 from fedpers.personas.encoder import ENCODER_DIMENSION, TextEncoder
-from fedpers.personas.router_data import contributions, encode_users, user_prompts
+from fedpers.personas.features import IDENTITY, FeatureMap
+from fedpers.personas.router_data import (
+    EncodedUser,
+    contributions,
+    encode_users,
+    mapped,
+    public_router_features,
+    public_statistics,
+    user_prompts,
+)
 from fedpers.personas.router_stats import (
     CLIPPING_RANGE,
     RouterStatistics,
@@ -72,11 +82,52 @@ def router_round_off(config: FederatedConfig) -> str | None:
     return None
 
 
-def router_layout(config: FederatedConfig) -> StatsLayout:
-    """The upload layout every device and the server use: the run's personas, all-MiniLM-L6-v2 embeddings and,
-    unless the data carries no context, the hashed context vector."""
+def router_layout(config: FederatedConfig, features: FeatureMap = IDENTITY) -> StatsLayout:
+    """The upload layout every device and the server use: the run's personas, all-MiniLM-L6-v2 embeddings
+    mapped by the public ``features`` map and, unless the data carries no context, the hashed context vector."""
     context = 0 if config.dataset.data == NO_PERSONAS_DATA else CONTEXT_DIMENSION
-    return StatsLayout(tuple(config.persona_names), ENCODER_DIMENSION, context)
+    return StatsLayout(tuple(config.persona_names), features.dimension(ENCODER_DIMENSION), context)
+
+
+@dataclass(frozen=True)
+class PublicStart:
+    """What the server learns from the run's public data (``public_data``; never a device's) for the router:
+    the feature map the devices apply (:mod:`fedpers.personas.features`), the public users' clean statistics
+    added to the devices' noised sums (:func:`~fedpers.personas.router_data.public_statistics`; ``None``
+    when the public data declares none of the run's personas) and the public held-out prompts, with their
+    contexts and personas, on which temperature and threshold are calibrated."""
+
+    features: FeatureMap
+    prior: RouterStatistics | None
+    heldout: tuple[EncodedUser, ...]
+
+
+NO_PUBLIC_START = PublicStart(IDENTITY, None, ())
+
+
+def public_router_start(config: FederatedConfig, encoder: TextEncoder | None = None) -> PublicStart:
+    """The router's public start for a run with these settings (:class:`PublicStart`); without public data,
+    the identity map, no prior and no calibration."""
+    from fedpers.warmstart import public_split
+
+    if not config.dataset.public_data:
+        return NO_PUBLIC_START
+    if encoder is None:
+        from fedpers.personas.encoder import default_encoder
+
+        encoder = default_encoder()
+    personas = tuple(config.persona_names)
+    layout = router_layout(config)
+    features = public_router_features(config, encoder, personas)
+    train, heldout = public_split(config)
+    users = encode_users(
+        user_prompts(train), encoder, layout.context_dimension or CONTEXT_DIMENSION
+    )
+    prior = public_statistics(users, personas, features, use_context=layout.context_dimension > 0)
+    held = encode_users(
+        user_prompts(heldout), encoder, layout.context_dimension or CONTEXT_DIMENSION
+    )
+    return PublicStart(features, prior, tuple(u for u in held if u.persona in set(personas)))
 
 
 def device_router_upload(
@@ -89,6 +140,7 @@ def device_router_upload(
     ledger: PrivacyLedger,
     encoder: TextEncoder | None = None,
     rng: np.random.Generator | None = None,
+    features: FeatureMap = IDENTITY,
     **details,
 ) -> np.ndarray:
     """One device's router upload (int64 levels, ``layout.dimension`` of them), recorded in ``ledger`` first.
@@ -96,7 +148,8 @@ def device_router_upload(
     ``conversations`` are the device's training conversations, all of one user; ``persona`` the slot they go
     to (``None``, or a persona outside the layout: an all-zero contribution); ``threshold`` SecAgg+'s
     reconstruction threshold on this device. ``encoder`` defaults to all-MiniLM-L6-v2 (loaded on first use);
-    ``rng`` to one seeded from the OS CSPRNG (pass one only to reproduce a benchmark)."""
+    ``rng`` to one seeded from the OS CSPRNG (pass one only to reproduce a benchmark). The embeddings are
+    mapped by the public ``features`` map (unit rows again) before they are summed."""
     if threshold < 2:
         raise ValueError(
             f"the router's noise share needs SecAgg+'s reconstruction threshold (at least 2), got {threshold}"
@@ -117,12 +170,15 @@ def device_router_upload(
             from fedpers.personas.encoder import default_encoder
 
             encoder = default_encoder()
-        if encoder.dimension != layout.text_dimension:
+        if features.dimension(encoder.dimension) != layout.text_dimension:
             raise ValueError(
-                f"the encoder gives {encoder.dimension}-dimensional embeddings, the layout "
+                f"the encoder's {encoder.dimension}-dimensional embeddings, mapped by the {features.kind} "
+                f"feature map, have {features.dimension(encoder.dimension)} dimensions; the layout "
                 f"{layout.text_dimension}"
             )
         encoded = encode_users(prompts, encoder, layout.context_dimension or CONTEXT_DIMENSION)
+        if features.kind != "identity":
+            encoded = [mapped(u, features) for u in encoded]
         (contribution,) = contributions(encoded, layout, use_context=layout.context_dimension > 0)
     return private_upload(
         contribution,
@@ -178,18 +234,36 @@ def router_from_round(
     layout: StatsLayout,
     config: FederatedConfig,
     devices: int,
+    public: PublicStart = NO_PUBLIC_START,
     **info,
 ) -> CentroidRouterModel:
-    """The router learned from one router round's statistics, with what it cost recorded in its ``info``."""
+    """The router learned from one router round's statistics, with what it cost recorded in its ``info``.
+
+    A persona whose noised count is below the minimum-clients gate contributes nothing (its sums and count
+    are dropped, its count is not published); the public users' statistics (``public.prior``) are added to
+    what is left, so such a persona keeps the public data's centroid, and every centroid lives in the space
+    of ``public.features``. Temperature and threshold are calibrated on the public held-out prompts
+    (:func:`~fedpers.personas.centroid.calibrate`, 90 % accuracy of the confident choices) when there are any."""
+    from fedpers.personas.centroid import calibrate
+
     noise = noise_for_epsilon(config.privacy.router_epsilon, config.privacy.delta, layout)
     summary = privacy_summary(noise, config.privacy.delta)
     settings = {} if layout.context_dimension else {"context_weight": 0.0}
     gate = float(config.server.min_clients)
-    # no count below the minimum-clients gate is published (those personas get no centroid either)
-    stats = dataclasses.replace(stats, counts=np.where(stats.counts >= gate, stats.counts, 0.0))
-    return model_from_statistics(
+    # no count below the minimum-clients gate is published (those personas' private sums are not used either)
+    keep = stats.counts >= gate
+    stats = RouterStatistics(
+        stats.personas,
+        np.where(keep[:, None], stats.text_sums, 0.0),
+        np.where(keep[:, None], stats.context_sums, 0.0),
+        np.where(keep, stats.counts, 0.0),
+    )
+    if public.prior is not None:
+        stats = stats + public.prior
+    model = model_from_statistics(
         stats,
-        min_count=gate if gate > 0 else 1e-12,
+        min_count=gate if public.prior is None and gate > 0 else 1e-12,
+        features=public.features,
         info={
             **info,
             "source": "federated router round: private statistics under SecAgg+",
@@ -197,15 +271,38 @@ def router_from_round(
             "min_count": config.server.min_clients,
             "router_epsilon": config.privacy.router_epsilon,
             "secagg_threshold_fraction": config.aggregation.secagg_threshold,
+            "features": public.features.kind,
+            "features_source": public.features.source,
+            "public_users": 0 if public.prior is None else int(round(public.prior.counts.sum())),
             "calibrated": False,
             **summary,
         },
         **settings,
     )
+    if public.heldout:
+        texts = np.concatenate([u.text for u in public.heldout])
+        contexts = np.concatenate([u.context for u in public.heldout])
+        labels = [u.persona for u in public.heldout for _ in u.text]
+        cal = calibrate(
+            model,
+            texts,
+            contexts if layout.context_dimension else None,
+            [str(x) for x in labels],
+            target_accuracy=0.9,
+        )
+        model = model.with_settings(
+            temperature=cal.temperature,
+            threshold=cal.threshold,
+            info={**model.info, "calibrated": True, "calibration": cal.to_dict()},
+        )
+    return model
 
 
 __all__ = [
+    "NO_PUBLIC_START",
+    "PublicStart",
     "device_router_upload",
+    "public_router_start",
     "router_from_round",
     "router_layout",
     "router_round_off",
