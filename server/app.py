@@ -426,9 +426,9 @@ def router_round(
 
     A router saved by an earlier server run of this run (a resume) is kept; one of another run is removed. A run
     without a router round, or whose router round fails, has no ``router/`` and says so loudly."""
+    from fedpers.personas.router_public import public_router_start
     from fedpers.personas.router_round import (
         NO_PUBLIC_START,
-        public_router_start,
         router_from_round,
         router_layout,
         router_round_off,

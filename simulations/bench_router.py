@@ -173,12 +173,8 @@ def public_features(encoder, personas: Sequence[str], config=None):
     """The router's public feature map (the default scenario's public split unless ``config`` is given), and
     the router learned from the public data alone (its clean centroids under that map)."""
     from fedpers.federated import FederatedConfig, load_config_file
-    from fedpers.personas.router_data import (
-        encode_users,
-        learn_router,
-        public_router_features,
-        user_prompts,
-    )
+    from fedpers.personas.router_data import encode_users, learn_router, user_prompts
+    from fedpers.personas.router_public import public_router_features
     from fedpers.warmstart import public_split
     from simulations.simulate import SCENARIOS
 

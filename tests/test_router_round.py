@@ -414,7 +414,7 @@ def test_the_public_start_maps_the_uploads_gives_every_persona_a_centroid_and_ca
     it alone; the map travels in the router task's instructions; devices sum mapped rows (still within the
     bound); a persona no device speaks for keeps the public centroid."""
     from fedpers.personas.features import FeatureMap
-    from fedpers.personas.router_round import public_router_start
+    from fedpers.personas.router_public import public_router_start
     from fedpers.personas.router_stats import secure_sum
 
     config = _config(tmp_path, public_data="synthetic", public_steps=1, min_clients=2)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,9 +31,6 @@ from fedpers.personas.router_stats import (
 )
 from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.user_level import DistributedNoise
-
-if TYPE_CHECKING:
-    from fedpers.federated import FederatedConfig
 
 
 @dataclass(frozen=True)
@@ -186,29 +182,6 @@ def learn_router(
     if not use_context:
         settings = {"context_weight": 0.0, **settings}
     return model_from_statistics(stats, min_count=min_count, features=features, **settings)
-
-
-def public_router_features(
-    config: FederatedConfig, encoder: TextEncoder, personas: Sequence[str]
-) -> FeatureMap:
-    """The router's feature map from the run's public data (``public_data``; see :mod:`fedpers.warmstart`):
-    the opening prompts of the public split's training conversations, embedded; LDA when they declare every
-    one of ``personas``, PCA otherwise, the identity when the run has no public data
-    (:func:`fedpers.personas.features.public_feature_map`)."""
-    from fedpers.personas.features import public_feature_map
-    from fedpers.warmstart import public_split
-
-    train, _ = public_split(config)
-    users = user_prompts(train)
-    rows = encode_users(users, encoder)
-    text = (
-        np.concatenate([u.text for u in rows])
-        if rows
-        else np.zeros((0, encoder.dimension), np.float32)
-    )
-    labels = [u.persona for u in rows for _ in u.text]
-    source = f"public_data {config.dataset.public_data!r}, {len(text)} prompts"
-    return public_feature_map(text, labels, tuple(personas), source=source)
 
 
 def public_statistics(

@@ -50,8 +50,6 @@ from fedpers.personas.router_data import (
     contributions,
     encode_users,
     mapped,
-    public_router_features,
-    public_statistics,
     user_prompts,
 )
 from fedpers.personas.router_stats import (
@@ -103,31 +101,6 @@ class PublicStart:
 
 
 NO_PUBLIC_START = PublicStart(IDENTITY, None, ())
-
-
-def public_router_start(config: FederatedConfig, encoder: TextEncoder | None = None) -> PublicStart:
-    """The router's public start for a run with these settings (:class:`PublicStart`); without public data,
-    the identity map, no prior and no calibration."""
-    from fedpers.warmstart import public_split
-
-    if not config.dataset.public_data:
-        return NO_PUBLIC_START
-    if encoder is None:
-        from fedpers.personas.encoder import default_encoder
-
-        encoder = default_encoder()
-    personas = tuple(config.persona_names)
-    layout = router_layout(config)
-    features = public_router_features(config, encoder, personas)
-    train, heldout = public_split(config)
-    users = encode_users(
-        user_prompts(train), encoder, layout.context_dimension or CONTEXT_DIMENSION
-    )
-    prior = public_statistics(users, personas, features, use_context=layout.context_dimension > 0)
-    held = encode_users(
-        user_prompts(heldout), encoder, layout.context_dimension or CONTEXT_DIMENSION
-    )
-    return PublicStart(features, prior, tuple(u for u in held if u.persona in set(personas)))
 
 
 def device_router_upload(
@@ -302,7 +275,6 @@ __all__ = [
     "NO_PUBLIC_START",
     "PublicStart",
     "device_router_upload",
-    "public_router_start",
     "router_from_round",
     "router_layout",
     "router_round_off",
