@@ -53,7 +53,8 @@ def prompts(style: str, n: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained():
-    """The tiny model with LoRA, and an adapter per prompt style trained (no DP) on the user tokens."""
+    """The tiny model with LoRA, and an adapter per prompt style trained (no DP) on the user tokens, on seeded
+    Poisson batches."""
     base, tokenizer = load_base_model("tiny")
     model = PersonalizedLM(attach_lora(base, SETTINGS))
     init = adapter_arrays(model.lm)
@@ -68,7 +69,9 @@ def trained():
             model,
             examples,
             tokenizer.pad_token_id,
-            TrainConfig(steps=40, batch_size=8, learning_rate=2e-2),
+            # seeded batches: drawn from the OS CSPRNG the fixture was flaky (an unlucky draw left an
+            # adapter that scored its own style no better than the other)
+            TrainConfig(steps=40, batch_size=8, learning_rate=2e-2, noise_seed=i),
             DPConfig(enabled=False),
         )
         adapters[style] = adapter_arrays(model.lm)
