@@ -225,15 +225,21 @@ def test_the_mod_masks_only_integer_levels_on_the_routers_grid():
         _router_levels(other, 1, levels)
 
 
-def test_a_router_sum_that_honest_uploads_cannot_give_is_rejected():
-    layout = StatsLayout(("a", "b"), 384, 64)
-    n, rng = 10, np.random.default_rng(5)
+def _honest_parts(layout: StatsLayout, n: int, rng) -> list[np.ndarray]:
+    """``n`` honest clean contributions of two personas, alternating: a unit embedding and a count of one."""
     parts = []
     for i in range(n):
         x = np.zeros((2, layout.row))
         x[i % 2, : layout.text_dimension] = unit_rows(rng.normal(size=(1, 384)))[0]
         x[i % 2, -1] = 1.0
         parts.append(x.ravel())
+    return parts
+
+
+def test_a_router_sum_that_honest_uploads_cannot_give_is_rejected():
+    layout = StatsLayout(("a", "b"), 384, 64)
+    n = 10
+    parts = _honest_parts(layout, n, np.random.default_rng(5))
     honest = clean_statistics(parts, layout)
     assert router_sum_problems(honest, n, layout, 8.0, 1e-5) == []
     # one device adding 2**36 levels to its masked upload: 2**36 / s in every coordinate of the sum
@@ -374,13 +380,8 @@ def test_the_server_saves_the_router_of_an_honest_sum_and_rejects_a_changed_one(
 
     config = _config(tmp_path, personas="leadership,field_worker", min_clients=1)
     layout = router_layout(config)
-    devices, rng = 4, np.random.default_rng(2)
-    parts = []
-    for i in range(devices):
-        x = np.zeros((2, layout.row))
-        x[i % 2, : layout.text_dimension] = unit_rows(rng.normal(size=(1, 384)))[0]
-        x[i % 2, -1] = 1.0
-        parts.append(x.ravel())
+    devices = 4
+    parts = _honest_parts(layout, devices, np.random.default_rng(2))
     mean = np.mean(parts, axis=0)
     if case == "shifted":
         mean = mean + 2**36 / layout.levels_per_unit / devices
