@@ -452,6 +452,23 @@ def router_round(
     if off is not None:
         progress.note(f"fedpers: no router round: {off}")
         return {"status": "off", "reason": off}
+
+    def failed(reason: str, status: str = "failed") -> dict:
+        log(
+            ERROR,
+            "fedpers: NO ROUTER for this run: %s; the adapters are published without router/",
+            reason,
+        )
+        progress.note(f"fedpers: NO ROUTER: {reason}")
+        return {
+            "status": status,
+            "reason": reason,
+            "router_epsilon": config.privacy.router_epsilon,
+        }
+
+    nodes = len(list(grid.get_node_ids()))
+    if nodes < 2:  # before the public start, which encodes the public prompts
+        return failed(f"SecAgg+ needs at least 2 devices, {nodes} connected")
     try:
         public = public_router_start(config)
     except (
@@ -472,22 +489,6 @@ def router_round(
         if k in ("epsilon", "delta", "noise_multiplier", "dropout_assumption")
     }
 
-    def failed(reason: str, status: str = "failed") -> dict:
-        log(
-            ERROR,
-            "fedpers: NO ROUTER for this run: %s; the adapters are published without router/",
-            reason,
-        )
-        progress.note(f"fedpers: NO ROUTER: {reason}")
-        return {
-            "status": status,
-            "reason": reason,
-            "router_epsilon": config.privacy.router_epsilon,
-        }
-
-    nodes = len(list(grid.get_node_ids()))
-    if nodes < 2:
-        return failed(f"SecAgg+ needs at least 2 devices, {nodes} connected")
     session = SecAggPlusRound(
         layout.grid(max(1000, nodes)),
         num_shares=config.aggregation.secagg_shares,

@@ -115,6 +115,25 @@ def test_the_encoder_is_offline_and_gives_unit_rows(encoder):
     assert np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
 
 
+def test_the_direct_path_gives_sentence_transformers_rows(encoder):
+    """Texts of different lengths in one batch (padding), one over the 128-piece limit (truncation)."""
+    texts = [
+        "VPN",
+        "my VPN drops at the depot every morning",
+        "please approve the quarterly budget variance report " * 40,
+        "",
+        "how do I get access to the onboarding drive?",
+    ]
+    reference = encoder.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    for batch_size in (1, 2, 64):
+        encoder.batch_size = batch_size
+        try:
+            rows = encoder.encode(texts)
+        finally:
+            encoder.batch_size = 64
+        assert np.abs(rows - reference).max() < 1e-5, batch_size
+
+
 def test_a_router_learned_on_the_tiny_scenario_beats_chance_by_half(tiny_desk):
     """Five personas (chance 20 %): text alone routes at least 70 % of held-out prompts right."""
     personas, train, heldout = tiny_desk

