@@ -476,11 +476,23 @@ def cold_start(
 # ------------------------------------------- persona discovery -------------------------------------------
 
 
-def discovery(split: Split, epsilon: float | None, ks: Sequence[int], rounds: int, seed: int):
+def discovery(
+    split: Split,
+    epsilon: float | None,
+    ks: Sequence[int],
+    rounds: int,
+    seed: int,
+    public: np.ndarray | None = None,
+    pca: bool = False,
+):
     """Private spherical k-means of the devices' unit mean embeddings for each K; the chosen clustering,
-    all of them, and the noise (``None``: clean sums)."""
-    from fedpers.personas.discovery import choose_k, spherical_kmeans
+    all of them, and the noise (``None``: clean sums). With ``public`` (the public users' unit means), K and
+    the starting centroids come from them (:func:`fedpers.personas.discovery.public_start`) and only the
+    chosen K runs privately; with ``pca`` too, devices and public users first map their means with the
+    public users' principal directions (unit rows after the map)."""
+    from fedpers.personas.discovery import choose_k, public_start, spherical_kmeans
     from fedpers.personas.encoder import unit_rows
+    from fedpers.personas.features import pca_map
     from fedpers.personas.router_stats import (
         StatsLayout,
         device_contribution,
@@ -494,8 +506,17 @@ def discovery(split: Split, epsilon: float | None, ks: Sequence[int], rounds: in
     from fedpers.privacy.user_level import DistributedNoise
 
     vectors = unit_rows(np.stack([u.text.mean(0) for u in split.train])).astype(np.float64)
+    start = None
+    if public is not None:
+        if pca:
+            features = pca_map(public)
+            vectors = unit_rows(features(vectors)).astype(np.float64)
+            public = unit_rows(features(public)).astype(np.float64)
+        start, _ = public_start(public, ks, np.random.default_rng(seed))
+        ks = (start.k,)
     d = vectors.shape[1]
-    releases = 1 + len(ks) * rounds  # the global mean, then every round of every K
+    # the global mean, then every round of every K; from a public start, the chosen K's rounds only
+    releases = len(ks) * rounds + (1 if start is None else 0)
     tmp = tempfile.TemporaryDirectory()
     rng = np.random.default_rng(seed)
 
@@ -542,10 +563,24 @@ def discovery(split: Split, epsilon: float | None, ks: Sequence[int], rounds: in
 
         return run
 
-    mean_sums, _ = private_round(1)(np.zeros(len(vectors), dtype=int))
-    found = [
-        spherical_kmeans(vectors, k, private_round(k), mean_sums[0], rng, rounds=rounds) for k in ks
-    ]
+    if start is not None:
+        found = [
+            spherical_kmeans(
+                vectors,
+                start.k,
+                private_round(start.k),
+                None,
+                rng,
+                rounds=rounds,
+                start=start.centroids,
+            )
+        ]
+    else:
+        mean_sums, _ = private_round(1)(np.zeros(len(vectors), dtype=int))
+        found = [
+            spherical_kmeans(vectors, k, private_round(k), mean_sums[0], rng, rounds=rounds)
+            for k in ks
+        ]
     spent = None
     if epsilon is not None:
         ledger = PrivacyLedger(Path(tmp.name) / "0.json", "0")
@@ -554,8 +589,11 @@ def discovery(split: Split, epsilon: float | None, ks: Sequence[int], rounds: in
     return choose_k(found), found, spent
 
 
-def discovery_rows(split: Split, out: list[str], ifca: tuple[str, float] | None) -> None:
-    from fedpers.personas.discovery import adjusted_rand_index
+def discovery_rows(
+    split: Split, out: list[str], ifca: tuple[str, float] | None, public_users: Sequence = ()
+) -> None:
+    from fedpers.personas.discovery import adjusted_rand_index, public_start
+    from fedpers.personas.encoder import unit_rows
 
     truth = [u.persona for u in split.train]
     ks = tuple(range(2, 9))
@@ -580,6 +618,20 @@ def discovery_rows(split: Split, out: list[str], ifca: tuple[str, float] | None)
             f"{'—' if spent is None else f'{spent:.2f}'} | {best.clusters} | {sil} | "
             f"{adjusted_rand_index(truth, best.labels):.3f} |"
         )
+    if not public_users:
+        return
+    public = unit_rows(np.stack([u.text.mean(0) for u in public_users])).astype(np.float64)
+    _, tried = public_start(public, ks, np.random.default_rng(0))
+    sil = ", ".join(f"{c.k}: {c.silhouette:.2f}" for c in tried)
+    for pca in (False, True):
+        for eps in (None, 8.0):
+            best, _, spent = discovery(split, eps, ks, rounds=2, seed=0, public=public, pca=pca)
+            out.append(
+                f"| public start ({len(public)} public users{', PCA map' if pca else ''}: K chosen on "
+                f"them, their centroids), then 2 private rounds, {'clean sums' if eps is None else 'private sums'} | "
+                f"{'—' if spent is None else f'{spent:.2f}'} | {best.clusters} | public: "
+                f"{sil if not pca else f'K = {best.k}'} | {adjusted_rand_index(truth, best.labels):.3f} |"
+            )
 
 
 # ------------------------------------------- main -------------------------------------------
@@ -750,8 +802,8 @@ def report(args: argparse.Namespace) -> list[str]:
             args.ifca_run.name,
             adjusted_rand_index([truth[u] for u in users], [chosen[u] for u in users]),
         )
-    discovery_rows(split, out, ifca)
-    discovery_rows(big, out, None)
+    discovery_rows(split, out, ifca, run_public[2])
+    discovery_rows(big, out, None, public_features(encoder, big.personas)[2])
     return out
 
 

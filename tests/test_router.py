@@ -424,6 +424,38 @@ def test_the_centroid_silhouette_chooses_the_true_k_and_kmeans_recovers_the_clus
     assert centroid_silhouette(sums, np.bincount(labels).astype(float)) > 0.3
 
 
+def test_a_public_start_chooses_k_on_public_data_and_starts_the_private_rounds_there():
+    """Public users from the same clusters as the devices: K and the centroids come from them alone; one
+    noised private round at that K recovers the devices' clusters; a wrong-shaped start is refused."""
+    from fedpers.personas.discovery import clean_sums, public_start
+
+    rng = np.random.default_rng(8)
+    centres = unit_rows(rng.normal(size=(4, 32)))
+
+    def draw(per):
+        points = unit_rows(
+            np.repeat(centres, per, 0) + 0.5 * rng.normal(size=(4 * per, 32)) / 32**0.5
+        )
+        return points.astype(np.float64), np.repeat(np.arange(4), per)
+
+    public, _ = draw(10)
+    devices, labels = draw(60)
+    best, found = public_start(public, range(2, 8), np.random.default_rng(0))
+    assert best.clusters == 4 and [c.k for c in found] == list(range(2, 8))
+    noisy_round = clean_sums(devices, 4)
+
+    def one_noised_round(assign):
+        sums, counts = noisy_round(assign)
+        return sums + rng.normal(scale=1.0, size=sums.shape), counts + rng.normal(scale=1.0, size=4)
+
+    got = spherical_kmeans(devices, 4, one_noised_round, None, rng, rounds=1, start=best.centroids)
+    assert adjusted_rand_index(labels, got.labels) > 0.9
+    with pytest.raises(ValueError, match="expected 3 centroids of dimension 32"):
+        spherical_kmeans(devices, 3, one_noised_round, None, rng, rounds=1, start=best.centroids)
+    with pytest.raises(ValueError, match="at least two public users"):
+        public_start(public[:1], range(2, 4), rng)
+
+
 def test_learn_router_runs_the_private_path_with_one_ledger_entry_per_device(tmp_path):
     from fedpers.personas.router_data import EncodedUser
 

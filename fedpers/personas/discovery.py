@@ -22,6 +22,13 @@ labels and no data beyond the private sums. Noise of per-coordinate variance ``s
 ``||S_k||^2`` by ``d sigma^2`` on average, so with noise ``||S_k||`` is estimated as
 ``sqrt(max(||S_k||^2 - d sigma^2, 0))`` (``<S_k, c_j>`` needs no correction: the noises of two slots are
 independent).
+
+**Public start** (:func:`public_start`). Every round for every K tried is a release, so at a fixed epsilon the
+noise of each grows with ``1 + rounds * len(ks)``. Where the run has public data (public by construction, see
+:mod:`fedpers.warmstart`), K and the starting centroids come from it instead, at no privacy cost: clean
+spherical k-means of the public users' unit means for each K, the K of the largest centroid silhouette, and
+its centroids start the private rounds at that K only (``rounds`` releases in all; no global-mean release).
+Public personas, if the public data declares any, are not used: the choice is the silhouette's.
 """
 
 from __future__ import annotations
@@ -110,21 +117,32 @@ def spherical_kmeans(
     vectors: np.ndarray,
     k: int,
     sum_round: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-    global_mean: np.ndarray,
+    global_mean: np.ndarray | None,
     rng: np.random.Generator,
     rounds: int = 6,
     spread: float = 1.0,
     noise_variance: float = 0.0,
+    start: np.ndarray | None = None,
 ) -> Clustering:
     """Private k-means (module docstring). ``vectors`` are the devices' unit means: they are used only
     *on the devices' side* (each device's nearest centroid); ``sum_round(labels)`` stands for one private
     round and returns what the server unmasks (noised per-slot sums and counts, per-coordinate noise
-    variance ``noise_variance`` in the sums' units). ``rng`` draws the public starting directions."""
+    variance ``noise_variance`` in the sums' units). ``rng`` draws the public starting directions; ``start``
+    (K, d), public centroids (:func:`public_start`), replaces them (``global_mean`` is then unused)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     d = vectors.shape[1]
-    mean = unit_rows(np.asarray(global_mean, np.float64)[None])[0].astype(np.float64)
-    centroids = unit_rows(mean[None] + spread * rng.normal(size=(k, d)) / math.sqrt(d))
+    if start is not None:
+        if np.shape(start) != (k, d):
+            raise ValueError(
+                f"start: expected {k} centroids of dimension {d}, got shape {np.shape(start)}"
+            )
+        centroids = unit_rows(np.asarray(start, np.float64))
+    elif global_mean is None:
+        raise ValueError("spherical_kmeans needs global_mean or start")
+    else:
+        mean = unit_rows(np.asarray(global_mean, np.float64)[None])[0].astype(np.float64)
+        centroids = unit_rows(mean[None] + spread * rng.normal(size=(k, d)) / math.sqrt(d))
     sums, counts = np.zeros((k, d)), np.zeros(k)
     for _ in range(rounds):
         labels = nearest(vectors, centroids)
@@ -154,3 +172,32 @@ def choose_k(clusterings: Sequence[Clustering], tolerance: float = 1e-9) -> Clus
         (c for c in clusterings if c.silhouette >= top - tolerance),
         key=lambda c: (c.clusters, c.k),
     )
+
+
+def clean_sums(vectors: np.ndarray, k: int) -> SumRound:
+    """One round's per-slot sums and counts of ``vectors`` without noise (public data, or a reference)."""
+    x = np.asarray(vectors, np.float64)
+
+    def run(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        onehot = np.eye(k)[np.asarray(labels)]
+        return onehot.T @ x, onehot.sum(0)
+
+    return run
+
+
+def public_start(
+    public_vectors: np.ndarray, ks: Sequence[int], rng: np.random.Generator, rounds: int = 8
+) -> tuple[Clustering, list[Clustering]]:
+    """K and starting centroids from public data (module docstring): clean spherical k-means of the public
+    users' unit means ``public_vectors`` for each K in ``ks``, chosen by the centroid silhouette
+    (:func:`choose_k`); the chosen clustering and all of them. Spends no privacy: nothing private is read."""
+    x = unit_rows(np.asarray(public_vectors, np.float64)).astype(np.float64)
+    if len(x) < 2:
+        raise ValueError(f"a public start needs at least two public users, got {len(x)}")
+    mean = x.mean(0)
+    found = [
+        spherical_kmeans(x, k, clean_sums(x, k), mean, rng, rounds=rounds)
+        for k in ks
+        if k <= len(x)
+    ]
+    return choose_k(found), found
