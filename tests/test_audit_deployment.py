@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from fedpers.audit.report import build_audit, write_audit
 from fedpers.federated import FederatedConfig
@@ -105,3 +106,38 @@ def test_without_dp_a_deployment_report_is_a_problem(tmp_path):
     audit = build_audit(tmp_path, progress=False)
     assert audit["spent"]["ceiling"] is None
     assert any(f["level"] == "problem" and "DP-SGD was off" in f["text"] for f in audit["findings"])
+
+
+def _run_spent(dp: bool, router: dict | None) -> dict:
+    """``spent`` as a simulation's report has it (the run reads every ledger): one client, within budget."""
+    client = {
+        "user_id": "u0",
+        "over_budget": False,
+        "prv_vs_pld_relative_difference": 0.001,
+        "unfinished_entries": 0,
+    }
+    return {
+        "dp": dp,
+        "ledgers": "run",
+        "ceiling": None,
+        "budget": 8.0 if dp else None,
+        "delta": 1e-5,
+        "clients": [client],
+        "max_epsilon": 7.9 if dp else 0.4,
+        "router": router,
+    }
+
+
+@pytest.mark.parametrize("router", [None, {"status": "saved"}, {"status": "failed"}])
+def test_the_findings_of_a_run_without_dp_and_the_router_round_are_their_own(router):
+    """A simulation without DP-SGD (an inferred-persona run still spends on its persona choice) reports the
+    missing DP and no budget line; the router's outcome never hides the ledgers' findings."""
+    from fedpers.audit.report import _findings
+
+    wire = {"secure_aggregation": True, "persona_hiding": True, "recorded": False}
+    off = [f["text"] for f in _findings(_run_spent(False, router), wire, None)]
+    assert any("DP-SGD was off" in t for t in off)
+    assert not any("over the budget" in t for t in off)
+    on = [f["text"] for f in _findings(_run_spent(True, router), wire, None)]
+    assert any("0 of 1 clients over the budget epsilon = 8" in t for t in on), on
+    assert any("router round failed" in t for t in on) == (router == {"status": "failed"})

@@ -296,7 +296,7 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
             "problem",
             "DP-SGD was off: no epsilon bounds what the adapters reveal about any conversation.",
         )
-    router = spent.get("router") or {}
+    router = spent.get("router") or {}  # the router round's outcome: findings of their own
     if router.get("status") == "rejected":
         add(
             "problem",
@@ -309,6 +309,8 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
             "The router round failed: the run has no router (see metrics.json router). Devices that sent "
             "their upload have the release in their ledger.",
         )
+    if not spent["dp"]:
+        pass  # no DP-SGD budget to check the ledgers against (the problem is reported above)
     elif spent["ledgers"] == "devices" and spent["ceiling"] is None:
         add(
             "warning",
