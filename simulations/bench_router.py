@@ -19,7 +19,8 @@ Every table is measured here, on the CPUs this process is given (torch limited t
   persona's;
 - persona discovery: the adjusted Rand index of the inferred-persona run's private IFCA choices against
   the synthetic desk's personas, and of private spherical k-means on the router's statistics, with K
-  chosen by the centroid silhouette.
+  chosen by the centroid silhouette of the released sums, or from a public start (K and starting
+  centroids from the public users alone, then private rounds at that K; with and without the public PCA map).
 
 ``--write`` puts the section into BENCHMARKS.md.
 """
@@ -608,7 +609,8 @@ def discovery_rows(
     ]
     if ifca is not None:
         out.append(
-            f"| private IFCA choice of today's federated round ({ifca[0]}) | — | 5 (set) | — | {ifca[1]:.3f} |"
+            f"| private IFCA choice of an inferred-persona federated run ({ifca[0]}) | one noisy choice per "
+            f"device (its ledger) | 5 (set) | — | {ifca[1]:.3f} |"
         )
     for eps in (None, 8.0):
         best, found, spent = discovery(split, eps, ks, rounds=6, seed=0)
