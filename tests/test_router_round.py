@@ -142,6 +142,33 @@ def test_a_device_without_a_slot_sends_a_noised_zero_and_still_pays(tmp_path):
     assert abs(levels.mean() - centre) < 6 * np.sqrt(noise.share_variance(2) / layout.dimension)
 
 
+def test_a_device_without_the_encoder_sends_its_noise_share_and_says_so(
+    tmp_path, monkeypatch, caplog
+):
+    """No ``router`` extra on the device: it still takes part (its noise share over an empty contribution, the
+    release in its ledger), so the SecAgg+ session keeps its devices, and its log says why it sent nothing."""
+    import logging
+
+    import fedpers.personas.encoder as encoder_module
+
+    def missing():
+        raise ImportError("the router's sentence encoder is not installed")
+
+    monkeypatch.setattr(encoder_module, "default_encoder", missing)
+    layout = StatsLayout(("leadership", "field_worker"), 384, 64)
+    ledger = PrivacyLedger(tmp_path / "u.json", "u")
+    with caplog.at_level(logging.WARNING):
+        levels = device_router_upload(
+            _conversations("u", "field_worker"), "field_worker", layout, 8.0, 1e-5, 2, ledger
+        )
+    assert levels.shape == (layout.dimension,) and len(ledger.entries) == 1
+    assert ledger.entries[0].details["upload"] == "empty: no sentence encoder on the device"
+    noise = noise_for_epsilon(8.0, 1e-5, layout)
+    centre = layout.levels_per_unit
+    assert abs(levels.mean() - centre) < 6 * np.sqrt(noise.share_variance(2) / layout.dimension)
+    assert "no sentence encoder" in caplog.text
+
+
 def test_what_secagg_unmasks_gives_back_the_integer_sum_exactly():
     """Flower's unmask stage hands the strategy ``dequantize(total) - (n - 1) c`` scaled by ``R / q_total``: the
     mean. ``statistics_from_mean`` recovers the same statistics as the integer sum itself."""

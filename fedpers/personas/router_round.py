@@ -33,6 +33,7 @@ coordinate of the text and context sums lies in ``[-n, n]`` and every count in `
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ class PublicStart:
 
 
 NO_PUBLIC_START = PublicStart(IDENTITY, None, ())
+# what a device's ledger entry says when it had no sentence encoder (no `router` extra) and sent its noise only
+NO_ENCODER = "empty: no sentence encoder on the device"
 
 
 def device_router_upload(
@@ -138,11 +141,22 @@ def device_router_upload(
         )
     contribution = np.zeros(layout.dimension)
     prompts = user_prompts([dataclasses.replace(c, persona=slot) for c in conversations])
-    if slot is not None and prompts and prompts[0].prompts:
-        if encoder is None:
-            from fedpers.personas.encoder import default_encoder
+    if slot is not None and prompts and prompts[0].prompts and encoder is None:
+        from fedpers.personas import encoder as encoder_module
 
-            encoder = default_encoder()
+        try:
+            encoder = encoder_module.default_encoder()
+        except (
+            ImportError
+        ) as err:  # no `router` extra: the noise share alone, so the session keeps its devices
+            logging.getLogger(__name__).warning(
+                "router round: no sentence encoder on this device (%s); it sends its noise share over an "
+                "empty contribution",
+                err,
+            )
+            details = {**details, "upload": NO_ENCODER}
+            slot = None
+    if slot is not None and prompts and prompts[0].prompts and encoder is not None:
         if features.dimension(encoder.dimension) != layout.text_dimension:
             raise ValueError(
                 f"the encoder's {encoder.dimension}-dimensional embeddings, mapped by the {features.kind} "
