@@ -296,21 +296,6 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
             "problem",
             "DP-SGD was off: no epsilon bounds what the adapters reveal about any conversation.",
         )
-    router = spent.get("router") or {}  # the router round's outcome: findings of their own
-    if router.get("status") == "rejected":
-        add(
-            "problem",
-            "The router round was REJECTED: its unmasked sum is not what honest uploads can give (a device "
-            "shifted its upload?); no router was saved. Each device's router release is still in its ledger.",
-        )
-    elif router.get("status") == "failed":
-        add(
-            "warning",
-            "The router round failed: the run has no router (see metrics.json router). Devices that sent "
-            "their upload have the release in their ledger.",
-        )
-    if not spent["dp"]:
-        pass  # no DP-SGD budget to check the ledgers against (the problem is reported above)
     elif spent["ledgers"] == "devices" and spent["ceiling"] is None:
         add(
             "warning",
@@ -347,6 +332,19 @@ def _findings(spent: dict, wire: dict, attack: dict | None) -> list[dict]:
                 "warning",
                 f"{unfinished} ledger entries never completed (interrupted training); they are counted in full.",
             )
+    router = spent.get("router") or {}  # the router round's outcome, whatever the ledgers say
+    if router.get("status") == "rejected":
+        add(
+            "problem",
+            "The router round was REJECTED: its unmasked sum is not what honest uploads can give (a device "
+            "shifted its upload?); no router was saved. Each device's router release is still in its ledger.",
+        )
+    elif router.get("status") == "failed":
+        add(
+            "warning",
+            "The router round failed: the run has no router (see metrics.json router). Devices that sent "
+            "their upload have the release in their ledger.",
+        )
     if wire["secure_aggregation"]:
         add(
             "warning",

@@ -144,11 +144,10 @@ def device_router_upload(
     if slot is not None and prompts and prompts[0].prompts and encoder is None:
         from fedpers.personas import encoder as encoder_module
 
+        # no `router` extra: the noise share alone, so the session keeps its devices
         try:
             encoder = encoder_module.default_encoder()
-        except (
-            ImportError
-        ) as err:  # no `router` extra: the noise share alone, so the session keeps its devices
+        except ImportError as err:
             logging.getLogger(__name__).warning(
                 "router round: no sentence encoder on this device (%s); it sends its noise share over an "
                 "empty contribution",
