@@ -593,7 +593,7 @@ def discovery(
 def discovery_rows(
     split: Split, out: list[str], ifca: tuple[str, float] | None, public_users: Sequence = ()
 ) -> None:
-    from fedpers.personas.discovery import adjusted_rand_index, public_start
+    from fedpers.personas.discovery import adjusted_rand_index, nearest, public_start
     from fedpers.personas.encoder import unit_rows
 
     truth = [u.persona for u in split.train]
@@ -623,8 +623,17 @@ def discovery_rows(
     if not public_users:
         return
     public = unit_rows(np.stack([u.text.mean(0) for u in public_users])).astype(np.float64)
-    _, tried = public_start(public, ks, np.random.default_rng(0))
+    chosen, tried = public_start(public, ks, np.random.default_rng(0))
     sil = ", ".join(f"{c.k}: {c.silhouette:.2f}" for c in tried)
+    devices = unit_rows(np.stack([u.text.mean(0) for u in split.train])).astype(np.float64)
+    own = nearest(
+        devices, chosen.centroids
+    )  # each device's nearest public centroid, kept on the device
+    out.append(
+        f"| public centroids alone ({len(public)} public users: K chosen on them), each device takes the "
+        f"nearest | 0 (nothing released) | {len(set(own.tolist()))} | public: {sil} | "
+        f"{adjusted_rand_index(truth, own):.3f} |"
+    )
     for pca in (False, True):
         for eps in (None, 8.0):
             best, _, spent = discovery(split, eps, ks, rounds=2, seed=0, public=public, pca=pca)
