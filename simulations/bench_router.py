@@ -477,6 +477,13 @@ def cold_start(
 # ------------------------------------------- persona discovery -------------------------------------------
 
 
+def unit_means(users: Sequence) -> np.ndarray:
+    """Each user's mean prompt embedding, scaled to unit norm (float64 rows)."""
+    from fedpers.personas.encoder import unit_rows
+
+    return unit_rows(np.stack([u.text.mean(0) for u in users])).astype(np.float64)
+
+
 def discovery(
     split: Split,
     epsilon: float | None,
@@ -506,7 +513,7 @@ def discovery(
     from fedpers.privacy.skellam import noise_variance_for_epsilon
     from fedpers.privacy.user_level import DistributedNoise
 
-    vectors = unit_rows(np.stack([u.text.mean(0) for u in split.train])).astype(np.float64)
+    vectors = unit_means(split.train)
     start = None
     if public is not None:
         if pca:
@@ -594,7 +601,6 @@ def discovery_rows(
     split: Split, out: list[str], ifca: tuple[str, float] | None, public_users: Sequence = ()
 ) -> None:
     from fedpers.personas.discovery import adjusted_rand_index, nearest, public_start
-    from fedpers.personas.encoder import unit_rows
 
     truth = [u.persona for u in split.train]
     ks = tuple(range(2, 9))
@@ -622,13 +628,11 @@ def discovery_rows(
         )
     if not public_users:
         return
-    public = unit_rows(np.stack([u.text.mean(0) for u in public_users])).astype(np.float64)
+    public = unit_means(public_users)
     chosen, tried = public_start(public, ks, np.random.default_rng(0))
     sil = ", ".join(f"{c.k}: {c.silhouette:.2f}" for c in tried)
-    devices = unit_rows(np.stack([u.text.mean(0) for u in split.train])).astype(np.float64)
-    own = nearest(
-        devices, chosen.centroids
-    )  # each device's nearest public centroid, kept on the device
+    # each device's nearest public centroid, kept on the device
+    own = nearest(unit_means(split.train), chosen.centroids)
     out.append(
         f"| public centroids alone ({len(public)} public users: K chosen on them), each device takes the "
         f"nearest | 0 (nothing released) | {len(set(own.tolist()))} | public: {sil} | "
@@ -762,6 +766,7 @@ def report(args: argparse.Namespace) -> list[str]:
     big = synthetic_split(
         f"synthetic desk, {args.population} users per persona", args.population, 12, 0, encoder
     )
+    big_public = public_features(encoder, big.personas)
     out += [
         "",
         f"**Private statistics against the number of devices** (synthetic desk, {len(big.train)} users, "
@@ -769,7 +774,7 @@ def report(args: argparse.Namespace) -> list[str]:
         "",
         "| router | prompts | accuracy (private: mean of 5 noise draws, range) |",
         "| --- | --- | --- |",
-        *routing_rows(big, encoder, ledgers, None, public_features(encoder, big.personas)),
+        *routing_rows(big, encoder, ledgers, None, big_public),
     ]
     # --- tinyshakespeare with the personas its devices inferred
     if args.shakespeare_run:
@@ -814,7 +819,7 @@ def report(args: argparse.Namespace) -> list[str]:
             adjusted_rand_index([truth[u] for u in users], [chosen[u] for u in users]),
         )
     discovery_rows(split, out, ifca, run_public[2])
-    discovery_rows(big, out, None, public_features(encoder, big.personas)[2])
+    discovery_rows(big, out, None, big_public[2])
     return out
 
 
