@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 
 import numpy as np
 import torch
@@ -28,7 +28,12 @@ from safetensors.torch import save as save_tensors
 
 from clients.consent import check_participation
 from clients.device import DeviceStore, node_store
-from clients.persona import choose_persona, private_persona_choice
+from clients.persona import (
+    NO_ENCODER_METHOD,
+    choose_persona,
+    private_persona_choice,
+    private_prompt_choice,
+)
 from clients.state import ClientState, Upload, UserState
 from fedpers.adapters import GLOBAL, Adapters
 from fedpers.aggregation import clip_delta
@@ -41,6 +46,9 @@ from fedpers.instructions import PERSONA_INDEX, RoundInstructions
 from fedpers.local import LocalTrainConfig, set_trainable, train_local
 from fedpers.models import load_adapter_arrays
 from fedpers.models.environment import ModelEnvironment, model_environment
+from fedpers.personas.encoder import INSTALL_HINT
+from fedpers.personas.prompt_choice import PromptCentroids
+from fedpers.personas.router_data import user_prompts
 from fedpers.privacy import DPConfig, TrainConfig
 from fedpers.privacy.accounting import BudgetExceededError
 from fedpers.privacy.dp_sgd import plan_dp
@@ -149,10 +157,11 @@ def prepare(instructions: RoundInstructions, node_config: dict) -> Task | Router
     return Task(instructions, env, attach_trunk(data, env, state), state)
 
 
-def router_task(instructions: RoundInstructions, state: ClientState) -> RouterTask:
-    """The user's training conversations (the split training uses) and persona slot, from the device store or
-    the simulation's data set; the model is not loaded."""
-    config = instructions.config
+def train_conversations(
+    config: FederatedConfig, state: ClientState
+) -> tuple[list[Conversation], str | None]:
+    """The user's training conversations (the split training uses) and declared persona, from the device store
+    or the simulation's data set."""
     if isinstance(state, DeviceStore):
         mine = state.conversations()
         declared = state.declared_persona() or next((c.persona for c in mine if c.persona), None)
@@ -164,6 +173,14 @@ def router_task(instructions: RoundInstructions, state: ClientState) -> RouterTa
         if mine
         else []
     )
+    return train, declared
+
+
+def router_task(instructions: RoundInstructions, state: ClientState) -> RouterTask:
+    """The user's training conversations (the split training uses) and persona slot, from the device store or
+    the simulation's data set; the model is not loaded."""
+    config = instructions.config
+    train, declared = train_conversations(config, state)
     persona = (
         declared
         if config.dataset.persona_mode == "declared"
@@ -218,15 +235,37 @@ def assignment(task: Task):
     cached = state.persona_choice(run_id)
     if cached is not None:
         return choose_persona(cached, personas, trained, None)
-    scores = private_persona_choice(
-        task.env.model,
-        task.adapters,
-        trained,
-        task.data.train,
-        task.env.pad_token_id,
-        state.ledger(config.privacy.delta),
-        details={"run_id": run_id},
-    )
+    ledger = state.ledger(config.privacy.delta)
+    details: dict = {"run_id": run_id}
+    seed = _noise_seed(config, state.user_id, 0, "persona-choice")
+    scores = None
+    if task.instructions.centroids_blob:
+        centroids = PromptCentroids.from_bytes(task.instructions.centroids_blob)
+        train, _ = train_conversations(config, state)
+        prompts = [p for u in user_prompts(train) for p in u.prompts]
+        scores = private_prompt_choice(
+            prompts, centroids, trained, ledger, details=details, seed=seed
+        )
+        if scores is None:
+            log(
+                WARNING,
+                "fedpers: user %s: no sentence encoder on this device (%s); persona chosen from the "
+                "adapters' losses instead of the prompts",
+                state.user_id,
+                INSTALL_HINT,
+            )
+            details["method"] = NO_ENCODER_METHOD
+    if scores is None:
+        scores = private_persona_choice(
+            task.env.model,
+            task.adapters,
+            trained,
+            task.data.train,
+            task.env.pad_token_id,
+            ledger,
+            details=details,
+            seed=seed,
+        )
     choice = choose_persona(None, personas, trained, scores)
     state.save_persona_choice(run_id, choice.persona)
     return choice

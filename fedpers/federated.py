@@ -67,7 +67,13 @@ class DataSettings:
     personas: str = setting(",".join(PERSONAS), "comma-separated persona names")
     persona_mode: str = setting(
         "declared",
-        "'declared' (persona field of the data) or 'inferred' (IFCA on the client, chosen privately)",
+        "'declared' (persona field of the data) or 'inferred' (chosen on the device, privately: see persona_choice)",
+    )
+    persona_choice: str = setting(
+        "auto",
+        "inferred personas: 'prompts' (the device scores its prompts against persona centroids the server "
+        "computes from public_data, one noisy choice per run), 'loss' (IFCA: the adapter with the lowest noisy "
+        "loss on the device's data), 'auto' (prompts when the run has public data, else loss)",
     )
     canaries: str = setting(
         "",
@@ -333,6 +339,14 @@ class FederatedConfig:
         return FederatedConfig.from_flat(self.to_record() | changes).validated()
 
     @property
+    def prompt_choice(self) -> bool:
+        """Inferred personas chosen from the prompts against public centroids (:mod:`fedpers.personas.prompt_choice`)."""
+        d = self.dataset
+        return d.persona_mode == "inferred" and (
+            d.persona_choice == "prompts" or (d.persona_choice == "auto" and bool(d.public_data))
+        )
+
+    @property
     def persona_names(self) -> list[str]:
         return [p for p in self.dataset.personas.split(",") if p]
 
@@ -361,6 +375,14 @@ class FederatedConfig:
         if d.persona_mode not in ("declared", "inferred"):
             raise ValueError(
                 f"setting persona_mode: 'declared' or 'inferred', got {d.persona_mode!r}"
+            )
+        if d.persona_choice not in ("auto", "prompts", "loss"):
+            raise ValueError(
+                f"setting persona_choice: 'auto', 'prompts' or 'loss', got {d.persona_choice!r}"
+            )
+        if d.persona_choice == "prompts" and not d.public_data:
+            raise ValueError(
+                "setting persona_choice: 'prompts' needs public_data (the persona centroids come from it)"
             )
         if r.server_optimizer not in ("fedavg", "fedadam"):
             raise ValueError(

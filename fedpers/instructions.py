@@ -31,6 +31,7 @@ SECAGG_THRESHOLD = "reconstruction-threshold"
 share is ``1/t`` of the noise): the device's own SecAgg+ state, not a server setting (nor a setting's name:
 ``secagg_threshold`` is the fraction the server computes ``t`` from)."""
 ROUTER_FEATURES = "router-features"
+PERSONA_CENTROIDS = "persona-centroids"
 """The key of the router task's public feature map (safetensors, :meth:`fedpers.personas.features.FeatureMap.to_bytes`):
 learned by the server from public data only; a device maps its embeddings with it before clipping, so whatever map
 a server sends, the upload keeps its bound and its noise (a bad map costs accuracy, not privacy)."""
@@ -95,6 +96,8 @@ class RoundInstructions:
     secagg_threshold: int = 0  # set on the device by its SecAgg+ mod (router task); 0: none
     # router task: the public feature map (safetensors; empty: none)
     features_blob: bytes = field(default=b"", repr=False)
+    # inferred personas chosen from the prompts: the public persona centroids (safetensors; empty: none)
+    centroids_blob: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -115,6 +118,7 @@ class RoundInstructions:
         trained: set[str] | tuple[str, ...],
         task: str = "train",
         count_value: float = 0.0,
+        centroids_blob: bytes = b"",
     ) -> RoundInstructions:
         """The server's instructions: ``trained`` in the run's persona order, ``adapters`` packed once."""
         return cls(
@@ -126,6 +130,7 @@ class RoundInstructions:
             tuple(p for p in config.persona_names if p in trained),
             adapters_to_bytes(adapters),
             count_value,
+            centroids_blob=centroids_blob,
         )
 
     @property
@@ -162,6 +167,7 @@ class RoundInstructions:
             }
             | ({SECAGG_THRESHOLD: self.secagg_threshold} if self.secagg_threshold else {})
             | ({ROUTER_FEATURES: self.features_blob} if self.features_blob else {})
+            | ({PERSONA_CENTROIDS: self.centroids_blob} if self.centroids_blob else {})
         )
 
     @classmethod
@@ -182,4 +188,5 @@ class RoundInstructions:
             float(raw.get(_COUNT, 0.0)),
             int(raw.get(SECAGG_THRESHOLD, 0)),
             bytes(raw.get(ROUTER_FEATURES, b"")),
+            bytes(raw.get(PERSONA_CENTROIDS, b"")),
         )

@@ -7,8 +7,9 @@ for that kind of reply (message type and SecAgg+ stage). A row says how the fiel
 - ``DP-SGD``: a function of the user's conversations only through DP-SGD (Opacus), record-level (and,
   with user-level DP on, clipped as a whole and noised on the device inside SecAgg+); the ledger entries listed
   in ``ledger`` are written on the device before the reply leaves.
-- ``private choice``: the persona the client trains, chosen privately (Gaussian noise on clipped
-  loss sums) when inferred; declared personas are the user's own setting.
+- ``private choice``: the persona the client trains, chosen privately when inferred (Gaussian noise on
+  clipped prompt scores against public persona centroids, :mod:`fedpers.personas.prompt_choice`, or on
+  clipped loss sums; one ``persona-choice`` ledger entry naming the method); declared personas are the user's own setting.
 - ``distributed DP (Skellam)``: the router's private statistics (:mod:`fedpers.personas.router_stats`),
   sent once per run after the last round (task ``router``): clipped as a whole, noised on the device with its
   share of Skellam noise inside SecAgg+, and charged to the user-level ledger before the reply leaves.

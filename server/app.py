@@ -59,6 +59,7 @@ from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
 from fedpers.progress import Progress, Stage
 from fedpers.releases import ROUTER_TASK
+from fedpers.rundir import write_json
 from fedpers.warmstart import public_heldout_examples, public_warm_start
 from fedpers.wirelog import MANIFEST, WIRE
 from server.checkpoint import (
@@ -219,6 +220,24 @@ class ServerRun:
         return layered(self.state.adapters, self.mixing)
 
 
+PERSONA_DISCOVERY = "persona-discovery.json"
+
+
+def persona_centroids(config: FederatedConfig, run_dir: Path, stage: Stage | None = None) -> bytes:
+    """The public persona centroids the devices choose their persona against (inferred personas chosen from
+    the prompts; :mod:`fedpers.personas.prompt_choice`), their justification written to
+    ``RUN_DIR/persona-discovery.json`` and logged. Deterministic in the settings, so a resumed run sends the
+    same ones."""
+    from fedpers.personas.router_public import public_persona_discovery
+
+    if stage is not None:
+        stage.step("persona centroids from the public data")
+    discovery = public_persona_discovery(config)
+    write_json(run_dir / PERSONA_DISCOVERY, discovery.summary())
+    log(INFO, "fedpers: inferred personas: %s", discovery.explain())
+    return discovery.centroids.to_bytes()
+
+
 def build_run(
     grid: Grid,
     config: FederatedConfig,
@@ -267,6 +286,8 @@ def build_run(
             for name in [GLOBAL, *config.persona_names]
         }
     training = PersonaTraining(config, run_id, nodes, config.aggregation.secure_aggregation, state)
+    if config.prompt_choice:
+        training.centroids_blob = persona_centroids(config, run_dir, stage)
     strategy: Strategy = training
     sessions: list[SecAggPlusRound] = []
     session: Callable = default_fit_workflow

@@ -100,6 +100,8 @@ class PersonaTraining(FitOnly):
         # the node ids of one persona group, when personas travel in clear
         self.group: set[int] | None = None
         self.received: Received | None = None
+        # inferred personas chosen from the prompts: the public centroids every instruction carries
+        self.centroids_blob = b""
 
     @property
     def num_sampled(self) -> int:
@@ -134,6 +136,7 @@ class PersonaTraining(FitOnly):
             self.state.trained,
             task,
             self.count_value,
+            self.centroids_blob,
         )
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:

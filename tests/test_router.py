@@ -456,6 +456,23 @@ def test_a_public_start_chooses_k_on_public_data_and_starts_the_private_rounds_t
         public_start(public[:1], range(2, 4), rng)
 
 
+def test_a_public_start_from_two_users_per_persona_finds_them_and_no_singleton_wins():
+    """The desk's public split has two users per persona. A singleton cluster is perfectly "tight", so
+    without the convention that a singleton's silhouette is 0 (Rousseeuw, 1987) K = n would win; and one
+    random start per K can merge two personas: the best of several clean starts is kept."""
+    from fedpers.personas.discovery import public_start
+
+    rng = np.random.default_rng(3)
+    centres = unit_rows(rng.normal(size=(5, 48)))
+    public = unit_rows(np.repeat(centres, 2, 0) + 0.3 * rng.normal(size=(10, 48)) / 48**0.5)
+    truth = np.repeat(np.arange(5), 2)
+    best, found = public_start(public, range(2, 10), np.random.default_rng(0))
+    assert best.clusters == 5, [(c.k, c.clusters, round(c.silhouette, 3)) for c in found]
+    assert adjusted_rand_index(truth, best.labels) == 1.0
+    singletons = np.eye(10) @ public
+    assert centroid_silhouette(singletons, np.ones(10)) == 0.0
+
+
 def test_learn_router_runs_the_private_path_with_one_ledger_entry_per_device(tmp_path):
     from fedpers.personas.router_data import EncodedUser
 

@@ -17,7 +17,9 @@ its ``n_k`` members (unit vectors) and centroid ``c_j = S_j / ||S_j||``::
     s(K) = sum_k n_k (b_k - a_k) / max(a_k, b_k)  /  sum_k n_k
 
 (the simplified silhouette of Hruschka et al., 2004, aggregated per cluster because only sums are
-released). The K with the largest ``s(K)`` is chosen: tight clusters far from each other. It needs no
+released). A cluster of fewer than two members has silhouette 0 (Rousseeuw's convention, 1987): a singleton is
+trivially "tight", and without it K = n would win on a handful of public users. The K with the largest
+``s(K)`` is chosen: tight clusters far from each other. It needs no
 labels and no data beyond the private sums. Noise of per-coordinate variance ``sigma^2`` inflates
 ``||S_k||^2`` by ``d sigma^2`` on average, so with noise ``||S_k||`` is estimated as
 ``sqrt(max(||S_k||^2 - d sigma^2, 0))`` (``<S_k, c_j>`` needs no correction: the noises of two slots are
@@ -26,8 +28,10 @@ independent).
 **Public start** (:func:`public_start`). Every round for every K tried is a release, so at a fixed epsilon the
 noise of each grows with ``1 + rounds * len(ks)``. Where the run has public data (public by construction, see
 :mod:`fedpers.warmstart`), K and the starting centroids come from it instead, at no privacy cost: clean
-spherical k-means of the public users' unit means for each K, the K of the largest centroid silhouette, and
-its centroids start the private rounds at that K only (``rounds`` releases in all; no global-mean release).
+spherical k-means of the public users' unit means for each K (the best of ``restarts`` random starts by the
+k-means objective ``sum_k ||S_k||``: with two public users per persona one start often merges two personas),
+the K of the largest centroid silhouette, and its centroids start the private rounds at that K only
+(``rounds`` releases in all; no global-mean release).
 Public personas, if the public data declares any, are not used: the choice is the silhouette's.
 """
 
@@ -69,8 +73,8 @@ def adjusted_rand_index(truth: Sequence[object], found: Sequence[object]) -> flo
 
 def centroid_silhouette(sums: np.ndarray, counts: np.ndarray, noise_variance: float = 0.0) -> float:
     """``s(K)`` of the module docstring from per-cluster sums (K, d) and counts (K,), noised with
-    per-coordinate variance ``noise_variance`` (0: clean); clusters with a count below one are ignored;
-    fewer than two clusters left give ``-1``."""
+    per-coordinate variance ``noise_variance`` (0: clean); clusters with a count below one are ignored, those
+    below two score 0; fewer than two clusters left give ``-1``."""
     keep = counts >= 1
     sums, counts = np.asarray(sums, np.float64)[keep], np.asarray(counts, np.float64)[keep]
     if len(sums) < 2:
@@ -82,6 +86,7 @@ def centroid_silhouette(sums: np.ndarray, counts: np.ndarray, noise_variance: fl
     np.fill_diagonal(cross, -np.inf)
     b = 1.0 - np.clip(cross.max(1), -1.0, 1.0)
     s = (b - a) / np.maximum(np.maximum(a, b), 1e-12)
+    s = np.where(counts < 2, 0.0, s)  # a singleton's silhouette is 0
     return float((counts * s).sum() / counts.sum())
 
 
@@ -185,18 +190,37 @@ def clean_sums(vectors: np.ndarray, k: int) -> SumRound:
     return run
 
 
+def objective(clustering: Clustering) -> float:
+    """The spherical k-means objective of a clean clustering: ``sum_k ||S_k||`` (the summed cosine of the members
+    to their centroids), larger is better."""
+    return float(np.linalg.norm(clustering.sums, axis=1).sum())
+
+
 def public_start(
-    public_vectors: np.ndarray, ks: Sequence[int], rng: np.random.Generator, rounds: int = 8
+    public_vectors: np.ndarray,
+    ks: Sequence[int],
+    rng: np.random.Generator,
+    rounds: int = 8,
+    restarts: int = 20,
 ) -> tuple[Clustering, list[Clustering]]:
     """K and starting centroids from public data (module docstring): clean spherical k-means of the public
-    users' unit means ``public_vectors`` for each K in ``ks``, chosen by the centroid silhouette
-    (:func:`choose_k`); the chosen clustering and all of them. Spends no privacy: nothing private is read."""
+    users' unit means ``public_vectors`` for each K in ``ks`` (the best of ``restarts`` starts by
+    :func:`objective`), chosen by the centroid silhouette (:func:`choose_k`); the chosen clustering and all of
+    them. Spends no privacy: nothing private is read."""
     x = unit_rows(np.asarray(public_vectors, np.float64)).astype(np.float64)
     if len(x) < 2:
         raise ValueError(f"a public start needs at least two public users, got {len(x)}")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
     mean = x.mean(0)
     found = [
-        spherical_kmeans(x, k, clean_sums(x, k), mean, rng, rounds=rounds)
+        max(
+            (
+                spherical_kmeans(x, k, clean_sums(x, k), mean, rng, rounds=rounds)
+                for _ in range(restarts)
+            ),
+            key=objective,
+        )
         for k in ks
         if k <= len(x)
     ]

@@ -16,6 +16,7 @@ from fedpers.federated import FederatedConfig
 from fedpers.personas.context import CONTEXT_DIMENSION
 from fedpers.personas.encoder import TextEncoder
 from fedpers.personas.features import FeatureMap
+from fedpers.personas.prompt_choice import PublicDiscovery, discover_public
 from fedpers.personas.router_data import encode_users, public_statistics, user_prompts
 from fedpers.personas.router_round import NO_PUBLIC_START, PublicStart, router_layout
 
@@ -66,3 +67,33 @@ def public_router_start(config: FederatedConfig, encoder: TextEncoder | None = N
         user_prompts(heldout), encoder, layout.context_dimension or CONTEXT_DIMENSION
     )
     return PublicStart(features, prior, tuple(u for u in held if u.persona in set(personas)))
+
+
+def public_persona_discovery(
+    config: FederatedConfig, encoder: TextEncoder | None = None
+) -> PublicDiscovery:
+    """The persona centroids of an inferred-persona run that chooses from the prompts
+    (:mod:`fedpers.personas.prompt_choice`): from the public split's training conversations (their opening
+    prompts, per public user), K = the run's number of personas, seeded by the run's ``seed``."""
+    from fedpers.warmstart import public_split
+
+    if not config.dataset.public_data:
+        raise ValueError(
+            "persona_choice 'prompts': the run has no public_data to place the centroids"
+        )
+    if encoder is None:
+        from fedpers.personas.encoder import default_encoder
+
+        encoder = default_encoder()
+    train, _ = public_split(config)
+    users = [u for u in encode_users(user_prompts(train), encoder) if len(u.text)]
+    if len(users) < 2:
+        raise ValueError(
+            f"persona_choice 'prompts': public_data {config.dataset.public_data!r} has "
+            f"{len(users)} users with prompts; at least two are needed"
+        )
+    means = np.stack([u.text.mean(0) for u in users])
+    prompts = np.concatenate([u.text for u in users])
+    return discover_public(
+        means, prompts, config.persona_names, np.random.default_rng(config.model.seed)
+    )
