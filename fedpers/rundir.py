@@ -3,6 +3,8 @@
 RUN_DIR/run.json                  settings of the run (model, LoRA, personas, privacy)
 RUN_DIR/adapters/<name>/          each adapter in peft format (``global`` and one per persona)
 RUN_DIR/metrics.json              per-round metrics and the final evaluation
+RUN_DIR/persona-discovery.json    inferred personas chosen from the prompts: K, the public centroid silhouette of
+                                  every K tried and the K it favours (:mod:`fedpers.personas.prompt_choice`)
 RUN_DIR/run.log                   a simulation's log: the server's and every simulated client's Flower log
                                   (DEBUG included), and the progress lines the terminal showed
 """
@@ -25,6 +27,7 @@ __all__ = [
     "ADAPTERS",
     "LOG_FILE",
     "METRICS",
+    "PERSONA_DISCOVERY",
     "RUN_CONFIG",
     "adapter_dir",
     "load_adapter_file",
@@ -39,6 +42,7 @@ RUN_CONFIG = "run.json"
 ADAPTERS = "adapters"
 METRICS = "metrics.json"
 LOG_FILE = "run.log"
+PERSONA_DISCOVERY = "persona-discovery.json"
 
 
 def read_json(path: Path) -> dict:

@@ -59,7 +59,7 @@ from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
 from fedpers.progress import Progress, Stage
 from fedpers.releases import ROUTER_TASK
-from fedpers.rundir import write_json
+from fedpers.rundir import PERSONA_DISCOVERY, write_json
 from fedpers.warmstart import public_heldout_examples, public_warm_start
 from fedpers.wirelog import MANIFEST, WIRE
 from server.checkpoint import (
@@ -218,9 +218,6 @@ class ServerRun:
     def published(self) -> Adapters:
         """The adapters the run evaluates and publishes: each trained persona layered on the global adapter."""
         return layered(self.state.adapters, self.mixing)
-
-
-PERSONA_DISCOVERY = "persona-discovery.json"
 
 
 def persona_centroids(config: FederatedConfig, run_dir: Path, stage: Stage | None = None) -> bytes:

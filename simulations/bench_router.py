@@ -1,7 +1,7 @@
 """Router benchmark: the centroid router against loss scoring, cold start, and persona discovery.
 
     python -m simulations.bench_router [--run RUN_DIR] [--shakespeare-run RUN_DIR] [--jsonl PATH]
-                                       [--ifca-run RUN_DIR] [--loss-sample 50] [--write]
+                                       [--inferred-run RUN_DIR ...] [--loss-sample 50] [--write]
 
 Every table is measured here, on the CPUs this process is given (torch limited to 2 threads):
 
@@ -17,8 +17,9 @@ Every table is measured here, on the CPUs this process is given (torch limited t
 - cold start: a new user (left out of the router's statistics) routed from its context, then its first
   1 and 3 messages; held-out loss of its answers under the chosen adapter, the global one and its true
   persona's;
-- persona discovery: the adjusted Rand index of the inferred-persona run's private IFCA choices against
-  the synthetic desk's personas, and of private spherical k-means on the router's statistics, with K
+- persona discovery: the adjusted Rand index against the synthetic desk's personas of the choices the devices
+  of inferred-persona runs made (IFCA's noisy losses, or noisy prompt scores against public centroids), of that
+  prompt choice made here on the same devices, and of private spherical k-means on the router's statistics, with K
   chosen by the centroid silhouette of the released sums, or from a public start (K and starting
   centroids from the public users alone, then private rounds at that K; with and without the public PCA map).
 
@@ -597,8 +598,67 @@ def discovery(
     return choose_k(found), found, spent
 
 
+@dataclass(frozen=True)
+class InferredRun:
+    """A federated run with inferred personas: its name, how its devices chose, K, and the ARI of the choices."""
+
+    name: str
+    method: str
+    k: int
+    ari: float
+
+
+def inferred_run(run_dir: Path, split: Split) -> InferredRun:
+    """The ARI of the persona each device of ``run_dir`` chose against the desk's true personas."""
+    from fedpers.personas.discovery import adjusted_rand_index
+
+    chosen = inferred_labels(run_dir)
+    truth = {u.user_id: u.persona for u in split.train}
+    users = sorted(set(chosen) & set(truth))
+    config = run_settings(run_dir)[1]
+    method = (
+        "noisy prompt scores against public centroids"
+        if config.prompt_choice
+        else "noisy adapter losses (IFCA)"
+    )
+    return InferredRun(
+        run_dir.name,
+        method,
+        len(config.persona_names),
+        adjusted_rand_index([truth[u] for u in users], [chosen[u] for u in users]),
+    )
+
+
+def prompt_choice_ari(
+    split: Split, public_users: Sequence, k: int, draws: int = 5
+) -> tuple[float, float, float, str]:
+    """The devices' noisy prompt choice (:mod:`fedpers.personas.prompt_choice`, default noise) against public
+    centroids at ``k``, as a federated run makes it: mean, min and max ARI over ``draws`` noise draws, and the
+    public data's verdict on K."""
+    from clients.persona import SELECTION_NOISE
+    from fedpers.personas.discovery import adjusted_rand_index
+    from fedpers.personas.prompt_choice import discover_public
+
+    found = discover_public(
+        unit_means(public_users),
+        np.concatenate([u.text for u in public_users]),
+        [f"p{j}" for j in range(k)],
+        np.random.default_rng(0),
+    )
+    truth = [u.persona for u in split.train]
+    rng = np.random.default_rng(1)
+    aris = []
+    for _ in range(draws):
+        picks = []
+        for u in split.train:
+            scores = found.centroids.noisy_scores(u.text, SELECTION_NOISE, rng)
+            picks.append(max(scores, key=scores.__getitem__))
+        aris.append(adjusted_rand_index(truth, picks))
+    return float(np.mean(aris)), min(aris), max(aris), f"public favours {found.favoured_k}"
+
+
 def discovery_rows(
-    split: Split, out: list[str], ifca: tuple[str, float] | None, public_users: Sequence = ()
+    split: Split, out: list[str], runs: Sequence[InferredRun], public_users: Sequence = ()
 ) -> None:
     from fedpers.personas.discovery import adjusted_rand_index, nearest, public_start
 
@@ -613,10 +673,10 @@ def discovery_rows(
         "| method | ε (all releases) | chosen K | silhouette by K | ARI against the true personas |",
         "| --- | --- | --- | --- | --- |",
     ]
-    if ifca is not None:
+    for run in runs:
         out.append(
-            f"| private IFCA choice of an inferred-persona federated run ({ifca[0]}) | one noisy choice per "
-            f"device (its ledger) | 5 (set) | — | {ifca[1]:.3f} |"
+            f"| federated run with inferred personas ({run.name}): {run.method} | one noisy choice per "
+            f"device (its ledger) | {run.k} (set) | — | {run.ari:.3f} |"
         )
     for eps in (None, 8.0):
         best, found, spent = discovery(split, eps, ks, rounds=6, seed=0)
@@ -637,6 +697,14 @@ def discovery_rows(
         f"| public centroids alone ({len(public)} public users: K chosen on them), each device takes the "
         f"nearest | 0 (nothing released) | {len(set(own.tolist()))} | public: {sil} | "
         f"{adjusted_rand_index(truth, own):.3f} |"
+    )
+    k = len(set(truth))
+    mean, low, high, verdict = prompt_choice_ari(split, public_users, k)
+    out.append(
+        f"| public centroids at K = {k} (the run's personas), each device's noisy prompt choice "
+        f"(`fedpers.personas.prompt_choice`, noise multiplier 1, as in a federated run) | one Gaussian "
+        f"release per device (its ledger) | {k} (set; {verdict}) | public: {sil} | "
+        f"{mean:.3f} (5 draws, {low:.2f}–{high:.2f}) |"
     )
     for pca in (False, True):
         for eps in (None, 8.0):
@@ -676,7 +744,6 @@ def report(args: argparse.Namespace) -> list[str]:
     import torch
 
     from fedpers.data.schema import read_jsonl
-    from fedpers.personas.discovery import adjusted_rand_index
     from fedpers.personas.encoder import default_encoder
     from fedpers.personas.router_data import learn_router
 
@@ -809,17 +876,9 @@ def report(args: argparse.Namespace) -> list[str]:
             run_public[2],
         )
     # --- persona discovery
-    ifca = None
-    if args.ifca_run:
-        chosen = inferred_labels(args.ifca_run)
-        truth = {u.user_id: u.persona for u in split.train}
-        users = sorted(set(chosen) & set(truth))
-        ifca = (
-            args.ifca_run.name,
-            adjusted_rand_index([truth[u] for u in users], [chosen[u] for u in users]),
-        )
-    discovery_rows(split, out, ifca, run_public[2])
-    discovery_rows(big, out, None, big_public[2])
+    runs = [inferred_run(path, split) for path in args.inferred_run]
+    discovery_rows(split, out, runs, run_public[2])
+    discovery_rows(big, out, (), big_public[2])
     return out
 
 
@@ -841,7 +900,12 @@ def main(argv: list[str] | None = None) -> int:
         "--jsonl-only", action="store_true", help="with --jsonl: only the JSONL file's table"
     )
     p.add_argument(
-        "--ifca-run", type=Path, help="a finished synthetic run with --persona-mode inferred"
+        "--inferred-run",
+        "--ifca-run",
+        type=Path,
+        action="append",
+        default=[],
+        help="a finished run of the default scenario with --persona-mode inferred (repeatable: one row each)",
     )
     p.add_argument(
         "--loss-sample", type=int, default=50, help="prompts scored by the loss router (0: none)"

@@ -54,22 +54,27 @@ def _clustered(rng, centres, per, spread, prompts):
 
 
 def test_public_centroids_and_one_noisy_choice_per_device_recover_the_personas():
-    """Two public users per persona place the centroids (K justified by the public silhouette); 60 devices of
-    20 prompts each choose at the default noise and land in their own persona's slot."""
+    """Two public users per persona place the centroids (K justified by the public silhouette) and name them
+    (the personas they declare); 60 devices of 20 prompts each choose at the default noise and land in their
+    own persona's slot."""
     rng = np.random.default_rng(4)
     centres = unit_rows(rng.normal(size=(5, 64)))
-    public, _ = _clustered(rng, centres, 2, 0.3, 20)
+    public, declared = _clustered(rng, centres, 2, 0.3, 20)
+    names = [f"p{j}" for j in range(5)]
     found = discover_public(
         np.stack([u.mean(0) for u in public]),
         np.concatenate(public),
-        [f"p{j}" for j in range(5)],
+        names,
         np.random.default_rng(0),
+        public_personas=[names[j] for j in declared],
     )
     assert found.favoured_k == 5 and "the public data favours the same K" in found.explain()
     assert set(found.silhouettes) == set(range(2, 9))
     devices, truth = _clustered(rng, centres, 12, 0.3, 20)
     picks = [max(s := found.centroids.noisy_scores(u, 1.0, rng), key=s.get) for u in devices]
     assert adjusted_rand_index(truth, picks) > 0.9
+    # named after the personas the public users declare: each device lands in its own persona's slot
+    assert np.mean([p == names[t] for p, t in zip(picks, truth)]) > 0.9
     other = discover_public(
         np.stack([u.mean(0) for u in public]),
         np.concatenate(public),
@@ -152,8 +157,8 @@ def test_prompt_choice_needs_public_data():
 @pytest.mark.slow  # Ray
 def test_an_inferred_run_discovers_the_desks_personas_from_the_prompts(tmp_path):
     """The tiny scenario with personas inferred: the server places the centroids from the public split and says
-    why K; every device records one prompt-centroid choice before its first upload; the choices match the
-    desk's true personas."""
+    why K; every device records one prompt-centroid choice before its upload; the choices match the desk's
+    true personas, names included."""
     from test_simulation import tiny_config
 
     from fedpers.userdata import conversations, user_ids
@@ -196,3 +201,35 @@ def test_an_inferred_run_discovers_the_desks_personas_from_the_prompts(tmp_path)
             .strip()
         )
     assert adjusted_rand_index([truth[u] for u in users], chosen) > 0.9, chosen
+    # the centroids carry the names of the personas their public users declare
+    assert np.mean([c == truth[u] for c, u in zip(chosen, users)]) >= 0.9, chosen
+
+
+def test_the_audit_says_how_personas_were_inferred_and_what_justifies_k(tmp_path):
+    from fedpers.audit.report import persona_findings
+    from fedpers.federated import FederatedConfig
+    from fedpers.rundir import PERSONA_DISCOVERY, write_json
+
+    def config(**changes):
+        return FederatedConfig.from_flat({"persona_mode": "inferred"} | changes).validated()
+
+    prompts = config(public_data="synthetic", public_steps=2)
+    (missing,) = persona_findings(prompts, tmp_path)
+    assert missing["level"] == "problem" and PERSONA_DISCOVERY in missing["text"]
+    record = {
+        "k": 5,
+        "personas": prompts.persona_names,
+        "favoured_k": 5,
+        "silhouette_by_k": {"2": 0.7, "5": 0.9},
+        "public_users": 10,
+        "bound": 0.4,
+    }
+    write_json(tmp_path / PERSONA_DISCOVERY, record)
+    (same,) = persona_findings(prompts, tmp_path)
+    assert same["level"] == "ok" and "K=5: 0.900" in same["text"] and "as set" in same["text"]
+    write_json(tmp_path / PERSONA_DISCOVERY, record | {"favoured_k": 2})
+    (other,) = persona_findings(prompts, tmp_path)
+    assert other["level"] == "warning" and "favours K = 2, not the 5 set" in other["text"]
+    (loss,) = persona_findings(config(), tmp_path)
+    assert "IFCA" in loss["text"] and "not justified" in loss["text"]
+    assert persona_findings(FederatedConfig(), tmp_path) == []

@@ -34,7 +34,7 @@ from fedpers.releases import (
     recorded_stage,
     undeclared_fields,
 )
-from fedpers.rundir import METRICS, RUN_CONFIG, read_json, write_json
+from fedpers.rundir import METRICS, PERSONA_DISCOVERY, RUN_CONFIG, read_json, write_json
 from fedpers.wirelog import WIRE, payload_path, read_manifest
 
 SCHEMA = "fedpers-audit/1"
@@ -447,6 +447,48 @@ def randomness_findings(config: FederatedConfig) -> list[dict]:
     ]
 
 
+def persona_findings(config: FederatedConfig, run_dir: Path) -> list[dict]:
+    """How an inferred-persona run's devices chose their persona, and what justifies K (``persona-discovery.json``
+    of a run whose devices chose from their prompts)."""
+    if config.dataset.persona_mode != "inferred":
+        return []
+    if not config.prompt_choice:
+        return [
+            {
+                "level": "ok",
+                "text": f"Personas inferred on the devices from their adapters' losses (IFCA): one noisy choice "
+                f"per device, in its ledger; K = {len(config.persona_names)} as set (--personas), not "
+                "justified by data.",
+            }
+        ]
+    path = run_dir / PERSONA_DISCOVERY
+    if not path.is_file():
+        return [
+            {
+                "level": "problem",
+                "text": f"Personas were to be chosen from the prompts, but the run has no {PERSONA_DISCOVERY}: "
+                "what the devices chose against is not recorded.",
+            }
+        ]
+    found = read_json(path)
+    table = ", ".join(f"K={k}: {s:.3f}" for k, s in found["silhouette_by_k"].items())
+    same = found["k"] == found["favoured_k"]
+    return [
+        {
+            "level": "ok" if same else "warning",
+            "text": f"Personas inferred on the devices from their prompts: each device scored its own prompts "
+            f"against {found['k']} persona centroids placed on {found['public_users']} public users, and chose "
+            "with Gaussian noise (one release per device, in its ledger). Centroid silhouette of the public "
+            f"clustering: {table}; "
+            + (
+                f"it favours K = {found['favoured_k']}, as set."
+                if same
+                else f"it favours K = {found['favoured_k']}, not the {found['k']} set (--personas)."
+            ),
+        }
+    ]
+
+
 def attack_power(run: dict) -> bool:
     """Whether the attack found the canaries on a run: AUC at least ``POWER_AUC`` and a positive lower bound."""
     return run["auc"] >= POWER_AUC and run["lower_bound"]["epsilon"] > 0
@@ -526,6 +568,7 @@ def build_audit(run_dir: Path, progress: bool = True) -> dict:
         },
         "findings": randomness_findings(config)
         + aggregate_check_findings(metrics)
+        + persona_findings(config, run_dir)
         + _findings(spent, wire, attack),
         "spent": spent,
         "wire": wire,

@@ -141,16 +141,43 @@ class PublicDiscovery:
         )
 
 
+def named_order(
+    labels: np.ndarray, public_personas: Sequence[str | None], personas: Sequence[str]
+) -> list[int]:
+    """Which cluster each of ``personas`` gets: the assignment that puts the most public users under the
+    persona they declare (Hungarian method on the clusters x personas counts). Clusters stay in their order
+    when the public users declare none of ``personas``. The router's public prior and the layered personas'
+    mix weights read the public data by persona name; this keeps their names and the devices' slots apart
+    from no one."""
+    k = len(personas)
+    counts = np.zeros((k, k))
+    for cluster, declared in zip(np.asarray(labels), public_personas):
+        if declared in personas:
+            counts[int(cluster), list(personas).index(declared)] += 1
+    if not counts.any():
+        return list(range(k))
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    order = [0] * k
+    for cluster, persona in zip(rows, cols):
+        order[int(persona)] = int(cluster)
+    return order
+
+
 def discover_public(
     user_means: np.ndarray,
     public_prompts: np.ndarray,
     personas: Sequence[str],
     rng: np.random.Generator,
     ks: Sequence[int] = DEFAULT_KS,
+    public_personas: Sequence[str | None] = (),
 ) -> PublicDiscovery:
     """Centroids for ``personas`` (K = their number) from the public users' unit mean prompt embeddings, the
     silhouette of every K in ``ks`` (and K itself) to justify it, and the bound ``B`` from the public prompts'
-    embeddings (:data:`BOUND_QUANTILE`). Nothing private is read."""
+    embeddings (:data:`BOUND_QUANTILE`). With the personas the public users declare (``public_personas``),
+    each centroid is named after the persona most of its public users declare (:func:`named_order`); the
+    choice of K never reads them. Nothing private is read."""
     k = len(personas)
     tried = sorted({*(j for j in ks if j <= len(user_means)), k})
     if k > len(user_means):
@@ -160,7 +187,12 @@ def discover_public(
     best, found = public_start(user_means, tried, rng)
     by_k: dict[int, Clustering] = {c.k: c for c in found}
     chosen = by_k[k]
-    centroids = unit_rows(np.asarray(chosen.centroids, np.float64))
+    order = (
+        named_order(chosen.labels, public_personas, personas)
+        if len(public_personas)
+        else list(range(k))
+    )
+    centroids = unit_rows(np.asarray(chosen.centroids, np.float64)[order])
     v = np.asarray(public_prompts, np.float64) @ (centroids - centroids.mean(0)).T
     bound = float(np.quantile(np.linalg.norm(v, axis=1), BOUND_QUANTILE))
     return PublicDiscovery(

@@ -95,5 +95,9 @@ def public_persona_discovery(
     means = np.stack([u.text.mean(0) for u in users])
     prompts = np.concatenate([u.text for u in users])
     return discover_public(
-        means, prompts, config.persona_names, np.random.default_rng(config.model.seed)
+        means,
+        prompts,
+        config.persona_names,
+        np.random.default_rng(config.model.seed),
+        public_personas=[u.persona for u in users],
     )
