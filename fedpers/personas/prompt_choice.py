@@ -151,9 +151,10 @@ def named_order(
     from no one."""
     k = len(personas)
     counts = np.zeros((k, k))
-    for cluster, declared in zip(np.asarray(labels), public_personas):
-        if declared in personas:
-            counts[int(cluster), list(personas).index(declared)] += 1
+    index = {p: j for j, p in enumerate(personas)}
+    for cluster, declared in zip(np.asarray(labels).tolist(), public_personas):
+        if declared is not None and declared in index:
+            counts[int(cluster)][index[declared]] += 1
     if not counts.any():
         return list(range(k))
     from scipy.optimize import linear_sum_assignment
