@@ -106,17 +106,26 @@ def public_split(config: FederatedConfig) -> tuple[list, list]:
 
 
 def public_heldout_examples(config: FederatedConfig, env) -> dict[str | None, list]:
-    """The encoded public held-out examples per declared persona (``None``: no persona declared)."""
+    """The encoded public held-out examples per declared persona (``None``: no persona declared), each carrying
+    its frozen trunk state when the model has one (:mod:`fedpers.models.trunk`): they are scored every round
+    under new adapters, and the layers below the first LoRA layer never change."""
     from fedpers.models.chat import encode_conversations
+    from fedpers.models.trunk import trunk_states, with_trunk
 
     _, heldout = public_split(config)
     groups: dict[str | None, list] = {}
     for c in heldout:
         groups.setdefault(c.persona, []).append(c)
-    return {
-        persona: encode_conversations(env.tokenizer, convs, config.dataset.max_length)
-        for persona, convs in groups.items()
-    }
+    out = {}
+    for persona, convs in groups.items():
+        examples = encode_conversations(env.tokenizer, convs, config.dataset.max_length)
+        layer = env.trunk_layer
+        if layer is not None and examples:
+            examples = with_trunk(
+                examples, trunk_states(env.model.lm, examples, env.pad_token_id, layer), layer
+            )
+        out[persona] = examples
+    return out
 
 
 def public_warm_start(

@@ -95,6 +95,28 @@ def test_the_public_held_out_part_is_public_and_the_warm_start_never_trains_on_i
     assert sum(len(v) for v in groups.values()) == len(heldout)
 
 
+def test_the_public_held_out_examples_carry_their_trunk_states_and_score_as_the_full_model_does():
+    """The mix is scored every round on the same public conversations: their frozen trunk states are computed
+    once, and each loss then runs only the LoRA layers (the same loss as the full model's, to float error)."""
+    from dataclasses import replace
+
+    from fedpers.personas.layered import _loss
+
+    config = _config(lora_layers=1)  # the tiny model's lower layers are frozen: a trunk below the top one
+    env = model_environment(config)
+    assert env.trunk_layer is not None
+    groups = public_heldout_examples(config, env)
+    examples = [e for group in groups.values() for e in group]
+    assert all(e.trunk is not None and e.trunk_layer == env.trunk_layer for e in examples)
+    rng = np.random.default_rng(5)
+    arrays = {
+        k: (v + rng.normal(0.0, 0.05, size=v.shape)).astype(v.dtype)
+        for k, v in adapter_arrays(env.model.lm).items()
+    }
+    full = [replace(e, trunk=None, trunk_layer=None) for e in examples]
+    assert _loss(env, arrays, examples) == pytest.approx(_loss(env, arrays, full), abs=1e-4)
+
+
 def test_auto_picks_the_weight_with_the_least_public_loss_and_never_a_worse_one_than_global():
     config = _config()
     env = model_environment(config)
