@@ -102,7 +102,9 @@ def test_the_public_held_out_examples_carry_their_trunk_states_and_score_as_the_
 
     from fedpers.personas.layered import _loss
 
-    config = _config(lora_layers=1)  # the tiny model's lower layers are frozen: a trunk below the top one
+    config = _config(
+        lora_layers=1
+    )  # the tiny model's lower layers are frozen: a trunk below the top one
     env = model_environment(config)
     assert env.trunk_layer is not None
     groups = public_heldout_examples(config, env)
