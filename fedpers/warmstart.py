@@ -132,7 +132,8 @@ def public_warm_start(
     config: FederatedConfig, arrays: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """``arrays`` (the initial adapter) after ``public_steps`` steps on the train part of the public
-    conversations; ``arrays`` unchanged when no warm start is set."""
+    conversations (through the LoRA layers only, from their frozen trunk states, when the model has them);
+    ``arrays`` unchanged when no warm start is set."""
     if config.dataset.public_steps <= 0:
         return arrays
     from fedpers.data.synthetic import derive_seed
@@ -140,6 +141,7 @@ def public_warm_start(
     from fedpers.models import adapter_arrays, load_adapter_arrays
     from fedpers.models.chat import encode_conversations
     from fedpers.models.environment import model_environment
+    from fedpers.models.trunk import trunk_states, with_trunk
     from fedpers.privacy import DPConfig, TrainConfig, train
 
     convs, _ = public_split(config)
@@ -147,6 +149,13 @@ def public_warm_start(
         raise ValueError(f"public_data {config.dataset.public_data!r} holds no conversations")
     env = model_environment(config)
     examples = encode_conversations(env.tokenizer, convs, config.dataset.max_length)
+    layer = env.trunk_layer
+    if (
+        layer is not None
+    ):  # the layers below the first LoRA layer are frozen: their output is computed once
+        examples = with_trunk(
+            examples, trunk_states(env.model.lm, examples, env.pad_token_id, layer), layer
+        )
     model = env.model
     before = adapter_arrays(model.lm)
     load_adapter_arrays(model.lm, arrays)

@@ -67,6 +67,35 @@ def test_the_warm_start_trains_the_adapter_on_public_data_deterministically_and_
     assert public_warm_start(off, fresh) is fresh
 
 
+def test_the_warm_start_through_the_trunk_cache_trains_the_adapter_the_full_model_would(
+    monkeypatch,
+):
+    """LoRA on the top layer only: the public conversations' trunk states are computed once and the steps run
+    the LoRA layer alone; same batches, same adapter as through the whole model (to float error)."""
+    import fedpers.models.trunk as trunk
+    from fedpers.models.environment import ModelEnvironment
+
+    config = _config(lora_layers=1)
+    env = model_environment(config)
+    assert env.trunk_layer is not None
+    fresh = adapter_arrays(env.model.lm)
+    calls = []
+    original = trunk.trunk_states
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trunk, "trunk_states", counted)
+    cached = public_warm_start(config, fresh)
+    assert len(calls) == 1 and calls[0] > 0  # once, for every public training conversation
+    monkeypatch.setattr(ModelEnvironment, "trunk_layer", property(lambda self: None))
+    full = public_warm_start(config, fresh)
+    assert any(not np.array_equal(cached[k], fresh[k]) for k in fresh)
+    for k in fresh:
+        np.testing.assert_allclose(cached[k], full[k], rtol=1e-3, atol=1e-5)
+
+
 def test_every_adapter_starts_from_the_warm_start_and_inferred_personas_add_their_noise_to_it():
     config = _config()
     warm = public_warm_start(config, adapter_arrays(model_environment(config).model.lm))
