@@ -48,7 +48,7 @@ from fedpers.models import load_adapter_arrays
 from fedpers.models.environment import ModelEnvironment, model_environment
 from fedpers.personas.encoder import INSTALL_HINT
 from fedpers.personas.prompt_choice import PromptCentroids
-from fedpers.personas.router_data import user_prompts
+from fedpers.personas.router_data import opening_turn
 from fedpers.privacy import DPConfig, TrainConfig
 from fedpers.privacy.accounting import BudgetExceededError
 from fedpers.privacy.dp_sgd import plan_dp
@@ -242,7 +242,7 @@ def assignment(task: Task):
     if task.instructions.centroids_blob:
         centroids = PromptCentroids.from_bytes(task.instructions.centroids_blob)
         train, _ = train_conversations(config, state)
-        prompts = [p for u in user_prompts(train) for p in u.prompts]
+        prompts = [turn.text for c in train if (turn := opening_turn(c)) is not None]
         scores = private_prompt_choice(
             prompts, centroids, trained, ledger, details=details, seed=seed
         )

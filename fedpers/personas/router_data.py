@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpers.data.schema import Conversation
+from fedpers.data.schema import Conversation, Turn
 from fedpers.personas.centroid import CentroidRouterModel, model_from_statistics
 from fedpers.personas.context import CONTEXT_DIMENSION, Context
 from fedpers.personas.encoder import TextEncoder
@@ -43,6 +43,12 @@ class UserPrompts:
     contexts: tuple[Context, ...]
 
 
+def opening_turn(conversation: Conversation) -> Turn | None:
+    """The conversation's first user message (``None``: it has none, or an empty one)."""
+    first = next((t for t in conversation.turns if t.role == "user"), None)
+    return first if first is not None and first.text.strip() else None
+
+
 def user_prompts(conversations: Iterable[Conversation]) -> list[UserPrompts]:
     """The opening user message of each conversation, grouped by user in input order."""
     by_user: dict[str, list[Conversation]] = {}
@@ -52,8 +58,8 @@ def user_prompts(conversations: Iterable[Conversation]) -> list[UserPrompts]:
     for user_id, convs in by_user.items():
         prompts, contexts = [], []
         for conv in convs:
-            first = next((t for t in conv.turns if t.role == "user"), None)
-            if first is None or not first.text.strip():
+            first = opening_turn(conv)
+            if first is None:
                 continue
             prompts.append(first.text)
             contexts.append(Context.of(conv.profile, first.ts))
