@@ -655,16 +655,23 @@ class InferredRun:
 def inferred_run(run_dir: Path, split: Split) -> InferredRun:
     """The ARI of the persona each device of ``run_dir`` chose against the desk's true personas."""
     from fedpers.personas.discovery import adjusted_rand_index
+    from fedpers.privacy.ledger import LEDGER_FILE, PrivacyLedger
 
     chosen = inferred_labels(run_dir)
     truth = {u.user_id: u.persona for u in split.train}
     users = sorted(set(chosen) & set(truth))
-    config = run_settings(run_dir)[1]
-    method = (
-        "noisy prompt scores against public centroids"
-        if config.prompt_choice
-        else "noisy adapter losses (IFCA)"
-    )
+    run, config = run_settings(run_dir)
+    state = Path(config.outputs.state_dir)
+    if not state.is_dir():
+        state = run_dir / "client-state"
+    # how the devices chose, as their ledgers recorded it (entries from before the method was recorded: IFCA)
+    methods = {
+        str(e.details.get("method", "adapter losses (IFCA)"))
+        for u in users
+        for e in PrivacyLedger(state / u / LEDGER_FILE, u).entries
+        if e.purpose == "persona-choice" and e.details.get("run_id") == run["run_id"]
+    }
+    method = "noisy choice by " + " / ".join(sorted(methods)) if methods else "no choice recorded"
     return InferredRun(
         run_dir.name,
         method,
@@ -710,7 +717,7 @@ def discovery_rows(
     ks = tuple(range(2, 9))
     out += [
         "",
-        f"**Persona discovery** (the {split.name} users' unit mean prompt embeddings; K tried: "
+        f"**Persona discovery** ({split.name}: the users' unit mean prompt embeddings; K tried: "
         f"{ks[0]}..{ks[-1]}; chosen by the centroid silhouette of the released sums; {len(truth)} devices, "
         f"{len(set(truth))} true personas)",
         "",
@@ -719,7 +726,7 @@ def discovery_rows(
     ]
     for run in runs:
         out.append(
-            f"| federated run with inferred personas ({run.name}): {run.method} | one noisy choice per "
+            f"| federated run with inferred personas ({run.name}), {run.method} | one noisy choice per "
             f"device (its ledger) | {run.k} (set) | — | {run.ari:.3f} |"
         )
     for eps in (None, 8.0):
