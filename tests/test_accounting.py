@@ -75,6 +75,18 @@ def test_calibration_is_tight_and_accounts_prior_spending():
         calibrate_noise_multiplier(5.0, DELTA, 0.25, 30, prior)
 
 
+def test_a_calibrated_plan_stays_within_the_target_for_every_accountant_of_the_report():
+    """The ledger of a tinyshakespeare device (inferred persona, private clip estimate, 3 rounds of 8 steps planned
+    at its first round): calibrated against Opacus's accountants alone, dp-accounting's PLD (pessimistic by its
+    discretization) found 8.002 > 8 and the report flagged every device over budget."""
+    from fedpers.audit.spent import account
+
+    prior = [GaussianEvent(1.0, 1.0, 1), GaussianEvent(5.0, 1.0, 5)]
+    sigma = calibrate_noise_multiplier(8.0, DELTA, 2 / 15, 24, prior)
+    events = (*prior, GaussianEvent(sigma, 2 / 15, 24))
+    assert account(events, DELTA).epsilon <= 8.0
+
+
 def test_no_events_spend_nothing_and_noise_is_required():
     assert epsilon([], DELTA) == 0.0
     with pytest.raises(ValueError):
