@@ -72,8 +72,8 @@ def adapters_to_bytes(adapters: Adapters) -> bytes:
     return save_tensors(flat, metadata={DIGEST_KEY: content_digest(flat)})
 
 
-def _metadata(data: bytes) -> dict:
-    """The safetensors header's ``__metadata__`` (the header was parsed by safetensors already)."""
+def safetensors_metadata(data: bytes) -> dict:
+    """The safetensors header's ``__metadata__`` (call it after safetensors has parsed ``data``)."""
     (size,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + size])
     meta = header.get("__metadata__") or {}
@@ -94,7 +94,7 @@ def adapters_from_bytes(data: bytes) -> Adapters:
         flat = load_tensors(bytes(data))
     except SafetensorError as err:
         raise AdapterFormatError(f"adapters blob: not a safetensors blob ({err})") from None
-    expected = _metadata(data).get(DIGEST_KEY)
+    expected = safetensors_metadata(data).get(DIGEST_KEY)
     if expected is None:
         raise AdapterFormatError(f"adapters blob: no {DIGEST_KEY} in its metadata")
     if content_digest(flat) != expected:

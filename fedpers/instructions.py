@@ -31,10 +31,13 @@ SECAGG_THRESHOLD = "reconstruction-threshold"
 share is ``1/t`` of the noise): the device's own SecAgg+ state, not a server setting (nor a setting's name:
 ``secagg_threshold`` is the fraction the server computes ``t`` from)."""
 ROUTER_FEATURES = "router-features"
-PERSONA_CENTROIDS = "persona-centroids"
 """The key of the router task's public feature map (safetensors, :meth:`fedpers.personas.features.FeatureMap.to_bytes`):
 learned by the server from public data only; a device maps its embeddings with it before clipping, so whatever map
 a server sends, the upload keeps its bound and its noise (a bad map costs accuracy, not privacy)."""
+PERSONA_CENTROIDS = "persona-centroids"
+"""The key of the public persona centroids (safetensors, :meth:`fedpers.personas.prompt_choice.PromptCentroids.to_bytes`)
+that devices of an inferred-persona run score their prompts against: public; a bad set of centroids costs the
+choice its accuracy, not its privacy (the score's clip and noise do not depend on them)."""
 PERSONA_INDEX = "persona-index"
 """The metric that carries a persona in clear (:func:`persona_index`)."""
 

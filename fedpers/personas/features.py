@@ -115,15 +115,13 @@ class FeatureMap:
         """The inverse of :meth:`to_bytes`; an empty blob is the identity. Errors say what is wrong."""
         if not blob:
             return IDENTITY
-        import json
-        import struct
-
         from safetensors.numpy import load
 
+        from fedpers.adapters import safetensors_metadata
+
         try:
-            (size,) = struct.unpack("<Q", bytes(blob[:8]))
-            meta = json.loads(bytes(blob[8 : 8 + size])).get("__metadata__") or {}
             tensors = load(bytes(blob))
+            meta = safetensors_metadata(bytes(blob))
         except Exception as err:  # struct, JSON and safetensors each raise their own error types
             raise ValueError(f"router feature map: not a safetensors blob ({err})") from err
         return cls.from_tensors(str(meta.get("kind", "")), tensors, str(meta.get("source", "")))

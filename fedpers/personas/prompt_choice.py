@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedpers.adapters import safetensors_metadata
 from fedpers.personas.discovery import Clustering, public_start
 from fedpers.personas.encoder import unit_rows
 
@@ -72,7 +73,7 @@ class PromptCentroids:
 
         try:
             tensors = load(blob)
-            meta = json.loads(_metadata(blob)[_META])
+            meta = json.loads(safetensors_metadata(blob)[_META])
             return cls(tuple(meta["personas"]), tensors[_CENTROIDS], float(meta["bound"]))
         except Exception as err:  # safetensors raises its own error type
             raise ValueError(f"persona centroids in the instructions: unreadable ({err})") from None
@@ -98,12 +99,6 @@ class PromptCentroids:
             raise ValueError(f"noise multiplier must be > 0, got {noise_multiplier}")
         noisy = self.scores(embeddings) + rng.normal(0.0, noise_multiplier, len(self.personas))
         return {p: float(s) for p, s in zip(self.personas, noisy)}
-
-
-def _metadata(blob: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob (its JSON header)."""
-    size = int.from_bytes(blob[:8], "little")
-    return dict(json.loads(blob[8 : 8 + size]).get("__metadata__") or {})
 
 
 @dataclass(frozen=True)
@@ -147,8 +142,8 @@ def named_order(
     """Which cluster each of ``personas`` gets: the assignment that puts the most public users under the
     persona they declare (Hungarian method on the clusters x personas counts). Clusters stay in their order
     when the public users declare none of ``personas``. The router's public prior and the layered personas'
-    mix weights read the public data by persona name; this keeps their names and the devices' slots apart
-    from no one."""
+    mix weights read the public data by persona name: named this way, a device's slot means what they mean
+    by it."""
     k = len(personas)
     counts = np.zeros((k, k))
     index = {p: j for j, p in enumerate(personas)}
