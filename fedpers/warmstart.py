@@ -110,22 +110,30 @@ def public_heldout_examples(config: FederatedConfig, env) -> dict[str | None, li
     its frozen trunk state when the model has one (:mod:`fedpers.models.trunk`): they are scored every round
     under new adapters, and the layers below the first LoRA layer never change."""
     from fedpers.models.chat import encode_conversations
-    from fedpers.models.trunk import trunk_states, with_trunk
 
     _, heldout = public_split(config)
     groups: dict[str | None, list] = {}
     for c in heldout:
         groups.setdefault(c.persona, []).append(c)
-    out = {}
-    for persona, convs in groups.items():
-        examples = encode_conversations(env.tokenizer, convs, config.dataset.max_length)
-        layer = env.trunk_layer
-        if layer is not None and examples:
-            examples = with_trunk(
-                examples, trunk_states(env.model.lm, examples, env.pad_token_id, layer), layer
-            )
-        out[persona] = examples
-    return out
+    return {
+        persona: _with_trunk(
+            env, encode_conversations(env.tokenizer, convs, config.dataset.max_length)
+        )
+        for persona, convs in groups.items()
+    }
+
+
+def _with_trunk(env, examples: list) -> list:
+    """``examples`` carrying their frozen trunk states (:mod:`fedpers.models.trunk`), computed once here,
+    when the model has a trunk below its first LoRA layer; otherwise as they are."""
+    from fedpers.models.trunk import trunk_states, with_trunk
+
+    layer = env.trunk_layer
+    if layer is None or not examples:
+        return examples
+    return with_trunk(
+        examples, trunk_states(env.model.lm, examples, env.pad_token_id, layer), layer
+    )
 
 
 def public_warm_start(
@@ -141,21 +149,15 @@ def public_warm_start(
     from fedpers.models import adapter_arrays, load_adapter_arrays
     from fedpers.models.chat import encode_conversations
     from fedpers.models.environment import model_environment
-    from fedpers.models.trunk import trunk_states, with_trunk
     from fedpers.privacy import DPConfig, TrainConfig, train
 
     convs, _ = public_split(config)
     if not convs:
         raise ValueError(f"public_data {config.dataset.public_data!r} holds no conversations")
     env = model_environment(config)
-    examples = encode_conversations(env.tokenizer, convs, config.dataset.max_length)
-    layer = env.trunk_layer
-    if (
-        layer is not None
-    ):  # the layers below the first LoRA layer are frozen: their output is computed once
-        examples = with_trunk(
-            examples, trunk_states(env.model.lm, examples, env.pad_token_id, layer), layer
-        )
+    examples = _with_trunk(
+        env, encode_conversations(env.tokenizer, convs, config.dataset.max_length)
+    )
     model = env.model
     before = adapter_arrays(model.lm)
     load_adapter_arrays(model.lm, arrays)
