@@ -100,7 +100,7 @@ def test_the_centroids_travel_as_safetensors_and_bad_ones_are_refused():
         sent.scores(np.ones((2, 5)))
 
 
-def test_the_device_records_the_choice_before_it_is_made_and_falls_back_without_an_encoder(
+def test_the_device_records_its_choice_in_its_ledger_and_falls_back_without_an_encoder(
     tmp_path, monkeypatch
 ):
     from fedpers.personas.encoder import default_encoder
