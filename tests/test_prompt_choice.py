@@ -232,4 +232,8 @@ def test_the_audit_says_how_personas_were_inferred_and_what_justifies_k(tmp_path
     assert other["level"] == "warning" and "favours K = 2, not the 5 set" in other["text"]
     (loss,) = persona_findings(config(), tmp_path)
     assert "IFCA" in loss["text"] and "not justified" in loss["text"]
+    # a run recorded before the setting existed chose by the losses, whatever its public data
+    recorded = {k: v for k, v in prompts.to_record().items() if k != "persona_choice"}
+    (old,) = persona_findings(prompts, tmp_path, recorded)
+    assert "IFCA" in old["text"]
     assert persona_findings(FederatedConfig(), tmp_path) == []

@@ -447,12 +447,15 @@ def randomness_findings(config: FederatedConfig) -> list[dict]:
     ]
 
 
-def persona_findings(config: FederatedConfig, run_dir: Path) -> list[dict]:
+def persona_findings(
+    config: FederatedConfig, run_dir: Path, settings: dict | None = None
+) -> list[dict]:
     """How an inferred-persona run's devices chose their persona, and what justifies K (``persona-discovery.json``
-    of a run whose devices chose from their prompts)."""
+    of a run whose devices chose from their prompts). ``settings``: the run's recorded settings; a run recorded
+    before the ``persona_choice`` setting existed chose by the adapters' losses."""
     if config.dataset.persona_mode != "inferred":
         return []
-    if not config.prompt_choice:
+    if not config.prompt_choice or (settings is not None and "persona_choice" not in settings):
         return [
             {
                 "level": "ok",
@@ -568,7 +571,7 @@ def build_audit(run_dir: Path, progress: bool = True) -> dict:
         },
         "findings": randomness_findings(config)
         + aggregate_check_findings(metrics)
-        + persona_findings(config, run_dir)
+        + persona_findings(config, run_dir, run_config["settings"])
         + _findings(spent, wire, attack),
         "spent": spent,
         "wire": wire,
