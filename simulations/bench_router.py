@@ -109,14 +109,20 @@ def run_split(run_dir: Path, encoder, labels: dict[str, str] | None = None) -> S
     )
 
 
+def client_state_dir(run_dir: Path) -> Path:
+    """Where a finished simulation kept its devices' state: its ``state_dir``, or the run's ``client-state``."""
+    from fedpers.rundir import RUN_CONFIG, read_json
+
+    state = Path(read_json(run_dir / RUN_CONFIG)["settings"]["state_dir"])
+    return state if state.is_dir() else run_dir / "client-state"
+
+
 def inferred_labels(run_dir: Path) -> dict[str, str]:
     """The persona each device of an inferred-persona run chose (its client state's persona file)."""
     from fedpers.rundir import RUN_CONFIG, read_json
 
     run = read_json(run_dir / RUN_CONFIG)
-    state = Path(run["settings"]["state_dir"])
-    if not state.is_dir():
-        state = run_dir / "client-state"
+    state = client_state_dir(run_dir)
     out = {}
     for user in sorted(p for p in state.iterdir() if p.is_dir()):
         files = sorted(user.glob(f"persona-{run['run_id']}.txt")) or sorted(
@@ -654,6 +660,7 @@ class InferredRun:
 
 def inferred_run(run_dir: Path, split: Split) -> InferredRun:
     """The ARI of the persona each device of ``run_dir`` chose against the desk's true personas."""
+    from clients.persona import LOSS_METHOD
     from fedpers.personas.discovery import adjusted_rand_index
     from fedpers.privacy.ledger import LEDGER_FILE, PrivacyLedger
 
@@ -661,12 +668,10 @@ def inferred_run(run_dir: Path, split: Split) -> InferredRun:
     truth = {u.user_id: u.persona for u in split.train}
     users = sorted(set(chosen) & set(truth))
     run, config = run_settings(run_dir)
-    state = Path(config.outputs.state_dir)
-    if not state.is_dir():
-        state = run_dir / "client-state"
+    state = client_state_dir(run_dir)
     # how the devices chose, as their ledgers recorded it (entries from before the method was recorded: IFCA)
     methods = {
-        str(e.details.get("method", "adapter losses (IFCA)"))
+        str(e.details.get("method", LOSS_METHOD))
         for u in users
         for e in PrivacyLedger(state / u / LEDGER_FILE, u).entries
         if e.purpose == "persona-choice" and e.details.get("run_id") == run["run_id"]
