@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedpers.network import check_address, free_port
+from fedpers.processes import run_foreground
 
 WORKER_STOP_SECONDS = 10.0
 DEFAULT_MAX_WAIT_SECONDS = 900.0
@@ -175,19 +176,12 @@ def stop_group(leader: subprocess.Popen, timeout: float = WORKER_STOP_SECONDS) -
 def run_in_group(command: list[str], env: Mapping[str, str]) -> int:
     """Run ``command`` in its own process group until it exits (SIGINT and SIGTERM passed on to it), then
     stop whatever it left running in its group. Its exit status."""
-    proc = subprocess.Popen(list(command), env=dict(env), start_new_session=True)
 
-    def forward(signum, _frame) -> None:
-        proc.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    def stop_all(proc: subprocess.Popen) -> None:
         stop(proc)
         stop_group(proc)
+
+    return run_foreground(command, env, new_session=True, after=stop_all)
 
 
 def run_supernode(

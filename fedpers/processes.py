@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -42,9 +42,17 @@ def child_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ()) 
     return env
 
 
-def run_foreground(command: Sequence[str], env: Mapping[str, str]) -> int:
-    """Run ``command`` until it exits; SIGINT and SIGTERM are passed on to it. Its exit status."""
-    proc = subprocess.Popen(list(command), env=dict(env))
+def run_foreground(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    new_session: bool = False,
+    after: Callable[[subprocess.Popen], None] | None = None,
+) -> int:
+    """Run ``command`` until it exits; SIGINT and SIGTERM are passed on to it. Its exit status.
+
+    ``new_session``: the command leads a process group of its own (what it starts can then be stopped together);
+    ``after(process)`` runs once it has exited or this process is interrupted, e.g. to stop what it left running."""
+    proc = subprocess.Popen(list(command), env=dict(env), start_new_session=new_session)
 
     def forward(signum, _frame) -> None:
         proc.send_signal(signum)
@@ -55,3 +63,5 @@ def run_foreground(command: Sequence[str], env: Mapping[str, str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if after is not None:
+            after(proc)
