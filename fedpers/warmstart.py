@@ -28,6 +28,7 @@ protects nothing and needs no OS randomness.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -105,16 +106,23 @@ def public_split(config: FederatedConfig) -> tuple[list, list]:
     return train_heldout_split(convs, d.heldout_fraction, seed=d.data_seed)
 
 
-def public_heldout_examples(config: FederatedConfig, env) -> dict[str | None, list]:
-    """The encoded public held-out examples per declared persona (``None``: no persona declared), each carrying
-    its frozen trunk state when the model has one (:mod:`fedpers.models.trunk`): they are scored every round
-    under new adapters, and the layers below the first LoRA layer never change."""
+def public_heldout_examples(
+    config: FederatedConfig, env, by_user: Mapping[str, str] | None = None
+) -> dict[str | None, list]:
+    """The encoded public held-out examples per persona, each carrying its frozen trunk state when the model has
+    one (:mod:`fedpers.models.trunk`): they are scored every round under new adapters, and the layers below the
+    first LoRA layer never change.
+
+    The persona of a conversation is its public user's in ``by_user`` when given (inferred personas chosen from
+    the prompts: the centroid the server's clustering placed that user at), else the one it declares (``None``:
+    none declared, or a user ``by_user`` does not place)."""
     from fedpers.models.chat import encode_conversations
 
     _, heldout = public_split(config)
     groups: dict[str | None, list] = {}
     for c in heldout:
-        groups.setdefault(c.persona, []).append(c)
+        key = by_user.get(c.user_id) if by_user is not None else c.persona
+        groups.setdefault(key, []).append(c)
     return {
         persona: _with_trunk(
             env, encode_conversations(env.tokenizer, convs, config.dataset.max_length)

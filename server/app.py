@@ -55,6 +55,7 @@ from fedpers.instructions import RoundInstructions
 from fedpers.models import adapter_arrays, attach_lora, load_base_model
 from fedpers.personas.centroid import has_router, load_router, router_dir, save_router
 from fedpers.personas.layered import MixChoice, choose_weights, layered, mix_weight_setting
+from fedpers.personas.prompt_choice import PublicDiscovery
 from fedpers.privacy.ledger import PrivacyLedger
 from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
 from fedpers.progress import Progress, Stage
@@ -206,6 +207,8 @@ class ServerRun:
     mixing: dict[str, MixChoice] = field(default_factory=dict)
     # the public held-out examples the weights are scored on (encoded once)
     public_heldout: dict | None = None
+    # inferred personas chosen from the prompts: each public user's centroid (scores that persona's weight)
+    public_groups: dict[str, str] | None = None
     # the rounds completed by earlier server runs (a resumed run starts after them)
     resumed_round: int = 0
     # the rounds after which a server run stopped and a later one resumed
@@ -220,11 +223,13 @@ class ServerRun:
         return layered(self.state.adapters, self.mixing)
 
 
-def persona_centroids(config: FederatedConfig, run_dir: Path, stage: Stage | None = None) -> bytes:
+def persona_centroids(
+    config: FederatedConfig, run_dir: Path, stage: Stage | None = None
+) -> PublicDiscovery:
     """The public persona centroids the devices choose their persona against (inferred personas chosen from
     the prompts; :mod:`fedpers.personas.prompt_choice`), their justification written to
-    ``RUN_DIR/persona-discovery.json`` and logged. Deterministic in the settings, so a resumed run sends the
-    same ones."""
+    ``RUN_DIR/persona-discovery.json`` and logged, and the centroid of each public user. Deterministic in the
+    settings, so a resumed run sends the same ones."""
     from fedpers.personas.router_public import public_persona_discovery
 
     if stage is not None:
@@ -232,7 +237,7 @@ def persona_centroids(config: FederatedConfig, run_dir: Path, stage: Stage | Non
     discovery = public_persona_discovery(config)
     write_json(run_dir / PERSONA_DISCOVERY, discovery.summary())
     log(INFO, "fedpers: inferred personas: %s", discovery.explain())
-    return discovery.centroids.to_bytes()
+    return discovery
 
 
 def build_run(
@@ -283,8 +288,11 @@ def build_run(
             for name in [GLOBAL, *config.persona_names]
         }
     training = PersonaTraining(config, run_id, nodes, config.aggregation.secure_aggregation, state)
+    public_groups = None
     if config.prompt_choice:
-        training.centroids_blob = persona_centroids(config, run_dir, stage)
+        discovery = persona_centroids(config, run_dir, stage)
+        training.centroids_blob = discovery.centroids.to_bytes()
+        public_groups = discovery.public_groups
     strategy: Strategy = training
     sessions: list[SecAggPlusRound] = []
     session: Callable = default_fit_workflow
@@ -325,6 +333,7 @@ def build_run(
         round_mode(training, session),
         sessions,
         ledgers,
+        public_groups=public_groups,
     )
     if checkpoint is not None:
         restore_run(run, checkpoint)
@@ -683,7 +692,7 @@ def choose_layers(run: ServerRun) -> None:
 
         env = model_environment(config)
         if run.public_heldout is None:
-            run.public_heldout = public_heldout_examples(config, env)
+            run.public_heldout = public_heldout_examples(config, env, run.public_groups)
     run.mixing = choose_weights(
         env, run.state.adapters, trained, config.dataset.persona_mix, run.public_heldout
     )

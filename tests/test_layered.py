@@ -169,6 +169,7 @@ def test_the_server_layers_trained_personas_only_and_publishes_the_layered_adapt
         state=SimpleNamespace(adapters=adapters, trained=set(trained)),
         mixing={},
         public_heldout=None,
+        public_groups=None,
     )
     choose_layers(run)  # type: ignore[arg-type]
     assert set(run.mixing) == set(trained)
@@ -183,3 +184,32 @@ def test_the_server_layers_trained_personas_only_and_publishes_the_layered_adapt
     untrained = config.persona_names[2]
     assert published[untrained] is adapters[untrained]
     assert "w = " in mix_note(run.mixing)
+
+
+def test_inferred_personas_score_each_weight_on_the_public_users_of_their_centroid():
+    """With personas chosen from the prompts, what the public users declare may be nothing (a public JSONL
+    without personas, tinyshakespeare's speakers): each persona's weight is scored on the held-out conversations
+    of the public users whose prompts the server's clean clustering placed at that persona's centroid
+    (``run.public_groups``), not on everyone's."""
+    config = _config()
+    env = model_environment(config)
+    _, heldout = public_split(config)
+    first, second = config.persona_names[:2]
+    users = sorted({c.user_id for c in heldout})
+    groups = {u: (first if i % 3 else second) for i, u in enumerate(users)}
+    got = public_heldout_examples(config, env, groups)
+    assert set(got) == {first, second}
+    for persona in (first, second):
+        assert len(got[persona]) == sum(groups[c.user_id] == persona for c in heldout)
+    warm = public_warm_start(config, adapter_arrays(env.model.lm))
+    run = SimpleNamespace(
+        config=config,
+        state=SimpleNamespace(adapters={GLOBAL: warm, first: warm}, trained={first}),
+        mixing={},
+        public_heldout=None,
+        public_groups=groups,
+    )
+    choose_layers(run)  # type: ignore[arg-type]
+    assert set(run.public_heldout) == {first, second}
+    assert run.mixing[first].conversations == len(got[first])
+    assert "persona " + first in run.mixing[first].source

@@ -75,6 +75,19 @@ def test_public_centroids_and_one_noisy_choice_per_device_recover_the_personas()
     assert adjusted_rand_index(truth, picks) > 0.9
     # named after the personas the public users declare: each device lands in its own persona's slot
     assert np.mean([p == names[t] for p, t in zip(picks, truth)]) > 0.9
+    # each public user's centroid (what its persona's layered weight is scored on), under the same names
+    assert found.public_groups == {}
+    ids = [f"public-{i}" for i in range(len(public))]
+    grouped = discover_public(
+        np.stack([u.mean(0) for u in public]),
+        np.concatenate(public),
+        names,
+        np.random.default_rng(0),
+        public_personas=[names[j] for j in declared],
+        public_ids=ids,
+    )
+    assert grouped.public_groups == {i: names[j] for i, j in zip(ids, declared)}
+    assert grouped.summary()["public_users_per_persona"] == {n: 2 for n in names}
     other = discover_public(
         np.stack([u.mean(0) for u in public]),
         np.concatenate(public),
@@ -178,6 +191,11 @@ def test_an_inferred_run_discovers_the_desks_personas_from_the_prompts(tmp_path)
     discovery = json.loads((tmp_path / "persona-discovery.json").read_text())
     assert discovery["k"] == 5 and discovery["personas"] == config.persona_names
     assert discovery["public_users"] >= 5 and set(discovery["silhouette_by_k"]) >= {"2", "5", "8"}
+    # every public user placed at a centroid; each persona's layered weight scored on its own public users
+    assert sum(discovery["public_users_per_persona"].values()) == discovery["public_users"]
+    mix = metrics["persona_mix"]
+    assert set(mix) == set(config.persona_names)
+    assert all(m["source"] == f"public held-out conversations of persona {p}" for p, m in mix.items())
     truth = {c.user_id: c.persona for c in conversations(config)}
     users = user_ids(config)
     chosen = []

@@ -11,8 +11,10 @@ so ``w = 0`` publishes the global adapter and ``w = 1`` the persona adapter as t
 the family runs from one end to the other through ``(B_g + w dB)(A_g + w dA)``.
 
 The weight ``w_p`` is chosen on public data only (``persona_mix = "auto"``): the held-out part of the public
-conversations (:func:`fedpers.warmstart.public_split`) that declare persona ``p`` — all public held-out
-conversations when none does (inferred personas, a public JSONL without personas) — scored, for every ``w`` in
+conversations (:func:`fedpers.warmstart.public_split`) of persona ``p`` — those that declare it, or, with
+inferred personas chosen from the prompts, those of the public users the server's clean clustering placed at
+``p``'s centroid (:class:`fedpers.personas.prompt_choice.PublicDiscovery`); all public held-out conversations when
+none is (IFCA's choice with a public JSONL without personas) — scored, for every ``w`` in
 :data:`MIX_GRID`, by token-weighted held-out loss; the smallest loss wins, ties to the smaller ``w`` (towards
 the adapter everyone taught). No device's data is touched, so the choice spends no privacy budget and no ledger
 records it. Without public data ``auto`` keeps ``w = 1``; a number in ``[0, 1]`` fixes ``w`` for every persona.
@@ -121,7 +123,7 @@ def choose_weights(
         source = (
             f"public held-out conversations of persona {persona}"
             if own
-            else "all public held-out conversations (none declares this persona)"
+            else "all public held-out conversations (none is of this persona)"
         )
         losses = {
             float(w): _loss(env, mixed(adapters[GLOBAL], adapters[persona], w), examples)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -110,6 +110,9 @@ class PublicDiscovery:
     silhouettes: dict[int, float]
     favoured_k: int
     public_users: int
+    # each public user's centroid (by persona name), when the public users' ids were given: the persona whose
+    # layered weight their held-out conversations score (fedpers.personas.layered)
+    public_groups: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {
@@ -118,6 +121,11 @@ class PublicDiscovery:
             "favoured_k": self.favoured_k,
             "silhouette_by_k": {str(k): round(s, 4) for k, s in self.silhouettes.items()},
             "public_users": self.public_users,
+            "public_users_per_persona": {
+                p: sum(g == p for g in self.public_groups.values()) for p in self.centroids.personas
+            }
+            if self.public_groups
+            else {},
             "bound": self.centroids.bound,
         }
 
@@ -168,12 +176,14 @@ def discover_public(
     rng: np.random.Generator,
     ks: Sequence[int] = DEFAULT_KS,
     public_personas: Sequence[str | None] = (),
+    public_ids: Sequence[str] = (),
 ) -> PublicDiscovery:
     """Centroids for ``personas`` (K = their number) from the public users' unit mean prompt embeddings, the
     silhouette of every K in ``ks`` (and K itself) to justify it, and the bound ``B`` from the public prompts'
     embeddings (:data:`BOUND_QUANTILE`). With the personas the public users declare (``public_personas``),
     each centroid is named after the persona most of its public users declare (:func:`named_order`); the
-    choice of K never reads them. Nothing private is read."""
+    choice of K never reads them. With the public users' ids (``public_ids``, in the order of ``user_means``)
+    each is mapped to the persona of its cluster's centroid (``public_groups``). Nothing private is read."""
     k = len(personas)
     tried = sorted({*(j for j in ks if j <= len(user_means)), k})
     if k > len(user_means):
@@ -188,6 +198,10 @@ def discover_public(
         if len(public_personas)
         else list(range(k))
     )
+    if len(public_ids) and len(public_ids) != len(user_means):
+        raise ValueError(f"{len(public_ids)} public user ids for {len(user_means)} public users")
+    position = {cluster: i for i, cluster in enumerate(order)}
+    groups = {u: personas[position[int(c)]] for u, c in zip(public_ids, chosen.labels)}
     centroids = unit_rows(np.asarray(chosen.centroids, np.float64)[order])
     v = np.asarray(public_prompts, np.float64) @ (centroids - centroids.mean(0)).T
     bound = float(np.quantile(np.linalg.norm(v, axis=1), BOUND_QUANTILE))
@@ -196,4 +210,5 @@ def discover_public(
         {c.k: c.silhouette for c in found},
         best.clusters,
         len(user_means),
+        groups,
     )

@@ -100,4 +100,5 @@ def public_persona_discovery(
         config.persona_names,
         np.random.default_rng(config.model.seed),
         public_personas=[u.persona for u in users],
+        public_ids=[u.user_id for u in users],
     )
