@@ -61,13 +61,18 @@ def test_public_centroids_and_one_noisy_choice_per_device_recover_the_personas()
     centres = unit_rows(rng.normal(size=(5, 64)))
     public, declared = _clustered(rng, centres, 2, 0.3, 20)
     names = [f"p{j}" for j in range(5)]
-    found = discover_public(
-        np.stack([u.mean(0) for u in public]),
-        np.concatenate(public),
-        names,
-        np.random.default_rng(0),
-        public_personas=[names[j] for j in declared],
-    )
+    ids = [f"public-{i}" for i in range(len(public))]
+
+    def discover(personas, **named):
+        return discover_public(
+            np.stack([u.mean(0) for u in public]),
+            np.concatenate(public),
+            personas,
+            np.random.default_rng(0),
+            **named,
+        )
+
+    found = discover(names, public_personas=[names[j] for j in declared], public_ids=ids)
     assert found.favoured_k == 5 and "the public data favours the same K" in found.explain()
     assert set(found.silhouettes) == set(range(2, 9))
     devices, truth = _clustered(rng, centres, 12, 0.3, 20)
@@ -76,24 +81,10 @@ def test_public_centroids_and_one_noisy_choice_per_device_recover_the_personas()
     # named after the personas the public users declare: each device lands in its own persona's slot
     assert np.mean([p == names[t] for p, t in zip(picks, truth)]) > 0.9
     # each public user's centroid (what its persona's layered weight is scored on), under the same names
-    assert found.public_groups == {}
-    ids = [f"public-{i}" for i in range(len(public))]
-    grouped = discover_public(
-        np.stack([u.mean(0) for u in public]),
-        np.concatenate(public),
-        names,
-        np.random.default_rng(0),
-        public_personas=[names[j] for j in declared],
-        public_ids=ids,
-    )
-    assert grouped.public_groups == {i: names[j] for i, j in zip(ids, declared)}
-    assert grouped.summary()["public_users_per_persona"] == {n: 2 for n in names}
-    other = discover_public(
-        np.stack([u.mean(0) for u in public]),
-        np.concatenate(public),
-        ["a", "b", "c"],
-        np.random.default_rng(0),
-    )
+    assert found.public_groups == {i: names[j] for i, j in zip(ids, declared)}
+    assert found.summary()["public_users_per_persona"] == {n: 2 for n in names}
+    other = discover(["a", "b", "c"])
+    assert other.public_groups == {} and other.summary()["public_users_per_persona"] == {}
     assert len(other.centroids.personas) == 3 and "favours K = 5" in other.explain()
 
 
@@ -195,7 +186,9 @@ def test_an_inferred_run_discovers_the_desks_personas_from_the_prompts(tmp_path)
     assert sum(discovery["public_users_per_persona"].values()) == discovery["public_users"]
     mix = metrics["persona_mix"]
     assert set(mix) == set(config.persona_names)
-    assert all(m["source"] == f"public held-out conversations of persona {p}" for p, m in mix.items())
+    assert all(
+        m["source"] == f"public held-out conversations of persona {p}" for p, m in mix.items()
+    )
     truth = {c.user_id: c.persona for c in conversations(config)}
     users = user_ids(config)
     chosen = []
