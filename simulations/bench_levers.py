@@ -263,14 +263,22 @@ def report(result: dict, base: dict) -> list[str]:
     rows = result["rows"]
     if "default settings" in rows:
         d = rows["default settings"]
-        best = max(rows, key=lambda n: rows[n]["kept"])
+        most = max(rows, key=lambda n: rows[n]["kept"])
+        lowest = min(rows, key=lambda n: rows[n]["dp"])
+        against = (result["base"] - rows[most]["dp"]) / (result["base"] - d["nodp"])
         lines += [
             "",
             f"Read from the rows: with the default settings the public warm start alone gives "
             f"{100 * (result['base'] - d['start']) / (result['base'] - d['nodp']):.0f} % of the non-private gain "
             f"and the private rounds add {100 * (d['start'] - d['dp']) / (result['base'] - d['nodp']):.0f} points "
-            f"to it ({100 * d['rounds_kept']:.0f} % of what the same rounds add without DP). Most kept: {best} "
-            f"({100 * rows[best]['kept']:.0f} %).",
+            f"to it ({100 * d['rounds_kept']:.0f} % of what the same rounds add without DP). Lowest DP persona "
+            f"loss: {lowest} ({rows[lowest]['dp']:.3f}). Most kept: {most} ({100 * rows[most]['kept']:.0f} % of its "
+            f"own non-private gain; {100 * against:.0f} % of the default settings' non-private gain"
+            + (
+                ": a lever that also slows learning without DP keeps a larger share of a smaller gain)."
+                if most != lowest
+                else ")."
+            ),
         ]
     return lines
 
