@@ -248,8 +248,8 @@ def report(result: dict, base: dict) -> list[str]:
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.",
         "",
         f"Base model held-out loss: {result['base']:.3f}. Kept = (base - DP) / (base - non-DP). Start: the loss "
-        "both runs start from (the public warm start, which no device's data touches, or the base model without "
-        "it); the private rounds' part = (start - DP) / (start - non-DP), what the rounds themselves keep of "
+        "both runs start from (the public warm start, which no device's data touches, trained under the lever's "
+        "settings too, or the base model without it); the private rounds' part = (start - DP) / (start - non-DP), what the rounds themselves keep of "
         "what they add without DP.",
         "",
         "| lever | start | non-DP persona loss | DP persona loss | kept | private rounds' part | wall time DP + non-DP (s) |",
