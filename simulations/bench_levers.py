@@ -215,10 +215,12 @@ def measure(base: dict, personas: list[str], levers: dict[str, dict]) -> dict:
             for persona, ids in users.items():
                 pdatas = [attach_trunk(user_data(config, u, env), env, cache) for u in ids]
                 losses.append(heldout_loss(env, pdatas, out["adapters"][persona]))
-                starts.append(heldout_loss(env, pdatas, out["start"]))
+                if not dp:  # both runs start from the same adapters: scored once
+                    starts.append(heldout_loss(env, pdatas, out["start"]))
                 weights.append(sum(len(d.heldout) for d in pdatas))
             row["dp" if dp else "nodp"] = float(np.average(losses, weights=weights))
-            row["start"] = float(np.average(starts, weights=weights))
+            if not dp:
+                row["start"] = float(np.average(starts, weights=weights))
             row[("dp" if dp else "nodp") + "_seconds"] = time.perf_counter() - started
         row["kept"] = (base_loss - row["dp"]) / (base_loss - row["nodp"])
         # the private rounds' own part: from where both runs start (the warm start, or the base model)

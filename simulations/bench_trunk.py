@@ -224,7 +224,7 @@ def report(r: dict) -> list[str]:
         "",
         f"What bounds the ratio: the LM head (576 × 49,152, tied to the input embeddings) runs forward and backward at "
         f"every assistant position on both paths ({r['head'][1]:.0%} of the positions of a batch here); on one "
-        f"batch of {c.local.batch_size} it takes {r['head'][0]:.2f} s, i.e. {r['head'][0] * c.local.local_steps / ph_c['dp_sgd']:.0%} "
+        f"batch of {c.local.batch_size} it takes {head:.2f} s, i.e. {head / step_c:.0%} "
         f"of a cached DP-SGD step. The cache removes the {r['trunk_layer']} frozen layers' "
         "forward pass and nothing else; the loss and its gradient need the full softmax over the vocabulary.",
         "",
