@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MARK = "embedding-entry"
 SCENARIO = ROOT / "simulations" / "scenarios" / "default.toml"
 SEED = 20261204
-LR_FACTORS = (0.1, 0.3, 1.0)
+LR_FACTORS = (0.3, 1.0, 3.0, 10.0)
 
 
 @dataclass
@@ -200,8 +200,8 @@ def measure(
     for layer in layers:
         ratio = float(initial_prompt(env, k, layer).norm(dim=-1).mean()) / base_norm
         best: Entry | None = None
-        for factor in [1.0] if layer == 0 else factors:
-            lr = config.local.embedding_lr * (ratio * factor if layer else 1.0)
+        for factor in factors:
+            lr = config.local.embedding_lr * ratio * factor
             total, seconds, states_seconds = 0.0, 0.0, 0.0
             for u, data in enumerate(datas):
                 prompt, s, one_off = train_prompt(env, config, data, layer, lr, u)
@@ -233,6 +233,7 @@ def measure(
         "trunk_layer": env.trunk_layer,
         "users": [d.user_id for d in datas],
         "heldout_tokens": tokens,
+        "factors": list(factors),
         "config": config,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -255,10 +256,11 @@ def report(result: dict, command: str) -> list[str]:
         f"over their {result['heldout_tokens']} held-out assistant tokens. Entry layer 0 is the project's "
         "user embedding (prepended to the input embeddings); above 0 the prompt is prepended to the states "
         "entering that layer and each step runs only the layers from there up; the learning rate of each "
-        "entry is the best of "
-        + ", ".join(f"{f:g}" for f in LR_FACTORS)
-        + " times the norm-scaled one, chosen on the held-out data it is scored on (optimistic for the "
-        f"moved prompts). Machine: {platform.machine()}, {result['threads']} torch threads, torch "
+        "entry (the input's included) is the best of "
+        + ", ".join(f"{f:g}" for f in result["factors"])
+        + f" times the scenario's {config.local.embedding_lr:g} scaled by the ratio of the prompt's norm "
+        "to the token embeddings', chosen on the held-out data it is scored on (the same search for "
+        f"every entry, optimistic for all alike). Machine: {platform.machine()}, {result['threads']} torch threads, torch "
         f"{result['torch']}.",
         "",
         "| prompt enters at | layers run per step | learning rate | held-out gain (nats) | share of the "
@@ -301,10 +303,14 @@ def conclusion(result: dict) -> str:
     keeping = [r for r in rows[1:] if r.gain >= 0.95 * first.gain]
     if keeping:
         fastest = min(keeping, key=lambda r: r.seconds)
+        below = (
+            "the trunk cache's states"
+            if fastest.layer == trunk
+            else f"states of its own below it ({fastest.states_seconds:.1f} s per user, once)"
+        )
         text += (
             f"The cheapest entry that keeps at least 95 % of it is layer {fastest.layer}, "
-            f"{first.seconds / fastest.seconds:.2f}× faster, and it needs states of its own below it "
-            f"({fastest.states_seconds:.1f} s per user, once)."
+            f"{first.seconds / fastest.seconds:.2f}× faster, with {below}."
         )
     else:
         text += "No entry above the input keeps 95 % of it."

@@ -70,6 +70,7 @@ def test_report_states_shares_and_speed_from_the_rows(setup):
         "users": ["a", "b"],
         "heldout_tokens": 100,
         "config": copy.deepcopy(config),
+        "factors": [1.0],
         "threads": 2,
         "torch": "x",
     }
@@ -79,4 +80,8 @@ def test_report_states_shares_and_speed_from_the_rows(setup):
         in text
     )
     assert "keeps 40 % of the gain" in text
-    assert "cheapest entry that keeps at least 95 % of it is layer 2, 1.33× faster" in text
+    assert (
+        "cheapest entry that keeps at least 95 % of it is layer 2, 1.33× faster, with states of its own"
+        in text
+    )
+    assert "largest gain" not in text
