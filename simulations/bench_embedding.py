@@ -293,6 +293,13 @@ def conclusion(result: dict) -> str:
     rows, trunk = result["rows"], result["trunk_layer"]
     first = rows[0]
     text = f"The input prompt gains {first.gain:.3f} nats in {first.seconds:.1f} s per user. "
+    best = max(rows, key=lambda r: r.gain)
+    if best is not first:
+        text += (
+            f"The largest gain is layer {best.layer}'s, {best.gain:.3f} nats "
+            f"({_share(best.gain, first.gain)} of the input prompt's), "
+            f"{first.seconds / best.seconds:.2f}× faster. "
+        )
     cached = next((r for r in rows if r.layer == trunk), None)
     if cached is not None:
         text += (

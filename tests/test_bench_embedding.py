@@ -85,3 +85,9 @@ def test_report_states_shares_and_speed_from_the_rows(setup):
         in text
     )
     assert "largest gain" not in text
+    rows[1].gain = 0.5
+    text = "\n".join(bench.report(result, "cmd"))
+    assert (
+        "The largest gain is layer 2's, 0.500 nats (200 % of the input prompt's), 1.33× faster."
+        in text
+    )
