@@ -72,13 +72,16 @@ def chat(
     base, tokenizer = load_base_model(config.model.model)
     lm = attach_lora(base, config.lora())
     stored = device.embedding() if use_embedding else None
-    embedding = None
+    embedding, layer = None, 0
     if stored is not None:
-        weight = load_tensors(stored)["embedding"]
+        tensors = load_tensors(stored)
+        weight = tensors["embedding"]
+        # the layer its prompt was trained to enter (an embedding saved without one entered the input)
+        layer = int(tensors["layer"].item()) if "layer" in tensors else 0
         embedding = UserEmbedding(weight.shape[0], weight.shape[1])
         with torch.no_grad():
             embedding.embedding.weight.copy_(weight)
-    model = PersonalizedLM(lm, embedding)
+    model = PersonalizedLM(lm, embedding, layer)
     trained = set(info.get("trained_personas", []))
     available = [p for p in config.persona_names if p in adapters and p in trained]
     declared = _declared(device, config.persona_names)

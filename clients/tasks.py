@@ -45,7 +45,11 @@ from fedpers.federated import FederatedConfig
 from fedpers.instructions import PERSONA_INDEX, RoundInstructions
 from fedpers.local import LocalTrainConfig, set_trainable, train_local
 from fedpers.models import load_adapter_arrays
-from fedpers.models.environment import ModelEnvironment, model_environment
+from fedpers.models.environment import (
+    ModelEnvironment,
+    embedding_learning_rate,
+    model_environment,
+)
 from fedpers.personas.encoder import INSTALL_HINT
 from fedpers.personas.prompt_choice import PromptCentroids
 from fedpers.personas.router_data import opening_turn
@@ -200,15 +204,25 @@ def _adapters_info(instructions: RoundInstructions) -> dict:
 
 
 def _load_embedding(env: ModelEnvironment, state: ClientState) -> None:
+    """The user's embedding as last saved, or the public initial one: also when the saved one entered another
+    layer (the ``embedding_layer`` setting changed), where its vectors would mean nothing."""
     stored = state.embedding()
-    weight = load_tensors(stored)["embedding"] if stored is not None else env.public_embedding
+    tensors = load_tensors(stored) if stored is not None else {}
+    layer = int(tensors["layer"].item()) if "layer" in tensors else 0
+    fits = "embedding" in tensors and layer == env.embedding_layer
+    weight = tensors["embedding"] if fits else env.public_embedding
     with torch.no_grad():
         env.model.user_embedding.embedding.weight.copy_(weight)
 
 
 def _save_embedding(env: ModelEnvironment, state: ClientState) -> None:
     state.save_embedding(
-        save_tensors({"embedding": env.model.user_embedding.embedding.weight.detach().contiguous()})
+        save_tensors(
+            {
+                "embedding": env.model.user_embedding.embedding.weight.detach().contiguous(),
+                "layer": torch.tensor([env.embedding_layer], dtype=torch.int64),
+            }
+        )
     )
 
 
@@ -374,7 +388,7 @@ def train_upload(task: Task) -> Upload:
         embedding=TrainConfig(
             steps=config.local.embedding_steps,
             batch_size=config.local.batch_size,
-            learning_rate=config.local.embedding_lr,
+            learning_rate=embedding_learning_rate(config, env),
             noise_seed=_noise_seed(config, data.user_id, server_round, "embedding"),
         ),
     )

@@ -116,6 +116,12 @@ class ModelSettings:
     embedding_tokens: int = setting(
         8, "soft-prompt vectors in each user's embedding (stays on the device)"
     )
+    embedding_layer: int = setting(
+        0,
+        "decoder layer the user embedding's prompt enters (0: the input embeddings; at most the first LoRA "
+        "layer); above 0 a pass with it runs only the layers from there, from the user's cached states "
+        "entering it",
+    )
     seed: int = setting(
         0, "seed of the LoRA initialisation and of inferred personas' starting points"
     )
@@ -149,7 +155,11 @@ class LocalSettings:
     batch_size: int = setting(4, "expected Poisson batch size")
     learning_rate: float = setting(2e-2, "Adam learning rate of the LoRA adapter")
     embedding_steps: int = setting(4, "user-embedding steps per client per round (0 = none)")
-    embedding_lr: float = setting(3e-2, "Adam learning rate of the user embedding")
+    embedding_lr: float = setting(
+        3e-2,
+        "Adam learning rate of the user embedding at the input; at a deeper embedding-layer it is scaled by "
+        "the ratio of the public initial prompt's mean norm there to its norm at the input",
+    )
 
 
 @dataclass

@@ -27,10 +27,11 @@ from fedpers.federated import FederatedConfig
 from fedpers.models.chat import EncodedExample, encode_conversations
 from fedpers.models.environment import ModelEnvironment
 from fedpers.models.trunk import (
+    layer_states,
     states_from_bytes,
     states_to_bytes,
     trunk_key,
-    trunk_states,
+    with_entry,
     with_trunk,
 )
 
@@ -46,6 +47,10 @@ class UserData:
     def has_trunk(self) -> bool:
         return all(e.trunk is not None for e in (*self.train, *self.heldout))
 
+    def has_entry(self, layer: int) -> bool:
+        """Every example carries the states entering ``layer`` (the user embedding's entry; 0 needs none)."""
+        return layer == 0 or all(e.entry_layer == layer for e in (*self.train, *self.heldout))
+
 
 class ActivationCache(Protocol):
     """Where a user's cached trunk states are kept between messages and runs (the simulated device's
@@ -59,27 +64,39 @@ class ActivationCache(Protocol):
 def attach_trunk(
     data: UserData, env: ModelEnvironment, cache: ActivationCache | None = None
 ) -> UserData:
-    """``data`` with every example carrying its frozen trunk state (:mod:`fedpers.models.trunk`).
+    """``data`` with every example carrying its frozen trunk state (:mod:`fedpers.models.trunk`), and the
+    states entering the user embedding's entry layer when that is above the input.
 
     Computed once per user, model and LoRA placement: kept on ``data`` itself (the process's cached
     copy), and in ``cache`` when given, keyed by the base model, the layer and the token ids, so a
     changed model or data set never reuses stale states. Without a cacheable trunk (an unsupported
     architecture, LoRA on layer 0) ``data`` is returned unchanged and every pass takes the full path.
     """
-    layer = env.trunk_layer
-    if layer is None or data.has_trunk:
+    layer, entry = env.trunk_layer, env.embedding_layer
+    if layer is None or (data.has_trunk and data.has_entry(entry)):
         return data
     examples = [*data.train, *data.heldout]
-    key = trunk_key(env.model_id, layer, examples)
-    stored = cache.activations(key) if cache is not None else None
-    states = states_from_bytes(stored) if stored is not None else None
-    if states is None or len(states) != len(examples):
-        states = trunk_states(env.model.lm, examples, env.pad_token_id, layer)
-        if cache is not None:
-            cache.save_activations(key, states_to_bytes(states))
+    layers = [layer] + ([entry] if 0 < entry < layer else [])
+    keys = {at: trunk_key(env.model_id, at, examples) for at in layers}
+    states: dict[int, list] = {}
+    for at, key in keys.items():
+        stored = cache.activations(key) if cache is not None else None
+        found = states_from_bytes(stored) if stored is not None else None
+        if found is not None and len(found) == len(examples):
+            states[at] = found
+    missing = [at for at in layers if at not in states]
+    if missing:
+        computed = layer_states(env.model.lm, examples, env.pad_token_id, missing)
+        for at in missing:
+            states[at] = computed[at]
+            if cache is not None:
+                cache.save_activations(keys[at], states_to_bytes(computed[at]))
     cut = len(data.train)
-    data.train = with_trunk(data.train, states[:cut], layer)
-    data.heldout = with_trunk(data.heldout, states[cut:], layer)
+    data.train = with_trunk(data.train, states[layer][:cut], layer)
+    data.heldout = with_trunk(data.heldout, states[layer][cut:], layer)
+    if entry > 0:
+        data.train = with_entry(data.train, states[entry][:cut], entry)
+        data.heldout = with_entry(data.heldout, states[entry][cut:], entry)
     return data
 
 

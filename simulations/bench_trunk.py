@@ -57,6 +57,7 @@ def _round(config, env, initial, data, seed: int, embedding: bool) -> dict[str, 
     from fedpers.evaluation import evaluate
     from fedpers.local import set_trainable
     from fedpers.models import load_adapter_arrays
+    from fedpers.models.environment import embedding_learning_rate
     from fedpers.privacy import DPConfig, PrivacyLedger, TrainConfig, train
 
     model, pad = env.model, env.pad_token_id
@@ -89,7 +90,9 @@ def _round(config, env, initial, data, seed: int, embedding: bool) -> dict[str, 
         set_trainable(model, lora=False, embedding=True)
         model.use_user_embedding = True
         out["embedding"] = phase(
-            config.local.embedding_steps, config.local.embedding_lr, DPConfig(enabled=False)
+            config.local.embedding_steps,
+            embedding_learning_rate(config, env),
+            DPConfig(enabled=False),
         )
         set_trainable(model, lora=False, embedding=False)
         model.use_user_embedding = False

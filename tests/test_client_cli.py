@@ -333,6 +333,6 @@ def test_trunk_states_are_computed_once_and_kept_encrypted_in_the_store(
     def recomputed(*a, **k):
         raise AssertionError("trunk states recomputed although the store holds them")
 
-    monkeypatch.setattr(userdata, "trunk_states", recomputed)
+    monkeypatch.setattr(userdata, "layer_states", recomputed)
     assert not client_train(round_message(2), _context(store)).has_error()
     assert store.activations(key) == data

@@ -23,6 +23,9 @@ class EncodedExample:
     labels: tuple[int, ...]
     trunk: torch.Tensor | None = field(default=None, compare=False, repr=False)
     trunk_layer: int | None = field(default=None, compare=False)
+    # the frozen hidden state entering the layer the user embedding's prompt enters (below the trunk's)
+    entry: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    entry_layer: int | None = field(default=None, compare=False)
 
 
 def conversation_messages(conversation, system_prompt: str | None = None) -> list[dict[str, str]]:
@@ -113,7 +116,8 @@ def collate(examples: Sequence[EncodedExample], pad_token_id: int) -> dict:
     """Right-pad a batch; padded positions get attention 0 and label ``IGNORE_INDEX``.
 
     When every example carries its trunk state from the same layer, the batch also holds them
-    (``trunk``, zero-padded, and ``trunk_layer``)."""
+    (``trunk``, zero-padded, and ``trunk_layer``); likewise the user embedding's entry states
+    (``entry``, ``entry_layer``)."""
     length = max((len(e.input_ids) for e in examples), default=1)
     batch = len(examples)
     input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
@@ -125,13 +129,14 @@ def collate(examples: Sequence[EncodedExample], pad_token_id: int) -> dict:
         labels[row, :n] = torch.tensor(e.labels)
         attention[row, :n] = 1
     batch_out: dict = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-    states = [e.trunk for e in examples]
-    layers = {e.trunk_layer for e in examples}
-    if examples and len(layers) == 1 and None not in layers:
-        present = [t for t in states if t is not None]
-        if len(present) == len(examples):
-            trunk = torch.zeros((batch, length, present[0].shape[-1]), dtype=present[0].dtype)
-            for row, state in enumerate(present):
-                trunk[row, : state.shape[0]] = state
-            batch_out["trunk"], batch_out["trunk_layer"] = trunk, layers.pop()
+    for name in ("trunk", "entry"):
+        states = [getattr(e, name) for e in examples]
+        layers = {getattr(e, f"{name}_layer") for e in examples}
+        if examples and len(layers) == 1 and None not in layers:
+            present = [t for t in states if t is not None]
+            if len(present) == len(examples):
+                padded = torch.zeros((batch, length, present[0].shape[-1]), dtype=present[0].dtype)
+                for row, state in enumerate(present):
+                    padded[row, : state.shape[0]] = state
+                batch_out[name], batch_out[f"{name}_layer"] = padded, layers.pop()
     return batch_out

@@ -5,7 +5,10 @@ user embedding prepended when it is in use). The *trunk* path starts from the ca
 entering the first LoRA layer (:mod:`fedpers.models.trunk`) and runs only the layers above; it is
 taken whenever the batch carries them and the user embedding is not in use, which is the case for
 DP-SGD on the LoRA adapter, the private clipping estimate, the private persona choice and LoRA-only
-evaluation. The user-embedding phase and evaluation with the embedding take the full path.
+evaluation. The user-embedding phase and evaluation with the embedding take the full path when the
+prompt enters at the input (``embedding_layer = 0``); with a deeper entry layer ``m`` they start from
+the cached states entering ``m`` (or compute them, without gradient: nothing below ``m`` depends on
+the prompt or trains) and run layers ``m..N-1`` with the prompt prepended there.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from fedpers.models.chat import IGNORE_INDEX
 from fedpers.models.trunk import causal_lm_parts, first_adapted_layer, run_layers
 from fedpers.models.user_embedding import UserEmbedding
 
-FULL, TRUNK = "full", "trunk"
+FULL, TRUNK, ENTRY = "full", "trunk", "entry"
 
 
 class PersonalizedLM(nn.Module):
@@ -31,10 +34,14 @@ class PersonalizedLM(nn.Module):
     weighs the same regardless of its length or its batch mates (unlike ``labels=`` in transformers).
     """
 
-    def __init__(self, lm: nn.Module, user_embedding: UserEmbedding | None = None) -> None:
+    def __init__(
+        self, lm: nn.Module, user_embedding: UserEmbedding | None = None, embedding_layer: int = 0
+    ) -> None:
         super().__init__()
         self.lm = lm
         self.user_embedding = user_embedding
+        # the decoder layer the user embedding's prompt enters (0: prepended to the input embeddings)
+        self.embedding_layer = embedding_layer
         self.use_user_embedding = user_embedding is not None
         # the LoRA placement is fixed once attached
         self.trunk_layer = first_adapted_layer(lm)
@@ -49,6 +56,8 @@ class PersonalizedLM(nn.Module):
         labels: torch.Tensor,
         trunk: torch.Tensor | None = None,
         trunk_layer: int | None = None,
+        entry: torch.Tensor | None = None,
+        entry_layer: int | None = None,
     ) -> torch.Tensor:
         backbone, head = causal_lm_parts(self.lm)
         if trunk is not None and not self.use_user_embedding:
@@ -60,12 +69,39 @@ class PersonalizedLM(nn.Module):
             self.last_path = TRUNK
             hidden = run_layers(backbone, trunk.to(labels.device), attention_mask, trunk_layer)
         else:
-            self.last_path = FULL
-            hidden = self.hidden_states(input_ids, attention_mask)
+            hidden = self.hidden_states(input_ids, attention_mask, entry, entry_layer)
         return sequence_losses(hidden, labels, head)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        entry: torch.Tensor | None = None,
+        entry_layer: int | None = None,
+    ) -> torch.Tensor:
+        """The final normed hidden states at the sequence's positions (the user embedding's prompt, when in
+        use, enters at ``embedding_layer``; ``entry``: the cached states entering it, if ``entry_layer`` is it)."""
         backbone, _ = causal_lm_parts(self.lm)
+        m = self.embedding_layer
+        if self.use_user_embedding and self.user_embedding is not None and m > 0:
+            self.last_path = ENTRY
+            if entry is not None and entry_layer == m:
+                hidden = entry.to(attention_mask.device)
+            else:
+                with torch.no_grad():
+                    embeds = cast(Any, self.lm).get_input_embeddings()(input_ids)
+                    hidden = run_layers(backbone, embeds, attention_mask, 0, m)
+            soft = self.user_embedding(input_ids.shape[0]).to(hidden.dtype)
+            prefix = soft.shape[1]
+            ones = torch.ones(
+                (input_ids.shape[0], prefix),
+                dtype=attention_mask.dtype,
+                device=attention_mask.device,
+            )
+            joined = torch.cat([soft, hidden], dim=1)
+            out = run_layers(backbone, joined, torch.cat([ones, attention_mask], dim=1), m)
+            return out[:, prefix:, :]
+        self.last_path = FULL
         embeds = cast(Any, self.lm).get_input_embeddings()(input_ids)
         prefix = 0
         if self.use_user_embedding and self.user_embedding is not None:

@@ -12,9 +12,11 @@ Attention is causal and batches are right-padded, so the states at a sequence's 
 not depend on its padding or its batch mates: ``h_k`` is kept per example without padding and
 re-padded with zeros per batch (padded positions are masked out and carry no label).
 
-The user embedding is a soft prompt at the input: it changes every ``h_i``, so any forward pass
-that uses it (the user-embedding phase of local training, evaluation with the embedding) takes the
-full path from the token ids. :class:`fedpers.models.personalized.PersonalizedLM` picks the path.
+The user embedding is a soft prompt entering layer ``m`` (``embedding_layer``, at most ``k``): it
+changes every ``h_i`` with ``i > m`` and none below. At ``m = 0`` (the input) any forward pass that uses
+it takes the full path from the token ids; above 0 it starts from ``h_m``, cached like ``h_k``
+(:func:`layer_states` computes both in one pass, :func:`with_entry` attaches it).
+:class:`fedpers.models.personalized.PersonalizedLM` picks the path.
 
 Supported: decoders with Llama's layout (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``,
 token embeddings fed unscaled into the first layer); other architectures keep the full path.
@@ -110,14 +112,33 @@ def trunk_states(
     batch_size: int = 16,
 ) -> list[torch.Tensor]:
     """``h_layer`` of every example, ``[length, hidden]`` each, without padding (float32)."""
+    return layer_states(lm, examples, pad_token_id, [layer], batch_size)[layer]
+
+
+@torch.no_grad()
+def layer_states(
+    lm: nn.Module,
+    examples: Sequence[EncodedExample],
+    pad_token_id: int,
+    layers: Sequence[int],
+    batch_size: int = 16,
+) -> dict[int, list[torch.Tensor]]:
+    """``h_l`` of every example for each ``l`` in ``layers`` (one pass up to the highest), as
+    :func:`trunk_states` gives them."""
     backbone, _ = causal_lm_parts(lm)
     embed = cast(Any, backbone).embed_tokens
-    states: list[torch.Tensor] = []
+    wanted = sorted(set(layers))
+    states: dict[int, list[torch.Tensor]] = {layer: [] for layer in wanted}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = collate(chunk, pad_token_id)
-        hidden = run_layers(backbone, embed(batch["input_ids"]), batch["attention_mask"], 0, layer)
-        states += [hidden[i, : len(e.input_ids)].float().contiguous() for i, e in enumerate(chunk)]
+        hidden, at = embed(batch["input_ids"]), 0
+        for layer in wanted:
+            hidden = run_layers(backbone, hidden, batch["attention_mask"], at, layer)
+            at = layer
+            states[layer] += [
+                hidden[i, : len(e.input_ids)].float().contiguous() for i, e in enumerate(chunk)
+            ]
     return states
 
 
@@ -134,6 +155,22 @@ def with_trunk(
                 f"a trunk state of {state.shape[0]} positions for an example of {len(example.input_ids)} tokens"
             )
         out.append(replace(example, trunk=state, trunk_layer=layer))
+    return out
+
+
+def with_entry(
+    examples: Sequence[EncodedExample], states: Sequence[torch.Tensor], layer: int
+) -> list[EncodedExample]:
+    """The examples carrying their cached ``h_layer`` where the user embedding's prompt enters."""
+    if len(examples) != len(states):
+        raise ValueError(f"{len(states)} entry states for {len(examples)} examples")
+    out = []
+    for example, state in zip(examples, states, strict=True):
+        if state.shape[0] != len(example.input_ids):
+            raise ValueError(
+                f"an entry state of {state.shape[0]} positions for an example of {len(example.input_ids)} tokens"
+            )
+        out.append(replace(example, entry=state, entry_layer=layer))
     return out
 
 
