@@ -28,6 +28,8 @@ from fedpers.models.chat import EncodedExample, encode_conversations
 from fedpers.models.environment import ModelEnvironment
 from fedpers.models.trunk import (
     layer_states,
+    layers_from_bytes,
+    layers_to_bytes,
     states_from_bytes,
     states_to_bytes,
     trunk_key,
@@ -76,21 +78,23 @@ def attach_trunk(
     if layer is None or (data.has_trunk and data.has_entry(entry)):
         return data
     examples = [*data.train, *data.heldout]
-    layers = [layer] + ([entry] if 0 < entry < layer else [])
-    keys = {at: trunk_key(env.model_id, at, examples) for at in layers}
-    states: dict[int, list] = {}
-    for at, key in keys.items():
-        stored = cache.activations(key) if cache is not None else None
-        found = states_from_bytes(stored) if stored is not None else None
-        if found is not None and len(found) == len(examples):
-            states[at] = found
-    missing = [at for at in layers if at not in states]
-    if missing:
-        computed = layer_states(env.model.lm, examples, env.pad_token_id, missing)
-        for at in missing:
-            states[at] = computed[at]
-            if cache is not None:
-                cache.save_activations(keys[at], states_to_bytes(computed[at]))
+    layers = sorted({layer} | ({entry} if 0 < entry < layer else set()))
+    # one cached item per user and setting (a device's store keeps one): the trunk's states alone, or
+    # the entry layer's and the trunk's together under a key naming both
+    key = trunk_key(env.model_id, layer if len(layers) == 1 else layers, examples)
+    stored = cache.activations(key) if cache is not None else None
+    states: dict[int, list] | None = None
+    if stored is not None:
+        states = (
+            {layer: states_from_bytes(stored)} if len(layers) == 1 else layers_from_bytes(stored)
+        )
+        if sorted(states) != layers or any(len(s) != len(examples) for s in states.values()):
+            states = None
+    if states is None:
+        states = layer_states(env.model.lm, examples, env.pad_token_id, layers)
+        if cache is not None:
+            blob = states_to_bytes(states[layer]) if len(layers) == 1 else layers_to_bytes(states)
+            cache.save_activations(key, blob)
     cut = len(data.train)
     data.train = with_trunk(data.train, states[layer][:cut], layer)
     data.heldout = with_trunk(data.heldout, states[layer][cut:], layer)

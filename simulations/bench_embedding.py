@@ -9,7 +9,7 @@ hidden states *entering* layer ``m``::
     h_m = [P ; h_m(x)],    loss = CE(head(f_{L-1} o ... o f_m(h_m))[k:], targets)
 
 where ``h_m(x)`` are the conversation's states entering layer ``m`` without the prompt (fixed: computed once,
-like the trunk cache; for ``m = 0`` the token embeddings, which is exactly the project's user embedding), so a
+like the trunk cache; for ``m = 0`` the token embeddings, which is exactly the user embedding at ``embedding_layer = 0``), so a
 step runs only layers ``m .. L-1`` and the head. ``m`` = the first LoRA layer is the cached path itself: no
 second cache, the cost of a DP-SGD step. The prompt starts from the states entering layer ``m`` of the public
 initialisation text (:data:`fedpers.models.user_embedding.PUBLIC_INIT_TEXT`, data-independent, as the project's
@@ -253,8 +253,8 @@ def report(result: dict, command: str) -> list[str]:
         f"{config.server.rounds} rounds, expected batch {config.local.batch_size}, Adam reset each round), on "
         f"the public warm start adapter; {len(result['users'])} users (one per persona), the same Poisson "
         f"samples for every variant; gain = held-out loss without the prompt minus with it, token-weighted "
-        f"over their {result['heldout_tokens']} held-out assistant tokens. Entry layer 0 is the project's "
-        "user embedding (prepended to the input embeddings); above 0 the prompt is prepended to the states "
+        f"over their {result['heldout_tokens']} held-out assistant tokens. Entry layer 0 is the "
+        "user embedding at the input (`embedding-layer = 0`, prepended to the input embeddings); above 0 the prompt is prepended to the states "
         "entering that layer and each step runs only the layers from there up; the learning rate of each "
         "entry (the input's included) is the best of "
         + ", ".join(f"{f:g}" for f in result["factors"])

@@ -93,7 +93,8 @@ def test_attach_trunk_adds_the_entry_states_once_and_reuses_the_cache(examples, 
         def activations(self, key):
             return store.get(key)
 
-        def save_activations(self, key, data):
+        def save_activations(self, key, data):  # one item, as a device's store keeps
+            store.clear()
             store[key] = data
 
     data = attach_trunk(UserData("u", None, list(examples[:4]), list(examples[4:6])), env, Cache())
@@ -102,7 +103,9 @@ def test_attach_trunk_adds_the_entry_states_once_and_reuses_the_cache(examples, 
         assert e.entry_layer == 1 and e.trunk_layer == 3
         torch.testing.assert_close(e.entry, expected[1][i], rtol=0, atol=0)
         torch.testing.assert_close(e.trunk, expected[3][i], rtol=0, atol=0)
-    assert len(store) == 2  # one entry per layer
+    assert (
+        len(store) == 1
+    )  # one item (a device store keeps one): both layers under a key naming them
 
     import fedpers.userdata as userdata
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -174,9 +174,10 @@ def with_entry(
     return out
 
 
-def trunk_key(model_id: str, layer: int, examples: Sequence[EncodedExample]) -> str:
-    """What a cached set of trunk states depends on: the base model, the layer and the token ids."""
-    h = hashlib.sha256(f"{model_id}\0{layer}\0".encode())
+def trunk_key(model_id: str, layer: int | Sequence[int], examples: Sequence[EncodedExample]) -> str:
+    """What a cached set of trunk states depends on: the base model, the layer (or layers) and the token ids."""
+    layers = layer if isinstance(layer, int) else ",".join(str(x) for x in sorted(layer))
+    h = hashlib.sha256(f"{model_id}\0{layers}\0".encode())
     for e in examples:
         h.update(len(e.input_ids).to_bytes(4, "little"))
         h.update(b"".join(int(t).to_bytes(4, "little") for t in e.input_ids))
@@ -195,3 +196,29 @@ def states_from_bytes(data: bytes) -> list[torch.Tensor]:
 
     stored = load(data)
     return [stored[k] for k in sorted(stored)]
+
+
+def layers_to_bytes(states: Mapping[int, Sequence[torch.Tensor]]) -> bytes:
+    """The states of several layers in one safetensors blob (no pickle): ``<layer>-<index>`` names."""
+    from safetensors.torch import save
+
+    return save(
+        {
+            f"{layer:04d}-{i:06d}": s.contiguous()
+            for layer, xs in states.items()
+            for i, s in enumerate(xs)
+        }
+    )
+
+
+def layers_from_bytes(data: bytes) -> dict[int, list[torch.Tensor]]:
+    from safetensors.torch import load
+
+    stored = load(data)
+    out: dict[int, list[torch.Tensor]] = {}
+    for name in sorted(stored):
+        layer, _, _ = name.partition("-")
+        if not layer.isdigit():
+            raise ValueError(f"cached states: unexpected tensor name {name!r}")
+        out.setdefault(int(layer), []).append(stored[name])
+    return out
