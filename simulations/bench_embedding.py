@@ -107,20 +107,13 @@ def prompt_losses(env, prompt, batch, hidden, layer: int):
 
 
 def initial_prompt(env, k: int, layer: int):
-    """The public initialisation text's ``k`` vectors entering ``layer`` (its token embeddings at 0)."""
-    import torch
+    """The public initialisation text's ``k`` vectors entering ``layer`` (its token embeddings at 0), as a
+    device starts its user embedding there (:func:`fedpers.models.environment.public_prompt`)."""
+    from fedpers.models.environment import public_prompt
+    from fedpers.models.user_embedding import UserEmbedding
 
-    from fedpers.models.trunk import causal_lm_parts, run_layers
-    from fedpers.models.user_embedding import PUBLIC_INIT_TEXT
-
-    backbone, _ = causal_lm_parts(env.model.lm)
-    ids = env.tokenizer(PUBLIC_INIT_TEXT, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([[ids[i % len(ids)] for i in range(k)]])
-    with torch.no_grad():
-        hidden = backbone.get_input_embeddings()(ids)
-        if layer > 0:
-            hidden = run_layers(backbone, hidden, torch.ones_like(ids), 0, layer)
-    return hidden[0].clone()
+    start = UserEmbedding.public_init(k, env.model.lm.get_input_embeddings(), env.tokenizer)
+    return public_prompt(env.model, start, layer)
 
 
 def _heldout(env, prompt, chunks, layer: int) -> tuple[float, int]:

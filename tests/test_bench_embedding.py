@@ -56,6 +56,25 @@ def test_an_empty_prompt_above_layer_zero_is_the_model_without_one(setup):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_deeper_entry_is_the_models_own_entry_path(setup):
+    config, env, data = setup
+    model = env.model
+    prompt = bench.initial_prompt(env, 3, 2)
+    embedding = UserEmbedding(3, prompt.shape[1])
+    with torch.no_grad():
+        embedding.embedding.weight.copy_(prompt + 0.01)
+    saved = (model.user_embedding, model.use_user_embedding, model.embedding_layer)
+    model.user_embedding, model.use_user_embedding, model.embedding_layer = embedding, True, 2
+    try:
+        batch, hidden = bench._states(env, data.train[:4], 2)
+        with torch.no_grad():
+            expected = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            got = bench.prompt_losses(env, prompt + 0.01, batch, hidden, 2)
+    finally:
+        model.user_embedding, model.use_user_embedding, model.embedding_layer = saved
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_report_states_shares_and_speed_from_the_rows(setup):
     config, _, _ = setup
     rows = [

@@ -146,31 +146,32 @@ def with_trunk(
     examples: Sequence[EncodedExample], states: Sequence[torch.Tensor], layer: int
 ) -> list[EncodedExample]:
     """The examples carrying their cached ``h_layer``."""
-    if len(examples) != len(states):
-        raise ValueError(f"{len(states)} trunk states for {len(examples)} examples")
-    out = []
-    for example, state in zip(examples, states, strict=True):
-        if state.shape[0] != len(example.input_ids):
-            raise ValueError(
-                f"a trunk state of {state.shape[0]} positions for an example of {len(example.input_ids)} tokens"
-            )
-        out.append(replace(example, trunk=state, trunk_layer=layer))
-    return out
+    return _with_states(examples, states, layer, "trunk")
 
 
 def with_entry(
     examples: Sequence[EncodedExample], states: Sequence[torch.Tensor], layer: int
 ) -> list[EncodedExample]:
     """The examples carrying their cached ``h_layer`` where the user embedding's prompt enters."""
+    return _with_states(examples, states, layer, "entry")
+
+
+def _with_states(
+    examples: Sequence[EncodedExample], states: Sequence[torch.Tensor], layer: int, name: str
+) -> list[EncodedExample]:
     if len(examples) != len(states):
-        raise ValueError(f"{len(states)} entry states for {len(examples)} examples")
+        raise ValueError(f"{len(states)} {name} states for {len(examples)} examples")
     out = []
     for example, state in zip(examples, states, strict=True):
         if state.shape[0] != len(example.input_ids):
             raise ValueError(
-                f"an entry state of {state.shape[0]} positions for an example of {len(example.input_ids)} tokens"
+                f"a {name} state of {state.shape[0]} positions for an example of {len(example.input_ids)} tokens"
             )
-        out.append(replace(example, entry=state, entry_layer=layer))
+        out.append(
+            replace(example, trunk=state, trunk_layer=layer)
+            if name == "trunk"
+            else replace(example, entry=state, entry_layer=layer)
+        )
     return out
 
 
