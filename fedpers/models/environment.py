@@ -81,7 +81,8 @@ def check_embedding_layer(model: PersonalizedLM, layer: int) -> None:
         )
     if layer > model.trunk_layer:
         raise ValueError(
-            f"setting embedding_layer: at most the first LoRA layer ({model.trunk_layer}), got {layer}"
+            f"setting embedding_layer: at most this model's first LoRA layer ({model.trunk_layer}), got "
+            f"{layer}; lower it (0: the input)"
         )
 
 

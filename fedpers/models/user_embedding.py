@@ -1,4 +1,5 @@
-"""The user embedding: k soft-prompt vectors owned by one user, prepended to the input embeddings.
+"""The user embedding: k soft-prompt vectors owned by one user, prepended to the input embeddings, or to the
+hidden states entering a deeper layer (``embedding_layer``, :class:`fedpers.models.personalized.PersonalizedLM`).
 
 It never leaves the device. It is a plain ``nn.Embedding`` looked up with contiguous indices
 expanded per batch, so Opacus's hooks see a batch-first input and compute per-sample gradients
