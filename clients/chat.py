@@ -46,7 +46,6 @@ def chat(
     """Route ``prompt`` to a persona adapter received from the server and answer it greedily; with ``version``
     (a registry version or run directory) holding a learned router, that router picks the adapter."""
     import torch
-    from safetensors.torch import load as load_tensors
 
     from fedpers.adapters import GLOBAL
     from fedpers.federated import FederatedConfig
@@ -74,10 +73,8 @@ def chat(
     stored = device.embedding() if use_embedding else None
     embedding, layer = None, 0
     if stored is not None:
-        tensors = load_tensors(stored)
-        weight = tensors["embedding"]
-        # the layer its prompt was trained to enter (an embedding saved without one entered the input)
-        layer = int(tensors["layer"].item()) if "layer" in tensors else 0
+        # layer: where its prompt was trained to enter
+        weight, layer = UserEmbedding.from_bytes(stored)
         embedding = UserEmbedding(weight.shape[0], weight.shape[1])
         with torch.no_grad():
             embedding.embedding.weight.copy_(weight)

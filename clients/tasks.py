@@ -23,8 +23,6 @@ from logging import ERROR, INFO, WARNING
 import numpy as np
 import torch
 from flwr.common.logger import log
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 from clients.consent import check_participation
 from clients.device import DeviceStore, node_store
@@ -50,6 +48,7 @@ from fedpers.models.environment import (
     embedding_learning_rate,
     model_environment,
 )
+from fedpers.models.user_embedding import UserEmbedding
 from fedpers.personas.encoder import INSTALL_HINT
 from fedpers.personas.prompt_choice import PromptCentroids
 from fedpers.personas.router_data import opening_turn
@@ -207,23 +206,14 @@ def _load_embedding(env: ModelEnvironment, state: ClientState) -> None:
     """The user's embedding as last saved, or the public initial one: also when the saved one entered another
     layer (the ``embedding_layer`` setting changed), where its vectors would mean nothing."""
     stored = state.embedding()
-    tensors = load_tensors(stored) if stored is not None else {}
-    layer = int(tensors["layer"].item()) if "layer" in tensors else 0
-    fits = "embedding" in tensors and layer == env.embedding_layer
-    weight = tensors["embedding"] if fits else env.public_embedding
+    saved, layer = UserEmbedding.from_bytes(stored) if stored is not None else (None, 0)
+    weight = saved if saved is not None and layer == env.embedding_layer else env.public_embedding
     with torch.no_grad():
         env.model.user_embedding.embedding.weight.copy_(weight)
 
 
 def _save_embedding(env: ModelEnvironment, state: ClientState) -> None:
-    state.save_embedding(
-        save_tensors(
-            {
-                "embedding": env.model.user_embedding.embedding.weight.detach().contiguous(),
-                "layer": torch.tensor([env.embedding_layer], dtype=torch.int64),
-            }
-        )
-    )
+    state.save_embedding(env.model.user_embedding.to_bytes(env.embedding_layer))
 
 
 def _noise_seed(

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_tensors
 
 from clients.state import UserState
 from fedpers.adapters import GLOBAL, Adapters
@@ -37,6 +36,7 @@ from fedpers.evaluation import evaluate
 from fedpers.federated import FederatedConfig
 from fedpers.models import load_adapter_arrays
 from fedpers.models.environment import ModelEnvironment, model_environment
+from fedpers.models.user_embedding import UserEmbedding
 from fedpers.personas.assignment import assign_persona
 from fedpers.progress import Stage
 from fedpers.userdata import attach_trunk, conversations, user_data
@@ -79,7 +79,7 @@ class SimulationEvaluator:
         model.use_user_embedding = embedding is not None
         if embedding is not None:
             with torch.no_grad():
-                model.user_embedding.embedding.weight.copy_(load_tensors(embedding)["embedding"])
+                model.user_embedding.embedding.weight.copy_(UserEmbedding.from_bytes(embedding)[0])
         try:
             result = evaluate(model, heldout, env.pad_token_id)
         finally:

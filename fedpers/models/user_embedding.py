@@ -44,6 +44,25 @@ class UserEmbedding(nn.Module):
             module.embedding.weight.copy_(token_embeddings.weight[torch.tensor(ids)])
         return module
 
+    def to_bytes(self, layer: int) -> bytes:
+        """The vectors and the layer they were trained to enter, as a device stores them (safetensors)."""
+        from safetensors.torch import save
+
+        return save(
+            {
+                "embedding": self.embedding.weight.detach().contiguous(),
+                "layer": torch.tensor([layer], dtype=torch.int64),
+            }
+        )
+
+    @staticmethod
+    def from_bytes(data: bytes) -> tuple[torch.Tensor, int]:
+        """``(vectors, entry layer)`` of :meth:`to_bytes`'s output; one saved without a layer entered the input."""
+        from safetensors.torch import load
+
+        tensors = load(data)
+        return tensors["embedding"], int(tensors["layer"].item()) if "layer" in tensors else 0
+
     def save(self, path: Path) -> None:
         save_file({"embedding": self.embedding.weight.detach().contiguous()}, str(path))
 
