@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from fedpers.models.lora import LoraSettings
 
 
+BF16_SETTINGS = ("off", "auto", "on")
+"""Values of the ``bf16`` setting (:mod:`fedpers.models.precision`)."""
+
+
 def setting(default: Any, help: str) -> Any:
     """A setting: its default and the help text ``fedpers simulate --help`` shows."""
     return field(default=default, metadata={"help": help})
@@ -121,6 +125,13 @@ class ModelSettings:
         "decoder layer the user embedding's prompt enters (0: the input embeddings; at most the first LoRA "
         "layer); above 0 a pass with it runs only the layers from there, from the user's cached states "
         "entering it",
+    )
+    bf16: str = setting(
+        "off",
+        "bfloat16 for the frozen computation: the LM head, and every layer of passes that train no LoRA "
+        "parameter (the user-embedding phase, evaluation); DP-SGD's LoRA layers, per-sample gradients, "
+        "clipping and noise stay float32. 'off', 'on', or 'auto': on where the CPU has native bfloat16 "
+        "(AVX512-BF16 or AMX)",
     )
     seed: int = setting(
         0, "seed of the LoRA initialisation and of inferred personas' starting points"
@@ -382,6 +393,10 @@ class FederatedConfig:
             section = getattr(self, s.section)
             setattr(section, s.name, _checked(s, getattr(section, s.name)))
         d, r, p, a = self.dataset, self.server, self.privacy, self.aggregation
+        if self.model.bf16 not in BF16_SETTINGS:
+            raise ValueError(
+                f"setting bf16: one of {', '.join(BF16_SETTINGS)}, got {self.model.bf16!r}"
+            )
         if d.persona_mode not in ("declared", "inferred"):
             raise ValueError(
                 f"setting persona_mode: 'declared' or 'inferred', got {d.persona_mode!r}"

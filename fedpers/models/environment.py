@@ -17,6 +17,7 @@ from fedpers.logs import quiet_libraries
 from fedpers.models.base import load_base_model, resolve_model_dir
 from fedpers.models.lora import LoraSettings, attach_lora
 from fedpers.models.personalized import PersonalizedLM
+from fedpers.models.precision import resolve_bf16
 from fedpers.models.user_embedding import UserEmbedding
 
 
@@ -88,7 +89,11 @@ def check_embedding_layer(model: PersonalizedLM, layer: int) -> None:
 
 @lru_cache(maxsize=2)
 def _model(
-    model_name: str, lora_key: tuple, embedding_tokens: int, embedding_layer: int = 0
+    model_name: str,
+    lora_key: tuple,
+    embedding_tokens: int,
+    embedding_layer: int = 0,
+    bf16: bool = False,
 ) -> ModelEnvironment:
     r, alpha, targets, layers, seed, train_a = lora_key
     quiet_libraries()
@@ -103,6 +108,7 @@ def _model(
     model = PersonalizedLM(peft_model, embedding, embedding_layer)
     check_embedding_layer(model, embedding_layer)
     model.train_lora_a = train_a
+    model.bf16 = bf16
     at_input = embedding.embedding.weight.detach().clone()
     public = public_prompt(model, embedding, embedding_layer)
     with torch.no_grad():
@@ -115,7 +121,11 @@ def model_environment(config: FederatedConfig) -> ModelEnvironment:
     lora = config.lora()
     key = (lora.r, lora.alpha, lora.target_modules, lora.top_layers, lora.init_seed, lora.train_a)
     return _model(
-        config.model.model, key, config.model.embedding_tokens, config.model.embedding_layer
+        config.model.model,
+        key,
+        config.model.embedding_tokens,
+        config.model.embedding_layer,
+        resolve_bf16(config.model.bf16),
     )
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedpers.models.chat import IGNORE_INDEX
+from fedpers.models.precision import FrozenHead
 from fedpers.models.trunk import causal_lm_parts, first_adapted_layer, run_layers
 from fedpers.models.user_embedding import UserEmbedding
 
@@ -48,6 +49,9 @@ class PersonalizedLM(nn.Module):
         self.last_path = ""
         # False: FFA-LoRA, only the B matrices are ever trained (fedpers.local.set_trainable)
         self.train_lora_a = True
+        # bfloat16 for the frozen computation (fedpers.models.precision; the ``bf16`` setting)
+        self.bf16 = False
+        self.frozen_head = FrozenHead()
 
     def forward(
         self,
@@ -60,17 +64,30 @@ class PersonalizedLM(nn.Module):
         entry_layer: int | None = None,
     ) -> torch.Tensor:
         backbone, head = causal_lm_parts(self.lm)
-        if trunk is not None and not self.use_user_embedding:
-            if self.trunk_layer is None or trunk_layer is None or trunk_layer > self.trunk_layer:
-                raise ValueError(
-                    f"trunk states of layer {trunk_layer} do not fit this model "
-                    f"(first LoRA layer {self.trunk_layer})"
-                )
-            self.last_path = TRUNK
-            hidden = run_layers(backbone, trunk.to(labels.device), attention_mask, trunk_layer)
-        else:
-            hidden = self.hidden_states(input_ids, attention_mask, entry, entry_layer)
-        return sequence_losses(hidden, labels, head)
+        with torch.autocast(
+            input_ids.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.frozen()
+        ):
+            if trunk is not None and not self.use_user_embedding:
+                if (
+                    self.trunk_layer is None
+                    or trunk_layer is None
+                    or trunk_layer > self.trunk_layer
+                ):
+                    raise ValueError(
+                        f"trunk states of layer {trunk_layer} do not fit this model "
+                        f"(first LoRA layer {self.trunk_layer})"
+                    )
+                self.last_path = TRUNK
+                hidden = run_layers(backbone, trunk.to(labels.device), attention_mask, trunk_layer)
+            else:
+                hidden = self.hidden_states(input_ids, attention_mask, entry, entry_layer)
+        return sequence_losses(
+            hidden.float(), labels, head, self.frozen_head if self.bf16 else None
+        )
+
+    def frozen(self) -> bool:
+        """No parameter of the language model requires a gradient (its LoRA layers do not train)."""
+        return not any(p.requires_grad for p in self.lm.parameters())
 
     def hidden_states(
         self,
@@ -118,12 +135,20 @@ class PersonalizedLM(nn.Module):
         return out.last_hidden_state[:, prefix:, :]
 
 
-def sequence_losses(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module) -> torch.Tensor:
-    """Mean next-token cross-entropy over each sequence's target tokens; shape ``[batch]``."""
+def sequence_losses(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: nn.Module,
+    frozen_head: FrozenHead | None = None,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over each sequence's target tokens; shape ``[batch]``.
+
+    With ``frozen_head`` the logits are computed in bfloat16 (:mod:`fedpers.models.precision`)."""
     target = labels[:, 1:]
     mask = target != IGNORE_INDEX
     rows, cols = mask.nonzero(as_tuple=True)
-    logits = head(hidden[:, :-1, :][rows, cols])
+    positions = hidden[:, :-1, :][rows, cols]
+    logits = head(positions) if frozen_head is None else frozen_head.logits(head, positions)
     token_loss = F.cross_entropy(logits.float(), target[rows, cols], reduction="none")
     totals = torch.zeros(labels.shape[0], dtype=token_loss.dtype, device=labels.device).index_add(
         0, rows, token_loss
