@@ -81,7 +81,7 @@ def attach_trunk(
     layers = sorted({layer} | ({entry} if 0 < entry < layer else set()))
     # one cached item per user and setting (a device's store keeps one): the trunk's states alone, or
     # the entry layer's and the trunk's together under a key naming both
-    key = trunk_key(env.model_id, layer if len(layers) == 1 else layers, examples)
+    key = trunk_key(env.states_id, layer if len(layers) == 1 else layers, examples)
     stored = cache.activations(key) if cache is not None else None
     states: dict[int, list] | None = None
     if stored is not None:
@@ -91,7 +91,9 @@ def attach_trunk(
         if sorted(states) != layers or any(len(s) != len(examples) for s in states.values()):
             states = None
     if states is None:
-        states = layer_states(env.model.lm, examples, env.pad_token_id, layers)
+        states = layer_states(
+            env.model.lm, examples, env.pad_token_id, layers, bf16=env.model.bf16
+        )
         if cache is not None:
             blob = states_to_bytes(states[layer]) if len(layers) == 1 else layers_to_bytes(states)
             cache.save_activations(key, blob)

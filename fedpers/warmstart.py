@@ -140,7 +140,9 @@ def _with_trunk(env, examples: list) -> list:
     if layer is None or not examples:
         return examples
     return with_trunk(
-        examples, trunk_states(env.model.lm, examples, env.pad_token_id, layer), layer
+        examples,
+        trunk_states(env.model.lm, examples, env.pad_token_id, layer, bf16=env.model.bf16),
+        layer,
     )
 
 

@@ -146,7 +146,8 @@ def head_seconds(env, data, batch_size: int, repeats: int = 5) -> tuple[float, f
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        sequence_losses(hidden, batch["labels"], head).sum().backward()
+        frozen = env.model.frozen_head if env.model.bf16 else None
+        sequence_losses(hidden, batch["labels"], head, frozen).sum().backward()
         times.append(time.perf_counter() - start)
         hidden.grad = None
     targets = (batch["labels"][:, 1:] != IGNORE_INDEX).float().mean().item()
@@ -190,7 +191,19 @@ def measure(users: int, repeats: int) -> dict:
         "memory": {path: peak_memory(path) for path in ("full", "cached")},
         "head": head_seconds(env, plain[0], config.local.batch_size),
         "trunk_layer": env.trunk_layer,
+        "bf16": env.model.bf16,
     }
+
+
+def _precision(c, r: dict) -> str:
+    """What the ``bf16`` setting made of this machine (:mod:`fedpers.models.precision`)."""
+    if not r.get("bf16"):
+        return f'Precision: float32 throughout (`bf16 = "{c.model.bf16}"`).'
+    return (
+        f'Precision (`bf16 = "{c.model.bf16}"`, native here): the LM head in bfloat16 on both paths, and every layer '
+        "of the user-embedding phase and the evaluation; DP-SGD's LoRA layers, per-sample gradients and "
+        "clipping in float32."
+    )
 
 
 def report(r: dict) -> list[str]:
@@ -209,7 +222,7 @@ def report(r: dict) -> list[str]:
         f"on the top {c.model.lora_layers} layers, expected batch {c.local.batch_size}, sequences up to {c.dataset.max_length} tokens, "
         f"{c.local.local_steps} DP-SGD steps and {c.local.embedding_steps} user-embedding steps a round), {r['users']} users "
         f"(one per persona), {r['repeats']} rounds each, both paths on the same Poisson samples and noise, alternating user by user "
-        f"in one process; per-user medians. Machine: {platform.machine()}, {r['threads']} torch threads, torch {r['torch']}. Peak memory: "
+        f"in one process; per-user medians. {_precision(c, r)} Machine: {platform.machine()}, {r['threads']} torch threads, torch {r['torch']}. Peak memory: "
         "VmHWM of a child process that loads the model and runs one user's DP-SGD phase on that path.",
         "",
         f"Private training throughput (DP-SGD user-steps per second), cached vs full-model path: **{cached / full:.2f}×** "
@@ -225,7 +238,7 @@ def report(r: dict) -> list[str]:
         f"The user-embedding phase takes the full path on both rows (a soft prompt at the input changes every layer). "
         f"A whole local round: {round_f / round_c:.2f}× faster.",
         "",
-        f"What bounds the ratio: the LM head (576 × 49,152, tied to the input embeddings) runs forward and backward at "
+        f"What bounds the ratio: the LM head (576 × 49,152, tied to the input embeddings; {'bfloat16' if r['bf16'] else 'float32'}) runs forward and backward at "
         f"every assistant position on both paths ({r['head'][1]:.0%} of the positions of a batch here); on one "
         f"batch of {c.local.batch_size} it takes {head:.2f} s, i.e. {head / step_c:.0%} "
         f"of a cached DP-SGD step. The cache removes the {r['trunk_layer']} frozen layers' "

@@ -26,15 +26,19 @@ def test_the_setting_resolves_and_refuses_other_values(monkeypatch):
     assert FederatedConfig().model.bf16 == "off"
 
 
-def _linear_input_dtypes(net) -> list[torch.dtype]:
-    """The dtype each decoder layer's q_proj base layer computes in, recorded on the next pass."""
+def _linear_input_dtypes(net, by_layer: dict | None = None) -> list[torch.dtype]:
+    """The dtype each decoder layer's q_proj base layer computes in, recorded on the next passes (and, in
+    ``by_layer``, per layer index)."""
     seen: list[torch.dtype] = []
     backbone, _ = causal_lm_parts(net.lm)
 
-    def hook(module, args, output):
-        seen.append(output.dtype)
+    for index, layer in enumerate(backbone.layers):
 
-    for layer in backbone.layers:
+        def hook(module, args, output, index=index):
+            seen.append(output.dtype)
+            if by_layer is not None:
+                by_layer.setdefault(index, set()).add(output.dtype)
+
         q = layer.self_attn.q_proj
         (getattr(q, "base_layer", q)).register_forward_hook(hook)
     return seen
@@ -101,3 +105,30 @@ def test_the_bfloat16_head_is_for_a_frozen_head_and_follows_its_weight():
     with torch.no_grad():
         head.weight.mul_(-1.0)  # a changed weight is cast again
     torch.testing.assert_close(frozen.logits(head, hidden), head(hidden), rtol=2e-2, atol=2e-2)
+
+
+def test_frozen_trunk_layers_in_bfloat16_on_both_paths_trained_layers_in_float32(examples):
+    """With bf16 the cached trunk states and the full path's layers below the first LoRA layer are
+    computed alike, in bfloat16 (a cache key of their own); the LoRA layers DP-SGD trains stay float32."""
+    from fedpers.models.environment import ModelEnvironment
+    from fedpers.models.trunk import trunk_key, trunk_states, with_trunk
+
+    net, tok = lora_net()
+    pad, k = tok.pad_token_id, net.trunk_layer
+    plain = trunk_states(net.lm, examples[:4], pad, k)
+    low = trunk_states(net.lm, examples[:4], pad, k, bf16=True)
+    assert all(s.dtype == torch.float32 for s in low)
+    assert not torch.equal(plain[0], low[0])
+    assert float((low[0] - plain[0]).norm() / plain[0].norm()) < 2e-2
+    net.bf16 = True
+    by_layer: dict[int, set] = {}
+    _linear_input_dtypes(net, by_layer)
+    full = collate(examples[:4], pad)
+    low_batch = collate(with_trunk(examples[:4], low, k), pad)
+    on_cache, on_full = net(**low_batch), net(**full)
+    torch.testing.assert_close(on_cache, on_full, rtol=1e-3, atol=1e-4)
+    assert all(by_layer[i] == {torch.bfloat16} for i in range(k))
+    assert all(by_layer[i] == {torch.float32} for i in range(k, len(by_layer)))
+    env = ModelEnvironment(net, tok, torch.zeros(1), "tiny")
+    assert env.states_id != "tiny"
+    assert trunk_key(env.states_id, k, examples[:4]) != trunk_key("tiny", k, examples[:4])

@@ -36,6 +36,12 @@ class ModelEnvironment:
         return self.model.embedding_layer
 
     @property
+    def states_id(self) -> str:
+        """What cached hidden states depend on: the base model's weights and the precision of the frozen
+        layers that computed them (:mod:`fedpers.models.precision`)."""
+        return f"{self.model_id}/bf16" if self.model.bf16 else self.model_id
+
+    @property
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
 

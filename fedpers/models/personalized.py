@@ -21,7 +21,12 @@ from torch.nn import functional as F
 
 from fedpers.models.chat import IGNORE_INDEX
 from fedpers.models.precision import FrozenHead
-from fedpers.models.trunk import causal_lm_parts, first_adapted_layer, run_layers
+from fedpers.models.trunk import (
+    causal_lm_parts,
+    first_adapted_layer,
+    frozen_layers,
+    run_layers,
+)
 from fedpers.models.user_embedding import UserEmbedding
 
 FULL, TRUNK, ENTRY = "full", "trunk", "entry"
@@ -107,7 +112,7 @@ class PersonalizedLM(nn.Module):
             else:
                 with torch.no_grad():
                     embeds = cast(Any, self.lm).get_input_embeddings()(input_ids)
-                    hidden = run_layers(backbone, embeds, attention_mask, 0, m)
+                    hidden = frozen_layers(backbone, embeds, attention_mask, 0, m, self.bf16)
             soft = self.user_embedding(input_ids.shape[0]).to(hidden.dtype)
             prefix = soft.shape[1]
             ones = torch.ones(
@@ -120,6 +125,11 @@ class PersonalizedLM(nn.Module):
             return out[:, prefix:, :]
         self.last_path = FULL
         embeds = cast(Any, self.lm).get_input_embeddings()(input_ids)
+        k = self.trunk_layer
+        if self.bf16 and k is not None and not self.use_user_embedding:
+            # the layers below the first LoRA layer in bfloat16, as the cached trunk states are computed
+            lower = frozen_layers(backbone, embeds, attention_mask, 0, k, True)
+            return run_layers(backbone, lower, attention_mask, k)
         prefix = 0
         if self.use_user_embedding and self.user_embedding is not None:
             soft = self.user_embedding(input_ids.shape[0]).to(embeds.dtype)

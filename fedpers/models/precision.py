@@ -7,15 +7,20 @@ of a pass run in bfloat16 with float32 accumulation:
 - the LM head (frozen, tied to the input embeddings): ``logits = bf16(h) @ bf16(W)^T``, cast to float32
   before the softmax; the cross-entropy and its gradient with respect to ``h`` stay float32. It runs at every
   assistant position of every pass, on the trunk and the full path alike.
-- every layer, under ``torch.autocast``, when no LoRA parameter requires a gradient: the user-embedding phase
-  (its gradient flows back through frozen layers only), evaluation and scoring.
+- the frozen layers, under ``torch.autocast``: the layers below the first LoRA layer wherever they run (the
+  cached trunk states, and the full path's lower layers, computed alike so the two paths still agree), and
+  every layer when no LoRA parameter requires a gradient: the user-embedding phase (its gradient flows back
+  through frozen layers only), evaluation and scoring. Cached states computed this way carry a key of their
+  own (:attr:`fedpers.models.environment.ModelEnvironment.states_id`): float32 ones are never mixed with them.
 
 What stays float32: the LoRA layers whenever they train, Opacus's per-sample gradients, their norms, the
-clipping and the noise (:mod:`fedpers.privacy.dp_sgd`), and the cached trunk states. DP-SGD's guarantee rests
+clipping and the noise (:mod:`fedpers.privacy.dp_sgd`), and every stored state. DP-SGD's guarantee rests
 only on clipping each per-sample gradient to ``C`` before the Gaussian noise; which function of the example
 the gradient is (here: one through a head rounded to bfloat16) does not enter it. bfloat16 keeps float32's
-exponent range and 8 bits of mantissa: a logit ``h . w`` is off by about ``2^-8 |h| |w|`` at most, and the
-losses differ from float32's by about 1e-3 relative (``tests/test_precision.py``).
+exponent range and 8 significant bits: inputs and logits are rounded to about ``2^-8`` of their size, and the
+losses differ from float32's by about 1e-3 relative (``tests/test_precision.py``). The float32 exactness of the
+cached path against the full path (``tests/test_trunk.py``, 1e-5) is a property of the float32 computation;
+with bf16 the two paths agree to bfloat16's rounding (``tests/test_precision.py``).
 """
 
 from __future__ import annotations

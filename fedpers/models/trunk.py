@@ -103,6 +103,21 @@ def run_layers(
     return hidden
 
 
+def frozen_layers(
+    backbone: nn.Module,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    start: int,
+    stop: int,
+    bf16: bool,
+) -> torch.Tensor:
+    """:func:`run_layers` for layers that hold no trained parameter: under ``torch.autocast`` to bfloat16
+    with ``bf16`` (:mod:`fedpers.models.precision`), the result in float32 either way."""
+    with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = run_layers(backbone, hidden, attention_mask, start, stop)
+    return out.float()
+
+
 @torch.no_grad()
 def trunk_states(
     lm: nn.Module,
@@ -110,9 +125,11 @@ def trunk_states(
     pad_token_id: int,
     layer: int,
     batch_size: int = 16,
+    bf16: bool = False,
 ) -> list[torch.Tensor]:
-    """``h_layer`` of every example, ``[length, hidden]`` each, without padding (float32)."""
-    return layer_states(lm, examples, pad_token_id, [layer], batch_size)[layer]
+    """``h_layer`` of every example, ``[length, hidden]`` each, without padding (stored in float32;
+    computed in bfloat16 with ``bf16``, :mod:`fedpers.models.precision`)."""
+    return layer_states(lm, examples, pad_token_id, [layer], batch_size, bf16)[layer]
 
 
 @torch.no_grad()
@@ -122,6 +139,7 @@ def layer_states(
     pad_token_id: int,
     layers: Sequence[int],
     batch_size: int = 16,
+    bf16: bool = False,
 ) -> dict[int, list[torch.Tensor]]:
     """``h_l`` of every example for each ``l`` in ``layers`` (one pass up to the highest), as
     :func:`trunk_states` gives them."""
@@ -134,7 +152,7 @@ def layer_states(
         batch = collate(chunk, pad_token_id)
         hidden, at = embed(batch["input_ids"]), 0
         for layer in wanted:
-            hidden = run_layers(backbone, hidden, batch["attention_mask"], at, layer)
+            hidden = frozen_layers(backbone, hidden, batch["attention_mask"], at, layer, bf16)
             at = layer
             states[layer] += [
                 hidden[i, : len(e.input_ids)].float().contiguous() for i, e in enumerate(chunk)
