@@ -91,9 +91,7 @@ def attach_trunk(
         if sorted(states) != layers or any(len(s) != len(examples) for s in states.values()):
             states = None
     if states is None:
-        states = layer_states(
-            env.model.lm, examples, env.pad_token_id, layers, bf16=env.model.bf16
-        )
+        states = layer_states(env.model.lm, examples, env.pad_token_id, layers, bf16=env.model.bf16)
         if cache is not None:
             blob = states_to_bytes(states[layer]) if len(layers) == 1 else layers_to_bytes(states)
             cache.save_activations(key, blob)

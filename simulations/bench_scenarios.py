@@ -58,11 +58,16 @@ def section(label: str, config: FederatedConfig, metrics: dict) -> list[str]:
     rounds = metrics["rounds"]
     times = ", ".join(f"{round_seconds(r):.0f}" for r in rounds)
     privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.privacy.dp else "no DP"
+    from fedpers.models.precision import resolve_bf16
+
+    precision = (
+        "the frozen computation in bfloat16" if resolve_bf16(config.model.bf16) else "float32"
+    )
     return [
         f"### {label}",
         "",
         f"{len(rounds)} rounds, {rounds[0]['participants']} clients; per-round wall time (train + evaluate) {times} s; "
-        f"whole run {metrics['wall_seconds']:.0f} s; {privacy}.",
+        f'whole run {metrics["wall_seconds"]:.0f} s; {privacy}; `bf16 = "{config.model.bf16}"`: {precision}.',
         "",
         "```",
         format_table(metrics["evaluation"], dp_note(config)),
