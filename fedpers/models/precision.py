@@ -18,7 +18,7 @@ clipping and the noise (:mod:`fedpers.privacy.dp_sgd`), and every stored state. 
 only on clipping each per-sample gradient to ``C`` before the Gaussian noise; which function of the example
 the gradient is (here: one through a head rounded to bfloat16) does not enter it. bfloat16 keeps float32's
 exponent range and 8 significant bits: inputs and logits are rounded to about ``2^-8`` of their size, and the
-losses differ from float32's by about 1e-3 relative (``tests/test_precision.py``). The float32 exactness of the
+losses stay within 2 % of float32's (``tests/test_precision.py``). The float32 exactness of the
 cached path against the full path (``tests/test_trunk.py``, 1e-5) is a property of the float32 computation;
 with bf16 the two paths agree to bfloat16's rounding (``tests/test_precision.py``).
 """
