@@ -55,11 +55,11 @@ def round_seconds(record: dict) -> float:
 
 
 def section(label: str, config: FederatedConfig, metrics: dict) -> list[str]:
+    from fedpers.models.precision import resolve_bf16
+
     rounds = metrics["rounds"]
     times = ", ".join(f"{round_seconds(r):.0f}" for r in rounds)
     privacy = f"max per-user epsilon {metrics['max_epsilon']:.2f}" if config.privacy.dp else "no DP"
-    from fedpers.models.precision import resolve_bf16
-
     precision = (
         "the frozen computation in bfloat16" if resolve_bf16(config.model.bf16) else "float32"
     )

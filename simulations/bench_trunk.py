@@ -144,9 +144,9 @@ def head_seconds(env, data, batch_size: int, repeats: int = 5) -> tuple[float, f
     _, head = causal_lm_parts(env.model.lm)
     hidden = torch.randn(*batch["input_ids"].shape, head.in_features, requires_grad=True)
     times = []
+    frozen = env.model.frozen_head if env.model.bf16 else None
     for _ in range(repeats):
         start = time.perf_counter()
-        frozen = env.model.frozen_head if env.model.bf16 else None
         sequence_losses(hidden, batch["labels"], head, frozen).sum().backward()
         times.append(time.perf_counter() - start)
         hidden.grad = None
@@ -200,8 +200,9 @@ def _precision(c, r: dict) -> str:
     if not r.get("bf16"):
         return f'Precision: float32 throughout (`bf16 = "{c.model.bf16}"`).'
     return (
-        f'Precision (`bf16 = "{c.model.bf16}"`, native here): the LM head in bfloat16 on both paths, and every layer '
-        "of the user-embedding phase and the evaluation; DP-SGD's LoRA layers, per-sample gradients and "
+        f'Precision (`bf16 = "{c.model.bf16}"`, native here): in bfloat16 the LM head and the {r["trunk_layer"]} layers '
+        "below the first LoRA layer on both paths (the cached states and the full path's lower layers), and every "
+        "layer of the user-embedding phase and the evaluation; DP-SGD's LoRA layers, per-sample gradients and "
         "clipping in float32."
     )
 
