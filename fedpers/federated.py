@@ -128,8 +128,9 @@ class ModelSettings:
     )
     bf16: str = setting(
         "off",
-        "bfloat16 for the frozen computation: the LM head, and every layer of passes that train no LoRA "
-        "parameter (the user-embedding phase, evaluation); DP-SGD's LoRA layers, per-sample gradients, "
+        "bfloat16 for the frozen computation: the LM head, the layers below the first LoRA layer (cached "
+        "trunk states and the full path's alike), and every layer of passes that train no LoRA parameter "
+        "(the user-embedding phase, evaluation); DP-SGD's LoRA layers, per-sample gradients, "
         "clipping and noise stay float32. 'off', 'on', or 'auto': on where the CPU has native bfloat16 "
         "(AVX512-BF16 or AMX)",
     )
