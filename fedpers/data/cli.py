@@ -113,6 +113,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument(
         "--out", type=Path, required=True, help="output JSONL path (written atomically)"
     )
+    imp.add_argument(
+        "--genres",
+        action="store_true",
+        help="declare each speaker's First Folio genre (history, tragedy, comedy) as the persona of its "
+        "conversations; speakers of no single play (First Citizen, Servant, Messenger) are left out",
+    )
+    imp.add_argument(
+        "--public-out",
+        type=Path,
+        default=None,
+        help="with --genres: write the --public-per-genre speakers of each genre with the fewest answers "
+        "to this JSONL instead of --out (public data for `public-data`, held by no device)",
+    )
+    imp.add_argument(
+        "--public-per-genre",
+        type=int,
+        default=3,
+        help="speakers per genre set aside by --public-out (default 3)",
+    )
     imp.set_defaults(func=run_import_shakespeare)
 
 
@@ -190,7 +209,29 @@ def run_import_shakespeare(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.public_out is not None and not args.genres:
+        print("error: --public-out needs --genres", file=sys.stderr)
+        return 2
+    if args.public_per_genre < 0:
+        print(
+            f"error: --public-per-genre must be >= 0, got {args.public_per_genre}", file=sys.stderr
+        )
+        return 2
+    if args.genres:
+        from fedpers.data.folio import public_speakers, with_genres
+
+        conversations = with_genres(conversations)
+        if args.public_out is not None:
+            public = public_speakers(conversations, args.public_per_genre)
+            shared = [c for c in conversations if c.user_id in public]
+            conversations = [c for c in conversations if c.user_id not in public]
+            n = write_jsonl(args.public_out, shared)
+            print(
+                f"wrote {n} public conversations ({len(public)} speakers: {persona_counts(shared)}) "
+                f"to {args.public_out}"
+            )
     n = write_jsonl(args.out, conversations)
     speakers = len({c.user_id for c in conversations})
-    print(f"wrote {n} conversations ({speakers} speakers) to {args.out}")
+    declared = f": {persona_counts(conversations)}" if args.genres else ""
+    print(f"wrote {n} conversations ({speakers} speakers{declared}) to {args.out}")
     return 0
