@@ -1,4 +1,4 @@
-"""Benchmark: the default scenario with DP on and off, and the Shakespeare scenario, in one run.
+"""Benchmark: the default, tinyshakespeare and genre scenarios, each with DP on and off, in one run.
 
 Each scenario is a full ``fedpers simulate`` run on its own run directory; the evaluation tables
 and per-round wall times go into BENCHMARKS.md (``--write``). ``--reuse`` takes a scenario's finished run from
@@ -30,6 +30,21 @@ def scenario(name: str, run_root: Path, **overrides) -> tuple[FederatedConfig, P
         values | overrides | {"state_dir": str(run_dir / "client-state")}
     ).validated()
     return config, run_dir
+
+
+def genre_files(config: FederatedConfig) -> None:
+    """The genre scenario's two JSONL files (``data``, ``public_data``), made as its comment says when absent:
+    ``fedpers data import-shakespeare --genres --out DATA --public-out PUBLIC``."""
+    from fedpers.data import import_shakespeare, write_jsonl
+    from fedpers.data.folio import public_speakers, with_genres
+
+    data, public = Path(config.dataset.data), Path(config.dataset.public_data)
+    if data.is_file() and public.is_file():
+        return
+    conversations = with_genres(import_shakespeare())
+    shared = public_speakers(conversations, 3)
+    write_jsonl(public, [c for c in conversations if c.user_id in shared])
+    write_jsonl(data, [c for c in conversations if c.user_id not in shared])
 
 
 def reusable(config: FederatedConfig, run_dir: Path) -> dict | None:
@@ -122,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--only",
-        help="comma-separated subset of: default-dp, default-nodp, shakespeare, shakespeare-nodp",
+        help="comma-separated subset of: default-dp, default-nodp, shakespeare, shakespeare-nodp, genres, "
+        "genres-nodp",
     )
     p.add_argument(
         "--reuse",
@@ -142,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             "tinyshakespeare, DP off (same settings otherwise)",
             {"dp": False},
         ),
+        "genres": (
+            "tinyshakespeare through the JSONL import, 3 declared genre personas, DP on",
+            {},
+        ),
+        "genres-nodp": ("Genre personas, DP off (same settings otherwise)", {"dp": False}),
     }
     chosen = args.only.split(",") if args.only else list(plan)
     lines = [
@@ -156,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         label, overrides = plan[name]
         config, run_dir = scenario(name, args.runs, **overrides)
+        if name.startswith("genres"):
+            genre_files(config)
         metrics = reusable(config, run_dir) if args.reuse else None
         reused = metrics is not None
         if metrics is None:
@@ -171,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         lines += kept_lines(
             *results["shakespeare"], results["shakespeare-nodp"][1], "tinyshakespeare"
         )
-    for name in ("default", "shakespeare"):
+    if "genres" in results and "genres-nodp" in results:
+        lines += kept_lines(
+            *results["genres"], results["genres-nodp"][1], "Genre personas (JSONL import)"
+        )
+    for name in ("default", "shakespeare", "genres"):
         for suffix in ("-dp", "-nodp") if name == "default" else ("", "-nodp"):
             if name + suffix in results:
                 lines += persona_vs_global_lines(name + suffix, results[name + suffix][1])
