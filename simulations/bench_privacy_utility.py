@@ -21,8 +21,12 @@ smallest target, and a fixed norm keeps the rows comparable. With Adam on the pr
 matters only through how many per-sample gradients it clips (the update scales with it, and so does the noise).
 
 **User-level DP** (the unit is the whole user): no DP-SGD on the device; each delta ``D_u`` is clipped to
-``||D_u|| <= U`` (``update_clip``), and an upload also carries its count entry ``U``, so its L2 norm is at most
-``C = sqrt(2) U``. On the SecAgg+ grid of ``s = 2**17 / (2 U)`` levels per unit, the devices' Skellam shares
+``||D_u|| <= U``, and an upload also carries its count entry ``U``, so its L2 norm is at most
+``C = sqrt(2) U``. ``U`` is ``update_clip``, or with ``--user-clip public`` the median L2 norm of the deltas
+that the public users (``public_data``, held by no device) get from one round of the devices' local training
+from the warm start (:func:`public_clip`): a clip near the deltas' own norm, chosen without device data, so
+it costs no privacy budget. The noise scales with ``U`` and the mean of ``n`` deltas shrinks with
+their alignment, so a clip far above the deltas' norm buys nothing but noise. On the SecAgg+ grid of ``s = 2**17 / (2 U)`` levels per unit, the devices' Skellam shares
 give every unmasked sum per-coordinate noise of variance at least (:class:`fedpers.privacy.user_level.DistributedNoise`)::
 
     v = (z C s)^2                                    (levels squared)
@@ -80,7 +84,15 @@ PLOT_NAME = Path("docs") / "privacy-utility.png"
 PLOT_FLOOR = -100.0
 # settings a benchmark run varies between its runs; the public warm start depends on none of them
 _VARYING = frozenset(
-    {"users_per_persona", "dp", "epsilon", "user_dp", "user_noise_multiplier", "noise_seed"}
+    {
+        "users_per_persona",
+        "dp",
+        "epsilon",
+        "user_dp",
+        "user_noise_multiplier",
+        "noise_seed",
+        "update_clip",
+    }
 )
 _WARM: dict[tuple, dict[str, np.ndarray]] = {}
 
@@ -254,6 +266,55 @@ class UserLevelAggregate:
         return mean
 
 
+def public_clip(config, start: dict[str, np.ndarray]) -> tuple[float, list[float]]:
+    """``U`` for ``--user-clip public``: the median L2 norm of the public users' deltas after one round of the
+    devices' local training (``local_steps`` Adam steps of expected batch ``batch_size``, no DP) from ``start``
+    (the warm start), and every public user's norm. Public data only: no device's data is read."""
+    from fedpers.data.synthetic import derive_seed
+    from fedpers.local import LocalTrainConfig, train_local
+    from fedpers.models import load_adapter_arrays
+    from fedpers.models.chat import encode_conversations
+    from fedpers.models.environment import model_environment
+    from fedpers.privacy import DPConfig, TrainConfig
+    from fedpers.warmstart import _with_trunk, public_split
+
+    convs, _ = public_split(config)
+    if not convs:
+        raise ValueError("--user-clip public needs public data (public_data)")
+    env = model_environment(config)
+    by_user: dict[str, list] = {}
+    for c in convs:
+        by_user.setdefault(c.user_id, []).append(c)
+    local, norms = config.local, []
+    for user in sorted(by_user):
+        examples = _with_trunk(
+            env, encode_conversations(env.tokenizer, by_user[user], config.dataset.max_length)
+        )
+        load_adapter_arrays(env.model.lm, start)
+        env.model.train_lora_a = config.model.lora_train_a
+        result = train_local(
+            env.model,
+            examples,
+            env.pad_token_id,
+            LocalTrainConfig(
+                lora=TrainConfig(
+                    steps=local.local_steps,
+                    batch_size=local.batch_size,
+                    learning_rate=local.learning_rate,
+                    noise_seed=derive_seed(NOISE_SEED, user, "public-clip") % 2**63,
+                ),
+                dp=DPConfig(enabled=False),
+                embedding=TrainConfig(steps=0),
+            ),
+            None,
+        )
+        arrays = result.delta.arrays
+        norms.append(
+            math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in arrays.values()))
+        )
+    return float(np.median(norms)), norms
+
+
 def _loss(config, env, users: dict[str, list[str]], cache: _Cache, adapters: dict) -> float:
     """Persona adapters' held-out loss, averaged over personas by held-out conversations (as bench_levers)."""
     from fedpers.userdata import attach_trunk, user_data
@@ -288,8 +349,12 @@ def measure(
     cohorts: Sequence[int],
     epsilons: Sequence[float],
     log: Callable[[str], None] | None = None,
+    user_clip: str = "update",
 ) -> dict:
-    """Base, non-DP and DP losses for every cohort size, mode and epsilon (see the module docstring)."""
+    """Base, non-DP and DP losses for every cohort size, mode and epsilon (see the module docstring).
+
+    ``user_clip``: user-level DP's ``U``, ``"update"`` (the settings' ``update_clip``) or ``"public"``
+    (:func:`public_clip`)."""
     from fedpers.models import adapter_arrays
     from fedpers.models.environment import model_environment
     from fedpers.userdata import attach_trunk, user_data, user_ids
@@ -331,6 +396,18 @@ def measure(
             "rows": {mode: [] for mode in MODES},
         }
         adapter = getattr(env, "_fresh_arrays", None) or adapter_arrays(env.model.lm)
+        user_settings = settings
+        if user_clip == "public":
+            if "public_clip" not in result:
+                start = warm_start(reference, adapter)
+                clip, norms = public_clip(reference, start)
+                result["public_clip"] = {"clip": clip, "norms": norms}
+                say(
+                    f"user-level clip U = {clip:.4g}: the median of {len(norms)} public users' delta norms "
+                    f"({min(norms):.4g} to {max(norms):.4g})"
+                )
+            user_settings = settings | {"update_clip": result["public_clip"]["clip"]}
+        user_reference = _config(user_settings, {}, False)
         for mode in MODES:
             for eps in epsilons:
                 row: dict = {"epsilon": eps}
@@ -338,10 +415,10 @@ def measure(
                     config = _config(settings, {"epsilon": eps}, True)
                     row["dp"], row["seconds"] = _run(config, users, cache)
                 else:
-                    plan = plan_user_level(reference, adapter, eps)
+                    plan = plan_user_level(user_reference, adapter, eps)
                     z = plan.noise.noise_multiplier
                     config = _config(
-                        settings,
+                        user_settings,
                         {"epsilon": eps, "user_dp": True, "user_noise_multiplier": z},
                         False,
                     )
@@ -353,6 +430,7 @@ def measure(
                         "sum_std": plan.sum_std,
                         "sampled": plan.sampled,
                         "threshold": plan.threshold,
+                        "clip": config.aggregation.update_clip,
                         "gated": len(aggregate.gated),
                         "releases": len(users) * config.server.rounds,
                     }
@@ -461,7 +539,8 @@ def report(
             first = user_rows[0]
             lines += [
                 "",
-                f"User-level DP (Skellam under SecAgg+, unit: one user; N = {first['sampled']} devices, "
+                f"User-level DP (Skellam under SecAgg+, unit: one user; U = {first.get('clip', 0):.4g}; "
+                f"N = {first['sampled']} devices, "
                 f"threshold t = {first['threshold']}; z the noise multiplier, noise std z C at the threshold; "
                 "the persona sum's noise std sqrt(N / t) z C per coordinate, in the adapter's units, against "
                 "a delta clipped to L2 norm U; gated: releases whose noised count fell below min_clients):",
@@ -476,6 +555,16 @@ def report(
                 f"{r['gated']} of {r['releases']} | {r['dp']:.4f} | **{_percent(r['kept'])}** | "
                 f"{r['seconds']:.0f} |"
             )
+    if "public_clip" in result:
+        norms = result["public_clip"]["norms"]
+        lines[2] += (
+            f" User-level clip U = {result['public_clip']['clip']:.4g}: the median L2 norm of the deltas "
+            f"{len(norms)} public users get from one round of local training from the warm start "
+            f"({min(norms):.4g} to {max(norms):.4g}; public data only, no budget spent)."
+        )
+    if settings.get("overrides"):
+        shown = ", ".join(f"{k} = {v!r}" for k, v in settings["overrides"].items())
+        lines[2] += f" Settings changed from the scenario's for every run: {shown}."
     lines += ["", conclusion(result)]
     return lines
 
@@ -534,6 +623,16 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
+def _setting_value(text: str):
+    """A ``--set`` value read as TOML (``2``, ``false``, ``"v_proj"``), else as the plain string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def _numbers(text: str, kind: type) -> list:
     values = [kind(x) for x in text.split(",") if x.strip()]
     if not values:
@@ -583,6 +682,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--public-data", help="public warm start data ('synthetic' or a JSONL path)")
     p.add_argument(
+        "--user-clip",
+        choices=("update", "public"),
+        default="update",
+        help="user-level DP's delta clip U: 'update' (the scenario's update clip) or 'public' (the median "
+        "norm of the public users' deltas after one round of local training; no budget spent)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting changed for every run, as in a scenario file (TOML value; e.g. lora_targets=v_proj, "
+        "lora_layers=2, lora_train_a=false); repeatable",
+    )
+    p.add_argument(
+        "--label",
+        help="a second section of its own: BENCHMARKS.md marker privacy-utility-LABEL, plot "
+        "docs/privacy-utility-LABEL.png (default: the main section and plot)",
+    )
+    p.add_argument(
         "--plot",
         type=Path,
         help=f"PNG written with --write (default: {PLOT_NAME} in the repository)",
@@ -599,6 +718,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--clip must be 0 (private estimate) or a positive norm")
     base = load_config_file(SCENARIOS / f"{args.scenario}.toml")
     base["clip"] = args.clip
+    overrides = {}
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            p.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip().replace("-", "_")] = _setting_value(text.strip())
+    try:
+        _config(base | overrides, {}, False)
+    except (TypeError, ValueError) as exc:
+        p.error(f"--set: {exc}")
+    base |= overrides
+    if args.label is not None and not args.label.replace("-", "").isalnum():
+        p.error(f"--label {args.label!r}: letters, digits and '-' only")
     for key, value in (
         ("rounds", args.rounds),
         ("local_steps", args.local_steps),
@@ -619,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--clip 0: the private clip estimate alone costs epsilon {cost:.2f}, at or above the smallest "
                 f"target {min(args.epsilons):g}; give a fixed --clip or larger --epsilons"
             )
-    result = measure(base, personas, args.cohorts, args.epsilons)
+    result = measure(base, personas, args.cohorts, args.epsilons, user_clip=args.user_clip)
     resolved = _config(base, {}, False)
     result["settings"] = {
         "scenario": args.scenario,
@@ -628,11 +760,19 @@ def main(argv: list[str] | None = None) -> int:
         "clip": resolved.privacy.clip,
         "public_steps": resolved.dataset.public_steps,
         "public_data": resolved.dataset.public_data,
+        "overrides": overrides,
     }
     command = " ".join(["python -m simulations.bench_privacy_utility", *argv])
-    print_section(report(result, command), args.write, MARK)
+    mark, plot_name = MARK, PLOT_NAME
+    if args.label:
+        mark = f"{MARK}-{args.label}"
+        plot_name = PLOT_NAME.with_name(f"{PLOT_NAME.stem}-{args.label}{PLOT_NAME.suffix}")
+    lines = report(result, command)
+    if args.label:
+        lines[0] += f" ({args.label})"
+    print_section(lines, args.write, mark)
     if args.write:
-        target = args.plot or bench_dp_step.ROOT / PLOT_NAME
+        target = args.plot or bench_dp_step.ROOT / plot_name
         print(f"wrote {plot(result, target)}", flush=True)
     return 0
 

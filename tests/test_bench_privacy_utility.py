@@ -259,3 +259,66 @@ def test_a_private_clip_estimate_dearer_than_the_smallest_epsilon_is_refused_up_
     with pytest.raises(SystemExit):
         bench.main(["--scenario", "tiny", "--clip", "0", "--epsilons", "1,8"])
     assert "the private clip estimate alone costs epsilon" in capsys.readouterr().err
+
+
+def test_a_public_clip_a_changed_setting_and_a_label_of_its_own(tmp_path, monkeypatch, capsys):
+    from simulations import bench_dp_step
+
+    monkeypatch.setattr(bench_dp_step, "ROOT", tmp_path)
+    (tmp_path / "BENCHMARKS.md").write_text(
+        "# Benchmarks\n\n<!-- privacy-utility:begin -->\nmain\n<!-- privacy-utility:end -->\n"
+    )
+    captured = {}
+    measure = bench.measure
+    seen = []
+    clip = bench.public_clip
+
+    def keep(*args, **kwargs):
+        captured["result"] = measure(*args, **kwargs)
+        return captured["result"]
+
+    def record(config, start):
+        seen.append(config)
+        return clip(config, start)
+
+    monkeypatch.setattr(bench, "measure", keep)
+    monkeypatch.setattr(bench, "public_clip", record)
+    argv = ["--scenario", "tiny", "--rounds", "1", "--local-steps", "1", "--cohorts", "2"]
+    argv += ["--epsilons", "8", "--public-steps", "2", "--user-clip", "public"]
+    argv += [
+        "--set",
+        "lora_layers=1",
+        "--set",
+        "lora-targets=v_proj",
+        "--label",
+        "small",
+        "--write",
+    ]
+    assert bench.main(argv) == 0
+
+    result = captured["result"]
+    norms = result["public_clip"]["norms"]
+    assert len(norms) == 10  # the synthetic public split: 2 users of each of 5 personas
+    assert result["public_clip"]["clip"] == pytest.approx(float(np.median(norms)))
+    assert all(n > 0 for n in norms)
+    (row,) = result["cohorts"][2]["rows"]["user-level"]
+    assert row["clip"] == result["public_clip"]["clip"]
+    (config,) = seen
+    assert config.model.lora_layers == 1 and config.model.lora_targets == "v_proj"
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "\nmain\n" in text  # the main section is left as it was
+    section = text[text.index("<!-- privacy-utility-small:begin -->") :]
+    assert "(small)" in section.splitlines()[1]
+    assert f"U = {row['clip']:.4g}" in section
+    assert "lora_layers = 1" in section and "lora_targets = 'v_proj'" in section
+    assert (tmp_path / "docs" / "privacy-utility-small.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (tmp_path / "docs" / "privacy-utility.png").exists()
+
+
+def test_a_bad_setting_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--scenario", "tiny", "--set", "lora_layers"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--scenario", "tiny", "--set", "no_such_setting=1"])
+    assert "--set" in capsys.readouterr().err
