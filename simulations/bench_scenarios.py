@@ -3,7 +3,8 @@
 Each scenario is a full ``fedpers simulate`` run on its own run directory; the evaluation tables
 and per-round wall times go into BENCHMARKS.md (``--write``). ``--reuse`` takes a scenario's finished run from
 its run directory instead of running it again, only when the run's recorded settings are the scenario's
-(``metrics.json`` ``settings``; where it wrote aside), and says so in the section.
+(``metrics.json`` ``settings``; where it wrote aside, and a data file named by another path counting as the
+same when its bytes are), and says so in the section.
 
     python -m simulations.bench_scenarios --write
 """
@@ -59,9 +60,24 @@ def reusable(config: FederatedConfig, run_dir: Path) -> dict | None:
     for key in ("run_dir", "state_dir"):  # where the run wrote, not what it ran
         wanted.pop(key, None)
         recorded.pop(key, None)
+    for key in ("data", "public_data"):  # a data file named by another path: the same when its bytes are
+        if key in wanted and _same_file_bytes(recorded.get(key), wanted[key]):
+            recorded[key] = wanted[key]
     if recorded != wanted or metrics.get("evaluation") is None:
         return None
     return metrics
+
+
+def _same_file_bytes(a, b) -> bool:
+    """Whether ``a`` and ``b`` name files with the same bytes (``False`` unless both are files)."""
+    import hashlib
+
+    if not isinstance(a, str) or not isinstance(b, str) or not a or not b:
+        return False
+    paths = [Path(a), Path(b)]
+    if not all(p.is_file() for p in paths):
+        return False
+    return len({hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}) == 1
 
 
 def round_seconds(record: dict) -> float:

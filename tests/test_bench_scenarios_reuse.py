@@ -27,6 +27,22 @@ def test_a_run_is_reused_only_with_the_scenarios_settings(tmp_path):
     assert reusable(config, run_dir) is None
 
 
+def test_a_data_file_named_by_another_path_is_the_same_only_with_the_same_bytes(tmp_path):
+    config, run_dir = scenario("tiny", tmp_path / "runs")
+    wanted, elsewhere = tmp_path / "data.jsonl", tmp_path / "copy" / "data.jsonl"
+    elsewhere.parent.mkdir()
+    wanted.write_text("same\n")
+    elsewhere.write_text("same\n")
+    config = type(config).from_flat(config.to_record() | {"data": str(wanted)})
+    evaluation = {"rows": {}, "mean": {}}
+    _write(run_dir, config.to_record() | {"data": str(elsewhere)}, evaluation)
+    assert reusable(config, run_dir) is not None
+    elsewhere.write_text("other\n")
+    assert reusable(config, run_dir) is None
+    _write(run_dir, config.to_record() | {"data": str(tmp_path / "missing.jsonl")}, evaluation)
+    assert reusable(config, run_dir) is None
+
+
 def test_persona_vs_global_counts_the_better_personas_and_the_largest_excess():
     metrics = {
         "evaluation": {
