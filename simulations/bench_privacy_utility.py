@@ -13,6 +13,11 @@ and gives the share of the non-private gain kept::
 
     kept(eps) = (base - DP(eps)) / (base - non-DP)
 
+With a public warm start, ``kept`` counts what the warm start gives before any private round; the private
+rounds' own part leaves it out, ``start`` being the warm start's loss::
+
+    part(eps) = (start - DP(eps)) / (start - non-DP)
+
 **Record-level DP** (the unit is one conversation): Opacus DP-SGD on the device, calibrated to ``eps`` over
 ``rounds * local_steps`` steps, each user's delta clipped to ``update_clip``, FedAvg. The per-sample clipping
 norm is fixed (``--clip``, default :data:`RECORD_CLIP`) at every epsilon: the scenario's private clip estimate
@@ -385,10 +390,16 @@ def measure(
         ]
         base_loss = heldout_loss(env, datas, None)
         nodp, nodp_seconds = _run(reference, users, cache)
-        say(f"[{n} users/persona] base {base_loss:.4f}, non-DP {nodp:.4f} ({nodp_seconds:.1f} s)")
+        fresh = getattr(env, "_fresh_arrays", None) or adapter_arrays(env.model.lm)
+        start_loss = heldout_loss(env, datas, warm_start(reference, fresh))
+        say(
+            f"[{n} users/persona] base {base_loss:.4f}, warm start {start_loss:.4f}, non-DP {nodp:.4f} "
+            f"({nodp_seconds:.1f} s)"
+        )
         cohort: dict = {
             "users": users,
             "base": base_loss,
+            "start": start_loss,
             "nodp": nodp,
             "nodp_seconds": nodp_seconds,
             "rounds": reference.server.rounds,
@@ -451,6 +462,14 @@ def _clip(value) -> str:
     return "a private estimate" if value == 0 else f"{value:g} (fixed)"
 
 
+def _part(cohort: dict, row: dict) -> str:
+    """The private rounds' own part of what they add without DP: ``(start - DP) / (start - non-DP)``, ``start``
+    the warm start's loss (``kept`` counts the warm start's gain too); ``?`` when not measured."""
+    if "start" not in cohort:
+        return "?"
+    return _percent(kept_share(cohort["start"], cohort["nodp"], row["dp"]))
+
+
 def _percent(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.0f} %"
 
@@ -507,7 +526,9 @@ def report(
         f"local steps {settings.get('local_steps', '?')}, delta {some['delta']:g}, update clip "
         f"{settings.get('update_clip', '?')}, DP-SGD clip {_clip(settings.get('clip'))}, {warm}; personas {', '.join(result['personas'])}; in-process "
         "FedAvg as a round does it, every run from the same start with the same seeds. Kept = (base - DP) / "
-        "(base - non-DP), losses token-weighted over the users' held-out conversations. Record-level: "
+        "(base - non-DP), losses token-weighted over the users' held-out conversations; the private rounds' "
+        "part = (start - DP) / (start - non-DP), start the warm start's loss, leaves out what the public warm "
+        "start gives before any private round. Record-level: "
         "DP-SGD on the device at target epsilon. User-level: no DP-SGD; the devices' Skellam shares "
         "calibrated so that a device's user-level ledger reaches at most epsilon after the run's rounds, "
         "assuming no dropout (all N devices of the SecAgg+ session add their share v/t, so each persona "
@@ -518,21 +539,27 @@ def report(
     ]
     for n, cohort in result["cohorts"].items():
         users = sum(len(v) for v in cohort["users"].values())
+        start_text = (
+            f"warm start alone (public data, before any private round) {cohort['start']:.4f}; "
+            if "start" in cohort
+            else ""
+        )
         lines += [
             "",
             f"### {n} users per persona ({users} users trained)",
             "",
-            f"Base model loss {cohort['base']:.4f}; non-DP persona loss {cohort['nodp']:.4f} (eps = inf, "
-            f"kept 100 % by definition; {cohort['nodp_seconds']:.0f} s).",
+            f"Base model loss {cohort['base']:.4f}; {start_text}non-DP persona loss {cohort['nodp']:.4f} "
+            f"(eps = inf, kept 100 % by definition; {cohort['nodp_seconds']:.0f} s).",
             "",
             "Record-level DP (DP-SGD, unit: one conversation):",
             "",
-            "| eps | DP persona loss | kept | wall time (s) |",
-            "|---|---|---|---|",
+            "| eps | DP persona loss | kept | private rounds' part | wall time (s) |",
+            "|---|---|---|---|---|",
         ]
         for r in cohort["rows"]["record-level"]:
             lines.append(
-                f"| {r['epsilon']:g} | {r['dp']:.4f} | **{_percent(r['kept'])}** | {r['seconds']:.0f} |"
+                f"| {r['epsilon']:g} | {r['dp']:.4f} | **{_percent(r['kept'])}** | {_part(cohort, r)} | "
+                f"{r['seconds']:.0f} |"
             )
         user_rows = cohort["rows"]["user-level"]
         if user_rows:
@@ -546,14 +573,14 @@ def report(
                 "a delta clipped to L2 norm U; gated: releases whose noised count fell below min_clients):",
                 "",
                 "| eps | z | ledger eps | noise std of a persona sum | gated releases | DP persona loss | "
-                "kept | wall time (s) |",
-                "|---|---|---|---|---|---|---|---|",
+                "kept | private rounds' part | wall time (s) |",
+                "|---|---|---|---|---|---|---|---|---|",
             ]
         for r in user_rows:
             lines.append(
                 f"| {r['epsilon']:g} | {r['z']:.3g} | {r['ledger_epsilon']:.3f} | {r['sum_std']:.3g} | "
                 f"{r['gated']} of {r['releases']} | {r['dp']:.4f} | **{_percent(r['kept'])}** | "
-                f"{r['seconds']:.0f} |"
+                f"{_part(cohort, r)} | {r['seconds']:.0f} |"
             )
     if "public_clip" in result:
         norms = result["public_clip"]["norms"]

@@ -247,6 +247,8 @@ def test_a_tiny_run_writes_the_section_and_the_png(tmp_path, monkeypatch, capsys
         for cells, r in zip(table, rows):
             assert float(cells[loss_col]) == pytest.approx(r["dp"], abs=5e-5)
             assert cells[kept_col] == f"**{100 * r['kept']:.0f} %**"
+            part = (cohort["start"] - r["dp"]) / (cohort["start"] - cohort["nodp"])
+            assert cells[kept_col + 1] == f"{100 * part:.0f} %"
     assert re.search(r"Conclusion \(computed from the rows\)", section)
     assert "x86_64" in section or "torch threads" in section
     assert plot.read_bytes()[:8] == PNG_MAGIC
