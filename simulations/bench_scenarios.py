@@ -60,7 +60,8 @@ def reusable(config: FederatedConfig, run_dir: Path) -> dict | None:
     for key in ("run_dir", "state_dir"):  # where the run wrote, not what it ran
         wanted.pop(key, None)
         recorded.pop(key, None)
-    for key in ("data", "public_data"):  # a data file named by another path: the same when its bytes are
+    # a data file named by another path is the same setting when its bytes are
+    for key in ("data", "public_data"):
         if key in wanted and _same_file_bytes(recorded.get(key), wanted[key]):
             recorded[key] = wanted[key]
     if recorded != wanted or metrics.get("evaluation") is None:
