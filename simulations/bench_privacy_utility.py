@@ -76,7 +76,14 @@ import numpy as np
 
 from simulations import bench_dp_step
 from simulations.bench_dp_step import print_section
-from simulations.bench_levers import _Cache, _config, _persona, federate, heldout_loss
+from simulations.bench_levers import (
+    _Cache,
+    _config,
+    _persona,
+    federate,
+    heldout_loss,
+    local_round,
+)
 
 MARK = "privacy-utility"
 MODES: tuple[str, ...] = ("record-level", "user-level")
@@ -276,11 +283,10 @@ def public_clip(config, start: dict[str, np.ndarray]) -> tuple[float, list[float
     devices' local training (``local_steps`` Adam steps of expected batch ``batch_size``, no DP) from ``start``
     (the warm start), and every public user's norm. Public data only: no device's data is read."""
     from fedpers.data.synthetic import derive_seed
-    from fedpers.local import LocalTrainConfig, train_local
     from fedpers.models import load_adapter_arrays
     from fedpers.models.chat import encode_conversations
     from fedpers.models.environment import model_environment
-    from fedpers.privacy import DPConfig, TrainConfig
+    from fedpers.privacy import DPConfig
     from fedpers.warmstart import _with_trunk, public_split
 
     convs, _ = public_split(config)
@@ -290,29 +296,14 @@ def public_clip(config, start: dict[str, np.ndarray]) -> tuple[float, list[float
     by_user: dict[str, list] = {}
     for c in convs:
         by_user.setdefault(c.user_id, []).append(c)
-    local, norms = config.local, []
+    norms = []
     for user in sorted(by_user):
         examples = _with_trunk(
             env, encode_conversations(env.tokenizer, by_user[user], config.dataset.max_length)
         )
         load_adapter_arrays(env.model.lm, start)
-        env.model.train_lora_a = config.model.lora_train_a
-        result = train_local(
-            env.model,
-            examples,
-            env.pad_token_id,
-            LocalTrainConfig(
-                lora=TrainConfig(
-                    steps=local.local_steps,
-                    batch_size=local.batch_size,
-                    learning_rate=local.learning_rate,
-                    noise_seed=derive_seed(NOISE_SEED, user, "public-clip") % 2**63,
-                ),
-                dp=DPConfig(enabled=False),
-                embedding=TrainConfig(steps=0),
-            ),
-            None,
-        )
+        seed = derive_seed(NOISE_SEED, user, "public-clip") % 2**63
+        result = local_round(env, config, examples, seed, DPConfig(enabled=False), None)
         arrays = result.delta.arrays
         norms.append(
             math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in arrays.values()))
