@@ -37,15 +37,14 @@ def genre_files(config: FederatedConfig) -> None:
     """The genre scenario's two JSONL files (``data``, ``public_data``), made as its comment says when absent:
     ``fedpers data import-shakespeare --genres --out DATA --public-out PUBLIC``."""
     from fedpers.data import import_shakespeare, write_jsonl
-    from fedpers.data.folio import public_speakers, with_genres
+    from fedpers.data.folio import split_public, with_genres
 
     data, public = Path(config.dataset.data), Path(config.dataset.public_data)
     if data.is_file() and public.is_file():
         return
-    conversations = with_genres(import_shakespeare())
-    shared = public_speakers(conversations, 3)
-    write_jsonl(public, [c for c in conversations if c.user_id in shared])
-    write_jsonl(data, [c for c in conversations if c.user_id not in shared])
+    held, shared = split_public(with_genres(import_shakespeare()), 3)
+    write_jsonl(public, shared)
+    write_jsonl(data, held)
 
 
 def reusable(config: FederatedConfig, run_dir: Path) -> dict | None:

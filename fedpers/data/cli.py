@@ -218,16 +218,15 @@ def run_import_shakespeare(args: argparse.Namespace) -> int:
         )
         return 2
     if args.genres:
-        from fedpers.data.folio import public_speakers, with_genres
+        from fedpers.data.folio import split_public, with_genres
 
         conversations = with_genres(conversations)
         if args.public_out is not None:
-            public = public_speakers(conversations, args.public_per_genre)
-            shared = [c for c in conversations if c.user_id in public]
-            conversations = [c for c in conversations if c.user_id not in public]
+            conversations, shared = split_public(conversations, args.public_per_genre)
             n = write_jsonl(args.public_out, shared)
+            speakers = len({c.user_id for c in shared})
             print(
-                f"wrote {n} public conversations ({len(public)} speakers: {persona_counts(shared)}) "
+                f"wrote {n} public conversations ({speakers} speakers: {persona_counts(shared)}) "
                 f"to {args.public_out}"
             )
     n = write_jsonl(args.out, conversations)

@@ -159,3 +159,15 @@ def public_speakers(conversations: Sequence[Conversation], per_genre: int) -> se
         )
         chosen.update(speakers[:per_genre])
     return chosen
+
+
+def split_public(
+    conversations: Sequence[Conversation], per_genre: int
+) -> tuple[list[Conversation], list[Conversation]]:
+    """``conversations`` as (devices', public): the public part is the conversations of
+    :func:`public_speakers`, the rest stay the devices'."""
+    public = public_speakers(conversations, per_genre)
+    return (
+        [c for c in conversations if c.user_id not in public],
+        [c for c in conversations if c.user_id in public],
+    )
