@@ -31,7 +31,9 @@ matters only through how many per-sample gradients it clips (the update scales w
 that the public users (``public_data``, held by no device) get from one round of the devices' local training
 from the warm start (:func:`public_clip`): a clip near the deltas' own norm, chosen without device data, so
 it costs no privacy budget. The noise scales with ``U`` and the mean of ``n`` deltas shrinks with
-their alignment, so a clip far above the deltas' norm buys nothing but noise. On the SecAgg+ grid of ``s = 2**17 / (2 U)`` levels per unit, the devices' Skellam shares
+their alignment, so a clip far above the deltas' norm buys nothing but noise.
+
+On the SecAgg+ grid of ``s = 2**17 / (2 U)`` levels per unit, the devices' Skellam shares
 give every unmasked sum per-coordinate noise of variance at least (:class:`fedpers.privacy.user_level.DistributedNoise`)::
 
     v = (z C s)^2                                    (levels squared)
@@ -381,8 +383,9 @@ def measure(
         ]
         base_loss = heldout_loss(env, datas, None)
         nodp, nodp_seconds = _run(reference, users, cache)
-        fresh = getattr(env, "_fresh_arrays", None) or adapter_arrays(env.model.lm)
-        start_loss = heldout_loss(env, datas, warm_start(reference, fresh))
+        adapter = getattr(env, "_fresh_arrays", None) or adapter_arrays(env.model.lm)
+        start = warm_start(reference, adapter)
+        start_loss = heldout_loss(env, datas, start)
         say(
             f"[{n} users/persona] base {base_loss:.4f}, warm start {start_loss:.4f}, non-DP {nodp:.4f} "
             f"({nodp_seconds:.1f} s)"
@@ -397,11 +400,9 @@ def measure(
             "delta": reference.privacy.delta,
             "rows": {mode: [] for mode in MODES},
         }
-        adapter = getattr(env, "_fresh_arrays", None) or adapter_arrays(env.model.lm)
         user_settings = settings
         if user_clip == "public":
             if "public_clip" not in result:
-                start = warm_start(reference, adapter)
                 clip, norms = public_clip(reference, start)
                 result["public_clip"] = {"clip": clip, "norms": norms}
                 say(
