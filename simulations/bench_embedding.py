@@ -59,7 +59,6 @@ class Entry:
 
 def _setup(scenario: Path, users: int, overrides: dict):
     from fedpers.federated import FederatedConfig, load_config_file
-    from fedpers.models import adapter_arrays
     from fedpers.models.environment import model_environment
     from fedpers.userdata import user_data, user_ids
     from fedpers.warmstart import public_warm_start
@@ -70,7 +69,7 @@ def _setup(scenario: Path, users: int, overrides: dict):
     env = model_environment(config)
     ids = user_ids(config)
     chosen = ids[:: config.dataset.users_per_persona][:users]  # one user of each persona
-    adapter = public_warm_start(config, adapter_arrays(env.model.lm))
+    adapter = public_warm_start(config, env.initial_adapter)
     return config, env, adapter, [user_data(config, u, env) for u in chosen]
 
 

@@ -128,7 +128,7 @@ def federate(
     from fedpers.aggregation import clip_delta
     from fedpers.data.synthetic import derive_seed
     from fedpers.local import set_trainable
-    from fedpers.models import adapter_arrays, load_adapter_arrays
+    from fedpers.models import load_adapter_arrays
     from fedpers.models.environment import model_environment
     from fedpers.privacy import DPConfig, PrivacyLedger
     from fedpers.privacy.dp_sgd import plan_dp
@@ -136,11 +136,7 @@ def federate(
     from fedpers.warmstart import public_warm_start
 
     env = model_environment(config)
-    fresh = getattr(env, "_fresh_arrays", None)
-    if fresh is None:
-        fresh = adapter_arrays(env.model.lm)
-        env._fresh_arrays = fresh  # type: ignore[attr-defined]
-    start = (warm_start or public_warm_start)(config, fresh)
+    start = (warm_start or public_warm_start)(config, env.initial_adapter)
     frozen = set() if config.model.lora_train_a else {k for k in start if "lora_A" in k}
     adapters = {p: {k: v.copy() for k, v in start.items()} for p in users}
     plans: dict[str, DPConfig] = {}

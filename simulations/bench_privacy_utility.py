@@ -353,7 +353,6 @@ def measure(
 
     ``user_clip``: user-level DP's ``U``, ``"update"`` (the settings' ``update_clip``) or ``"public"``
     (:func:`public_clip`)."""
-    from fedpers.models import adapter_arrays
     from fedpers.models.environment import model_environment
     from fedpers.userdata import attach_trunk, user_data, user_ids
 
@@ -383,7 +382,7 @@ def measure(
         ]
         base_loss = heldout_loss(env, datas, None)
         nodp, nodp_seconds = _run(reference, users, cache)
-        adapter = getattr(env, "_fresh_arrays", None) or adapter_arrays(env.model.lm)
+        adapter = env.initial_adapter
         start = warm_start(reference, adapter)
         start_loss = heldout_loss(env, datas, start)
         say(

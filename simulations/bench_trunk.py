@@ -39,10 +39,7 @@ def _setup(users: int):
     ids = user_ids(config)
     per_persona = config.dataset.users_per_persona
     chosen = ids[::per_persona][:users]  # one user of each persona
-    from fedpers.models import adapter_arrays
-
-    initial = adapter_arrays(env.model.lm)
-    return config, env, initial, [user_data(config, u, env) for u in chosen]
+    return config, env, env.initial_adapter, [user_data(config, u, env) for u in chosen]
 
 
 def _with_trunk(env, data):

@@ -324,3 +324,27 @@ def test_a_bad_setting_is_refused_before_any_work(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--scenario", "tiny", "--set", "no_such_setting=1"])
     assert "--set" in capsys.readouterr().err
+
+
+def test_a_benchmark_federation_starts_from_the_seeded_lora_init_whatever_the_model_holds(tmp_path):
+    """A process's cached model keeps the last adapter loaded into it (an in-process simulation's, say): a
+    benchmark must still start from the seeded initialisation, not from those weights."""
+    from fedpers.models import adapter_arrays, load_adapter_arrays
+    from fedpers.models.environment import model_environment
+    from fedpers.userdata import user_ids
+    from simulations.bench_levers import _Cache, _persona, federate
+
+    config = _config(rounds=1, local_steps=2)
+    env = model_environment(config)
+    initial = env.initial_adapter
+    assert initial and any(np.any(v != 0) for v in initial.values())  # A is random, B zero
+    load_adapter_arrays(env.model.lm, {k: np.zeros_like(v) for k, v in initial.items()})
+    users = {"leadership": [u for u in user_ids(config) if _persona(config, u) == "leadership"]}
+    out = federate(config, users, _Cache(), tmp_path)
+    for k, v in initial.items():
+        np.testing.assert_array_equal(out["start"][k], v)
+    trained = out["adapters"]["leadership"]
+    assert any(np.any(trained[k] != initial[k]) for k in initial)
+    assert {k: v.shape for k, v in adapter_arrays(env.model.lm).items()} == {
+        k: v.shape for k, v in initial.items()
+    }

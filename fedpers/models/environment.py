@@ -6,16 +6,17 @@ process and settings; each message only swaps adapter weights and the user embed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from fedpers.federated import FederatedConfig
 from fedpers.logs import quiet_libraries
 from fedpers.models.base import load_base_model, resolve_model_dir
-from fedpers.models.lora import LoraSettings, attach_lora
+from fedpers.models.lora import LoraSettings, adapter_arrays, attach_lora
 from fedpers.models.personalized import PersonalizedLM
 from fedpers.models.precision import resolve_bf16
 from fedpers.models.user_embedding import UserEmbedding
@@ -29,6 +30,9 @@ class ModelEnvironment:
     model_id: str = ""  # names the base model's weights (what cached trunk states depend on)
     # the user embedding's learning rate factor at its entry layer (1 at the input; see public_prompt)
     embedding_lr_scale: float = 1.0
+    # the LoRA weights as attach_lora initialised them (seeded by lora_init_seed, data-independent): where a
+    # federation starts, whatever adapter weights the process has loaded into the model since
+    initial_adapter: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def embedding_layer(self) -> int:
@@ -108,6 +112,7 @@ def _model(
         base,
         LoraSettings(r=r, alpha=alpha, target_modules=targets, top_layers=layers, init_seed=seed),
     )
+    initial = adapter_arrays(peft_model)
     embedding = UserEmbedding.public_init(
         embedding_tokens, peft_model.get_input_embeddings(), tokenizer
     )
@@ -120,7 +125,7 @@ def _model(
     with torch.no_grad():
         embedding.embedding.weight.copy_(public)
     scale = float(public.norm(dim=-1).mean() / at_input.norm(dim=-1).mean())
-    return ModelEnvironment(model, tokenizer, public, model_id(model_name), scale)
+    return ModelEnvironment(model, tokenizer, public, model_id(model_name), scale, initial)
 
 
 def model_environment(config: FederatedConfig) -> ModelEnvironment:
