@@ -37,12 +37,12 @@ def genre_files(config: FederatedConfig) -> None:
     """The genre scenario's two JSONL files (``data``, ``public_data``), made as its comment says when absent:
     ``fedpers data import-shakespeare --genres --out DATA --public-out PUBLIC``."""
     from fedpers.data import import_shakespeare, write_jsonl
-    from fedpers.data.folio import split_public, with_genres
+    from fedpers.data.folio import PUBLIC_PER_GENRE, split_public, with_genres
 
     data, public = Path(config.dataset.data), Path(config.dataset.public_data)
     if data.is_file() and public.is_file():
         return
-    held, shared = split_public(with_genres(import_shakespeare()), 3)
+    held, shared = split_public(with_genres(import_shakespeare()), PUBLIC_PER_GENRE)
     write_jsonl(public, shared)
     write_jsonl(data, held)
 

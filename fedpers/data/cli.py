@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from fedpers.data.folio import PUBLIC_PER_GENRE
 from fedpers.data.issues import dropped_lines
 from fedpers.data.schema import (
     Conversation,
@@ -129,8 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument(
         "--public-per-genre",
         type=int,
-        default=3,
-        help="speakers per genre set aside by --public-out (default 3)",
+        default=PUBLIC_PER_GENRE,
+        help=f"speakers per genre set aside by --public-out (default {PUBLIC_PER_GENRE})",
     )
     imp.set_defaults(func=run_import_shakespeare)
 
@@ -202,13 +203,6 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_import_shakespeare(args: argparse.Namespace) -> int:
-    try:
-        conversations = import_shakespeare(
-            args.src, min_speeches=args.min_speeches, max_users=args.max_users
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if args.public_out is not None and not args.genres:
         print("error: --public-out needs --genres", file=sys.stderr)
         return 2
@@ -216,6 +210,13 @@ def run_import_shakespeare(args: argparse.Namespace) -> int:
         print(
             f"error: --public-per-genre must be >= 0, got {args.public_per_genre}", file=sys.stderr
         )
+        return 2
+    try:
+        conversations = import_shakespeare(
+            args.src, min_speeches=args.min_speeches, max_users=args.max_users
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.genres:
         from fedpers.data.folio import split_public, with_genres

@@ -24,6 +24,8 @@ from dataclasses import replace
 from fedpers.data.schema import Conversation
 
 GENRES: tuple[str, ...] = ("history", "tragedy", "comedy")
+PUBLIC_PER_GENRE = 3
+"""Speakers per genre set aside as public data by default (``--public-per-genre``, the genre scenario)."""
 
 PLAY_GENRES: dict[str, str] = {
     "The Tempest": "comedy",
