@@ -231,6 +231,11 @@ class AggregationSettings:
     update_clip: float = setting(
         32.0, "clients clip their adapter delta to this L2 norm; SecAgg+ quantizes within it"
     )
+    update_clip_public: bool = setting(
+        False,
+        "before round 1 the server replaces update_clip with the median L2 norm of the deltas the public users "
+        "get from one round of local training from the warm start (needs public_data; no budget spent)",
+    )
     secagg_shares: float = setting(
         1.0, "fraction of the sampled clients each client shares its secrets with"
     )
@@ -425,6 +430,10 @@ class FederatedConfig:
         if p.user_dp and not a.persona_hiding:
             raise ValueError(
                 "setting user_dp needs persona_hiding: the noise is calibrated to one upload holding every slot"
+            )
+        if a.update_clip_public and not d.public_data:
+            raise ValueError(
+                "setting update_clip_public needs public_data (the clip comes from the public users' deltas)"
             )
         if (self.dataset.public_steps > 0) != bool(self.dataset.public_data):
             raise ValueError(

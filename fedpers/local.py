@@ -91,3 +91,28 @@ def train_local(
     set_trainable(model, lora=False, embedding=False)
     model.use_user_embedding = has_embedding
     return LocalTrainResult(AdapterDelta.between(before, adapter_arrays(model.lm)), lora, embedding)
+
+
+def local_round(env, config, examples, noise_seed: int, dp: DPConfig, ledger: PrivacyLedger | None):
+    """One device's local LoRA training as a round runs it, from the adapter loaded in ``env.model``:
+    ``local_steps`` Adam steps of expected batch ``batch_size`` at the devices' learning rate (``config``, a
+    :class:`fedpers.federated.FederatedConfig`), DP-SGD as ``dp`` says (charged to ``ledger``), no user
+    embedding; ``lora_train_a`` decides whether A trains. Returns :func:`train_local`'s result."""
+    local = config.local
+    env.model.train_lora_a = config.model.lora_train_a
+    return train_local(
+        env.model,
+        examples,
+        env.pad_token_id,
+        LocalTrainConfig(
+            lora=TrainConfig(
+                steps=local.local_steps,
+                batch_size=local.batch_size,
+                learning_rate=local.learning_rate,
+                noise_seed=noise_seed,
+            ),
+            dp=dp,
+            embedding=TrainConfig(steps=0),
+        ),
+        ledger,
+    )

@@ -24,12 +24,18 @@ the server scores layered persona adapters on (:mod:`fedpers.personas.layered`).
 
 The warm start is deterministic (public data, fixed seed ``derive_seed(seed, "public-warm-start")``): it
 protects nothing and needs no OS randomness.
+
+A user-level clip from public data (:func:`public_update_clip`, ``update_clip_public``): every public user ``v``
+runs one round of the devices' local training from the warm start, without DP, and the clip is the median of
+their deltas' L2 norms, ``U = median_v ||D_v||_2``. A clip near the deltas' own norm keeps the signal of a clipped
+delta while the user-level noise, proportional to ``U``, stays as small as the deltas allow; no device's data is
+read, so choosing ``U`` spends no budget.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -191,3 +197,76 @@ def public_warm_start(
         set_trainable(model, lora=False, embedding=False)
         model.use_user_embedding = model.user_embedding is not None
         load_adapter_arrays(model.lm, before)
+
+
+@dataclass(frozen=True)
+class PublicClip:
+    """The update clip chosen on public data: ``clip`` is the median of ``norms``, one per public user."""
+
+    clip: float
+    norms: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "update_clip": self.clip,
+            "public_users": len(self.norms),
+            "norms": list(self.norms),
+            "source": "median L2 norm of the public users' deltas after one round of local training from "
+            "the warm start (public data only; no budget spent)",
+        }
+
+
+def public_update_clip(
+    config: FederatedConfig, start: dict[str, np.ndarray], seed: int | None = None
+) -> PublicClip:
+    """``U = median_v ||D_v||_2`` over the public users ``v`` (see the module docstring): ``D_v`` is the delta of
+    one round of the devices' local training (:func:`fedpers.local.local_round`: ``local_steps`` Adam steps of
+    expected batch ``batch_size``, no DP) on ``v``'s train conversations from ``start`` (the warm start).
+    Deterministic: user ``v``'s batches come from ``derive_seed(seed, v, "public-clip")`` (``seed`` defaults to
+    the model seed). Public data only; a ValueError when there is none."""
+    import math
+
+    from fedpers.data.synthetic import derive_seed
+    from fedpers.local import local_round
+    from fedpers.models import adapter_arrays, load_adapter_arrays
+    from fedpers.models.chat import encode_conversations
+    from fedpers.models.environment import model_environment
+    from fedpers.privacy import DPConfig
+
+    convs, _ = public_split(config)
+    if not convs:
+        raise ValueError(
+            "setting update_clip_public needs public data (public_data): no public conversations"
+        )
+    seed = config.model.seed if seed is None else seed
+    env = model_environment(config)
+    by_user: dict[str, list] = {}
+    for c in convs:
+        by_user.setdefault(c.user_id, []).append(c)
+    before = adapter_arrays(env.model.lm)
+    norms = []
+    try:
+        for user in sorted(by_user):
+            examples = _with_trunk(
+                env, encode_conversations(env.tokenizer, by_user[user], config.dataset.max_length)
+            )
+            load_adapter_arrays(env.model.lm, start)
+            result = local_round(
+                env,
+                config,
+                examples,
+                derive_seed(seed, user, "public-clip") % 2**63,
+                DPConfig(enabled=False),
+                None,
+            )
+            norms.append(
+                math.sqrt(
+                    sum(
+                        float(np.sum(np.square(v, dtype=np.float64)))
+                        for v in result.delta.arrays.values()
+                    )
+                )
+            )
+    finally:
+        load_adapter_arrays(env.model.lm, before)
+    return PublicClip(float(np.median(norms)), tuple(norms))

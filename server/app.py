@@ -61,7 +61,7 @@ from fedpers.privacy.user_level import NOISED_QUANTIZATION_BITS
 from fedpers.progress import Progress, Stage
 from fedpers.releases import ROUTER_TASK
 from fedpers.rundir import PERSONA_DISCOVERY, write_json
-from fedpers.warmstart import public_heldout_examples, public_warm_start
+from fedpers.warmstart import public_heldout_examples, public_update_clip, public_warm_start
 from fedpers.wirelog import MANIFEST, WIRE
 from server.checkpoint import (
     Checkpoint,
@@ -217,6 +217,8 @@ class ServerRun:
     earlier_seconds: float = 0.0
     # what the router round did (metrics.json ``router``); None until it ran
     router: dict | None = None
+    # update_clip_public: how the update clip was chosen (metrics.json ``update_clip_public``)
+    public_clip: dict | None = None
 
     def published(self) -> Adapters:
         """The adapters the run evaluates and publishes: each trained persona layered on the global adapter."""
@@ -255,6 +257,7 @@ def build_run(
     With ``checkpoint`` the run continues from it (:func:`restore_run`): same run id, adapters, optimizer
     state, records, ledgers and received-wire manifest as after its last completed round."""
     run_id = checkpoint.run_id if checkpoint is not None else uuid.uuid4().hex
+    public_clip: dict | None = None
     if stage is not None:
         stage.step(f"loading {config.model.model}")
     base, _ = load_base_model(config.model.model)
@@ -270,6 +273,10 @@ def build_run(
                 raise CheckpointError(f"optimizers.{name}: no such adapter in these settings")
             restore_optimizer(state.optimizers[name], saved, name)
         restore_ledgers(run_dir, checkpoint)
+        if config.aggregation.update_clip_public:  # the clip the run chose before its first round
+            config = config.replace(update_clip=float(checkpoint.settings["update_clip"]))
+            public_clip = {"update_clip": config.aggregation.update_clip, "from": "checkpoint"}
+            write_run_config(run_dir, config, run_id)
     else:
         trained = config.persona_names if config.dataset.persona_mode == "inferred" else ()
         start = adapter_arrays(peft_model)
@@ -277,6 +284,19 @@ def build_run(
             if stage is not None:
                 stage.step(f"public warm start ({config.dataset.public_steps} steps)")
             start = public_warm_start(config, start)
+        if config.aggregation.update_clip_public:
+            if stage is not None:
+                stage.step("update clip from the public users' deltas")
+            chosen = public_update_clip(config, start)
+            config = config.replace(update_clip=chosen.clip)
+            public_clip = chosen.to_dict()
+            log(
+                INFO,
+                "fedpers: update_clip %.4g, the median of %d public users' delta norms",
+                chosen.clip,
+                len(chosen.norms),
+            )
+            write_run_config(run_dir, config, run_id)
         state = persona_adapters(config, initial_adapters(config, start), trained)
     ledgers = {}
     if config.privacy.user_dp:
@@ -334,6 +354,7 @@ def build_run(
         sessions,
         ledgers,
         public_groups=public_groups,
+        public_clip=public_clip,
     )
     if checkpoint is not None:
         restore_run(run, checkpoint)
@@ -750,6 +771,8 @@ def run_metrics(run: ServerRun, engine: str, evaluator: Evaluator | None, starte
         payload["resumed_after_rounds"] = list(run.resumed_after)
     if run.router is not None:
         payload["router"] = run.router
+    if run.public_clip is not None:
+        payload["update_clip_public"] = run.public_clip
     if config.privacy.user_dp:
         payload["user_level_dp"] = {
             **run.training.user_level_noise().details(),

@@ -323,12 +323,20 @@ def _same(a: object, b: object) -> bool:
 
 def differing_settings(saved: Mapping, current: Mapping) -> list[str]:
     """The settings whose values differ between the checkpoint's and the current run's (operational ones,
-    :data:`OPERATIONAL_SETTINGS`, may differ)."""
+    :data:`OPERATIONAL_SETTINGS`, may differ; so may ``update_clip`` when both choose it from public data,
+    ``update_clip_public``: the checkpoint holds the clip the run chose, and the resumed run keeps it)."""
     names = sorted(set(saved) | set(current))
+    chosen = (
+        {"update_clip"}
+        if saved.get("update_clip_public") and current.get("update_clip_public")
+        else set()
+    )
     return [
         n
         for n in names
-        if n not in OPERATIONAL_SETTINGS and not _same(saved.get(n, None), current.get(n, None))
+        if n not in OPERATIONAL_SETTINGS
+        and n not in chosen
+        and not _same(saved.get(n, None), current.get(n, None))
     ]
 
 

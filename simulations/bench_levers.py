@@ -83,33 +83,6 @@ def heldout_loss(env, datas, arrays: dict | None) -> float:
     return total / tokens
 
 
-def local_round(env, config, examples, noise_seed: int, dp, ledger):
-    """One device's local LoRA training as a round runs it: ``local_steps`` Adam steps of expected batch
-    ``batch_size`` at the devices' learning rate, DP-SGD as ``dp`` says (charged to ``ledger``), no user
-    embedding; ``lora_train_a`` decides whether A trains. Returns :func:`fedpers.local.train_local`'s result."""
-    from fedpers.local import LocalTrainConfig, train_local
-    from fedpers.privacy import TrainConfig
-
-    local = config.local
-    env.model.train_lora_a = config.model.lora_train_a
-    return train_local(
-        env.model,
-        examples,
-        env.pad_token_id,
-        LocalTrainConfig(
-            lora=TrainConfig(
-                steps=local.local_steps,
-                batch_size=local.batch_size,
-                learning_rate=local.learning_rate,
-                noise_seed=noise_seed,
-            ),
-            dp=dp,
-            embedding=TrainConfig(steps=0),
-        ),
-        ledger,
-    )
-
-
 def federate(
     config,
     users: dict[str, list[str]],
@@ -127,7 +100,7 @@ def federate(
     """
     from fedpers.aggregation import clip_delta
     from fedpers.data.synthetic import derive_seed
-    from fedpers.local import set_trainable
+    from fedpers.local import local_round, set_trainable
     from fedpers.models import load_adapter_arrays
     from fedpers.models.environment import model_environment
     from fedpers.privacy import DPConfig, PrivacyLedger

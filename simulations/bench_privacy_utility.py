@@ -84,7 +84,6 @@ from simulations.bench_levers import (
     _persona,
     federate,
     heldout_loss,
-    local_round,
 )
 
 MARK = "privacy-utility"
@@ -281,36 +280,12 @@ class UserLevelAggregate:
 
 
 def public_clip(config, start: dict[str, np.ndarray]) -> tuple[float, list[float]]:
-    """``U`` for ``--user-clip public``: the median L2 norm of the public users' deltas after one round of the
-    devices' local training (``local_steps`` Adam steps of expected batch ``batch_size``, no DP) from ``start``
-    (the warm start), and every public user's norm. Public data only: no device's data is read."""
-    from fedpers.data.synthetic import derive_seed
-    from fedpers.models import load_adapter_arrays
-    from fedpers.models.chat import encode_conversations
-    from fedpers.models.environment import model_environment
-    from fedpers.privacy import DPConfig
-    from fedpers.warmstart import _with_trunk, public_split
+    """``U`` for ``--user-clip public`` and every public user's norm: :func:`fedpers.warmstart.public_update_clip`
+    from ``start`` (the warm start), the benchmark's noise seed choosing the public users' batches."""
+    from fedpers.warmstart import public_update_clip
 
-    convs, _ = public_split(config)
-    if not convs:
-        raise ValueError("--user-clip public needs public data (public_data)")
-    env = model_environment(config)
-    by_user: dict[str, list] = {}
-    for c in convs:
-        by_user.setdefault(c.user_id, []).append(c)
-    norms = []
-    for user in sorted(by_user):
-        examples = _with_trunk(
-            env, encode_conversations(env.tokenizer, by_user[user], config.dataset.max_length)
-        )
-        load_adapter_arrays(env.model.lm, start)
-        seed = derive_seed(NOISE_SEED, user, "public-clip") % 2**63
-        result = local_round(env, config, examples, seed, DPConfig(enabled=False), None)
-        arrays = result.delta.arrays
-        norms.append(
-            math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in arrays.values()))
-        )
-    return float(np.median(norms)), norms
+    chosen = public_update_clip(config, start, NOISE_SEED)
+    return chosen.clip, list(chosen.norms)
 
 
 def _loss(config, env, users: dict[str, list[str]], cache: _Cache, adapters: dict) -> float:

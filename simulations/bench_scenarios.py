@@ -3,8 +3,8 @@
 Each scenario is a full ``fedpers simulate`` run on its own run directory; the evaluation tables
 and per-round wall times go into BENCHMARKS.md (``--write``). ``--reuse`` takes a scenario's finished run from
 its run directory instead of running it again, only when the run's recorded settings are the scenario's
-(``metrics.json`` ``settings``; where it wrote aside, and a data file named by another path counting as the
-same when its bytes are), and says so in the section.
+(``metrics.json`` ``settings``; where it wrote aside, a data file named by another path counting as the
+same when its bytes are, and a setting the run did not record, being newer than the run, at its default), and says so in the section.
 
     python -m simulations.bench_scenarios --write
 """
@@ -55,7 +55,9 @@ def reusable(config: FederatedConfig, run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())
-    wanted, recorded = config.to_record(), dict(metrics.get("settings", {}))
+    # a setting added after the run was recorded ran at its default
+    wanted = config.to_record()
+    recorded = FederatedConfig().to_record() | dict(metrics.get("settings", {}))
     for key in ("run_dir", "state_dir"):  # where the run wrote, not what it ran
         wanted.pop(key, None)
         recorded.pop(key, None)
@@ -146,22 +148,38 @@ def persona_vs_global_lines(name: str, metrics: dict) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--runs", type=Path, default=Path("runs/bench"), help="where the run directories go"
-    )
-    p.add_argument(
-        "--only",
-        help="comma-separated subset of: default-dp, default-nodp, shakespeare, shakespeare-nodp, genres, "
-        "genres-nodp",
-    )
+def add_run_arguments(p: argparse.ArgumentParser, runs: Path, names: str) -> None:
+    """The scenario benchmarks' options: ``--runs``, ``--only`` (of ``names``), ``--reuse``, ``--write``."""
+    p.add_argument("--runs", type=Path, default=runs, help="where the run directories go")
+    p.add_argument("--only", help=f"comma-separated subset of: {names}")
     p.add_argument(
         "--reuse",
         action="store_true",
         help="take a scenario's finished run from its run directory when its settings match",
     )
     p.add_argument("--write", action="store_true", help="write the tables into BENCHMARKS.md")
+
+
+def run_or_reuse(
+    name: str, config: FederatedConfig, run_dir: Path, reuse: bool
+) -> tuple[dict, bool]:
+    """Scenario ``name``'s metrics: its finished run in ``run_dir`` with ``reuse`` when :func:`reusable`, else a
+    new ``fedpers simulate`` run there (the genre scenario's files made first); and whether it was reused."""
+    if name.startswith("genres"):
+        genre_files(config)
+    metrics = reusable(config, run_dir) if reuse else None
+    if metrics is not None:
+        return metrics, True
+    return simulate(config, run_dir), False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(
+        p,
+        Path("runs/bench"),
+        "default-dp, default-nodp, shakespeare, shakespeare-nodp, genres, genres-nodp",
+    )
     args = p.parse_args(argv)
     plan = {
         "default-dp": ("Synthetic IT service desk, DP on (the default scenario)", {}),
@@ -193,12 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         label, overrides = plan[name]
         config, run_dir = scenario(name, args.runs, **overrides)
-        if name.startswith("genres"):
-            genre_files(config)
-        metrics = reusable(config, run_dir) if args.reuse else None
-        reused = metrics is not None
-        if metrics is None:
-            metrics = simulate(config, run_dir)
+        metrics, reused = run_or_reuse(name, config, run_dir, args.reuse)
         results[name] = (config, metrics)
         lines += section(label, config, metrics)
         if reused:

@@ -25,6 +25,12 @@ def test_a_run_is_reused_only_with_the_scenarios_settings(tmp_path):
     assert reusable(config, run_dir) is None
     _write(run_dir, record, None)  # no evaluation recorded
     assert reusable(config, run_dir) is None
+    # a setting newer than the run: the same run only when the scenario keeps it at its default
+    public = record | {"public_data": "synthetic", "public_steps": 2}
+    _write(run_dir, {k: v for k, v in public.items() if k != "update_clip_public"}, evaluation)
+    assert reusable(type(config).from_flat(public), run_dir) is not None
+    newer = type(config).from_flat(public | {"update_clip_public": True})
+    assert reusable(newer, run_dir) is None
 
 
 def test_a_data_file_named_by_another_path_is_the_same_only_with_the_same_bytes(tmp_path):

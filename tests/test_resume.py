@@ -421,3 +421,32 @@ def test_a_run_directory_in_use_by_a_live_server_run_is_refused(tmp_path):
     finally:
         os.close(held)
     os.close(hold_run_dir(tmp_path))  # released with its holder
+
+
+def test_a_resumed_run_keeps_the_update_clip_it_chose_on_public_data(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    public = {"update_clip_public": True, "public_data": "synthetic", "public_steps": 2}
+    for key, value in public.items():
+        monkeypatch.setitem(SETTINGS, key, value)
+    with pytest.raises(LostSuperLink):
+        _run(run_dir, monkeypatch, lose_at=2)
+    chosen = read_checkpoint(run_dir).settings["update_clip"]
+    assert chosen != 32.0 and chosen > 0
+    assert json.loads((run_dir / "run.json").read_text())["settings"]["update_clip"] == chosen
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a resumed run chose its update clip again")
+
+    monkeypatch.setattr(server_app, "public_update_clip", not_again)
+    request_resume(run_dir)
+    _run(run_dir, monkeypatch)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["settings"]["update_clip"] == chosen
+    assert metrics["update_clip_public"] == {"update_clip": chosen, "from": "checkpoint"}
+    # only a run that still chooses the clip on public data may resume with the chosen one
+    saved = {**SETTINGS, "update_clip": chosen}
+    current = FederatedConfig.from_flat(SETTINGS).validated().to_record()
+    assert "update_clip" not in ck.differing_settings(saved, current)
+    monkeypatch.setitem(SETTINGS, "update_clip_public", False)
+    current = FederatedConfig.from_flat(SETTINGS).validated().to_record()
+    assert {"update_clip", "update_clip_public"} <= set(ck.differing_settings(saved, current))

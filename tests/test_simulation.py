@@ -381,6 +381,46 @@ def test_other_aggregation_modes_give_the_same_persona_adapters(run, tmp_path, s
 
 
 @pytest.mark.slow  # Ray
+def test_the_update_clip_chosen_on_public_data_is_the_one_every_device_clips_and_noises_with(
+    tmp_path,
+):
+    from fedpers.models import attach_lora
+    from fedpers.warmstart import public_update_clip, public_warm_start
+
+    config = tiny_config(
+        tmp_path,
+        user_dp=True,
+        update_clip_public=True,
+        public_data="synthetic",
+        public_steps=2,
+        rounds=1,
+        evaluate=False,
+        audit=False,
+    )
+    assert config.aggregation.update_clip == 32.0  # the setting; the run replaces it
+    start = public_warm_start(
+        config, adapter_arrays(attach_lora(load_base_model("tiny")[0], config.lora()))
+    )
+    expected = public_update_clip(config, start)
+    assert expected.clip < 32.0
+    metrics = simulate(config, tmp_path)
+    chosen = metrics["update_clip_public"]
+    assert chosen["update_clip"] == pytest.approx(expected.clip)
+    assert chosen["norms"] == pytest.approx(list(expected.norms))
+    assert metrics["settings"]["update_clip"] == pytest.approx(expected.clip)
+    assert metrics["aggregation"]["update_clip"] == pytest.approx(expected.clip)
+    run_json = json.loads((tmp_path / "run.json").read_text())
+    assert run_json["settings"]["update_clip"] == pytest.approx(expected.clip)
+    assert metrics["user_level_dp"]["clip"] == pytest.approx(expected.clip * 2**0.5)
+    # each device clipped its upload to the chosen clip and calibrated its noise to it
+    for user in user_ids(config):
+        ledger = PrivacyLedger(tmp_path / "client-state" / user / "user-level-ledger.json", user)
+        assert [e.details["clip"] for e in ledger.entries] == [
+            pytest.approx(expected.clip * 2**0.5)
+        ]
+
+
+@pytest.mark.slow  # Ray
 def test_user_level_dp_clips_the_whole_upload_adds_noise_and_accounts_per_persona(tmp_path):
     import dp_accounting
     from dp_accounting import rdp

@@ -14,7 +14,12 @@ from fedpers.models.chat import encode_conversations
 from fedpers.models.environment import model_environment
 from fedpers.models.personalized import token_loss_sums
 from fedpers.userdata import conversations
-from fedpers.warmstart import public_conversations, public_warm_start
+from fedpers.warmstart import (
+    public_conversations,
+    public_split,
+    public_update_clip,
+    public_warm_start,
+)
 from server.app import initial_adapters
 
 
@@ -178,3 +183,54 @@ def test_the_shakespeare_public_speakers_are_speakers_no_device_holds():
     assert not {t.text for c in public for t in c.turns if t.role == "assistant"} & private
     with pytest.raises(ValueError, match="public_data 'shakespeare'"):
         public_conversations(_config(public_data="shakespeare"))
+
+
+def test_the_public_update_clip_is_the_median_of_the_public_users_one_round_delta_norms():
+    from fedpers.data.synthetic import derive_seed
+    from fedpers.local import LocalTrainConfig, train_local
+    from fedpers.models import load_adapter_arrays
+    from fedpers.privacy import DPConfig, TrainConfig
+
+    config = _config(local_steps=2, batch_size=2)
+    env = model_environment(config)
+    model = env.model
+    start = public_warm_start(config, adapter_arrays(model.lm))
+    untouched = adapter_arrays(model.lm)
+    chosen = public_update_clip(config, start, seed=5)
+    users = sorted({c.user_id for c in public_split(config)[0]})
+    assert len(chosen.norms) == len(users) > 2
+    assert chosen.clip == pytest.approx(float(np.median(chosen.norms))) and chosen.clip > 0
+    assert all(np.array_equal(v, untouched[k]) for k, v in adapter_arrays(model.lm).items())
+    # one user's norm, recomputed here from train_local itself: the round the devices run, no DP, from start
+    first = [c for c in public_split(config)[0] if c.user_id == users[0]]
+    load_adapter_arrays(model.lm, start)
+    model.train_lora_a = config.model.lora_train_a
+    result = train_local(
+        model,
+        encode_conversations(env.tokenizer, first, config.dataset.max_length),
+        env.pad_token_id,
+        LocalTrainConfig(
+            lora=TrainConfig(
+                steps=2,
+                batch_size=2,
+                learning_rate=config.local.learning_rate,
+                noise_seed=derive_seed(5, users[0], "public-clip") % 2**63,
+            ),
+            dp=DPConfig(enabled=False),
+            embedding=TrainConfig(steps=0),
+        ),
+        None,
+    )
+    load_adapter_arrays(model.lm, untouched)
+    norm = float(
+        np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in result.delta.arrays.values()))
+    )
+    assert chosen.norms[0] == pytest.approx(norm, rel=1e-5)
+    # deterministic in the public data and the seed
+    assert public_update_clip(config, start, seed=5) == chosen
+    assert public_update_clip(config, start, seed=6).norms != chosen.norms
+
+
+def test_a_public_update_clip_without_public_data_is_refused():
+    with pytest.raises(ValueError, match="update_clip_public needs public_data"):
+        _config(public_data="", public_steps=0, update_clip_public=True)
