@@ -4,7 +4,9 @@ Each scenario is a full ``fedpers simulate`` run on its own run directory; the e
 and per-round wall times go into BENCHMARKS.md (``--write``). ``--reuse`` takes a scenario's finished run from
 its run directory instead of running it again, only when the run's recorded settings are the scenario's
 (``metrics.json`` ``settings``; where it wrote aside, a data file named by another path counting as the
-same when its bytes are, and a setting the run did not record, being newer than the run, at its default), and says so in the section.
+same when its bytes are, and a setting the run did not record, being newer than the run, at its default), and
+says so in the section. A run directory that holds another run is never run into again (its devices' ledgers
+would refuse to train): the benchmark stops and names it.
 
     python -m simulations.bench_scenarios --write
 """
@@ -170,6 +172,12 @@ def run_or_reuse(
     metrics = reusable(config, run_dir) if reuse else None
     if metrics is not None:
         return metrics, True
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise SystemExit(
+            f"{run_dir}: holds another run"
+            + (" (other settings than the scenario's, or unfinished)" if reuse else "")
+            + "; its devices' ledgers would refuse to train again. Remove it, or choose another --runs"
+        )
     return simulate(config, run_dir), False
 
 

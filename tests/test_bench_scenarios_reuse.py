@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from simulations.bench_scenarios import persona_vs_global_lines, reusable, scenario
+import pytest
+
+from simulations.bench_scenarios import persona_vs_global_lines, reusable, run_or_reuse, scenario
 
 
 def _write(run_dir, settings: dict, evaluation: dict | None) -> None:
@@ -61,3 +63,15 @@ def test_persona_vs_global_counts_the_better_personas_and_the_largest_excess():
     }
     line = persona_vs_global_lines("default-dp", metrics)[0]
     assert "1 of 2 personas" in line and "0.004 nats" in line
+
+
+def test_a_run_directory_holding_another_run_is_not_run_into_again(tmp_path, monkeypatch):
+    import simulations.bench_scenarios as bench
+
+    config, run_dir = scenario("tiny", tmp_path)
+    _write(run_dir, config.to_record() | {"epsilon": 1.0}, {"rows": {}, "mean": {}})
+    monkeypatch.setattr(bench, "simulate", lambda *a: pytest.fail("ran into a used run directory"))
+    for reuse in (True, False):
+        with pytest.raises(SystemExit, match="holds another run"):
+            run_or_reuse("tiny", config, run_dir, reuse)
+    assert (run_dir / "metrics.json").is_file()  # left as it was
