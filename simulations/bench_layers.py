@@ -50,8 +50,6 @@ def weight_sweep(
     (the evaluator's gate) and ``w`` in ``grid`` (see the module docstring), and each such persona's user count;
     ``adapters`` are the run's published ones (``persona_mix = 1``: as trained)."""
     from clients.state import UserState
-    from fedpers.evaluation import evaluate
-    from fedpers.models import load_adapter_arrays
     from fedpers.models.environment import model_environment
     from fedpers.userdata import attach_trunk, user_data, user_ids
     from simulations.evaluator import SimulationEvaluator
@@ -62,7 +60,6 @@ def weight_sweep(
     trained = set(adapters) - {GLOBAL}
     sums: dict[str, dict[float, list[float]]] = {}
     counts: dict[str, int] = {}
-    model = env.model
     for user in users:
         state = UserState(config.outputs.state_dir, user)
         data = attach_trunk(user_data(config, user, env), env, state)
@@ -73,13 +70,13 @@ def weight_sweep(
             continue
         counts[persona] = counts.get(persona, 0) + 1
         row = sums.setdefault(persona, {})
-        for w in grid:
-            load_adapter_arrays(model.lm, mixed(adapters[GLOBAL], adapters[persona], w))
-            model.use_user_embedding = False
-            result = evaluate(model, data.heldout, env.pad_token_id)
+        for w in grid:  # scored as the evaluator scores an adapter
+            loss_sum, tokens = evaluator._losses(
+                env, mixed(adapters[GLOBAL], adapters[persona], w), data.heldout
+            )
             total = row.setdefault(float(w), [0.0, 0.0])
-            total[0] += result.loss * result.tokens
-            total[1] += result.tokens
+            total[0] += loss_sum
+            total[1] += tokens
     gate = config.server.min_clients  # the outputs show no persona below the gate
     losses = {
         p: {w: s / max(t, 1.0) for w, (s, t) in row.items()}
