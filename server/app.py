@@ -258,6 +258,10 @@ def build_run(
     state, records, ledgers and received-wire manifest as after its last completed round."""
     run_id = checkpoint.run_id if checkpoint is not None else uuid.uuid4().hex
     public_clip: dict | None = None
+    if checkpoint is not None and config.aggregation.update_clip_public:
+        # the clip the run chose on public data before its first round
+        config = config.replace(update_clip=float(checkpoint.settings["update_clip"]))
+        public_clip = {"update_clip": config.aggregation.update_clip, "from": "checkpoint"}
     if stage is not None:
         stage.step(f"loading {config.model.model}")
     base, _ = load_base_model(config.model.model)
@@ -273,10 +277,6 @@ def build_run(
                 raise CheckpointError(f"optimizers.{name}: no such adapter in these settings")
             restore_optimizer(state.optimizers[name], saved, name)
         restore_ledgers(run_dir, checkpoint)
-        if config.aggregation.update_clip_public:  # the clip the run chose before its first round
-            config = config.replace(update_clip=float(checkpoint.settings["update_clip"]))
-            public_clip = {"update_clip": config.aggregation.update_clip, "from": "checkpoint"}
-            write_run_config(run_dir, config, run_id)
     else:
         trained = config.persona_names if config.dataset.persona_mode == "inferred" else ()
         start = adapter_arrays(peft_model)

@@ -78,13 +78,7 @@ import numpy as np
 
 from simulations import bench_dp_step
 from simulations.bench_dp_step import print_section
-from simulations.bench_levers import (
-    _Cache,
-    _config,
-    _persona,
-    federate,
-    heldout_loss,
-)
+from simulations.bench_levers import _Cache, _config, _persona, federate, heldout_loss
 
 MARK = "privacy-utility"
 MODES: tuple[str, ...] = ("record-level", "user-level")
